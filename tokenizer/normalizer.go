@@ -1,0 +1,133 @@
+package tokenizer
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"golang.org/x/text/unicode/norm"
+)
+
+// normalizer rewrites text before pre-tokenization. Implementations are immutable.
+type normalizer interface {
+	normalize(s string) string
+}
+
+func parseNormalizer(raw json.RawMessage) (normalizer, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	typ, err := typeOf(raw)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: normalizer: %w", err)
+	}
+	switch typ {
+	case "NFC":
+		return unicodeNorm{norm.NFC}, nil
+	case "NFD":
+		return unicodeNorm{norm.NFD}, nil
+	case "NFKC":
+		return unicodeNorm{norm.NFKC}, nil
+	case "NFKD":
+		return unicodeNorm{norm.NFKD}, nil
+	case "Lowercase":
+		return lowercaseNorm{}, nil
+	case "Sequence":
+		var s struct {
+			Normalizers []json.RawMessage `json:"normalizers"`
+		}
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, fmt.Errorf("tokenizer: normalizer Sequence: %w", err)
+		}
+		var seq sequenceNorm
+		for _, r := range s.Normalizers {
+			n, err := parseNormalizer(r)
+			if err != nil {
+				return nil, err
+			}
+			if n != nil {
+				seq = append(seq, n)
+			}
+		}
+		if len(seq) == 0 {
+			return nil, nil
+		}
+		return seq, nil
+	case "Replace":
+		var s struct {
+			Pattern patternJSON `json:"pattern"`
+			Content string      `json:"content"`
+		}
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, fmt.Errorf("tokenizer: normalizer Replace: %w", err)
+		}
+		m, err := newMatcher(s.Pattern)
+		if err != nil {
+			return nil, fmt.Errorf("tokenizer: normalizer Replace: %w", err)
+		}
+		return replaceNorm{m: m, content: s.Content}, nil
+	case "Prepend":
+		var s struct {
+			Prepend string `json:"prepend"`
+		}
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, fmt.Errorf("tokenizer: normalizer Prepend: %w", err)
+		}
+		return prependNorm(s.Prepend), nil
+	}
+	return nil, fmt.Errorf("tokenizer: normalizer %q is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, Sequence, Replace, Prepend)", typ)
+}
+
+type unicodeNorm struct{ f norm.Form }
+
+func (u unicodeNorm) normalize(s string) string {
+	if u.f.IsNormalString(s) {
+		return s
+	}
+	return u.f.String(s)
+}
+
+type lowercaseNorm struct{}
+
+func (lowercaseNorm) normalize(s string) string { return strings.ToLower(s) }
+
+type sequenceNorm []normalizer
+
+func (q sequenceNorm) normalize(s string) string {
+	for _, n := range q {
+		s = n.normalize(s)
+	}
+	return s
+}
+
+type replaceNorm struct {
+	m       matcher
+	content string
+}
+
+func (r replaceNorm) normalize(s string) string { return replaceAll(s, r.m, r.content) }
+
+func replaceAll(s string, m matcher, content string) string {
+	var b strings.Builder
+	prev := 0
+	m.find(s, func(a, e int) {
+		b.WriteString(s[prev:a])
+		b.WriteString(content)
+		prev = e
+	})
+	if prev == 0 && b.Len() == 0 {
+		return s
+	}
+	b.WriteString(s[prev:])
+	return b.String()
+}
+
+// prependNorm prepends its text to non-empty input.
+type prependNorm string
+
+func (p prependNorm) normalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return string(p) + s
+}
