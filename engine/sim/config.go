@@ -1,0 +1,150 @@
+package sim
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Shape is the part of a model's architecture the simulator needs: how many bytes of KV cache
+// one token takes, and how many bytes of weights occupy GPU memory before the cache.
+type Shape struct {
+	Layers     int     // transformer layers
+	KVHeads    int     // key/value heads (GQA)
+	HeadDim    int     // dimension of one head
+	DTypeBytes int     // bytes per element of the KV cache (2 for bf16)
+	ParamsB    float64 // parameters, in billions (weights take ParamsB*1e9*DTypeBytes bytes)
+}
+
+// DefaultShape is Llama-3.1-8B / Qwen3-8B sized: 32 layers, 8 KV heads of 128, bf16.
+var DefaultShape = Shape{Layers: 32, KVHeads: 8, HeadDim: 128, DTypeBytes: 2, ParamsB: 8.0}
+
+// KVBytesPerToken is 2 (K and V) * layers * kv_heads * head_dim * dtype bytes.
+func (s Shape) KVBytesPerToken() int { return 2 * s.Layers * s.KVHeads * s.HeadDim * s.DTypeBytes }
+
+// Config is one simulated engine. The zero value of every field means its default; call
+// WithDefaults to see the effective values.
+type Config struct {
+	BlockSize           int  // tokens per KV block (16)
+	NumBlocks           int  // KV cache capacity in blocks; 0 derives it from GPUMemoryGiB and Shape
+	MaxNumSeqs          int  // running requests at most (256)
+	MaxNumBatchedTokens int  // tokens scheduled in one step at most (8192)
+	NoChunkedPrefill    bool // when set, a prompt is prefilled in one step or waits
+	Shape               Shape
+	GPUMemoryGiB        float64 // simulated GPU memory (80)
+	GPUMemoryUtil       float64 // fraction vLLM may use (0.9)
+	Timing              Timing
+}
+
+// Timing is the step-time model: one engine step (one forward pass over the batch) takes
+//
+//	Base + PerToken*scheduled_tokens + PerSeq*scheduled_seqs + PerContextToken*sum(context)
+//	     + PerAttnPair*sum(prefill_tokens*context)
+//
+// divided by Speed. Defaults are in DefaultTiming; docs/SIM.md gives their sources.
+type Timing struct {
+	Base            time.Duration // fixed cost of a step: reading the weights once
+	PerToken        time.Duration // per scheduled token (prefill or decode): the GEMMs
+	PerSeq          time.Duration // per scheduled sequence: sampling, bookkeeping
+	PerContextToken time.Duration // per token of context attended by a scheduled sequence: KV reads
+	PerAttnPair     float64       // nanoseconds per (new token, context token) pair in prefill attention
+	Speed           float64       // 10 makes every step 10x shorter; 0 means 1
+}
+
+// DefaultTiming models an 8B model in bf16 on one H100 SXM under vLLM.
+var DefaultTiming = Timing{
+	Base:            6 * time.Millisecond,
+	PerToken:        50 * time.Microsecond,
+	PerSeq:          10 * time.Microsecond,
+	PerContextToken: 40 * time.Nanosecond,
+	PerAttnPair:     0.0013,
+	Speed:           1,
+}
+
+// WithDefaults returns c with every zero field set to its default and NumBlocks derived.
+func (c Config) WithDefaults() Config {
+	if c.BlockSize == 0 {
+		c.BlockSize = 16
+	}
+	if c.MaxNumSeqs == 0 {
+		c.MaxNumSeqs = 256
+	}
+	if c.MaxNumBatchedTokens == 0 {
+		c.MaxNumBatchedTokens = 8192
+	}
+	if c.Shape == (Shape{}) {
+		c.Shape = DefaultShape
+	}
+	if c.GPUMemoryGiB == 0 {
+		c.GPUMemoryGiB = 80
+	}
+	if c.GPUMemoryUtil == 0 {
+		c.GPUMemoryUtil = 0.9
+	}
+	if c.Timing == (Timing{}) {
+		c.Timing = DefaultTiming
+	}
+	if c.Timing.Speed == 0 {
+		c.Timing.Speed = 1
+	}
+	if c.NumBlocks == 0 {
+		c.NumBlocks = c.derivedBlocks()
+	}
+	return c
+}
+
+// derivedBlocks is (memory * utilisation - weights) / bytes per block, as vLLM sizes its cache
+// (less activation memory, which it profiles and we ignore).
+func (c Config) derivedBlocks() int {
+	perBlock := float64(c.Shape.KVBytesPerToken() * c.BlockSize)
+	if perBlock <= 0 {
+		return 0
+	}
+	free := c.GPUMemoryGiB*c.GPUMemoryUtil*(1<<30) - c.Shape.ParamsB*1e9*float64(c.Shape.DTypeBytes)
+	if free <= 0 {
+		return 0
+	}
+	return int(free / perBlock)
+}
+
+// BlockBytes is the size of one KV block on the wire of a P/D transfer.
+func (c Config) BlockBytes() int { return c.Shape.KVBytesPerToken() * c.BlockSize }
+
+// Validate reports a config that cannot run (after WithDefaults).
+func (c Config) Validate() error {
+	var errs []error
+	if c.BlockSize <= 0 {
+		errs = append(errs, fmt.Errorf("block size %d must be positive", c.BlockSize))
+	}
+	if c.NumBlocks <= 0 {
+		errs = append(errs, fmt.Errorf("KV cache of %d blocks: give --num-blocks or enough GPU memory for the weights", c.NumBlocks))
+	}
+	if c.MaxNumSeqs <= 0 {
+		errs = append(errs, fmt.Errorf("max num seqs %d must be positive", c.MaxNumSeqs))
+	}
+	if c.MaxNumBatchedTokens <= 0 {
+		errs = append(errs, fmt.Errorf("max num batched tokens %d must be positive", c.MaxNumBatchedTokens))
+	}
+	if c.Timing.Speed < 0 {
+		errs = append(errs, fmt.Errorf("speed %v must be positive", c.Timing.Speed))
+	}
+	if c.Timing.Base < 0 || c.Timing.PerToken < 0 || c.Timing.PerSeq < 0 || c.Timing.PerContextToken < 0 || c.Timing.PerAttnPair < 0 {
+		errs = append(errs, errors.New("timing coefficients must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// stepTime is the modelled duration of one step.
+func (t Timing) stepTime(tokens, seqs, context int, attnPairs float64) time.Duration {
+	ns := float64(t.Base) + float64(t.PerToken)*float64(tokens) + float64(t.PerSeq)*float64(seqs) +
+		float64(t.PerContextToken)*float64(context) + t.PerAttnPair*attnPairs
+	speed := t.Speed
+	if speed <= 0 {
+		speed = 1
+	}
+	d := time.Duration(ns / speed)
+	if d <= 0 {
+		d = 1
+	}
+	return d
+}
