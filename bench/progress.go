@@ -11,13 +11,13 @@ import (
 // progress draws "[=====     ] 120/400 done, 2 errors, 35.1 req/s" on one line, redrawn
 // every 200 ms.
 type progress struct {
-	w           io.Writer
-	total       int
-	mu          sync.Mutex
+	w              io.Writer
+	total          int
+	mu             sync.Mutex
 	finished, errs int
-	start       time.Time
-	quit        chan struct{}
-	wg          sync.WaitGroup
+	start          time.Time
+	quit           chan struct{}
+	wg             sync.WaitGroup
 }
 
 func newProgress(w io.Writer, total int) *progress {

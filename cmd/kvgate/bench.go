@@ -172,4 +172,3 @@ func printBench(w io.Writer, r *bench.Result) {
 	}
 	tw.Flush()
 }
-
