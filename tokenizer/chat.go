@@ -1,7 +1,316 @@
 package tokenizer
 
-import "encoding/json"
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
 
-type chatTemplates struct{}
+	"github.com/nikolalohinski/gonja/v2/builtins"
+	"github.com/nikolalohinski/gonja/v2/config"
+	"github.com/nikolalohinski/gonja/v2/exec"
+	"github.com/nikolalohinski/gonja/v2/loaders"
+)
 
-func parseChatTemplates(raw json.RawMessage) (*chatTemplates, error) { return nil, nil }
+// ChatInput is one chat-template rendering request.
+type ChatInput struct {
+	Messages            json.RawMessage // the OpenAI request's "messages" array, raw (key order preserved for tojson)
+	Tools               json.RawMessage // "tools" or nil
+	AddGenerationPrompt bool
+	Extra               map[string]any // extra template variables, e.g. enable_thinking (chat_template_kwargs)
+	Template            string         // named template ("tool_use", ...) or "" for the default
+}
+
+// chatTemplates holds the parsed chat templates of a tokenizer.
+type chatTemplates struct {
+	def   *chatTemplate
+	named map[string]*chatTemplate
+}
+
+type chatTemplate struct {
+	t *exec.Template
+	// flattenContent: the template treats message content as a string, so text-only
+	// content-part arrays are joined with "\n" first, as vLLM does for such templates.
+	flattenContent bool
+}
+
+// orderVar is the hidden template variable holding the render's keyOrder for tojson.
+const orderVar = "__kvgate_key_order"
+
+var contentLoop = regexp.MustCompile(`for\s+\w+\s+in\s+\w+(\.content|\[['"]content['"]\])`)
+
+func parseChatTemplates(raw json.RawMessage) (*chatTemplates, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	ts := &chatTemplates{named: map[string]*chatTemplate{}}
+	var one string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		t, err := compileTemplate(one)
+		if err != nil {
+			return nil, err
+		}
+		ts.def = t
+		return ts, nil
+	}
+	var list []struct {
+		Name     string `json:"name"`
+		Template string `json:"template"`
+	}
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, fmt.Errorf("tokenizer: chat_template is neither a string nor a list of {name, template}: %w", err)
+	}
+	for _, e := range list {
+		t, err := compileTemplate(e.Template)
+		if err != nil {
+			return nil, fmt.Errorf("%w (template %q)", err, e.Name)
+		}
+		ts.named[e.Name] = t
+		if e.Name == "default" {
+			ts.def = t
+		}
+	}
+	return ts, nil
+}
+
+// compileTemplate parses a Jinja chat template with kvgate's environment.
+func compileTemplate(src string) (tmpl *chatTemplate, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			tmpl, err = nil, fmt.Errorf("tokenizer: chat template: parser failure: %v", r)
+		}
+	}()
+	fsl, err := loaders.NewFileSystemLoader("")
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: chat template: %w", err)
+	}
+	const id = "chat_template"
+	ld, err := loaders.NewShiftedLoader(id, strings.NewReader(src), fsl)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: chat template: %w", err)
+	}
+	cfg := config.New()
+	// Hugging Face's environment: trim_blocks and lstrip_blocks on, trailing newline dropped.
+	cfg.TrimBlocks = true
+	cfg.LeftStripBlocks = true
+	t, err := exec.NewTemplate(id, cfg, ld, newEnvironment())
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: chat template: %w", err)
+	}
+	return &chatTemplate{t: t, flattenContent: !contentLoop.MatchString(src)}, nil
+}
+
+// newEnvironment is gonja's Python-compatible builtins plus what Hugging Face adds for chat
+// templates: a json.dumps-compatible tojson, raise_exception and strftime_now.
+func newEnvironment() *exec.Environment {
+	filters := exec.NewFilterSet(map[string]exec.FilterFunction{}).Update(builtins.Filters)
+	_ = filters.Replace("tojson", filterToJSON)
+	tests := exec.NewTestSet(map[string]exec.TestFunction{}).Update(builtins.Tests)
+	ctx := exec.EmptyContext().Update(builtins.GlobalFunctions).Update(builtins.GlobalVariables)
+	ctx.Set("raise_exception", func(msg string) (string, error) {
+		return "", fmt.Errorf("raise_exception: %s", msg)
+	})
+	ctx.Set("strftime_now", func(format string) string { return strftime(time.Now(), format) })
+	return &exec.Environment{
+		Context:           ctx,
+		Filters:           filters,
+		Tests:             tests,
+		ControlStructures: builtins.ControlStructures,
+		Methods:           builtins.Methods,
+	}
+}
+
+// filterToJSON is tojson with Python's json.dumps output: key order kept, ", " and ": "
+// separators, non-ASCII written as is, optional indent.
+func filterToJSON(e *exec.Evaluator, in *exec.Value, params *exec.VarArgs) *exec.Value {
+	if in.IsError() {
+		return in
+	}
+	indent := -1
+	if v, ok := params.KwArgs["indent"]; ok && !v.IsNil() {
+		indent = v.Integer()
+	} else if len(params.Args) > 0 && !params.Args[0].IsNil() {
+		indent = params.Args[0].Integer()
+	}
+	ko, _ := lookupOrder(e)
+	var b strings.Builder
+	if err := pyDumps(&b, in.Interface(), ko, indent, 0); err != nil {
+		return exec.AsValue(err)
+	}
+	return exec.AsSafeValue(b.String())
+}
+
+func lookupOrder(e *exec.Evaluator) (keyOrder, bool) {
+	if e == nil || e.Environment == nil || e.Environment.Context == nil {
+		return nil, false
+	}
+	v, ok := e.Environment.Context.Get(orderVar)
+	if !ok {
+		return nil, false
+	}
+	ko, ok := v.(keyOrder)
+	return ko, ok
+}
+
+// HasChatTemplate reports whether the tokenizer has a chat template (the default one when name
+// is "").
+func (t *Tokenizer) HasChatTemplate(name string) bool {
+	_, err := t.template(name)
+	return err == nil
+}
+
+func (t *Tokenizer) template(name string) (*chatTemplate, error) {
+	if t.tmpl == nil {
+		return nil, errors.New("tokenizer: no chat_template in tokenizer_config.json")
+	}
+	if name == "" {
+		if t.tmpl.def == nil {
+			return nil, errors.New("tokenizer: no default chat template")
+		}
+		return t.tmpl.def, nil
+	}
+	ct, ok := t.tmpl.named[name]
+	if !ok {
+		return nil, fmt.Errorf("tokenizer: no chat template named %q", name)
+	}
+	return ct, nil
+}
+
+// RenderChat renders the chat template with messages, tools, add_generation_prompt,
+// bos_token, eos_token and the extra variables, as Hugging Face's apply_chat_template does.
+func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
+	ct, err := t.template(in.Template)
+	if err != nil {
+		return "", err
+	}
+	ko := keyOrder{}
+	msgs, err := decodeOrdered(in.Messages, ko)
+	if err != nil {
+		return "", fmt.Errorf("tokenizer: messages: %w", err)
+	}
+	list, ok := msgs.([]any)
+	if !ok {
+		return "", errors.New("tokenizer: messages is not an array")
+	}
+	for i, m := range list {
+		mm, ok := m.(map[string]any)
+		if !ok {
+			return "", fmt.Errorf("tokenizer: messages[%d] is not an object", i)
+		}
+		if ct.flattenContent {
+			flattenParts(mm)
+		}
+	}
+	vars := map[string]any{
+		"messages":              list,
+		"add_generation_prompt": in.AddGenerationPrompt,
+		"bos_token":             t.bosToken,
+		"eos_token":             t.eosToken,
+		"tools":                 nil,
+		orderVar:                ko,
+	}
+	if !isNull(in.Tools) {
+		tools, err := decodeOrdered(in.Tools, ko)
+		if err != nil {
+			return "", fmt.Errorf("tokenizer: tools: %w", err)
+		}
+		if _, ok := tools.([]any); !ok {
+			return "", errors.New("tokenizer: tools is not an array")
+		}
+		vars["tools"] = tools
+	}
+	if len(in.Extra) > 0 {
+		raw, err := json.Marshal(in.Extra)
+		if err != nil {
+			return "", fmt.Errorf("tokenizer: extra: %w", err)
+		}
+		extra, err := decodeOrdered(raw, ko)
+		if err != nil {
+			return "", fmt.Errorf("tokenizer: extra: %w", err)
+		}
+		for k, v := range extra.(map[string]any) {
+			if k == orderVar {
+				continue
+			}
+			vars[k] = v
+		}
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = "", fmt.Errorf("tokenizer: chat template: render failure: %v", r)
+		}
+	}()
+	var b bytes.Buffer
+	if err := ct.t.Execute(&b, exec.NewContext(vars)); err != nil {
+		return "", fmt.Errorf("tokenizer: chat template: %w", err)
+	}
+	return b.String(), nil
+}
+
+// flattenParts turns a text-only content-part array into one string joined by "\n".
+func flattenParts(m map[string]any) {
+	parts, ok := m["content"].([]any)
+	if !ok {
+		return
+	}
+	texts := make([]string, 0, len(parts))
+	for _, p := range parts {
+		pm, ok := p.(map[string]any)
+		if !ok || pm["type"] != "text" {
+			return
+		}
+		s, ok := pm["text"].(string)
+		if !ok {
+			return
+		}
+		texts = append(texts, s)
+	}
+	m["content"] = strings.Join(texts, "\n")
+}
+
+// strftime implements the common directives of Python's time.strftime.
+func strftime(t time.Time, f string) string {
+	var b strings.Builder
+	for i := 0; i < len(f); i++ {
+		if f[i] != '%' || i+1 == len(f) {
+			b.WriteByte(f[i])
+			continue
+		}
+		i++
+		switch f[i] {
+		case 'd':
+			fmt.Fprintf(&b, "%02d", t.Day())
+		case 'm':
+			fmt.Fprintf(&b, "%02d", int(t.Month()))
+		case 'Y':
+			fmt.Fprintf(&b, "%04d", t.Year())
+		case 'y':
+			fmt.Fprintf(&b, "%02d", t.Year()%100)
+		case 'b':
+			b.WriteString(t.Month().String()[:3])
+		case 'B':
+			b.WriteString(t.Month().String())
+		case 'a':
+			b.WriteString(t.Weekday().String()[:3])
+		case 'A':
+			b.WriteString(t.Weekday().String())
+		case 'H':
+			fmt.Fprintf(&b, "%02d", t.Hour())
+		case 'M':
+			fmt.Fprintf(&b, "%02d", t.Minute())
+		case 'S':
+			fmt.Fprintf(&b, "%02d", t.Second())
+		case 'j':
+			fmt.Fprintf(&b, "%03d", t.YearDay())
+		case '%':
+			b.WriteByte('%')
+		default:
+			b.WriteByte('%')
+			b.WriteByte(f[i])
+		}
+	}
+	return b.String()
+}

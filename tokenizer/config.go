@@ -9,9 +9,9 @@ import (
 
 // configJSON is the part of tokenizer_config.json that kvgate reads.
 type configJSON struct {
-	ChatTemplate       json.RawMessage            `json:"chat_template"`
-	BOSToken           json.RawMessage            `json:"bos_token"`
-	EOSToken           json.RawMessage            `json:"eos_token"`
+	ChatTemplate       json.RawMessage           `json:"chat_template"`
+	BOSToken           json.RawMessage           `json:"bos_token"`
+	EOSToken           json.RawMessage           `json:"eos_token"`
 	AddedTokensDecoder map[string]addedTokenJSON `json:"added_tokens_decoder"`
 }
 

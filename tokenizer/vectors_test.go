@@ -91,3 +91,28 @@ func TestQwen3EncodeVectors(t *testing.T) {
 		})
 	}
 }
+
+func TestQwen3ChatVectors(t *testing.T) {
+	tok := defaultTokenizer(t)
+	for _, v := range readJSONL[chatVector](t, "testdata/qwen3/chat.jsonl") {
+		t.Run(v.Name, func(t *testing.T) {
+			got, err := tok.RenderChat(tokenizer.ChatInput{
+				Messages:            v.Messages,
+				Tools:               v.Tools,
+				AddGenerationPrompt: v.AddGenerationPrompt,
+				Extra:               v.Extra,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != v.Prompt {
+				t.Fatalf("prompt:\n got %q\nwant %q", got, v.Prompt)
+			}
+			ids := tok.Encode(got)
+			if !slices.Equal(ids, v.IDs) {
+				i := firstDiff(ids, v.IDs)
+				t.Fatalf("ids differ at %d: got %v, want %v", i, ids[i:min(i+8, len(ids))], v.IDs[i:min(i+8, len(v.IDs))])
+			}
+		})
+	}
+}
