@@ -129,4 +129,3 @@ const (
 	// VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0: 32-byte sha256 digests).
 	HashBytes
 )
-
