@@ -1,0 +1,126 @@
+// Package envoy holds kvgate's Envoy configuration files and the code that parses Envoy
+// configuration from YAML into Envoy's protos and validates it, typed configs included.
+package envoy
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+	"sigs.k8s.io/yaml"
+
+	// The typed configs kvgate writes: importing them registers their types, so that Any
+	// fields resolve in protojson and in Validate.
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+)
+
+// validator is what protoc-gen-validate generates on every Envoy message.
+type validator interface{ ValidateAll() error }
+
+// maxDepth bounds the nesting of Any inside Any that Validate follows.
+const maxDepth = 32
+
+// Validate runs the message's generated ValidateAll and does the same for every message
+// packed in an Any anywhere inside it (typed_config, typed_extension_protocol_options,
+// typed_per_filter_config...), recursively. An Any whose type is not registered in this
+// binary is an error: Envoy would reject it too. Safe for concurrent use.
+func Validate(m proto.Message) error {
+	return validate(m.ProtoReflect(), "", 0)
+}
+
+func validate(m protoreflect.Message, path string, depth int) error {
+	if depth > maxDepth {
+		return fmt.Errorf("%s: Any nested deeper than %d", path, maxDepth)
+	}
+	if !m.IsValid() {
+		return nil
+	}
+	var errs []error
+	if v, ok := m.Interface().(validator); ok {
+		if err := v.ValidateAll(); err != nil {
+			errs = append(errs, prefix(path, err))
+		}
+	}
+	if a, ok := m.Interface().(*anypb.Any); ok {
+		inner, err := a.UnmarshalNew()
+		if err != nil {
+			return prefix(path, fmt.Errorf("typed config %s: %w", a.GetTypeUrl(), err))
+		}
+		return errors.Join(append(errs, validate(inner.ProtoReflect(), join(path, "("+string(inner.ProtoReflect().Descriptor().FullName())+")"), depth+1))...)
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
+			return true
+		}
+		p := join(path, string(fd.Name()))
+		switch {
+		case fd.IsList():
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				errs = append(errs, validate(l.Get(i).Message(), fmt.Sprintf("%s[%d]", p, i), depth))
+			}
+		case fd.IsMap():
+			if fd.MapValue().Kind() != protoreflect.MessageKind {
+				return true
+			}
+			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+				errs = append(errs, validate(mv.Message(), fmt.Sprintf("%s[%v]", p, k.Interface()), depth))
+				return true
+			})
+		default:
+			errs = append(errs, validate(v.Message(), p, depth))
+		}
+		return true
+	})
+	return errors.Join(errs...)
+}
+
+func join(path, name string) string {
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+func prefix(path string, err error) error {
+	if path == "" {
+		return err
+	}
+	return fmt.Errorf("%s: %w", path, err)
+}
+
+// FromYAML parses Envoy configuration in YAML (or JSON) into m, strictly: unknown fields
+// and unresolvable typed configs are errors.
+func FromYAML(data []byte, m proto.Message) error {
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return fmt.Errorf("yaml: %w", err)
+	}
+	if err := protojson.Unmarshal(js, m); err != nil {
+		return fmt.Errorf("%s: %w", m.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return nil
+}
+
+// ToYAML renders m as YAML with Envoy's field names (snake_case), keys sorted, so that the
+// output is stable and ready for `envoy -c`.
+func ToYAML(m proto.Message) ([]byte, error) {
+	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return yaml.JSONToYAML(js)
+}

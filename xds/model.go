@@ -1,0 +1,158 @@
+package xds
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Model is everything the translation needs: where Envoy listens, where the router is, which
+// engines serve which model, and the knobs. It is plain data; Translate never changes it.
+type Model struct {
+	// Listener is the address Envoy serves the OpenAI API on, host:port (default 0.0.0.0:8080).
+	Listener string `json:"listener,omitempty"`
+	// Router lists the ext_proc addresses of the kvgate routers, host:port each; hostnames are
+	// resolved by Envoy (STRICT_DNS), IPs are used as they are.
+	Router []string `json:"router"`
+	// RouterTLS, when set, makes Envoy talk to the router over TLS (mTLS with a client cert).
+	RouterTLS *TLSFiles `json:"routerTLS,omitempty"`
+	// Pools maps a model name to the engines serving it.
+	Pools map[string][]Endpoint `json:"pools,omitempty"`
+	// Options are the tunables, zero values meaning the defaults documented on each field.
+	Options Options `json:"options,omitempty"`
+}
+
+// Endpoint is one engine as the translation sees it.
+type Endpoint struct {
+	// Name identifies the engine (for example its Consul service ID).
+	Name string `json:"name,omitempty"`
+	// Address is ip:port of the engine's OpenAI server; Envoy's EDS takes IPs only.
+	Address string `json:"address"`
+	// Role is aggregated (default), prefill or decode. Prefill engines never receive client
+	// requests, so they are left out of the pools.
+	Role string `json:"role,omitempty"`
+	// Healthy marks the engine's health as discovery reports it.
+	Healthy bool `json:"healthy"`
+	// Workerd is the node daemon's address, carried as endpoint metadata.
+	Workerd string `json:"workerd,omitempty"`
+	// BlockSize is the engine's KV block size in tokens, carried as endpoint metadata.
+	BlockSize int `json:"blockSize,omitempty"`
+}
+
+// Roles of an engine.
+const (
+	RoleAggregated = "aggregated"
+	RolePrefill    = "prefill"
+	RoleDecode     = "decode"
+)
+
+// TLSFiles names PEM files for one side of a TLS connection. Cert and Key together are this
+// side's identity (for a client, mTLS); CA verifies the peer.
+type TLSFiles struct {
+	Cert string `json:"cert,omitempty"`
+	Key  string `json:"key,omitempty"`
+	CA   string `json:"ca,omitempty"`
+	// SNI is the server name a client sends and verifies (client side only).
+	SNI string `json:"sni,omitempty"`
+}
+
+// Body modes of the ext_proc filter, as kvgate spells them.
+const (
+	BodyBuffered   = "buffered"
+	BodyStreamed   = "streamed"
+	BodyFullDuplex = "full-duplex"
+)
+
+// Options are the tunables of the generated configuration.
+type Options struct {
+	// RequestBody is how Envoy sends request bodies to the router: buffered (default) or
+	// full-duplex.
+	RequestBody string `json:"requestBody,omitempty"`
+	// ResponseBody is how Envoy sends response bodies to the router: streamed (default) or
+	// full-duplex. Full-duplex in either direction turns both on, as Envoy requires.
+	ResponseBody string `json:"responseBody,omitempty"`
+	// FailureModeAllow lets requests through when the router cannot be reached. Off by
+	// default: without the router there is no endpoint to go to.
+	FailureModeAllow bool `json:"failureModeAllow,omitempty"`
+	// MessageTimeout bounds how long Envoy waits for each router reply (default 2s).
+	MessageTimeout Duration `json:"messageTimeout,omitempty"`
+	// StreamIdleTimeout closes a stream silent this long; SSE streams stay silent while a
+	// long prompt prefills, so the default is generous (5m).
+	StreamIdleTimeout Duration `json:"streamIdleTimeout,omitempty"`
+	// RequestTimeout bounds a whole inference request; zero (default) means none, since
+	// generations can run for minutes.
+	RequestTimeout Duration `json:"requestTimeout,omitempty"`
+	// ConnectTimeout bounds upstream connects (default 2s).
+	ConnectTimeout Duration `json:"connectTimeout,omitempty"`
+	// HealthCheckInterval is how often Envoy health-checks the router and the engines
+	// (default 5s).
+	HealthCheckInterval Duration `json:"healthCheckInterval,omitempty"`
+	// EngineHealthPath is the HTTP path Envoy health-checks engines on (default /health).
+	EngineHealthPath string `json:"engineHealthPath,omitempty"`
+	// MaxRequests caps concurrent requests per upstream cluster (default 100000: inference
+	// streams are long, Envoy's default of 1024 is far too low).
+	MaxRequests uint32 `json:"maxRequests,omitempty"`
+}
+
+// Duration is a time.Duration written as Go duration text ("250ms", "5m") in YAML and JSON.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as text.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads Go duration text.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be text such as \"2s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %s is negative", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ParseModel reads a Model from YAML or JSON, strictly (unknown fields are errors).
+func ParseModel(data []byte) (Model, error) {
+	var m Model
+	if err := yaml.UnmarshalStrict(data, &m); err != nil {
+		return Model{}, fmt.Errorf("xds model: %w", err)
+	}
+	return m, nil
+}
+
+// withDefaults returns o with every zero field replaced by its default.
+func (o Options) withDefaults() Options {
+	if o.RequestBody == "" {
+		o.RequestBody = BodyBuffered
+	}
+	if o.ResponseBody == "" {
+		o.ResponseBody = BodyStreamed
+	}
+	if o.MessageTimeout == 0 {
+		o.MessageTimeout = Duration(2 * time.Second)
+	}
+	if o.StreamIdleTimeout == 0 {
+		o.StreamIdleTimeout = Duration(5 * time.Minute)
+	}
+	if o.ConnectTimeout == 0 {
+		o.ConnectTimeout = Duration(2 * time.Second)
+	}
+	if o.HealthCheckInterval == 0 {
+		o.HealthCheckInterval = Duration(5 * time.Second)
+	}
+	if o.EngineHealthPath == "" {
+		o.EngineHealthPath = "/health"
+	}
+	if o.MaxRequests == 0 {
+		o.MaxRequests = 100000
+	}
+	return o
+}

@@ -1,0 +1,77 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// Snapshot turns resources into a go-control-plane snapshot whose version for each resource
+// type is a hash of that type's content: an unchanged configuration keeps its versions, so
+// nothing is pushed, and a change in endpoints pushes EDS only.
+func (r *Resources) Snapshot() (*cache.Snapshot, error) {
+	snap := &cache.Snapshot{}
+	groups := []struct {
+		typ   types.ResponseType
+		items []types.Resource
+	}{
+		{types.Listener, asResources(r.Listeners)},
+		{types.Cluster, asResources(r.Clusters)},
+		{types.Route, asResources(r.Routes)},
+		{types.Endpoint, asResources(r.Endpoints)},
+	}
+	for _, g := range groups {
+		v, err := hashResources(g.items)
+		if err != nil {
+			return nil, err
+		}
+		snap.Resources[g.typ] = cache.NewResources(v, g.items)
+	}
+	if err := snap.Consistent(); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// Version is the version of the whole configuration: a hash of the four per-type versions.
+func (r *Resources) Version() (string, error) {
+	h := sha256.New()
+	for _, items := range [][]types.Resource{asResources(r.Listeners), asResources(r.Clusters), asResources(r.Routes), asResources(r.Endpoints)} {
+		v, err := hashResources(items)
+		if err != nil {
+			return "", err
+		}
+		h.Write([]byte(v))
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+func asResources[T types.Resource](in []T) []types.Resource {
+	out := make([]types.Resource, len(in))
+	for i, r := range in {
+		out[i] = r
+	}
+	return out
+}
+
+// hashResources hashes resources in their given (sorted) order, each deterministically
+// marshalled and length-prefixed so that no two lists share a hash by concatenation.
+func hashResources(items []types.Resource) (string, error) {
+	h := sha256.New()
+	opts := proto.MarshalOptions{Deterministic: true}
+	var buf []byte
+	for _, it := range items {
+		var err error
+		buf, err = opts.MarshalAppend(buf[:0], it)
+		if err != nil {
+			return "", fmt.Errorf("xds: hashing %T: %w", it, err)
+		}
+		fmt.Fprintf(h, "%d:", len(buf))
+		h.Write(buf)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
