@@ -22,30 +22,35 @@ type bpe struct {
 	ignoreMerges bool
 }
 
-func newBPE(m *modelJSON, merges [][2]string, byteLevel bool) (*bpe, error) {
+func newBPE(m *modelJSON, byteLevel bool) (*bpe, error) {
 	b := &bpe{
 		vocab:        m.Vocab,
-		merges:       make(map[uint64]uint64, len(merges)),
+		merges:       make(map[uint64]uint64, len(m.Vocab)),
 		byteLevel:    byteLevel,
 		byteFallback: m.ByteFallback,
 		fuseUnk:      m.FuseUnk,
 		ignoreMerges: m.IgnoreMerges,
 	}
-	for rank, p := range merges {
-		a, okA := m.Vocab[p[0]]
-		c, okC := m.Vocab[p[1]]
+	var cat []byte
+	err := parseMergesInto(m.Merges, func(rank int, l, r []byte) error {
+		a, okA := m.Vocab[string(l)]
+		c, okC := m.Vocab[string(r)]
 		if !okA || !okC {
-			return nil, fmt.Errorf("tokenizer: merge %d (%q %q) uses a token that is not in the vocab", rank, p[0], p[1])
+			return fmt.Errorf("merge %d (%q %q) uses a token that is not in the vocab", rank, l, r)
 		}
-		id, ok := m.Vocab[p[0]+p[1]]
+		cat = append(append(cat[:0], l...), r...)
+		id, ok := m.Vocab[string(cat)]
 		if !ok {
-			return nil, fmt.Errorf("tokenizer: merge %d (%q %q) produces %q, which is not in the vocab", rank, p[0], p[1], p[0]+p[1])
+			return fmt.Errorf("merge %d (%q %q) produces %q, which is not in the vocab", rank, l, r, cat)
 		}
 		key := uint64(a)<<32 | uint64(c)
-		if _, dup := b.merges[key]; dup {
-			continue // the first (lowest) rank wins, as in Hugging Face tokenizers
+		if _, dup := b.merges[key]; !dup { // the first (lowest) rank wins
+			b.merges[key] = uint64(rank)<<32 | uint64(id)
 		}
-		b.merges[key] = uint64(rank)<<32 | uint64(id)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if byteLevel {
 		for i := 0; i < 256; i++ {

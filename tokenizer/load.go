@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strings"
 )
 
 // fileJSON is the part of tokenizer.json that kvgate reads.
@@ -35,21 +34,97 @@ type modelJSON struct {
 	FuseUnk                 bool              `json:"fuse_unk"`
 	ByteFallback            bool              `json:"byte_fallback"`
 	IgnoreMerges            bool              `json:"ignore_merges"`
-	Vocab                   map[string]uint32 `json:"vocab"`
-	Merges                  json.RawMessage   `json:"merges"`
+	Vocab                   map[string]uint32 `json:"-"` // parsed by parseVocab
+	Merges                  []byte            `json:"-"` // parsed by parseMergesInto
+	hasMerges               bool
+}
+
+// splitTokenizerJSON scans tokenizer.json's top level and its model object, parsing vocab with
+// the fast scanner and everything else with encoding/json.
+func splitTokenizerJSON(data []byte) (*fileJSON, error) {
+	f := &fileJSON{}
+	s := &jsonScanner{data: data}
+	var modelRaw []byte
+	err := s.object(func(k []byte) error {
+		v, err := s.skip()
+		if err != nil {
+			return err
+		}
+		switch string(k) {
+		case "added_tokens":
+			if err := json.Unmarshal(v, &f.AddedTokens); err != nil {
+				return fmt.Errorf("added_tokens: %w", err)
+			}
+		case "normalizer":
+			f.Normalizer = v
+		case "pre_tokenizer":
+			f.PreTokenizer = v
+		case "decoder":
+			f.Decoder = v
+		case "model":
+			modelRaw = v
+		}
+		return nil
+	})
+	if err == nil && s.peek() != 0 {
+		err = fmt.Errorf("%w: trailing data", errJSON)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: tokenizer.json: %w", err)
+	}
+	if modelRaw == nil {
+		return nil, fmt.Errorf("tokenizer: tokenizer.json has no model")
+	}
+	// The model's small fields go through encoding/json; vocab and merges through the scanner.
+	small := []byte{'{'}
+	ms := &jsonScanner{data: modelRaw}
+	var vocabRaw []byte
+	err = ms.object(func(k []byte) error {
+		v, err := ms.skip()
+		if err != nil {
+			return err
+		}
+		switch string(k) {
+		case "vocab":
+			vocabRaw = v
+		case "merges":
+			f.Model.Merges, f.Model.hasMerges = v, true
+		default:
+			if len(small) > 1 {
+				small = append(small, ',')
+			}
+			kq, _ := json.Marshal(string(k))
+			small = append(append(append(small, kq...), ':'), v...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: tokenizer.json model: %w", err)
+	}
+	small = append(small, '}')
+	if err := json.Unmarshal(small, &f.Model); err != nil {
+		return nil, fmt.Errorf("tokenizer: tokenizer.json model: %w", err)
+	}
+	if vocabRaw == nil {
+		return nil, fmt.Errorf("tokenizer: tokenizer.json model has no vocab")
+	}
+	if f.Model.Vocab, err = parseVocab(vocabRaw); err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 // build parses tokenizer.json and assembles the pipeline.
 func build(data []byte) (*Tokenizer, error) {
-	var f fileJSON
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("tokenizer: tokenizer.json: %w", err)
+	f, err := splitTokenizerJSON(data)
+	if err != nil {
+		return nil, err
 	}
 	m := &f.Model
 	switch m.Type {
 	case "BPE":
 	case "":
-		if m.Merges == nil {
+		if !m.hasMerges {
 			return nil, fmt.Errorf("tokenizer: model without type or merges is not supported (only BPE)")
 		}
 	default:
@@ -87,7 +162,6 @@ func build(data []byte) (*Tokenizer, error) {
 	for tok, id := range m.Vocab {
 		t.idToTok[id] = tok
 	}
-	var err error
 	if t.norm, err = parseNormalizer(f.Normalizer); err != nil {
 		return nil, err
 	}
@@ -98,11 +172,7 @@ func build(data []byte) (*Tokenizer, error) {
 	if t.dec, err = parseDecoder(f.Decoder); err != nil {
 		return nil, err
 	}
-	merges, err := parseMerges(m.Merges)
-	if err != nil {
-		return nil, err
-	}
-	if t.bpe, err = newBPE(m, merges, byteLevel); err != nil {
+	if t.bpe, err = newBPE(m, byteLevel); err != nil {
 		return nil, err
 	}
 	t.added = newAddedVocab()
@@ -116,38 +186,6 @@ func build(data []byte) (*Tokenizer, error) {
 	}
 	t.added.finish()
 	return t, nil
-}
-
-// parseMerges accepts both forms: ["a b", ...] and [["a", "b"], ...].
-func parseMerges(raw json.RawMessage) ([][2]string, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
-	}
-	var asStrings []string
-	if err := json.Unmarshal(raw, &asStrings); err == nil {
-		out := make([][2]string, len(asStrings))
-		for i, s := range asStrings {
-			a, b, ok := strings.Cut(s, " ")
-			if !ok || strings.Contains(b, " ") {
-				return nil, fmt.Errorf("tokenizer: merge %d %q is not two tokens separated by a space", i, s)
-			}
-			out[i] = [2]string{a, b}
-		}
-		return out, nil
-	}
-	var asPairs [][]string
-	if err := json.Unmarshal(raw, &asPairs); err != nil {
-		return nil, fmt.Errorf("tokenizer: merges are neither [\"a b\"] nor [[\"a\",\"b\"]]: %w", err)
-	}
-	out := make([][2]string, len(asPairs))
-	for i, p := range asPairs {
-		if len(p) != 2 {
-			return nil, fmt.Errorf("tokenizer: merge %d has %d parts, want 2", i, len(p))
-		}
-		out[i] = [2]string{p[0], p[1]}
-	}
-	return out, nil
 }
 
 // typeOf reads the "type" field of a component.
