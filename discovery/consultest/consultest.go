@@ -1,0 +1,243 @@
+// Package consultest runs a real Consul agent in dev mode on free loopback ports for tests.
+package consultest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Agent is a running `consul agent -dev` bound to 127.0.0.1.
+type Agent struct {
+	Addr   string      // HTTP API address, 127.0.0.1:port
+	Client *api.Client // client for Addr
+
+	t       testing.TB
+	bin     string
+	node    string
+	ports   ports
+	logPath string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+type ports struct{ http, serfLAN, serfWAN, server int }
+
+var buildOnce sync.Mutex
+
+// Binary returns the path of the consul binary: $KVGATE_PEERS/consul, else
+// <repository root>/.cache/peers/consul. When it is missing it runs scripts/peers.sh from the
+// repository root to build it (minutes, once).
+func Binary() (string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	dir := os.Getenv("KVGATE_PEERS")
+	if dir == "" {
+		dir = filepath.Join(root, ".cache", "peers")
+	}
+	bin := filepath.Join(dir, "consul")
+	if isExec(bin) {
+		return bin, nil
+	}
+	buildOnce.Lock()
+	defer buildOnce.Unlock()
+	if isExec(bin) {
+		return bin, nil
+	}
+	cmd := exec.Command("bash", "scripts/peers.sh")
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("consultest: %s missing and scripts/peers.sh failed: %v\n%s", bin, err, out)
+	}
+	if !isExec(bin) {
+		return "", fmt.Errorf("consultest: scripts/peers.sh ran but %s is still missing", bin)
+	}
+	return bin, nil
+}
+
+func isExec(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+}
+
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
+			bytes.Contains(b, []byte("module github.com/kvgate/kvgate\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("consultest: repository root (go.mod of github.com/kvgate/kvgate) not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// freePort returns a loopback port free for both TCP and UDP at the time of the call.
+func freePort(t testing.TB) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("consultest: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return port
+	}
+	t.Fatal("consultest: no port free for both TCP and UDP")
+	return 0
+}
+
+// Start runs a dev agent and waits until it has a leader and its own node is in the catalog.
+// The agent is stopped when the test ends; its log is printed if the test failed.
+func Start(t testing.TB) *Agent {
+	t.Helper()
+	bin, err := Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{t: t, bin: bin, logPath: filepath.Join(t.TempDir(), "consul.log")}
+	a.ports = ports{http: freePort(t), serfLAN: freePort(t), serfWAN: freePort(t), server: freePort(t)}
+	a.node = fmt.Sprintf("kvgate-test-%d", a.ports.http)
+	a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.http))
+	cfg := api.DefaultConfig()
+	cfg.Address = a.Addr
+	cfg.Token = ""
+	a.Client, err = api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Stop()
+		if t.Failed() {
+			if b, err := os.ReadFile(a.logPath); err == nil {
+				t.Logf("consul log (tail):\n%s", tail(string(b), 4000))
+			}
+		}
+	})
+	if err := a.start(); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
+
+func (a *Agent) start() error {
+	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(a.bin, "agent", "-dev",
+		"-node", a.node,
+		"-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", strconv.Itoa(a.ports.http),
+		"-dns-port", "-1",
+		"-grpc-port", "-1",
+		"-serf-lan-port", strconv.Itoa(a.ports.serfLAN),
+		"-serf-wan-port", strconv.Itoa(a.ports.serfWAN),
+		"-server-port", strconv.Itoa(a.ports.server),
+		"-hcl", "ports { grpc_tls = -1 }",
+		"-log-level", "warn",
+	)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	setDeathSignal(cmd)
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("consultest: start %s: %w", a.bin, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+	a.mu.Lock()
+	a.cmd, a.done = cmd, done
+	a.mu.Unlock()
+	return a.waitReady(done)
+}
+
+func (a *Agent) waitReady(done <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		select {
+		case <-done:
+			b, _ := os.ReadFile(a.logPath)
+			return fmt.Errorf("consultest: consul exited during start:\n%s", tail(string(b), 4000))
+		case <-ctx.Done():
+			return fmt.Errorf("consultest: consul at %s not ready within 60s", a.Addr)
+		case <-time.After(50 * time.Millisecond):
+		}
+		q := (&api.QueryOptions{}).WithContext(ctx)
+		leader, err := a.Client.Status().LeaderWithQueryOptions(q)
+		if err != nil || leader == "" {
+			continue
+		}
+		node, _, err := a.Client.Catalog().Node(a.node, q)
+		if err == nil && node != nil && node.Node != nil {
+			return nil
+		}
+	}
+}
+
+// Stop kills the agent and waits for it to exit. Dev mode keeps its state in memory, so
+// everything registered is gone. Stop on a stopped agent does nothing.
+func (a *Agent) Stop() {
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.cmd = nil
+	a.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+// Restart stops the agent and starts a fresh one on the same ports and node name: to a
+// client it looks like an agent that restarted and forgot its services.
+func (a *Agent) Restart() {
+	a.t.Helper()
+	a.Stop()
+	var err error
+	for range 5 { // a port may linger for a moment after the kill
+		if err = a.start(); err == nil || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		a.t.Fatal(err)
+	}
+}
