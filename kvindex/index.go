@@ -18,7 +18,7 @@ type EndpointID uint32
 const applyChunk = 256
 
 type endpointState struct {
-	ext    map[ExternalHash]extRef
+	ext    extTable
 	blocks int // nodes this endpoint holds on some tier
 }
 
@@ -50,7 +50,8 @@ type Index struct {
 	alive   []bool
 	freeIDs []EndpointID
 
-	m *metrics
+	m    *metrics
+	sink uint64 // keeps extTable.touch's loads alive
 }
 
 // New returns an empty Index whose metrics are registered with reg; reg may
@@ -125,7 +126,7 @@ func (x *Index) state(ep EndpointID) *endpointState {
 	}
 	st := x.eps[ep]
 	if st == nil {
-		st = &endpointState{ext: map[ExternalHash]extRef{}}
+		st = &endpointState{}
 		x.eps[ep] = st
 	}
 	return st
@@ -162,10 +163,10 @@ func (x *Index) ApplyStored(ep EndpointID, ev Stored) {
 	st := x.state(ep)
 	parent := uint32(0)
 	if ev.HasParent {
-		r, ok := st.ext[ev.Parent]
+		r, ok := st.ext.get(ev.Parent)
 		if !ok || !x.valid(r) {
 			if ok {
-				delete(st.ext, ev.Parent)
+				st.ext.del(ev.Parent)
 			}
 			x.mu.Unlock()
 			x.ignore(ReasonUnknownParent, 1)
@@ -174,9 +175,12 @@ func (x *Index) ApplyStored(ep EndpointID, ev Stored) {
 		parent = r.node
 	}
 	for i, b := range ev.Blocks {
-		if i > 0 && i%applyChunk == 0 {
-			x.mu.Unlock() // let readers in; only this applier changes the tree
-			x.mu.Lock()
+		if i%applyChunk == 0 {
+			if i > 0 {
+				x.mu.Unlock() // let readers in; only this applier changes the tree
+				x.mu.Lock()
+			}
+			x.sink += st.ext.touch(ev.Blocks[i:min(i+applyChunk, len(ev.Blocks))])
 		}
 		h := HashBlock(ev.Seed, b.Tokens)
 		c := x.child(parent, h)
@@ -187,8 +191,7 @@ func (x *Index) ApplyStored(ep EndpointID, ev Stored) {
 			st.blocks++
 			x.pairs++
 		}
-		old, had := st.ext[b.External]
-		st.ext[b.External] = extRef{c, x.nodes[c].gen}
+		old, had := st.ext.put(b.External, extRef{c, x.nodes[c].gen})
 		if had && old.node != c && x.valid(old) {
 			// c is held now, so freeing the old node cannot reach it.
 			x.dropNode(st, ep, old.node)
@@ -230,10 +233,10 @@ func (x *Index) ApplyRemoved(ep EndpointID, ev Removed) {
 			x.mu.Unlock()
 			x.mu.Lock()
 		}
-		r, ok := st.ext[h]
+		r, ok := st.ext.get(h)
 		if !ok || !x.valid(r) {
 			if ok {
-				delete(st.ext, h)
+				st.ext.del(h)
 			}
 			unknown++
 			continue
@@ -242,7 +245,7 @@ func (x *Index) ApplyRemoved(ep EndpointID, ev Removed) {
 		if after != 0 {
 			continue
 		}
-		delete(st.ext, h)
+		st.ext.del(h)
 		if before != 0 {
 			st.blocks--
 			x.pairs--
@@ -278,11 +281,9 @@ func (x *Index) clear(ep EndpointID) {
 		return
 	}
 	st := x.eps[ep]
-	refs := make([]extRef, 0, len(st.ext))
-	for _, r := range st.ext {
-		refs = append(refs, r)
-	}
-	st.ext = map[ExternalHash]extRef{}
+	refs := make([]extRef, 0, st.ext.Len())
+	st.ext.all(func(_ ExternalHash, r extRef) { refs = append(refs, r) })
+	st.ext = extTable{}
 	for i, r := range refs {
 		if i > 0 && i%applyChunk == 0 {
 			x.mu.Unlock()

@@ -1,5 +1,7 @@
 package kvindex
 
+import "slices"
+
 // The radix tree lives in an arena: nodes[i] is node i, node 0 is the root.
 // A node's key is its own block's hash under its parent; a node keeps one
 // child inline (most cached prefixes are chains) and the others sit in one
@@ -57,6 +59,14 @@ func (x *Index) addChild(p uint32, h BlockHash) uint32 {
 		x.free = x.free[:k-1]
 	} else {
 		c = uint32(len(x.nodes))
+		// Double by hand: append grows large slices by 1.25x, copying the
+		// whole arena four times over on the way to its final size.
+		if len(x.nodes) == cap(x.nodes) {
+			x.nodes = slices.Grow(x.nodes, len(x.nodes))
+		}
+		if s := 3 * x.words; len(x.res)+s > cap(x.res) {
+			x.res = slices.Grow(x.res, len(x.res)+s)
+		}
 		x.nodes = append(x.nodes, node{})
 		x.res = append(x.res, make([]uint64, 3*x.words)...)
 	}

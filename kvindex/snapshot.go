@@ -71,15 +71,15 @@ func (x *Index) encodeSnapshot(only *EndpointID) []byte {
 		if st == nil || id >= len(alive) || !alive[id] || (only != nil && EndpointID(id) != *only) {
 			continue
 		}
-		es := make([]snapEntry, 0, len(st.ext))
-		for h, r := range st.ext {
+		es := make([]snapEntry, 0, st.ext.Len())
+		st.ext.all(func(h ExternalHash, r extRef) {
 			if !x.valid(r) {
-				continue
+				return
 			}
 			if m := x.tiers(r.node, EndpointID(id)); m != 0 {
 				es = append(es, snapEntry{h, r.node, m})
 			}
-		}
+		})
 		slices.SortFunc(es, func(a, b snapEntry) int {
 			switch {
 			case a.ext < b.ext:
@@ -314,8 +314,7 @@ func (x *Index) ReadSnapshot(r io.Reader) error {
 					x.pairs++
 				}
 			}
-			old, had := st.ext[en.ext]
-			st.ext[en.ext] = extRef{c, x.nodes[c].gen}
+			old, had := st.ext.put(en.ext, extRef{c, x.nodes[c].gen})
 			if had && old.node != c && x.valid(old) {
 				x.dropNode(st, ep, old.node)
 			}
