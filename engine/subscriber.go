@@ -1,0 +1,331 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+)
+
+// SubscriberConfig configures a Subscriber.
+type SubscriberConfig struct {
+	// Endpoint is the engine's PUB endpoint to connect to, or with Bind the
+	// address to bind for publishers that dial (llm-d-inference-sim);
+	// "tcp://127.0.0.1:0" binds a free port, see Addr.
+	Endpoint string
+	Bind     bool
+	// Topic is the subscription prefix; "" receives every topic.
+	Topic string
+	// ReplayEndpoint is the engine's replay ROUTER; "" means lost batches
+	// cannot be recovered and are reported through Handler.Gap.
+	ReplayEndpoint string
+	Logger         *slog.Logger  // slog.Default() when nil
+	ReplayTimeout  time.Duration // how long a replay may take; 2s when 0
+	DialRetry      time.Duration // wait between dial attempts; 100ms when 0
+}
+
+// Handler receives what a Subscriber reads. Its methods are called from the
+// goroutine running Subscriber.Run, one at a time; the batch is the
+// handler's to keep.
+type Handler interface {
+	// Batch is called in sequence order, at most once per sequence number
+	// (per publisher incarnation).
+	Batch(seq uint64, b EventBatch)
+	// Gap reports that the batches from expected up to (not including) got
+	// are lost and cannot be replayed, or, when got < expected, that the
+	// publisher restarted (its sequence went back, or its stream identity
+	// changed). Either way the engine's cache state is unknown: clear what
+	// is known about it; batches from got onwards follow.
+	Gap(expected, got uint64)
+}
+
+// Subscriber reads one engine's KV-event stream (vLLM's ZmqEventPublisher
+// protocol), detects sequence gaps and fills them from the replay socket.
+// It remembers the last sequence delivered across Run calls, so a Run
+// after a stopped one resumes where it left off (replaying what it missed).
+type Subscriber struct {
+	cfg   SubscriberConfig
+	log   *slog.Logger
+	addr  atomic.Pointer[string]
+	ready chan struct{}
+	once  sync.Once
+
+	running atomic.Bool
+	// Sequence state, owned by the running Run.
+	have   bool
+	last   uint64
+	stream []byte
+}
+
+// NewSubscriber returns a Subscriber; nothing happens until Run.
+func NewSubscriber(cfg SubscriberConfig) *Subscriber {
+	if cfg.ReplayTimeout <= 0 {
+		cfg.ReplayTimeout = 2 * time.Second
+	}
+	if cfg.DialRetry <= 0 {
+		cfg.DialRetry = 100 * time.Millisecond
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Subscriber{cfg: cfg, log: log.With("endpoint", cfg.Endpoint), ready: make(chan struct{})}
+}
+
+// Ready is closed once the first Run has bound its socket (Bind) or started
+// dialing; wait on it before reading Addr.
+func (s *Subscriber) Ready() <-chan struct{} { return s.ready }
+
+// Addr is the bound endpoint when Bind (the port resolved, an unspecified
+// host shown as 127.0.0.1), else the endpoint dialed; "" before Ready.
+func (s *Subscriber) Addr() string {
+	if a := s.addr.Load(); a != nil {
+		return *a
+	}
+	return ""
+}
+
+// Run subscribes and calls h until ctx is done, then returns nil after every
+// goroutine it started has ended. Connections that drop are re-dialed; a
+// bind or subscription failure is returned at once. Run must not be called
+// again before it returns.
+func (s *Subscriber) Run(ctx context.Context, h Handler) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("engine: Subscriber.Run is already running")
+	}
+	defer s.running.Store(false)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	zlog := zmq4.WithLogger(zmqLogger(s.log))
+	var sub zmq4.Socket
+	if s.cfg.Bind {
+		sub = zmq4.NewSub(ctx, zlog)
+	} else {
+		sub = zmq4.NewSub(ctx, zlog, zmq4.WithDialerMaxRetries(-1), zmq4.WithDialerRetry(s.cfg.DialRetry),
+			zmq4.WithAutomaticReconnect(true))
+	}
+	defer sub.Close()
+	if err := sub.SetOption(zmq4.OptionSubscribe, s.cfg.Topic); err != nil {
+		return fmt.Errorf("engine: subscribe %q: %w", s.cfg.Topic, err)
+	}
+	if s.cfg.Bind {
+		if err := sub.Listen(s.cfg.Endpoint); err != nil {
+			return fmt.Errorf("engine: bind KV-event subscriber: %w", err)
+		}
+		a := boundAddr(sub.Addr())
+		s.addr.Store(&a)
+	} else {
+		a := s.cfg.Endpoint
+		s.addr.Store(&a)
+		wg.Go(func() {
+			if err := sub.Dial(s.cfg.Endpoint); err != nil && ctx.Err() == nil {
+				s.log.Error("kv events: dial failed", "err", err)
+			}
+		})
+	}
+	s.once.Do(func() { close(s.ready) })
+
+	msgs := make(chan zmq4.Msg, 64)
+	wg.Go(func() { recvLoop(ctx, sub, msgs) })
+
+	rp := &replayClient{s: s}
+	defer rp.close()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-msgs:
+			s.handle(ctx, m, h, rp)
+		}
+	}
+}
+
+// recvLoop moves messages from sock to out until ctx is done.
+func recvLoop(ctx context.Context, sock zmq4.Socket, out chan<- zmq4.Msg) {
+	for {
+		m, err := sock.Recv()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		select {
+		case out <- m:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// handle applies one live message: [topic, seq, payload], where seq is 8
+// bytes big-endian, optionally followed by a 16-byte publisher stream id
+// (vLLM with a snapshot endpoint).
+func (s *Subscriber) handle(ctx context.Context, m zmq4.Msg, h Handler, rp *replayClient) {
+	if len(m.Frames) != 3 || len(m.Frames[1]) < 8 {
+		s.log.Warn("kv events: malformed message", "frames", len(m.Frames))
+		return
+	}
+	seq := binary.BigEndian.Uint64(m.Frames[1][:8])
+	var stream []byte
+	if len(m.Frames[1]) >= 24 {
+		stream = m.Frames[1][8:24]
+	}
+	if s.have && (seq <= s.last || (s.stream != nil && stream != nil && !bytes.Equal(stream, s.stream))) {
+		s.log.Info("kv events: publisher restarted", "last", s.last, "seq", seq)
+		h.Gap(s.last+1, seq)
+		s.have = false
+	}
+	s.stream = append(s.stream[:0], stream...)
+	if stream == nil {
+		s.stream = nil
+	}
+	expected := uint64(0)
+	if s.have {
+		expected = s.last + 1
+	}
+	if seq > expected {
+		covered := expected
+		if s.cfg.ReplayEndpoint != "" {
+			batches, err := rp.fetch(ctx, expected, seq)
+			if err != nil {
+				s.log.Warn("kv events: replay failed", "from", expected, "to", seq, "err", err)
+			}
+			for _, b := range batches {
+				if b.seq < covered {
+					continue
+				}
+				if b.seq > covered {
+					h.Gap(covered, b.seq)
+				}
+				s.deliver(h, b.seq, b.payload)
+				covered = b.seq + 1
+			}
+		}
+		if covered < seq {
+			s.log.Warn("kv events: batches lost", "from", covered, "to", seq)
+			h.Gap(covered, seq)
+		}
+	}
+	s.deliver(h, seq, m.Frames[2])
+}
+
+// deliver decodes and hands over one batch; an undecodable batch is a gap of
+// one.
+func (s *Subscriber) deliver(h Handler, seq uint64, payload []byte) {
+	s.have, s.last = true, seq
+	b, err := DecodeBatch(payload)
+	if err != nil {
+		s.log.Warn("kv events: undecodable batch", "seq", seq, "err", err)
+		h.Gap(seq, seq+1)
+		return
+	}
+	h.Batch(seq, b)
+}
+
+// replayClient speaks vLLM's replay protocol over a DEALER socket, dialed on
+// first use and re-dialed after a failure.
+type replayClient struct {
+	s      *Subscriber
+	sock   zmq4.Socket
+	cancel context.CancelFunc
+	msgs   chan zmq4.Msg
+	wg     sync.WaitGroup
+}
+
+func (rc *replayClient) close() {
+	if rc.sock == nil {
+		return
+	}
+	rc.cancel()
+	rc.sock.Close()
+	rc.wg.Wait()
+	rc.sock = nil
+}
+
+// fetch asks for every buffered batch from `from` on and returns those
+// before `before`, in order. It returns what arrived before an error.
+func (rc *replayClient) fetch(ctx context.Context, from, before uint64) ([]sent, error) {
+	if rc.sock == nil {
+		dctx, cancel := context.WithCancel(ctx)
+		sock := zmq4.NewDealer(dctx, zmq4.WithLogger(zmqLogger(rc.s.log)),
+			zmq4.WithDialerMaxRetries(2), zmq4.WithDialerRetry(rc.s.cfg.DialRetry))
+		if err := sock.Dial(rc.s.cfg.ReplayEndpoint); err != nil {
+			cancel()
+			sock.Close()
+			return nil, err
+		}
+		rc.sock, rc.cancel, rc.msgs = sock, cancel, make(chan zmq4.Msg, 64)
+		rc.wg.Go(func() { recvLoop(dctx, sock, rc.msgs) })
+	}
+	var seqb [8]byte
+	binary.BigEndian.PutUint64(seqb[:], from)
+	// The empty delimiter frame makes the request look like a REQ socket's,
+	// which is what vLLM's ROUTER expects: [identity, "", start].
+	if err := rc.sock.Send(zmq4.NewMsgFrom([]byte{}, seqb[:])); err != nil {
+		rc.close()
+		return nil, err
+	}
+	timer := time.NewTimer(rc.s.cfg.ReplayTimeout)
+	defer timer.Stop()
+	var out []sent
+	for {
+		select {
+		case <-ctx.Done():
+			return out, ctx.Err()
+		case <-timer.C:
+			rc.close() // late replies must not mix with the next request
+			return out, fmt.Errorf("no end of replay within %v", rc.s.cfg.ReplayTimeout)
+		case m := <-rc.msgs:
+			seq, payload, ok := replayFrames(m.Frames)
+			if !ok {
+				rc.s.log.Warn("kv events: malformed replay message", "frames", len(m.Frames))
+				continue
+			}
+			if bytes.Equal(seq, endSeq) {
+				return out, nil
+			}
+			n := binary.BigEndian.Uint64(seq)
+			if n >= from && n < before {
+				out = append(out, sent{n, payload})
+			}
+		}
+	}
+}
+
+// replayFrames reads a replay reply as a DEALER receives it: an optional
+// empty delimiter, then [seq, payload] (vLLM) or [topic, seq, payload]
+// (vLLM revisions that repeat the topic).
+func replayFrames(f [][]byte) (seq, payload []byte, ok bool) {
+	if len(f) >= 3 && len(f[0]) == 0 {
+		f = f[1:]
+	}
+	switch len(f) {
+	case 2:
+		seq, payload = f[0], f[1]
+	case 3:
+		seq, payload = f[1], f[2]
+	default:
+		return nil, nil, false
+	}
+	if len(seq) < 8 {
+		return nil, nil, false
+	}
+	return seq[:8], payload, true
+}
