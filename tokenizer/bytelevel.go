@@ -28,15 +28,15 @@ func appendByteLevel(dst []byte, s string) []byte {
 	return dst
 }
 
-// fromByteLevel maps byte-level characters back to bytes; characters outside the alphabet are
-// kept as they are.
-func fromByteLevel(dst []byte, s string) []byte {
+// fromByteLevel appends the bytes of byte-level characters s to dst; ok is false when s holds
+// a character outside the alphabet (dst is then partly written).
+func fromByteLevel(dst []byte, s string) ([]byte, bool) {
 	for _, r := range s {
-		if b, ok := charByte[r]; ok {
-			dst = append(dst, b)
-		} else {
-			dst = utf8.AppendRune(dst, r)
+		b, ok := charByte[r]
+		if !ok {
+			return dst, false
 		}
+		dst = append(dst, b)
 	}
-	return dst
+	return dst, true
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,7 +21,7 @@ type ChatInput struct {
 	Messages            json.RawMessage // the OpenAI request's "messages" array, raw (key order preserved for tojson)
 	Tools               json.RawMessage // "tools" or nil
 	AddGenerationPrompt bool
-	Extra               map[string]any // extra template variables, e.g. enable_thinking (chat_template_kwargs)
+	Extra               map[string]any // extra template variables, e.g. enable_thinking (chat_template_kwargs); a json.RawMessage value keeps its key order
 	Template            string         // named template ("tool_use", ...) or "" for the default
 }
 
@@ -28,6 +29,7 @@ type ChatInput struct {
 type chatTemplates struct {
 	def   *chatTemplate
 	named map[string]*chatTemplate
+	order *orderRegistry // key order of the objects of renders in progress
 }
 
 type chatTemplate struct {
@@ -37,8 +39,6 @@ type chatTemplate struct {
 	flattenContent bool
 }
 
-// orderVar is the hidden template variable holding the render's keyOrder for tojson.
-const orderVar = "__kvgate_key_order"
 
 var contentLoop = regexp.MustCompile(`for\s+\w+\s+in\s+\w+(\.content|\[['"]content['"]\])`)
 
@@ -46,10 +46,10 @@ func parseChatTemplates(raw json.RawMessage) (*chatTemplates, error) {
 	if isNull(raw) {
 		return nil, nil
 	}
-	ts := &chatTemplates{named: map[string]*chatTemplate{}}
+	ts := &chatTemplates{named: map[string]*chatTemplate{}, order: &orderRegistry{}}
 	var one string
 	if err := json.Unmarshal(raw, &one); err == nil {
-		t, err := compileTemplate(one)
+		t, err := compileTemplate(one, ts.order)
 		if err != nil {
 			return nil, err
 		}
@@ -64,7 +64,7 @@ func parseChatTemplates(raw json.RawMessage) (*chatTemplates, error) {
 		return nil, fmt.Errorf("tokenizer: chat_template is neither a string nor a list of {name, template}: %w", err)
 	}
 	for _, e := range list {
-		t, err := compileTemplate(e.Template)
+		t, err := compileTemplate(e.Template, ts.order)
 		if err != nil {
 			return nil, fmt.Errorf("%w (template %q)", err, e.Name)
 		}
@@ -77,7 +77,7 @@ func parseChatTemplates(raw json.RawMessage) (*chatTemplates, error) {
 }
 
 // compileTemplate parses a Jinja chat template with kvgate's environment.
-func compileTemplate(src string) (tmpl *chatTemplate, err error) {
+func compileTemplate(src string, order *orderRegistry) (tmpl *chatTemplate, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			tmpl, err = nil, fmt.Errorf("tokenizer: chat template: parser failure: %v", r)
@@ -96,7 +96,7 @@ func compileTemplate(src string) (tmpl *chatTemplate, err error) {
 	// Hugging Face's environment: trim_blocks and lstrip_blocks on, trailing newline dropped.
 	cfg.TrimBlocks = true
 	cfg.LeftStripBlocks = true
-	t, err := exec.NewTemplate(id, cfg, ld, newEnvironment())
+	t, err := exec.NewTemplate(id, cfg, ld, newEnvironment(order))
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: chat template: %w", err)
 	}
@@ -105,54 +105,97 @@ func compileTemplate(src string) (tmpl *chatTemplate, err error) {
 
 // newEnvironment is gonja's Python-compatible builtins plus what Hugging Face adds for chat
 // templates: a json.dumps-compatible tojson, raise_exception and strftime_now.
-func newEnvironment() *exec.Environment {
+func newEnvironment(order *orderRegistry) *exec.Environment {
 	filters := exec.NewFilterSet(map[string]exec.FilterFunction{}).Update(builtins.Filters)
-	_ = filters.Replace("tojson", filterToJSON)
+	_ = filters.Replace("tojson", toJSONFilter(order))
+	_ = filters.Replace("reverse", filterReverse)
 	tests := exec.NewTestSet(map[string]exec.TestFunction{}).Update(builtins.Tests)
 	ctx := exec.EmptyContext().Update(builtins.GlobalFunctions).Update(builtins.GlobalVariables)
 	ctx.Set("raise_exception", func(msg string) (string, error) {
 		return "", fmt.Errorf("raise_exception: %s", msg)
 	})
 	ctx.Set("strftime_now", func(format string) string { return strftime(time.Now(), format) })
+	methods := builtins.Methods
+	methods.Str = strMethods()
+	methods.Dict = dictMethods(order)
 	return &exec.Environment{
 		Context:           ctx,
 		Filters:           filters,
 		Tests:             tests,
 		ControlStructures: builtins.ControlStructures,
-		Methods:           builtins.Methods,
+		Methods:           methods,
 	}
 }
 
-// filterToJSON is tojson with Python's json.dumps output: key order kept, ", " and ": "
+// strNames are gonja's Python str methods, copied into kvgate's own method set.
+var strNames = []string{"capitalize", "capwords", "casefold", "center", "count", "encode", "endswith",
+	"expandtabs", "find", "format", "format_map", "isalnum", "isalpha", "isascii", "isdecimal", "isdigit",
+	"islower", "isnumeric", "isprintable", "isspace", "istitle", "isupper", "join", "ljust", "lower",
+	"lstrip", "partition", "removeprefix", "removesuffix", "replace", "rfind", "rjust", "rpartition",
+	"rsplit", "rstrip", "split", "splitlines", "startswith", "strip", "swapcase", "title", "upper", "zfill"}
+
+// strMethods is gonja's str methods with replace's count made optional, as in Python.
+func strMethods() *exec.MethodSet[string] {
+	m := map[string]exec.Method[string]{}
+	for _, n := range strNames {
+		if f, ok := builtins.Methods.Str.Get(n); ok {
+			m[n] = f
+		}
+	}
+	m["replace"] = func(self string, _ *exec.Value, args *exec.VarArgs) (any, error) {
+		var old, repl string
+		count := -1
+		if err := args.Take(
+			exec.PositionalArgument("old", nil, exec.StringArgument(&old)),
+			exec.PositionalArgument("new", nil, exec.StringArgument(&repl)),
+			exec.PositionalArgument("count", exec.AsValue(-1), exec.IntArgument(&count)),
+		); err != nil {
+			return nil, exec.ErrInvalidCall(err)
+		}
+		return strings.Replace(self, old, repl, count), nil
+	}
+	return exec.NewMethodSet(m)
+}
+
+// toJSONFilter is tojson with Python's json.dumps output: key order kept, ", " and ": "
 // separators, non-ASCII written as is, optional indent.
-func filterToJSON(e *exec.Evaluator, in *exec.Value, params *exec.VarArgs) *exec.Value {
+func toJSONFilter(order *orderRegistry) exec.FilterFunction {
+	return func(_ *exec.Evaluator, in *exec.Value, params *exec.VarArgs) *exec.Value {
+		if in.IsError() {
+			return in
+		}
+		indent := -1
+		if v, ok := params.KwArgs["indent"]; ok && !v.IsNil() {
+			indent = v.Integer()
+		} else if len(params.Args) > 0 && !params.Args[0].IsNil() {
+			indent = params.Args[0].Integer()
+		}
+		var b strings.Builder
+		if err := pyDumps(&b, in.Interface(), order, indent, 0); err != nil {
+			return exec.AsValue(err)
+		}
+		return exec.AsSafeValue(b.String())
+	}
+}
+
+// filterReverse reverses a list or a string (gonja's sorts lists).
+func filterReverse(_ *exec.Evaluator, in *exec.Value, _ *exec.VarArgs) *exec.Value {
 	if in.IsError() {
 		return in
 	}
-	indent := -1
-	if v, ok := params.KwArgs["indent"]; ok && !v.IsNil() {
-		indent = v.Integer()
-	} else if len(params.Args) > 0 && !params.Args[0].IsNil() {
-		indent = params.Args[0].Integer()
+	if in.IsString() {
+		r := []rune(in.String())
+		slices.Reverse(r)
+		return exec.AsValue(string(r))
 	}
-	ko, _ := lookupOrder(e)
-	var b strings.Builder
-	if err := pyDumps(&b, in.Interface(), ko, indent, 0); err != nil {
-		return exec.AsValue(err)
+	if in.IsList() {
+		out := make([]any, 0, in.Len())
+		for i := in.Len() - 1; i >= 0; i-- {
+			out = append(out, in.Index(i).Interface())
+		}
+		return exec.AsValue(out)
 	}
-	return exec.AsSafeValue(b.String())
-}
-
-func lookupOrder(e *exec.Evaluator) (keyOrder, bool) {
-	if e == nil || e.Environment == nil || e.Environment.Context == nil {
-		return nil, false
-	}
-	v, ok := e.Environment.Context.Get(orderVar)
-	if !ok {
-		return nil, false
-	}
-	ko, ok := v.(keyOrder)
-	return ko, ok
+	return exec.AsValue(fmt.Errorf("reverse: cannot reverse %s", in.String()))
 }
 
 // HasChatTemplate reports whether the tokenizer has a chat template (the default one when name
@@ -210,7 +253,6 @@ func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
 		"bos_token":             t.bosToken,
 		"eos_token":             t.eosToken,
 		"tools":                 nil,
-		orderVar:                ko,
 	}
 	if !isNull(in.Tools) {
 		tools, err := decodeOrdered(in.Tools, ko)
@@ -222,22 +264,23 @@ func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
 		}
 		vars["tools"] = tools
 	}
-	if len(in.Extra) > 0 {
-		raw, err := json.Marshal(in.Extra)
-		if err != nil {
-			return "", fmt.Errorf("tokenizer: extra: %w", err)
-		}
-		extra, err := decodeOrdered(raw, ko)
-		if err != nil {
-			return "", fmt.Errorf("tokenizer: extra: %w", err)
-		}
-		for k, v := range extra.(map[string]any) {
-			if k == orderVar {
-				continue
+	for k, v := range in.Extra {
+		// Values go through JSON so that numbers and objects look like decoded messages;
+		// a json.RawMessage keeps its objects' key order.
+		raw, ok := v.(json.RawMessage)
+		if !ok {
+			if raw, err = json.Marshal(v); err != nil {
+				return "", fmt.Errorf("tokenizer: extra %q: %w", k, err)
 			}
-			vars[k] = v
 		}
+		dv, err := decodeOrdered(raw, ko)
+		if err != nil {
+			return "", fmt.Errorf("tokenizer: extra %q: %w", k, err)
+		}
+		vars[k] = dv
 	}
+	t.tmpl.order.register(ko)
+	defer t.tmpl.order.unregister(ko)
 	defer func() {
 		if r := recover(); r != nil {
 			out, err = "", fmt.Errorf("tokenizer: chat template: render failure: %v", r)
@@ -313,4 +356,60 @@ func strftime(t time.Time, f string) string {
 		}
 	}
 	return b.String()
+}
+
+// dictNames are gonja's Python dict methods, copied into kvgate's own method set.
+var dictNames = []string{"keys", "values", "items", "get", "pop", "setdefault", "update", "copy", "clear"}
+
+// original returns the map a method was called on: gonja passes the method a deep copy,
+// which has lost its identity (and so its key order).
+func original(self map[string]any, sv *exec.Value) map[string]any {
+	if sv != nil {
+		if m, ok := sv.Interface().(map[string]any); ok {
+			return m
+		}
+	}
+	return self
+}
+
+// dictMethods is gonja's dict methods with keys, values and items in insertion order.
+func dictMethods(order *orderRegistry) *exec.MethodSet[map[string]any] {
+	m := map[string]exec.Method[map[string]any]{}
+	for _, n := range dictNames {
+		if f, ok := builtins.Methods.Dict.Get(n); ok {
+			m[n] = f
+		}
+	}
+	m["keys"] = func(self map[string]any, sv *exec.Value, args *exec.VarArgs) (any, error) {
+		if err := args.Take(); err != nil {
+			return nil, exec.ErrInvalidCall(err)
+		}
+		self = original(self, sv)
+		return slices.Clone(order.keys(self)), nil
+	}
+	m["values"] = func(self map[string]any, sv *exec.Value, args *exec.VarArgs) (any, error) {
+		if err := args.Take(); err != nil {
+			return nil, exec.ErrInvalidCall(err)
+		}
+		self = original(self, sv)
+		keys := order.keys(self)
+		out := make([]any, 0, len(keys))
+		for _, k := range keys {
+			out = append(out, self[k])
+		}
+		return out, nil
+	}
+	m["items"] = func(self map[string]any, sv *exec.Value, args *exec.VarArgs) (any, error) {
+		if err := args.Take(); err != nil {
+			return nil, exec.ErrInvalidCall(err)
+		}
+		self = original(self, sv)
+		keys := order.keys(self)
+		out := make([]any, 0, len(keys))
+		for _, k := range keys {
+			out = append(out, []any{k, self[k]})
+		}
+		return out, nil
+	}
+	return exec.NewMethodSet(m)
 }

@@ -108,7 +108,13 @@ type byteLevelDec struct{}
 func (byteLevelDec) decode(toks []string) []string {
 	var b []byte
 	for _, t := range toks {
-		b = fromByteLevel(b, t)
+		// A token with a character outside the byte alphabet (an added token such as
+		// "<｜end▁of▁sentence｜>") contributes its own UTF-8 bytes, as in Hugging Face.
+		n := len(b)
+		var ok bool
+		if b, ok = fromByteLevel(b, t); !ok {
+			b = append(b[:n], t...)
+		}
 	}
 	return []string{strings.ToValidUTF8(string(b), "\uFFFD")}
 }

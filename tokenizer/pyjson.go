@@ -11,17 +11,51 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/nikolalohinski/gonja/v2/exec"
 )
 
 // keyOrder remembers the key order of the JSON objects decoded for one render, so that tojson
-// writes keys as Python's json.dumps does for a dict: in insertion order. Go maps are keyed by
+// and items() see keys as Python does for a dict: in insertion order. Go maps are keyed by
 // their pointer, which stays stable while the render holds them.
 type keyOrder map[uintptr][]string
 
 func mapID(m map[string]any) uintptr { return uintptr(reflect.ValueOf(m).UnsafePointer()) }
+
+// orderRegistry holds the key orders of the renders in progress of one tokenizer's templates;
+// safe for concurrent use (each render registers its own, distinct maps).
+type orderRegistry struct{ m sync.Map }
+
+func (r *orderRegistry) register(ko keyOrder) {
+	for id, keys := range ko {
+		r.m.Store(id, keys)
+	}
+}
+
+func (r *orderRegistry) unregister(ko keyOrder) {
+	for id := range ko {
+		r.m.Delete(id)
+	}
+}
+
+// keys returns m's keys in insertion order when known, sorted otherwise.
+func (r *orderRegistry) keys(m map[string]any) []string {
+	if r != nil {
+		if v, ok := r.m.Load(mapID(m)); ok {
+			if keys := v.([]string); len(keys) == len(m) {
+				return keys
+			}
+		}
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
 
 // maxJSONDepth bounds nesting in decoded messages and tools.
 const maxJSONDepth = 128
@@ -109,7 +143,7 @@ func decodeValue(d *json.Decoder, ko keyOrder, depth int) (any, error) {
 
 // pyDumps writes v as Python's json.dumps(v, ensure_ascii=False, indent=indent) does
 // (indent < 0: no indent, separators ", " and ": ").
-func pyDumps(b *strings.Builder, v any, ko keyOrder, indent, depth int) error {
+func pyDumps(b *strings.Builder, v any, ko *orderRegistry, indent, depth int) error {
 	if depth > maxJSONDepth {
 		return errors.New("tojson: value nested too deeply")
 	}
@@ -147,14 +181,7 @@ func pyDumps(b *strings.Builder, v any, ko keyOrder, indent, depth int) error {
 	case float64:
 		b.WriteString(pyFloat(x))
 	case map[string]any:
-		keys, ok := ko[mapID(x)]
-		if !ok || len(keys) != len(x) {
-			keys = make([]string, 0, len(x))
-			for k := range x {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-		}
+		keys := ko.keys(x)
 		if len(keys) == 0 {
 			b.WriteString("{}")
 			return nil

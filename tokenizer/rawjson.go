@@ -99,11 +99,14 @@ func (s *jsonScanner) skip() ([]byte, error) {
 			depth++
 			s.pos++
 		case '}', ']':
+			if depth == 0 { // the end of the enclosing container ends a literal
+				if s.pos == start {
+					return nil, fmt.Errorf("%w: unbalanced %q at offset %d", errJSON, c, s.pos)
+				}
+				return s.data[start:s.pos], nil
+			}
 			depth--
 			s.pos++
-			if depth < 0 {
-				return nil, fmt.Errorf("%w: unbalanced %q at offset %d", errJSON, c, s.pos-1)
-			}
 		case ',', ':', ' ', '\t', '\n', '\r':
 			if depth == 0 {
 				if s.pos == start {

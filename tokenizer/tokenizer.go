@@ -197,31 +197,17 @@ func sanitizeUTF8(s string) string {
 	return string(b)
 }
 
-// Decode returns the text of ids: added tokens as their content, the other tokens through the
-// tokenizer's decoder. Unknown ids are skipped.
+// Decode returns the text of ids as Hugging Face's decode(skip_special_tokens=False) does:
+// every token, added tokens included, goes through the tokenizer's decoder. Unknown ids are
+// skipped.
 func (t *Tokenizer) Decode(ids []uint32) string {
-	var out []byte
-	var run []string
-	flush := func() {
-		if len(run) == 0 {
-			return
-		}
-		out = append(out, t.decodeTokens(run)...)
-		run = run[:0]
-	}
+	toks := make([]string, 0, len(ids))
 	for _, id := range ids {
-		if int(id) >= len(t.idToTok) || t.idToTok[id] == "" {
-			continue
+		if int(id) < len(t.idToTok) && t.idToTok[id] != "" {
+			toks = append(toks, t.idToTok[id])
 		}
-		if t.special[id] {
-			flush()
-			out = append(out, t.idToTok[id]...)
-			continue
-		}
-		run = append(run, t.idToTok[id])
 	}
-	flush()
-	return string(out)
+	return t.decodeTokens(toks)
 }
 
 func (t *Tokenizer) decodeTokens(toks []string) string {
@@ -236,7 +222,7 @@ func (t *Tokenizer) decodeTokens(toks []string) string {
 		}
 		return string(b)
 	}
-	out := t.dec.decode(append([]string(nil), toks...))
+	out := t.dec.decode(toks)
 	n := 0
 	for _, s := range out {
 		n += len(s)
