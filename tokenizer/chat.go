@@ -39,7 +39,6 @@ type chatTemplate struct {
 	flattenContent bool
 }
 
-
 var contentLoop = regexp.MustCompile(`for\s+\w+\s+in\s+\w+(\.content|\[['"]content['"]\])`)
 
 func parseChatTemplates(raw json.RawMessage) (*chatTemplates, error) {

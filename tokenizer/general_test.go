@@ -96,7 +96,7 @@ func sentencePieceStyle(byteFallback, metaspace bool) map[string]any {
 		}},
 		"model": map[string]any{"type": "BPE", "vocab": vocab, "unk_token": "<unk>", "fuse_unk": true,
 			"byte_fallback": byteFallback,
-			"merges": []string{"▁ h", "▁h i", "▁ t", "h e", "▁t he", "r e", "▁the re"}},
+			"merges":        []string{"▁ h", "▁h i", "▁ t", "h e", "▁t he", "r e", "▁the re"}},
 	}
 	if metaspace {
 		tj["normalizer"] = nil
