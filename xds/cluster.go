@@ -180,6 +180,8 @@ func upstreamTLS(f TLSFiles) *core.TransportSocket {
 		}
 		ctx.ValidationContextType = &tls.CommonTlsContext_ValidationContext{ValidationContext: vc}
 	}
+	// The router is a Go gRPC server, which insists on ALPN h2.
+	ctx.AlpnProtocols = []string{"h2"}
 	return &core.TransportSocket{
 		Name: tlsTransportSocket,
 		ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(&tls.UpstreamTlsContext{
