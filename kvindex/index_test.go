@@ -274,7 +274,7 @@ func TestMetrics(t *testing.T) {
 	a, b := x.Endpoint("a"), x.Endpoint("b")
 	x.ApplyStored(a, chain(0, 4, kvindex.TierGPU))
 	x.ApplyStored(b, chain(0, 2, kvindex.TierGPU))
-	x.ApplyStored(a, chain(10, 12, kvindex.TierGPU))                             // unknown parent 9
+	x.ApplyStored(a, chain(10, 12, kvindex.TierGPU))                              // unknown parent 9
 	x.ApplyRemoved(a, kvindex.Removed{Hashes: []kvindex.ExternalHash{3, 77, 78}}) // 2 unknown
 	x.ApplyCleared(b)
 	x.ApplyStored(kvindex.EndpointID(50), chain(0, 1, kvindex.TierGPU)) // unknown endpoint

@@ -347,6 +347,8 @@ func checkSnapshot(t testing.TB, x *kvindex.Index, m *model, rnd *rand.Rand) {
 	}
 }
 
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, seed)) }
+
 func TestModelRandom(t *testing.T) {
 	for i := range 200 {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {

@@ -1,0 +1,150 @@
+package kvindex_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/kvgate/kvgate/kvindex"
+)
+
+func approxMatches(a *kvindex.Approx, q []kvindex.BlockHash, now time.Time) (map[kvindex.EndpointID]int, int) {
+	var out kvindex.Matches
+	a.FindMatches(q, now, &out)
+	got := map[kvindex.EndpointID]int{}
+	for i, m := range out.Endpoints {
+		if i > 0 && out.Endpoints[i-1].Endpoint >= m.Endpoint {
+			panic("unsorted")
+		}
+		if m.Tiers != [3]int{m.Blocks, 0, 0} {
+			panic("approximate blocks must count as GPU")
+		}
+		got[m.Endpoint] = m.Blocks
+	}
+	return got, out.Depth
+}
+
+func TestApprox(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	q := query(8)
+	tests := []struct {
+		name      string
+		ttl       time.Duration
+		capacity  int
+		record    func(a *kvindex.Approx)
+		at        time.Duration
+		query     []kvindex.BlockHash
+		want      map[kvindex.EndpointID]int
+		wantDepth int
+	}{
+		{
+			name: "longest recorded prefix per endpoint",
+			ttl:  time.Minute,
+			record: func(a *kvindex.Approx) {
+				a.Record(1, q[:6], t0)
+				a.Record(2, q[:3], t0)
+			},
+			query: q, want: map[kvindex.EndpointID]int{1: 6, 2: 3}, wantDepth: 6,
+		},
+		{
+			name: "expired after ttl",
+			ttl:  time.Minute,
+			record: func(a *kvindex.Approx) {
+				a.Record(1, q[:6], t0)
+				a.Record(2, q[:3], t0.Add(30*time.Second))
+			},
+			at:    61 * time.Second,
+			query: q, want: map[kvindex.EndpointID]int{2: 3}, wantDepth: 3,
+		},
+		{
+			name: "re-sending refreshes the ttl of the shared prefix only",
+			ttl:  time.Minute,
+			record: func(a *kvindex.Approx) {
+				a.Record(1, q[:6], t0)
+				a.Record(1, q[:2], t0.Add(50*time.Second))
+			},
+			at:    70 * time.Second,
+			query: q, want: map[kvindex.EndpointID]int{1: 2}, wantDepth: 2,
+		},
+		{
+			name:     "capacity evicts the least recently sent tails first",
+			ttl:      time.Hour,
+			capacity: 5,
+			record: func(a *kvindex.Approx) {
+				a.Record(1, q[:4], t0)
+				// a different prompt of 3 blocks pushes 2 of the oldest out
+				a.Record(1, query(11)[8:11], t0.Add(time.Second))
+			},
+			query: q, want: map[kvindex.EndpointID]int{1: 2}, wantDepth: 2,
+		},
+		{
+			name:     "capacity is per endpoint",
+			ttl:      time.Hour,
+			capacity: 4,
+			record: func(a *kvindex.Approx) {
+				a.Record(1, q[:4], t0)
+				a.Record(2, q[:8], t0)
+			},
+			query: q, want: map[kvindex.EndpointID]int{1: 4, 2: 4}, wantDepth: 4,
+		},
+		{
+			name: "a different first block matches nothing",
+			ttl:  time.Minute,
+			record: func(a *kvindex.Approx) {
+				a.Record(1, q[1:5], t0)
+			},
+			query: q, want: map[kvindex.EndpointID]int{}, wantDepth: 0,
+		},
+		{
+			name: "removed endpoint is forgotten",
+			ttl:  time.Minute,
+			record: func(a *kvindex.Approx) {
+				a.Record(1, q[:4], t0)
+				a.Record(2, q[:2], t0)
+				a.RemoveEndpoint(1)
+				a.RemoveEndpoint(9)
+			},
+			query: q, want: map[kvindex.EndpointID]int{2: 2}, wantDepth: 2,
+		},
+		{
+			name: "empty query",
+			ttl:  time.Minute,
+			record: func(a *kvindex.Approx) {
+				a.Record(1, q[:4], t0)
+				a.Record(1, nil, t0)
+			},
+			query: nil, want: map[kvindex.EndpointID]int{}, wantDepth: 0,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a := kvindex.NewApprox(tc.ttl, tc.capacity)
+			tc.record(a)
+			got, depth := approxMatches(a, tc.query, t0.Add(tc.at))
+			if len(got) != len(tc.want) || depth != tc.wantDepth {
+				t.Fatalf("got %v depth %d, want %v depth %d", got, depth, tc.want, tc.wantDepth)
+			}
+			for ep, n := range tc.want {
+				if got[ep] != n {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestApproxExpiryFreesCapacity(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	a := kvindex.NewApprox(time.Second, 4)
+	a.Record(1, query(4), t0)
+	// After expiry the old entries are dropped on the next record rather
+	// than evicting the new request's blocks.
+	a.Record(1, query(12)[8:12], t0.Add(2*time.Second))
+	got, _ := approxMatches(a, query(12)[8:12], t0.Add(2*time.Second))
+	if got[1] != 4 {
+		t.Fatalf("new request holds %d blocks, want 4", got[1])
+	}
+	got, _ = approxMatches(a, query(4), t0.Add(2*time.Second))
+	if len(got) != 0 {
+		t.Fatalf("expired prefix still matches: %v", got)
+	}
+}
