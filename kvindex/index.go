@@ -275,15 +275,16 @@ func (x *Index) ApplyCleared(ep EndpointID) {
 
 // clear drops all of ep's residency in chunks. Caller holds applyMu.
 func (x *Index) clear(ep EndpointID) {
-	x.mu.Lock()
+	// Only appliers change eps and the ext tables, and the caller is the
+	// applier: collect the refs before taking the write lock.
 	if int(ep) >= len(x.eps) || x.eps[ep] == nil {
-		x.mu.Unlock()
 		return
 	}
 	st := x.eps[ep]
 	refs := make([]extRef, 0, st.ext.Len())
 	st.ext.all(func(_ ExternalHash, r extRef) { refs = append(refs, r) })
 	st.ext = extTable{}
+	x.mu.Lock()
 	for i, r := range refs {
 		if i > 0 && i%applyChunk == 0 {
 			x.mu.Unlock()
