@@ -1,0 +1,216 @@
+package openai
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// fieldTable maps a JSON key (exactly as written, case-sensitive as in vLLM) to the index of
+// the struct field that holds it.
+type fieldTable map[string]int
+
+var tables sync.Map // reflect.Type -> fieldTable; immutable once built
+
+func tableOf(t reflect.Type) fieldTable {
+	if v, ok := tables.Load(t); ok {
+		return v.(fieldTable)
+	}
+	ft := fieldTable{}
+	for i := 0; i < t.NumField(); i++ {
+		tag := t.Field(i).Tag.Get("json")
+		name, _, _ := strings.Cut(tag, ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		ft[name] = i
+	}
+	tables.Store(t, ft)
+	return ft
+}
+
+// special decodes a key that needs more than encoding/json (string-or-array forms). It
+// reports whether it handled key.
+type special func(key string, raw json.RawMessage) (bool, error)
+
+// decodeObject parses body as one JSON object and fills the struct dst points to, field by
+// field, so that a type error names its field. Keys that are not fields go to extra.
+func decodeObject(body []byte, dst any, spec special) (map[string]json.RawMessage, error) {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil, BadRequest("", "The request body is empty; expected a JSON object.")
+	}
+	if body[0] != '{' {
+		if !json.Valid(body) {
+			return nil, BadRequest("", "The request body is not valid JSON.")
+		}
+		return nil, BadRequest("", "The request body must be a JSON object.")
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return nil, BadRequest("", "The request body is not valid JSON: %s", jsonErrText(err))
+	}
+	v := reflect.ValueOf(dst).Elem()
+	ft := tableOf(v.Type())
+	var extra map[string]json.RawMessage
+	for key, raw := range fields {
+		if spec != nil {
+			done, err := spec(key, raw)
+			if err != nil {
+				return nil, err
+			}
+			if done {
+				continue
+			}
+		}
+		i, ok := ft[key]
+		if !ok {
+			if extra == nil {
+				extra = map[string]json.RawMessage{}
+			}
+			extra[key] = raw
+			continue
+		}
+		f := v.Field(i)
+		if f.Type() == rawType {
+			if !isNull(raw) {
+				f.SetBytes(raw)
+			}
+			continue
+		}
+		if err := json.Unmarshal(raw, f.Addr().Interface()); err != nil {
+			return nil, typeError(key, err)
+		}
+	}
+	return extra, nil
+}
+
+var rawType = reflect.TypeFor[json.RawMessage]()
+
+func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
+
+// typeError turns a json decoding error for key into a 400 naming the field.
+func typeError(key string, err error) *Error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		param := key
+		if te.Field != "" {
+			param = key + "." + te.Field
+		}
+		return BadRequest(param, "Invalid type for '%s': expected %s, but got %s instead.", param, kindName(te.Type), te.Value)
+	}
+	return BadRequest(key, "Invalid value for '%s': %s", key, jsonErrText(err))
+}
+
+func jsonErrText(err error) string { return strings.TrimPrefix(err.Error(), "json: ") }
+
+func kindName(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	}
+	return "a value of another type"
+}
+
+// jsonKind names the JSON type of raw for messages.
+func jsonKind(raw json.RawMessage) string {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "nothing"
+	}
+	switch raw[0] {
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "a number"
+}
+
+// decodeStop reads stop as a string or an array of strings.
+func decodeStop(raw json.RawMessage) ([]string, error) {
+	switch jsonKind(raw) {
+	case "null":
+		return nil, nil
+	case "a string":
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, BadRequest("stop", "Invalid value for 'stop': %s", jsonErrText(err))
+		}
+		return []string{s}, nil
+	case "an array":
+		var elems []json.RawMessage
+		if err := json.Unmarshal(raw, &elems); err != nil {
+			return nil, BadRequest("stop", "Invalid value for 'stop': %s", jsonErrText(err))
+		}
+		out := make([]string, len(elems))
+		for i, e := range elems {
+			if jsonKind(e) != "a string" {
+				return nil, BadRequest(fmt.Sprintf("stop[%d]", i), "Invalid type for 'stop[%d]': expected a string, but got %s instead.", i, jsonKind(e))
+			}
+			if err := json.Unmarshal(e, &out[i]); err != nil {
+				return nil, BadRequest(fmt.Sprintf("stop[%d]", i), "Invalid value for 'stop[%d]': %s", i, jsonErrText(err))
+			}
+		}
+		return out, nil
+	}
+	return nil, BadRequest("stop", "Invalid type for 'stop': expected a string or an array of strings, but got %s instead.", jsonKind(raw))
+}
+
+// encodeObject marshals the struct v points to (through its json tags, without its methods)
+// and appends extra's keys that the struct does not already hold.
+func encodeObject(v any, extra map[string]json.RawMessage) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if len(extra) == 0 {
+		return b, nil
+	}
+	ft := tableOf(reflect.TypeOf(v).Elem())
+	var buf bytes.Buffer
+	buf.Write(b[:len(b)-1])
+	first := len(b) == 2
+	for _, k := range slices.Sorted(maps.Keys(extra)) {
+		if _, known := ft[k]; known {
+			continue
+		}
+		raw := extra[k]
+		if !first {
+			buf.WriteByte(',')
+		}
+		first = false
+		kb, _ := json.Marshal(k)
+		buf.Write(kb)
+		buf.WriteByte(':')
+		buf.Write(raw)
+	}
+	buf.WriteByte('}')
+	return buf.Bytes(), nil
+}
