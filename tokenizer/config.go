@@ -45,7 +45,7 @@ func (t *Tokenizer) applyConfig(data []byte) error {
 		if _, ok := t.added.byContent[a.Content]; ok {
 			continue
 		}
-		if id > 1<<24 {
+		if id > uint64(2*len(t.idToTok)+1024) {
 			return fmt.Errorf("tokenizer: tokenizer_config.json added token id %d is too large", id)
 		}
 		a.ID = uint32(id)

@@ -154,8 +154,8 @@ func build(data []byte) (*Tokenizer, error) {
 			t.maxID = a.ID
 		}
 	}
-	if t.maxID > 1<<24 {
-		return nil, fmt.Errorf("tokenizer: token id %d is too large", t.maxID)
+	if limit := 2*(len(m.Vocab)+len(f.AddedTokens)) + 1024; int(t.maxID) > limit {
+		return nil, fmt.Errorf("tokenizer: token id %d is too large for %d tokens", t.maxID, len(m.Vocab)+len(f.AddedTokens))
 	}
 	t.idToTok = make([]string, t.maxID+1)
 	t.special = make([]bool, t.maxID+1)
