@@ -1,0 +1,120 @@
+package tokenizer_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/kvgate/kvgate/tokenizer"
+)
+
+func TestEncodeEdgeCases(t *testing.T) {
+	tok := defaultTokenizer(t)
+	tests := []struct {
+		name string
+		text string
+		want []uint32
+	}{
+		{"empty", "", nil},
+		{"only special", "<|im_start|><|im_end|>", []uint32{151644, 151645}},
+		{"special split mid-word", "ab<|im_end|>cd", append(append(tok.Encode("ab"), 151645), tok.Encode("cd")...)},
+		{"partial special is text", "<|im_end", []uint32{27, 91, 318, 6213}},
+		{"invalid utf-8 as U+FFFD", "a\xffb", tok.Encode("a\uFFFDb")},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tok.Encode(tc.text); !slices.Equal(got, tc.want) {
+				t.Fatalf("Encode(%q) = %v, want %v", tc.text, got, tc.want)
+			}
+		})
+	}
+	if got := tok.AppendEncode([]uint32{7}, "Hello"); !slices.Equal(got, []uint32{7, 9707}) {
+		t.Fatalf("AppendEncode = %v", got)
+	}
+	if tok.VocabSize() != 151669 {
+		t.Fatalf("VocabSize = %d, want 151669", tok.VocabSize())
+	}
+	if got := tok.Decode([]uint32{9707, 1 << 30, 11}); got != "Hello," {
+		t.Fatalf("Decode skips unknown ids: got %q", got)
+	}
+}
+
+// TestConcurrentUse encodes and renders from many goroutines (run with -race) and checks
+// every result against the sequential one.
+func TestConcurrentUse(t *testing.T) {
+	tok := defaultTokenizer(t)
+	texts := make([]string, 64)
+	want := make([][]uint32, len(texts))
+	for i := range texts {
+		texts[i] = fmt.Sprintf("request %d: the quick brown fox %d jumps over <|im_end|> the lazy dog %x", i, i*i, i)
+		want[i] = tok.Encode(texts[i])
+	}
+	in := tokenizer.ChatInput{Messages: json.RawMessage(`[{"role":"user","content":"hi"}]`), AddGenerationPrompt: true}
+	wantPrompt, err := tok.RenderChat(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range texts {
+				j := (i + g*7) % len(texts)
+				if got := tok.Encode(texts[j]); !slices.Equal(got, want[j]) {
+					errs <- fmt.Errorf("text %d: got %v, want %v", j, got, want[j])
+					return
+				}
+				if p, err := tok.RenderChat(in); err != nil || p != wantPrompt {
+					errs <- fmt.Errorf("render: %q, %v", p, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func TestChatInputErrors(t *testing.T) {
+	tok := defaultTokenizer(t)
+	tests := []struct {
+		name string
+		in   tokenizer.ChatInput
+	}{
+		{"messages not json", tokenizer.ChatInput{Messages: json.RawMessage(`[{`)}},
+		{"messages not array", tokenizer.ChatInput{Messages: json.RawMessage(`{"role":"user"}`)}},
+		{"message not object", tokenizer.ChatInput{Messages: json.RawMessage(`["hi"]`)}},
+		{"tools not array", tokenizer.ChatInput{Messages: json.RawMessage(`[{"role":"user","content":"x"}]`), Tools: json.RawMessage(`{}`)}},
+		{"template error", tokenizer.ChatInput{Messages: json.RawMessage(`[]`)}}, // messages[0] of an empty list
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if p, err := tok.RenderChat(tc.in); err == nil {
+				t.Fatalf("RenderChat succeeded: %q", p)
+			}
+		})
+	}
+}
+
+func TestContentPartsFlattened(t *testing.T) {
+	tok := defaultTokenizer(t)
+	parts, err := tok.RenderChat(tokenizer.ChatInput{Messages: json.RawMessage(
+		`[{"role":"user","content":[{"type":"text","text":"Hello,"},{"type":"text","text":"you"}]}]`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := tok.RenderChat(tokenizer.ChatInput{Messages: json.RawMessage(`[{"role":"user","content":"Hello,\nyou"}]`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if parts != plain {
+		t.Fatalf("content parts rendered %q, want %q", parts, plain)
+	}
+}
