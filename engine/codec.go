@@ -17,7 +17,18 @@ var (
 		"kv_cache_spec_sliding_window", "locality", "ownership", "session_id",
 	}
 	removedFields = [...]string{"block_hashes", "medium", "group_idx", "locality", "ownership"}
+
+	storedNames  = asBytes(storedFields[:])
+	removedNames = asBytes(removedFields[:])
 )
+
+func asBytes(ss []string) [][]byte {
+	out := make([][]byte, len(ss))
+	for i, s := range ss {
+		out[i] = []byte(s)
+	}
+	return out
+}
 
 // storedRequired is how many BlockStored fields a positional event must
 // carry: block_hashes through block_size. SGLang stops after lora_id, older
@@ -172,18 +183,18 @@ func (r *reader) event() (Event, error) {
 		if e.Kind, err = kindOf(tag); err != nil {
 			return e, err
 		}
-		var names []string
+		var names [][]byte
 		switch e.Kind {
 		case BlockStored:
 			if n-1 < storedRequired {
 				return e, fmt.Errorf("BlockStored has %d fields, want at least %d", n-1, storedRequired)
 			}
-			names = storedFields[:]
+			names = storedNames
 		case BlockRemoved:
 			if n-1 < 1 {
 				return e, errors.New("BlockRemoved lacks block_hashes")
 			}
-			names = removedFields[:]
+			names = removedNames
 		}
 		for i := 1; i < n; i++ {
 			if i-1 < len(names) {
@@ -215,7 +226,7 @@ func (r *reader) event() (Event, error) {
 				}
 				continue
 			}
-			bit, err := r.field(&e, string(k))
+			bit, err := r.field(&e, k)
 			if err != nil {
 				return e, err
 			}
@@ -261,10 +272,10 @@ func normalize(e *Event) {
 
 // field decodes the value of the named field into e and returns the
 // seen-bit of a required field. Unknown names are skipped.
-func (r *reader) field(e *Event, name string) (int, error) {
+func (r *reader) field(e *Event, name []byte) (int, error) {
 	var err error
 	bit := 0
-	switch name {
+	switch string(name) {
 	case "block_hashes":
 		bit = seenHashes
 		e.BlockHashes, err = r.hashes()
@@ -303,7 +314,7 @@ func (r *reader) field(e *Event, name string) (int, error) {
 		err = r.skip(0)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", name, err)
+		return 0, fmt.Errorf("%s: %w", string(name), err)
 	}
 	return bit, nil
 }
@@ -315,13 +326,17 @@ func (r *reader) hashes() ([]BlockHash, error) {
 	if err != nil {
 		return nil, err
 	}
-	ends := make([]int, n)
+	var endsArr [64]int
+	ends := endsArr[:0]
+	if n > len(endsArr) {
+		ends = make([]int, 0, n)
+	}
 	buf := make([]byte, 0, 8*min(n, r.remaining()))
 	for i := range n {
 		if buf, err = r.appendHash(buf); err != nil {
 			return nil, fmt.Errorf("hash %d: %w", i, err)
 		}
-		ends[i] = len(buf)
+		ends = append(ends, len(buf))
 	}
 	all := string(buf)
 	hs := make([]BlockHash, n)
@@ -433,6 +448,9 @@ func (r *reader) optStr() (string, error) {
 		return "", err
 	}
 	s, err := r.str()
+	if string(s) == MediumGPU { // the common case, without an allocation
+		return MediumGPU, err
+	}
 	return string(s), err
 }
 

@@ -1,0 +1,133 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// Metric names of vLLM's /metrics (v1 engine), as they appear in the text
+// exposition: counters carry their _total suffix, histograms are named
+// without _bucket/_sum/_count. The simulator exports the same names.
+const (
+	VLLMNumRequestsRunning = "vllm:num_requests_running" // gauge
+	VLLMNumRequestsWaiting = "vllm:num_requests_waiting" // gauge
+	// VLLMKVCacheUsage is the fraction (0..1, despite the name) of KV-cache
+	// blocks in use.
+	VLLMKVCacheUsage = "vllm:kv_cache_usage_perc"
+	// VLLMGPUCacheUsage is VLLMKVCacheUsage's name before vLLM v0.10.
+	VLLMGPUCacheUsage           = "vllm:gpu_cache_usage_perc"
+	VLLMPrefixCacheQueries      = "vllm:prefix_cache_queries_total" // counter, tokens
+	VLLMPrefixCacheHits         = "vllm:prefix_cache_hits_total"    // counter, tokens
+	VLLMTimeToFirstToken        = "vllm:time_to_first_token_seconds"
+	VLLMInterTokenLatency       = "vllm:inter_token_latency_seconds"
+	VLLMTimePerOutputToken      = "vllm:time_per_output_token_seconds" // older name of the ITL histogram
+	VLLME2ERequestLatency       = "vllm:e2e_request_latency_seconds"
+	VLLMRequestQueueTime        = "vllm:request_queue_time_seconds"
+	VLLMRequestPrefillTime      = "vllm:request_prefill_time_seconds"
+	VLLMRequestDecodeTime       = "vllm:request_decode_time_seconds"
+	VLLMPromptTokens            = "vllm:prompt_tokens_total"       // counter
+	VLLMGenerationTokens        = "vllm:generation_tokens_total"   // counter
+	VLLMRequestSuccess          = "vllm:request_success_total"     // counter, label finished_reason
+	VLLMNumPreemptions          = "vllm:num_preemptions_total"     // counter
+	VLLMRequestPromptTokens     = "vllm:request_prompt_tokens"     // histogram
+	VLLMRequestGenerationTokens = "vllm:request_generation_tokens" // histogram
+	VLLMCacheConfigInfo         = "vllm:cache_config_info"         // gauge 1, labels block_size, num_gpu_blocks, ...
+)
+
+// Metric names of SGLang's /metrics (--enable-metrics).
+const (
+	SGLangNumRunningReqs     = "sglang:num_running_reqs" // gauge
+	SGLangNumQueueReqs       = "sglang:num_queue_reqs"   // gauge
+	SGLangTokenUsage         = "sglang:token_usage"      // gauge, fraction 0..1 of KV tokens in use
+	SGLangCacheHitRate       = "sglang:cache_hit_rate"   // gauge, 0..1
+	SGLangNumUsedTokens      = "sglang:num_used_tokens"  // gauge
+	SGLangGenThroughput      = "sglang:gen_throughput"   // gauge, tokens/s
+	SGLangTimeToFirstToken   = "sglang:time_to_first_token_seconds"
+	SGLangTimePerOutputToken = "sglang:time_per_output_token_seconds"
+	SGLangInterTokenLatency  = "sglang:inter_token_latency_seconds"
+	SGLangE2ERequestLatency  = "sglang:e2e_request_latency_seconds"
+	SGLangPromptTokens       = "sglang:prompt_tokens_total"     // counter
+	SGLangGenerationTokens   = "sglang:generation_tokens_total" // counter
+)
+
+// Load is what the router reads from an engine's /metrics.
+type Load struct {
+	Running float64 // requests running (summed over label sets, e.g. DP engines)
+	Waiting float64 // requests queued (summed)
+	KVUsage float64 // fraction of the KV cache in use, 0..1 (the highest over label sets)
+}
+
+// ParseLoad reads vLLM's or SGLang's Prometheus text exposition and returns
+// the engine's load. It fails on malformed text and on text that carries none
+// of the running, waiting and KV-usage metrics of either engine.
+func ParseLoad(r io.Reader) (Load, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(r)
+	if err != nil {
+		return Load{}, fmt.Errorf("engine: parse metrics: %w", err)
+	}
+	var l Load
+	found := false
+	sum := func(names ...string) float64 {
+		var total float64
+		for _, n := range names {
+			if v, ok := values(fams[n]); ok {
+				found = true
+				for _, x := range v {
+					total += x
+				}
+			}
+		}
+		return total
+	}
+	l.Running = sum(VLLMNumRequestsRunning, SGLangNumRunningReqs)
+	l.Waiting = sum(VLLMNumRequestsWaiting, SGLangNumQueueReqs)
+	for _, n := range []string{VLLMKVCacheUsage, VLLMGPUCacheUsage, SGLangTokenUsage} {
+		v, ok := values(fams[n])
+		if !ok {
+			continue
+		}
+		found = true
+		for _, x := range v {
+			l.KVUsage = math.Max(l.KVUsage, min(x, 1))
+		}
+		break // the current name wins over the older one
+	}
+	if !found {
+		return Load{}, errors.New("engine: metrics carry no vLLM or SGLang load gauges")
+	}
+	return l, nil
+}
+
+// values returns the finite, non-negative gauge (or untyped) values of a
+// family.
+func values(f *dto.MetricFamily) ([]float64, bool) {
+	if f == nil {
+		return nil, false
+	}
+	var out []float64
+	for _, m := range f.GetMetric() {
+		var v float64
+		switch {
+		case m.GetGauge() != nil:
+			v = m.GetGauge().GetValue()
+		case m.GetUntyped() != nil:
+			v = m.GetUntyped().GetValue()
+		case m.GetCounter() != nil:
+			v = m.GetCounter().GetValue()
+		default:
+			continue
+		}
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			continue
+		}
+		out = append(out, v)
+	}
+	return out, len(out) > 0
+}
