@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/kvgate/kvgate/discovery"
 )
 
 // Model is everything the translation needs: where Envoy listens, where the router is, which
@@ -76,7 +78,8 @@ type Options struct {
 	// FailureModeAllow lets requests through when the router cannot be reached. Off by
 	// default: without the router there is no endpoint to go to.
 	FailureModeAllow bool `json:"failureModeAllow,omitempty"`
-	// MessageTimeout bounds how long Envoy waits for each router reply (default 2s).
+	// MessageTimeout bounds how long Envoy waits for each router reply (default 5s; the
+	// pick waits for a buffered body to be tokenized).
 	MessageTimeout Duration `json:"messageTimeout,omitempty"`
 	// StreamIdleTimeout closes a stream silent this long; SSE streams stay silent while a
 	// long prompt prefills, so the default is generous (5m).
@@ -137,7 +140,7 @@ func (o Options) withDefaults() Options {
 		o.ResponseBody = BodyStreamed
 	}
 	if o.MessageTimeout == 0 {
-		o.MessageTimeout = Duration(2 * time.Second)
+		o.MessageTimeout = Duration(5 * time.Second)
 	}
 	if o.StreamIdleTimeout == 0 {
 		o.StreamIdleTimeout = Duration(5 * time.Minute)
@@ -155,4 +158,43 @@ func (o Options) withDefaults() Options {
 		o.MaxRequests = 100000
 	}
 	return o
+}
+
+// fileEndpoint is one engine in an endpoints file, for discovery without Consul.
+type fileEndpoint struct {
+	Name      string   `json:"name"`
+	Address   string   `json:"address"`
+	Models    []string `json:"models"`
+	Role      string   `json:"role,omitempty"`
+	BlockSize int      `json:"blockSize,omitempty"`
+	KVEvents  string   `json:"kvEvents,omitempty"`
+	Workerd   string   `json:"workerd,omitempty"`
+	// Healthy defaults to true: a listed engine is assumed up, Envoy's checks do the rest.
+	Healthy *bool `json:"healthy,omitempty"`
+}
+
+// ParseEndpoints reads an endpoints file: a YAML (or JSON) list of engines with name,
+// address (ip:port), models, and optionally role, blockSize, kvEvents, workerd, healthy.
+func ParseEndpoints(data []byte) ([]discovery.Endpoint, error) {
+	var in []fileEndpoint
+	if err := yaml.UnmarshalStrict(data, &in); err != nil {
+		return nil, fmt.Errorf("endpoints file: %w", err)
+	}
+	out := make([]discovery.Endpoint, 0, len(in))
+	for i, e := range in {
+		if e.Address == "" || len(e.Models) == 0 {
+			return nil, fmt.Errorf("endpoints file: entry %d (%q): address and models are required", i, e.Name)
+		}
+		if e.Name == "" {
+			e.Name = e.Address
+		}
+		if e.Role == "" {
+			e.Role = RoleAggregated
+		}
+		out = append(out, discovery.Endpoint{
+			Name: e.Name, Address: e.Address, Models: e.Models, Role: e.Role, BlockSize: e.BlockSize,
+			KVEvents: e.KVEvents, Workerd: e.Workerd, Healthy: e.Healthy == nil || *e.Healthy,
+		})
+	}
+	return out, nil
 }
