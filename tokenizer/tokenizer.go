@@ -19,7 +19,7 @@ import (
 type Tokenizer struct {
 	vocab   map[string]uint32 // model vocabulary, token -> id
 	idToTok []string          // id -> token text (model vocab and added tokens); "" where unused
-	special []bool            // id -> is an added token (decoded as its content)
+	special []bool            // id -> is an added token
 
 	norm     normalizer   // nil: none
 	pre      preTokenizer // nil: the whole segment is one word
@@ -114,6 +114,16 @@ func (t *Tokenizer) IDToken(id uint32) (string, bool) {
 	return t.idToTok[id], true
 }
 
+// IsAdded reports whether id is an added token (special tokens such as <|im_end|> and the
+// other entries of added_tokens).
+func (t *Tokenizer) IsAdded(id uint32) bool { return int(id) < len(t.special) && t.special[id] }
+
+// BOSToken returns tokenizer_config.json's bos_token ("" if unset).
+func (t *Tokenizer) BOSToken() string { return t.bosToken }
+
+// EOSToken returns tokenizer_config.json's eos_token ("" if unset).
+func (t *Tokenizer) EOSToken() string { return t.eosToken }
+
 // TokenID returns the id of a token (added token content or vocabulary entry).
 func (t *Tokenizer) TokenID(tok string) (uint32, bool) {
 	if id, ok := t.added.byContent[tok]; ok {
@@ -137,6 +147,9 @@ func (t *Tokenizer) AppendEncode(dst []uint32, text string) []uint32 {
 	}
 	if !utf8.ValidString(text) {
 		text = sanitizeUTF8(text)
+	}
+	if dst == nil {
+		dst = make([]uint32, 0, len(text)/3+8) // about 4 bytes a token in English prose
 	}
 	st, _ := t.scratch.Get().(*encodeState)
 	if st == nil {
