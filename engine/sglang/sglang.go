@@ -1,18 +1,11 @@
 // Package sglang builds SGLang's command line with KV events, the radix (prefix) cache and
-// metrics on, and names the metrics workerd reads from it.
+// metrics on (metric names live in package engine).
 package sglang
 
 import (
 	"strconv"
 
 	"github.com/kvgate/kvgate/engine/vllm"
-)
-
-// Metric names SGLang serves on /metrics with --enable-metrics.
-const (
-	MetricRunning = "sglang:num_running_reqs"
-	MetricWaiting = "sglang:num_queue_reqs"
-	MetricKVUsage = "sglang:token_usage"
 )
 
 // Options is one SGLang server.

@@ -1,19 +1,10 @@
-// Package vllm builds vLLM's command line with KV events, prefix caching and metrics on, and
-// names the metrics workerd reads from it.
+// Package vllm builds vLLM's command line with KV events, prefix caching and metrics on
+// (metric names live in package engine).
 package vllm
 
 import (
 	"encoding/json"
 	"strconv"
-)
-
-// Metric names vLLM serves on /metrics (v1 engine). KV usage was renamed in v0.10; both
-// names are listed, newest first.
-const (
-	MetricRunning       = "vllm:num_requests_running"
-	MetricWaiting       = "vllm:num_requests_waiting"
-	MetricKVUsage       = "vllm:kv_cache_usage_perc"
-	MetricKVUsageLegacy = "vllm:gpu_cache_usage_perc"
 )
 
 // DefaultTopic is the ZMQ topic workerd asks engines to publish KV events on.

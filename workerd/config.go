@@ -1,0 +1,221 @@
+package workerd
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/kvgate/kvgate/discovery"
+)
+
+// Engine kinds.
+const (
+	KindVLLM   = "vllm"
+	KindSGLang = "sglang"
+	KindSim    = "sim"
+)
+
+// Duration is a time.Duration written as a Go duration string ("30s") in YAML and JSON.
+type Duration time.Duration
+
+// UnmarshalJSON accepts "1m30s" or a number of nanoseconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		*d = Duration(v)
+		return nil
+	}
+	var n int64
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("duration: want a string like \"30s\", got %s", b)
+	}
+	*d = Duration(n)
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// Config is workerd's configuration file. Zero fields take the defaults noted.
+type Config struct {
+	// Listen is the relay gRPC address ("127.0.0.1:0" picks a free port).
+	Listen string `json:"listen,omitempty"`
+	// Advertise is the relay address written to Consul ("" = Listen's bound address).
+	Advertise string `json:"advertise,omitempty"`
+	// Node prefixes engine instance names: "<node>-<engine name>" ("" = the hostname).
+	Node string `json:"node,omitempty"`
+	// Host is where engines listen and how routers reach them (127.0.0.1).
+	Host   string        `json:"host,omitempty"`
+	Consul *ConsulConfig `json:"consul,omitempty"`
+
+	ScrapeInterval Duration `json:"scrape_interval,omitempty"` // load scrape and health check period (1s)
+	StartTimeout   Duration `json:"start_timeout,omitempty"`   // time to become healthy before a restart (10m)
+	DrainTimeout   Duration `json:"drain_timeout,omitempty"`   // shutdown: wait for running requests to finish (30s)
+	StopTimeout    Duration `json:"stop_timeout,omitempty"`    // SIGTERM to SIGKILL (20s)
+	MinBackoff     Duration `json:"min_backoff,omitempty"`     // first restart delay (1s)
+	MaxBackoff     Duration `json:"max_backoff,omitempty"`     // longest restart delay (30s)
+	RingSize       int      `json:"ring_size,omitempty"`       // relay batches kept per engine for resuming routers (16384)
+
+	Engines []EngineSpec `json:"engines"`
+}
+
+// ConsulConfig enables registration of every engine in Consul.
+type ConsulConfig struct {
+	Address            string   `json:"address,omitempty"` // agent HTTP address ("" = CONSUL_HTTP_ADDR or 127.0.0.1:8500)
+	Service            string   `json:"service,omitempty"` // discovery.DefaultService
+	Tag                string   `json:"tag,omitempty"`
+	Datacenter         string   `json:"datacenter,omitempty"`
+	Token              string   `json:"token,omitempty"`
+	CheckInterval      Duration `json:"check_interval,omitempty"`      // HTTP check period (2s)
+	DeregisterAfter    Duration `json:"deregister_after,omitempty"`    // Consul drops an instance critical this long (0 = never)
+	ReregisterInterval Duration `json:"reregister_interval,omitempty"` // how often presence is checked (5s)
+}
+
+// EngineSpec is one engine workerd runs.
+type EngineSpec struct {
+	Name         string            `json:"name,omitempty"` // unique on the node ("<kind>-<index>")
+	Kind         string            `json:"kind"`           // vllm, sglang, sim
+	Model        string            `json:"model"`          // model id or path
+	ServedNames  []string          `json:"served_names,omitempty"`
+	Role         string            `json:"role,omitempty"` // aggregated (default), prefill, decode
+	GPUs         int               `json:"gpus,omitempty"` // GPUs to assign (CUDA_VISIBLE_DEVICES)
+	Port         int               `json:"port,omitempty"` // OpenAI HTTP port (0 = a free one)
+	KVEventsPort int               `json:"kv_events_port,omitempty"`
+	BlockSize    int               `json:"block_size,omitempty"` // KV block size in tokens (16)
+	Binary       string            `json:"binary,omitempty"`     // vllm: "vllm"; sglang: "python3"; sim: this executable
+	Args         []string          `json:"args,omitempty"`       // appended to the engine's command line
+	Env          map[string]string `json:"env,omitempty"`
+	NoKVEvents   bool              `json:"no_kv_events,omitempty"` // do not ask for KV events
+}
+
+// LoadConfig reads a YAML (or JSON) config file.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, err
+	}
+	return ParseConfig(b)
+}
+
+// ParseConfig parses YAML (or JSON); unknown fields are errors.
+func ParseConfig(b []byte) (Config, error) {
+	var c Config
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return Config{}, fmt.Errorf("workerd config: %w", err)
+	}
+	return c, c.Validate()
+}
+
+// Validate checks what can be checked without the machine: kinds, roles, names, ports.
+func (c *Config) Validate() error {
+	var errs []error
+	names := map[string]bool{}
+	ports := map[int]string{}
+	for i := range c.Engines {
+		e := &c.Engines[i]
+		if e.Name == "" {
+			e.Name = fmt.Sprintf("%s-%d", e.Kind, i)
+		}
+		where := fmt.Sprintf("engine %q", e.Name)
+		switch e.Kind {
+		case KindVLLM, KindSGLang, KindSim:
+		case "":
+			errs = append(errs, fmt.Errorf("%s: kind missing (vllm, sglang or sim)", where))
+		default:
+			errs = append(errs, fmt.Errorf("%s: unknown kind %q (vllm, sglang or sim)", where, e.Kind))
+		}
+		if e.Model == "" && e.Kind != KindSim {
+			errs = append(errs, fmt.Errorf("%s: model missing", where))
+		}
+		switch e.Role {
+		case "", discovery.RoleAggregated, discovery.RolePrefill, discovery.RoleDecode:
+		default:
+			errs = append(errs, fmt.Errorf("%s: unknown role %q (aggregated, prefill or decode)", where, e.Role))
+		}
+		if names[e.Name] {
+			errs = append(errs, fmt.Errorf("%s: name used twice", where))
+		}
+		names[e.Name] = true
+		if e.GPUs < 0 || e.BlockSize < 0 {
+			errs = append(errs, fmt.Errorf("%s: negative gpus or block_size", where))
+		}
+		for _, p := range []int{e.Port, e.KVEventsPort} {
+			if p < 0 || p > 65535 {
+				errs = append(errs, fmt.Errorf("%s: port %d out of range", where, p))
+			} else if p != 0 {
+				if other, ok := ports[p]; ok {
+					errs = append(errs, fmt.Errorf("%s: port %d already used by %s", where, p, other))
+				}
+				ports[p] = e.Name
+			}
+		}
+	}
+	if c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			errs = append(errs, fmt.Errorf("listen %q: %w", c.Listen, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ParseEngineFlag parses the --engine flag: comma-separated key=value pairs with the keys of
+// EngineSpec (kind, model, name, role, gpus, port, kv_events_port, block_size, binary),
+// e.g. "kind=sim,model=Qwen/Qwen3-0.6B,port=8001".
+func ParseEngineFlag(s string) (EngineSpec, error) {
+	var e EngineSpec
+	if strings.TrimSpace(s) == "" {
+		return e, errors.New("empty --engine")
+	}
+	for kv := range strings.SplitSeq(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || k == "" {
+			return EngineSpec{}, fmt.Errorf("--engine %q: %q is not key=value", s, kv)
+		}
+		num := func() (int, error) {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return 0, fmt.Errorf("--engine %q: %s=%q is not a non-negative integer", s, k, v)
+			}
+			return n, nil
+		}
+		var err error
+		switch k {
+		case "kind":
+			e.Kind = v
+		case "model":
+			e.Model = v
+		case "name":
+			e.Name = v
+		case "role":
+			e.Role = v
+		case "binary":
+			e.Binary = v
+		case "gpus":
+			e.GPUs, err = num()
+		case "port":
+			e.Port, err = num()
+		case "kv_events_port":
+			e.KVEventsPort, err = num()
+		case "block_size":
+			e.BlockSize, err = num()
+		default:
+			err = fmt.Errorf("--engine %q: unknown key %q", s, k)
+		}
+		if err != nil {
+			return EngineSpec{}, err
+		}
+	}
+	return e, nil
+}

@@ -1,0 +1,271 @@
+// Package workerd is the node daemon: it starts and supervises the node's engines on their
+// GPUs, relays their KV events and load to routers over gRPC, and registers them in Consul.
+package workerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
+	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/gpu"
+)
+
+// Options are workerd's dependencies. Zero fields take the defaults noted.
+type Options struct {
+	Log        *slog.Logger          // discards when nil
+	Registerer prometheus.Registerer // nil: no metrics
+	GPUs       gpu.Source            // gpu.NewNVML()
+	// EngineOutput receives every engine's stdout and stderr, one line at a time, each
+	// prefixed "<instance> | ". nil = os.Stderr.
+	EngineOutput io.Writer
+	// SimCommand is the argv prefix that runs the built-in simulator; SimArgs are appended.
+	// nil = [this executable, "sim"].
+	SimCommand []string
+}
+
+// Workerd is the node daemon. New validates and plans; Run does the work.
+type Workerd struct {
+	cfg    Config
+	log    *slog.Logger
+	plans  []plan
+	procs  []*proc
+	hubs   map[string]*hub
+	load   *loadHub
+	lis    net.Listener
+	srv    *grpc.Server
+	consul *discovery.Consul
+	inv    gpu.Inventory
+	http   *http.Client
+
+	runMu   sync.Mutex
+	running bool
+}
+
+func (c *Config) defaults() {
+	def := func(d *Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = Duration(v)
+		}
+	}
+	def(&c.ScrapeInterval, time.Second)
+	def(&c.StartTimeout, 10*time.Minute)
+	def(&c.DrainTimeout, 30*time.Second)
+	def(&c.StopTimeout, 20*time.Second)
+	def(&c.MinBackoff, time.Second)
+	def(&c.MaxBackoff, 30*time.Second)
+	if c.MaxBackoff < c.MinBackoff {
+		c.MaxBackoff = c.MinBackoff
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:0"
+	}
+	if c.Node == "" {
+		c.Node, _ = os.Hostname()
+	}
+	if c.Consul != nil {
+		def(&c.Consul.CheckInterval, 2*time.Second)
+		def(&c.Consul.ReregisterInterval, 5*time.Second)
+	}
+}
+
+// New checks the config against this machine (engine binaries present, GPUs available),
+// builds every engine's command line, assigns GPUs and binds the relay listener. What
+// cannot work is refused here, with every reason joined in the error.
+func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.defaults()
+	log := opt.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	src := opt.GPUs
+	if src == nil {
+		src = gpu.NewNVML()
+	}
+	inv := src.Inventory(ctx)
+	simCmd := opt.SimCommand
+	if simCmd == nil {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("workerd: locate own executable for sim engines: %w", err)
+		}
+		simCmd = []string{exe, "sim"}
+	}
+	plans, err := makePlans(ctx, cfg, inv, simCmd)
+	if err != nil {
+		return nil, fmt.Errorf("workerd: refusing to start:\n%w", err)
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("workerd: relay listener: %w", err)
+	}
+	w := &Workerd{
+		cfg: cfg, log: log.With("component", "workerd"), plans: plans, hubs: map[string]*hub{},
+		load: newLoadHub(), lis: lis, inv: inv,
+		http: &http.Client{Timeout: 5 * time.Second},
+	}
+	if cfg.Consul != nil {
+		w.consul, err = discovery.NewConsul(discovery.ConsulConfig{
+			Address: cfg.Consul.Address, Service: cfg.Consul.Service, Tag: cfg.Consul.Tag,
+			Datacenter: cfg.Consul.Datacenter, Token: cfg.Consul.Token,
+		}, log)
+		if err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
+	out := opt.EngineOutput
+	if out == nil {
+		out = os.Stderr
+	}
+	var outMu sync.Mutex
+	for _, p := range plans {
+		h := newHub(p.instance, cfg.RingSize, 0)
+		w.hubs[p.instance] = h
+		w.procs = append(w.procs, &proc{
+			p: p, hub: h, cfg: &w.cfg, http: w.http, load: w.load, state: StateStopped,
+			log: w.log.With("engine", p.instance),
+			out: &lineWriter{prefix: p.instance + " | ", w: out, mu: &outMu},
+		})
+	}
+	if opt.Registerer != nil {
+		if err := w.registerMetrics(opt.Registerer); err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
+	w.srv = grpc.NewServer()
+	relayv1.RegisterRelayServer(w.srv, &relayServer{w: w})
+	return w, nil
+}
+
+// Addr is the relay's bound gRPC address.
+func (w *Workerd) Addr() string { return w.lis.Addr().String() }
+
+// Advertise is the relay address written to Consul.
+func (w *Workerd) Advertise() string {
+	if w.cfg.Advertise != "" {
+		return w.cfg.Advertise
+	}
+	return w.Addr()
+}
+
+// Inventory is the GPU inventory read by New.
+func (w *Workerd) Inventory() gpu.Inventory { return w.inv }
+
+// Engines returns the status of every engine, in config order.
+func (w *Workerd) Engines() []EngineStatus {
+	out := make([]EngineStatus, len(w.procs))
+	for i, p := range w.procs {
+		out[i] = p.status()
+	}
+	return out
+}
+
+func (w *Workerd) hub(name string) *hub { return w.hubs[name] }
+
+// Run serves the relay, starts every engine, keeps them alive and registered until ctx ends,
+// then shuts down gracefully: engines leave Consul first (routers stop sending), running
+// requests get DrainTimeout to finish, then each engine gets SIGTERM and, after StopTimeout,
+// SIGKILL. Run can be called once.
+func (w *Workerd) Run(ctx context.Context) error {
+	w.runMu.Lock()
+	if w.running {
+		w.runMu.Unlock()
+		return errors.New("workerd: Run called twice")
+	}
+	w.running = true
+	w.runMu.Unlock()
+
+	var wg sync.WaitGroup
+	serveErr := make(chan error, 1)
+	wg.Go(func() { serveErr <- w.srv.Serve(w.lis) })
+	w.log.Info("relay listening", "addr", w.Addr(), "engines", len(w.procs), "gpus", len(w.inv.Devices), "gpu_reason", w.inv.Reason)
+
+	procCtx, stopProcs := context.WithCancel(context.WithoutCancel(ctx))
+	regCtx, stopReg := context.WithCancel(context.WithoutCancel(ctx))
+	var procWG, regWG sync.WaitGroup
+	for _, p := range w.procs {
+		procWG.Go(func() { p.run(procCtx) })
+		if w.consul != nil {
+			reg := w.registration(p)
+			regWG.Go(func() {
+				if err := w.consul.Keep(regCtx, reg, time.Duration(w.cfg.Consul.ReregisterInterval)); err != nil {
+					w.log.Error("consul registration refused", "engine", p.p.instance, "err", err)
+				}
+			})
+		}
+	}
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("workerd: relay server: %w", err)
+	}
+	w.log.Info("shutting down: deregistering engines")
+	stopReg()
+	regWG.Wait()
+	w.drain()
+	stopProcs()
+	procWG.Wait()
+	w.srv.Stop()
+	wg.Wait()
+	w.log.Info("workerd stopped")
+	return err
+}
+
+// drain waits until no engine reports running or waiting requests, or DrainTimeout.
+func (w *Workerd) drain() {
+	deadline := time.Now().Add(time.Duration(w.cfg.DrainTimeout))
+	for {
+		busy := 0
+		for _, p := range w.procs {
+			st := p.status()
+			if st.State != StateRunning {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			l, err := scrape(ctx, w.http, "http://"+st.Address+"/metrics")
+			cancel()
+			if err == nil {
+				busy += int(l.Running + l.Waiting)
+			}
+		}
+		if busy == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			w.log.Warn("drain timeout; stopping engines with requests in flight", "requests", busy)
+			return
+		}
+		w.log.Info("draining", "requests", busy)
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (w *Workerd) registration(p *proc) discovery.Registration {
+	return discovery.Registration{
+		Endpoint: discovery.Endpoint{
+			Name: p.p.instance, Address: p.p.addr, Models: p.p.models, Role: p.p.role,
+			BlockSize: p.p.blockSize, KVEvents: p.p.kvEvents, Workerd: w.Advertise(),
+		},
+		Kind:            p.p.spec.Kind,
+		CheckInterval:   time.Duration(w.cfg.Consul.CheckInterval),
+		DeregisterAfter: time.Duration(w.cfg.Consul.DeregisterAfter),
+	}
+}
