@@ -307,3 +307,126 @@ func TestPublisherConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// topicRecorder is a TopicHandler recording per topic.
+type topicRecorder struct {
+	*recorder
+	mu     sync.Mutex
+	seqs   map[string][]uint64
+	gaps   map[string][][2]uint64
+	plainN int // calls to Batch or Gap, which must not happen
+}
+
+func (r *topicRecorder) TopicBatch(topic string, seq uint64, b engine.EventBatch) {
+	r.mu.Lock()
+	r.seqs[topic] = append(r.seqs[topic], seq)
+	r.mu.Unlock()
+	r.poke()
+}
+
+func (r *topicRecorder) TopicGap(topic string, expected, got uint64) {
+	r.mu.Lock()
+	r.gaps[topic] = append(r.gaps[topic], [2]uint64{expected, got})
+	r.mu.Unlock()
+	r.poke()
+}
+
+func (r *topicRecorder) Batch(uint64, engine.EventBatch) { r.mu.Lock(); r.plainN++; r.mu.Unlock() }
+func (r *topicRecorder) Gap(uint64, uint64)              { r.mu.Lock(); r.plainN++; r.mu.Unlock() }
+
+func TestPubSubBoundSubscriberKeepsOneSequencePerTopic(t *testing.T) {
+	checkLeaks(t)
+	s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: "tcp://127.0.0.1:0", Bind: true, Topic: "kv@",
+		Logger: quiet})
+	r := &topicRecorder{recorder: newRecorder(), seqs: map[string][]uint64{}, gaps: map[string][][2]uint64{}}
+	runSub(t, s, r)
+	topics := []string{"kv@pod-a@m", "kv@pod-b@m"}
+	pubs := make([]*engine.Publisher, len(topics))
+	for i, topic := range topics {
+		p, err := engine.NewPublisher(engine.PublisherConfig{Endpoint: s.Addr(), Dial: true, Topic: topic,
+			Shape: engine.ShapeArray, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		pubs[i] = p
+	}
+	n := 0
+	waitFor(t, r.recorder, "batches on both topics", func([]uint64, [][2]uint64) bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.seqs[topics[0]]) > 3 && len(r.seqs[topics[1]]) > 3
+	}, func() {
+		for _, p := range pubs {
+			publish(t, p, n)
+		}
+		n++
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.plainN != 0 {
+		t.Errorf("Batch/Gap called %d times on a TopicHandler", r.plainN)
+	}
+	for _, topic := range topics {
+		seqs := r.seqs[topic]
+		if !contiguous(seqs, seqs[0], seqs[len(seqs)-1]) {
+			t.Errorf("%s: seqs %v not contiguous", topic, seqs)
+		}
+		for _, g := range r.gaps[topic] {
+			if g[0] != 0 || g[1] != seqs[0] {
+				t.Errorf("%s: gap %v, want only the join gap [0 %d]", topic, g, seqs[0])
+			}
+		}
+	}
+}
+
+func TestPublisherConcurrentPublish(t *testing.T) {
+	checkLeaks(t)
+	p, err := engine.NewPublisher(engine.PublisherConfig{Endpoint: "tcp://127.0.0.1:0",
+		ReplayEndpoint: "tcp://127.0.0.1:0", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const workers, each = 4, 50
+	seen := make(chan uint64, workers*each)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				seq, err := p.Publish(testBatch(w*each + i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				seen <- seq
+			}
+		})
+	}
+	wg.Wait()
+	close(seen)
+	got := map[uint64]bool{}
+	for seq := range seen {
+		if got[seq] {
+			t.Fatalf("seq %d returned twice", seq)
+		}
+		got[seq] = true
+	}
+	for seq := range uint64(workers * each) {
+		if !got[seq] {
+			t.Fatalf("seq %d never returned", seq)
+		}
+	}
+	// All of them are in the replay buffer: a subscriber joining now gets
+	// them all from the replay socket.
+	s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: p.Addr(), ReplayEndpoint: p.ReplayAddr(), Logger: quiet})
+	r := newRecorder()
+	runSub(t, s, r)
+	k := workers * each
+	waitFor(t, r, "every batch", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) > workers*each },
+		func() { publish(t, p, k); k++ })
+	seqs, gaps := r.snapshot()
+	if len(gaps) != 0 || !contiguous(seqs, 0, seqs[len(seqs)-1]) {
+		t.Fatalf("seqs %v gaps %v", seqs, gaps)
+	}
+}

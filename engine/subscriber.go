@@ -46,6 +46,17 @@ type Handler interface {
 	Gap(expected, got uint64)
 }
 
+// TopicHandler is a Handler that also learns each batch's topic. A bound
+// Subscriber that several publishers dial (llm-d-inference-sim pods, each
+// with its own "kv@<pod>@<model>" topic) keeps one sequence per topic; when
+// its handler is a TopicHandler, Run calls TopicBatch and TopicGap instead
+// of Batch and Gap, with the same contract per topic.
+type TopicHandler interface {
+	Handler
+	TopicBatch(topic string, seq uint64, b EventBatch)
+	TopicGap(topic string, expected, got uint64)
+}
+
 // Subscriber reads one engine's KV-event stream (vLLM's ZmqEventPublisher
 // protocol), detects sequence gaps and fills them from the replay socket.
 // It remembers the last sequence delivered across Run calls, so a Run
@@ -58,10 +69,37 @@ type Subscriber struct {
 	once  sync.Once
 
 	running atomic.Bool
-	// Sequence state, owned by the running Run.
+	topics  map[string]*seqState // by topic; owned by the running Run
+}
+
+// seqState is what a Subscriber knows of one publisher's sequence.
+type seqState struct {
 	have   bool
 	last   uint64
-	stream []byte
+	stream []byte // vLLM's 16-byte publisher stream id, nil when not sent
+}
+
+// sink routes a topic's batches and gaps to the handler.
+type sink struct {
+	h     Handler
+	th    TopicHandler
+	topic string
+}
+
+func (k sink) batch(seq uint64, b EventBatch) {
+	if k.th != nil {
+		k.th.TopicBatch(k.topic, seq, b)
+		return
+	}
+	k.h.Batch(seq, b)
+}
+
+func (k sink) gap(expected, got uint64) {
+	if k.th != nil {
+		k.th.TopicGap(k.topic, expected, got)
+		return
+	}
+	k.h.Gap(expected, got)
 }
 
 // NewSubscriber returns a Subscriber; nothing happens until Run.
@@ -76,7 +114,8 @@ func NewSubscriber(cfg SubscriberConfig) *Subscriber {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Subscriber{cfg: cfg, log: log.With("endpoint", cfg.Endpoint), ready: make(chan struct{})}
+	return &Subscriber{cfg: cfg, log: log.With("endpoint", cfg.Endpoint), ready: make(chan struct{}),
+		topics: map[string]*seqState{}}
 }
 
 // Ready is closed once the first Run has bound its socket (Bind) or started
@@ -182,23 +221,37 @@ func (s *Subscriber) handle(ctx context.Context, m zmq4.Msg, h Handler, rp *repl
 		s.log.Warn("kv events: malformed message", "frames", len(m.Frames))
 		return
 	}
+	topic := string(m.Frames[0])
+	st := s.topics[topic]
+	if st == nil {
+		if len(s.topics) >= maxTopics {
+			s.log.Warn("kv events: too many topics, message dropped", "topic", topic)
+			return
+		}
+		st = &seqState{}
+		s.topics[topic] = st
+	}
+	out := sink{h: h, topic: topic}
+	out.th, _ = h.(TopicHandler)
+
 	seq := binary.BigEndian.Uint64(m.Frames[1][:8])
 	var stream []byte
 	if len(m.Frames[1]) >= 24 {
 		stream = m.Frames[1][8:24]
 	}
-	if s.have && (seq <= s.last || (s.stream != nil && stream != nil && !bytes.Equal(stream, s.stream))) {
-		s.log.Info("kv events: publisher restarted", "last", s.last, "seq", seq)
-		h.Gap(s.last+1, seq)
-		s.have = false
+	if st.have && (seq <= st.last || (st.stream != nil && stream != nil && !bytes.Equal(stream, st.stream))) {
+		s.log.Info("kv events: publisher restarted", "topic", topic, "last", st.last, "seq", seq)
+		out.gap(st.last+1, seq)
+		st.have = false
 	}
-	s.stream = append(s.stream[:0], stream...)
 	if stream == nil {
-		s.stream = nil
+		st.stream = nil
+	} else {
+		st.stream = append(st.stream[:0], stream...)
 	}
 	expected := uint64(0)
-	if s.have {
-		expected = s.last + 1
+	if st.have {
+		expected = st.last + 1
 	}
 	if seq > expected {
 		covered := expected
@@ -212,31 +265,34 @@ func (s *Subscriber) handle(ctx context.Context, m zmq4.Msg, h Handler, rp *repl
 					continue
 				}
 				if b.seq > covered {
-					h.Gap(covered, b.seq)
+					out.gap(covered, b.seq)
 				}
-				s.deliver(h, b.seq, b.payload)
+				s.deliver(st, out, b.seq, b.payload)
 				covered = b.seq + 1
 			}
 		}
 		if covered < seq {
-			s.log.Warn("kv events: batches lost", "from", covered, "to", seq)
-			h.Gap(covered, seq)
+			s.log.Warn("kv events: batches lost", "topic", topic, "from", covered, "to", seq)
+			out.gap(covered, seq)
 		}
 	}
-	s.deliver(h, seq, m.Frames[2])
+	s.deliver(st, out, seq, m.Frames[2])
 }
+
+// maxTopics bounds the per-topic state a bound Subscriber keeps.
+const maxTopics = 4096
 
 // deliver decodes and hands over one batch; an undecodable batch is a gap of
 // one.
-func (s *Subscriber) deliver(h Handler, seq uint64, payload []byte) {
-	s.have, s.last = true, seq
+func (s *Subscriber) deliver(st *seqState, out sink, seq uint64, payload []byte) {
+	st.have, st.last = true, seq
 	b, err := DecodeBatch(payload)
 	if err != nil {
-		s.log.Warn("kv events: undecodable batch", "seq", seq, "err", err)
-		h.Gap(seq, seq+1)
+		s.log.Warn("kv events: undecodable batch", "topic", out.topic, "seq", seq, "err", err)
+		out.gap(seq, seq+1)
 		return
 	}
-	h.Batch(seq, b)
+	out.batch(seq, b)
 }
 
 // replayClient speaks vLLM's replay protocol over a DEALER socket, dialed on
