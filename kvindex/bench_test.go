@@ -129,9 +129,13 @@ func BenchmarkFindMatches(b *testing.B) {
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu0 := processCPU()
+	n := 0
 	for i := 0; b.Loop(); i++ {
 		f.x.FindMatches(f.queries[i%len(f.queries)], &out)
+		n++
 	}
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(n), "cpu-ns/op")
 	b.ReportMetric(float64(f.x.Nodes()), "nodes")
 	b.ReportMetric(float64(f.pairs), "pairs")
 	b.ReportMetric(float64(f.heap)/float64(f.pairs), "heapB/pair")
@@ -159,9 +163,13 @@ func BenchmarkHashBlocks(b *testing.B) {
 	dst := make([]kvindex.BlockHash, 0, benchPromptLen)
 	b.SetBytes(int64(len(toks) * 4))
 	b.ReportAllocs()
+	cpu0 := processCPU()
+	n := 0
 	for b.Loop() {
 		dst = kvindex.HashBlocks(dst[:0], 0, toks, benchBlockSize)
+		n++
 	}
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(n), "cpu-ns/op")
 }
 
 // BenchmarkApplyStored applies Stored events of 16 blocks into a growing
@@ -184,6 +192,7 @@ func BenchmarkApplyStored(b *testing.B) {
 	before := heapInUse()
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu0 := processCPU()
 	n := 0
 	for b.Loop() {
 		e := n % benchEndpoints
@@ -199,6 +208,9 @@ func BenchmarkApplyStored(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(n*benchEventBlock)/b.Elapsed().Seconds(), "blocks/s")
+	if cpu := processCPU() - cpu0; cpu > 0 {
+		b.ReportMetric(float64(n*benchEventBlock)/cpu.Seconds(), "blocks/cpu-s")
+	}
 	if n*benchEventBlock >= 100_000 {
 		b.ReportMetric(float64(heapInUse()-before)/float64(n*benchEventBlock), "heapB/pair")
 	}
