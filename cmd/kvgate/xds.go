@@ -1,0 +1,142 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/xds"
+)
+
+func init() { register(newXDSCmd) }
+
+// newXDSCmd runs the xDS control plane that configures Envoy from discovery.
+func newXDSCmd(g *globals) *cobra.Command {
+	var (
+		listen, config, consul, service, endpoints string
+		model                                      xds.Model
+		routerTLS                                  xds.TLSFiles
+		tlsFiles                                   xds.TLSFiles
+		failOpen                                   bool
+		messageTimeout, idleTimeout, debounce      time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "xds",
+		Short: "Serve Envoy its configuration (LDS/RDS/CDS/EDS over ADS) from discovered engines",
+		Long: `kvgate xds is the control plane of an Envoy data plane: Envoy connects to it over ADS
+(state of the world or delta; print its bootstrap with 'kvgate bootstrap') and gets a listener
+with the ext_proc filter that asks 'kvgate router' for an endpoint, the ORIGINAL_DST cluster
+that honours the pick, and an EDS pool per model, updated as engines come and go in Consul
+(--consul) or in a static file (--endpoints).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if config != "" {
+				data, err := os.ReadFile(config)
+				if err != nil {
+					return err
+				}
+				base, err := xds.ParseModel(data)
+				if err != nil {
+					return err
+				}
+				if len(base.Pools) > 0 {
+					return errors.New("--config: pools come from discovery; list engines with --endpoints instead")
+				}
+				// Flags given on the command line win over the file.
+				f := cmd.Flags()
+				if !f.Changed("router") && len(base.Router) > 0 {
+					model.Router = base.Router
+				}
+				if !f.Changed("envoy-listen") && base.Listener != "" {
+					model.Listener = base.Listener
+				}
+				if model.RouterTLS == nil {
+					model.RouterTLS = base.RouterTLS
+				}
+				opts := base.Options
+				if f.Changed("request-body") {
+					opts.RequestBody = model.Options.RequestBody
+				}
+				if f.Changed("response-body") {
+					opts.ResponseBody = model.Options.ResponseBody
+				}
+				model.Options = opts
+			}
+			if cmd.Flags().Changed("failure-mode-allow") {
+				model.Options.FailureModeAllow = failOpen
+			}
+			if cmd.Flags().Changed("message-timeout") {
+				model.Options.MessageTimeout = xds.Duration(messageTimeout)
+			}
+			if cmd.Flags().Changed("stream-idle-timeout") {
+				model.Options.StreamIdleTimeout = xds.Duration(idleTimeout)
+			}
+			if routerTLS != (xds.TLSFiles{}) {
+				model.RouterTLS = &routerTLS
+			}
+
+			var src discovery.Source
+			switch {
+			case consul != "" && endpoints != "":
+				return errors.New("--consul and --endpoints are exclusive")
+			case consul != "":
+				c, err := discovery.NewConsul(discovery.ConsulConfig{Address: consul, Service: service}, g.log)
+				if err != nil {
+					return err
+				}
+				src = c
+			case endpoints != "":
+				data, err := os.ReadFile(endpoints)
+				if err != nil {
+					return err
+				}
+				eps, err := xds.ParseEndpoints(data)
+				if err != nil {
+					return err
+				}
+				src = discovery.NewStatic(eps)
+			default:
+				return errors.New("say where engines are: --consul ADDR or --endpoints FILE")
+			}
+			srv, err := xds.New(xds.Config{
+				Listen: listen, TLS: tlsFiles, Model: model, Source: src, Debounce: debounce, Log: g.log,
+			})
+			if err != nil {
+				return err
+			}
+			return srv.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", ":18000", "xDS gRPC address Envoy connects to")
+	f.StringSliceVar(&model.Router, "router", nil, "ext_proc address of a kvgate router, host:port (repeatable)")
+	f.StringVar(&model.Listener, "envoy-listen", "0.0.0.0:8080", "address Envoy serves the OpenAI API on")
+	f.StringVar(&consul, "consul", "", "Consul agent HTTP address to discover engines from")
+	f.StringVar(&service, "consul-service", discovery.DefaultService, "Consul service name of the engines")
+	f.StringVar(&endpoints, "endpoints", "", "YAML file listing engines (name, address, models, role, healthy) instead of Consul")
+	f.StringVar(&config, "config", "", "YAML file with the listener, router, routerTLS and options (see docs/XDS.md)")
+	f.StringVar(&model.Options.RequestBody, "request-body", "", "request body mode towards the router: buffered (default) or full-duplex")
+	f.StringVar(&model.Options.ResponseBody, "response-body", "", "response body mode towards the router: streamed (default) or full-duplex")
+	f.BoolVar(&failOpen, "failure-mode-allow", false, "let requests through when the router is unreachable")
+	f.DurationVar(&messageTimeout, "message-timeout", 5*time.Second, "how long Envoy waits for each router reply")
+	f.DurationVar(&idleTimeout, "stream-idle-timeout", 5*time.Minute, "close client streams silent this long")
+	f.DurationVar(&debounce, "debounce", 100*time.Millisecond, "coalesce discovery changes arriving within this window")
+	f.StringVar(&tlsFiles.Cert, "tls-cert", "", "serve xDS over TLS with this certificate (PEM)")
+	f.StringVar(&tlsFiles.Key, "tls-key", "", "private key of --tls-cert (PEM)")
+	f.StringVar(&tlsFiles.CA, "tls-ca", "", "require Envoy client certificates signed by this CA (mTLS)")
+	f.StringVar(&routerTLS.Cert, "router-tls-cert", "", "Envoy's client certificate towards the router (path on Envoy's host)")
+	f.StringVar(&routerTLS.Key, "router-tls-key", "", "key of --router-tls-cert (path on Envoy's host)")
+	f.StringVar(&routerTLS.CA, "router-tls-ca", "", "CA Envoy verifies the router with; enables TLS to the router (path on Envoy's host)")
+	f.StringVar(&routerTLS.SNI, "router-tls-sni", "", "server name Envoy sends to the router")
+	cmd.PreRunE = func(cmd *cobra.Command, _ []string) error {
+		if len(model.Router) == 0 && config == "" {
+			return fmt.Errorf("--router is required (the ext_proc address of 'kvgate router', e.g. 10.0.0.5:9002)")
+		}
+		return nil
+	}
+	return cmd
+}
