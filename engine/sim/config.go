@@ -16,8 +16,9 @@ type Shape struct {
 	ParamsB    float64 // parameters, in billions (weights take ParamsB*1e9*DTypeBytes bytes)
 }
 
-// DefaultShape is Llama-3.1-8B / Qwen3-8B sized: 32 layers, 8 KV heads of 128, bf16.
-var DefaultShape = Shape{Layers: 32, KVHeads: 8, HeadDim: 128, DTypeBytes: 2, ParamsB: 8.0}
+// DefaultShape is Qwen3-8B (tokenizer.DefaultModel): 36 layers, 8 KV heads of 128, bf16,
+// 8.2B parameters.
+var DefaultShape = Shape{Layers: 36, KVHeads: 8, HeadDim: 128, DTypeBytes: 2, ParamsB: 8.2}
 
 // KVBytesPerToken is 2 (K and V) * layers * kv_heads * head_dim * dtype bytes.
 func (s Shape) KVBytesPerToken() int { return 2 * s.Layers * s.KVHeads * s.HeadDim * s.DTypeBytes }

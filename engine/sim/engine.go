@@ -56,6 +56,9 @@ type Output struct {
 	PromptTokens, CachedTokens int
 	// BlockIDs are the held full prompt blocks of a finished Hold request.
 	BlockIDs []int
+	// Admitted is when the request was first scheduled (the Start of that step): its queueing
+	// delay is Admitted minus its arrival.
+	Admitted time.Duration
 }
 
 // StepResult is what one engine step did. Everything in it belongs to the caller.
@@ -87,17 +90,18 @@ var ErrDuplicate = errors.New("sim: duplicate request id")
 
 // seq is a request inside the engine.
 type seq struct {
-	req       Request
-	tokens    []uint32 // prompt, then output tokens
-	numPrompt int
-	computed  int // tokens whose KV is in blocks
-	blocks    []*block
-	hashes    []BlockHash // of the full blocks of tokens, computed lazily
-	stored    int         // leading blocks known to be in the prefix cache
-	admitted  bool
-	cachedTok int
-	remote    int    // remote blocks still to be installed on the next admission
-	seed      uint64 // for made-up output tokens
+	req        Request
+	tokens     []uint32 // prompt, then output tokens
+	numPrompt  int
+	computed   int // tokens whose KV is in blocks
+	blocks     []*block
+	hashes     []BlockHash // of the full blocks of tokens, computed lazily
+	stored     int         // leading blocks known to be in the prefix cache
+	admitted   bool
+	cachedTok  int
+	admittedAt time.Duration
+	remote     int    // remote blocks still to be installed on the next admission
+	seed       uint64 // for made-up output tokens
 }
 
 // Engine is a simulated vLLM engine core: a paged KV cache with prefix caching, and a
@@ -329,6 +333,7 @@ func (e *Engine) Step(now time.Duration) StepResult {
 		}
 		if !s.admitted {
 			s.admitted = true
+			s.admittedAt = now
 			s.cachedTok = s.computed
 			e.stats.PrefixQueries += uint64(len(s.tokens))
 			e.stats.PrefixHits += uint64(start)
@@ -368,7 +373,7 @@ func (e *Engine) Step(now time.Duration) StepResult {
 		tok := e.outputToken(s, idx)
 		s.tokens = append(s.tokens, tok)
 		e.stats.GenerationTokens++
-		out := Output{ID: s.req.ID, Index: idx, Token: tok, PromptTokens: s.numPrompt, CachedTokens: s.cachedTok}
+		out := Output{ID: s.req.ID, Index: idx, Token: tok, PromptTokens: s.numPrompt, CachedTokens: s.cachedTok, Admitted: s.admittedAt}
 		switch n := idx + 1; {
 		case s.req.EOS > 0 && n >= s.req.EOS:
 			out.Finish = FinishStop

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/tokenizer"
+)
+
+func init() { register(newSimCmd) }
+
+// newSimCmd serves one simulated vLLM engine.
+func newSimCmd(g *globals) *cobra.Command {
+	var (
+		cfg        sim.ServerConfig
+		host       string
+		port       int
+		hashFormat string
+		shape      string
+		speed      float64
+		timing     = sim.DefaultTiming
+	)
+	cmd := &cobra.Command{
+		Use:   "sim",
+		Short: "Serve a simulated vLLM engine (OpenAI API, KV events, vLLM metrics) without a GPU",
+		Long: `kvgate sim is a vLLM-compatible simulated engine: the same HTTP API, the same KV-event wire
+format on ZMQ, the same metric names, a paged KV cache with prefix caching and eviction, and a
+step-time model of an 8B model on one H100. See docs/SIM.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Addr = net.JoinHostPort(host, strconv.Itoa(port))
+			switch hashFormat {
+			case "int":
+				cfg.HashFormat = engine.HashInt
+			case "bytes":
+				cfg.HashFormat = engine.HashBytes
+			default:
+				return fmt.Errorf("--hash-format %q: want int or bytes", hashFormat)
+			}
+			switch shape {
+			case "map":
+				cfg.EventShape = engine.ShapeMap
+			case "array":
+				cfg.EventShape = engine.ShapeArray
+			default:
+				return fmt.Errorf("--event-shape %q: want map or array", shape)
+			}
+			timing.Speed = speed
+			cfg.Engine.Timing = timing
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			s, err := sim.NewServer(cfg, g.log, reg)
+			if err != nil {
+				return err
+			}
+			return s.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&host, "host", "0.0.0.0", "HTTP listen host")
+	f.IntVar(&port, "port", 8100, "HTTP listen port (0 picks a free one)")
+	f.StringVar(&cfg.Model, "model", tokenizer.DefaultModel, "served model name")
+	f.StringVar(&cfg.TokenizerDir, "tokenizer", "", "directory with tokenizer.json (default: the embedded Qwen3 tokenizer)")
+	f.StringVar(&cfg.KVEvents, "kv-events", engine.DefaultEndpoint, "ZMQ endpoint of the KV-event PUB socket (\"\" disables events)")
+	f.BoolVar(&cfg.KVEventsDial, "kv-events-dial", false, "connect the PUB socket to --kv-events instead of binding it")
+	f.StringVar(&cfg.KVEventsTopic, "kv-events-topic", "", "topic frame of every KV-event message")
+	f.StringVar(&cfg.KVEventsReplay, "kv-events-replay", "tcp://*:5558", "ZMQ ROUTER endpoint that replays buffered batches (\"\" disables)")
+	f.StringVar(&hashFormat, "hash-format", "int", "block hashes in events: int (64-bit) or bytes (32-byte sha256)")
+	f.StringVar(&shape, "event-shape", "map", "event encoding: map (current vLLM) or array (positional, older vLLM and SGLang)")
+	f.IntVar(&cfg.Engine.BlockSize, "block-size", 16, "tokens per KV block")
+	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache capacity in blocks (0: derived from --gpu-memory-gib and the model shape)")
+	f.Float64Var(&cfg.Engine.GPUMemoryGiB, "gpu-memory-gib", 80, "simulated GPU memory")
+	f.Float64Var(&cfg.Engine.GPUMemoryUtil, "gpu-memory-utilization", 0.9, "fraction of GPU memory the engine may use")
+	f.IntVar(&cfg.Engine.MaxNumSeqs, "max-num-seqs", 256, "running requests at most")
+	f.IntVar(&cfg.Engine.MaxNumBatchedTokens, "max-num-batched-tokens", 8192, "tokens per engine step at most")
+	f.BoolVar(&cfg.Engine.NoChunkedPrefill, "no-chunked-prefill", false, "prefill a prompt in one step or not at all")
+	f.IntVar(&cfg.Engine.Shape.Layers, "layers", sim.DefaultShape.Layers, "model layers (KV size per token)")
+	f.IntVar(&cfg.Engine.Shape.KVHeads, "kv-heads", sim.DefaultShape.KVHeads, "model KV heads")
+	f.IntVar(&cfg.Engine.Shape.HeadDim, "head-dim", sim.DefaultShape.HeadDim, "model head dimension")
+	f.IntVar(&cfg.Engine.Shape.DTypeBytes, "kv-dtype-bytes", sim.DefaultShape.DTypeBytes, "bytes per KV element")
+	f.Float64Var(&cfg.Engine.Shape.ParamsB, "params-b", sim.DefaultShape.ParamsB, "model parameters in billions (weights memory)")
+	f.Float64Var(&speed, "speed", 1, "time scale: 10 runs every step 10x faster than modelled")
+	f.DurationVar(&timing.Base, "step-base", sim.DefaultTiming.Base, "fixed time of one engine step")
+	f.DurationVar(&timing.PerToken, "step-per-token", sim.DefaultTiming.PerToken, "step time per scheduled token")
+	f.DurationVar(&timing.PerSeq, "step-per-seq", sim.DefaultTiming.PerSeq, "step time per scheduled sequence")
+	f.DurationVar(&timing.PerContextToken, "step-per-context-token", sim.DefaultTiming.PerContextToken, "step time per token of attended context")
+	f.Float64Var(&timing.PerAttnPair, "step-per-attn-pair-ns", sim.DefaultTiming.PerAttnPair, "nanoseconds per (new token, context token) pair in prefill attention")
+	f.StringVar(&cfg.TransferAddr, "transfer-addr", "", "P/D block-transfer listen address (default: HTTP host, a free port)")
+	f.StringVar(&cfg.AdvertiseHost, "advertise-host", "", "remote_host given to decode engines (default: the transfer listener's host)")
+	f.IntVar(&cfg.BlockBytes, "block-bytes", 0, "bytes per KV block on a P/D transfer (0: derived from the model shape)")
+	f.DurationVar(&cfg.HoldTimeout, "kv-hold-timeout", 480*time.Second, "how long prefilled blocks wait to be pulled")
+	f.StringVar(&cfg.EngineID, "engine-id", "", "remote_engine_id in kv_transfer_params (default: sim-<transfer port>)")
+	return cmd
+}

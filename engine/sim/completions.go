@@ -1,0 +1,454 @@
+package sim
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kvgate/kvgate/openai"
+	"github.com/kvgate/kvgate/tokenizer"
+)
+
+// maxScripted is how many output tokens a request's answer is written out for; past it the
+// engine makes ids up (only ignore_eos requests with a larger max_tokens get there).
+const maxScripted = 4096
+
+// generation is one chat or completion request, reduced to what the engine and the response
+// writer need.
+type generation struct {
+	chat         bool
+	prompts      [][]uint32
+	n            int
+	maxTokens    int // 0: what the model length leaves
+	ignoreEOS    bool
+	minTokens    int
+	stop         []string
+	includeStop  bool
+	stream       bool
+	includeUsage bool
+	cacheSalt    string
+	kv           *kvTransferParams
+}
+
+// choice is one output sequence of a generation.
+type choice struct {
+	index, prompt int
+	id            string
+	text          []byte
+	emitted       int // bytes of text already streamed
+	tokens        int
+	finish        string
+	stopReason    json.RawMessage
+	promptTokens  int
+	cachedTokens  int
+	last          time.Time
+	blockIDs      []int
+	held          bool
+}
+
+func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
+	body, err := openai.ReadBody(r.Body, s.cfg.MaxBodyBytes)
+	if err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	req, err := openai.ParseChatRequest(body)
+	if err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	if err := s.checkModel(req.Model); err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	text, err := s.renderChat(req.Messages, req.Tools, req.GenerationPrompt(), req.ChatTemplateKwargs)
+	if err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	g := generation{chat: true, prompts: [][]uint32{s.tok.Encode(text)}, n: 1, ignoreEOS: req.IgnoreEOS,
+		stop: req.Stop, includeStop: req.IncludeStopStrInOutput, stream: req.Stream, includeUsage: req.IncludeUsage()}
+	if m, ok := req.MaxOutputTokens(); ok {
+		g.maxTokens = m
+	}
+	if req.N != nil {
+		g.n = *req.N
+	}
+	if req.MinTokens != nil {
+		g.minTokens = *req.MinTokens
+	}
+	if req.CacheSalt != nil {
+		g.cacheSalt = *req.CacheSalt
+	}
+	if g.kv, err = parseKVTransferParams(req.KVTransferParams); err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	s.generate(w, r, g)
+}
+
+func (s *Server) handleCompletion(w http.ResponseWriter, r *http.Request) {
+	body, err := openai.ReadBody(r.Body, s.cfg.MaxBodyBytes)
+	if err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	req, err := openai.ParseCompletionRequest(body)
+	if err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	if err := s.checkModel(req.Model); err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	if req.Prompt.Count() == 0 {
+		openai.WriteError(w, openai.BadRequest("prompt", "prompt_embeds are not supported by the simulator."))
+		return
+	}
+	g := generation{maxTokens: req.MaxOutputTokens(), n: 1, ignoreEOS: req.IgnoreEOS, stop: req.Stop,
+		includeStop: req.IncludeStopStrInOutput, stream: req.Stream, includeUsage: req.IncludeUsage()}
+	for _, t := range req.Prompt.Texts {
+		g.prompts = append(g.prompts, s.tok.Encode(t))
+	}
+	g.prompts = append(g.prompts, req.Prompt.Tokens...)
+	if req.N != nil {
+		g.n = *req.N
+	}
+	if req.MinTokens != nil {
+		g.minTokens = *req.MinTokens
+	}
+	if req.CacheSalt != nil {
+		g.cacheSalt = *req.CacheSalt
+	}
+	if g.kv, err = parseKVTransferParams(req.KVTransferParams); err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	s.generate(w, r, g)
+}
+
+// renderChat applies the model's chat template.
+func (s *Server) renderChat(messages, tools json.RawMessage, gen bool, extra map[string]any) (string, error) {
+	text, err := s.tok.RenderChat(tokenizer.ChatInput{Messages: messages, Tools: tools, AddGenerationPrompt: gen, Extra: extra})
+	if err != nil {
+		return "", openai.BadRequest("messages", "%v", err)
+	}
+	return text, nil
+}
+
+// generate runs g on the engine and writes the response, streamed or whole.
+func (s *Server) generate(w http.ResponseWriter, r *http.Request, g generation) {
+	arrival := time.Now()
+	maxLen := s.maxModelLen()
+	const maxChoices = 128
+	if g.n*len(g.prompts) > maxChoices {
+		openai.WriteError(w, openai.BadRequest("n", "At most %d sequences per request (n times prompts), got %d.", maxChoices, g.n*len(g.prompts)))
+		return
+	}
+	for i, p := range g.prompts {
+		if len(p) == 0 {
+			openai.WriteError(w, openai.BadRequest("prompt", "The prompt is empty."))
+			return
+		}
+		want := g.maxTokens
+		if want == 0 {
+			want = max(maxLen-len(p), 0)
+		}
+		if len(p)+want > maxLen || want == 0 {
+			param := "prompt"
+			if g.chat {
+				param = "messages"
+			}
+			openai.WriteError(w, openai.BadRequest(param, "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the prompt %d, %d in the completion). Please reduce the length of the prompt or completion.",
+				maxLen, len(p)+want, len(p), i, want))
+			return
+		}
+	}
+
+	// Decode side of P/D: pull the prefilled blocks before queueing.
+	remote := 0
+	if g.kv != nil && g.kv.DoRemotePrefill && len(g.kv.blockIDs) > 0 {
+		remote = s.pull(r.Context(), g.kv)
+	}
+
+	base := "sim-" + strconv.FormatUint(s.seq.Add(1), 36)
+	choices := make([]*choice, 0, g.n*len(g.prompts))
+	reqs := make([]Request, 0, cap(choices))
+	for pi, p := range g.prompts {
+		want := g.maxTokens
+		if want == 0 {
+			want = maxLen - len(p)
+		}
+		for j := range g.n {
+			c := &choice{index: pi*g.n + j, prompt: pi, id: fmt.Sprintf("%s-%d-%d", base, pi, j), last: arrival}
+			seed := promptSeed(p, j)
+			out, _ := s.vocab.completion(seed, min(want, maxScripted))
+			req := Request{ID: c.id, Prompt: p, MaxTokens: want, Output: out, CacheSalt: g.cacheSalt}
+			if !g.ignoreEOS {
+				req.EOS = max(eosPoint(seed), g.minTokens)
+			}
+			if c.index == 0 && g.kv != nil && g.kv.DoRemoteDecode {
+				req.Hold, c.held = true, true
+			}
+			if c.index == 0 {
+				req.RemoteBlocks = remote
+			}
+			choices = append(choices, c)
+			reqs = append(reqs, req)
+		}
+	}
+	j := newJob()
+	if err := s.drv.submit(j, reqs); err != nil {
+		openai.WriteError(w, openai.BadRequest("", "%v", err))
+		return
+	}
+	byID := make(map[string]*choice, len(choices))
+	for _, c := range choices {
+		byID[c.id] = c
+	}
+	unfinished := func() []string {
+		var ids []string
+		for _, c := range choices {
+			if c.finish == "" {
+				ids = append(ids, c.id)
+			}
+		}
+		return ids
+	}
+	maxStop := 0
+	for _, st := range g.stop {
+		maxStop = max(maxStop, len(st))
+	}
+
+	sw := &streamWriter{w: w, s: s, g: g, id: base, created: time.Now().Unix()}
+	if g.stream {
+		sw.start(choices)
+	}
+	firstSeen := false
+	left := len(choices)
+	for left > 0 {
+		select {
+		case <-r.Context().Done():
+			s.drv.abort(unfinished())
+			return
+		case <-j.notify:
+		}
+		now := time.Now()
+		for _, o := range j.take() {
+			c := byID[o.ID]
+			if c == nil || c.finish != "" {
+				continue
+			}
+			if !firstSeen {
+				firstSeen = true
+				s.metrics.ttft.Observe(now.Sub(arrival).Seconds())
+				s.metrics.queue.Observe(max(s.drv.start.Add(o.Admitted).Sub(arrival), 0).Seconds())
+			} else if o.Index > 0 {
+				s.metrics.itl.Observe(now.Sub(c.last).Seconds())
+			}
+			c.last = now
+			c.tokens++
+			c.promptTokens, c.cachedTokens = o.PromptTokens, o.CachedTokens
+			from := len(c.text)
+			c.text = append(c.text, s.piece(o.Token)...)
+			if st, at := findStop(c.text, g.stop, max(from-maxStop+1, 0)); at >= 0 {
+				end := at
+				if g.includeStop {
+					end += len(st)
+				}
+				c.text = c.text[:end]
+				c.finish = "stop"
+				c.stopReason, _ = json.Marshal(st)
+				if o.Finish == NotFinished {
+					s.drv.cancel([]string{c.id})
+				} else if o.BlockIDs != nil {
+					c.blockIDs = o.BlockIDs
+				}
+			} else if o.Finish != NotFinished {
+				c.finish = o.Finish.String()
+				c.blockIDs = o.BlockIDs
+			}
+			if c.finish != "" {
+				left--
+				s.metrics.success.WithLabelValues(c.finish).Inc()
+				s.metrics.e2e.Observe(now.Sub(arrival).Seconds())
+				s.metrics.reqPrompt.Observe(float64(c.promptTokens))
+				s.metrics.reqGen.Observe(float64(c.tokens))
+			}
+			if g.stream {
+				safe := len(c.text)
+				if c.finish == "" && maxStop > 0 {
+					safe = max(len(c.text)-(maxStop-1), c.emitted)
+				}
+				if err := sw.token(c, safe); err != nil {
+					s.drv.abort(unfinished())
+					return
+				}
+			}
+		}
+	}
+	if g.stream {
+		sw.finish(choices)
+		return
+	}
+	sw.whole(choices)
+}
+
+// piece is the text of one output token.
+func (s *Server) piece(id uint32) string {
+	if t, ok := s.text[id]; ok {
+		return t
+	}
+	return s.tok.Decode([]uint32{id})
+}
+
+// findStop returns the first stop string found in text at or after from, and where.
+func findStop(text []byte, stops []string, from int) (string, int) {
+	best, at := "", -1
+	for _, st := range stops {
+		if st == "" {
+			continue
+		}
+		if i := strings.Index(string(text[from:]), st); i >= 0 && (at < 0 || from+i < at) {
+			best, at = st, from+i
+		}
+	}
+	return best, at
+}
+
+// usage sums the choices: prompt tokens once per prompt, cached tokens from each prompt's
+// first choice.
+func usage(choices []*choice) *openai.Usage {
+	u := &openai.Usage{PromptTokensDetails: &openai.PromptTokensDetails{}}
+	seen := map[int]bool{}
+	for _, c := range choices {
+		if !seen[c.prompt] {
+			seen[c.prompt] = true
+			u.PromptTokens += c.promptTokens
+			u.PromptTokensDetails.CachedTokens += c.cachedTokens
+		}
+		u.CompletionTokens += c.tokens
+	}
+	u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	return u
+}
+
+// streamWriter writes the OpenAI response shapes.
+type streamWriter struct {
+	w       http.ResponseWriter
+	s       *Server
+	g       generation
+	id      string
+	created int64
+	err     error
+}
+
+func (sw *streamWriter) chunkID() string {
+	if sw.g.chat {
+		return "chatcmpl-" + sw.id
+	}
+	return "cmpl-" + sw.id
+}
+
+func (sw *streamWriter) send(v any) error {
+	if sw.err != nil {
+		return sw.err
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		sw.err = err
+		return err
+	}
+	sw.err = openai.WriteSSE(sw.w, b)
+	return sw.err
+}
+
+func (sw *streamWriter) start(choices []*choice) {
+	h := sw.w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	sw.w.WriteHeader(http.StatusOK)
+	if !sw.g.chat {
+		return
+	}
+	empty := ""
+	for _, c := range choices {
+		_ = sw.send(openai.ChatCompletionChunk{ID: sw.chunkID(), Object: openai.ObjectChatCompletionChunk, Created: sw.created,
+			Model: sw.s.cfg.Model, Choices: []openai.ChunkChoice{{Index: c.index, Delta: openai.Delta{Role: "assistant", Content: &empty}}}})
+	}
+}
+
+// token streams c's text up to safe, with the finish reason once c is done.
+func (sw *streamWriter) token(c *choice, safe int) error {
+	if c.finish != "" {
+		safe = len(c.text)
+	}
+	if safe <= c.emitted && c.finish == "" {
+		return sw.err
+	}
+	delta := string(c.text[c.emitted:max(safe, c.emitted)])
+	c.emitted = max(safe, c.emitted)
+	var fin *string
+	if c.finish != "" {
+		f := c.finish
+		fin = &f
+	}
+	if sw.g.chat {
+		ch := openai.ChunkChoice{Index: c.index, Delta: openai.Delta{Content: &delta}, FinishReason: fin}
+		if fin != nil {
+			ch.StopReason = c.stopReason
+		}
+		return sw.send(openai.ChatCompletionChunk{ID: sw.chunkID(), Object: openai.ObjectChatCompletionChunk, Created: sw.created,
+			Model: sw.s.cfg.Model, Choices: []openai.ChunkChoice{ch}})
+	}
+	ch := openai.CompletionChoice{Index: c.index, Text: delta, FinishReason: fin}
+	if fin != nil {
+		ch.StopReason = c.stopReason
+	}
+	return sw.send(openai.CompletionChunk{ID: sw.chunkID(), Object: openai.ObjectTextCompletion, Created: sw.created,
+		Model: sw.s.cfg.Model, Choices: []openai.CompletionChoice{ch}})
+}
+
+func (sw *streamWriter) finish(choices []*choice) {
+	if sw.g.includeUsage {
+		u := usage(choices)
+		if sw.g.chat {
+			_ = sw.send(openai.ChatCompletionChunk{ID: sw.chunkID(), Object: openai.ObjectChatCompletionChunk, Created: sw.created,
+				Model: sw.s.cfg.Model, Choices: []openai.ChunkChoice{}, Usage: u})
+		} else {
+			_ = sw.send(openai.CompletionChunk{ID: sw.chunkID(), Object: openai.ObjectTextCompletion, Created: sw.created,
+				Model: sw.s.cfg.Model, Choices: []openai.CompletionChoice{}, Usage: u})
+		}
+	}
+	if sw.err == nil {
+		_ = openai.WriteSSEDone(sw.w)
+	}
+}
+
+func (sw *streamWriter) whole(choices []*choice) {
+	kv := sw.s.transferParams(choices)
+	null := json.RawMessage("null")
+	if sw.g.chat {
+		resp := openai.ChatCompletion{ID: sw.chunkID(), Object: openai.ObjectChatCompletion, Created: sw.created,
+			Model: sw.s.cfg.Model, Usage: usage(choices), KVTransferParams: kv}
+		for _, c := range choices {
+			text, fin := string(c.text), c.finish
+			resp.Choices = append(resp.Choices, openai.ChatChoice{Index: c.index, Message: openai.Message{Role: "assistant", Content: &text},
+				Logprobs: null, FinishReason: &fin, StopReason: c.stopReason})
+		}
+		writeJSON(sw.w, http.StatusOK, resp)
+		return
+	}
+	resp := openai.Completion{ID: sw.chunkID(), Object: openai.ObjectTextCompletion, Created: sw.created,
+		Model: sw.s.cfg.Model, Usage: usage(choices), KVTransferParams: kv}
+	for _, c := range choices {
+		fin := c.finish
+		resp.Choices = append(resp.Choices, openai.CompletionChoice{Index: c.index, Text: string(c.text), Logprobs: null,
+			FinishReason: &fin, StopReason: c.stopReason})
+	}
+	writeJSON(sw.w, http.StatusOK, resp)
+}

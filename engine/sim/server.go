@@ -1,0 +1,390 @@
+package sim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/openai"
+	"github.com/kvgate/kvgate/tokenizer"
+)
+
+// ServerConfig is one simulated engine server. Zero fields take the defaults noted.
+type ServerConfig struct {
+	Addr         string // HTTP listen address ("127.0.0.1:0")
+	Model        string // served model name (tokenizer.DefaultModel)
+	TokenizerDir string // tokenizer.json directory ("" = the embedded Qwen3 tokenizer)
+	Engine       Config
+
+	// KV events, as vLLM's --kv-events-config: a ZMQ PUB socket bound at (or, with
+	// KVEventsDial, connecting to) KVEvents; "" publishes nothing.
+	KVEvents       string
+	KVEventsDial   bool
+	KVEventsTopic  string
+	KVEventsReplay string            // ZMQ ROUTER endpoint that resends buffered batches ("" = none)
+	HashFormat     engine.HashFormat // engine.HashInt (vLLM's default) when 0
+	EventShape     engine.Shape      // engine.ShapeMap (current vLLM) when 0
+
+	// P/D block transfer.
+	TransferAddr  string        // block-transfer listen address (HTTP host, port 0)
+	AdvertiseHost string        // remote_host returned to decode engines (the transfer listener's host)
+	BlockBytes    int           // bytes per KV block on the wire (Engine.BlockBytes())
+	HoldTimeout   time.Duration // how long prefilled blocks wait to be pulled (480s, vLLM's abort timeout)
+	EngineID      string        // remote_engine_id ("sim-" + transfer port)
+
+	MaxBodyBytes int64 // request body limit (8 MiB)
+}
+
+// Server is one simulated vLLM: the OpenAI HTTP API, the KV-event publisher, the block
+// transfer endpoint, and a driver that runs the Engine in real time.
+type Server struct {
+	cfg     ServerConfig
+	log     *slog.Logger
+	tok     *tokenizer.Tokenizer
+	vocab   vocabulary
+	text    map[uint32]string
+	reg     *prometheus.Registry
+	metrics *metrics
+	drv     *driver
+	pub     publisher
+	httpLn  net.Listener
+	xferLn  net.Listener
+	seq     atomic.Uint64
+	created int64
+
+	mu      sync.Mutex
+	running bool
+}
+
+// publisher is what the server needs of the engine package's ZMQ publisher.
+type publisher interface {
+	Publish(engine.EventBatch) (uint64, error)
+	Addr() string
+	ReplayAddr() string
+	Close() error
+}
+
+var _ publisher = (*engine.Publisher)(nil)
+
+func newPublisher(cfg ServerConfig, log *slog.Logger) (publisher, error) {
+	return engine.NewPublisher(engine.PublisherConfig{
+		Endpoint: cfg.KVEvents, Dial: cfg.KVEventsDial, Topic: cfg.KVEventsTopic,
+		ReplayEndpoint: cfg.KVEventsReplay, Shape: cfg.EventShape, HashFormat: cfg.HashFormat, Logger: log,
+	})
+}
+
+// KVEventsAddr is the KV-event endpoint (the bound address, dialable), "" without events.
+func (s *Server) KVEventsAddr() string {
+	if s.pub == nil {
+		return ""
+	}
+	return s.pub.Addr()
+}
+
+// KVEventsReplayAddr is the bound replay endpoint, "" without one.
+func (s *Server) KVEventsReplayAddr() string {
+	if s.pub == nil {
+		return ""
+	}
+	return s.pub.ReplayAddr()
+}
+
+// NewServer loads the tokenizer, builds the engine and binds the HTTP, transfer and KV-event
+// sockets (so Addr is known before Run). reg receives the vLLM metrics and is what /metrics
+// serves; nil makes a fresh registry. Each server needs a registry of its own, as each vLLM
+// has its own /metrics.
+func NewServer(cfg ServerConfig, log *slog.Logger, reg *prometheus.Registry) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.Model == "" {
+		cfg.Model = tokenizer.DefaultModel
+	}
+	if cfg.HashFormat == 0 {
+		cfg.HashFormat = engine.HashInt
+	}
+	if cfg.HoldTimeout <= 0 {
+		cfg.HoldTimeout = 480 * time.Second
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 8 << 20
+	}
+	cfg.Engine = cfg.Engine.WithDefaults()
+	if cfg.BlockBytes <= 0 {
+		cfg.BlockBytes = cfg.Engine.BlockBytes()
+	}
+	eng, err := New(cfg.Engine)
+	if err != nil {
+		return nil, err
+	}
+	var tok *tokenizer.Tokenizer
+	if cfg.TokenizerDir == "" {
+		tok, err = tokenizer.Default()
+	} else {
+		tok, err = tokenizer.Load(cfg.TokenizerDir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sim: tokenizer: %w", err)
+	}
+	m, err := newMetrics(reg, cfg.Model, cfg.Engine)
+	if err != nil {
+		return nil, fmt.Errorf("sim: metrics: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log, tok: tok, reg: reg, metrics: m, created: time.Now().Unix()}
+	s.vocab = newVocabulary(tok.Encode)
+	s.text = make(map[uint32]string, len(s.vocab.ids))
+	for i, id := range s.vocab.ids {
+		s.text[id] = s.vocab.text[i]
+	}
+
+	s.httpLn, err = net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("sim: listen: %w", err)
+	}
+	xferAddr := cfg.TransferAddr
+	if xferAddr == "" {
+		host, _, _ := net.SplitHostPort(s.httpLn.Addr().String())
+		xferAddr = net.JoinHostPort(host, "0")
+	}
+	s.xferLn, err = net.Listen("tcp", xferAddr)
+	if err != nil {
+		s.httpLn.Close()
+		return nil, fmt.Errorf("sim: transfer listen: %w", err)
+	}
+	if s.cfg.AdvertiseHost == "" {
+		host, _, _ := net.SplitHostPort(s.xferLn.Addr().String())
+		if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+			host = "127.0.0.1"
+		}
+		s.cfg.AdvertiseHost = host
+	}
+	if s.cfg.EngineID == "" {
+		s.cfg.EngineID = "sim-" + strconv.Itoa(s.TransferPort())
+	}
+	if cfg.KVEvents != "" {
+		s.pub, err = newPublisher(cfg, log)
+		if err != nil {
+			s.httpLn.Close()
+			s.xferLn.Close()
+			return nil, fmt.Errorf("sim: kv events: %w", err)
+		}
+	}
+	s.drv = newDriver(eng, cfg.HoldTimeout, s.publish, m)
+	return s, nil
+}
+
+// Addr is the HTTP address the server listens on.
+func (s *Server) Addr() string { return s.httpLn.Addr().String() }
+
+// TransferAddr is the block-transfer address.
+func (s *Server) TransferAddr() string { return s.xferLn.Addr().String() }
+
+// TransferPort is the block-transfer port (remote_port in kv_transfer_params).
+func (s *Server) TransferPort() int { return s.xferLn.Addr().(*net.TCPAddr).Port }
+
+// Stats returns the engine's counters and occupancy.
+func (s *Server) Stats() Stats { return s.drv.stats() }
+
+// Run publishes AllBlocksCleared (a fresh engine holds nothing, whatever a subscriber
+// remembers of a previous one), then serves until ctx ends, and closes everything it opened.
+// It may be called once.
+func (s *Server) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return errors.New("sim: Run called twice")
+	}
+	s.running = true
+	s.mu.Unlock()
+
+	s.publish([]KVEvent{{Kind: AllBlocksCleared}})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	var wg sync.WaitGroup
+	wg.Go(func() { s.drv.run(ctx) })
+	wg.Go(func() { s.serveTransfer(ctx) })
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(s.httpLn) }()
+	s.log.Info("sim serving", "addr", s.Addr(), "model", s.cfg.Model, "kv_events", s.cfg.KVEvents,
+		"transfer", s.TransferAddr(), "blocks", s.cfg.Engine.NumBlocks, "block_size", s.cfg.Engine.BlockSize)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	if e := hs.Shutdown(sctx); e != nil {
+		hs.Close()
+	}
+	s.xferLn.Close()
+	wg.Wait()
+	if s.pub != nil {
+		if e := s.pub.Close(); e != nil && err == nil {
+			err = e
+		}
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// publish sends events as one batch, translated to the wire model.
+func (s *Server) publish(evs []KVEvent) {
+	if s.pub == nil || len(evs) == 0 {
+		return
+	}
+	b := engine.EventBatch{TS: float64(time.Now().UnixNano()) / 1e9, Events: make([]engine.Event, len(evs))}
+	for i, ev := range evs {
+		b.Events[i] = toWire(ev)
+	}
+	if _, err := s.pub.Publish(b); err != nil {
+		s.log.Warn("kv events: publish failed", "err", err)
+	}
+}
+
+// toWire turns a KVEvent into the codec's Event; block hashes are the digests, which the codec
+// writes as integers (their Uint64, the last 8 bytes big-endian) or as 32-byte strings.
+func toWire(ev KVEvent) engine.Event {
+	out := engine.Event{Medium: engine.MediumGPU}
+	switch ev.Kind {
+	case AllBlocksCleared:
+		out.Kind = engine.AllBlocksCleared
+	case BlockRemoved:
+		out.Kind = engine.BlockRemoved
+	case BlockStored:
+		out.Kind = engine.BlockStored
+	}
+	switch ev.Kind {
+	case BlockStored:
+		out.BlockSize = ev.BlockSize
+		out.TokenIDs = ev.Tokens
+		out.LoRAName = ev.LoRAName
+		if ev.HasParent {
+			out.Parent = wireHash(ev.Parent)
+		}
+		fallthrough
+	case BlockRemoved:
+		out.BlockHashes = make([]engine.BlockHash, len(ev.Hashes))
+		for i, h := range ev.Hashes {
+			out.BlockHashes[i] = wireHash(h)
+		}
+	}
+	return out
+}
+
+func wireHash(h BlockHash) engine.BlockHash { return engine.BlockHash(h[:]) }
+
+// Handler is the HTTP API: /v1/chat/completions, /v1/completions, /v1/models, /tokenize,
+// /health, /metrics.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/chat/completions", s.handleChat)
+	mux.HandleFunc("POST /v1/completions", s.handleCompletion)
+	mux.HandleFunc("GET /v1/models", s.handleModels)
+	mux.HandleFunc("POST /tokenize", s.handleTokenize)
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		openai.WriteError(w, openai.Errorf(http.StatusNotFound, openai.TypeNotFound, "", "Not Found: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (s *Server) handleModels(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, openai.ModelList{Object: openai.ObjectList, Data: []openai.Model{{
+		ID: s.cfg.Model, Object: openai.ObjectModel, Created: s.created, OwnedBy: "vllm", Root: s.cfg.Model,
+		MaxModelLen: s.maxModelLen(),
+	}}})
+}
+
+func (s *Server) maxModelLen() int { return s.drv.eng.MaxModelLen() }
+
+// tokenizeRequest is vLLM's /tokenize body: a completion prompt or chat messages.
+type tokenizeRequest struct {
+	Model               string          `json:"model"`
+	Prompt              *string         `json:"prompt"`
+	Messages            json.RawMessage `json:"messages"`
+	Tools               json.RawMessage `json:"tools"`
+	AddGenerationPrompt *bool           `json:"add_generation_prompt"`
+	ChatTemplateKwargs  map[string]any  `json:"chat_template_kwargs"`
+}
+
+func (s *Server) handleTokenize(w http.ResponseWriter, r *http.Request) {
+	body, err := openai.ReadBody(r.Body, s.cfg.MaxBodyBytes)
+	if err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	var req tokenizeRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		openai.WriteError(w, openai.BadRequest("", "Invalid JSON body: %v", err))
+		return
+	}
+	if err := s.checkModel(req.Model); err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	var ids []uint32
+	switch {
+	case req.Prompt != nil:
+		ids = s.tok.Encode(*req.Prompt)
+	case len(req.Messages) > 0:
+		gen := req.AddGenerationPrompt == nil || *req.AddGenerationPrompt
+		text, err := s.renderChat(req.Messages, req.Tools, gen, req.ChatTemplateKwargs)
+		if err != nil {
+			openai.WriteError(w, err)
+			return
+		}
+		ids = s.tok.Encode(text)
+	default:
+		openai.WriteError(w, openai.BadRequest("prompt", "Either 'prompt' or 'messages' is required."))
+		return
+	}
+	if ids == nil {
+		ids = []uint32{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tokens": ids, "count": len(ids), "max_model_len": s.maxModelLen()})
+}
+
+func (s *Server) checkModel(model string) error {
+	if model != "" && model != s.cfg.Model {
+		return openai.ModelNotFound(model)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
