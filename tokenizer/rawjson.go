@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,18 +55,22 @@ func (s *jsonScanner) rawString() ([]byte, bool, error) {
 		return nil, false, fmt.Errorf("%w: want a string at offset %d", errJSON, s.pos)
 	}
 	start := s.pos + 1
-	esc := false
-	for i := start; i < len(s.data); i++ {
-		switch s.data[i] {
-		case '\\':
-			esc = true
-			i++
-		case '"':
-			s.pos = i + 1
-			return s.data[start:i], esc, nil
+	for i := start; ; {
+		j := bytes.IndexByte(s.data[i:], '"')
+		if j < 0 {
+			return nil, false, fmt.Errorf("%w: unterminated string", errJSON)
 		}
+		q := i + j
+		n := 0 // backslashes right before the quote: an odd count escapes it
+		for k := q - 1; k >= start && s.data[k] == '\\'; k-- {
+			n++
+		}
+		if n%2 == 0 {
+			s.pos = q + 1
+			return s.data[start:q], bytes.IndexByte(s.data[start:q], '\\') >= 0, nil
+		}
+		i = q + 1
 	}
-	return nil, false, fmt.Errorf("%w: unterminated string", errJSON)
 }
 
 // str reads a string, decoding escapes into buf's storage when needed; the result is only
@@ -200,16 +205,23 @@ func (s *jsonScanner) uint() (uint64, error) {
 	return v, nil
 }
 
-// parseVocab reads the vocab object {"token": id, ...}.
+// parseVocab reads the vocab object {"token": id, ...}. All keys share one backing string,
+// which saves an allocation per token.
 func parseVocab(raw []byte) (map[string]uint32, error) {
+	type entry struct {
+		off, n int
+		id     uint32
+	}
 	s := &jsonScanner{data: raw}
-	vocab := make(map[string]uint32, len(raw)/16)
+	entries := make([]entry, 0, len(raw)/16)
+	arena := make([]byte, 0, len(raw)/2)
 	err := s.object(func(k []byte) error {
 		id, err := s.uint()
 		if err != nil {
 			return err
 		}
-		vocab[string(k)] = uint32(id)
+		entries = append(entries, entry{off: len(arena), n: len(k), id: uint32(id)})
+		arena = append(arena, k...)
 		return nil
 	})
 	if err != nil {
@@ -217,6 +229,11 @@ func parseVocab(raw []byte) (map[string]uint32, error) {
 	}
 	if s.peek() != 0 {
 		return nil, fmt.Errorf("tokenizer: model vocab: %w: trailing data", errJSON)
+	}
+	keys := string(arena)
+	vocab := make(map[string]uint32, len(entries))
+	for _, e := range entries {
+		vocab[keys[e.off:e.off+e.n]] = e.id
 	}
 	return vocab, nil
 }
