@@ -94,7 +94,7 @@ func (x *Index) encodeSnapshot(only *EndpointID) []byte {
 
 	// Number the nodes so that a parent comes before its children.
 	num := make([]uint32, len(x.nodes))
-	var order []uint32
+	order := make([]uint32, 0, x.live)
 	var stack []uint32
 	for _, e := range eps {
 		for _, en := range e.entries {
@@ -109,7 +109,11 @@ func (x *Index) encodeSnapshot(only *EndpointID) []byte {
 		}
 	}
 
-	b := make([]byte, 0, len(snapshotMagic)+len(order)*12+16)
+	size := len(snapshotMagic) + 2*binary.MaxVarintLen64 + len(order)*(8+binary.MaxVarintLen32)
+	for _, e := range eps {
+		size += 2*binary.MaxVarintLen64 + len(e.name) + len(e.entries)*(9+binary.MaxVarintLen32)
+	}
+	b := make([]byte, 0, size)
 	b = append(b, snapshotMagic...)
 	b = binary.AppendUvarint(b, uint64(len(order)))
 	for _, i := range order {
