@@ -4,6 +4,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -11,6 +13,7 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	extproc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kvgate/kvgate/envoy"
 )
@@ -185,4 +188,68 @@ func FuzzFromYAML(f *testing.F) {
 			_ = envoy.Validate(&b)
 		}
 	})
+}
+
+// TestCompose checks that docker-compose.yaml wires what static.yaml expects: Envoy mounts
+// static.yaml, the router answers at router:9002, the engines the router routes to are the
+// ones workerd runs at its fixed address, and the image builds from envoy/Dockerfile.
+func TestCompose(t *testing.T) {
+	data, err := os.ReadFile("docker-compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Services map[string]struct {
+			Image    string                      `json:"image"`
+			Command  []string                    `json:"command"`
+			Volumes  []string                    `json:"volumes"`
+			Build    struct{ Dockerfile string } `json:"build"`
+			Networks any                         `json:"networks"`
+		} `json:"services"`
+		Configs map[string]struct {
+			Content string `json:"content"`
+		} `json:"configs"`
+	}
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"envoy", "router", "workerd"} {
+		if _, ok := c.Services[s]; !ok {
+			t.Fatalf("service %s missing", s)
+		}
+	}
+	if !slices.Contains(c.Services["envoy"].Volumes, "./static.yaml:/etc/envoy/envoy.yaml:ro") {
+		t.Errorf("envoy does not mount static.yaml: %v", c.Services["envoy"].Volumes)
+	}
+	if df := c.Services["router"].Build.Dockerfile; df != "envoy/Dockerfile" {
+		t.Errorf("router builds from %q", df)
+	}
+	if _, err := os.Stat("Dockerfile"); err != nil {
+		t.Error(err)
+	}
+	router := strings.Join(c.Services["router"].Command, " ")
+	if !strings.Contains(router, "--grpc=:9002") {
+		t.Errorf("router does not serve ext_proc on :9002: %s", router)
+	}
+	workerd := c.Configs["workerd"].Content
+	for _, port := range []string{"8001", "8002"} {
+		if !strings.Contains(router, "--endpoint=http://172.28.0.20:"+port) || !strings.Contains(workerd, "port: "+port) {
+			t.Errorf("engine port %s is not both run by workerd and routed to by the router", port)
+		}
+	}
+	b := load(t, "static.yaml")
+	var hosts []string
+	for _, cl := range b.GetStaticResources().GetClusters() {
+		for _, l := range cl.GetLoadAssignment().GetEndpoints() {
+			for _, e := range l.GetLbEndpoints() {
+				sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+				hosts = append(hosts, sa.GetAddress()+":"+strconv.Itoa(int(sa.GetPortValue())))
+			}
+		}
+	}
+	for _, h := range []string{"router:9002", "workerd:8001", "workerd:8002"} {
+		if !slices.Contains(hosts, h) {
+			t.Errorf("static.yaml does not reach %s (has %v)", h, hosts)
+		}
+	}
 }
