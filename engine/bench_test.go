@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmihailenco/msgpack/v5"
+
 	"github.com/kvgate/kvgate/engine"
 )
 
@@ -67,6 +69,26 @@ func BenchmarkDecodeBatch(b *testing.B) {
 			b.ReportMetric(float64(b.N)*realisticBlocks/b.Elapsed().Seconds(), "blocks/s")
 		})
 	}
+}
+
+// BenchmarkDecodeBatchBaseline decodes the same positional payload with
+// vmihailenco/msgpack's reflection decoder into generic values (what a
+// decoder built on msgpack.Unmarshal, as llm-d's is, starts from), for the
+// ratio in docs/bench/engine.md.
+func BenchmarkDecodeBatchBaseline(b *testing.B) {
+	payload, err := engine.EncodeBatch(realisticBatch(), engine.ShapeArray, engine.HashInt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(payload)))
+	b.ReportAllocs()
+	for b.Loop() {
+		var v []any
+		if err := msgpack.Unmarshal(payload, &v); err != nil || len(v) != 3 {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)*realisticBlocks/b.Elapsed().Seconds(), "blocks/s")
 }
 
 func BenchmarkEncodeBatch(b *testing.B) {

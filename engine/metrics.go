@@ -20,7 +20,7 @@ const (
 	// VLLMKVCacheUsage is the fraction (0..1, despite the name) of KV-cache
 	// blocks in use.
 	VLLMKVCacheUsage = "vllm:kv_cache_usage_perc"
-	// VLLMGPUCacheUsage is VLLMKVCacheUsage's name before vLLM v0.10.
+	// VLLMGPUCacheUsage is VLLMKVCacheUsage's name in older vLLM releases.
 	VLLMGPUCacheUsage           = "vllm:gpu_cache_usage_perc"
 	VLLMPrefixCacheQueries      = "vllm:prefix_cache_queries_total" // counter, tokens
 	VLLMPrefixCacheHits         = "vllm:prefix_cache_hits_total"    // counter, tokens
