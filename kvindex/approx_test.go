@@ -148,3 +148,104 @@ func TestApproxExpiryFreesCapacity(t *testing.T) {
 		t.Fatalf("expired prefix still matches: %v", got)
 	}
 }
+
+// TestApproxModel compares Approx with a naive model (a list of touched
+// prefixes per endpoint, evicting the least recently touched) over random
+// records and queries with a clock that only moves forward.
+func TestApproxModel(t *testing.T) {
+	type entry struct {
+		expires time.Time
+		seq     int
+	}
+	for run := range 50 {
+		rnd := newRand(uint64(run))
+		ttl := time.Duration(1+rnd.IntN(20)) * time.Second
+		capacity := rnd.IntN(12) // 0: unlimited
+		a := kvindex.NewApprox(ttl, capacity)
+		model := map[kvindex.EndpointID]map[string]entry{}
+		now := time.Unix(1000, 0)
+		seq := 0
+		randHashes := func() []kvindex.BlockHash {
+			var toks []uint32
+			for range rnd.IntN(7) {
+				toks = append(toks, pool[rnd.IntN(2)]...) // two block contents: heavy sharing
+			}
+			return kvindex.HashBlocks(nil, 0, toks, 4)
+		}
+		for step := range 300 {
+			now = now.Add(time.Duration(rnd.IntN(3000)) * time.Millisecond)
+			ep := kvindex.EndpointID(rnd.IntN(4))
+			switch rnd.IntN(6) {
+			case 0, 1, 2:
+				hs := randHashes()
+				a.Record(ep, hs, now)
+				if len(hs) == 0 {
+					break
+				}
+				m := model[ep]
+				if m == nil {
+					m = map[string]entry{}
+					model[ep] = m
+				}
+				for k, e := range m {
+					if !now.Before(e.expires) {
+						delete(m, k)
+					}
+				}
+				for i := len(hs) - 1; i >= 0; i-- {
+					seq++
+					m[pathKeyOf(hs[:i+1])] = entry{now.Add(ttl), seq}
+				}
+				for capacity > 0 && len(m) > capacity {
+					oldest, os := "", -1
+					for k, e := range m {
+						if os < 0 || e.seq < os {
+							oldest, os = k, e.seq
+						}
+					}
+					delete(m, oldest)
+				}
+			case 3:
+				if rnd.IntN(4) == 0 {
+					a.RemoveEndpoint(ep)
+					delete(model, ep)
+				}
+			default:
+				q := randHashes()
+				got, depth := approxMatches(a, q, now)
+				wantDepth := 0
+				want := map[kvindex.EndpointID]int{}
+				for e, m := range model {
+					n := 0
+					for n < len(q) {
+						en, ok := m[pathKeyOf(q[:n+1])]
+						if !ok || !now.Before(en.expires) {
+							break
+						}
+						n++
+					}
+					if n > 0 {
+						want[e] = n
+						wantDepth = max(wantDepth, n)
+					}
+				}
+				if len(got) != len(want) || depth != wantDepth {
+					t.Fatalf("run %d step %d: got %v depth %d, want %v depth %d", run, step, got, depth, want, wantDepth)
+				}
+				for e, n := range want {
+					if got[e] != n {
+						t.Fatalf("run %d step %d: got %v, want %v", run, step, got, want)
+					}
+				}
+			}
+		}
+	}
+}
+
+func pathKeyOf(hs []kvindex.BlockHash) string {
+	p := ""
+	for _, h := range hs {
+		p = pathKey(p, h)
+	}
+	return p
+}
