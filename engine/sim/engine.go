@@ -120,6 +120,7 @@ type Engine struct {
 	stats   Stats
 
 	sched []scheduled // reused between steps
+	buf   []byte      // reused hash input
 }
 
 type scheduled struct {
@@ -326,7 +327,7 @@ func (e *Engine) Step(now time.Duration) StepResult {
 		s.stored = len(hits)
 		s.computed = start
 		if remote > 0 {
-			s.blocks = append(s.blocks, e.kv.allocate(remote)...)
+			s.blocks = e.kv.allocate(s.blocks, remote)
 			s.computed += remote * bs
 			e.store(s)
 			s.remote = 0
@@ -363,6 +364,7 @@ func (e *Engine) Step(now time.Duration) StepResult {
 	res.End = now + e.cfg.Timing.stepTime(res.PrefillTokens+res.DecodeTokens, len(sched), context, pairs)
 
 	finished := false
+	res.Outputs = make([]Output, 0, len(sched))
 	for _, sc := range sched {
 		s := sc.s
 		s.computed += sc.new
@@ -410,7 +412,7 @@ func (e *Engine) allocate(s *seq, n int) bool {
 		return false
 	}
 	if need > 0 {
-		s.blocks = append(s.blocks, e.kv.allocate(need)...)
+		s.blocks = e.kv.allocate(s.blocks, need)
 	}
 	if full := (s.computed + n) / e.cfg.BlockSize; full > s.stored {
 		e.ensureHashes(s, full)
@@ -456,7 +458,7 @@ func (e *Engine) ensureHashes(s *seq, n int) {
 		} else if s.req.CacheSalt != "" {
 			extra += "\x00" + s.req.CacheSalt
 		}
-		s.hashes = append(s.hashes, hashBlock(parent, s.tokens[i*bs:(i+1)*bs], extra))
+		s.hashes = append(s.hashes, hashBlockBuf(&e.buf, parent, s.tokens[i*bs:(i+1)*bs], extra))
 	}
 }
 

@@ -16,22 +16,21 @@ func (h BlockHash) Uint64() uint64 { return binary.BigEndian.Uint64(h[24:]) }
 
 // hashBlock chains one full block onto parent (the zero hash for the first block).
 func hashBlock(parent BlockHash, tokens []uint32, extra string) BlockHash {
-	var buf [4 * 64]byte
-	d := sha256.New()
-	d.Write(parent[:])
-	for len(tokens) > 0 {
-		n := min(len(tokens), 64)
-		for i, t := range tokens[:n] {
-			binary.LittleEndian.PutUint32(buf[4*i:], t)
-		}
-		d.Write(buf[:4*n])
-		tokens = tokens[n:]
+	var buf []byte
+	return hashBlockBuf(&buf, parent, tokens, extra)
+}
+
+// hashBlockBuf is hashBlock with a reusable input buffer: parent, tokens little-endian, then
+// a zero byte and the extra keys when there are any.
+func hashBlockBuf(buf *[]byte, parent BlockHash, tokens []uint32, extra string) BlockHash {
+	b := append((*buf)[:0], parent[:]...)
+	for _, t := range tokens {
+		b = binary.LittleEndian.AppendUint32(b, t)
 	}
 	if extra != "" {
-		d.Write([]byte{0})
-		d.Write([]byte(extra))
+		b = append(b, 0)
+		b = append(b, extra...)
 	}
-	var h BlockHash
-	d.Sum(h[:0])
-	return h
+	*buf = b
+	return sha256.Sum256(b)
 }

@@ -1,5 +1,7 @@
 package sim
 
+import "slices"
+
 // EventKind says what a KVEvent reports.
 type EventKind uint8
 
@@ -107,10 +109,10 @@ func (c *kvCache) touch(bs []*block) {
 	}
 }
 
-// allocate takes n blocks from the head of the free queue, evicting cached ones. The caller
-// checked numFree.
-func (c *kvCache) allocate(n int) []*block {
-	out := make([]*block, 0, n)
+// allocate appends n blocks from the head of the free queue to out, evicting cached ones.
+// The caller checked numFree.
+func (c *kvCache) allocate(out []*block, n int) []*block {
+	out = slices.Grow(out, n)
 	for range n {
 		b := c.head.next
 		c.unlink(b)

@@ -225,7 +225,7 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Go(func() { s.serveTransfer(ctx) })
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(s.httpLn) }()
-	s.log.Info("sim serving", "addr", s.Addr(), "model", s.cfg.Model, "kv_events", s.cfg.KVEvents,
+	s.log.Info("sim serving", "addr", s.Addr(), "model", s.cfg.Model, "kv_events", s.KVEventsAddr(), "kv_events_replay", s.KVEventsReplayAddr(),
 		"transfer", s.TransferAddr(), "blocks", s.cfg.Engine.NumBlocks, "block_size", s.cfg.Engine.BlockSize)
 
 	var err error
