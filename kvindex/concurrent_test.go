@@ -19,7 +19,7 @@ func TestConcurrentReadersAndAppliers(t *testing.T) {
 	m := newModel()
 	pinned := x.Endpoint("pinned")
 	m.ep("pinned")
-	pinEv := chain(0, 40, kvindex.TierGPU) // long enough to span apply chunks in spirit
+	pinEv := chain(0, 40, kvindex.TierGPU)
 	x.ApplyStored(pinned, pinEv)
 	m.stored("pinned", pinEv)
 	pinQ := query(40)
@@ -37,7 +37,11 @@ func TestConcurrentReadersAndAppliers(t *testing.T) {
 			name := fmt.Sprint("w", base, "-", i%2)
 			switch i % 6 {
 			case 0, 1, 2:
-				ev := chain(0, 5+i%30, kvindex.Tier(i%3))
+				n := 5 + i%30
+				if i%50 == 0 {
+					n = 700 // spans several write-lock chunks
+				}
+				ev := chain(0, n, kvindex.Tier(i%3))
 				s = append(s, step{name, func(x *kvindex.Index, ep kvindex.EndpointID) { x.ApplyStored(ep, ev) },
 					func(m *model, n string) { m.stored(n, ev) }})
 			case 3:
