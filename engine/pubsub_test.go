@@ -237,47 +237,70 @@ func TestPubSubBindModePublisherDials(t *testing.T) {
 }
 
 func TestPubSubPublisherRestart(t *testing.T) {
-	checkLeaks(t)
-	p1, err := engine.NewPublisher(engine.PublisherConfig{Endpoint: "tcp://127.0.0.1:0", Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := p1.Addr()
-	s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: addr, Logger: quiet, DialRetry: 20 * time.Millisecond})
-	r := newRecorder()
-	runSub(t, s, r)
-	n := 0
-	waitFor(t, r, "batches from the first publisher", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) > 2 },
-		func() { publish(t, p1, n); n++ })
-	p1.Close()
-	_, gaps := r.snapshot()
-	gapsBefore := len(gaps)
+	for _, withReplay := range []bool{false, true} {
+		t.Run(fmt.Sprintf("replay=%v", withReplay), func(t *testing.T) {
+			checkLeaks(t)
+			cfg := engine.PublisherConfig{Endpoint: "tcp://127.0.0.1:0", Logger: quiet}
+			if withReplay {
+				cfg.ReplayEndpoint = "tcp://127.0.0.1:0"
+			}
+			p1, err := engine.NewPublisher(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Endpoint, cfg.ReplayEndpoint = p1.Addr(), p1.ReplayAddr()
+			s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: cfg.Endpoint, ReplayEndpoint: cfg.ReplayEndpoint,
+				Logger: quiet, DialRetry: 20 * time.Millisecond})
+			r := newRecorder()
+			runSub(t, s, r)
+			n := 0
+			waitFor(t, r, "batches from the first publisher", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) > 2 },
+				func() { publish(t, p1, n); n++ })
+			p1.Close()
+			_, gaps := r.snapshot()
+			gapsBefore := len(gaps)
 
-	p2, err := engine.NewPublisher(engine.PublisherConfig{Endpoint: addr, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p2.Close()
-	// Whatever the restarted publisher's first delivered seq is, the
-	// subscriber must report the state as unknown, then follow the new stream
-	// (its batches have TS >= 1000).
-	m := 0
-	publish2 := func() {
-		if _, err := p2.Publish(testBatch(1000 + m)); err != nil {
-			t.Fatal(err)
-		}
-		m++
-	}
-	waitFor(t, r, "the restart and batches after it", func(_ []uint64, gaps [][2]uint64) bool {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		return len(gaps) > gapsBefore && r.batches[len(r.batches)-1].TS >= 1003
-	}, publish2)
-	_, gaps = r.snapshot()
-	// The gap starts after the last batch of the first publisher that
-	// arrived: at least seq 3 arrived, at most n were sent.
-	if g := gaps[gapsBefore]; g[0] < 3 || g[0] > uint64(n) {
-		t.Errorf("restart gap %v, want it to start within [3, %d]", g, n)
+			p2, err := engine.NewPublisher(cfg) // same addresses, sequence from 0 again
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p2.Close()
+			// Whatever the restarted publisher's first delivered seq is, the
+			// subscriber must report the state as unknown, then follow the
+			// new stream (its batches have TS >= 1000).
+			m := 0
+			publish2 := func() {
+				if _, err := p2.Publish(testBatch(1000 + m)); err != nil {
+					t.Fatal(err)
+				}
+				m++
+			}
+			waitFor(t, r, "the restart and batches after it", func(_ []uint64, gaps [][2]uint64) bool {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				return len(gaps) > gapsBefore && r.batches[len(r.batches)-1].TS >= 1003
+			}, publish2)
+			seqs, gaps := r.snapshot()
+			// The gap starts after the last batch of the first publisher
+			// that arrived: at least seq 3 arrived, at most n were sent.
+			if g := gaps[gapsBefore]; g[0] < 3 || g[0] > uint64(n) {
+				t.Errorf("restart gap %v, want it to start within [3, %d]", g, n)
+			}
+			r.mu.Lock()
+			var after []uint64
+			for i, b := range r.batches {
+				if b.TS >= 1000 {
+					after = append(after, seqs[i])
+				}
+			}
+			r.mu.Unlock()
+			if !contiguous(after, after[0], after[len(after)-1]) {
+				t.Errorf("batches of the restarted publisher: seqs %v, want contiguous", after)
+			}
+			if withReplay && len(gaps) != gapsBefore+1 {
+				t.Errorf("gaps %v: want exactly one after the restart", gaps[gapsBefore:])
+			}
+		})
 	}
 }
 

@@ -243,6 +243,7 @@ func (s *Subscriber) handle(ctx context.Context, m zmq4.Msg, h Handler, rp *repl
 		s.log.Info("kv events: publisher restarted", "topic", topic, "last", st.last, "seq", seq)
 		out.gap(st.last+1, seq)
 		st.have = false
+		rp.close() // the replay socket restarted too: re-dial on next use
 	}
 	if stream == nil {
 		st.stream = nil
@@ -320,8 +321,9 @@ func (rc *replayClient) close() {
 func (rc *replayClient) fetch(ctx context.Context, from, before uint64) ([]sent, error) {
 	if rc.sock == nil {
 		dctx, cancel := context.WithCancel(ctx)
-		sock := zmq4.NewDealer(dctx, zmq4.WithLogger(zmqLogger(rc.s.log)),
-			zmq4.WithDialerMaxRetries(2), zmq4.WithDialerRetry(rc.s.cfg.DialRetry))
+		timeout := rc.s.cfg.ReplayTimeout
+		sock := zmq4.NewDealer(dctx, zmq4.WithLogger(zmqLogger(rc.s.log)), zmq4.WithDialerMaxRetries(2),
+			zmq4.WithDialerRetry(rc.s.cfg.DialRetry), zmq4.WithDialerTimeout(timeout), zmq4.WithTimeout(timeout))
 		if err := sock.Dial(rc.s.cfg.ReplayEndpoint); err != nil {
 			cancel()
 			sock.Close()
