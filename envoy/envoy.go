@@ -38,10 +38,13 @@ const maxDepth = 32
 // typed_per_filter_config...), recursively. An Any whose type is not registered in this
 // binary is an error: Envoy would reject it too. Safe for concurrent use.
 func Validate(m proto.Message) error {
-	return validate(m.ProtoReflect(), "", 0)
+	return validateRoot(m.ProtoReflect(), "", 0)
 }
 
-func validate(m protoreflect.Message, path string, depth int) error {
+// validateRoot validates a message whose parents do not cover it (the top message, or the
+// content of an Any): ValidateAll already recurses into ordinary sub-messages, so below a
+// root only Any fields need visiting.
+func validateRoot(m protoreflect.Message, path string, depth int) error {
 	if depth > maxDepth {
 		return fmt.Errorf("%s: Any nested deeper than %d", path, maxDepth)
 	}
@@ -54,34 +57,44 @@ func validate(m protoreflect.Message, path string, depth int) error {
 			errs = append(errs, prefix(path, err))
 		}
 	}
+	errs = append(errs, findAnys(m, path, depth))
+	return errors.Join(errs...)
+}
+
+// findAnys walks m's message fields and validates the content of every Any it meets.
+func findAnys(m protoreflect.Message, path string, depth int) error {
 	if a, ok := m.Interface().(*anypb.Any); ok {
 		inner, err := a.UnmarshalNew()
 		if err != nil {
 			return prefix(path, fmt.Errorf("typed config %s: %w", a.GetTypeUrl(), err))
 		}
-		return errors.Join(append(errs, validate(inner.ProtoReflect(), join(path, "("+string(inner.ProtoReflect().Descriptor().FullName())+")"), depth+1))...)
+		name := "(" + string(inner.ProtoReflect().Descriptor().FullName()) + ")"
+		return validateRoot(inner.ProtoReflect(), join(path, name), depth+1)
 	}
+	var errs []error
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
-			return true
+			if !fd.IsMap() || fd.MapValue().Kind() != protoreflect.MessageKind {
+				return true
+			}
 		}
 		p := join(path, string(fd.Name()))
 		switch {
 		case fd.IsList():
 			l := v.List()
 			for i := 0; i < l.Len(); i++ {
-				errs = append(errs, validate(l.Get(i).Message(), fmt.Sprintf("%s[%d]", p, i), depth))
+				errs = append(errs, findAnys(l.Get(i).Message(), fmt.Sprintf("%s[%d]", p, i), depth))
 			}
 		case fd.IsMap():
 			if fd.MapValue().Kind() != protoreflect.MessageKind {
 				return true
 			}
 			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				errs = append(errs, validate(mv.Message(), fmt.Sprintf("%s[%v]", p, k.Interface()), depth))
+				errs = append(errs, findAnys(mv.Message(), fmt.Sprintf("%s[%v]", p, k.Interface()), depth))
 				return true
 			})
 		default:
-			errs = append(errs, validate(v.Message(), p, depth))
+			errs = append(errs, findAnys(v.Message(), p, depth))
 		}
 		return true
 	})

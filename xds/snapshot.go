@@ -14,22 +14,13 @@ import (
 // type is a hash of that type's content: an unchanged configuration keeps its versions, so
 // nothing is pushed, and a change in endpoints pushes EDS only.
 func (r *Resources) Snapshot() (*cache.Snapshot, error) {
-	snap := &cache.Snapshot{}
-	groups := []struct {
-		typ   types.ResponseType
-		items []types.Resource
-	}{
-		{types.Listener, asResources(r.Listeners)},
-		{types.Cluster, asResources(r.Clusters)},
-		{types.Route, asResources(r.Routes)},
-		{types.Endpoint, asResources(r.Endpoints)},
+	versions, err := r.typeVersions()
+	if err != nil {
+		return nil, err
 	}
-	for _, g := range groups {
-		v, err := hashResources(g.items)
-		if err != nil {
-			return nil, err
-		}
-		snap.Resources[g.typ] = cache.NewResources(v, g.items)
+	snap := &cache.Snapshot{}
+	for i, g := range r.groups() {
+		snap.Resources[g.typ] = cache.NewResources(versions[i], g.items)
 	}
 	if err := snap.Consistent(); err != nil {
 		return nil, err
@@ -39,15 +30,47 @@ func (r *Resources) Snapshot() (*cache.Snapshot, error) {
 
 // Version is the version of the whole configuration: a hash of the four per-type versions.
 func (r *Resources) Version() (string, error) {
+	versions, err := r.typeVersions()
+	if err != nil {
+		return "", err
+	}
 	h := sha256.New()
-	for _, items := range [][]types.Resource{asResources(r.Listeners), asResources(r.Clusters), asResources(r.Routes), asResources(r.Endpoints)} {
-		v, err := hashResources(items)
-		if err != nil {
-			return "", err
-		}
+	for _, v := range versions {
 		h.Write([]byte(v))
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+type group struct {
+	typ   types.ResponseType
+	items []types.Resource
+}
+
+func (r *Resources) groups() [4]group {
+	return [4]group{
+		{types.Listener, asResources(r.Listeners)},
+		{types.Cluster, asResources(r.Clusters)},
+		{types.Route, asResources(r.Routes)},
+		{types.Endpoint, asResources(r.Endpoints)},
+	}
+}
+
+// typeVersions hashes each type's resources, once: Resources are not changed after
+// Translate (Check's tests aside, which never ask for versions).
+func (r *Resources) typeVersions() ([4]string, error) {
+	if r.versions != nil {
+		return *r.versions, nil
+	}
+	var out [4]string
+	for i, g := range r.groups() {
+		v, err := hashResources(g.items)
+		if err != nil {
+			return out, err
+		}
+		out[i] = v
+	}
+	r.versions = &out
+	return out, nil
 }
 
 func asResources[T types.Resource](in []T) []types.Resource {

@@ -11,12 +11,15 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 )
 
-// Resources is one complete, consistent Envoy configuration, each list sorted by name.
+// Resources is one complete, consistent Envoy configuration, each list sorted by name. Treat
+// it as read-only once Translate returns it: its versions are computed once.
 type Resources struct {
 	Listeners []*listener.Listener
 	Clusters  []*cluster.Cluster
 	Routes    []*route.RouteConfiguration
 	Endpoints []*endpoint.ClusterLoadAssignment
+
+	versions *[4]string // per type, in groups() order; nil until first asked
 }
 
 // Translate turns a Model into Envoy resources. It is a pure function: same model, same
