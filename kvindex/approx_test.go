@@ -249,3 +249,20 @@ func pathKeyOf(hs []kvindex.BlockHash) string {
 	}
 	return p
 }
+
+func TestApproxFindMatchesNoAlloc(t *testing.T) {
+	a := kvindex.NewApprox(time.Hour, 0)
+	now := time.Unix(0, 0)
+	q := query(64)
+	for ep := range kvindex.EndpointID(16) {
+		a.Record(ep, q[:1+int(ep)*4], now)
+	}
+	var out kvindex.Matches
+	a.FindMatches(q, now, &out)
+	if out.Depth != 61 || len(out.Endpoints) != 16 {
+		t.Fatalf("depth %d, %d endpoints; want 61, 16", out.Depth, len(out.Endpoints))
+	}
+	if n := testing.AllocsPerRun(50, func() { a.FindMatches(q, now, &out) }); n != 0 {
+		t.Fatalf("Approx.FindMatches allocates %v times with a reused Matches", n)
+	}
+}
