@@ -42,6 +42,9 @@ type PublisherConfig struct {
 	HashFormat     HashFormat    // HashInt (vLLM's default) when 0
 	Logger         *slog.Logger  // slog.Default() when nil
 	DialRetry      time.Duration // wait between dial attempts; 100ms when 0
+	// DPRank, when set, is stamped on every batch published without one,
+	// as vLLM's publisher stamps its data-parallel rank (0 by default).
+	DPRank *int
 }
 
 // Publisher publishes KV-event batches exactly as vLLM's ZmqEventPublisher
@@ -160,6 +163,9 @@ func (p *Publisher) Publish(b EventBatch) (uint64, error) {
 	defer p.mu.Unlock()
 	if p.closed {
 		return 0, errors.New("engine: publisher closed")
+	}
+	if b.DPRank == nil {
+		b.DPRank = p.cfg.DPRank
 	}
 	payload, err := AppendBatch(make([]byte, 0, p.size), b, p.cfg.Shape, p.cfg.HashFormat)
 	if err != nil {

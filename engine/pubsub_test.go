@@ -453,3 +453,32 @@ func TestPublisherConcurrentPublish(t *testing.T) {
 		t.Fatalf("seqs %v gaps %v", seqs, gaps)
 	}
 }
+
+func TestPublisherStampsDPRank(t *testing.T) {
+	checkLeaks(t)
+	p, err := engine.NewPublisher(engine.PublisherConfig{Endpoint: "tcp://127.0.0.1:0",
+		ReplayEndpoint: "tcp://127.0.0.1:0", DPRank: intp(3), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	unranked := testBatch(0)
+	unranked.DPRank = nil
+	if _, err := p.Publish(unranked); err != nil {
+		t.Fatal(err)
+	}
+	s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: p.Addr(), ReplayEndpoint: p.ReplayAddr(), Logger: quiet})
+	r := newRecorder()
+	runSub(t, s, r)
+	n := 1
+	waitFor(t, r, "the replayed batch", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) > 1 },
+		func() { publish(t, p, n); n++ })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if got := r.batches[0].DPRank; got == nil || *got != 3 {
+		t.Fatalf("DPRank = %v, want 3", deref(got))
+	}
+	if got := r.batches[1].DPRank; got == nil || *got != 0 {
+		t.Fatalf("a batch's own DPRank was overwritten: %v", deref(got))
+	}
+}
