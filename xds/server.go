@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -63,7 +65,8 @@ type Server struct {
 	cache cache.SnapshotCache
 
 	mu      sync.Mutex
-	version string // of the snapshot in the cache, "" before the first
+	version string                // of the snapshot in the cache, "" before the first
+	pools   map[string][]Endpoint // that snapshot's input
 	pushes  int
 	changed chan struct{} // closed and replaced on every push
 }
@@ -209,6 +212,14 @@ func (s *Server) watch(ctx context.Context) {
 func (s *Server) update(ctx context.Context, eps []discovery.Endpoint) {
 	m := s.cfg.Model
 	m.Pools = Pools(eps)
+	s.mu.Lock()
+	same := s.version != "" && maps.EqualFunc(s.pools, m.Pools, slices.Equal)
+	s.mu.Unlock()
+	if same {
+		// Translate is pure: the same input gives the same version. Skip the work.
+		s.log.Debug("xds discovery report unchanged")
+		return
+	}
 	res, err := Translate(m)
 	if res == nil {
 		s.log.Error("xds translation failed; keeping the previous configuration", "err", err)
@@ -225,6 +236,7 @@ func (s *Server) update(ctx context.Context, eps []discovery.Endpoint) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if version == s.version {
+		s.pools = m.Pools
 		s.log.Debug("xds configuration unchanged", "version", version)
 		return
 	}
@@ -238,6 +250,7 @@ func (s *Server) update(ctx context.Context, eps []discovery.Endpoint) {
 		return
 	}
 	s.version = version
+	s.pools = m.Pools
 	s.pushes++
 	close(s.changed)
 	s.changed = make(chan struct{})

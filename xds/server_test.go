@@ -165,7 +165,9 @@ func TestServerADS(t *testing.T) {
 			before := nodes[0].State()
 			pushes := srv.Pushes()
 			send(c, b, a)
-			time.Sleep(300 * time.Millisecond) // well past the debounce
+			time.Sleep(150 * time.Millisecond) // well past the debounce
+			send(c, b, a)
+			time.Sleep(150 * time.Millisecond)
 			if srv.Pushes() != pushes {
 				t.Errorf("an unchanged set pushed a snapshot (%d -> %d)", pushes, srv.Pushes())
 			}
