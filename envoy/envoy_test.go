@@ -13,6 +13,8 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	extproc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kvgate/kvgate/envoy"
@@ -252,4 +254,69 @@ func TestCompose(t *testing.T) {
 			t.Errorf("static.yaml does not reach %s (has %v)", h, hosts)
 		}
 	}
+}
+
+// naiveValidate is the obvious design Validate avoids, kept as the benchmark's baseline:
+// ValidateAll on every message at every level (each call already recurses, so the work
+// grows with depth times size).
+func naiveValidate(m protoreflect.Message) error {
+	if v, ok := m.Interface().(interface{ ValidateAll() error }); ok {
+		if err := v.ValidateAll(); err != nil {
+			return err
+		}
+	}
+	if a, ok := m.Interface().(*anypb.Any); ok {
+		inner, err := a.UnmarshalNew()
+		if err != nil {
+			return err
+		}
+		return naiveValidate(inner.ProtoReflect())
+	}
+	var err error
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList() && fd.Kind() == protoreflect.MessageKind:
+			for i := 0; i < v.List().Len() && err == nil; i++ {
+				err = naiveValidate(v.List().Get(i).Message())
+			}
+		case fd.IsMap() && fd.MapValue().Kind() == protoreflect.MessageKind:
+			v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+				err = naiveValidate(mv.Message())
+				return err == nil
+			})
+		case !fd.IsList() && !fd.IsMap() && fd.Kind() == protoreflect.MessageKind:
+			err = naiveValidate(v.Message())
+		}
+		return err == nil
+	})
+	return err
+}
+
+// BenchmarkValidate validates static.yaml's bootstrap: Validate (ValidateAll once per root,
+// a walk for Anys) against the naive per-level baseline.
+func BenchmarkValidate(b *testing.B) {
+	data, err := os.ReadFile("static.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var bs bootstrapv3.Bootstrap
+	if err := envoy.FromYAML(data, &bs); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("Validate", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := envoy.Validate(&bs); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("naive-baseline", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := naiveValidate(bs.ProtoReflect()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
