@@ -1,0 +1,57 @@
+package workerd
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kvgate/kvgate/engine/sim"
+)
+
+// simChildEnv makes the test binary run as a simulated engine: workerd's tests start it as
+// the engine child process, with the flags workerd passes to `kvgate sim` (SimArgs).
+const simChildEnv = "KVGATE_WORKERD_TEST_SIM_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(simChildEnv) == "1" {
+		os.Exit(simChild(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+func simChild(args []string) int {
+	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
+	port := fs.Int("port", 0, "")
+	model := fs.String("model", "", "")
+	kv := fs.String("kv-events", "", "")
+	bs := fs.Int("block-size", 16, "")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	timing := sim.DefaultTiming
+	timing.Speed = 50
+	s, err := sim.NewServer(sim.ServerConfig{
+		Addr: fmt.Sprintf("127.0.0.1:%d", *port), Model: *model, KVEvents: *kv,
+		Engine: sim.Config{BlockSize: *bs, NumBlocks: 4096, Timing: timing},
+	}, log, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sim child:", err)
+		return 1
+	}
+	if err := s.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "sim child:", err)
+		return 1
+	}
+	// Let the last events leave the socket before exiting.
+	time.Sleep(10 * time.Millisecond)
+	return 0
+}

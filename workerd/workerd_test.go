@@ -1,0 +1,257 @@
+package workerd
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/discovery/consultest"
+	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/gpu"
+)
+
+// syncBuffer collects engine output from several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func simSpec(name string) EngineSpec {
+	return EngineSpec{Name: name, Kind: KindSim, Model: "sim-model", Env: map[string]string{simChildEnv: "1"}}
+}
+
+func selfCommand(t *testing.T) []string {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{exe}
+}
+
+// complete sends one completion to the engine and reads the whole answer.
+func complete(t *testing.T, addr, prompt string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"model": "sim-model", "prompt": prompt, "max_tokens": 2})
+	resp, err := http.Post("http://"+addr+"/v1/completions", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("completion: %s: %s", resp.Status, b)
+	}
+}
+
+func prompt(seed int) string {
+	words := make([]string, 0, 300)
+	for i := range 300 {
+		words = append(words, fmt.Sprintf("w%d_%d", seed, i%97))
+	}
+	return strings.Join(words, " ")
+}
+
+// storedSince returns the stored hashes of batches after index from, and whether a lone
+// AllBlocksCleared batch is among them (before the first stored block).
+func storedSince(b []recBatch, from int) (hashes []uint64, clearedFirst bool) {
+	for _, x := range b[from:] {
+		if len(x.b.Events) == 1 && x.b.Events[0].Kind == engine.AllBlocksCleared && len(hashes) == 0 {
+			clearedFirst = true
+		}
+		hashes = append(hashes, storedHashes(x.b)...)
+	}
+	return hashes, clearedFirst
+}
+
+// The whole daemon with a real Consul agent and a simulated engine as a child process:
+// registration, relay snapshot and events, a killed engine restarted and cleared, a
+// reconnecting client resumed, load relayed, and on shutdown the engine leaves Consul and
+// its process is gone.
+func TestWorkerdEndToEnd(t *testing.T) {
+	agent := consultest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+
+	out := &syncBuffer{}
+	cfg := Config{
+		Node:           "n1",
+		Consul:         &ConsulConfig{Address: agent.Addr, CheckInterval: Duration(time.Second), ReregisterInterval: Duration(500 * time.Millisecond)},
+		ScrapeInterval: Duration(200 * time.Millisecond),
+		MinBackoff:     Duration(200 * time.Millisecond),
+		MaxBackoff:     Duration(time.Second),
+		DrainTimeout:   Duration(2 * time.Second),
+		StopTimeout:    Duration(5 * time.Second),
+		Engines:        []EngineSpec{simSpec("a")},
+	}
+	w, err := New(ctx, cfg, Options{
+		Log: testLog(t), GPUs: gpu.NewFake(gpu.FakeInventory(0, "", 0)), SimCommand: selfCommand(t), EngineOutput: out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	runDone := make(chan error, 1)
+	go func() { runDone <- w.Run(runCtx) }()
+	defer func() { stopRun(); <-runDone }()
+
+	// Consul: the engine appears, healthy, with the relay's address.
+	dc, err := discovery.NewConsul(discovery.ConsulConfig{Address: agent.Addr, WaitTime: 2 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := dc.Watch(ctx)
+	var ep discovery.Endpoint
+	waitSet(t, watch, 60*time.Second, "the engine healthy in consul", func(eps []discovery.Endpoint) bool {
+		if len(eps) == 1 && eps[0].Healthy {
+			ep = eps[0]
+			return true
+		}
+		return false
+	})
+	st := w.Engines()[0]
+	if ep.Name != "n1-a" || ep.Address != st.Address || ep.Workerd != w.Advertise() || ep.KVEvents != st.KVEvents ||
+		ep.BlockSize != DefaultBlockSize || !slices.Equal(ep.Models, []string{"sim-model"}) || ep.Meta[discovery.MetaEngine] != KindSim {
+		t.Fatalf("consul endpoint %+v, engine %+v", ep, st)
+	}
+
+	// Relay: snapshot first, then the blocks of a completion.
+	client := NewRelayClientConfig(RelayClientConfig{Addr: w.Addr(), Engine: "n1-a", MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	rec := &loadRecorder{recorder: newRecorder()}
+	stopClient := run(t, client, rec)
+	waitFor(t, 10*time.Second, "the snapshot", func() bool { b, _ := rec.snapshot(); return len(b) >= 1 })
+	if b, _ := rec.snapshot(); b[0].b.Events[0].Kind != engine.AllBlocksCleared {
+		t.Fatalf("first batch is not a snapshot: %+v", b[0])
+	}
+	complete(t, st.Address, prompt(1))
+	var first []uint64
+	waitFor(t, 10*time.Second, "stored blocks of the first prompt", func() bool {
+		b, _ := rec.snapshot()
+		first, _ = storedSince(b, 1)
+		return len(first) >= 10
+	})
+	b, _ := rec.snapshot()
+	for i := 1; i < len(b); i++ {
+		if b[i].seq != b[i-1].seq+1 {
+			t.Fatalf("relay seqs %d then %d", b[i-1].seq, b[i].seq)
+		}
+	}
+	waitFor(t, 5*time.Second, "a load report", func() bool { return rec.count() > 0 })
+
+	// Kill the engine: workerd restarts it; the relay sends a clear, then the new blocks.
+	mark := len(b)
+	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the engine restarted and running", func() bool {
+		s := w.Engines()[0]
+		return s.Restarts == 1 && s.State == StateRunning && s.PID != st.PID
+	})
+	complete(t, st.Address, prompt(1))
+	waitFor(t, 10*time.Second, "a clear then the first prompt's blocks again", func() bool {
+		b, _ := rec.snapshot()
+		again, cleared := storedSince(b, mark)
+		return cleared && len(again) >= len(first)
+	})
+	b, gaps := rec.snapshot()
+	again, _ := storedSince(b, mark)
+	if !slices.Equal(again[:len(first)], first) {
+		t.Fatalf("blocks after restart %v differ from before %v", again, first)
+	}
+	if len(gaps) != 0 {
+		t.Fatalf("gaps %v on a live stream", gaps)
+	}
+
+	// A router that reconnects resumes from its last seq: no gap, no snapshot.
+	stopClient()
+	_, last := client.LastSeq()
+	complete(t, st.Address, prompt(2))
+	rec2 := newRecorder()
+	run(t, client, rec2)
+	waitFor(t, 10*time.Second, "the second prompt's blocks after the reconnect", func() bool {
+		b, _ := rec2.snapshot()
+		h, _ := storedSince(b, 0)
+		return len(h) >= 10
+	})
+	b2, gaps2 := rec2.snapshot()
+	if len(gaps2) != 0 || b2[0].seq != last+1 || b2[0].b.Events[0].Kind == engine.AllBlocksCleared {
+		t.Fatalf("after reconnect: first seq %d (last %d), gaps %v, first event %v", b2[0].seq, last, gaps2, b2[0].b.Events[0].Kind)
+	}
+
+	if !strings.Contains(out.String(), "n1-a | ") {
+		t.Fatalf("engine output not captured with its name:\n%s", out.String())
+	}
+
+	// Shut down: the engine leaves Consul and its process is gone.
+	pid := w.Engines()[0].PID
+	stopRun()
+	select {
+	case err := <-runDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+		runDone <- nil
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	waitSet(t, watch, 10*time.Second, "no engines in consul", func(eps []discovery.Endpoint) bool { return len(eps) == 0 })
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("engine process %d still exists after shutdown (kill 0: %v)", pid, err)
+	}
+	if s := w.Engines()[0]; s.State != StateStopped {
+		t.Fatalf("state after shutdown %q", s.State)
+	}
+}
+
+func waitSet(t *testing.T, ch <-chan []discovery.Endpoint, d time.Duration, what string, ok func([]discovery.Endpoint) bool) {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case eps, open := <-ch:
+			if !open {
+				t.Fatalf("watch closed waiting for %s", what)
+			}
+			if ok(eps) {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
