@@ -304,13 +304,22 @@ func TestPubSubPublisherRestart(t *testing.T) {
 	}
 }
 
-func TestSubscriberBindError(t *testing.T) {
-	checkLeaks(t)
-	s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: "tcp://256.0.0.1:bad", Bind: true, Logger: quiet})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := s.Run(ctx, newRecorder()); err == nil {
-		t.Fatal("Run on a bad bind address returned nil")
+func TestSubscriberEndpointErrors(t *testing.T) {
+	for _, cfg := range []engine.SubscriberConfig{
+		{Endpoint: "tcp://256.0.0.1:bad", Bind: true},
+		{Endpoint: "nope://x", Bind: true},
+		{Endpoint: "nope://x"},
+		{Endpoint: "tcp-without-port"},
+	} {
+		t.Run(fmt.Sprintf("%+v", cfg), func(t *testing.T) {
+			checkLeaks(t)
+			cfg.Logger = quiet
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := engine.NewSubscriber(cfg).Run(ctx, newRecorder()); err == nil || ctx.Err() != nil {
+				t.Fatalf("Run = %v (ctx %v), want an error at once", err, ctx.Err())
+			}
+		})
 	}
 }
 

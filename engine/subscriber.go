@@ -133,7 +133,7 @@ func (s *Subscriber) Addr() string {
 
 // Run subscribes and calls h until ctx is done, then returns nil after every
 // goroutine it started has ended. Connections that drop are re-dialed; a
-// bind or subscription failure is returned at once. Run must not be called
+// bind failure or an invalid endpoint is returned at once. Run must not be called
 // again before it returns.
 func (s *Subscriber) Run(ctx context.Context, h Handler) error {
 	if !s.running.CompareAndSwap(false, true) {
@@ -143,6 +143,7 @@ func (s *Subscriber) Run(ctx context.Context, h Handler) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	dialErr := make(chan error, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -167,9 +168,11 @@ func (s *Subscriber) Run(ctx context.Context, h Handler) error {
 	} else {
 		a := s.cfg.Endpoint
 		s.addr.Store(&a)
+		// Dial retries until it connects; it fails only for an invalid
+		// endpoint (or when ctx ends).
 		wg.Go(func() {
 			if err := sub.Dial(s.cfg.Endpoint); err != nil && ctx.Err() == nil {
-				s.log.Error("kv events: dial failed", "err", err)
+				dialErr <- err
 			}
 		})
 	}
@@ -184,6 +187,8 @@ func (s *Subscriber) Run(ctx context.Context, h Handler) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-dialErr:
+			return fmt.Errorf("engine: dial KV-event publisher: %w", err)
 		case m := <-msgs:
 			s.handle(ctx, m, h, rp)
 		}
