@@ -161,9 +161,9 @@ func events(bs []engine.EventBatch) []engine.Event {
 func TestRepeatedPromptIsCachedAndFaster(t *testing.T) {
 	s := testServer(t, ServerConfig{Engine: Config{NumBlocks: 4096}})
 	c := client(t)
-	text := longText(1, 3000)
+	text := longText(1, 6000)
 	// Streaming, so the client sees its own TTFT; the engine runs at real speed, where a cold
-	// 3000-token prefill takes ~160ms and a cached one ~7ms.
+	// 6000-token prefill takes ~330ms and a cached one ~7ms.
 	ttft := func() (time.Duration, *openai.Usage) {
 		b, _ := json.Marshal(map[string]any{"prompt": text, "max_tokens": 3, "ignore_eos": true, "stream": true,
 			"stream_options": map[string]any{"include_usage": true}})
@@ -396,8 +396,10 @@ func TestRestartPublishesAllBlocksCleared(t *testing.T) {
 		// Send requests until the subscriber hears this life's events. In the second life the
 		// sequence numbers start again: that is how a subscriber that stayed connected learns
 		// of the restart, and the replay from 0 starts with AllBlocksCleared.
+		// The first life runs until seq 5, so that the second life's restarted numbering shows.
 		heard := false
-		for i := 0; !heard; i++ {
+		for i := 0; !heard || life == 0 && last < 5; i++ {
+			heard = false
 			completion(t, c, s, map[string]any{"prompt": longText(life*1000+i, 40), "max_tokens": 1})
 			for wait := time.After(300 * time.Millisecond); !heard; {
 				select {
