@@ -1,0 +1,158 @@
+package router
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/kvgate/kvgate/tokenizer"
+)
+
+// Config configures a Router. Zero durations and sizes take the defaults of DefaultConfig.
+type Config struct {
+	// Policy is kv (default), round-robin, random, least-load or approx-prefix.
+	Policy string
+	// Models maps served model names to tokenizers and block sizes; nil means
+	// tokenizer.DefaultModelMap().
+	Models *tokenizer.ModelMap
+	// Adapters maps LoRA adapter names (requested as the model) to their base model in
+	// Models; an adapter's blocks hash under its own seed, as vLLM's do.
+	Adapters map[string]string
+	// Endpoints is the initial endpoint set (SetEndpoints replaces it).
+	Endpoints []Endpoint
+
+	// Scoring weights the kv cost (tier credit, overlap weight, temperature).
+	Scoring Scoring
+	// MaxFallbacks bounds the ordered alternatives returned with a pick.
+	MaxFallbacks int
+	// MaxBodyBytes rejects larger bodies with 413; the front doors check it first.
+	MaxBodyBytes int64
+	// ForceStreamUsage turns stream_options.include_usage on in streamed requests so the
+	// front door can account usage; Decision.UsageForced says when the client did not ask.
+	ForceStreamUsage bool
+
+	// Saturation: an endpoint whose engine reports more than QueueThreshold waiting
+	// requests or KV usage above KVUsageThreshold (0..1) is saturated; 0 turns a check off.
+	// Saturated endpoints are picked only when no other is eligible, and then only when Shed
+	// is off (Shed answers 429 instead).
+	QueueThreshold   float64
+	KVUsageThreshold float64
+	Shed             bool
+
+	// ScrapeInterval is how often each engine's /metrics is read (negative: never);
+	// readings older than MetricsStaleAfter are ignored.
+	ScrapeInterval    time.Duration
+	ScrapeTimeout     time.Duration
+	MetricsStaleAfter time.Duration
+	// UnhealthyFor is how long an endpoint stays out after a connection failure (scrape or
+	// proxied request).
+	UnhealthyFor time.Duration
+
+	// ApproxTTL and ApproxCapacity bound what approximate mode remembers per endpoint
+	// (endpoints without KV events): prefixes routed there, for ApproxTTL, at most
+	// ApproxCapacity blocks.
+	ApproxTTL      time.Duration
+	ApproxCapacity int
+	// TextChunk, TextMaxChunks and TextCapacity configure approx-prefix: the request text is
+	// hashed in TextChunk-character chunks, at most TextMaxChunks of them, and each endpoint
+	// remembers at most TextCapacity chunks (LRU).
+	TextChunk     int
+	TextMaxChunks int
+	TextCapacity  int
+
+	// Seed seeds tie-breaking and sampling; 0 picks a random seed.
+	Seed uint64
+	// Now is the clock (approximate-mode TTLs, health, staleness); nil means time.Now.
+	// Replays pass virtual time.
+	Now func() time.Time
+	// HTTPClient scrapes metrics; nil means a client with ScrapeTimeout.
+	HTTPClient *http.Client
+}
+
+// DefaultConfig returns the defaults: policy kv, default scoring, 2 fallbacks, 16 MiB bodies,
+// stream usage forced on, queue threshold 32, KV usage threshold 0.95, no shedding, scraping
+// every 250 ms, approximate mode 120 s / 1M blocks, approx-prefix 64-character chunks (at
+// most 256, 31,250 per endpoint, as the Inference Extension's prefix scorer).
+func DefaultConfig() Config {
+	return Config{
+		Policy:            PolicyKV,
+		Scoring:           DefaultScoring(),
+		MaxFallbacks:      2,
+		MaxBodyBytes:      16 << 20,
+		ForceStreamUsage:  true,
+		QueueThreshold:    32,
+		KVUsageThreshold:  0.95,
+		ScrapeInterval:    250 * time.Millisecond,
+		ScrapeTimeout:     2 * time.Second,
+		MetricsStaleAfter: 2 * time.Second,
+		UnhealthyFor:      5 * time.Second,
+		ApproxTTL:         120 * time.Second,
+		ApproxCapacity:    1 << 20,
+		TextChunk:         64,
+		TextMaxChunks:     256,
+		TextCapacity:      31250,
+	}
+}
+
+// withDefaults fills zero fields from DefaultConfig and checks the rest.
+func (c Config) withDefaults() (Config, error) {
+	d := DefaultConfig()
+	if c.Policy == "" {
+		c.Policy = d.Policy
+	}
+	if c.Models == nil {
+		c.Models = tokenizer.DefaultModelMap()
+	}
+	if c.Scoring == (Scoring{}) {
+		c.Scoring = d.Scoring
+	}
+	if c.MaxFallbacks < 0 {
+		c.MaxFallbacks = 0
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = d.MaxBodyBytes
+	}
+	if c.ScrapeInterval == 0 {
+		c.ScrapeInterval = d.ScrapeInterval
+	}
+	if c.ScrapeTimeout <= 0 {
+		c.ScrapeTimeout = d.ScrapeTimeout
+	}
+	if c.MetricsStaleAfter <= 0 {
+		c.MetricsStaleAfter = d.MetricsStaleAfter
+	}
+	if c.UnhealthyFor <= 0 {
+		c.UnhealthyFor = d.UnhealthyFor
+	}
+	if c.ApproxTTL <= 0 {
+		c.ApproxTTL = d.ApproxTTL
+	}
+	if c.ApproxCapacity == 0 {
+		c.ApproxCapacity = d.ApproxCapacity
+	}
+	if c.TextChunk <= 0 {
+		c.TextChunk = d.TextChunk
+	}
+	if c.TextMaxChunks <= 0 {
+		c.TextMaxChunks = d.TextMaxChunks
+	}
+	if c.TextCapacity == 0 {
+		c.TextCapacity = d.TextCapacity
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = &http.Client{Timeout: c.ScrapeTimeout}
+	}
+	if c.QueueThreshold < 0 || c.KVUsageThreshold < 0 {
+		return c, errors.New("router: saturation thresholds must not be negative")
+	}
+	for a, base := range c.Adapters {
+		if _, _, err := c.Models.Lookup(base); err != nil {
+			return c, fmt.Errorf("router: adapter %q: base model: %w", a, err)
+		}
+	}
+	return c, nil
+}

@@ -1,0 +1,131 @@
+package router
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kvgate/kvgate/openai"
+)
+
+// Decision is one routing decision. The router has added the request's load to Endpoint;
+// the caller must call Done exactly once when the request ends (more calls are ignored), and
+// FirstToken when the first token arrives. All methods are safe from any goroutine.
+type Decision struct {
+	Endpoint  Endpoint   // the target
+	Fallbacks []Endpoint // ordered alternatives, best first
+	Prefill   *Endpoint  // disaggregated prefill endpoint; nil when aggregated
+	Policy    string
+	Model     string
+	Stream    bool
+	// UsageForced is true when the router turned stream_options.include_usage on for
+	// accounting although the client did not ask: a front door may drop the final usage-only
+	// chunk before the client sees it.
+	UsageForced   bool
+	PromptTokens  int // tokens of the rendered prompt
+	RequestBlocks int // full prompt blocks
+	CachedBlocks  int // leading blocks the router saw cached on the target
+	Cost          float64
+	// Body is the body to forward: the client's bytes, or rewritten (UsageForced).
+	Body    []byte
+	Elapsed time.Duration // time spent routing
+
+	r            *Router
+	mu           sync.Mutex
+	cur          *epState // where the load sits
+	prefillLeft  int64    // prefill tokens still held on cur
+	decodeBlocks int64
+	done         bool
+}
+
+// Header returns the headers to set on the upstream request: HeaderDestination (target, then
+// fallbacks, comma-separated), HeaderEndpoint, HeaderOverlap, and for disaggregation
+// HeaderPrefiller and HeaderPrefillEndpoint.
+func (d *Decision) Header() http.Header {
+	h := http.Header{}
+	addrs := make([]string, 0, 1+len(d.Fallbacks))
+	addrs = append(addrs, d.Endpoint.Address)
+	for _, f := range d.Fallbacks {
+		addrs = append(addrs, f.Address)
+	}
+	h.Set(HeaderDestination, strings.Join(addrs, ","))
+	h.Set(HeaderEndpoint, d.Endpoint.Address)
+	h.Set(HeaderOverlap, strconv.Itoa(d.CachedBlocks))
+	if d.Prefill != nil {
+		h.Set(HeaderPrefiller, d.Prefill.Address)
+		h.Set(HeaderPrefillEndpoint, d.Prefill.Address)
+	}
+	return h
+}
+
+// FirstToken ends the request's in-flight prefill load. Idempotent.
+func (d *Decision) FirstToken() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cur != nil && d.prefillLeft != 0 {
+		d.cur.prefillTokens.Add(-d.prefillLeft)
+		d.prefillLeft = 0
+	}
+}
+
+// Served tells the router which endpoint (ip:port) actually served the request, when the
+// proxy fell back to another: the load moves there, and the endpoints tried before it are
+// taken out of rotation for a while. An address that names no endpoint only releases the
+// load from the target.
+func (d *Decision) Served(address string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.done || d.cur == nil || address == "" || address == d.cur.ep.Address {
+		return
+	}
+	// The proxy tries the target, then the fallbacks in order.
+	tried := append([]Endpoint{d.Endpoint}, d.Fallbacks...)
+	for _, e := range tried {
+		if e.Address == address {
+			break
+		}
+		d.r.markDown(e.Address, errFallback)
+	}
+	d.cur.addLoad(-d.prefillLeft, -d.decodeBlocks, -1)
+	d.cur = nil
+	for _, s := range d.r.states() {
+		if s.ep.Address == address {
+			d.cur = s
+			s.addLoad(d.prefillLeft, d.decodeBlocks, 1)
+			return
+		}
+	}
+}
+
+// Done releases all of the request's load, once: later calls do nothing. usage, when the
+// response carried it, feeds the hit-rate metrics; an err that is a connection failure takes
+// the endpoint out of rotation for a while.
+func (d *Decision) Done(usage *openai.Usage, err error) {
+	d.mu.Lock()
+	if d.done {
+		d.mu.Unlock()
+		return
+	}
+	d.done = true
+	cur := d.cur
+	if cur != nil {
+		cur.addLoad(-d.prefillLeft, -d.decodeBlocks, -1)
+	}
+	d.prefillLeft, d.cur = 0, nil
+	d.mu.Unlock()
+	if usage != nil {
+		d.r.m.reportedPrompt.Add(float64(usage.PromptTokens))
+		d.r.m.reportedCached.Add(float64(usage.CachedTokens()))
+	}
+	if cur != nil && isConnError(err) {
+		d.r.markDown(cur.ep.Address, err)
+	}
+}
+
+type fallbackError struct{}
+
+func (fallbackError) Error() string { return "the proxy fell back to another endpoint" }
+
+var errFallback error = fallbackError{}

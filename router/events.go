@@ -1,0 +1,93 @@
+package router
+
+import (
+	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/kvindex"
+)
+
+// eventHandler feeds one endpoint's KV events into the index; it is the engine.Handler of
+// that endpoint's subscription.
+type eventHandler struct {
+	r *Router
+	s *epState
+}
+
+var _ engine.Handler = (*eventHandler)(nil)
+
+func (h *eventHandler) Batch(_ uint64, b engine.EventBatch) { h.r.apply(h.s, b) }
+
+func (h *eventHandler) Gap(expected, got uint64) {
+	h.s.gaps.Add(1)
+	h.r.m.gaps.Inc()
+	h.r.log.Warn("kv events: gap, clearing the endpoint's cache state", "endpoint", h.s.ep.Name, "expected", expected, "got", got)
+	h.r.index.ApplyCleared(h.s.id)
+}
+
+// ApplyEvents applies a KV-event batch from the endpoint called name as if it had arrived on
+// its subscription (replays and relays feed events this way). Unknown names are ignored.
+func (r *Router) ApplyEvents(name string, b engine.EventBatch) {
+	if s := r.state(name); s != nil {
+		r.apply(s, b)
+	}
+}
+
+// ClearEndpoint forgets every cached block of the endpoint called name, as a gap does.
+func (r *Router) ClearEndpoint(name string) {
+	if s := r.state(name); s != nil {
+		r.index.ApplyCleared(s.id)
+	}
+}
+
+func (r *Router) apply(s *epState, b engine.EventBatch) {
+	s.fed.Store(true)
+	for i := range b.Events {
+		ev := &b.Events[i]
+		switch ev.Kind {
+		case engine.BlockStored:
+			r.applyStored(s, ev)
+		case engine.BlockRemoved:
+			hs := make([]kvindex.ExternalHash, len(ev.BlockHashes))
+			for j, h := range ev.BlockHashes {
+				hs[j] = kvindex.ExternalHash(h.Uint64())
+			}
+			r.index.ApplyRemoved(s.id, kvindex.Removed{Hashes: hs, Tier: kvindex.TierFromMedium(ev.Medium)})
+		case engine.AllBlocksCleared:
+			r.index.ApplyCleared(s.id)
+		}
+	}
+	s.batches.Add(1)
+	r.m.batches.Inc()
+}
+
+// applyStored splits a BlockStored's concatenated token ids into its blocks. Blocks without
+// a full set of tokens are dropped with those after them (the chain would break there).
+func (r *Router) applyStored(s *epState, ev *engine.Event) {
+	bs := ev.BlockSize
+	if bs <= 0 {
+		bs = s.blockSize
+	}
+	if bs != s.blockSize {
+		r.log.Debug("kv events: block size differs from the endpoint's; its blocks will not match requests",
+			"endpoint", s.ep.Name, "event_block_size", bs, "endpoint_block_size", s.blockSize)
+	}
+	n := len(ev.BlockHashes)
+	if bs > 0 {
+		n = min(n, len(ev.TokenIDs)/bs)
+	}
+	if n == 0 {
+		return
+	}
+	st := kvindex.Stored{
+		HasParent: ev.Parent != "",
+		Blocks:    make([]kvindex.Block, n),
+		Tier:      kvindex.TierFromMedium(ev.Medium),
+		Seed:      kvindex.Seed(ev.LoRAName, ev.ExtraKeys...),
+	}
+	if st.HasParent {
+		st.Parent = kvindex.ExternalHash(ev.Parent.Uint64())
+	}
+	for i := range n {
+		st.Blocks[i] = kvindex.Block{External: kvindex.ExternalHash(ev.BlockHashes[i].Uint64()), Tokens: ev.TokenIDs[i*bs : (i+1)*bs]}
+	}
+	r.index.ApplyStored(s.id, st)
+}

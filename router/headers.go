@@ -1,0 +1,28 @@
+package router
+
+// Header and metadata names of the Endpoint Picker Protocol (Gateway API Inference Extension)
+// and kvgate's own explanation headers.
+const (
+	// HeaderDestination carries the pick: "ip:port" of the target, then ordered fallbacks,
+	// comma-separated. The same key holds the same value in MetadataNamespace.
+	HeaderDestination = "x-gateway-destination-endpoint"
+	// HeaderDestinationServed is the endpoint that actually served (set by the proxy on the
+	// response path, header or MetadataNamespace).
+	HeaderDestinationServed = "x-gateway-destination-endpoint-served"
+	// SubsetNamespace / SubsetKey: the proxy's subset hint in the request's filter metadata,
+	// the only endpoints that may be picked.
+	SubsetNamespace = "envoy.lb.subset_hint"
+	SubsetKey       = "x-gateway-destination-endpoint-subset"
+	// MetadataNamespace is the dynamic-metadata namespace of the pick.
+	MetadataNamespace = "envoy.lb"
+
+	// HeaderEndpoint names the endpoint (ip:port) that was picked.
+	HeaderEndpoint = "x-kvgate-endpoint"
+	// HeaderOverlap is the number of leading prompt blocks the router saw cached on it.
+	HeaderOverlap = "x-kvgate-cached-blocks"
+	// HeaderPrefiller is the prefill endpoint (ip:port) the decode side's sidecar reads
+	// (llm-d's name for it).
+	HeaderPrefiller = "x-prefiller-host-port"
+	// HeaderPrefillEndpoint is kvgate's name for the same.
+	HeaderPrefillEndpoint = "x-kvgate-prefill-endpoint"
+)

@@ -1,0 +1,126 @@
+package router
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metric names.
+const (
+	MetricRequests        = "kvgate_router_requests_total"
+	MetricDecisionSeconds = "kvgate_router_decision_seconds"
+	MetricOverlapBlocks   = "kvgate_router_overlap_blocks"
+	MetricPromptBlocks    = "kvgate_router_prompt_blocks_total"
+	MetricCachedBlocks    = "kvgate_router_cached_blocks_total"
+	MetricReportedCached  = "kvgate_router_reported_cached_tokens_total"
+	MetricReportedPrompt  = "kvgate_router_reported_prompt_tokens_total"
+	MetricEventBatches    = "kvgate_router_kv_event_batches_total"
+	MetricEventGaps       = "kvgate_router_kv_event_gaps_total"
+	MetricScrapeErrors    = "kvgate_router_scrape_errors_total"
+	MetricPrefillTokens   = "kvgate_router_endpoint_prefill_tokens"
+	MetricDecodeBlocks    = "kvgate_router_endpoint_decode_blocks"
+	MetricInflight        = "kvgate_router_endpoint_requests"
+	MetricWaiting         = "kvgate_router_endpoint_waiting"
+	MetricKVUsage         = "kvgate_router_endpoint_kv_usage"
+	MetricHealthy         = "kvgate_router_endpoint_healthy"
+)
+
+// Outcomes of a Route, the outcome label of MetricRequests.
+const (
+	OutcomeRouted      = "routed"
+	OutcomeBadRequest  = "bad_request"
+	OutcomeNotFound    = "model_not_found"
+	OutcomeTooLarge    = "too_large"
+	OutcomeShed        = "shed"
+	OutcomeUnavailable = "unavailable"
+	OutcomeError       = "error"
+)
+
+type metrics struct {
+	requests       *prometheus.CounterVec
+	decision       prometheus.Histogram
+	overlap        prometheus.Histogram
+	promptBlocks   prometheus.Counter
+	cachedBlocks   prometheus.Counter
+	reportedCached prometheus.Counter
+	reportedPrompt prometheus.Counter
+	batches        prometheus.Counter
+	gaps           prometheus.Counter
+	scrapeErrors   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricRequests,
+			Help: "Routing decisions by policy and outcome."}, []string{"policy", "outcome"}),
+		decision: prometheus.NewHistogram(prometheus.HistogramOpts{Name: MetricDecisionSeconds,
+			Help:    "Time to route one request: parse, template, tokenize, hash, match, score.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)}),
+		overlap: prometheus.NewHistogram(prometheus.HistogramOpts{Name: MetricOverlapBlocks,
+			Help:    "Cached prompt blocks the router saw on the endpoint it picked.",
+			Buckets: []float64{0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048}}),
+		promptBlocks: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricPromptBlocks,
+			Help: "Full prompt blocks of routed requests."}),
+		cachedBlocks: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricCachedBlocks,
+			Help: "Prompt blocks the router saw cached on the picked endpoint (predicted hits)."}),
+		reportedCached: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricReportedCached,
+			Help: "Cached prompt tokens the engines reported in usage (actual hits)."}),
+		reportedPrompt: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricReportedPrompt,
+			Help: "Prompt tokens the engines reported in usage."}),
+		batches: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricEventBatches,
+			Help: "KV-event batches applied to the index."}),
+		gaps: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricEventGaps,
+			Help: "KV-event sequence gaps and publisher restarts (each clears the endpoint)."}),
+		scrapeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricScrapeErrors,
+			Help: "Failed reads of engines' /metrics."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.decision, m.overlap, m.promptBlocks, m.cachedBlocks,
+			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, newLoadCollector(r))
+	}
+	return m
+}
+
+// loadCollector reports per-endpoint load at scrape time from the live counters, so removed
+// endpoints disappear and the request path updates no gauges.
+type loadCollector struct {
+	r                                                    *Router
+	prefill, decode, inflight, waiting, kvUsage, healthy *prometheus.Desc
+}
+
+func newLoadCollector(r *Router) *loadCollector {
+	l := []string{"endpoint", "address"}
+	return &loadCollector{
+		r:        r,
+		prefill:  prometheus.NewDesc(MetricPrefillTokens, "Uncached prompt tokens routed to the endpoint and not yet past their first token.", l, nil),
+		decode:   prometheus.NewDesc(MetricDecodeBlocks, "KV blocks held by requests routed to the endpoint and not yet ended.", l, nil),
+		inflight: prometheus.NewDesc(MetricInflight, "Requests routed to the endpoint and not yet ended.", l, nil),
+		waiting:  prometheus.NewDesc(MetricWaiting, "Waiting requests the engine reports (last fresh scrape).", l, nil),
+		kvUsage:  prometheus.NewDesc(MetricKVUsage, "KV-cache usage (0..1) the engine reports (last fresh scrape).", l, nil),
+		healthy:  prometheus.NewDesc(MetricHealthy, "1 when the endpoint may be picked, 0 while it is out after a failure.", l, nil),
+	}
+}
+
+func (c *loadCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.prefill, c.decode, c.inflight, c.waiting, c.kvUsage, c.healthy} {
+		ch <- d
+	}
+}
+
+func (c *loadCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.r.cfg.Now()
+	for _, s := range c.r.states() {
+		l := []string{s.ep.Name, s.ep.Address}
+		ch <- prometheus.MustNewConstMetric(c.prefill, prometheus.GaugeValue, float64(s.prefillTokens.Load()), l...)
+		ch <- prometheus.MustNewConstMetric(c.decode, prometheus.GaugeValue, float64(s.decodeBlocks.Load()), l...)
+		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(s.requests.Load()), l...)
+		if ld, ok := s.load(now, c.r.cfg.MetricsStaleAfter); ok {
+			ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, ld.Waiting, l...)
+			ch <- prometheus.MustNewConstMetric(c.kvUsage, prometheus.GaugeValue, ld.KVUsage, l...)
+		}
+		h := 0.0
+		if s.healthy(now) {
+			h = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.healthy, prometheus.GaugeValue, h, l...)
+	}
+}

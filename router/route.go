@@ -1,0 +1,429 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/zeebo/xxh3"
+
+	"github.com/kvgate/kvgate/kvindex"
+	"github.com/kvgate/kvgate/openai"
+	"github.com/kvgate/kvgate/tokenizer"
+)
+
+// Request is one request as the proxy hands it over.
+type Request struct {
+	Path    string      // "/v1/chat/completions" or "/v1/completions"
+	Body    []byte      // the client's body
+	Headers http.Header // may be nil
+	Subset  []string    // proxy's subset hint: only these ip:port may be picked (nil = any)
+}
+
+// Prompt is a request reduced to what picking needs; Pick takes it directly, so that a replay
+// drives the router's decisions without HTTP or JSON.
+type Prompt struct {
+	Model  string
+	Tokens []uint32 // the prompt's token ids (kv, least-load); nil when unknown
+	// Text is the prompt text for approx-prefix; "" hashes Tokens' bytes instead.
+	Text string
+	// CacheSalt is the request's cache_salt (it isolates cache entries).
+	CacheSalt string
+	// Extra are tokens of further prompts of the same request (a completion with several
+	// prompts): they count as load, not for matching.
+	ExtraTokens int
+	Subset      []string // only these addresses may be picked (nil = any)
+}
+
+// scratch is per-call working memory, pooled.
+type scratch struct {
+	hashes  []kvindex.BlockHash
+	matches kvindex.Matches
+	approx  kvindex.Matches
+	cands   []Candidate
+	states  []*epState
+	costs   []float64
+}
+
+// Route parses and validates the body, renders and tokenizes the prompt, matches it against
+// the cache index, scores the eligible endpoints and picks one. Bad input and refusals are
+// *openai.Error (400, 404, 413, 429, 503). The caller owns the Decision and must call Done.
+func (r *Router) Route(ctx context.Context, req Request) (*Decision, error) {
+	start := time.Now()
+	d, err := r.route(ctx, req)
+	r.finish(d, err, start)
+	return d, err
+}
+
+func (r *Router) route(_ context.Context, req Request) (*Decision, error) {
+	if int64(len(req.Body)) > r.cfg.MaxBodyBytes {
+		return nil, openai.TooLarge(r.cfg.MaxBodyBytes)
+	}
+	p := Prompt{Subset: req.Subset}
+	var stream, includeUsage bool
+	switch req.Path {
+	case "/v1/chat/completions":
+		cr, err := openai.ParseChatRequest(req.Body)
+		if err != nil {
+			return nil, err
+		}
+		model, err := r.resolveModel(cr.Model)
+		if err != nil {
+			return nil, err
+		}
+		p.Model, stream, includeUsage = model, cr.Stream, cr.IncludeUsage()
+		if cr.CacheSalt != nil {
+			p.CacheSalt = *cr.CacheSalt
+		}
+		if tok := r.tokenizer(model); tok != nil {
+			text, err := tok.RenderChat(tokenizer.ChatInput{
+				Messages: cr.Messages, Tools: cr.Tools, AddGenerationPrompt: cr.GenerationPrompt(),
+				Extra: cr.ChatTemplateKwargs,
+			})
+			if err != nil {
+				return nil, openai.BadRequest("messages", "The chat template cannot render these messages: %v", err)
+			}
+			p.Text, p.Tokens = text, tok.Encode(text)
+		} else {
+			p.Text = string(cr.Messages)
+		}
+	case "/v1/completions":
+		cr, err := openai.ParseCompletionRequest(req.Body)
+		if err != nil {
+			return nil, err
+		}
+		model, err := r.resolveModel(cr.Model)
+		if err != nil {
+			return nil, err
+		}
+		p.Model, stream, includeUsage = model, cr.Stream, cr.IncludeUsage()
+		if cr.CacheSalt != nil {
+			p.CacheSalt = *cr.CacheSalt
+		}
+		tok := r.tokenizer(model)
+		switch {
+		case len(cr.Prompt.Tokens) > 0:
+			p.Tokens = cr.Prompt.Tokens[0]
+			for _, t := range cr.Prompt.Tokens[1:] {
+				p.ExtraTokens += len(t)
+			}
+		case len(cr.Prompt.Texts) > 0:
+			p.Text = cr.Prompt.Texts[0]
+			if tok != nil {
+				p.Tokens = tok.Encode(p.Text)
+				for _, t := range cr.Prompt.Texts[1:] {
+					p.ExtraTokens += len(tok.Encode(t))
+				}
+			}
+		}
+	default:
+		return nil, openai.Errorf(http.StatusNotFound, openai.TypeInvalidRequest, "", "The router does not route %q.", req.Path)
+	}
+	d, err := r.Pick(p)
+	if err != nil {
+		return nil, err
+	}
+	d.Stream = stream
+	d.Body = req.Body
+	if stream && !includeUsage && r.cfg.ForceStreamUsage {
+		if b, changed, err := openai.WithIncludeUsage(req.Body); err == nil && changed {
+			d.Body, d.UsageForced = b, true
+		}
+	}
+	return d, nil
+}
+
+// resolveModel checks that some endpoint serves model; "" means the only model served.
+func (r *Router) resolveModel(model string) (string, error) {
+	models := r.Models()
+	if model == "" {
+		if len(models) == 1 {
+			return models[0], nil
+		}
+		return "", openai.BadRequest("model", "Missing required parameter: 'model'.")
+	}
+	if !slices.Contains(models, model) {
+		return "", openai.ModelNotFound(model)
+	}
+	return model, nil
+}
+
+// tokenizer returns model's tokenizer (an adapter's base model's), nil when there is none:
+// the request is then routed by load alone.
+func (r *Router) tokenizer(model string) *tokenizer.Tokenizer {
+	if base, ok := r.cfg.Adapters[model]; ok {
+		model = base
+	}
+	tok, _, err := r.cfg.Models.Lookup(model)
+	if err != nil {
+		r.log.Debug("no tokenizer for model; routing by load only", "model", model, "err", err)
+		return nil
+	}
+	return tok
+}
+
+// Pick chooses an endpoint for a prompt that is already tokenized: filters (model, role,
+// subset, health, saturation), cache overlap, scoring, load accounting. Route calls it after
+// parsing; replays call it directly. Errors are *openai.Error (404, 429, 503).
+func (r *Router) Pick(p Prompt) (*Decision, error) {
+	now := r.cfg.Now()
+	sc := r.pool.Get().(*scratch)
+	defer r.pool.Put(sc)
+
+	// Filters.
+	sc.states = sc.states[:0]
+	var saturated []*epState
+	serving, inSubset, healthy := 0, 0, 0
+	for _, s := range r.states() {
+		if !s.ep.Serves(p.Model) || s.ep.role() == RolePrefill {
+			continue
+		}
+		serving++
+		if p.Subset != nil && !slices.Contains(p.Subset, s.ep.Address) {
+			continue
+		}
+		inSubset++
+		if !s.healthy(now) {
+			continue
+		}
+		healthy++
+		if r.saturated(s, now) {
+			saturated = append(saturated, s)
+			continue
+		}
+		sc.states = append(sc.states, s)
+	}
+	switch {
+	case serving == 0:
+		return nil, openai.ModelNotFound(p.Model)
+	case inSubset == 0:
+		return nil, openai.Unavailable("No endpoint serving %q is in the proxy's subset %v.", p.Model, p.Subset)
+	case healthy == 0:
+		return nil, openai.Unavailable("No healthy endpoint serves %q.", p.Model)
+	case len(sc.states) == 0 && r.cfg.Shed:
+		return nil, openai.Overloaded("Every endpoint serving %q is saturated; retry later.", p.Model)
+	case len(sc.states) == 0:
+		sc.states = append(sc.states, saturated...)
+	}
+
+	// Candidates with their cache overlap and load.
+	n := len(sc.states)
+	sc.cands = slices.Grow(sc.cands[:0], n)[:n]
+	clear(sc.cands)
+	requestBlocks := 0
+	var textHashes []kvindex.BlockHash
+	seed := r.seed(p)
+	for i, s := range sc.states {
+		c := &sc.cands[i]
+		c.PrefillBlocks = float64(s.prefillTokens.Load()) / float64(s.blockSize)
+		c.DecodeBlocks = float64(s.decodeBlocks.Load())
+		if l, ok := s.load(now, r.cfg.MetricsStaleAfter); ok {
+			c.Waiting = l.Waiting
+		}
+	}
+	switch r.cfg.Policy {
+	case PolicyKV:
+		requestBlocks = r.matchBlocks(sc, seed, p.Tokens, now)
+	case PolicyApproxPrefix:
+		textHashes = r.textHashes(p)
+		r.text.FindMatches(textHashes, now, &sc.approx)
+		for _, m := range sc.approx.Endpoints {
+			for i, s := range sc.states {
+				if s.id == m.Endpoint {
+					sc.cands[i].Matched = m.Blocks
+				}
+			}
+		}
+		requestBlocks = len(p.Tokens) / sc.states[0].blockSize
+	default:
+		requestBlocks = len(p.Tokens) / sc.states[0].blockSize
+	}
+
+	sc.costs = slices.Grow(sc.costs[:0], n)[:n]
+	r.pickMu.Lock()
+	order := r.picker.Pick(sc.cands, requestBlocks, sc.costs)
+	r.pickMu.Unlock()
+
+	t := sc.states[order[0]]
+	c := sc.cands[order[0]]
+	d := &Decision{
+		Endpoint:      t.ep,
+		Policy:        r.cfg.Policy,
+		Model:         p.Model,
+		PromptTokens:  len(p.Tokens) + p.ExtraTokens,
+		RequestBlocks: len(p.Tokens) / t.blockSize,
+		CachedBlocks:  c.CachedBlocks(),
+		Cost:          sc.costs[order[0]],
+		r:             r,
+		cur:           t,
+	}
+	for _, i := range order[1:min(len(order), 1+r.cfg.MaxFallbacks)] {
+		d.Fallbacks = append(d.Fallbacks, sc.states[i].ep)
+	}
+	// Load: the uncached prompt is prefill until the first token; the whole prompt's blocks
+	// are held until the end.
+	bs := t.blockSize
+	d.prefillLeft = int64(max(d.PromptTokens-d.CachedBlocks*bs, 0))
+	d.decodeBlocks = int64((d.PromptTokens + bs - 1) / bs)
+	t.addLoad(d.prefillLeft, d.decodeBlocks, 1)
+
+	// Remember what was sent where when no events will tell.
+	switch {
+	case r.cfg.Policy == PolicyApproxPrefix:
+		r.text.Record(t.id, textHashes, now)
+	case r.cfg.Policy == PolicyKV && !t.hasEvents() && len(sc.hashes) > 0:
+		if t.blockSize != sc.states[0].blockSize {
+			sc.hashes = kvindex.HashBlocks(sc.hashes[:0], seed, p.Tokens, t.blockSize)
+		}
+		r.approx.Record(t.id, sc.hashes, now)
+	}
+
+	if r.log.Enabled(context.Background(), slog.LevelDebug) {
+		r.explain(d, sc, order)
+	}
+	return d, nil
+}
+
+// matchBlocks hashes the prompt for each block size in use and fills the candidates' overlap
+// from the index (endpoints with events) or approximate mode (without). It returns the
+// request's block count under the first candidate's block size; sc.hashes ends up holding
+// that block size's hashes.
+func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time.Time) int {
+	first := sc.states[0].blockSize
+	var sizes []int
+	for _, s := range sc.states {
+		if !slices.Contains(sizes, s.blockSize) {
+			sizes = append(sizes, s.blockSize)
+		}
+	}
+	// The first block size last, so its hashes stay in sc.hashes.
+	slices.SortFunc(sizes, func(a, b int) int {
+		if a == first {
+			return 1
+		}
+		if b == first {
+			return -1
+		}
+		return a - b
+	})
+	for _, bs := range sizes {
+		sc.hashes = kvindex.HashBlocks(sc.hashes[:0], seed, tokens, bs)
+		if len(sc.hashes) == 0 {
+			continue
+		}
+		r.index.FindMatches(sc.hashes, &sc.matches)
+		r.approx.FindMatches(sc.hashes, now, &sc.approx)
+		for i, s := range sc.states {
+			if s.blockSize != bs {
+				continue
+			}
+			src := &sc.matches
+			if !s.hasEvents() {
+				src = &sc.approx
+			}
+			if m, ok := findMatch(src, s.id); ok {
+				sc.cands[i].Cached = m.Tiers
+			}
+		}
+	}
+	return len(tokens) / first
+}
+
+func findMatch(m *kvindex.Matches, id kvindex.EndpointID) (kvindex.Match, bool) {
+	i, ok := slices.BinarySearchFunc(m.Endpoints, id, func(x kvindex.Match, id kvindex.EndpointID) int {
+		return int(x.Endpoint) - int(id)
+	})
+	if !ok {
+		return kvindex.Match{}, false
+	}
+	return m.Endpoints[i], true
+}
+
+// seed is the block-hash seed of the prompt: an adapter's name and the cache salt isolate
+// cache entries, as they do in vLLM.
+func (r *Router) seed(p Prompt) uint64 {
+	lora := ""
+	if _, ok := r.cfg.Adapters[p.Model]; ok {
+		lora = p.Model
+	}
+	if p.CacheSalt != "" {
+		return kvindex.Seed(lora, p.CacheSalt)
+	}
+	return kvindex.Seed(lora)
+}
+
+// textHashes hashes the prompt text in TextChunk-byte chunks (full chunks only, at most
+// TextMaxChunks), under a seed of the model name, as the Inference Extension's prefix scorer
+// does; the approximate index chains them into prefixes.
+func (r *Router) textHashes(p Prompt) []kvindex.BlockHash {
+	text := []byte(p.Text)
+	if len(text) == 0 && len(p.Tokens) > 0 {
+		text = make([]byte, 4*len(p.Tokens))
+		for i, t := range p.Tokens {
+			text[4*i], text[4*i+1], text[4*i+2], text[4*i+3] = byte(t), byte(t>>8), byte(t>>16), byte(t>>24)
+		}
+	}
+	seed := xxh3.HashString(p.Model + "\x00" + p.CacheSalt)
+	k := r.cfg.TextChunk
+	n := min(len(text)/k, r.cfg.TextMaxChunks)
+	out := make([]kvindex.BlockHash, n)
+	for i := range n {
+		out[i] = kvindex.BlockHash(xxh3.HashSeed(text[i*k:(i+1)*k], seed))
+	}
+	return out
+}
+
+func (r *Router) saturated(s *epState, now time.Time) bool {
+	l, ok := s.load(now, r.cfg.MetricsStaleAfter)
+	if !ok {
+		return false
+	}
+	return (r.cfg.QueueThreshold > 0 && l.Waiting > r.cfg.QueueThreshold) ||
+		(r.cfg.KVUsageThreshold > 0 && l.KVUsage > r.cfg.KVUsageThreshold)
+}
+
+func (r *Router) explain(d *Decision, sc *scratch, order []int) {
+	alts := make([]string, 0, len(order))
+	for _, i := range order {
+		c := &sc.cands[i]
+		alts = append(alts, fmt.Sprintf("%s(cost=%.1f cached=%v prefill=%.1f decode=%.0f waiting=%.0f matched=%d)",
+			sc.states[i].ep.Name, sc.costs[i], c.Cached, c.PrefillBlocks, c.DecodeBlocks, c.Waiting, c.Matched))
+	}
+	r.log.Debug("route", "policy", d.Policy, "model", d.Model, "endpoint", d.Endpoint.Name, "address", d.Endpoint.Address,
+		"prompt_tokens", d.PromptTokens, "prompt_blocks", d.RequestBlocks, "cached_blocks", d.CachedBlocks, "candidates", alts)
+}
+
+// finish records a Route's metrics.
+func (r *Router) finish(d *Decision, err error, start time.Time) {
+	el := time.Since(start)
+	r.m.decision.Observe(el.Seconds())
+	if err == nil {
+		d.Elapsed = el
+		r.m.requests.WithLabelValues(r.cfg.Policy, OutcomeRouted).Inc()
+		r.m.overlap.Observe(float64(d.CachedBlocks))
+		r.m.promptBlocks.Add(float64(d.RequestBlocks))
+		r.m.cachedBlocks.Add(float64(d.CachedBlocks))
+		return
+	}
+	outcome := OutcomeError
+	var e *openai.Error
+	if errors.As(err, &e) {
+		switch e.Status {
+		case http.StatusBadRequest:
+			outcome = OutcomeBadRequest
+		case http.StatusNotFound:
+			outcome = OutcomeNotFound
+		case http.StatusRequestEntityTooLarge:
+			outcome = OutcomeTooLarge
+		case http.StatusTooManyRequests:
+			outcome = OutcomeShed
+		case http.StatusServiceUnavailable:
+			outcome = OutcomeUnavailable
+		}
+	}
+	r.m.requests.WithLabelValues(r.cfg.Policy, outcome).Inc()
+}

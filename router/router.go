@@ -1,0 +1,308 @@
+// Package router picks the engine for each OpenAI request: it tracks the endpoint set, their
+// KV-cache contents (from KV events, or approximately from its own decisions) and their load,
+// and scores them as Dynamo's KV router does.
+package router
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/kvindex"
+)
+
+// Router is the endpoint picker. Route, Pick and the Decision methods are safe for concurrent
+// use, and so are SetEndpoints and the event and load feeds.
+type Router struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics
+	index  *kvindex.Index  // exact, from KV events
+	approx *kvindex.Approx // endpoints without events: prompt blocks routed there
+	text   *kvindex.Approx // approx-prefix: text chunks routed there
+
+	pickMu sync.Mutex
+	picker *Picker
+
+	mu     sync.RWMutex
+	eps    map[string]*epState
+	list   []*epState // sorted by name
+	runCtx context.Context
+	wg     sync.WaitGroup
+
+	pool sync.Pool // *scratch
+}
+
+// New builds a Router from cfg; log may be nil (discard) and reg may be nil (no metrics).
+// Nothing runs until Run; Route works without Run, with the state fed to it.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Router, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	p, err := NewPicker(cfg.Policy, cfg.Scoring, rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)))
+	if err != nil {
+		return nil, err
+	}
+	r := &Router{
+		cfg:    cfg,
+		log:    log.With("component", "router"),
+		picker: p,
+		approx: kvindex.NewApprox(cfg.ApproxTTL, cfg.ApproxCapacity),
+		text:   kvindex.NewApprox(cfg.ApproxTTL, cfg.TextCapacity),
+		eps:    map[string]*epState{},
+	}
+	r.index = kvindex.New(reg)
+	r.m = newMetrics(reg, r)
+	r.pool.New = func() any { return &scratch{} }
+	if err := r.setEndpoints(cfg.Endpoints); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Policy returns the routing policy.
+func (r *Router) Policy() string { return r.cfg.Policy }
+
+// Run subscribes to every endpoint's KV events and scrapes its metrics until ctx is done,
+// then stops them and returns nil. Endpoints added later by SetEndpoints start at once.
+func (r *Router) Run(ctx context.Context) error {
+	r.mu.Lock()
+	if r.runCtx != nil {
+		r.mu.Unlock()
+		return fmt.Errorf("router: Run is already running")
+	}
+	r.runCtx = ctx
+	for _, s := range r.list {
+		r.startLocked(s)
+	}
+	r.mu.Unlock()
+
+	<-ctx.Done()
+
+	r.mu.Lock()
+	for _, s := range r.list {
+		r.stopLocked(s)
+	}
+	r.runCtx = nil
+	r.mu.Unlock()
+	r.wg.Wait()
+	return nil
+}
+
+// startLocked starts s's event subscription and scraping under the running context.
+func (r *Router) startLocked(s *epState) {
+	if r.runCtx == nil || s.cancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(r.runCtx)
+	s.cancel = cancel
+	done := make(chan struct{})
+	s.stopped = done
+	var wg sync.WaitGroup
+	if s.ep.KVEvents != "" {
+		sub := engine.NewSubscriber(engine.SubscriberConfig{
+			Endpoint: s.ep.KVEvents, Bind: s.ep.KVBind, Topic: s.ep.KVTopic,
+			ReplayEndpoint: s.ep.KVReplay, Logger: r.log.With("endpoint", s.ep.Name),
+		})
+		wg.Go(func() {
+			if err := sub.Run(ctx, &eventHandler{r: r, s: s}); err != nil {
+				r.log.Error("kv events: subscription failed", "endpoint", s.ep.Name, "err", err)
+			}
+		})
+	}
+	if r.cfg.ScrapeInterval > 0 {
+		wg.Go(func() { r.scrapeLoop(ctx, s) })
+	}
+	r.wg.Go(func() {
+		wg.Wait()
+		close(done)
+	})
+}
+
+func (r *Router) stopLocked(s *epState) {
+	if s.cancel != nil {
+		s.cancel()
+		s.cancel = nil
+	}
+}
+
+// SetEndpoints replaces the endpoint set (discovery calls it on every change). Endpoints that
+// stay (same Name, same settings) keep their state, load and cache; changed ones are
+// restarted; removed ones are forgotten. Invalid endpoints are skipped and logged.
+func (r *Router) SetEndpoints(eps []Endpoint) {
+	if err := r.setEndpoints(eps); err != nil {
+		r.log.Error("endpoints", "err", err)
+	}
+}
+
+func (r *Router) setEndpoints(eps []Endpoint) error {
+	var errs []error
+	next := make(map[string]Endpoint, len(eps))
+	for _, e := range eps {
+		if err := e.validate(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, dup := next[e.Name]; dup {
+			errs = append(errs, fmt.Errorf("router: endpoint %s listed twice", e.Name))
+			continue
+		}
+		e.Models = slices.Clone(e.Models)
+		next[e.Name] = e
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var removed []*epState
+	for name, s := range r.eps {
+		if e, ok := next[name]; !ok || !same(s.ep, e) {
+			r.stopLocked(s)
+			delete(r.eps, name)
+			removed = append(removed, s)
+		}
+	}
+	for _, s := range removed {
+		r.index.RemoveEndpoint(s.id)
+		r.approx.RemoveEndpoint(s.id)
+		r.text.RemoveEndpoint(s.id)
+	}
+	for name, e := range next {
+		if _, ok := r.eps[name]; ok {
+			continue
+		}
+		s := &epState{ep: e, id: r.index.Endpoint(name), blockSize: e.BlockSize}
+		if s.blockSize == 0 {
+			s.blockSize = r.modelBlockSize(e.Models)
+		}
+		r.eps[name] = s
+		r.startLocked(s)
+	}
+	r.list = r.list[:0:0]
+	for _, s := range r.eps {
+		r.list = append(r.list, s)
+	}
+	slices.SortFunc(r.list, func(a, b *epState) int { return cmpString(a.ep.Name, b.ep.Name) })
+	if len(errs) > 0 {
+		return fmt.Errorf("router: %d endpoints skipped: %v", len(errs), errs)
+	}
+	return nil
+}
+
+func (r *Router) modelBlockSize(models []string) int {
+	for _, m := range models {
+		if base, ok := r.cfg.Adapters[m]; ok {
+			m = base
+		}
+		for _, mm := range r.cfg.Models.Models() {
+			if mm.Name == m {
+				return mm.BlockSize
+			}
+		}
+	}
+	return 16
+}
+
+// Endpoints returns the current endpoint set, sorted by name. The caller owns the slice.
+func (r *Router) Endpoints() []Endpoint {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]Endpoint, len(r.list))
+	for i, s := range r.list {
+		out[i] = s.ep
+		out[i].Models = slices.Clone(s.ep.Models)
+	}
+	return out
+}
+
+// Models returns the model names the current endpoints serve, sorted (for /v1/models).
+func (r *Router) Models() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []string
+	for _, s := range r.list {
+		for _, m := range s.ep.Models {
+			if !slices.Contains(out, m) {
+				out = append(out, m)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// EndpointLoad is the router's view of one endpoint's load.
+type EndpointLoad struct {
+	Name          string
+	PrefillTokens int64 // uncached prompt tokens routed there, before their first token
+	DecodeBlocks  int64 // blocks held by requests routed there, until they end
+	Requests      int64 // requests routed there, until they end
+	CachedBlocks  int   // blocks the index holds for it (from KV events)
+	Healthy       bool
+	Engine        engine.Load // last fresh scrape
+	EngineFresh   bool
+}
+
+// Load returns the load of every endpoint, sorted by name.
+func (r *Router) Load() []EndpointLoad {
+	now := r.cfg.Now()
+	var out []EndpointLoad
+	for _, s := range r.states() {
+		l, fresh := s.load(now, r.cfg.MetricsStaleAfter)
+		out = append(out, EndpointLoad{
+			Name: s.ep.Name, PrefillTokens: s.prefillTokens.Load(), DecodeBlocks: s.decodeBlocks.Load(),
+			Requests: s.requests.Load(), CachedBlocks: r.index.Blocks(s.id), Healthy: s.healthy(now),
+			Engine: l, EngineFresh: fresh,
+		})
+	}
+	return out
+}
+
+func (r *Router) state(name string) *epState {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.eps[name]
+}
+
+// states returns the current states, sorted by name; the slice is a snapshot.
+func (r *Router) states() []*epState {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return slices.Clone(r.list)
+}
+
+// markDown takes the endpoint at address out of rotation after a connection failure.
+func (r *Router) markDown(address string, err error) {
+	now := r.cfg.Now()
+	for _, s := range r.states() {
+		if s.ep.Address == address {
+			if s.healthy(now) {
+				r.log.Warn("endpoint failed a request, out of rotation", "endpoint", s.ep.Name, "for", r.cfg.UnhealthyFor, "err", err)
+			}
+			s.markUnhealthy(now, r.cfg.UnhealthyFor, fmt.Sprint(err))
+		}
+	}
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

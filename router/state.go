@@ -1,0 +1,69 @@
+package router
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/kvindex"
+)
+
+// epState is the live state of one endpoint. Load counters are atomics so that scoring reads
+// them without locks; the router's own accounting (prefill tokens, decode blocks, requests)
+// only ever moves through Decision, which releases exactly what it added.
+type epState struct {
+	ep        Endpoint
+	id        kvindex.EndpointID
+	blockSize int // ep.BlockSize, or the model map's for its first model
+
+	prefillTokens atomic.Int64 // uncached prompt tokens routed here, before their first token
+	decodeBlocks  atomic.Int64 // blocks held by requests routed here, until they end
+	requests      atomic.Int64 // requests routed here, until they end
+
+	reading        atomic.Pointer[loadReading] // last successful scrape
+	unhealthyUntil atomic.Int64                // unix nanoseconds; 0 = healthy
+	lastErr        atomic.Pointer[string]
+
+	fed     atomic.Bool   // some KV-event batch was applied
+	batches atomic.Uint64 // KV-event batches applied
+	gaps    atomic.Uint64 // gaps (and restarts) seen
+
+	// Owned by the router under its mutex.
+	cancel  context.CancelFunc // stops the endpoint's goroutines; nil when not running
+	stopped chan struct{}      // closed when they have ended
+}
+
+type loadReading struct {
+	engine.Load
+	at time.Time
+}
+
+// hasEvents reports whether the endpoint's cache is known from KV events (configured, or fed
+// through ApplyEvents), rather than approximated from the router's own decisions.
+func (s *epState) hasEvents() bool { return s.ep.KVEvents != "" || s.fed.Load() }
+
+func (s *epState) healthy(now time.Time) bool {
+	u := s.unhealthyUntil.Load()
+	return u == 0 || now.UnixNano() >= u
+}
+
+func (s *epState) markUnhealthy(now time.Time, d time.Duration, why string) {
+	s.unhealthyUntil.Store(now.Add(d).UnixNano())
+	s.lastErr.Store(&why)
+}
+
+// load returns the engine-reported load when it is fresh.
+func (s *epState) load(now time.Time, staleAfter time.Duration) (engine.Load, bool) {
+	r := s.reading.Load()
+	if r == nil || now.Sub(r.at) > staleAfter {
+		return engine.Load{}, false
+	}
+	return r.Load, true
+}
+
+func (s *epState) addLoad(prefillTokens, decodeBlocks int64, requests int64) {
+	s.prefillTokens.Add(prefillTokens)
+	s.decodeBlocks.Add(decodeBlocks)
+	s.requests.Add(requests)
+}
