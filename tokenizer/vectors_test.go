@@ -116,3 +116,15 @@ func TestQwen3ChatVectors(t *testing.T) {
 		})
 	}
 }
+
+// TestQwen3RandomVectors checks 395 random mixed-script texts against the JS reference port.
+func TestQwen3RandomVectors(t *testing.T) {
+	tok := defaultTokenizer(t)
+	for _, v := range readJSONL[encodeVector](t, "testdata/qwen3/random.jsonl") {
+		if got := tok.Encode(v.Text); !slices.Equal(got, v.IDs) {
+			i := firstDiff(got, v.IDs)
+			t.Errorf("%s %q: ids differ at %d: got %v, want %v", v.Name, v.Text, i,
+				got[i:min(i+6, len(got))], v.IDs[i:min(i+6, len(v.IDs))])
+		}
+	}
+}
