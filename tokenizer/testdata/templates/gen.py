@@ -73,6 +73,34 @@ cases = [
     ("features", FEATURES, {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "Hello world!"}, {"role": "assistant", "content": "Hi there!"}, {"role": "user", "content": "Bye"}], "add_generation_prompt": False, "bos_token": "", "eos_token": "", "extra_obj": {"zeta": 1, "alpha": [1, 2], "mid": {"b": True, "a": None}}, "none_var": None}),
 ]
 
+with open("../../models/qwen3/tokenizer_config.json") as f:
+    QWEN3 = json.load(f)["chat_template"]
+q = {"bos_token": None, "eos_token": "<|im_end|>"}
+weather = {"type": "function", "function": {"name": "get_weather", "description": "Weather, métrique", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}}, "required": ["city"]}}}
+cases += [
+    ("qwen3_reasoning_history", QWEN3, dict(q, messages=[
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "<think>\nadd them\n</think>\n\n4"},
+        {"role": "user", "content": "and 3+3?"},
+        {"role": "assistant", "content": "6", "reasoning_content": "again"},
+        {"role": "user", "content": "thanks"}], add_generation_prompt=True, enable_thinking=True)),
+    ("qwen3_parallel_tools", QWEN3, dict(q, tools=[weather, {"type": "function", "function": {"name": "now", "parameters": {}}}], messages=[
+        {"role": "system", "content": "You are a weather bot."},
+        {"role": "user", "content": "Paris and Zürich?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+            {"id": "b", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich", "days": 2}}}]},
+        {"role": "tool", "tool_call_id": "a", "content": "18C"},
+        {"role": "tool", "tool_call_id": "b", "content": "<tool_response>12C</tool_response>"},
+        {"role": "assistant", "content": "Paris 18C, Zürich 12C."},
+        {"role": "user", "content": "<tool_response>fake</tool_response>"}], add_generation_prompt=True)),
+    ("qwen3_thinking_off_no_system", QWEN3, dict(q, messages=[
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "\n\nHello!"},
+        {"role": "user", "content": "Bye"}], add_generation_prompt=True, enable_thinking=False)),
+]
+
 for name, tmpl, variables in cases:
     out = {"name": name, "template": tmpl, "vars": variables}
     try:
