@@ -1,23 +1,161 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/extproc"
+	"github.com/kvgate/kvgate/gateway"
+	"github.com/kvgate/kvgate/router"
+	"github.com/kvgate/kvgate/tokenizer"
 )
 
 func init() { register(newUpCmd) }
 
-// newUpCmd will start router, gateway and simulated engines; until the router lands it says
-// what this build holds.
+type upOptions struct {
+	http      string
+	extProc   string
+	engines   int
+	simModel  string
+	simSpeed  float64
+	simBlocks int
+	kvHost    string
+	maxBody   int
+	eps       endpointFlags
+	rt        routerFlags
+}
+
 func newUpCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	o := &upOptions{}
+	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start the whole system on this machine (router, gateway, simulated engines)",
-		Args:  cobra.NoArgs,
+		Long: `up starts, in one process, the KV-aware router, the OpenAI gateway on --http and --engines
+simulated vLLM engines (Qwen3 tokenizer, KV events each on their own loopback port), and
+prints how to call it. With --endpoint it fronts existing vLLM/SGLang servers instead of
+simulated ones: pair each with its KV-event publisher by order with --kv-events.`,
+		Example: `  kvgate up
+  kvgate up --engines 8 --policy round-robin
+  kvgate up --endpoint http://10.0.0.5:8000 --kv-events tcp://10.0.0.5:5557 \
+            --endpoint http://10.0.0.6:8000 --kv-events tcp://10.0.0.6:5557`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintln(cmd.OutOrStdout(), "kvgate up: this build has no router yet; see 'kvgate --help' for what it holds")
-			return nil
+			return runUp(cmd.Context(), g.log, o, cmd.OutOrStdout())
 		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&o.http, "http", "127.0.0.1:8000", "OpenAI gateway listen address")
+	f.StringVar(&o.extProc, "ext-proc", "", "also serve Envoy ext_proc (gRPC) on this address, e.g. 127.0.0.1:9002")
+	f.IntVar(&o.engines, "engines", 4, "simulated engines to start (ignored with --endpoint)")
+	f.StringVar(&o.simModel, "model", tokenizer.DefaultModel, "model name the simulated engines serve (embedded Qwen3 tokenizer)")
+	f.Float64Var(&o.simSpeed, "sim-speed", 1, "simulated engines run this many times faster than the modelled H100")
+	f.IntVar(&o.simBlocks, "sim-kv-blocks", 0, "KV cache capacity of each simulated engine in blocks (0: derived from 80 GiB)")
+	f.StringVar(&o.kvHost, "kv-host", "127.0.0.1", "host the simulated engines bind their KV-event publishers on (each on a free port)")
+	f.IntVar(&o.maxBody, "max-body-bytes", gateway.DefaultMaxBodyBytes, "largest request body accepted")
+	o.eps.add(cmd, false)
+	o.rt.add(cmd)
+	return cmd
+}
+
+func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	grp, ctx := errgroup.WithContext(ctx)
+	reg := newRegistry()
+
+	var eps []router.Endpoint
+	if len(o.eps.urls) > 0 {
+		var err error
+		if eps, err = o.eps.endpoints(ctx, log); err != nil {
+			return err
+		}
+	} else {
+		if o.engines < 1 {
+			return errors.New("--engines must be at least 1")
+		}
+		for i := range o.engines {
+			cfg := sim.ServerConfig{Addr: "127.0.0.1:0", Model: o.simModel, KVEvents: "tcp://" + net.JoinHostPort(o.kvHost, "0")}
+			cfg.Engine.Timing = sim.DefaultTiming
+			cfg.Engine.Timing.Speed = o.simSpeed
+			cfg.Engine.NumBlocks = o.simBlocks
+			s, err := sim.NewServer(cfg, log.With("engine", i), nil)
+			if err != nil {
+				return fmt.Errorf("engine %d: %w", i, err)
+			}
+			grp.Go(func() error { return s.Run(ctx) })
+			block := cfg.Engine.BlockSize
+			if block == 0 {
+				block = tokenizer.DefaultBlockSize
+			}
+			eps = append(eps, router.Endpoint{
+				Name: fmt.Sprintf("sim-%d", i), Address: s.Addr(), Models: []string{o.simModel},
+				Role: router.RoleAggregated, BlockSize: block, KVEvents: s.KVEventsAddr(),
+				MetricsURL: "http://" + s.Addr() + "/metrics",
+			})
+		}
+	}
+
+	cfg, err := o.rt.config(eps)
+	if err != nil {
+		return err
+	}
+	rt, err := router.New(cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	grp.Go(func() error { return rt.Run(ctx) })
+
+	gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), Gatherer: reg}, rt, log, reg)
+	if err != nil {
+		return err
+	}
+	grp.Go(func() error { return gw.Run(ctx) })
+	var xp *extproc.Server
+	if o.extProc != "" {
+		if xp, err = extproc.New(extproc.Config{Addr: o.extProc, MaxBodyBytes: o.maxBody}, rt, log, reg); err != nil {
+			return err
+		}
+		grp.Go(func() error { return xp.Run(ctx) })
+	}
+
+	grp.Go(func() error {
+		addr, err := gw.Addr(ctx)
+		if err != nil {
+			return nil
+		}
+		model := o.simModel
+		if len(eps) > 0 && len(eps[0].Models) > 0 {
+			model = eps[0].Models[0]
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "kvgate is up: %d engine(s), policy %s\n", len(eps), o.rt.policy)
+		for _, e := range eps {
+			fmt.Fprintf(&b, "  engine %-8s http://%s  kv-events %s\n", e.Name, e.Address, orDash(e.KVEvents))
+		}
+		fmt.Fprintf(&b, "  OpenAI API  http://%s/v1   (metrics: http://%s/metrics)\n", addr, addr)
+		if xp != nil {
+			if xa, err := xp.Addr(ctx); err == nil {
+				fmt.Fprintf(&b, "  ext_proc    %s (gRPC)\n", xa)
+			}
+		}
+		fmt.Fprintf(&b, "\ntry:\n  curl -s http://%s/v1/chat/completions -H 'Content-Type: application/json' \\\n"+
+			"    -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'\n"+
+			"  kvgate chat --url http://%s\n", addr, model, addr)
+		fmt.Fprint(out, b.String())
+		return nil
+	})
+	err = grp.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
 }

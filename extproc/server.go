@@ -1,0 +1,187 @@
+// Package extproc is Envoy's external processing (ext_proc) service speaking the Gateway API
+// Inference Extension's Endpoint Picker Protocol: it asks a Picker for the upstream of every
+// request and tells Envoy through a header and dynamic metadata.
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/kvgate/kvgate/router"
+)
+
+// Picker chooses the upstream of one request. It is what extproc needs from the router.
+//
+// Route must be safe for concurrent use. It returns an *openai.Error (possibly wrapped) for
+// requests it refuses; any other error becomes a 500. The returned Decision is owned by the
+// caller, which must call its Done exactly once when the request ends.
+type Picker interface {
+	Route(ctx context.Context, req router.Request) (*router.Decision, error)
+}
+
+var _ Picker = (*router.Router)(nil)
+
+// Health service names, as the Endpoint Picker Protocol defines them.
+const (
+	HealthLiveness  = "liveness"
+	HealthReadiness = "readiness"
+	HealthExtProc   = "envoy.service.ext_proc.v3.ExternalProcessor"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Addr is the gRPC listen address, for example ":9002" or "127.0.0.1:0".
+	Addr string
+	// MaxBodyBytes bounds the request body the server accumulates; a larger body ends as a
+	// 413 ImmediateResponse. Zero means DefaultMaxBodyBytes.
+	MaxBodyBytes int
+	// MaxResponseBuffer bounds the non-streamed response body kept to read its usage.
+	// Zero means DefaultMaxResponseBuffer.
+	MaxResponseBuffer int
+	// DrainTimeout bounds how long shutdown waits for open streams before closing them.
+	// Zero means DefaultDrainTimeout.
+	DrainTimeout time.Duration
+}
+
+// Defaults for Config's zero values.
+const (
+	DefaultMaxBodyBytes      = 16 << 20
+	DefaultMaxResponseBuffer = 4 << 20
+	DefaultDrainTimeout      = 10 * time.Second
+)
+
+// MaxChunk is the largest body chunk the server sends back in a streamed body response, as
+// the Endpoint Picker Protocol's reference implementation does.
+const MaxChunk = 62000
+
+// Server is the ext_proc gRPC service. Create it with New; serve with Run or Serve.
+type Server struct {
+	extprocv3.UnimplementedExternalProcessorServer
+
+	cfg     Config
+	picker  Picker
+	log     *slog.Logger
+	metrics *metrics
+	health  *health.Server
+
+	mu   sync.Mutex
+	addr net.Addr
+	up   chan struct{} // closed once the listener is bound
+}
+
+var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
+
+// New returns a Server asking picker for every request. reg receives the server's metrics
+// (nil: not registered).
+func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	if picker == nil {
+		return nil, errors.New("extproc: nil picker")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.MaxResponseBuffer <= 0 {
+		cfg.MaxResponseBuffer = DefaultMaxResponseBuffer
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{cfg: cfg, picker: picker, log: log, metrics: m, health: health.NewServer(), up: make(chan struct{})}, nil
+}
+
+// Addr returns the bound listen address, waiting until Run has bound it or ctx ends.
+func (s *Server) Addr(ctx context.Context) (net.Addr, error) {
+	select {
+	case <-s.up:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.addr, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Register adds the ext_proc service, gRPC health (liveness, readiness and the ext_proc
+// service name) and reflection to g.
+func (s *Server) Register(g *grpc.Server) {
+	extprocv3.RegisterExternalProcessorServer(g, s)
+	healthpb.RegisterHealthServer(g, s.health)
+	reflection.Register(g)
+	s.health.SetServingStatus(HealthLiveness, healthpb.HealthCheckResponse_SERVING)
+	s.SetReady(true)
+}
+
+// SetReady sets the readiness and ext_proc health status.
+func (s *Server) SetReady(ready bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ready {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(HealthReadiness, st)
+	s.health.SetServingStatus(HealthExtProc, st)
+}
+
+// Run listens on cfg.Addr and serves until ctx ends, then drains open streams for up to
+// DrainTimeout before closing them.
+func (s *Server) Run(ctx context.Context) error {
+	lis, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("extproc: listen: %w", err)
+	}
+	return s.Serve(ctx, lis)
+}
+
+// Serve serves on lis until ctx ends (see Run).
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	g := grpc.NewServer()
+	s.Register(g)
+	s.mu.Lock()
+	s.addr = lis.Addr()
+	s.mu.Unlock()
+	close(s.up)
+	s.log.Info("ext_proc listening", "addr", lis.Addr().String())
+
+	errc := make(chan error, 1)
+	go func() { errc <- g.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("extproc: serve: %w", err)
+	case <-ctx.Done():
+	}
+	// Readiness goes first so that health-checking proxies stop sending new streams.
+	s.SetReady(false)
+	s.health.Shutdown()
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	t := time.NewTimer(s.cfg.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.log.Warn("ext_proc drain timed out; closing open streams", "timeout", s.cfg.DrainTimeout)
+		g.Stop()
+		<-done
+	}
+	<-errc
+	return nil
+}

@@ -1,0 +1,319 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kvgate/kvgate/openai"
+	"github.com/kvgate/kvgate/router"
+)
+
+// errAborted is what a decision is released with when its stream ends before the response.
+var errAborted = errors.New("ext_proc stream ended before the response completed")
+
+// Process serves one ext_proc stream: one HTTP request and its response.
+//
+// One loop per stream: a reader goroutine hands messages over, the loop selects on them and
+// on the stream's context, and a deferred finish always releases the request's load and
+// records the outcome, however the stream ends.
+func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
+	ctx := srv.Context()
+	st := &stream{s: s, reqMode: filterv3.ProcessingMode_BUFFERED, respMode: filterv3.ProcessingMode_NONE}
+	s.metrics.active.Inc()
+	defer func() {
+		st.release(errAborted)
+		outcome := st.outcome
+		if outcome == "" {
+			outcome = outcomeAborted
+		}
+		s.metrics.streams.WithLabelValues(outcome).Inc()
+		s.metrics.active.Dec()
+	}()
+
+	msgs := make(chan *extprocv3.ProcessingRequest)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			req, err := srv.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case msgs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case err := <-errc:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		case req := <-msgs:
+			out, final := st.handle(ctx, req)
+			for _, r := range out {
+				if err := srv.Send(r); err != nil {
+					return err
+				}
+			}
+			if final {
+				return nil
+			}
+		}
+	}
+}
+
+// stream is the state of one ext_proc stream. Routing state (the decision) is kept apart
+// from the buffers the protocol needs (the request body, the response watcher).
+type stream struct {
+	s *Server
+
+	reqMode, respMode filterv3.ProcessingMode_BodySendMode
+
+	// request side
+	path    string
+	headers http.Header
+	subset  []string
+	body    []byte
+	routed  bool // a pick was made (or the request was passed on without one)
+
+	// decision and response side
+	decision *router.Decision
+	pickedAt time.Time
+	watcher  *bodyWatcher
+	first    bool
+	status   int
+	released bool
+	outcome  string
+}
+
+// handle answers one message. final reports that the stream is over for the server (an
+// ImmediateResponse was sent).
+func (st *stream) handle(ctx context.Context, req *extprocv3.ProcessingRequest) (out []*extprocv3.ProcessingResponse, final bool) {
+	if pc := req.GetProtocolConfig(); pc != nil {
+		st.reqMode, st.respMode = pc.GetRequestBodyMode(), pc.GetResponseBodyMode()
+	}
+	m := st.s.metrics.messages
+	switch v := req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		m.WithLabelValues("request_headers").Inc()
+		return st.requestHeaders(req, v.RequestHeaders)
+	case *extprocv3.ProcessingRequest_RequestBody:
+		m.WithLabelValues("request_body").Inc()
+		return st.requestBody(ctx, v.RequestBody)
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		m.WithLabelValues("request_trailers").Inc()
+		if st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED && !st.routed {
+			out, final = st.pick(ctx, false)
+			if final {
+				return out, true
+			}
+		}
+		return append(out, trailersResponse(false)), false
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		m.WithLabelValues("response_headers").Inc()
+		return st.responseHeaders(req, v.ResponseHeaders), false
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		m.WithLabelValues("response_body").Inc()
+		return st.responseBody(v.ResponseBody), false
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		m.WithLabelValues("response_trailers").Inc()
+		st.complete()
+		return []*extprocv3.ProcessingResponse{trailersResponse(true)}, false
+	default:
+		m.WithLabelValues("unknown").Inc()
+		return nil, false
+	}
+}
+
+func (st *stream) requestHeaders(req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) ([]*extprocv3.ProcessingResponse, bool) {
+	hdr, pseudo := headerMap(h.GetHeaders())
+	st.headers = hdr
+	st.path = pseudo[":path"]
+	if i := strings.IndexByte(st.path, '?'); i >= 0 {
+		st.path = st.path[:i]
+	}
+	st.subset = subsetHint(req.GetMetadataContext())
+	if h.GetEndOfStream() {
+		// No body to route on (GET /v1/models, /health): pass it on unpicked.
+		st.routed = true
+		st.outcome = outcomePassed
+		return []*extprocv3.ProcessingResponse{continueHeaders(false, nil, false)}, false
+	}
+	switch st.reqMode {
+	case filterv3.ProcessingMode_FULL_DUPLEX_STREAMED:
+		// The header mutation can only go out once the body is in: answer later.
+		return nil, false
+	case filterv3.ProcessingMode_STREAMED:
+		return st.reject(openai.Errorf(http.StatusInternalServerError, openai.TypeInternal, "",
+			"ext_proc request_body_mode STREAMED cannot carry the pick; configure BUFFERED or FULL_DUPLEX_STREAMED")), true
+	case filterv3.ProcessingMode_NONE:
+		st.routed = true
+		st.outcome = outcomePassed
+		st.s.log.Warn("ext_proc request_body_mode NONE: request passed on unpicked", "path", st.path)
+		return []*extprocv3.ProcessingResponse{continueHeaders(false, nil, false)}, false
+	}
+	// BUFFERED (and BUFFERED_PARTIAL): Envoy waits for this answer before sending the body;
+	// the pick goes back on the body response.
+	return []*extprocv3.ProcessingResponse{continueHeaders(false, nil, false)}, false
+}
+
+func (st *stream) requestBody(ctx context.Context, b *extprocv3.HttpBody) ([]*extprocv3.ProcessingResponse, bool) {
+	if st.routed {
+		// Body after the pick (a trailer-ended stream): nothing more to do with it.
+		if st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
+			return streamedBody(false, b.GetBody(), b.GetEndOfStream()), false
+		}
+		return []*extprocv3.ProcessingResponse{bodyResponse(false, &extprocv3.CommonResponse{})}, false
+	}
+	if len(st.body)+len(b.GetBody()) > st.s.cfg.MaxBodyBytes {
+		return st.reject(openai.TooLarge(int64(st.s.cfg.MaxBodyBytes))), true
+	}
+	st.body = append(st.body, b.GetBody()...)
+	full := st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED
+	if !b.GetEndOfStream() && full {
+		return nil, false
+	}
+	return st.pick(ctx, true)
+}
+
+// pick routes the accumulated body and answers with the pick: on the buffered body response,
+// or, in FULL_DUPLEX_STREAMED, with the request headers response followed by the body
+// re-emitted in chunks (the last ending the stream when endOfStream).
+func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.ProcessingResponse, bool) {
+	st.routed = true
+	start := time.Now()
+	d, err := st.s.picker.Route(ctx, router.Request{Path: st.path, Body: st.body, Headers: st.headers, Subset: st.subset})
+	st.s.metrics.pick.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return st.reject(openai.AsError(err)), true
+	}
+	st.decision, st.pickedAt = d, time.Now()
+	body := st.body
+	if d.Body != nil {
+		body = d.Body
+	}
+	hdr := pickHeaders(d, len(body))
+	md := pickMetadata(hdr.Get(router.HeaderDestination))
+	st.s.log.Debug("picked", "path", st.path, "endpoint", d.Endpoint.Address, "model", d.Model,
+		"prompt_tokens", d.PromptTokens, "cached_blocks", d.CachedBlocks)
+
+	if st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
+		hr := continueHeaders(false, setHeaders(hdr), true)
+		hr.DynamicMetadata = md
+		return append([]*extprocv3.ProcessingResponse{hr}, streamedBody(false, body, endOfStream)...), false
+	}
+	cr := &extprocv3.CommonResponse{HeaderMutation: setHeaders(hdr), ClearRouteCache: true}
+	if d.Body != nil {
+		cr.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
+	}
+	br := bodyResponse(false, cr)
+	br.DynamicMetadata = md
+	return []*extprocv3.ProcessingResponse{br}, false
+}
+
+// reject ends the request with an ImmediateResponse carrying e.
+func (st *stream) reject(e *openai.Error) []*extprocv3.ProcessingResponse {
+	st.outcome = outcomeRejected
+	st.s.metrics.immediate.WithLabelValues(strconv.Itoa(e.Status)).Inc()
+	st.s.log.Debug("rejected", "path", st.path, "status", e.Status, "error", e.Message)
+	return []*extprocv3.ProcessingResponse{immediate(e)}
+}
+
+// responseEcho are the response headers a decision reports to the client.
+var responseEcho = []string{router.HeaderEndpoint, router.HeaderOverlap, router.HeaderPrefillEndpoint}
+
+func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) []*extprocv3.ProcessingResponse {
+	hdr, pseudo := headerMap(h.GetHeaders())
+	st.status, _ = strconv.Atoi(pseudo[":status"])
+	d := st.decision
+	if d == nil {
+		return []*extprocv3.ProcessingResponse{continueHeaders(true, nil, false)}
+	}
+	if served := servedEndpoint(req.GetMetadataContext(), hdr); served != "" {
+		d.Served(served)
+	}
+	sse := strings.HasPrefix(hdr.Get("content-type"), "text/event-stream") || (d.Stream && hdr.Get("content-type") == "")
+	st.watcher = newBodyWatcher(sse, st.s.cfg.MaxResponseBuffer)
+	echo := http.Header{}
+	dh := d.Header()
+	for _, k := range responseEcho {
+		if v := dh.Get(k); v != "" {
+			echo.Set(k, v)
+		}
+	}
+	out := []*extprocv3.ProcessingResponse{continueHeaders(true, setHeaders(echo), false)}
+	if h.GetEndOfStream() {
+		st.complete()
+	}
+	return out
+}
+
+func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingResponse {
+	if st.decision != nil {
+		if st.watcher == nil { // body without headers: a misbehaving proxy, still account it
+			st.watcher = newBodyWatcher(st.decision.Stream, st.s.cfg.MaxResponseBuffer)
+		}
+		if st.watcher.write(b.GetBody()) && !st.first {
+			st.first = true
+			st.decision.FirstToken()
+			st.s.metrics.ttft.Observe(time.Since(st.pickedAt).Seconds())
+		}
+	}
+	var out []*extprocv3.ProcessingResponse
+	if st.respMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
+		out = streamedBody(true, b.GetBody(), b.GetEndOfStream())
+	} else {
+		out = []*extprocv3.ProcessingResponse{bodyResponse(true, &extprocv3.CommonResponse{})}
+	}
+	if b.GetEndOfStream() {
+		st.complete()
+	}
+	return out
+}
+
+// complete marks the response as ended normally and releases the decision.
+func (st *stream) complete() {
+	if st.outcome == "" || st.outcome == outcomeAborted {
+		st.outcome = outcomeCompleted
+	}
+	var err error
+	if st.status >= 400 {
+		err = fmt.Errorf("upstream answered HTTP %d", st.status)
+	}
+	st.release(err)
+}
+
+// release hands the decision back with the usage seen, once.
+func (st *stream) release(err error) {
+	if st.decision == nil || st.released {
+		return
+	}
+	st.released = true
+	var u *openai.Usage
+	if st.watcher != nil {
+		u = st.watcher.close()
+	}
+	st.decision.Done(u, err)
+}

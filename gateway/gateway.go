@@ -1,0 +1,215 @@
+// Package gateway is the embedded OpenAI HTTP front door: it asks the router in-process for
+// the upstream of every request and proxies to it, streaming responses through unbuffered.
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kvgate/kvgate/openai"
+	"github.com/kvgate/kvgate/router"
+)
+
+// Picker routes requests and lists the models it serves. *router.Router is one.
+//
+// Both methods must be safe for concurrent use. Route returns an *openai.Error (possibly
+// wrapped) for requests it refuses; the caller owns the Decision and calls Done once.
+// Models returns a fresh slice.
+type Picker interface {
+	Route(ctx context.Context, req router.Request) (*router.Decision, error)
+	Models() []string
+}
+
+var _ Picker = (*router.Router)(nil)
+
+// Config configures a Gateway.
+type Config struct {
+	// Addr is the listen address of Run, for example "127.0.0.1:8000".
+	Addr string
+	// MaxBodyBytes bounds request bodies; larger ones get a 413. Zero: DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+	// DialTimeout bounds connecting to an engine. Zero: DefaultDialTimeout.
+	DialTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for an engine's response headers (its queueing
+	// and, when not streaming, its whole generation). Zero: DefaultResponseHeaderTimeout.
+	ResponseHeaderTimeout time.Duration
+	// Gatherer, when set, is served on /metrics.
+	Gatherer prometheus.Gatherer
+	// Transport overrides the upstream transport (tests).
+	Transport http.RoundTripper
+}
+
+// Defaults for Config's zero values.
+const (
+	DefaultMaxBodyBytes          = 16 << 20
+	DefaultDialTimeout           = 5 * time.Second
+	DefaultResponseHeaderTimeout = 10 * time.Minute
+)
+
+// Gateway is the OpenAI front door; it is an http.Handler and, with Run, a server.
+type Gateway struct {
+	cfg       Config
+	picker    Picker
+	log       *slog.Logger
+	metrics   *metrics
+	transport http.RoundTripper
+	mux       *http.ServeMux
+	created   int64
+
+	mu   sync.Mutex
+	addr net.Addr
+	up   chan struct{}
+}
+
+var _ http.Handler = (*Gateway)(nil)
+
+// New returns a Gateway routing with picker. reg receives its metrics (nil: none).
+func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer) (*Gateway, error) {
+	if picker == nil {
+		return nil, errors.New("gateway: nil picker")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.ResponseHeaderTimeout <= 0 {
+		cfg.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{cfg: cfg, picker: picker, log: log, metrics: m, created: time.Now().Unix(), up: make(chan struct{})}
+	g.transport = cfg.Transport
+	if g.transport == nil {
+		g.transport = &http.Transport{
+			Proxy:                 nil,
+			DialContext:           (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConns:          1024,
+			MaxIdleConnsPerHost:   256,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+			DisableCompression:    true,
+		}
+	}
+	g.mux = http.NewServeMux()
+	g.mux.HandleFunc("POST /v1/chat/completions", g.proxy)
+	g.mux.HandleFunc("POST /v1/completions", g.proxy)
+	g.mux.HandleFunc("GET /v1/models", g.models)
+	g.mux.HandleFunc("GET /health", g.health)
+	if cfg.Gatherer != nil {
+		g.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	return g, nil
+}
+
+// ServeHTTP serves the OpenAI API, /health and /metrics; anything else is an OpenAI 404.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h, pattern := g.mux.Handler(r)
+	if pattern == "" {
+		code := http.StatusNotFound
+		msg := fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)
+		if _, p := g.mux.Handler(&http.Request{Method: http.MethodPost, URL: r.URL, Host: r.Host}); p != "" {
+			code = http.StatusMethodNotAllowed
+			msg = fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path)
+		}
+		openai.WriteError(w, openai.Errorf(code, openai.TypeNotFound, "", "%s", msg))
+		return
+	}
+	h.ServeHTTP(w, r)
+}
+
+// Addr returns the bound address of Run, waiting until it is bound or ctx ends.
+func (g *Gateway) Addr(ctx context.Context) (net.Addr, error) {
+	select {
+	case <-g.up:
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.addr, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Run listens on cfg.Addr and serves until ctx ends, then shuts down gracefully.
+func (g *Gateway) Run(ctx context.Context) error {
+	lis, err := net.Listen("tcp", g.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("gateway: listen: %w", err)
+	}
+	return g.Serve(ctx, lis)
+}
+
+// Serve serves on lis until ctx ends, then waits up to 10s for open requests.
+func (g *Gateway) Serve(ctx context.Context, lis net.Listener) error {
+	srv := &http.Server{Handler: g, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	g.mu.Lock()
+	g.addr = lis.Addr()
+	g.mu.Unlock()
+	close(g.up)
+	g.log.Info("gateway listening", "addr", lis.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("gateway: serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+	}
+	<-errc
+	return nil
+}
+
+func (g *Gateway) models(w http.ResponseWriter, _ *http.Request) {
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	names := g.picker.Models()
+	sort.Strings(names)
+	list := struct {
+		Object string  `json:"object"`
+		Data   []model `json:"data"`
+	}{Object: "list", Data: []model{}}
+	for _, n := range names {
+		list.Data = append(list.Data, model{ID: n, Object: "model", Created: g.created, OwnedBy: "kvgate"})
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+func (g *Gateway) health(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		openai.WriteError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(b)
+}

@@ -1,0 +1,53 @@
+package gateway
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metric names.
+const (
+	MetricRequests = "kvgate_gateway_requests_total"
+	MetricDuration = "kvgate_gateway_request_duration_seconds"
+	MetricTTFT     = "kvgate_gateway_time_to_first_token_seconds"
+	MetricInflight = "kvgate_gateway_requests_inflight"
+	MetricRetries  = "kvgate_gateway_retries_total"
+)
+
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	ttft     prometheus.Histogram
+	inflight prometheus.Gauge
+	retries  prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricRequests, Help: "Proxied requests by path and the status the client got.",
+		}, []string{"path", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: MetricDuration, Help: "Whole request time, routing to the last byte.",
+			Buckets: prometheus.ExponentialBuckets(1e-3, 2, 18),
+		}, []string{"path"}),
+		ttft: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: MetricTTFT, Help: "Time from the routing decision to the first token (first SSE event, or first body byte).",
+			Buckets: prometheus.ExponentialBuckets(1e-3, 2, 16),
+		}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricInflight, Help: "Requests being proxied now."}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: MetricRetries, Help: "Requests sent on to a fallback endpoint because the picked one could not be reached.",
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.inflight, m.retries} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("gateway: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
