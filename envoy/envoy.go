@@ -38,15 +38,16 @@ const maxDepth = 32
 // typed_per_filter_config...), recursively. An Any whose type is not registered in this
 // binary is an error: Envoy would reject it too. Safe for concurrent use.
 func Validate(m proto.Message) error {
-	return validateRoot(m.ProtoReflect(), "", 0)
+	return validateRoot(m.ProtoReflect(), 0)
 }
 
 // validateRoot validates a message whose parents do not cover it (the top message, or the
 // content of an Any): ValidateAll already recurses into ordinary sub-messages, so below a
-// root only Any fields need visiting.
-func validateRoot(m protoreflect.Message, path string, depth int) error {
+// root only Any fields need visiting. Paths are added to errors on the way back up, so the
+// happy path builds no strings.
+func validateRoot(m protoreflect.Message, depth int) error {
 	if depth > maxDepth {
-		return fmt.Errorf("%s: Any nested deeper than %d", path, maxDepth)
+		return fmt.Errorf("Any nested deeper than %d", maxDepth)
 	}
 	if !m.IsValid() {
 		return nil
@@ -54,65 +55,56 @@ func validateRoot(m protoreflect.Message, path string, depth int) error {
 	var errs []error
 	if v, ok := m.Interface().(validator); ok {
 		if err := v.ValidateAll(); err != nil {
-			errs = append(errs, prefix(path, err))
+			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, findAnys(m, path, depth))
+	if err := findAnys(m, depth); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
 // findAnys walks m's message fields and validates the content of every Any it meets.
-func findAnys(m protoreflect.Message, path string, depth int) error {
+func findAnys(m protoreflect.Message, depth int) error {
 	if a, ok := m.Interface().(*anypb.Any); ok {
 		inner, err := a.UnmarshalNew()
 		if err != nil {
-			return prefix(path, fmt.Errorf("typed config %s: %w", a.GetTypeUrl(), err))
+			return fmt.Errorf("typed config %s: %w", a.GetTypeUrl(), err)
 		}
-		name := "(" + string(inner.ProtoReflect().Descriptor().FullName()) + ")"
-		return validateRoot(inner.ProtoReflect(), join(path, name), depth+1)
+		if err := validateRoot(inner.ProtoReflect(), depth+1); err != nil {
+			return fmt.Errorf("(%s): %w", inner.ProtoReflect().Descriptor().FullName(), err)
+		}
+		return nil
 	}
 	var errs []error
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
-			if !fd.IsMap() || fd.MapValue().Kind() != protoreflect.MessageKind {
-				return true
-			}
-		}
-		p := join(path, string(fd.Name()))
 		switch {
-		case fd.IsList():
-			l := v.List()
-			for i := 0; i < l.Len(); i++ {
-				errs = append(errs, findAnys(l.Get(i).Message(), fmt.Sprintf("%s[%d]", p, i), depth))
-			}
 		case fd.IsMap():
 			if fd.MapValue().Kind() != protoreflect.MessageKind {
 				return true
 			}
 			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				errs = append(errs, findAnys(mv.Message(), fmt.Sprintf("%s[%v]", p, k.Interface()), depth))
+				if err := findAnys(mv.Message(), depth); err != nil {
+					errs = append(errs, fmt.Errorf("%s[%v].%w", fd.Name(), k.Interface(), err))
+				}
 				return true
 			})
+		case fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind:
+		case fd.IsList():
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				if err := findAnys(l.Get(i).Message(), depth); err != nil {
+					errs = append(errs, fmt.Errorf("%s[%d].%w", fd.Name(), i, err))
+				}
+			}
 		default:
-			errs = append(errs, findAnys(v.Message(), p, depth))
+			if err := findAnys(v.Message(), depth); err != nil {
+				errs = append(errs, fmt.Errorf("%s.%w", fd.Name(), err))
+			}
 		}
 		return true
 	})
 	return errors.Join(errs...)
-}
-
-func join(path, name string) string {
-	if path == "" {
-		return name
-	}
-	return path + "." + name
-}
-
-func prefix(path string, err error) error {
-	if path == "" {
-		return err
-	}
-	return fmt.Errorf("%s: %w", path, err)
 }
 
 // FromYAML parses Envoy configuration in YAML (or JSON) into m, strictly: unknown fields

@@ -83,6 +83,7 @@ func TestCheck(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Check = %v, want an error mentioning %q", err, tt.want)
 			}
+			t.Log(err)
 		})
 	}
 }
