@@ -259,16 +259,23 @@ func (s *Server) publish(evs []KVEvent) {
 	}
 	b := engine.EventBatch{TS: float64(time.Now().UnixNano()) / 1e9, Events: make([]engine.Event, len(evs))}
 	for i, ev := range evs {
-		b.Events[i] = toWire(ev)
+		b.Events[i] = toWire(ev, s.cfg.HashFormat)
 	}
 	if _, err := s.pub.Publish(b); err != nil {
 		s.log.Warn("kv events: publish failed", "err", err)
 	}
 }
 
-// toWire turns a KVEvent into the codec's Event; block hashes are the digests, which the codec
-// writes as integers (their Uint64, the last 8 bytes big-endian) or as 32-byte strings.
-func toWire(ev KVEvent) engine.Event {
+// toWire turns a KVEvent into the codec's Event. Block hashes are the 32-byte digests for
+// engine.HashBytes, and for engine.HashInt their 64-bit form (the last 8 bytes, big-endian,
+// as vLLM converts its hashes to integers).
+func toWire(ev KVEvent, f engine.HashFormat) engine.Event {
+	wireHash := func(h BlockHash) engine.BlockHash {
+		if f == engine.HashBytes {
+			return engine.BlockHash(h[:])
+		}
+		return engine.HashFromUint64(h.Uint64())
+	}
 	out := engine.Event{Medium: engine.MediumGPU}
 	switch ev.Kind {
 	case AllBlocksCleared:
@@ -295,8 +302,6 @@ func toWire(ev KVEvent) engine.Event {
 	}
 	return out
 }
-
-func wireHash(h BlockHash) engine.BlockHash { return engine.BlockHash(h[:]) }
 
 // Handler is the HTTP API: /v1/chat/completions, /v1/completions, /v1/models, /tokenize,
 // /health, /metrics.
