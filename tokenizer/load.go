@@ -44,8 +44,15 @@ type modelJSON struct {
 func splitTokenizerJSON(data []byte) (*fileJSON, error) {
 	f := &fileJSON{}
 	s := &jsonScanner{data: data}
-	var modelRaw []byte
+	hasModel := false
 	err := s.object(func(k []byte) error {
+		if string(k) == "model" {
+			hasModel = true
+			if err := parseModel(s, &f.Model); err != nil {
+				return fmt.Errorf("model: %w", err)
+			}
+			return nil
+		}
 		v, err := s.skip()
 		if err != nil {
 			return err
@@ -61,8 +68,6 @@ func splitTokenizerJSON(data []byte) (*fileJSON, error) {
 			f.PreTokenizer = v
 		case "decoder":
 			f.Decoder = v
-		case "model":
-			modelRaw = v
 		}
 		return nil
 	})
@@ -72,46 +77,52 @@ func splitTokenizerJSON(data []byte) (*fileJSON, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: tokenizer.json: %w", err)
 	}
-	if modelRaw == nil {
+	if !hasModel {
 		return nil, fmt.Errorf("tokenizer: tokenizer.json has no model")
 	}
-	// The model's small fields go through encoding/json; vocab and merges through the scanner.
+	if f.Model.Vocab == nil {
+		return nil, fmt.Errorf("tokenizer: tokenizer.json model has no vocab")
+	}
+	return f, nil
+}
+
+// parseModel reads the model object at s in one pass: vocab through the scanner, merges kept
+// raw for newBPE, the small fields through encoding/json.
+func parseModel(s *jsonScanner, m *modelJSON) error {
 	small := []byte{'{'}
-	ms := &jsonScanner{data: modelRaw}
-	var vocabRaw []byte
-	err = ms.object(func(k []byte) error {
-		v, err := ms.skip()
+	err := s.object(func(k []byte) error {
+		if string(k) == "vocab" {
+			v, err := parseVocabFrom(s)
+			if err != nil {
+				return fmt.Errorf("vocab: %w", err)
+			}
+			m.Vocab = v
+			return nil
+		}
+		v, err := s.skip()
 		if err != nil {
 			return err
 		}
-		switch string(k) {
-		case "vocab":
-			vocabRaw = v
-		case "merges":
-			f.Model.Merges, f.Model.hasMerges = v, true
-		default:
-			if len(small) > 1 {
-				small = append(small, ',')
-			}
-			kq, _ := json.Marshal(string(k))
-			small = append(append(append(small, kq...), ':'), v...)
+		if string(k) == "merges" {
+			m.Merges, m.hasMerges = v, true
+			return nil
 		}
+		if len(small) > 1 {
+			small = append(small, ',')
+		}
+		kq, _ := json.Marshal(string(k))
+		small = append(append(append(small, kq...), ':'), v...)
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("tokenizer: tokenizer.json model: %w", err)
+		return err
 	}
-	small = append(small, '}')
-	if err := json.Unmarshal(small, &f.Model); err != nil {
-		return nil, fmt.Errorf("tokenizer: tokenizer.json model: %w", err)
+	vocab, merges, hasMerges := m.Vocab, m.Merges, m.hasMerges
+	if err := json.Unmarshal(append(small, '}'), m); err != nil {
+		return err
 	}
-	if vocabRaw == nil {
-		return nil, fmt.Errorf("tokenizer: tokenizer.json model has no vocab")
-	}
-	if f.Model.Vocab, err = parseVocab(vocabRaw); err != nil {
-		return nil, err
-	}
-	return f, nil
+	m.Vocab, m.Merges, m.hasMerges = vocab, merges, hasMerges
+	return nil
 }
 
 // build parses tokenizer.json and assembles the pipeline.

@@ -205,30 +205,30 @@ func (s *jsonScanner) uint() (uint64, error) {
 	return v, nil
 }
 
-// parseVocab reads the vocab object {"token": id, ...}. All keys share one backing string,
-// which saves an allocation per token.
-func parseVocab(raw []byte) (map[string]uint32, error) {
+// parseVocabFrom reads the vocab object {"token": id, ...} at s. All keys share one backing
+// string, which saves an allocation per token.
+func parseVocabFrom(s *jsonScanner) (map[string]uint32, error) {
 	type entry struct {
 		off, n int
 		id     uint32
 	}
-	s := &jsonScanner{data: raw}
-	entries := make([]entry, 0, len(raw)/16)
-	arena := make([]byte, 0, len(raw)/2)
+	var entries []entry
+	var arena []byte
 	err := s.object(func(k []byte) error {
 		id, err := s.uint()
 		if err != nil {
 			return err
+		}
+		if entries == nil { // size guess from the bytes left (vocab and merges dominate the file)
+			rest := len(s.data) - s.pos
+			entries, arena = make([]entry, 0, rest/64+16), make([]byte, 0, rest/8+64)
 		}
 		entries = append(entries, entry{off: len(arena), n: len(k), id: uint32(id)})
 		arena = append(arena, k...)
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("tokenizer: model vocab: %w", err)
-	}
-	if s.peek() != 0 {
-		return nil, fmt.Errorf("tokenizer: model vocab: %w: trailing data", errJSON)
+		return nil, err
 	}
 	keys := string(arena)
 	vocab := make(map[string]uint32, len(entries))
