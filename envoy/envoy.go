@@ -38,14 +38,31 @@ const maxDepth = 32
 // typed_per_filter_config...), recursively. An Any whose type is not registered in this
 // binary is an error: Envoy would reject it too. Safe for concurrent use.
 func Validate(m proto.Message) error {
-	return validateRoot(m.ProtoReflect(), 0)
+	return NewValidator().Validate(m)
+}
+
+// Validator is Validate with a memory of which message types can hold an Any somewhere
+// below them, so that validating many resources skips the subtrees that cannot (endpoint
+// addresses, metadata structs). Not safe for concurrent use; the zero value is not usable.
+type Validator struct {
+	holdsAny map[protoreflect.FullName]bool
+}
+
+// NewValidator returns a Validator with an empty memory.
+func NewValidator() *Validator {
+	return &Validator{holdsAny: map[protoreflect.FullName]bool{}}
+}
+
+// Validate is the package-level Validate.
+func (v *Validator) Validate(m proto.Message) error {
+	return v.validateRoot(m.ProtoReflect(), 0)
 }
 
 // validateRoot validates a message whose parents do not cover it (the top message, or the
 // content of an Any): ValidateAll already recurses into ordinary sub-messages, so below a
 // root only Any fields need visiting. Paths are added to errors on the way back up, so the
 // happy path builds no strings.
-func validateRoot(m protoreflect.Message, depth int) error {
+func (v *Validator) validateRoot(m protoreflect.Message, depth int) error {
 	if depth > maxDepth {
 		return fmt.Errorf("Any nested deeper than %d", maxDepth)
 	}
@@ -53,58 +70,101 @@ func validateRoot(m protoreflect.Message, depth int) error {
 		return nil
 	}
 	var errs []error
-	if v, ok := m.Interface().(validator); ok {
-		if err := v.ValidateAll(); err != nil {
+	if val, ok := m.Interface().(validator); ok {
+		if err := val.ValidateAll(); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if err := findAnys(m, depth); err != nil {
+	if err := v.findAnys(m, depth); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
+var anyName = (&anypb.Any{}).ProtoReflect().Descriptor().FullName()
+
 // findAnys walks m's message fields and validates the content of every Any it meets.
-func findAnys(m protoreflect.Message, depth int) error {
+func (v *Validator) findAnys(m protoreflect.Message, depth int) error {
 	if a, ok := m.Interface().(*anypb.Any); ok {
 		inner, err := a.UnmarshalNew()
 		if err != nil {
 			return fmt.Errorf("typed config %s: %w", a.GetTypeUrl(), err)
 		}
-		if err := validateRoot(inner.ProtoReflect(), depth+1); err != nil {
+		if err := v.validateRoot(inner.ProtoReflect(), depth+1); err != nil {
 			return fmt.Errorf("(%s): %w", inner.ProtoReflect().Descriptor().FullName(), err)
 		}
 		return nil
 	}
 	var errs []error
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
+		elem := fd
+		if fd.IsMap() {
+			elem = fd.MapValue()
+		}
+		if elem.Message() == nil || !v.mayHoldAny(elem.Message()) {
+			return true
+		}
 		switch {
 		case fd.IsMap():
-			if fd.MapValue().Kind() != protoreflect.MessageKind {
-				return true
-			}
-			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				if err := findAnys(mv.Message(), depth); err != nil {
+			val.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+				if err := v.findAnys(mv.Message(), depth); err != nil {
 					errs = append(errs, fmt.Errorf("%s[%v].%w", fd.Name(), k.Interface(), err))
 				}
 				return true
 			})
-		case fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind:
 		case fd.IsList():
-			l := v.List()
+			l := val.List()
 			for i := 0; i < l.Len(); i++ {
-				if err := findAnys(l.Get(i).Message(), depth); err != nil {
+				if err := v.findAnys(l.Get(i).Message(), depth); err != nil {
 					errs = append(errs, fmt.Errorf("%s[%d].%w", fd.Name(), i, err))
 				}
 			}
 		default:
-			if err := findAnys(v.Message(), depth); err != nil {
+			if err := v.findAnys(val.Message(), depth); err != nil {
 				errs = append(errs, fmt.Errorf("%s.%w", fd.Name(), err))
 			}
 		}
 		return true
 	})
 	return errors.Join(errs...)
+}
+
+// mayHoldAny reports whether a message of type md can contain an Any at any depth: a
+// search of the type graph from md, remembered per type.
+func (v *Validator) mayHoldAny(md protoreflect.MessageDescriptor) bool {
+	if r, ok := v.holdsAny[md.FullName()]; ok {
+		return r
+	}
+	seen := map[protoreflect.FullName]bool{md.FullName(): true}
+	queue := []protoreflect.MessageDescriptor{md}
+	found := false
+	for len(queue) > 0 && !found {
+		cur := queue[0]
+		queue = queue[1:]
+		if cur.FullName() == anyName {
+			found = true
+			break
+		}
+		if r, ok := v.holdsAny[cur.FullName()]; ok {
+			if r {
+				found = true
+			}
+			continue // known not to reach an Any: nothing below it does either
+		}
+		fields := cur.Fields()
+		for i := 0; i < fields.Len(); i++ {
+			fd := fields.Get(i)
+			if fd.IsMap() {
+				fd = fd.MapValue()
+			}
+			if next := fd.Message(); next != nil && !seen[next.FullName()] {
+				seen[next.FullName()] = true
+				queue = append(queue, next)
+			}
+		}
+	}
+	v.holdsAny[md.FullName()] = found
+	return found
 }
 
 // FromYAML parses Envoy configuration in YAML (or JSON) into m, strictly: unknown fields

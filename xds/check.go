@@ -17,6 +17,13 @@ import (
 // route names an existing cluster, every listener's RDS name exists, and EDS clusters and
 // assignments match one to one. It joins every problem found.
 func Check(r *Resources) error {
+	v := envoy.NewValidator()
+	validate := func(kind, name string, m proto.Message) error {
+		if err := v.Validate(m); err != nil {
+			return fmt.Errorf("%s %q: %w", kind, name, err)
+		}
+		return nil
+	}
 	var errs []error
 	clusters := map[string]*cluster.Cluster{}
 	for _, c := range r.Clusters {
@@ -83,11 +90,4 @@ func Check(r *Resources) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func validate(kind, name string, m proto.Message) error {
-	if err := envoy.Validate(m); err != nil {
-		return fmt.Errorf("%s %q: %w", kind, name, err)
-	}
-	return nil
 }
