@@ -38,8 +38,21 @@ func SetField(body []byte, key string, value json.RawMessage) ([]byte, error) {
 		out.Write(body[end:])
 		return out.Bytes(), nil
 	}
+	return AppendField(body, key, value)
+}
+
+// AppendField returns body (a JSON object) with "key": value added before its closing brace,
+// without looking for an existing key: for callers that know the key is absent (a parsed
+// request without the field). Every other byte is kept.
+func AppendField(body []byte, key string, value json.RawMessage) ([]byte, error) {
 	brace := bytes.LastIndexByte(body, '}')
+	open := bytes.IndexByte(body, '{')
+	if brace < 0 || open < 0 || open > brace {
+		return nil, BadRequest("", "The request body must be a JSON object.")
+	}
 	head := bytes.TrimRight(body[:brace], " \t\r\n")
+	var out bytes.Buffer
+	out.Grow(len(body) + len(key) + len(value) + 4)
 	out.Write(head)
 	if head[len(head)-1] != '{' {
 		out.WriteByte(',')
@@ -109,6 +122,11 @@ func WithIncludeUsage(body []byte) (out []byte, changed bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	out, err = SetField(body, "stream_options", v)
-	return out, err == nil, err
+	if !found {
+		out, err = AppendField(body, "stream_options", v)
+		return out, err == nil, err
+	}
+	out = make([]byte, 0, len(body)+len(v))
+	out = append(append(append(out, body[:start]...), v...), body[end:]...)
+	return out, true, nil
 }

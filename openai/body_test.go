@@ -70,3 +70,22 @@ func withMessages(body []byte) []byte {
 	}
 	return b
 }
+
+func TestAppendField(t *testing.T) {
+	tests := []struct{ body, want string }{
+		{`{"a":1}`, `{"a":1,"k":true}`},
+		{"{ }\n", "{\"k\":true}\n"},
+		{`{"s":"}"} `, `{"s":"}","k":true} `},
+	}
+	for _, tt := range tests {
+		got, err := openai.AppendField([]byte(tt.body), "k", json.RawMessage("true"))
+		if err != nil || string(got) != tt.want {
+			t.Errorf("AppendField(%q) = %q %v, want %q", tt.body, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{``, `[1]`, `}{`} {
+		if _, err := openai.AppendField([]byte(bad), "k", json.RawMessage("1")); err == nil {
+			t.Errorf("AppendField(%q) accepted", bad)
+		}
+	}
+}

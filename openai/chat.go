@@ -196,18 +196,31 @@ func validateMessages(raw json.RawMessage) error {
 	if raw == nil {
 		return BadRequest("messages", "Missing required parameter: 'messages'.")
 	}
-	var msgs []json.RawMessage
-	if jsonKind(raw) != "an array" || json.Unmarshal(raw, &msgs) != nil {
+	if jsonKind(raw) != "an array" {
 		return BadRequest("messages", "Invalid type for 'messages': expected an array of objects, but got %s instead.", jsonKind(raw))
 	}
-	if len(msgs) == 0 {
+	// One decoding pass: an element that is not an object fails it, and is then found below.
+	var objs []map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &objs); err != nil {
+		var msgs []json.RawMessage
+		if json.Unmarshal(raw, &msgs) != nil {
+			return BadRequest("messages", "Invalid value for 'messages': %s", jsonErrText(err))
+		}
+		for i, m := range msgs {
+			if jsonKind(m) != "an object" {
+				p := fmt.Sprintf("messages[%d]", i)
+				return BadRequest(p, "Invalid type for '%s': expected an object, but got %s instead.", p, jsonKind(m))
+			}
+		}
+		return BadRequest("messages", "Invalid value for 'messages': %s", jsonErrText(err))
+	}
+	if len(objs) == 0 {
 		return BadRequest("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.")
 	}
-	for i, m := range msgs {
+	for i, obj := range objs {
 		p := fmt.Sprintf("messages[%d]", i)
-		var obj map[string]json.RawMessage
-		if jsonKind(m) != "an object" || json.Unmarshal(m, &obj) != nil {
-			return BadRequest(p, "Invalid type for '%s': expected an object, but got %s instead.", p, jsonKind(m))
+		if obj == nil { // null element
+			return BadRequest(p, "Invalid type for '%s': expected an object, but got null instead.", p)
 		}
 		role, ok := obj["role"]
 		if !ok {

@@ -18,8 +18,14 @@ import (
 
 const model = tokenizer.DefaultModel
 
+// testLogger logs to the test's output, at debug level in tests (every decision explained)
+// and info level in benchmarks.
 func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	level := slog.LevelDebug
+	if _, bench := t.(*testing.B); bench {
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: level}))
 }
 
 // endpoints returns n aggregated endpoints e0..e(n-1) at unreachable loopback addresses.

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -130,12 +131,25 @@ func (r *Router) route(_ context.Context, req Request) (*Decision, error) {
 	d.Stream = stream
 	d.Body = req.Body
 	if stream && !includeUsage && r.cfg.ForceStreamUsage {
-		if b, changed, err := openai.WithIncludeUsage(req.Body); err == nil && changed {
+		var b []byte
+		var err error
+		changed := true
+		if bytes.Contains(req.Body, streamOptionsKey) {
+			b, changed, err = openai.WithIncludeUsage(req.Body)
+		} else { // the common case: no stream_options at all, append without rescanning
+			b, err = openai.AppendField(req.Body, "stream_options", includeUsageOn)
+		}
+		if err == nil && changed {
 			d.Body, d.UsageForced = b, true
 		}
 	}
 	return d, nil
 }
+
+var (
+	streamOptionsKey = []byte(`"stream_options"`)
+	includeUsageOn   = []byte(`{"include_usage":true}`)
+)
 
 // resolveModel checks that some endpoint serves model; "" means the only model served.
 func (r *Router) resolveModel(model string) (string, error) {

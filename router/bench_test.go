@@ -1,0 +1,107 @@
+package router_test
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kvgate/kvgate/router"
+	"github.com/kvgate/kvgate/tokenizer"
+)
+
+// benchChat builds a two-message chat whose rendered prompt is about n tokens.
+func benchChat(b *testing.B, n int) ([]byte, []uint32) {
+	b.Helper()
+	tok, err := tokenizer.Default()
+	if err != nil {
+		b.Fatal(err)
+	}
+	words := strings.Fields("the router hashes every block of the prompt and asks the index which engine holds the longest prefix while load decides the rest of the story for each request")
+	rng := rand.New(rand.NewPCG(1, 1))
+	var sb strings.Builder
+	for len(tok.Encode(sb.String())) < n-40 {
+		for range 64 {
+			sb.WriteString(words[rng.IntN(len(words))])
+			sb.WriteByte(' ')
+		}
+	}
+	body, _ := json.Marshal(map[string]any{"model": model, "stream": true, "max_tokens": 128, "messages": []map[string]string{
+		{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": sb.String()}}})
+	msgs, _ := json.Marshal([]map[string]string{{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": sb.String()}})
+	text, err := tok.RenderChat(tokenizer.ChatInput{Messages: msgs, AddGenerationPrompt: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return body, tok.Encode(text)
+}
+
+// BenchmarkRoute4096 times the whole decision for a 4,096-token chat (parse, chat template,
+// tokenize, hash, match, score, pick, load accounting) against an index holding 8 endpoints
+// x 64 cached conversations of 4,096 tokens (about 130,000 blocks), the request's first half
+// cached on one endpoint. It reports p50 and p99 per decision.
+func BenchmarkRoute4096(b *testing.B) {
+	body, tokens := benchChat(b, 4096)
+	r, _ := newRouter(b, endpoints(8), func(c *router.Config) { c.Seed = 1 })
+	rng := rand.New(rand.NewPCG(2, 2))
+	conv := make([]uint32, 4096)
+	for e := range 8 {
+		for c := range 64 {
+			for i := range conv {
+				conv[i] = uint32(rng.IntN(150000))
+			}
+			r.ApplyEvents(endpoints(8)[e].Name, stored(conv, 16, uint64(e*1_000_000+c*1000), ""))
+		}
+	}
+	half := tokens[:len(tokens)/2/16*16]
+	r.ApplyEvents("e3", stored(half, 16, 9_000_000, ""))
+	ctx := context.Background()
+	req := router.Request{Path: "/v1/chat/completions", Body: body}
+	// Warm the tokenizer's caches as a running router's would be.
+	for range 3 {
+		d, err := r.Route(ctx, req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		d.Done(nil, nil)
+	}
+	durs := make([]time.Duration, 0, 1024)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		t0 := time.Now()
+		d, err := r.Route(ctx, req)
+		durs = append(durs, time.Since(t0))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if d.Endpoint.Name != "e3" || d.CachedBlocks != len(half)/16 {
+			b.Fatalf("picked %s with %d cached", d.Endpoint.Name, d.CachedBlocks)
+		}
+		d.Done(nil, nil)
+	}
+	slices.Sort(durs)
+	b.ReportMetric(float64(durs[len(durs)/2].Microseconds()), "p50-us")
+	b.ReportMetric(float64(durs[len(durs)*99/100].Microseconds()), "p99-us")
+	b.ReportMetric(float64(len(tokens)), "tokens")
+}
+
+// BenchmarkPick times the scoring core alone (matching and picking over 8 endpoints, tokens
+// given), what a replay calls per request.
+func BenchmarkPick(b *testing.B) {
+	_, tokens := benchChat(b, 4096)
+	r, _ := newRouter(b, endpoints(8), nil)
+	r.ApplyEvents("e3", stored(tokens[:2048], 16, 1, ""))
+	p := router.Prompt{Model: model, Tokens: tokens}
+	b.ReportAllocs()
+	for b.Loop() {
+		d, err := r.Pick(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		d.Done(nil, nil)
+	}
+}
