@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -27,7 +29,9 @@ func TestMain(m *testing.M) {
 
 func simChild(args []string) int {
 	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
+	host := fs.String("host", "", "")
 	port := fs.Int("port", 0, "")
+	replay := fs.String("kv-events-replay", "", "")
 	model := fs.String("model", "", "")
 	kv := fs.String("kv-events", "", "")
 	bs := fs.Int("block-size", 16, "")
@@ -40,7 +44,7 @@ func simChild(args []string) int {
 	timing := sim.DefaultTiming
 	timing.Speed = 50
 	s, err := sim.NewServer(sim.ServerConfig{
-		Addr: fmt.Sprintf("127.0.0.1:%d", *port), Model: *model, KVEvents: *kv,
+		Addr: net.JoinHostPort(*host, strconv.Itoa(*port)), Model: *model, KVEvents: *kv, KVEventsReplay: *replay,
 		Engine: sim.Config{BlockSize: *bs, NumBlocks: 4096, Timing: timing},
 	}, log, nil)
 	if err != nil {

@@ -27,6 +27,7 @@ type plan struct {
 	gpus      []int
 	addr      string // host:port of the OpenAI server
 	kvEvents  string // ZMQ endpoint workerd subscribes to, "" = none
+	kvReplay  string // ZMQ replay endpoint that fills gaps, "" = none
 	blockSize int
 	role      string
 	models    []string
@@ -141,7 +142,14 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 				errs = append(errs, fmt.Errorf("%s: no simulator command", where))
 				break
 			}
-			p.argv = append(slices.Clone(base), SimArgs(s.Model, port, p.kvEvents, p.blockSize)...)
+			if p.kvEvents != "" {
+				rp, err := freePort(host)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", where, err))
+				}
+				p.kvReplay = "tcp://" + net.JoinHostPort(host, strconv.Itoa(rp))
+			}
+			p.argv = append(slices.Clone(base), SimArgs(host, port, s.Model, p.kvEvents, p.kvReplay, p.blockSize)...)
 			p.argv = append(p.argv, s.Args...)
 			if err := lookPath(p.argv[0]); err != nil {
 				errs = append(errs, fmt.Errorf("%s: simulator %q not found: %v", where, p.argv[0], err))
@@ -155,14 +163,13 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 	return plans, errors.Join(errs...)
 }
 
-// SimArgs are the `kvgate sim` flags workerd passes to a simulated engine.
-func SimArgs(model string, port int, kvEvents string, blockSize int) []string {
-	args := []string{"--port", strconv.Itoa(port)}
+// SimArgs are the `kvgate sim` flags workerd passes to a simulated engine: listen on
+// host:port, publish KV events on kvEvents ("" turns them off) with a replay socket on replay
+// ("" none), blocks of blockSize tokens.
+func SimArgs(host string, port int, model, kvEvents, replay string, blockSize int) []string {
+	args := []string{"--host", host, "--port", strconv.Itoa(port), "--kv-events", kvEvents, "--kv-events-replay", replay}
 	if model != "" {
 		args = append(args, "--model", model)
-	}
-	if kvEvents != "" {
-		args = append(args, "--kv-events", kvEvents)
 	}
 	if blockSize > 0 {
 		args = append(args, "--block-size", strconv.Itoa(blockSize))

@@ -92,8 +92,9 @@ func TestPlansAssignGPUsAndCommands(t *testing.T) {
 	if !slices.Contains(st[0].Argv, "--kv-events-config") || slices.Contains(st[1].Argv, "--kv-events-config") || st[1].KVEvents != "" {
 		t.Fatalf("kv events flags: %v / %v", st[0].Argv, st[1].Argv)
 	}
-	want := []string{vllmBin, "sim", "--port", "8003", "--model", "s", "--kv-events", "tcp://127.0.0.1:5559", "--block-size", "16"}
-	if !slices.Equal(st[2].Argv, want) {
+	want := []string{vllmBin, "sim", "--host", "127.0.0.1", "--port", "8003", "--kv-events", "tcp://127.0.0.1:5559",
+		"--kv-events-replay", w.plans[2].kvReplay, "--model", "s", "--block-size", "16"}
+	if !slices.Equal(st[2].Argv, want) || !strings.HasPrefix(w.plans[2].kvReplay, "tcp://127.0.0.1:") {
 		t.Fatalf("sim argv %v, want %v", st[2].Argv, want)
 	}
 }

@@ -134,7 +134,7 @@ func (e *proc) incarnation(ctx context.Context) error {
 	defer wg.Wait()
 	defer cancel()
 	if e.p.kvEvents != "" {
-		sub := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: e.p.kvEvents, Logger: e.log})
+		sub := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: e.p.kvEvents, ReplayEndpoint: e.p.kvReplay, Logger: e.log})
 		wg.Go(func() {
 			if err := sub.Run(inc, hubHandler{e.hub}); err != nil && inc.Err() == nil {
 				e.log.Error("kv events subscriber failed", "err", err)
