@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -59,6 +61,72 @@ func FuzzHTTPRequest(f *testing.F) {
 		}
 		if st := s.Stats(); st.Running+st.Waiting != 0 {
 			t.Fatalf("requests left in the engine: %+v", st)
+		}
+	})
+}
+
+// FuzzTransferRequest sends arbitrary bytes to the block-transfer listener: it must answer
+// (or hang up) without panicking, and never release blocks nobody holds.
+func FuzzTransferRequest(f *testing.F) {
+	for _, s := range []string{`{"request_id":"x","block_ids":[1,2]}` + "\n", `{"block_ids":[0]}` + "\n", "{}\n", "garbage", ""} {
+		f.Add([]byte(s))
+	}
+	s, err := NewServer(ServerConfig{Engine: Config{NumBlocks: 64}, BlockBytes: 64}, nil, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	f.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		conn, err := net.DialTimeout("tcp", s.TransferAddr(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := conn.Write(in); err != nil {
+			return
+		}
+		conn.(*net.TCPConn).CloseWrite()
+		if _, err := io.ReadAll(conn); err != nil {
+			t.Fatalf("transfer server did not finish: %v", err)
+		}
+		if st := s.Stats(); st.FreeBlocks != st.NumBlocks {
+			t.Fatalf("blocks changed: %+v", st)
+		}
+	})
+}
+
+// FuzzPullReply feeds arbitrary replies to the decode side of the transfer: it must return
+// (an error or the blocks) without panicking.
+func FuzzPullReply(f *testing.F) {
+	for _, s := range []string{`{"blocks":2,"block_bytes":3}` + "\nabcdef", `{"error":"gone"}` + "\n", `{"blocks":1,"block_bytes":100}` + "\nshort", "x"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, reply []byte) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.Write(reply)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		n, _, err := pullBlocks(ctx, ln.Addr().String(), "r", []int{1, 2})
+		if err == nil && n != 2 {
+			t.Fatalf("pulled %d blocks without an error", n)
 		}
 	})
 }
