@@ -81,6 +81,7 @@ step-time model of an 8B model on one H100. See docs/SIM.md.`,
 	f.Float64Var(&cfg.Engine.GPUMemoryUtil, "gpu-memory-utilization", 0.9, "fraction of GPU memory the engine may use")
 	f.IntVar(&cfg.Engine.MaxNumSeqs, "max-num-seqs", 256, "running requests at most")
 	f.IntVar(&cfg.Engine.MaxNumBatchedTokens, "max-num-batched-tokens", 8192, "tokens per engine step at most")
+	f.IntVar(&cfg.Engine.MaxModelLen, "max-model-len", 40960, "prompt plus output tokens of one request at most (capped by the cache)")
 	f.BoolVar(&cfg.Engine.NoChunkedPrefill, "no-chunked-prefill", false, "prefill a prompt in one step or not at all")
 	f.IntVar(&cfg.Engine.Shape.Layers, "layers", sim.DefaultShape.Layers, "model layers (KV size per token)")
 	f.IntVar(&cfg.Engine.Shape.KVHeads, "kv-heads", sim.DefaultShape.KVHeads, "model KV heads")

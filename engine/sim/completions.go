@@ -186,11 +186,13 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, g generation) 
 		for j := range g.n {
 			c := &choice{index: pi*g.n + j, prompt: pi, id: fmt.Sprintf("%s-%d-%d", base, pi, j), last: arrival}
 			seed := promptSeed(p, j)
-			out, _ := s.vocab.completion(seed, min(want, maxScripted))
-			req := Request{ID: c.id, Prompt: p, MaxTokens: want, Output: out, CacheSalt: g.cacheSalt}
+			req := Request{ID: c.id, Prompt: p, MaxTokens: want, CacheSalt: g.cacheSalt}
+			scripted := min(want, maxScripted)
 			if !g.ignoreEOS {
 				req.EOS = max(eosPoint(seed), g.minTokens)
+				scripted = min(scripted, req.EOS)
 			}
+			req.Output = s.vocab.completion(seed, scripted)
 			if c.index == 0 && g.kv != nil && g.kv.DoRemoteDecode {
 				req.Hold, c.held = true, true
 			}

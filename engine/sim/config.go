@@ -31,6 +31,7 @@ type Config struct {
 	MaxNumSeqs          int  // running requests at most (256)
 	MaxNumBatchedTokens int  // tokens scheduled in one step at most (8192)
 	NoChunkedPrefill    bool // when set, a prompt is prefilled in one step or waits
+	MaxModelLen         int  // prompt plus output tokens of one request at most (40960, Qwen3-8B's; at most the cache)
 	Shape               Shape
 	GPUMemoryGiB        float64 // simulated GPU memory (80)
 	GPUMemoryUtil       float64 // fraction vLLM may use (0.9)
@@ -91,6 +92,9 @@ func (c Config) WithDefaults() Config {
 	if c.NumBlocks == 0 {
 		c.NumBlocks = c.derivedBlocks()
 	}
+	if c.MaxModelLen == 0 || c.MaxModelLen > c.NumBlocks*c.BlockSize {
+		c.MaxModelLen = min(40960, c.NumBlocks*c.BlockSize)
+	}
 	return c
 }
 
@@ -119,6 +123,9 @@ func (c Config) Validate() error {
 	}
 	if c.NumBlocks <= 0 {
 		errs = append(errs, fmt.Errorf("KV cache of %d blocks: give --num-blocks or enough GPU memory for the weights", c.NumBlocks))
+	}
+	if c.MaxModelLen < 0 {
+		errs = append(errs, fmt.Errorf("max model len %d must be positive", c.MaxModelLen))
 	}
 	if c.MaxNumSeqs <= 0 {
 		errs = append(errs, fmt.Errorf("max num seqs %d must be positive", c.MaxNumSeqs))

@@ -145,8 +145,8 @@ func New(cfg Config) (*Engine, error) {
 // Config is the engine's effective configuration.
 func (e *Engine) Config() Config { return e.cfg }
 
-// MaxModelLen is the longest prompt plus output one request may have: the whole cache.
-func (e *Engine) MaxModelLen() int { return e.cfg.NumBlocks * e.cfg.BlockSize }
+// MaxModelLen is the longest prompt plus output one request may have (Config.MaxModelLen).
+func (e *Engine) MaxModelLen() int { return e.cfg.MaxModelLen }
 
 // Add queues a request at the back of the waiting queue. The engine keeps req's slices;
 // the caller must not change them afterwards.

@@ -475,8 +475,11 @@ func checkAccounting(t *testing.T, e *Engine, model map[BlockHash]bool) {
 func TestDerivedCapacity(t *testing.T) {
 	cfg := Config{}.WithDefaults()
 	// (80 GiB x 0.9 - 8.2e9 params x 2 bytes) / (2 x 36 x 8 x 128 x 2 bytes x 16 tokens)
-	if cfg.NumBlocks != 25816 || cfg.BlockBytes() != 2359296 {
-		t.Fatalf("derived %d blocks of %d bytes", cfg.NumBlocks, cfg.BlockBytes())
+	if cfg.NumBlocks != 25816 || cfg.BlockBytes() != 2359296 || cfg.MaxModelLen != 40960 {
+		t.Fatalf("derived %d blocks of %d bytes, max model len %d", cfg.NumBlocks, cfg.BlockBytes(), cfg.MaxModelLen)
+	}
+	if small := (Config{NumBlocks: 10}).WithDefaults(); small.MaxModelLen != 160 {
+		t.Fatalf("max model len %d exceeds a 160-token cache", small.MaxModelLen)
 	}
 	if _, err := New(Config{GPUMemoryGiB: 8}); err == nil {
 		t.Fatal("a GPU too small for the weights was accepted")

@@ -50,16 +50,14 @@ func newVocabulary(encode func(string) []uint32) vocabulary {
 	return v
 }
 
-// completion is the deterministic answer for a prompt and choice: n token ids and their
-// pieces of text, drawn from seed.
-func (v vocabulary) completion(seed uint64, n int) ([]uint32, []string) {
+// completion is the deterministic answer for a prompt and choice: n token ids drawn from
+// seed.
+func (v vocabulary) completion(seed uint64, n int) []uint32 {
 	ids := make([]uint32, n)
-	text := make([]string, n)
 	for i := range n {
-		k := int(splitmix(seed+uint64(i)) % uint64(len(v.ids)))
-		ids[i], text[i] = v.ids[k], v.text[k]
+		ids[i] = v.ids[int(splitmix(seed+uint64(i))%uint64(len(v.ids)))]
 	}
-	return ids, text
+	return ids
 }
 
 // promptSeed hashes a prompt's tokens and a choice index into a seed.
