@@ -83,14 +83,13 @@ type symbol struct {
 
 // encode appends the ids of word w (a pre-tokenized word, before byte-level mapping).
 func (b *bpe) encode(dst []uint32, w string, st *encodeState) []uint32 {
-	if b.ignoreMerges {
-		key := w
+	if b.ignoreMerges { // a word that is a token is that token, whatever the merges say
 		if b.byteLevel {
 			st.buf = appendByteLevel(st.buf[:0], w)
 			if id, ok := b.vocab[string(st.buf)]; ok {
 				return append(dst, id)
 			}
-		} else if id, ok := b.vocab[key]; ok {
+		} else if id, ok := b.vocab[w]; ok {
 			return append(dst, id)
 		}
 	}

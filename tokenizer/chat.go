@@ -243,26 +243,19 @@ func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
 			return "", fmt.Errorf("tokenizer: messages[%d] is not an object", i)
 		}
 		if ct.flattenContent {
+			// As vLLM does for templates that take content as a string: a missing or null
+			// content is "", text parts are joined.
+			if c, present := mm["content"]; !present || c == nil {
+				if !present {
+					id := mapID(mm)
+					ko[id] = append(ko[id], "content")
+				}
+				mm["content"] = ""
+			}
 			flattenParts(mm)
 		}
 	}
-	vars := map[string]any{
-		"messages":              list,
-		"add_generation_prompt": in.AddGenerationPrompt,
-		"bos_token":             t.bosToken,
-		"eos_token":             t.eosToken,
-		"tools":                 nil,
-	}
-	if !isNull(in.Tools) {
-		tools, err := decodeOrdered(in.Tools, ko)
-		if err != nil {
-			return "", fmt.Errorf("tokenizer: tools: %w", err)
-		}
-		if _, ok := tools.([]any); !ok {
-			return "", errors.New("tokenizer: tools is not an array")
-		}
-		vars["tools"] = tools
-	}
+	vars := map[string]any{}
 	for k, v := range in.Extra {
 		// Values go through JSON so that numbers and objects look like decoded messages;
 		// a json.RawMessage keeps its objects' key order.
@@ -277,6 +270,22 @@ func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
 			return "", fmt.Errorf("tokenizer: extra %q: %w", k, err)
 		}
 		vars[k] = dv
+	}
+	// The request's own variables win over extra ones of the same name.
+	vars["messages"] = list
+	vars["add_generation_prompt"] = in.AddGenerationPrompt
+	vars["bos_token"] = t.bosToken
+	vars["eos_token"] = t.eosToken
+	vars["tools"] = nil
+	if !isNull(in.Tools) {
+		tools, err := decodeOrdered(in.Tools, ko)
+		if err != nil {
+			return "", fmt.Errorf("tokenizer: tools: %w", err)
+		}
+		if _, ok := tools.([]any); !ok {
+			return "", errors.New("tokenizer: tools is not an array")
+		}
+		vars["tools"] = tools
 	}
 	t.tmpl.order.register(ko)
 	defer t.tmpl.order.unregister(ko)

@@ -154,11 +154,8 @@ func build(data []byte) (*Tokenizer, error) {
 		return nil, fmt.Errorf("tokenizer: BPE model has an empty vocab")
 	}
 	t := &Tokenizer{vocab: m.Vocab, cache: newWordCache(1 << 16)}
-	for tok, id := range m.Vocab {
-		if id > t.maxID {
-			t.maxID = id
-		}
-		_ = tok
+	for _, id := range m.Vocab {
+		t.maxID = max(t.maxID, id)
 	}
 	for _, a := range f.AddedTokens {
 		if a.ID > t.maxID {

@@ -39,7 +39,6 @@ type Tokenizer struct {
 type encodeState struct {
 	pieces []piece
 	buf    []byte
-	ids    []uint32
 	sym    []symbol
 }
 

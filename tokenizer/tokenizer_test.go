@@ -118,3 +118,31 @@ func TestContentPartsFlattened(t *testing.T) {
 		t.Fatalf("content parts rendered %q, want %q", parts, plain)
 	}
 }
+
+// TestNullContent renders an assistant tool-call message with "content": null (what OpenAI
+// clients send) like vLLM does for string-content templates: as "".
+func TestNullContent(t *testing.T) {
+	tok := defaultTokenizer(t)
+	render := func(msgs string) string {
+		t.Helper()
+		p, err := tok.RenderChat(tokenizer.ChatInput{Messages: json.RawMessage(msgs), AddGenerationPrompt: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	call := `"tool_calls":[{"id":"a","type":"function","function":{"name":"w","arguments":"{}"}}]`
+	want := render(`[{"role":"user","content":"Weather?"},{"role":"assistant","content":"",` + call + `}]`)
+	for _, msgs := range []string{
+		`[{"role":"user","content":"Weather?"},{"role":"assistant","content":null,` + call + `}]`,
+		`[{"role":"user","content":"Weather?"},{"role":"assistant",` + call + `}]`,
+	} {
+		if got := render(msgs); got != want {
+			t.Errorf("%s:\n got %q\nwant %q", msgs, got, want)
+		}
+	}
+	// Python jinja2's rendering of the "" variant:
+	if want != "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n<tool_call>\n{\"name\": \"w\", \"arguments\": {}}\n</tool_call><|im_end|>\n<|im_start|>assistant\n" {
+		t.Errorf("unexpected prompt %q", want)
+	}
+}
