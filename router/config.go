@@ -61,6 +61,10 @@ type Config struct {
 	TextMaxChunks int
 	TextCapacity  int
 
+	// DisaggMinTokens is the shortest prompt sent to a prefill endpoint when prefill-role
+	// endpoints serve the model; shorter prompts prefill on their decode endpoint.
+	DisaggMinTokens int
+
 	// Seed seeds tie-breaking and sampling; 0 picks a random seed.
 	Seed uint64
 	// Now is the clock (approximate-mode TTLs, health, staleness); nil means time.Now.

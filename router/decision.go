@@ -34,8 +34,9 @@ type Decision struct {
 
 	r            *Router
 	mu           sync.Mutex
-	cur          *epState // where the load sits
-	prefillLeft  int64    // prefill tokens still held on cur
+	cur          *epState // where the decode load sits (and the prefill load when pre is nil)
+	pre          *epState // the prefill endpoint holding the prefill load when disaggregated
+	prefillLeft  int64    // prefill tokens still held on pre, else cur
 	decodeBlocks int64
 	done         bool
 }
@@ -64,8 +65,8 @@ func (d *Decision) Header() http.Header {
 func (d *Decision) FirstToken() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.cur != nil && d.prefillLeft != 0 {
-		d.cur.prefillTokens.Add(-d.prefillLeft)
+	if on := d.prefillOn(); on != nil && d.prefillLeft != 0 {
+		on.prefillTokens.Add(-d.prefillLeft)
 		d.prefillLeft = 0
 	}
 }
@@ -88,15 +89,30 @@ func (d *Decision) Served(address string) {
 		}
 		d.r.markDown(e.Address, errFallback)
 	}
-	d.cur.addLoad(-d.prefillLeft, -d.decodeBlocks, -1)
+	moving := d.prefillLeft // the prefill moves with the target unless a prefill endpoint holds it
+	if d.pre != nil {
+		moving = 0
+	}
+	d.cur.addLoad(-moving, -d.decodeBlocks, -1)
 	d.cur = nil
 	for _, s := range d.r.states() {
 		if s.ep.Address == address {
 			d.cur = s
-			s.addLoad(d.prefillLeft, d.decodeBlocks, 1)
+			s.addLoad(moving, d.decodeBlocks, 1)
 			return
 		}
 	}
+	if d.pre == nil {
+		d.prefillLeft = 0 // released with the target: nothing holds it any more
+	}
+}
+
+// prefillOn is the endpoint holding the prefill load; d.mu must be held.
+func (d *Decision) prefillOn() *epState {
+	if d.pre != nil {
+		return d.pre
+	}
+	return d.cur
 }
 
 // Done releases all of the request's load, once: later calls do nothing. usage, when the
@@ -110,10 +126,13 @@ func (d *Decision) Done(usage *openai.Usage, err error) {
 	}
 	d.done = true
 	cur := d.cur
-	if cur != nil {
-		cur.addLoad(-d.prefillLeft, -d.decodeBlocks, -1)
+	if on := d.prefillOn(); on != nil {
+		on.prefillTokens.Add(-d.prefillLeft)
 	}
-	d.prefillLeft, d.cur = 0, nil
+	if cur != nil {
+		cur.addLoad(0, -d.decodeBlocks, -1)
+	}
+	d.prefillLeft, d.cur, d.pre = 0, nil, nil
 	d.mu.Unlock()
 	if usage != nil {
 		d.r.m.reportedPrompt.Add(float64(usage.PromptTokens))

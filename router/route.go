@@ -48,6 +48,8 @@ type scratch struct {
 	cands   []Candidate
 	states  []*epState
 	costs   []float64
+	text    []kvindex.BlockHash
+	seed    uint64
 }
 
 // Route parses and validates the body, renders and tokenizes the prompt, matches it against
@@ -183,21 +185,101 @@ func (r *Router) tokenizer(model string) *tokenizer.Tokenizer {
 // Pick chooses an endpoint for a prompt that is already tokenized: filters (model, role,
 // subset, health, saturation), cache overlap, scoring, load accounting. Route calls it after
 // parsing; replays call it directly. Errors are *openai.Error (404, 429, 503).
+//
+// When prefill-role endpoints serve the model (and the prompt has at least
+// Config.DisaggMinTokens tokens), the request is disaggregated: the target is picked among
+// decode (and aggregated) endpoints, and Decision.Prefill among the prefill endpoints, each
+// scored with its own cache overlap; the prefill load sits on the prefill endpoint.
 func (r *Router) Pick(p Prompt) (*Decision, error) {
 	now := r.cfg.Now()
+	states := r.states()
 	sc := r.pool.Get().(*scratch)
 	defer r.pool.Put(sc)
+	t, err := r.pickAmong(sc, states, p, p.Subset, isTargetRole, now)
+	if err != nil {
+		return nil, err
+	}
+	d := &Decision{
+		Endpoint:      t.s.ep,
+		Policy:        r.cfg.Policy,
+		Model:         p.Model,
+		PromptTokens:  len(p.Tokens) + p.ExtraTokens,
+		RequestBlocks: len(p.Tokens) / t.s.blockSize,
+		CachedBlocks:  t.cand.CachedBlocks(),
+		Cost:          t.cost,
+		Fallbacks:     t.fallbacks,
+		r:             r,
+		cur:           t.s,
+	}
+	// Load: the uncached prompt is prefill until the first token; the whole prompt's blocks
+	// are held until the end.
+	bs := t.s.blockSize
+	d.decodeBlocks = int64((d.PromptTokens + bs - 1) / bs)
+	prefillOn, cached := t.s, d.CachedBlocks
+	if r.disaggregate(states, p) {
+		sp := r.pool.Get().(*scratch)
+		defer r.pool.Put(sp)
+		if pf, err := r.pickAmong(sp, states, p, nil, isPrefillRole, now); err == nil {
+			ep := pf.s.ep
+			d.Prefill, d.pre = &ep, pf.s
+			prefillOn, cached = pf.s, pf.cand.CachedBlocks()
+			r.remember(sp, pf.s, p, now)
+		} else {
+			r.log.Debug("no prefill endpoint available; the decode endpoint prefills", "err", err)
+		}
+	}
+	d.prefillLeft = int64(max(d.PromptTokens-cached*prefillOn.blockSize, 0))
+	prefillOn.addLoad(d.prefillLeft, 0, 0)
+	t.s.addLoad(0, d.decodeBlocks, 1)
+	r.remember(sc, t.s, p, now)
+	if r.log.Enabled(context.Background(), slog.LevelDebug) {
+		r.explain(d, sc, t.order)
+	}
+	return d, nil
+}
 
-	// Filters.
+func isTargetRole(r Role) bool  { return r != RolePrefill }
+func isPrefillRole(r Role) bool { return r == RolePrefill }
+
+// disaggregate reports whether some prefill endpoint serves the prompt's model and the prompt
+// is long enough to prefill remotely.
+func (r *Router) disaggregate(states []*epState, p Prompt) bool {
+	if len(p.Tokens) < r.cfg.DisaggMinTokens {
+		return false
+	}
+	for _, s := range states {
+		if s.ep.role() == RolePrefill && s.ep.Serves(p.Model) {
+			return true
+		}
+	}
+	return false
+}
+
+// picked is the outcome of one pickAmong.
+type picked struct {
+	s         *epState
+	cand      Candidate
+	cost      float64
+	order     []int
+	fallbacks []Endpoint
+}
+
+// pickAmong filters states by model, role, subset, health and saturation, computes each
+// survivor's overlap and load, and orders them under the policy.
+func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []string, role func(Role) bool, now time.Time) (*picked, error) {
 	sc.states = sc.states[:0]
 	var saturated []*epState
-	serving, inSubset, healthy := 0, 0, 0
-	for _, s := range r.states() {
-		if !s.ep.Serves(p.Model) || s.ep.role() == RolePrefill {
+	anyRole, serving, inSubset, healthy := 0, 0, 0, 0
+	for _, s := range states {
+		if !s.ep.Serves(p.Model) {
+			continue
+		}
+		anyRole++
+		if !role(s.ep.role()) {
 			continue
 		}
 		serving++
-		if p.Subset != nil && !slices.Contains(p.Subset, s.ep.Address) {
+		if subset != nil && !slices.Contains(subset, s.ep.Address) {
 			continue
 		}
 		inSubset++
@@ -212,10 +294,12 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 		sc.states = append(sc.states, s)
 	}
 	switch {
-	case serving == 0:
+	case anyRole == 0:
 		return nil, openai.ModelNotFound(p.Model)
+	case serving == 0:
+		return nil, openai.Unavailable("No endpoint of the needed role serves %q.", p.Model)
 	case inSubset == 0:
-		return nil, openai.Unavailable("No endpoint serving %q is in the proxy's subset %v.", p.Model, p.Subset)
+		return nil, openai.Unavailable("No endpoint serving %q is in the proxy's subset %v.", p.Model, subset)
 	case healthy == 0:
 		return nil, openai.Unavailable("No healthy endpoint serves %q.", p.Model)
 	case len(sc.states) == 0 && r.cfg.Shed:
@@ -224,13 +308,9 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 		sc.states = append(sc.states, saturated...)
 	}
 
-	// Candidates with their cache overlap and load.
 	n := len(sc.states)
 	sc.cands = slices.Grow(sc.cands[:0], n)[:n]
 	clear(sc.cands)
-	requestBlocks := 0
-	var textHashes []kvindex.BlockHash
-	seed := r.seed(p)
 	for i, s := range sc.states {
 		c := &sc.cands[i]
 		c.PrefillBlocks = float64(s.prefillTokens.Load()) / float64(s.blockSize)
@@ -239,12 +319,15 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 			c.Waiting = l.Waiting
 		}
 	}
+	sc.seed = r.seed(p)
+	sc.hashes, sc.text = sc.hashes[:0], sc.text[:0]
+	requestBlocks := len(p.Tokens) / sc.states[0].blockSize
 	switch r.cfg.Policy {
 	case PolicyKV:
-		requestBlocks = r.matchBlocks(sc, seed, p.Tokens, now)
+		r.matchBlocks(sc, sc.seed, p.Tokens, now)
 	case PolicyApproxPrefix:
-		textHashes = r.textHashes(p)
-		r.text.FindMatches(textHashes, now, &sc.approx)
+		sc.text = r.textHashes(sc.text, p)
+		r.text.FindMatches(sc.text, now, &sc.approx)
 		for _, m := range sc.approx.Endpoints {
 			for i, s := range sc.states {
 				if s.id == m.Endpoint {
@@ -252,9 +335,6 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 				}
 			}
 		}
-		requestBlocks = len(p.Tokens) / sc.states[0].blockSize
-	default:
-		requestBlocks = len(p.Tokens) / sc.states[0].blockSize
 	}
 
 	sc.costs = slices.Grow(sc.costs[:0], n)[:n]
@@ -262,51 +342,31 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 	order := r.picker.Pick(sc.cands, requestBlocks, sc.costs)
 	r.pickMu.Unlock()
 
-	t := sc.states[order[0]]
-	c := sc.cands[order[0]]
-	d := &Decision{
-		Endpoint:      t.ep,
-		Policy:        r.cfg.Policy,
-		Model:         p.Model,
-		PromptTokens:  len(p.Tokens) + p.ExtraTokens,
-		RequestBlocks: len(p.Tokens) / t.blockSize,
-		CachedBlocks:  c.CachedBlocks(),
-		Cost:          sc.costs[order[0]],
-		r:             r,
-		cur:           t,
-	}
+	out := &picked{s: sc.states[order[0]], cand: sc.cands[order[0]], cost: sc.costs[order[0]], order: order}
 	for _, i := range order[1:min(len(order), 1+r.cfg.MaxFallbacks)] {
-		d.Fallbacks = append(d.Fallbacks, sc.states[i].ep)
+		out.fallbacks = append(out.fallbacks, sc.states[i].ep)
 	}
-	// Load: the uncached prompt is prefill until the first token; the whole prompt's blocks
-	// are held until the end.
-	bs := t.blockSize
-	d.prefillLeft = int64(max(d.PromptTokens-d.CachedBlocks*bs, 0))
-	d.decodeBlocks = int64((d.PromptTokens + bs - 1) / bs)
-	t.addLoad(d.prefillLeft, d.decodeBlocks, 1)
+	return out, nil
+}
 
-	// Remember what was sent where when no events will tell.
+// remember records what was sent to s where no KV events will tell: approx-prefix's text
+// chunks, or (kv policy, endpoint without events) the prompt's blocks.
+func (r *Router) remember(sc *scratch, s *epState, p Prompt, now time.Time) {
 	switch {
 	case r.cfg.Policy == PolicyApproxPrefix:
-		r.text.Record(t.id, textHashes, now)
-	case r.cfg.Policy == PolicyKV && !t.hasEvents() && len(sc.hashes) > 0:
-		if t.blockSize != sc.states[0].blockSize {
-			sc.hashes = kvindex.HashBlocks(sc.hashes[:0], seed, p.Tokens, t.blockSize)
+		r.text.Record(s.id, sc.text, now)
+	case r.cfg.Policy == PolicyKV && !s.hasEvents() && len(p.Tokens) >= s.blockSize:
+		if len(sc.hashes) != len(p.Tokens)/s.blockSize {
+			sc.hashes = kvindex.HashBlocks(sc.hashes[:0], sc.seed, p.Tokens, s.blockSize)
 		}
-		r.approx.Record(t.id, sc.hashes, now)
+		r.approx.Record(s.id, sc.hashes, now)
 	}
-
-	if r.log.Enabled(context.Background(), slog.LevelDebug) {
-		r.explain(d, sc, order)
-	}
-	return d, nil
 }
 
 // matchBlocks hashes the prompt for each block size in use and fills the candidates' overlap
 // from the index (endpoints with events) or approximate mode (without). It returns the
-// request's block count under the first candidate's block size; sc.hashes ends up holding
-// that block size's hashes.
-func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time.Time) int {
+// sc.hashes ends up holding the first candidate's block size's hashes.
+func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time.Time) {
 	first := sc.states[0].blockSize
 	var sizes []int
 	for _, s := range sc.states {
@@ -344,7 +404,6 @@ func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time
 			}
 		}
 	}
-	return len(tokens) / first
 }
 
 func findMatch(m *kvindex.Matches, id kvindex.EndpointID) (kvindex.Match, bool) {
@@ -373,7 +432,7 @@ func (r *Router) seed(p Prompt) uint64 {
 // textHashes hashes the prompt text in TextChunk-byte chunks (full chunks only, at most
 // TextMaxChunks), under a seed of the model name, as the Inference Extension's prefix scorer
 // does; the approximate index chains them into prefixes.
-func (r *Router) textHashes(p Prompt) []kvindex.BlockHash {
+func (r *Router) textHashes(dst []kvindex.BlockHash, p Prompt) []kvindex.BlockHash {
 	text := []byte(p.Text)
 	if len(text) == 0 && len(p.Tokens) > 0 {
 		text = make([]byte, 4*len(p.Tokens))
@@ -384,11 +443,10 @@ func (r *Router) textHashes(p Prompt) []kvindex.BlockHash {
 	seed := xxh3.HashString(p.Model + "\x00" + p.CacheSalt)
 	k := r.cfg.TextChunk
 	n := min(len(text)/k, r.cfg.TextMaxChunks)
-	out := make([]kvindex.BlockHash, n)
 	for i := range n {
-		out[i] = kvindex.BlockHash(xxh3.HashSeed(text[i*k:(i+1)*k], seed))
+		dst = append(dst, kvindex.BlockHash(xxh3.HashSeed(text[i*k:(i+1)*k], seed)))
 	}
-	return out
+	return dst
 }
 
 func (r *Router) saturated(s *epState, now time.Time) bool {
