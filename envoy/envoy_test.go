@@ -88,6 +88,9 @@ func TestStaticEndpointPicker(t *testing.T) {
 	if err := b.GetStaticResources().GetListeners()[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&mgr); err != nil {
 		t.Fatal(err)
 	}
+	if len(mgr.GetEarlyHeaderMutationExtensions()) != 1 {
+		t.Errorf("client-sent x-gateway-destination-endpoint is not stripped")
+	}
 	filters := mgr.GetHttpFilters()
 	if len(filters) != 2 || filters[0].GetName() != "envoy.filters.http.ext_proc" || filters[1].GetName() != "envoy.filters.http.router" {
 		t.Fatalf("http filters = %v, want ext_proc then router", filters)

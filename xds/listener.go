@@ -6,11 +6,13 @@ import (
 	"strconv"
 	"time"
 
+	mutationrules "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	extproc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	earlymutation "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -58,6 +60,12 @@ func buildListener(m Model, o Options) (*listener.Listener, error) {
 			InitialStreamWindowSize:     wrapperspb.UInt32(1 << 20),
 			InitialConnectionWindowSize: wrapperspb.UInt32(16 << 20),
 		},
+		// The destination is the router's to choose: a client sending the picker's headers
+		// itself is stripped before any filter runs (ext_proc sets them afterwards).
+		EarlyHeaderMutationExtensions: []*core.TypedExtensionConfig{{
+			Name:        "envoy.http.early_header_mutation.header_mutation",
+			TypedConfig: mustAny(stripPickerHeaders()),
+		}},
 		NormalizePath:    wrapperspb.Bool(true),
 		MergeSlashes:     true,
 		UseRemoteAddress: wrapperspb.Bool(true),
@@ -72,6 +80,15 @@ func buildListener(m Model, o Options) (*listener.Listener, error) {
 			}},
 		}},
 	}, nil
+}
+
+// stripPickerHeaders removes the headers only the router may set.
+func stripPickerHeaders() *earlymutation.HeaderMutation {
+	var ms []*mutationrules.HeaderMutation
+	for _, h := range []string{DestinationHeader, ModelHeader} {
+		ms = append(ms, &mutationrules.HeaderMutation{Action: &mutationrules.HeaderMutation_Remove{Remove: h}})
+	}
+	return &earlymutation.HeaderMutation{Mutations: ms}
 }
 
 // ExtProcFilter is the ext_proc filter configuration kvgate's router expects: request headers

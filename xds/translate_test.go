@@ -13,6 +13,7 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extproc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	earlymutation "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
@@ -187,6 +188,11 @@ func TestTranslateSemantics(t *testing.T) {
 			var mgr hcm.HttpConnectionManager
 			if err := res.Listeners[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&mgr); err != nil {
 				t.Fatal(err)
+			}
+			var strip earlymutation.HeaderMutation
+			if ext := mgr.GetEarlyHeaderMutationExtensions(); len(ext) != 1 || ext[0].GetTypedConfig().UnmarshalTo(&strip) != nil ||
+				len(strip.GetMutations()) != 2 || strip.GetMutations()[0].GetRemove() != xds.DestinationHeader {
+				t.Errorf("client-sent picker headers are not stripped: %v", ext)
 			}
 			if got := mgr.GetHttpFilters()[len(mgr.GetHttpFilters())-1].GetName(); got != "envoy.filters.http.router" {
 				t.Errorf("last HTTP filter = %s, want the router", got)
