@@ -23,6 +23,10 @@ type ChatInput struct {
 	AddGenerationPrompt bool
 	Extra               map[string]any // extra template variables, e.g. enable_thinking (chat_template_kwargs); a json.RawMessage value keeps its key order
 	Template            string         // named template ("tool_use", ...) or "" for the default
+	// KeepToolArgumentStrings leaves assistant tool_calls[].function.arguments JSON strings as
+	// strings. By default they are parsed into objects first, as vLLM and SGLang do before
+	// rendering (so a template's tojson prints them), to produce the engine's own prompt.
+	KeepToolArgumentStrings bool
 }
 
 // chatTemplates holds the parsed chat templates of a tokenizer.
@@ -242,6 +246,9 @@ func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
 		if !ok {
 			return "", fmt.Errorf("tokenizer: messages[%d] is not an object", i)
 		}
+		if !in.KeepToolArgumentStrings {
+			parseToolArguments(mm, ko)
+		}
 		if ct.flattenContent {
 			// As vLLM does for templates that take content as a string: a missing or null
 			// content is "", text parts are joined.
@@ -299,6 +306,44 @@ func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
 		return "", fmt.Errorf("tokenizer: chat template: %w", err)
 	}
 	return b.String(), nil
+}
+
+// parseToolArguments does what vLLM does to an assistant message's tool calls before
+// rendering: JSON-string arguments become the decoded object (arguments that are not a JSON
+// object stay as they are), and an empty tool_calls list is dropped.
+func parseToolArguments(m map[string]any, ko keyOrder) {
+	if m["role"] != "assistant" {
+		return
+	}
+	calls, ok := m["tool_calls"].([]any)
+	if !ok {
+		return
+	}
+	if len(calls) == 0 {
+		delete(m, "tool_calls")
+		id := mapID(m)
+		ko[id] = slices.DeleteFunc(slices.Clone(ko[id]), func(k string) bool { return k == "tool_calls" })
+		return
+	}
+	for _, c := range calls {
+		cm, ok := c.(map[string]any)
+		if !ok {
+			continue
+		}
+		fn, ok := cm["function"].(map[string]any)
+		if !ok {
+			continue
+		}
+		args, ok := fn["arguments"].(string)
+		if !ok {
+			continue
+		}
+		if v, err := decodeOrdered([]byte(args), ko); err == nil {
+			if obj, ok := v.(map[string]any); ok {
+				fn["arguments"] = obj
+			}
+		}
+	}
 }
 
 // flattenParts turns a text-only content-part array into one string joined by "\n".

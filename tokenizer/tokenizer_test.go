@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -144,5 +145,47 @@ func TestNullContent(t *testing.T) {
 	// Python jinja2's rendering of the "" variant:
 	if want != "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n<tool_call>\n{\"name\": \"w\", \"arguments\": {}}\n</tool_call><|im_end|>\n<|im_start|>assistant\n" {
 		t.Errorf("unexpected prompt %q", want)
+	}
+}
+
+// TestToolArgumentStrings: string arguments are parsed into objects before rendering (vLLM,
+// SGLang), so compact JSON from a client renders as the template's tojson writes it.
+func TestToolArgumentStrings(t *testing.T) {
+	tok := defaultTokenizer(t)
+	msgs := func(args string) json.RawMessage {
+		return json.RawMessage(`[{"role":"user","content":"Weather?"},{"role":"assistant","content":"",` +
+			`"tool_calls":[{"id":"a","type":"function","function":{"name":"w","arguments":` + args + `}}]}]`)
+	}
+	tests := []struct {
+		name string
+		args string
+		keep bool
+		want string
+	}{
+		{"string parsed", `"{\"city\":\"Paris\",\"days\":2}"`, false, `{"city": "Paris", "days": 2}`},
+		{"object", `{"city":"Paris","days":2}`, false, `{"city": "Paris", "days": 2}`},
+		{"string kept", `"{\"city\":\"Paris\",\"days\":2}"`, true, `{"city":"Paris","days":2}`},
+		{"not json stays", `"city=Paris"`, false, `city=Paris`},
+	}
+	// An empty tool_calls list is dropped (vLLM): same prompt as without the key.
+	empty, err := tok.RenderChat(tokenizer.ChatInput{Messages: json.RawMessage(`[{"role":"user","content":"a"},{"role":"assistant","content":"b","tool_calls":[]}]`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := tok.RenderChat(tokenizer.ChatInput{Messages: json.RawMessage(`[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]`)})
+	if err != nil || empty != without {
+		t.Fatalf("empty tool_calls: %q, want %q (%v)", empty, without, err)
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := tok.RenderChat(tokenizer.ChatInput{Messages: msgs(tc.args), KeepToolArgumentStrings: tc.keep})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := `"arguments": ` + tc.want + "}\n</tool_call>"
+			if !strings.Contains(p, want) {
+				t.Fatalf("prompt %q lacks %q", p, want)
+			}
+		})
 	}
 }
