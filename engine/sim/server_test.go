@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -874,5 +875,94 @@ func TestClientDisconnectFreesBlocks(t *testing.T) {
 			t.Fatalf("blocks not freed after disconnect: %+v", st)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// collector is an engine.Handler that keeps what a router's subscriber would apply.
+type collector struct {
+	mu      sync.Mutex
+	seqs    []uint64
+	cached  map[engine.BlockHash]bool
+	cleared int
+	gaps    int
+}
+
+func (c *collector) Batch(seq uint64, b engine.EventBatch) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seqs = append(c.seqs, seq)
+	for _, ev := range b.Events {
+		switch ev.Kind {
+		case engine.AllBlocksCleared:
+			c.cleared++
+			clear(c.cached)
+		case engine.BlockStored:
+			for _, h := range ev.BlockHashes {
+				c.cached[h] = true
+			}
+		case engine.BlockRemoved:
+			for _, h := range ev.BlockHashes {
+				delete(c.cached, h)
+			}
+		}
+	}
+}
+
+func (c *collector) Gap(expected, got uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gaps++
+}
+
+// TestRouterSubscriberTracksTheCache runs the project's KV-event subscriber (what the router
+// uses for vLLM) against the sim: it recovers the batches published before it connected
+// through the replay socket, and the cache it builds from the events is the engine's.
+func TestRouterSubscriberTracksTheCache(t *testing.T) {
+	s := testServer(t, ServerConfig{Engine: Config{NumBlocks: 48}})
+	c := client(t)
+	for i := range 3 { // published before anyone subscribes
+		completion(t, c, s, map[string]any{"prompt": longText(200+i, 120), "max_tokens": 2, "ignore_eos": true})
+	}
+	col := &collector{cached: map[engine.BlockHash]bool{}}
+	sub := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: s.KVEventsAddr(), ReplayEndpoint: s.KVEventsReplayAddr(),
+		Logger: slog.New(slog.DiscardHandler), DialRetry: 20 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sub.Run(ctx, col) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ; i++ {
+		completion(t, c, s, map[string]any{"prompt": longText(300+i, 120), "max_tokens": 2, "ignore_eos": true})
+		time.Sleep(100 * time.Millisecond)
+		col.mu.Lock()
+		n, first, cleared, cached := len(col.seqs), uint64(1), col.cleared, len(col.cached)
+		if n > 0 {
+			first = col.seqs[0]
+		}
+		col.mu.Unlock()
+		if n > 0 && i >= 3 {
+			if first != 0 || cleared != 1 {
+				t.Fatalf("subscriber started at seq %d with %d AllBlocksCleared", first, cleared)
+			}
+			// The engine is idle now; the subscriber catches up with its last batches.
+			for st := s.Stats(); cached != st.CachedBlocks; {
+				if time.Now().After(deadline) {
+					t.Fatalf("subscriber holds %d blocks, the engine caches %d", cached, st.CachedBlocks)
+				}
+				time.Sleep(20 * time.Millisecond)
+				col.mu.Lock()
+				cached = len(col.cached)
+				col.mu.Unlock()
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the subscriber received nothing")
+		}
 	}
 }
