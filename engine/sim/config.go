@@ -59,7 +59,7 @@ var DefaultTiming = Timing{
 	PerToken:        50 * time.Microsecond,
 	PerSeq:          10 * time.Microsecond,
 	PerContextToken: 40 * time.Nanosecond,
-	PerAttnPair:     0.0013,
+	PerAttnPair:     1.3,
 	Speed:           1,
 }
 

@@ -485,3 +485,57 @@ func TestDerivedCapacity(t *testing.T) {
 		t.Fatal("a GPU too small for the weights was accepted")
 	}
 }
+
+func TestTimingModel(t *testing.T) {
+	d := DefaultTiming
+	fast := d
+	fast.Speed = 10
+	tests := []struct {
+		name      string
+		got, want time.Duration
+	}{
+		// one decode at 1000 context: 6ms + 50us + 10us + 40us
+		{"single decode", d.stepTime(1, 1, 1000, 0), 6100 * time.Microsecond},
+		// 256 decodes at 1000 context each: 6 + 12.8 + 2.56 + 10.24 ms
+		{"256 decodes", d.stepTime(256, 256, 256_000, 0), 31600 * time.Microsecond},
+		// a 1000-token cold prefill: 6 + 50 + 0.01 + 0.04 + 0.65 ms
+		{"prefill 1000", d.stepTime(1000, 1, 1000, 1000*500), 56700 * time.Microsecond},
+		{"speed 10", fast.stepTime(256, 256, 256_000, 0), 3160 * time.Microsecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := tt.got - tt.want; diff < -time.Microsecond || diff > time.Microsecond {
+				t.Fatalf("step time %v, want %v", tt.got, tt.want)
+			}
+		})
+	}
+}
+
+// TestLoadSlowsDecode checks the engine's inter-token latency grows with the batch, in
+// virtual time.
+func TestLoadSlowsDecode(t *testing.T) {
+	itl := func(batch int) time.Duration {
+		e, _ := New(Config{NumBlocks: 8192})
+		for i := range batch {
+			e.Add(Request{ID: fmt.Sprint(i), Prompt: prompt(i, 500), MaxTokens: 50})
+		}
+		var now, first, last time.Duration
+		for e.Busy() {
+			r := e.Step(now)
+			now = r.End
+			for _, o := range r.Outputs {
+				if o.ID == "0" && o.Index == 1 {
+					first = now
+				}
+				if o.ID == "0" && o.Index == 49 {
+					last = now
+				}
+			}
+		}
+		return (last - first) / 48
+	}
+	one, many := itl(1), itl(128)
+	if one < 5*time.Millisecond || one > 8*time.Millisecond || many < 2*one {
+		t.Fatalf("ITL alone %v, in a batch of 128 %v", one, many)
+	}
+}

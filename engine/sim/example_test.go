@@ -47,6 +47,6 @@ func Example() {
 		}
 	}
 	// Output:
-	// first: ttft 56ms, cached 0 of 1000
+	// first: ttft 57ms, cached 0 of 1000
 	// second: ttft 6ms, cached 992 of 1000
 }
