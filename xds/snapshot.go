@@ -1,13 +1,16 @@
 package xds
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"sigs.k8s.io/yaml"
 )
 
 // Snapshot turns resources into a go-control-plane snapshot whose version for each resource
@@ -97,4 +100,38 @@ func hashResources(items []types.Resource) (string, error) {
 		h.Write(buf)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// YAML renders the resources as one YAML document with the keys listeners, clusters,
+// routes and endpoints, in Envoy's field names: what `kvgate xds --dry-run` prints.
+func (r *Resources) YAML() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString("{")
+	for i, g := range []struct {
+		key   string
+		items []types.Resource
+	}{
+		{"listeners", asResources(r.Listeners)},
+		{"clusters", asResources(r.Clusters)},
+		{"routes", asResources(r.Routes)},
+		{"endpoints", asResources(r.Endpoints)},
+	} {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, "%q:[", g.key)
+		for j, it := range g.items {
+			if j > 0 {
+				b.WriteString(",")
+			}
+			js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(it)
+			if err != nil {
+				return nil, err
+			}
+			b.Write(js)
+		}
+		b.WriteString("]")
+	}
+	b.WriteString("}")
+	return yaml.JSONToYAML(b.Bytes())
 }

@@ -346,3 +346,25 @@ func FuzzTranslate(f *testing.F) {
 		}
 	})
 }
+
+// TestResourcesYAML: the dry-run rendering holds every resource and reads back as YAML.
+func TestResourcesYAML(t *testing.T) {
+	res, err := xds.Translate(xds.Model{Router: []string{"127.0.0.1:9002"}, Pools: map[string][]xds.Endpoint{"m": {{Address: "10.0.0.1:8000", Healthy: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := res.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string][]map[string]any
+	if err := yaml.Unmarshal(y, &doc); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{"listeners": 1, "clusters": 4, "routes": 1, "endpoints": 2}
+	for k, n := range want {
+		if len(doc[k]) != n {
+			t.Errorf("%s: %d entries, want %d", k, len(doc[k]), n)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -21,7 +22,7 @@ func newXDSCmd(g *globals) *cobra.Command {
 		model                                      xds.Model
 		routerTLS                                  xds.TLSFiles
 		tlsFiles                                   xds.TLSFiles
-		failOpen                                   bool
+		failOpen, dryRun                           bool
 		messageTimeout, idleTimeout, debounce      time.Duration
 	)
 	cmd := &cobra.Command{
@@ -102,6 +103,9 @@ that honours the pick, and an EDS pool per model, updated as engines come and go
 			default:
 				return errors.New("say where engines are: --consul ADDR or --endpoints FILE")
 			}
+			if dryRun {
+				return printOnce(cmd, src, model)
+			}
 			srv, err := xds.New(xds.Config{
 				Listen: listen, TLS: tlsFiles, Model: model, Source: src, Debounce: debounce, Log: g.log,
 			})
@@ -124,6 +128,7 @@ that honours the pick, and an EDS pool per model, updated as engines come and go
 	f.BoolVar(&failOpen, "failure-mode-allow", false, "let requests through when the router is unreachable")
 	f.DurationVar(&messageTimeout, "message-timeout", 5*time.Second, "how long Envoy waits for each router reply")
 	f.DurationVar(&idleTimeout, "stream-idle-timeout", 5*time.Minute, "close client streams silent this long")
+	f.BoolVar(&dryRun, "dry-run", false, "print the resources Envoy would get from the first discovery report, then exit")
 	f.DurationVar(&debounce, "debounce", 100*time.Millisecond, "coalesce discovery changes arriving within this window")
 	f.StringVar(&tlsFiles.Cert, "tls-cert", "", "serve xDS over TLS with this certificate (PEM)")
 	f.StringVar(&tlsFiles.Key, "tls-key", "", "private key of --tls-cert (PEM)")
@@ -139,4 +144,30 @@ that honours the pick, and an EDS pool per model, updated as engines come and go
 		return nil
 	}
 	return cmd
+}
+
+// printOnce translates the first discovery report and prints the resources as YAML.
+func printOnce(cmd *cobra.Command, src discovery.Source, model xds.Model) error {
+	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+	defer cancel()
+	var eps []discovery.Endpoint
+	select {
+	case eps = <-src.Watch(ctx):
+	case <-ctx.Done():
+		return fmt.Errorf("no discovery report within 30s: %w", ctx.Err())
+	}
+	model.Pools = xds.Pools(eps)
+	res, err := xds.Translate(model)
+	if res == nil {
+		return err
+	}
+	if err != nil {
+		fmt.Fprintln(cmd.ErrOrStderr(), "problems:", err)
+	}
+	out, err := res.YAML()
+	if err != nil {
+		return err
+	}
+	_, err = cmd.OutOrStdout().Write(out)
+	return err
 }
