@@ -71,3 +71,19 @@ func TestDisaggMinTokens(t *testing.T) {
 		t.Errorf("decode endpoint should hold the prefill load: %+v", l)
 	}
 }
+
+// TestLearnedBlockSize: an endpoint configured without a block size takes its engine's from
+// the KV events (SGLang's page size, say) and matches requests in those blocks.
+func TestLearnedBlockSize(t *testing.T) {
+	eps := endpoints(2)
+	eps[0].BlockSize, eps[1].BlockSize = 0, 0
+	r, _ := newRouter(t, eps, nil)
+	content := longText("pages", 100)
+	tokens := chatTokens(t, content)
+	r.ApplyEvents("e1", stored(tokens, 4, 1, ""))
+	d := route(t, r, "/v1/chat/completions", chatBody(content, false))
+	defer d.Done(nil, nil)
+	if d.Endpoint.Name != "e1" || d.CachedBlocks != len(tokens)/4 {
+		t.Errorf("picked %s with %d cached blocks, want e1 with %d blocks of 4", d.Endpoint.Name, d.CachedBlocks, len(tokens)/4)
+	}
+}

@@ -64,11 +64,17 @@ func (r *Router) apply(s *epState, b engine.EventBatch) {
 func (r *Router) applyStored(s *epState, ev *engine.Event) {
 	bs := ev.BlockSize
 	if bs <= 0 {
-		bs = s.blockSize
+		bs = s.bs()
 	}
-	if bs != s.blockSize {
-		r.log.Debug("kv events: block size differs from the endpoint's; its blocks will not match requests",
-			"endpoint", s.ep.Name, "event_block_size", bs, "endpoint_block_size", s.blockSize)
+	if bs != s.bs() {
+		if s.ep.BlockSize == 0 {
+			// Not configured: the engine's events are the truth (SGLang pages, vLLM flags).
+			r.log.Info("kv events: learned the endpoint's block size", "endpoint", s.ep.Name, "block_size", bs, "was", s.bs())
+			s.blockSize.Store(int64(bs))
+		} else if s.warnedBS.CompareAndSwap(false, true) {
+			r.log.Warn("kv events: block size differs from the configured one; its blocks will not match requests",
+				"endpoint", s.ep.Name, "event_block_size", bs, "endpoint_block_size", s.bs())
+		}
 	}
 	n := len(ev.BlockHashes)
 	if bs > 0 {

@@ -204,7 +204,7 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 		Policy:        r.cfg.Policy,
 		Model:         p.Model,
 		PromptTokens:  len(p.Tokens) + p.ExtraTokens,
-		RequestBlocks: len(p.Tokens) / t.s.blockSize,
+		RequestBlocks: len(p.Tokens) / t.s.bs(),
 		CachedBlocks:  t.cand.CachedBlocks(),
 		Cost:          t.cost,
 		Fallbacks:     t.fallbacks,
@@ -213,7 +213,7 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 	}
 	// Load: the uncached prompt is prefill until the first token; the whole prompt's blocks
 	// are held until the end.
-	bs := t.s.blockSize
+	bs := t.s.bs()
 	d.decodeBlocks = int64((d.PromptTokens + bs - 1) / bs)
 	prefillOn, cached := t.s, d.CachedBlocks
 	if r.disaggregate(states, p) {
@@ -228,7 +228,7 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 			r.log.Debug("no prefill endpoint available; the decode endpoint prefills", "err", err)
 		}
 	}
-	d.prefillLeft = int64(max(d.PromptTokens-cached*prefillOn.blockSize, 0))
+	d.prefillLeft = int64(max(d.PromptTokens-cached*prefillOn.bs(), 0))
 	prefillOn.addLoad(d.prefillLeft, 0, 0)
 	t.s.addLoad(0, d.decodeBlocks, 1)
 	r.remember(sc, t.s, p, now)
@@ -313,7 +313,7 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 	clear(sc.cands)
 	for i, s := range sc.states {
 		c := &sc.cands[i]
-		c.PrefillBlocks = float64(s.prefillTokens.Load()) / float64(s.blockSize)
+		c.PrefillBlocks = float64(s.prefillTokens.Load()) / float64(s.bs())
 		c.DecodeBlocks = float64(s.decodeBlocks.Load())
 		if l, ok := s.load(now, r.cfg.MetricsStaleAfter); ok {
 			c.Waiting = l.Waiting
@@ -321,7 +321,7 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 	}
 	sc.seed = r.seed(p)
 	sc.hashes, sc.text = sc.hashes[:0], sc.text[:0]
-	requestBlocks := len(p.Tokens) / sc.states[0].blockSize
+	requestBlocks := len(p.Tokens) / sc.states[0].bs()
 	switch r.cfg.Policy {
 	case PolicyKV:
 		r.matchBlocks(sc, sc.seed, p.Tokens, now)
@@ -355,9 +355,9 @@ func (r *Router) remember(sc *scratch, s *epState, p Prompt, now time.Time) {
 	switch {
 	case r.cfg.Policy == PolicyApproxPrefix:
 		r.text.Record(s.id, sc.text, now)
-	case r.cfg.Policy == PolicyKV && !s.hasEvents() && len(p.Tokens) >= s.blockSize:
-		if len(sc.hashes) != len(p.Tokens)/s.blockSize {
-			sc.hashes = kvindex.HashBlocks(sc.hashes[:0], sc.seed, p.Tokens, s.blockSize)
+	case r.cfg.Policy == PolicyKV && !s.hasEvents() && len(p.Tokens) >= s.bs():
+		if len(sc.hashes) != len(p.Tokens)/s.bs() {
+			sc.hashes = kvindex.HashBlocks(sc.hashes[:0], sc.seed, p.Tokens, s.bs())
 		}
 		r.approx.Record(s.id, sc.hashes, now)
 	}
@@ -367,11 +367,11 @@ func (r *Router) remember(sc *scratch, s *epState, p Prompt, now time.Time) {
 // from the index (endpoints with events) or approximate mode (without). It returns the
 // sc.hashes ends up holding the first candidate's block size's hashes.
 func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time.Time) {
-	first := sc.states[0].blockSize
+	first := sc.states[0].bs()
 	var sizes []int
 	for _, s := range sc.states {
-		if !slices.Contains(sizes, s.blockSize) {
-			sizes = append(sizes, s.blockSize)
+		if !slices.Contains(sizes, s.bs()) {
+			sizes = append(sizes, s.bs())
 		}
 	}
 	// The first block size last, so its hashes stay in sc.hashes.
@@ -392,7 +392,7 @@ func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time
 		r.index.FindMatches(sc.hashes, &sc.matches)
 		r.approx.FindMatches(sc.hashes, now, &sc.approx)
 		for i, s := range sc.states {
-			if s.blockSize != bs {
+			if s.bs() != bs {
 				continue
 			}
 			src := &sc.matches

@@ -184,10 +184,12 @@ func (r *Router) setEndpoints(eps []Endpoint) error {
 		if _, ok := r.eps[name]; ok {
 			continue
 		}
-		s := &epState{ep: e, id: r.index.Endpoint(name), blockSize: e.BlockSize}
-		if s.blockSize == 0 {
-			s.blockSize = r.modelBlockSize(e.Models)
+		s := &epState{ep: e, id: r.index.Endpoint(name)}
+		bs := e.BlockSize
+		if bs == 0 {
+			bs = r.modelBlockSize(e.Models)
 		}
+		s.blockSize.Store(int64(bs))
 		r.eps[name] = s
 		r.startLocked(s)
 	}

@@ -13,9 +13,11 @@ import (
 // them without locks; the router's own accounting (prefill tokens, decode blocks, requests)
 // only ever moves through Decision, which releases exactly what it added.
 type epState struct {
-	ep        Endpoint
-	id        kvindex.EndpointID
-	blockSize int // ep.BlockSize, or the model map's for its first model
+	ep Endpoint
+	id kvindex.EndpointID
+	// blockSize is ep.BlockSize, else the model map's, until KV events say otherwise.
+	blockSize atomic.Int64
+	warnedBS  atomic.Bool
 
 	prefillTokens atomic.Int64 // uncached prompt tokens routed here, before their first token
 	decodeBlocks  atomic.Int64 // blocks held by requests routed here, until they end
@@ -42,6 +44,8 @@ type loadReading struct {
 // hasEvents reports whether the endpoint's cache is known from KV events (configured, or fed
 // through ApplyEvents), rather than approximated from the router's own decisions.
 func (s *epState) hasEvents() bool { return s.ep.KVEvents != "" || s.fed.Load() }
+
+func (s *epState) bs() int { return int(s.blockSize.Load()) }
 
 func (s *epState) healthy(now time.Time) bool {
 	u := s.unhealthyUntil.Load()
