@@ -141,6 +141,7 @@ func TestModes(t *testing.T) {
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				defer cancel()
+				reported := metricValue(f.reg, router.MetricReportedPrompt)
 				res, err := f.client.Do(ctx, m.mode, extproctest.Request{
 					Method: "POST", Path: "/v1/chat/completions?x=1",
 					Header: http.Header{"Content-Type": {"application/json"}, "Content-Length": {fmt.Sprint(len(body))}},
@@ -186,8 +187,17 @@ func TestModes(t *testing.T) {
 						t.Errorf("chunk of %d bytes > %d", n, extproc.MaxChunk)
 					}
 				}
-				if want := bytes.Join(chunks, nil); !bytes.Equal(res.ResponseBody, want) {
-					t.Errorf("response body changed:\n got %q\nwant %q", res.ResponseBody, want)
+				want := bytes.Join(chunks, nil)
+				if stream && m.mode.ResponseBody != filterv3.ProcessingMode_NONE {
+					// The client did not ask for usage; the router forced it for accounting,
+					// so the usage-only chunk must not reach the client.
+					want = bytes.Join([][]byte{chunks[0], chunks[1][:bytes.Index(chunks[1], []byte("data: {\"choices\":[],"))], []byte("data: [DONE]\n\n")}, nil)
+				}
+				if !bytes.Equal(res.ResponseBody, want) {
+					t.Errorf("response body:\n got %q\nwant %q", res.ResponseBody, want)
+				}
+				if got := metricValue(f.reg, router.MetricReportedPrompt) - reported; m.mode.ResponseBody != filterv3.ProcessingMode_NONE && got != 12 {
+					t.Errorf("router was told of %v prompt tokens, want the response's 12", got)
 				}
 				if got := res.ResponseHeader.Get(router.HeaderEndpoint); got == "" {
 					t.Errorf("response lacks %s: %v", router.HeaderEndpoint, res.ResponseHeader)

@@ -102,6 +102,7 @@ type stream struct {
 	decision *router.Decision
 	pickedAt time.Time
 	watcher  *bodyWatcher
+	strip    *usageStripper // drops the usage chunk the client did not ask for
 	first    bool
 	status   int
 	released bool
@@ -256,6 +257,9 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 	}
 	sse := strings.HasPrefix(hdr.Get("content-type"), "text/event-stream") || (d.Stream && hdr.Get("content-type") == "")
 	st.watcher = newBodyWatcher(sse, st.s.cfg.MaxResponseBuffer)
+	if sse && d.UsageForced && st.respMode != filterv3.ProcessingMode_NONE {
+		st.strip = &usageStripper{}
+	}
 	echo := http.Header{}
 	dh := d.Header()
 	for _, k := range responseEcho {
@@ -281,10 +285,22 @@ func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingRes
 			st.s.metrics.ttft.Observe(time.Since(st.pickedAt).Seconds())
 		}
 	}
+	body := b.GetBody()
+	if st.strip != nil {
+		body = st.strip.write(body)
+		if b.GetEndOfStream() {
+			body = append(body, st.strip.flush()...)
+		}
+	}
 	var out []*extprocv3.ProcessingResponse
-	if st.respMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
-		out = streamedBody(true, b.GetBody(), b.GetEndOfStream())
-	} else {
+	switch {
+	case st.respMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED:
+		out = streamedBody(true, body, b.GetEndOfStream())
+	case st.strip != nil:
+		out = []*extprocv3.ProcessingResponse{bodyResponse(true, &extprocv3.CommonResponse{
+			BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}},
+		})}
+	default:
 		out = []*extprocv3.ProcessingResponse{bodyResponse(true, &extprocv3.CommonResponse{})}
 	}
 	if b.GetEndOfStream() {

@@ -143,8 +143,14 @@ func TestProxy(t *testing.T) {
 }
 
 // TestStreamingUnbuffered checks each SSE event reaches the client before the engine sends
-// the next one.
+// the next one, and that the usage chunk reaches only a client that asked for it.
 func TestStreamingUnbuffered(t *testing.T) {
+	for _, askUsage := range []bool{false, true} {
+		t.Run(fmt.Sprint("include_usage=", askUsage), func(t *testing.T) { testStreaming(t, askUsage) })
+	}
+}
+
+func testStreaming(t *testing.T, askUsage bool) {
 	next := make(chan struct{})
 	e := newEngine(t, func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
@@ -161,7 +167,12 @@ func TestStreamingUnbuffered(t *testing.T) {
 		fmt.Fprint(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,\"total_tokens\":8}}\n\ndata: [DONE]\n\n")
 	})
 	f := start(t, gateway.Config{}, e.addr())
-	resp, err := http.Post(f.url+"/v1/chat/completions", "application/json", strings.NewReader(chat("stream", true)))
+	body := chat("stream", true)
+	if askUsage {
+		body = strings.Replace(body, `"stream":true`, `"stream":true,"stream_options":{"include_usage":true}`, 1)
+	}
+	reported := metricValue(f.reg, router.MetricReportedPrompt)
+	resp, err := http.Post(f.url+"/v1/chat/completions", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,10 +198,17 @@ func TestStreamingUnbuffered(t *testing.T) {
 			}
 		}
 	}
-	if len(events) != 5 || events[4] != "[DONE]" {
-		t.Errorf("events %q", events)
+	want := 4
+	if askUsage {
+		want = 5
+	}
+	if len(events) != want || events[want-1] != "[DONE]" {
+		t.Errorf("events %q, want %d ending in [DONE]", events, want)
 	}
 	waitReleased(t, f)
+	if got := metricValue(f.reg, router.MetricReportedPrompt) - reported; got != 5 {
+		t.Errorf("router was told of %v prompt tokens, want the engine's 5", got)
+	}
 }
 
 func TestErrors(t *testing.T) {

@@ -104,7 +104,23 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) int {
 
 	sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	watch := newBodyWatcher(sse, 4<<20)
+	var strip *usageStripper
+	if sse && d.UsageForced {
+		strip = &usageStripper{} // the client did not ask for the usage chunk
+	}
 	rc := http.NewResponseController(w)
+	send := func(p []byte) error {
+		if len(p) == 0 {
+			return nil
+		}
+		if _, err := w.Write(p); err != nil {
+			return err
+		}
+		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+		return nil
+	}
 	buf := make([]byte, 32<<10)
 	first := false
 	var copyErr error
@@ -116,18 +132,19 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) int {
 				d.FirstToken()
 				g.metrics.ttft.Observe(time.Since(picked).Seconds())
 			}
-			if _, err := w.Write(buf[:n]); err != nil {
-				copyErr = err
-				break
+			out := buf[:n]
+			if strip != nil {
+				out = strip.write(out)
 			}
-			if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
-				copyErr = err
+			if copyErr = send(out); copyErr != nil {
 				break
 			}
 		}
 		if rerr != nil {
 			if !errors.Is(rerr, io.EOF) {
 				copyErr = rerr
+			} else if strip != nil {
+				copyErr = send(strip.flush())
 			}
 			break
 		}

@@ -396,30 +396,40 @@ func response(x *exchange, mode Mode, up Upstream) error {
 			x.res.ResponseBody = append(x.res.ResponseBody, c...)
 		}
 	case mode.ResponseBody == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED:
+		// Everything goes out without waiting; answers are read after.
 		for i, c := range chunks {
 			if err := x.send(mode, respBodyMsg(c, i == len(chunks)-1 && !mode.ResponseTrailers)); err != nil {
+				return err
+			}
+		}
+		if mode.ResponseTrailers {
+			if err := x.send(mode, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseTrailers{
+				ResponseTrailers: &extprocv3.HttpTrailers{Trailers: &corev3.HeaderMap{}},
+			}}); err != nil {
 				return err
 			}
 		}
 		if err := headers(); err != nil {
 			return err
 		}
-		if len(chunks) > 0 {
-			for {
-				r, err := x.next(ctx)
-				if err != nil {
-					return err
-				}
-				sb := r.GetResponseBody().GetResponse().GetBodyMutation().GetStreamedResponse()
-				if sb == nil {
-					return fmt.Errorf("want a streamed response body response, got %v", r)
-				}
-				x.res.ResponseBody = append(x.res.ResponseBody, sb.GetBody()...)
-				if sb.GetEndOfStream() || (mode.ResponseTrailers && len(x.res.ResponseBody) >= total(chunks)) {
-					break
-				}
+		for len(chunks) > 0 || mode.ResponseTrailers {
+			r, err := x.next(ctx)
+			if err != nil {
+				return err
+			}
+			if mode.ResponseTrailers && r.GetResponseTrailers() != nil {
+				return nil // the trailers answer comes after every body answer
+			}
+			sb := r.GetResponseBody().GetResponse().GetBodyMutation().GetStreamedResponse()
+			if sb == nil {
+				return fmt.Errorf("want a streamed response body response, got %v", r)
+			}
+			x.res.ResponseBody = append(x.res.ResponseBody, sb.GetBody()...)
+			if sb.GetEndOfStream() && !mode.ResponseTrailers {
+				break
 			}
 		}
+		return nil
 	default: // STREAMED and BUFFERED: one answer per message, in turn
 		if err := headers(); err != nil {
 			return err
@@ -453,14 +463,6 @@ func response(x *exchange, mode Mode, up Upstream) error {
 		return x.trailers(mode, true)
 	}
 	return nil
-}
-
-func total(chunks [][]byte) int {
-	n := 0
-	for _, c := range chunks {
-		n += len(c)
-	}
-	return n
 }
 
 // apply records a request-path answer: header mutation, metadata, route cache.
