@@ -966,3 +966,40 @@ func TestRouterSubscriberTracksTheCache(t *testing.T) {
 		}
 	}
 }
+
+// TestKVEventsDial: with KVEventsDial the sim connects to a subscriber that binds (as
+// llm-d's routers do) and its events arrive there.
+func TestKVEventsDial(t *testing.T) {
+	col := &collector{cached: map[engine.BlockHash]bool{}}
+	sub := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: "tcp://127.0.0.1:0", Bind: true, Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sub.Run(ctx, col) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-sub.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("subscriber not ready")
+	}
+	s := testServer(t, ServerConfig{KVEvents: sub.Addr(), KVEventsDial: true})
+	c := client(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ; i++ {
+		completion(t, c, s, map[string]any{"prompt": longText(400+i, 60), "max_tokens": 1})
+		time.Sleep(50 * time.Millisecond)
+		col.mu.Lock()
+		n := len(col.cached)
+		col.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no events reached the binding subscriber")
+		}
+	}
+}
