@@ -95,11 +95,10 @@ that honours the pick, and an EDS pool per model, updated as engines come and go
 				if err != nil {
 					return err
 				}
-				eps, err := xds.ParseEndpoints(data)
-				if err != nil {
+				if _, err := xds.ParseEndpoints(data); err != nil {
 					return err
 				}
-				src = discovery.NewStatic(eps)
+				src = &xds.FileSource{Path: endpoints, Log: g.log}
 			default:
 				return errors.New("say where engines are: --consul ADDR or --endpoints FILE")
 			}
@@ -121,7 +120,7 @@ that honours the pick, and an EDS pool per model, updated as engines come and go
 	f.StringVar(&model.Listener, "envoy-listen", "0.0.0.0:8080", "address Envoy serves the OpenAI API on")
 	f.StringVar(&consul, "consul", "", "Consul agent HTTP address to discover engines from")
 	f.StringVar(&service, "consul-service", discovery.DefaultService, "Consul service name of the engines")
-	f.StringVar(&endpoints, "endpoints", "", "YAML file listing engines (name, address, models, role, healthy) instead of Consul")
+	f.StringVar(&endpoints, "endpoints", "", "YAML file listing engines (name, address, models, role, healthy) instead of Consul; edits are picked up within a second")
 	f.StringVar(&config, "config", "", "YAML file with the listener, router, routerTLS and options (see docs/XDS.md)")
 	f.StringVar(&model.Options.RequestBody, "request-body", "", "request body mode towards the router: buffered (default) or full-duplex")
 	f.StringVar(&model.Options.ResponseBody, "response-body", "", "response body mode towards the router: streamed (default) or full-duplex")
