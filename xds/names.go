@@ -39,7 +39,7 @@ const (
 )
 
 // inferencePaths are the paths the router picks an engine for.
-var inferencePaths = [...]string{PathChatCompletions, PathCompletions}
+func inferencePaths() []string { return []string{PathChatCompletions, PathCompletions} }
 
 // ModelCluster names the EDS cluster of a model's pool.
 func ModelCluster(model string) string { return modelClusterPrefix + model }

@@ -24,7 +24,7 @@ const notFoundBody = `{"error":{"message":"kvgate serves /v1/chat/completions, /
 func buildRoutes(models []string, o Options) *route.RouteConfiguration {
 	var routes []*route.Route
 	for _, model := range models {
-		for _, p := range inferencePaths {
+		for _, p := range inferencePaths() {
 			routes = append(routes, &route.Route{
 				Name: ModelCluster(model) + p,
 				Match: &route.RouteMatch{
@@ -40,7 +40,7 @@ func buildRoutes(models []string, o Options) *route.RouteConfiguration {
 			})
 		}
 	}
-	for _, p := range inferencePaths {
+	for _, p := range inferencePaths() {
 		routes = append(routes, &route.Route{
 			Name:   PickedCluster + p,
 			Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Path{Path: p}},
