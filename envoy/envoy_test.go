@@ -1,6 +1,7 @@
 package envoy_test
 
 import (
+	"flag"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -19,6 +20,10 @@ import (
 
 	"github.com/kvgate/kvgate/envoy"
 )
+
+// update is accepted so that `go test ./xds/... ./bootstrap/... ./envoy/... -update` (make
+// testdata) runs here too; envoy/bootstrap-xds.yaml is rewritten by the bootstrap package.
+var _ = flag.Bool("update", false, "no effect here (see go test ./bootstrap/... -update)")
 
 // configs lists every Envoy configuration under envoy/: all YAML files except the
 // docker-compose file and testdata.
