@@ -160,6 +160,9 @@ func (e *Engine) Add(req Request) error {
 		return fmt.Errorf("sim: max tokens %d must be at least 1", req.MaxTokens)
 	case len(req.Prompt)+req.MaxTokens > e.MaxModelLen():
 		return fmt.Errorf("sim: %d prompt tokens + %d output tokens exceed the model length %d", len(req.Prompt), req.MaxTokens, e.MaxModelLen())
+	case e.cfg.NoChunkedPrefill && len(req.Prompt)+req.MaxTokens > e.cfg.MaxNumBatchedTokens:
+		// Without chunking a preempted request recomputes prompt and output in one step.
+		return fmt.Errorf("sim: without chunked prefill a request is limited to max_num_batched_tokens=%d tokens, got %d", e.cfg.MaxNumBatchedTokens, len(req.Prompt)+req.MaxTokens)
 	}
 	if _, dup := e.seqs[req.ID]; dup {
 		return fmt.Errorf("%w %q", ErrDuplicate, req.ID)

@@ -62,6 +62,10 @@ func TestEngineRejects(t *testing.T) {
 	if err := e.Add(Request{ID: "a", Prompt: []uint32{1}, MaxTokens: 1}); err == nil {
 		t.Fatal("duplicate id accepted")
 	}
+	nc, _ := New(Config{NumBlocks: 64, NoChunkedPrefill: true, MaxNumBatchedTokens: 32})
+	if err := nc.Add(Request{ID: "long", Prompt: prompt(1, 30), MaxTokens: 3}); err == nil {
+		t.Fatal("a request that can never be scheduled without chunking was accepted")
+	}
 	if _, err := New(Config{NumBlocks: -1}); err == nil {
 		t.Fatal("negative capacity accepted")
 	}
@@ -344,7 +348,7 @@ func TestCacheAccountingProperty(t *testing.T) {
 	for seed := range 30 {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(seed), 7))
-			cfg := Config{NumBlocks: 20 + rng.IntN(60), BlockSize: 4, MaxNumSeqs: 1 + rng.IntN(6), MaxNumBatchedTokens: 8 + rng.IntN(64)}
+			cfg := Config{NumBlocks: 20 + rng.IntN(60), BlockSize: 4, MaxNumSeqs: 1 + rng.IntN(6), MaxNumBatchedTokens: 8 + rng.IntN(64), NoChunkedPrefill: rng.IntN(4) == 0}
 			e, err := New(cfg)
 			if err != nil {
 				t.Fatal(err)
