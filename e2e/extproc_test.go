@@ -43,14 +43,21 @@ func TestExtProcEnvoyPath(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	body, _ := json.Marshal(map[string]any{
-		"model": model, "stream": true, "max_tokens": 4,
-		"messages": []map[string]string{{"role": "user", "content": longPrompt("envoy", 200)}},
-	})
+	prompt := longPrompt("envoy", 200)
 	mode := extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, RequestChunk: 4096}
 	var picked []string
 	var cachedHeader string
 	for i := range 2 {
+		// The first client does not ask for usage, the second does: the chunk the router
+		// forced for its accounting must reach only the second.
+		req := map[string]any{
+			"model": model, "stream": true, "max_tokens": 4,
+			"messages": []map[string]string{{"role": "user", "content": prompt}},
+		}
+		if i == 1 {
+			req["stream_options"] = map[string]bool{"include_usage": true}
+		}
+		body, _ := json.Marshal(req)
 		var upstreamErr error
 		res, err := c.Do(ctx, mode, extproctest.Request{Method: "POST", Path: "/v1/chat/completions",
 			Header: http.Header{"Content-Type": {"application/json"}}, Body: body},
@@ -71,8 +78,11 @@ func TestExtProcEnvoyPath(t *testing.T) {
 		if res.Immediate != nil {
 			t.Fatalf("immediate %s", res.Immediate.GetBody())
 		}
-		if !bytes.Contains(res.ResponseBody, []byte(`"usage"`)) || !bytes.Contains(res.ResponseBody, []byte("[DONE]")) {
-			t.Errorf("request %d: the stream through ext_proc lacks usage or [DONE]: %q", i, tail(string(res.ResponseBody), 300))
+		if !bytes.Contains(res.ResponseBody, []byte("[DONE]")) {
+			t.Errorf("request %d: the stream through ext_proc lacks [DONE]: %q", i, tail(string(res.ResponseBody), 300))
+		}
+		if hasUsage := bytes.Contains(res.ResponseBody, []byte(`"usage":{`)); hasUsage != (i == 1) {
+			t.Errorf("request %d: usage in the stream %v, want %v: %q", i, hasUsage, i == 1, tail(string(res.ResponseBody), 300))
 		}
 		if res.ResponseHeader.Get("x-kvgate-endpoint") != picked[i] {
 			t.Errorf("response names %q, picked %q", res.ResponseHeader.Get("x-kvgate-endpoint"), picked[i])
