@@ -2,6 +2,7 @@ package workerd
 
 import (
 	"slices"
+	"strings"
 
 	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
 	"github.com/kvgate/kvgate/engine"
@@ -54,7 +55,10 @@ func (s *blockSet) apply(e *engine.Event) {
 		for i, h := range e.BlockHashes {
 			var toks []uint32
 			if bs > 0 && (i+1)*bs <= len(e.TokenIDs) {
-				toks = slices.Clone(e.TokenIDs[i*bs : (i+1)*bs])
+				// The batch is ours (engine.Handler's contract): share its token array
+				// instead of copying each block's slice. Capacity is clipped so nothing
+				// can append into a neighbour.
+				toks = e.TokenIDs[i*bs : (i+1)*bs : (i+1)*bs]
 			}
 			k := blockKey{h, medium}
 			if old, ok := s.blocks[k]; ok { // stored again: keep its place, refresh the data
@@ -127,9 +131,17 @@ func toProto(e *engine.Event) *relayv1.Event {
 		out.Kind = relayv1.EventKind_ALL_BLOCKS_CLEARED
 	}
 	if len(e.BlockHashes) > 0 {
+		// One backing array for every hash of the event.
+		n := 0
+		for _, h := range e.BlockHashes {
+			n += len(h)
+		}
+		buf := make([]byte, 0, n)
 		out.BlockHashes = make([][]byte, len(e.BlockHashes))
 		for i, h := range e.BlockHashes {
-			out.BlockHashes[i] = []byte(h)
+			start := len(buf)
+			buf = append(buf, h...)
+			out.BlockHashes[i] = buf[start:len(buf):len(buf)]
 		}
 	}
 	if e.Parent != "" {
@@ -165,9 +177,22 @@ func fromProto(p *relayv1.Event) (engine.Event, bool) {
 		return engine.Event{}, false
 	}
 	if hs := p.GetBlockHashes(); len(hs) > 0 {
+		// One string for every hash of the event; each hash is a substring of it.
+		n := 0
+		for _, h := range hs {
+			n += len(h)
+		}
+		var sb strings.Builder
+		sb.Grow(n)
+		for _, h := range hs {
+			sb.Write(h)
+		}
+		all := sb.String()
 		e.BlockHashes = make([]engine.BlockHash, len(hs))
+		off := 0
 		for i, h := range hs {
-			e.BlockHashes[i] = engine.BlockHash(h)
+			e.BlockHashes[i] = engine.BlockHash(all[off : off+len(h)])
+			off += len(h)
 		}
 	}
 	if p.LoraId != nil {
