@@ -105,12 +105,14 @@ func ExtProcFilter(o Options) *extproc.ExternalProcessor {
 		RequestTrailerMode:  extproc.ProcessingMode_SKIP,
 		ResponseTrailerMode: extproc.ProcessingMode_SKIP,
 	}
-	if o.RequestBody == BodyFullDuplex || o.ResponseBody == BodyFullDuplex {
-		// Envoy requires trailers to be sent whenever a body is FULL_DUPLEX_STREAMED: they
-		// are how the processor learns the body ended when the last chunk had no end flag.
+	// A FULL_DUPLEX_STREAMED body needs its trailers sent: they are how the processor learns
+	// the body ended when the last chunk carried no end-of-stream flag.
+	if o.RequestBody == BodyFullDuplex {
 		mode.RequestBodyMode = extproc.ProcessingMode_FULL_DUPLEX_STREAMED
-		mode.ResponseBodyMode = extproc.ProcessingMode_FULL_DUPLEX_STREAMED
 		mode.RequestTrailerMode = extproc.ProcessingMode_SEND
+	}
+	if o.ResponseBody == BodyFullDuplex {
+		mode.ResponseBodyMode = extproc.ProcessingMode_FULL_DUPLEX_STREAMED
 		mode.ResponseTrailerMode = extproc.ProcessingMode_SEND
 	}
 	return &extproc.ExternalProcessor{

@@ -73,7 +73,7 @@ type Options struct {
 	// full-duplex.
 	RequestBody string `json:"requestBody,omitempty"`
 	// ResponseBody is how Envoy sends response bodies to the router: streamed (default) or
-	// full-duplex. Full-duplex in either direction turns both on, as Envoy requires.
+	// full-duplex. A full-duplex body has its trailers sent too, as Envoy requires.
 	ResponseBody string `json:"responseBody,omitempty"`
 	// FailureModeAllow lets requests through when the router cannot be reached. Off by
 	// default: without the router there is no endpoint to go to.

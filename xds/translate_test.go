@@ -160,16 +160,18 @@ func TestTranslateFatal(t *testing.T) {
 // Endpoint Picker Protocol depend on.
 func TestTranslateSemantics(t *testing.T) {
 	tests := []struct {
-		name     string
-		opts     xds.Options
-		reqBody  extproc.ProcessingMode_BodySendMode
-		respBody extproc.ProcessingMode_BodySendMode
-		trailers extproc.ProcessingMode_HeaderSendMode
-		failOpen bool
+		name        string
+		opts        xds.Options
+		reqBody     extproc.ProcessingMode_BodySendMode
+		respBody    extproc.ProcessingMode_BodySendMode
+		reqTrailer  extproc.ProcessingMode_HeaderSendMode
+		respTrailer extproc.ProcessingMode_HeaderSendMode
+		failOpen    bool
 	}{
-		{"defaults", xds.Options{}, extproc.ProcessingMode_BUFFERED, extproc.ProcessingMode_STREAMED, extproc.ProcessingMode_SKIP, false},
-		{"full duplex request", xds.Options{RequestBody: xds.BodyFullDuplex}, extproc.ProcessingMode_FULL_DUPLEX_STREAMED, extproc.ProcessingMode_FULL_DUPLEX_STREAMED, extproc.ProcessingMode_SEND, false},
-		{"full duplex response, fail open", xds.Options{ResponseBody: xds.BodyFullDuplex, FailureModeAllow: true}, extproc.ProcessingMode_FULL_DUPLEX_STREAMED, extproc.ProcessingMode_FULL_DUPLEX_STREAMED, extproc.ProcessingMode_SEND, true},
+		{"defaults", xds.Options{}, extproc.ProcessingMode_BUFFERED, extproc.ProcessingMode_STREAMED, extproc.ProcessingMode_SKIP, extproc.ProcessingMode_SKIP, false},
+		{"full duplex request", xds.Options{RequestBody: xds.BodyFullDuplex}, extproc.ProcessingMode_FULL_DUPLEX_STREAMED, extproc.ProcessingMode_STREAMED, extproc.ProcessingMode_SEND, extproc.ProcessingMode_SKIP, false},
+		{"full duplex response, fail open", xds.Options{ResponseBody: xds.BodyFullDuplex, FailureModeAllow: true}, extproc.ProcessingMode_BUFFERED, extproc.ProcessingMode_FULL_DUPLEX_STREAMED, extproc.ProcessingMode_SKIP, extproc.ProcessingMode_SEND, true},
+		{"full duplex both", xds.Options{RequestBody: xds.BodyFullDuplex, ResponseBody: xds.BodyFullDuplex}, extproc.ProcessingMode_FULL_DUPLEX_STREAMED, extproc.ProcessingMode_FULL_DUPLEX_STREAMED, extproc.ProcessingMode_SEND, extproc.ProcessingMode_SEND, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -205,7 +207,7 @@ func TestTranslateSemantics(t *testing.T) {
 			if pm.GetRequestHeaderMode() != extproc.ProcessingMode_SEND || pm.GetResponseHeaderMode() != extproc.ProcessingMode_SEND {
 				t.Errorf("header modes = %v/%v, want SEND/SEND", pm.GetRequestHeaderMode(), pm.GetResponseHeaderMode())
 			}
-			if pm.GetRequestBodyMode() != tt.reqBody || pm.GetResponseBodyMode() != tt.respBody || pm.GetRequestTrailerMode() != tt.trailers || pm.GetResponseTrailerMode() != tt.trailers {
+			if pm.GetRequestBodyMode() != tt.reqBody || pm.GetResponseBodyMode() != tt.respBody || pm.GetRequestTrailerMode() != tt.reqTrailer || pm.GetResponseTrailerMode() != tt.respTrailer {
 				t.Errorf("processing mode = %v", pm)
 			}
 			if ep.GetFailureModeAllow() != tt.failOpen {
