@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,7 @@ func newSimCmd(g *globals) *cobra.Command {
 		hashFormat string
 		shape      string
 		speed      float64
+		loras      []string
 		timing     = sim.DefaultTiming
 	)
 	cmd := &cobra.Command{
@@ -53,6 +55,10 @@ step-time model of an 8B model on one H100. See docs/SIM.md.`,
 			default:
 				return fmt.Errorf("--event-shape %q: want map or array", shape)
 			}
+			for _, l := range loras { // vLLM's name=path; the simulator needs only the name
+				name, _, _ := strings.Cut(l, "=")
+				cfg.LoRAs = append(cfg.LoRAs, name)
+			}
 			timing.Speed = speed
 			cfg.Engine.Timing = timing
 			reg := prometheus.NewRegistry()
@@ -68,6 +74,7 @@ step-time model of an 8B model on one H100. See docs/SIM.md.`,
 	f.StringVar(&host, "host", "0.0.0.0", "HTTP listen host")
 	f.IntVar(&port, "port", 8100, "HTTP listen port (0 picks a free one)")
 	f.StringVar(&cfg.Model, "model", tokenizer.DefaultModel, "served model name")
+	f.StringSliceVar(&loras, "lora-modules", nil, "LoRA adapters served beside --model, as name or name=path (comma-separated)")
 	f.StringVar(&cfg.TokenizerDir, "tokenizer", "", "directory with tokenizer.json (default: the embedded Qwen3 tokenizer)")
 	f.StringVar(&cfg.KVEvents, "kv-events", engine.DefaultEndpoint, "ZMQ endpoint of the KV-event PUB socket (\"\" disables events)")
 	f.BoolVar(&cfg.KVEventsDial, "kv-events-dial", false, "connect the PUB socket to --kv-events instead of binding it")

@@ -20,6 +20,8 @@ const maxScripted = 4096
 // writer need.
 type generation struct {
 	chat         bool
+	model        string // the name the client asked for, echoed in responses
+	lora         string
 	prompts      [][]uint32
 	n            int
 	maxTokens    int // 0: what the model length leaves
@@ -60,7 +62,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		openai.WriteError(w, err)
 		return
 	}
-	if err := s.checkModel(req.Model); err != nil {
+	lora, err := s.checkModel(req.Model)
+	if err != nil {
 		openai.WriteError(w, err)
 		return
 	}
@@ -69,7 +72,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		openai.WriteError(w, err)
 		return
 	}
-	g := generation{chat: true, prompts: [][]uint32{s.tok.Encode(text)}, n: 1, ignoreEOS: req.IgnoreEOS,
+	g := generation{chat: true, model: s.responseModel(req.Model), lora: lora, prompts: [][]uint32{s.tok.Encode(text)}, n: 1, ignoreEOS: req.IgnoreEOS,
 		stop: req.Stop, includeStop: req.IncludeStopStrInOutput, stream: req.Stream, includeUsage: req.IncludeUsage()}
 	if m, ok := req.MaxOutputTokens(); ok {
 		g.maxTokens = m
@@ -101,7 +104,8 @@ func (s *Server) handleCompletion(w http.ResponseWriter, r *http.Request) {
 		openai.WriteError(w, err)
 		return
 	}
-	if err := s.checkModel(req.Model); err != nil {
+	lora, err := s.checkModel(req.Model)
+	if err != nil {
 		openai.WriteError(w, err)
 		return
 	}
@@ -109,7 +113,7 @@ func (s *Server) handleCompletion(w http.ResponseWriter, r *http.Request) {
 		openai.WriteError(w, openai.BadRequest("prompt", "prompt_embeds are not supported by the simulator."))
 		return
 	}
-	g := generation{maxTokens: req.MaxOutputTokens(), n: 1, ignoreEOS: req.IgnoreEOS, stop: req.Stop,
+	g := generation{model: s.responseModel(req.Model), lora: lora, maxTokens: req.MaxOutputTokens(), n: 1, ignoreEOS: req.IgnoreEOS, stop: req.Stop,
 		includeStop: req.IncludeStopStrInOutput, stream: req.Stream, includeUsage: req.IncludeUsage()}
 	for _, t := range req.Prompt.Texts {
 		g.prompts = append(g.prompts, s.tok.Encode(t))
@@ -129,6 +133,13 @@ func (s *Server) handleCompletion(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.generate(w, r, g)
+}
+
+func (s *Server) responseModel(asked string) string {
+	if asked == "" {
+		return s.cfg.Model
+	}
+	return asked
 }
 
 // renderChat applies the model's chat template.
@@ -186,7 +197,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, g generation) 
 		for j := range g.n {
 			c := &choice{index: pi*g.n + j, prompt: pi, id: fmt.Sprintf("%s-%d-%d", base, pi, j), last: arrival}
 			seed := promptSeed(p, j)
-			req := Request{ID: c.id, Prompt: p, MaxTokens: want, CacheSalt: g.cacheSalt}
+			req := Request{ID: c.id, Prompt: p, MaxTokens: want, CacheSalt: g.cacheSalt, LoRAName: g.lora}
 			scripted := min(want, maxScripted)
 			if !g.ignoreEOS {
 				req.EOS = max(eosPoint(seed), g.minTokens)
@@ -380,7 +391,7 @@ func (sw *streamWriter) start(choices []*choice) {
 	empty := ""
 	for _, c := range choices {
 		_ = sw.send(openai.ChatCompletionChunk{ID: sw.chunkID(), Object: openai.ObjectChatCompletionChunk, Created: sw.created,
-			Model: sw.s.cfg.Model, Choices: []openai.ChunkChoice{{Index: c.index, Delta: openai.Delta{Role: "assistant", Content: &empty}}}})
+			Model: sw.g.model, Choices: []openai.ChunkChoice{{Index: c.index, Delta: openai.Delta{Role: "assistant", Content: &empty}}}})
 	}
 }
 
@@ -405,14 +416,14 @@ func (sw *streamWriter) token(c *choice, safe int) error {
 			ch.StopReason = c.stopReason
 		}
 		return sw.send(openai.ChatCompletionChunk{ID: sw.chunkID(), Object: openai.ObjectChatCompletionChunk, Created: sw.created,
-			Model: sw.s.cfg.Model, Choices: []openai.ChunkChoice{ch}})
+			Model: sw.g.model, Choices: []openai.ChunkChoice{ch}})
 	}
 	ch := openai.CompletionChoice{Index: c.index, Text: delta, FinishReason: fin}
 	if fin != nil {
 		ch.StopReason = c.stopReason
 	}
 	return sw.send(openai.CompletionChunk{ID: sw.chunkID(), Object: openai.ObjectTextCompletion, Created: sw.created,
-		Model: sw.s.cfg.Model, Choices: []openai.CompletionChoice{ch}})
+		Model: sw.g.model, Choices: []openai.CompletionChoice{ch}})
 }
 
 func (sw *streamWriter) finish(choices []*choice) {
@@ -420,10 +431,10 @@ func (sw *streamWriter) finish(choices []*choice) {
 		u := usage(choices)
 		if sw.g.chat {
 			_ = sw.send(openai.ChatCompletionChunk{ID: sw.chunkID(), Object: openai.ObjectChatCompletionChunk, Created: sw.created,
-				Model: sw.s.cfg.Model, Choices: []openai.ChunkChoice{}, Usage: u})
+				Model: sw.g.model, Choices: []openai.ChunkChoice{}, Usage: u})
 		} else {
 			_ = sw.send(openai.CompletionChunk{ID: sw.chunkID(), Object: openai.ObjectTextCompletion, Created: sw.created,
-				Model: sw.s.cfg.Model, Choices: []openai.CompletionChoice{}, Usage: u})
+				Model: sw.g.model, Choices: []openai.CompletionChoice{}, Usage: u})
 		}
 	}
 	if sw.err == nil {
@@ -436,7 +447,7 @@ func (sw *streamWriter) whole(choices []*choice) {
 	null := json.RawMessage("null")
 	if sw.g.chat {
 		resp := openai.ChatCompletion{ID: sw.chunkID(), Object: openai.ObjectChatCompletion, Created: sw.created,
-			Model: sw.s.cfg.Model, Usage: usage(choices), KVTransferParams: kv}
+			Model: sw.g.model, Usage: usage(choices), KVTransferParams: kv}
 		for _, c := range choices {
 			text, fin := string(c.text), c.finish
 			resp.Choices = append(resp.Choices, openai.ChatChoice{Index: c.index, Message: openai.Message{Role: "assistant", Content: &text},
@@ -446,7 +457,7 @@ func (sw *streamWriter) whole(choices []*choice) {
 		return
 	}
 	resp := openai.Completion{ID: sw.chunkID(), Object: openai.ObjectTextCompletion, Created: sw.created,
-		Model: sw.s.cfg.Model, Usage: usage(choices), KVTransferParams: kv}
+		Model: sw.g.model, Usage: usage(choices), KVTransferParams: kv}
 	for _, c := range choices {
 		fin := c.finish
 		resp.Choices = append(resp.Choices, openai.CompletionChoice{Index: c.index, Text: string(c.text), Logprobs: null,

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -26,7 +27,10 @@ type ServerConfig struct {
 	Addr         string // HTTP listen address ("127.0.0.1:0")
 	Model        string // served model name (tokenizer.DefaultModel)
 	TokenizerDir string // tokenizer.json directory ("" = the embedded Qwen3 tokenizer)
-	Engine       Config
+	// LoRAs are adapter names served beside Model, as vLLM's --lora-modules: a request for
+	// one runs with that adapter, whose name is part of its block hashes and events.
+	LoRAs  []string
+	Engine Config
 
 	// KV events, as vLLM's --kv-events-config: a ZMQ PUB socket bound at (or, with
 	// KVEventsDial, connecting to) KVEvents; "" publishes nothing.
@@ -260,6 +264,9 @@ func (s *Server) publish(evs []KVEvent) {
 	b := engine.EventBatch{TS: float64(time.Now().UnixNano()) / 1e9, Events: make([]engine.Event, len(evs))}
 	for i, ev := range evs {
 		b.Events[i] = toWire(ev, s.cfg.HashFormat)
+		if ev.LoRAName != "" {
+			b.Events[i].LoRAID = s.loraID(ev.LoRAName)
+		}
 	}
 	if _, err := s.pub.Publish(b); err != nil {
 		s.log.Warn("kv events: publish failed", "err", err)
@@ -320,10 +327,16 @@ func (s *Server) Handler() http.Handler {
 }
 
 func (s *Server) handleModels(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, openai.ModelList{Object: openai.ObjectList, Data: []openai.Model{{
+	list := openai.ModelList{Object: openai.ObjectList, Data: []openai.Model{{
 		ID: s.cfg.Model, Object: openai.ObjectModel, Created: s.created, OwnedBy: "vllm", Root: s.cfg.Model,
 		MaxModelLen: s.maxModelLen(),
-	}}})
+	}}}
+	for _, l := range s.cfg.LoRAs {
+		parent := s.cfg.Model
+		list.Data = append(list.Data, openai.Model{ID: l, Object: openai.ObjectModel, Created: s.created, OwnedBy: "vllm",
+			Root: l, Parent: &parent, MaxModelLen: s.maxModelLen()})
+	}
+	writeJSON(w, http.StatusOK, list)
 }
 
 func (s *Server) maxModelLen() int { return s.drv.eng.MaxModelLen() }
@@ -349,7 +362,7 @@ func (s *Server) handleTokenize(w http.ResponseWriter, r *http.Request) {
 		openai.WriteError(w, openai.BadRequest("", "Invalid JSON body: %v", err))
 		return
 	}
-	if err := s.checkModel(req.Model); err != nil {
+	if _, err := s.checkModel(req.Model); err != nil {
 		openai.WriteError(w, err)
 		return
 	}
@@ -375,9 +388,23 @@ func (s *Server) handleTokenize(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"tokens": ids, "count": len(ids), "max_model_len": s.maxModelLen()})
 }
 
-func (s *Server) checkModel(model string) error {
-	if model != "" && model != s.cfg.Model {
-		return openai.ModelNotFound(model)
+// checkModel accepts the served model, one of its LoRA adapters, or no name (the base model),
+// and returns the adapter's name ("" for the base model).
+func (s *Server) checkModel(model string) (string, error) {
+	if model == "" || model == s.cfg.Model {
+		return "", nil
+	}
+	if slices.Contains(s.cfg.LoRAs, model) {
+		return model, nil
+	}
+	return "", openai.ModelNotFound(model)
+}
+
+// loraID is vLLM's integer id of an adapter: its position among the served ones, from 1.
+func (s *Server) loraID(name string) *int {
+	if i := slices.Index(s.cfg.LoRAs, name); i >= 0 {
+		id := i + 1
+		return &id
 	}
 	return nil
 }

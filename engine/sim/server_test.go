@@ -1003,3 +1003,49 @@ func TestKVEventsDial(t *testing.T) {
 		}
 	}
 }
+
+func TestLoRAAdapters(t *testing.T) {
+	s := testServer(t, ServerConfig{LoRAs: []string{"sql-adapter"}})
+	c := client(t)
+	resp, err := c.Get("http://" + s.Addr() + "/v1/models")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ml openai.ModelList
+	json.NewDecoder(resp.Body).Decode(&ml)
+	resp.Body.Close()
+	if len(ml.Data) != 2 || ml.Data[1].ID != "sql-adapter" || ml.Data[1].Parent == nil || *ml.Data[1].Parent != s.cfg.Model {
+		t.Fatalf("models %+v", ml)
+	}
+	text := longText(77, 100)
+	a := completion(t, c, s, map[string]any{"model": "sql-adapter", "prompt": text, "max_tokens": 1})
+	if a.Model != "sql-adapter" {
+		t.Fatalf("response model %q", a.Model)
+	}
+	// The same prompt on the base model shares no blocks with the adapter's.
+	b := completion(t, c, s, map[string]any{"model": s.cfg.Model, "prompt": text, "max_tokens": 1})
+	if b.Usage.CachedTokens() != 0 {
+		t.Fatalf("base model reused %d adapter tokens", b.Usage.CachedTokens())
+	}
+	a2 := completion(t, c, s, map[string]any{"model": "sql-adapter", "prompt": text, "max_tokens": 1})
+	if a2.Usage.CachedTokens() == 0 {
+		t.Fatal("adapter request did not hit its own blocks")
+	}
+	lora, base := 0, 0
+	for _, ev := range events(replay(t, s)) {
+		if ev.Kind != engine.BlockStored {
+			continue
+		}
+		switch {
+		case ev.LoRAName == "sql-adapter" && ev.LoRAID != nil && *ev.LoRAID == 1:
+			lora++
+		case ev.LoRAName == "" && ev.LoRAID == nil:
+			base++
+		default:
+			t.Fatalf("stored event with lora %q id %v", ev.LoRAName, ev.LoRAID)
+		}
+	}
+	if lora == 0 || base == 0 {
+		t.Fatalf("%d adapter and %d base stored events", lora, base)
+	}
+}
