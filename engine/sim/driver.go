@@ -71,10 +71,7 @@ func (d *driver) submit(j *job, reqs []Request) error {
 	}
 	d.metrics.observe(d.eng.Stats())
 	d.mu.Unlock()
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
+	d.poke()
 	return nil
 }
 
@@ -100,6 +97,7 @@ func (d *driver) drop(ids []string) int {
 		}
 	}
 	d.metrics.observe(d.eng.Stats())
+	d.poke()
 	return n
 }
 
@@ -113,7 +111,16 @@ func (d *driver) release(id string) bool {
 	}
 	ok := d.eng.Release(id)
 	d.metrics.observe(d.eng.Stats())
+	d.poke()
 	return ok
+}
+
+// poke wakes the driver: something may now be schedulable.
+func (d *driver) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
 }
 
 // heldBlocks returns the blocks id holds, or nil.
@@ -180,6 +187,19 @@ func (d *driver) run(ctx context.Context) {
 			d.publish(res.Events)
 		}
 		d.deliver(res.Outputs)
+		if res.PrefillTokens+res.DecodeTokens == 0 {
+			// Requests wait for blocks that only a release or an abort frees (held P/D
+			// blocks): sleep until something changes instead of spinning.
+			timer.Reset(10 * time.Millisecond)
+			select {
+			case <-d.wake:
+				timer.Stop()
+			case <-timer.C:
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			}
+		}
 	}
 }
 

@@ -1049,3 +1049,30 @@ func TestLoRAAdapters(t *testing.T) {
 		t.Fatalf("%d adapter and %d base stored events", lora, base)
 	}
 }
+
+// TestHeldBlocksExpire: prefilled blocks nobody pulls are freed after HoldTimeout, and a
+// request that waits for them meanwhile neither fails nor makes the driver spin.
+func TestHeldBlocksExpire(t *testing.T) {
+	s := testServer(t, ServerConfig{Engine: Config{NumBlocks: 20, Timing: Timing{Speed: 1000}}, HoldTimeout: 300 * time.Millisecond})
+	c := client(t)
+	p := completion(t, c, s, map[string]any{"prompt": longText(1, 200), "max_tokens": 1, "kv_transfer_params": map[string]any{"do_remote_decode": true}})
+	if len(p.KVTransferParams) == 0 {
+		t.Fatal("no kv_transfer_params")
+	}
+	before := s.Stats()
+	if before.Held != 1 || before.FreeBlocks > 8 {
+		t.Fatalf("held %d, free %d", before.Held, before.FreeBlocks)
+	}
+	start := time.Now()
+	r := completion(t, c, s, map[string]any{"prompt": longText(2, 160), "max_tokens": 1})
+	if len(r.Choices) != 1 || time.Since(start) < 200*time.Millisecond {
+		t.Fatalf("second request finished in %v without waiting for the held blocks", time.Since(start))
+	}
+	after := s.Stats()
+	if after.Held != 0 {
+		t.Fatalf("blocks still held: %+v", after)
+	}
+	if steps := after.Steps - before.Steps; steps > 500 {
+		t.Fatalf("the driver ran %d steps while waiting", steps)
+	}
+}
