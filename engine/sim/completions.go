@@ -31,6 +31,7 @@ type generation struct {
 	includeStop  bool
 	stream       bool
 	includeUsage bool
+	contUsage    bool // stream_options.continuous_usage_stats: usage on every chunk
 	cacheSalt    string
 	kv           *kvTransferParams
 }
@@ -73,7 +74,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g := generation{chat: true, model: s.responseModel(req.Model), lora: lora, prompts: [][]uint32{s.tok.Encode(text)}, n: 1, ignoreEOS: req.IgnoreEOS,
-		stop: req.Stop, includeStop: req.IncludeStopStrInOutput, stream: req.Stream, includeUsage: req.IncludeUsage()}
+		stop: req.Stop, includeStop: req.IncludeStopStrInOutput, stream: req.Stream, includeUsage: req.IncludeUsage(),
+		contUsage: req.IncludeUsage() && req.StreamOptions.ContinuousUsageStats}
 	if m, ok := req.MaxOutputTokens(); ok {
 		g.maxTokens = m
 	}
@@ -114,7 +116,8 @@ func (s *Server) handleCompletion(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g := generation{model: s.responseModel(req.Model), lora: lora, maxTokens: req.MaxOutputTokens(), n: 1, ignoreEOS: req.IgnoreEOS, stop: req.Stop,
-		includeStop: req.IncludeStopStrInOutput, stream: req.Stream, includeUsage: req.IncludeUsage()}
+		includeStop: req.IncludeStopStrInOutput, stream: req.Stream, includeUsage: req.IncludeUsage(),
+		contUsage: req.IncludeUsage() && req.StreamOptions.ContinuousUsageStats}
 	for _, t := range req.Prompt.Texts {
 		g.prompts = append(g.prompts, s.tok.Encode(t))
 	}
@@ -297,7 +300,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, g generation) 
 				if c.finish == "" && maxStop > 0 {
 					safe = max(len(c.text)-(maxStop-1), c.emitted)
 				}
-				if err := sw.token(c, safe); err != nil {
+				if err := sw.token(c, safe, choices); err != nil {
 					s.drv.abort(unfinished())
 					return
 				}
@@ -396,7 +399,7 @@ func (sw *streamWriter) start(choices []*choice) {
 }
 
 // token streams c's text up to safe, with the finish reason once c is done.
-func (sw *streamWriter) token(c *choice, safe int) error {
+func (sw *streamWriter) token(c *choice, safe int, choices []*choice) error {
 	if c.finish != "" {
 		safe = len(c.text)
 	}
@@ -410,20 +413,24 @@ func (sw *streamWriter) token(c *choice, safe int) error {
 		f := c.finish
 		fin = &f
 	}
+	var u *openai.Usage
+	if sw.g.contUsage {
+		u = usage(choices)
+	}
 	if sw.g.chat {
 		ch := openai.ChunkChoice{Index: c.index, Delta: openai.Delta{Content: &delta}, FinishReason: fin}
 		if fin != nil {
 			ch.StopReason = c.stopReason
 		}
 		return sw.send(openai.ChatCompletionChunk{ID: sw.chunkID(), Object: openai.ObjectChatCompletionChunk, Created: sw.created,
-			Model: sw.g.model, Choices: []openai.ChunkChoice{ch}})
+			Model: sw.g.model, Choices: []openai.ChunkChoice{ch}, Usage: u})
 	}
 	ch := openai.CompletionChoice{Index: c.index, Text: delta, FinishReason: fin}
 	if fin != nil {
 		ch.StopReason = c.stopReason
 	}
 	return sw.send(openai.CompletionChunk{ID: sw.chunkID(), Object: openai.ObjectTextCompletion, Created: sw.created,
-		Model: sw.g.model, Choices: []openai.CompletionChoice{ch}})
+		Model: sw.g.model, Choices: []openai.CompletionChoice{ch}, Usage: u})
 }
 
 func (sw *streamWriter) finish(choices []*choice) {

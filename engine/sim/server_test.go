@@ -1076,3 +1076,37 @@ func TestHeldBlocksExpire(t *testing.T) {
 		t.Fatalf("the driver ran %d steps while waiting", steps)
 	}
 }
+
+func TestContinuousUsageStats(t *testing.T) {
+	s := testServer(t, ServerConfig{Engine: Config{Timing: Timing{Speed: 20}}})
+	c := client(t)
+	b, _ := json.Marshal(map[string]any{"prompt": "count with me", "max_tokens": 6, "ignore_eos": true, "stream": true,
+		"stream_options": map[string]any{"include_usage": true, "continuous_usage_stats": true}})
+	resp, err := c.Post("http://"+s.Addr()+"/v1/completions", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	rd := openai.NewSSEReader(resp.Body)
+	last := 0
+	for {
+		data, err := rd.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(data, openai.Done) {
+			break
+		}
+		var ch openai.CompletionChunk
+		if err := json.Unmarshal(data, &ch); err != nil {
+			t.Fatal(err)
+		}
+		if ch.Usage == nil || ch.Usage.CompletionTokens < last {
+			t.Fatalf("chunk %s", data)
+		}
+		last = ch.Usage.CompletionTokens
+	}
+	if last != 6 {
+		t.Fatalf("final completion_tokens %d", last)
+	}
+}
