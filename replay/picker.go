@@ -1,0 +1,121 @@
+package replay
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/router"
+	"github.com/kvgate/kvgate/tokenizer"
+)
+
+// Policies lists the router policies a replay can compare.
+func Policies() []string {
+	return []string{router.PolicyKV, router.PolicyApproxPrefix, router.PolicyLeastLoad, router.PolicyRoundRobin, router.PolicyRandom}
+}
+
+// replayModel is the model name every simulated engine serves.
+const replayModel = "replay"
+
+// scrapeEvery is how often the simulated engines' load reaches the router, as the router's
+// default metrics scrape interval.
+const scrapeEvery = 250 * time.Millisecond
+
+// epoch anchors virtual time to the router's wall-clock API.
+var epoch = time.Unix(1_700_000_000, 0)
+
+// ticket is the router's decision for one request.
+type ticket = *router.Decision
+
+// picker is the real router driven in virtual time: no sockets, no scraping; the replay
+// delivers KV events and load readings itself.
+type picker struct {
+	r        *router.Router
+	now      time.Duration
+	names    []string
+	lastLoad []time.Duration
+}
+
+func newPicker(cfg Config, ecfg sim.Config) (*picker, error) {
+	models, err := tokenizer.NewModelMap([]tokenizer.Model{{Name: replayModel, BlockSize: ecfg.BlockSize}})
+	if err != nil {
+		return nil, err
+	}
+	p := &picker{names: make([]string, cfg.Engines), lastLoad: make([]time.Duration, cfg.Engines)}
+	rc := router.DefaultConfig()
+	rc.Policy = cfg.Policy
+	rc.Models = models
+	rc.ScrapeInterval = -1
+	rc.Seed = cfg.Seed + 1
+	rc.Now = func() time.Time { return epoch.Add(p.now) }
+	rc.MetricsStaleAfter = time.Hour
+	if cfg.OverlapWeight > 0 {
+		rc.Scoring.OverlapWeight = cfg.OverlapWeight
+	}
+	for i := range p.names {
+		p.names[i] = "engine-" + strconv.Itoa(i)
+		rc.Endpoints = append(rc.Endpoints, router.Endpoint{
+			Name:      p.names[i],
+			Address:   fmt.Sprintf("10.0.%d.%d:8000", i/250, i%250+1),
+			Models:    []string{replayModel},
+			BlockSize: ecfg.BlockSize,
+			// A named event source without a subscription: the replay delivers the events.
+			KVEvents: "replay://" + p.names[i],
+		})
+	}
+	r, err := router.New(rc, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		return nil, err
+	}
+	p.r = r
+	return p, nil
+}
+
+func (p *picker) pick(now time.Duration, tokens []uint32) (int, ticket, error) {
+	p.now = now
+	d, err := p.r.Pick(router.Prompt{Model: replayModel, Tokens: tokens})
+	if err != nil {
+		return 0, nil, err
+	}
+	i := slices.Index(p.names, d.Endpoint.Name)
+	if i < 0 {
+		d.Done(nil, nil)
+		return 0, nil, fmt.Errorf("router picked unknown endpoint %q", d.Endpoint.Name)
+	}
+	return i, d, nil
+}
+
+func (p *picker) firstToken(t ticket) {
+	if t != nil {
+		t.FirstToken()
+	}
+}
+
+func (p *picker) done(t ticket) {
+	if t != nil {
+		t.Done(nil, nil)
+	}
+}
+
+// apply delivers one step's KV events to the router as the engine's publisher would.
+func (p *picker) apply(now time.Duration, eng int, evs []sim.KVEvent) {
+	p.now = now
+	b := engine.EventBatch{TS: now.Seconds(), Events: make([]engine.Event, len(evs))}
+	for i, ev := range evs {
+		b.Events[i] = sim.WireEvent(ev)
+	}
+	p.r.ApplyEvents(p.names[eng], b)
+}
+
+// load delivers the engine's queue and KV usage, at most every scrapeEvery.
+func (p *picker) load(now time.Duration, eng int, st sim.Stats) {
+	if now-p.lastLoad[eng] < scrapeEvery && p.lastLoad[eng] != 0 {
+		return
+	}
+	p.now, p.lastLoad[eng] = now, now
+	p.r.SetLoad(p.names[eng], engine.Load{Running: float64(st.Running), Waiting: float64(st.Waiting), KVUsage: st.KVUsage})
+}
