@@ -177,8 +177,12 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, g generation) 
 			if g.chat {
 				param = "messages"
 			}
-			openai.WriteError(w, openai.BadRequest(param, "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the prompt %d, %d in the completion). Please reduce the length of the prompt or completion.",
-				maxLen, len(p)+want, len(p), i, want))
+			where := "the messages"
+			if !g.chat {
+				where = fmt.Sprintf("prompt %d", i)
+			}
+			openai.WriteError(w, openai.BadRequest(param, "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in %s, %d in the completion). Please reduce the length of the input or the completion.",
+				maxLen, len(p)+want, len(p), where, want))
 			return
 		}
 	}
