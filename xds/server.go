@@ -23,6 +23,7 @@ import (
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	cplog "github.com/envoyproxy/go-control-plane/pkg/log"
 	server "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -47,6 +48,8 @@ type Config struct {
 	Debounce time.Duration
 	// Log receives the server's logs; nil discards them.
 	Log *slog.Logger
+	// Registerer receives the server's metrics; nil registers none.
+	Registerer prometheus.Registerer
 }
 
 // nodeGroup is the one snapshot key: every Envoy node, whatever its id, gets the same
@@ -63,6 +66,7 @@ type Server struct {
 	cfg   Config
 	log   *slog.Logger
 	cache cache.SnapshotCache
+	m     *metrics
 
 	mu      sync.Mutex
 	version string                // of the snapshot in the cache, "" before the first
@@ -96,7 +100,7 @@ func New(cfg Config) (*Server, error) {
 	if res, err := Translate(cfg.Model); res == nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, changed: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, changed: make(chan struct{}), m: newMetrics(cfg.Registerer)}
 	s.cache = cache.NewSnapshotCache(true, allNodes{}, slogAdapter(log))
 	return s, nil
 }
@@ -212,6 +216,7 @@ func (s *Server) watch(ctx context.Context) {
 func (s *Server) update(ctx context.Context, eps []discovery.Endpoint) {
 	m := s.cfg.Model
 	m.Pools = Pools(eps)
+	s.m.endpoints.Set(float64(len(eps)))
 	s.mu.Lock()
 	same := s.version != "" && maps.EqualFunc(s.pools, m.Pools, slices.Equal)
 	s.mu.Unlock()
@@ -225,6 +230,7 @@ func (s *Server) update(ctx context.Context, eps []discovery.Endpoint) {
 		s.log.Error("xds translation failed; keeping the previous configuration", "err", err)
 		return
 	}
+	s.m.problems.Set(float64(countJoined(err)))
 	if err != nil {
 		s.log.Warn("xds translation problems", "err", err)
 	}
@@ -252,6 +258,7 @@ func (s *Server) update(ctx context.Context, eps []discovery.Endpoint) {
 	s.version = version
 	s.pools = m.Pools
 	s.pushes++
+	s.m.snapshots.Inc()
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.log.Info("xds snapshot", "version", version, "engines", len(eps), "models", len(m.Pools),
@@ -276,14 +283,26 @@ func (s *Server) Pushes() int {
 func (s *Server) callbacks() server.Callbacks {
 	return server.CallbackFuncs{
 		StreamOpenFunc: func(_ context.Context, id int64, typ string) error {
+			s.m.streams.Inc()
 			s.log.Debug("xds stream open", "stream", id, "type", typ)
 			return nil
 		},
 		StreamClosedFunc: func(id int64, node *core.Node) {
+			s.m.streams.Dec()
 			s.log.Debug("xds stream closed", "stream", id, "node", node.GetId())
+		},
+		DeltaStreamOpenFunc: func(_ context.Context, id int64, typ string) error {
+			s.m.streams.Inc()
+			s.log.Debug("xds delta stream open", "stream", id, "type", typ)
+			return nil
+		},
+		DeltaStreamClosedFunc: func(id int64, node *core.Node) {
+			s.m.streams.Dec()
+			s.log.Debug("xds delta stream closed", "stream", id, "node", node.GetId())
 		},
 		StreamRequestFunc: func(id int64, req *discoverygrpc.DiscoveryRequest) error {
 			if req.GetErrorDetail() != nil {
+				s.m.nacks.WithLabelValues(req.GetTypeUrl()).Inc()
 				s.log.Warn("envoy rejected configuration", "node", req.GetNode().GetId(), "type", req.GetTypeUrl(),
 					"version", req.GetVersionInfo(), "err", req.GetErrorDetail().GetMessage())
 			}
@@ -291,12 +310,24 @@ func (s *Server) callbacks() server.Callbacks {
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discoverygrpc.DeltaDiscoveryRequest) error {
 			if req.GetErrorDetail() != nil {
+				s.m.nacks.WithLabelValues(req.GetTypeUrl()).Inc()
 				s.log.Warn("envoy rejected configuration", "node", req.GetNode().GetId(), "type", req.GetTypeUrl(),
 					"err", req.GetErrorDetail().GetMessage())
 			}
 			return nil
 		},
 	}
+}
+
+// countJoined counts the problems in an errors.Join result.
+func countJoined(err error) int {
+	if err == nil {
+		return 0
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return len(j.Unwrap())
+	}
+	return 1
 }
 
 // serverTLS loads the server's certificate and, with a CA, requires client certificates

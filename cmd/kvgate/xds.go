@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/discovery"
@@ -19,6 +24,7 @@ func init() { register(newXDSCmd) }
 func newXDSCmd(g *globals) *cobra.Command {
 	var (
 		listen, config, consul, service, endpoints string
+		metricsAddr                                string
 		model                                      xds.Model
 		routerTLS                                  xds.TLSFiles
 		tlsFiles                                   xds.TLSFiles
@@ -105,11 +111,21 @@ that honours the pick, and an EDS pool per model, updated as engines come and go
 			if dryRun {
 				return printOnce(cmd, src, model)
 			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			srv, err := xds.New(xds.Config{
-				Listen: listen, TLS: tlsFiles, Model: model, Source: src, Debounce: debounce, Log: g.log,
+				Listen: listen, TLS: tlsFiles, Model: model, Source: src, Debounce: debounce, Log: g.log, Registerer: reg,
 			})
 			if err != nil {
 				return err
+			}
+			if metricsAddr != "" {
+				stop, err := serveMetrics(metricsAddr, reg)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				g.log.Info("xds metrics", "addr", metricsAddr)
 			}
 			return srv.Run(cmd.Context())
 		},
@@ -127,6 +143,7 @@ that honours the pick, and an EDS pool per model, updated as engines come and go
 	f.BoolVar(&failOpen, "failure-mode-allow", false, "let requests through when the router is unreachable")
 	f.DurationVar(&messageTimeout, "message-timeout", 5*time.Second, "how long Envoy waits for each router reply")
 	f.DurationVar(&idleTimeout, "stream-idle-timeout", 5*time.Minute, "close client streams silent this long")
+	f.StringVar(&metricsAddr, "metrics", "", "serve Prometheus /metrics on this address (e.g. :9091)")
 	f.BoolVar(&dryRun, "dry-run", false, "print the resources Envoy would get from the first discovery report, then exit")
 	f.DurationVar(&debounce, "debounce", 100*time.Millisecond, "coalesce discovery changes arriving within this window")
 	f.StringVar(&tlsFiles.Cert, "tls-cert", "", "serve xDS over TLS with this certificate (PEM)")
@@ -169,4 +186,21 @@ func printOnce(cmd *cobra.Command, src discovery.Source, model xds.Model) error 
 	}
 	_, err = cmd.OutOrStdout().Write(out)
 	return err
+}
+
+// serveMetrics serves reg on addr/metrics until stop is called.
+func serveMetrics(addr string, reg *prometheus.Registry) (stop func(), err error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(lis) }()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(ctx)
+	}, nil
 }
