@@ -267,7 +267,15 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 			echo.Set(k, v)
 		}
 	}
-	out := []*extprocv3.ProcessingResponse{continueHeaders(true, setHeaders(echo), false)}
+	mut := setHeaders(echo)
+	if st.strip != nil {
+		// The body will be shorter than the engine said.
+		if mut == nil {
+			mut = &extprocv3.HeaderMutation{}
+		}
+		mut.RemoveHeaders = append(mut.RemoveHeaders, "content-length")
+	}
+	out := []*extprocv3.ProcessingResponse{continueHeaders(true, mut, false)}
 	if h.GetEndOfStream() {
 		st.complete()
 	}

@@ -100,14 +100,15 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) int {
 			h.Set(k, v)
 		}
 	}
-	w.WriteHeader(resp.StatusCode)
 
 	sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	watch := newBodyWatcher(sse, 4<<20)
 	var strip *usageStripper
 	if sse && d.UsageForced {
 		strip = &usageStripper{} // the client did not ask for the usage chunk
+		h.Del("Content-Length")
 	}
+	w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(w)
 	send := func(p []byte) error {
 		if len(p) == 0 {
