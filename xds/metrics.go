@@ -4,15 +4,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metric names of the xDS server.
-const (
-	metricSnapshots = "kvgate_xds_snapshots_total"
-	metricProblems  = "kvgate_xds_translation_problems"
-	metricStreams   = "kvgate_xds_streams_active"
-	metricNACKs     = "kvgate_xds_nacks_total"
-	metricEndpoints = "kvgate_xds_endpoints"
-)
-
 // metrics of one Server; all nil-safe through a disabled registry.
 type metrics struct {
 	snapshots prometheus.Counter

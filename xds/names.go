@@ -31,6 +31,15 @@ const (
 	metadataNamespace = "kvgate"
 )
 
+// Metric names of the xDS server.
+const (
+	metricSnapshots = "kvgate_xds_snapshots_total"
+	metricProblems  = "kvgate_xds_translation_problems"
+	metricStreams   = "kvgate_xds_streams_active"
+	metricNACKs     = "kvgate_xds_nacks_total"
+	metricEndpoints = "kvgate_xds_endpoints"
+)
+
 // OpenAI paths the listener routes.
 const (
 	PathChatCompletions = "/v1/chat/completions"
