@@ -1,3 +1,6 @@
+// Package sim is a simulated vLLM engine: a deterministic engine core (paged KV cache with
+// prefix caching, continuous batching, a step-time model) and a server that runs it in real time
+// behind vLLM's HTTP API, KV events and metrics.
 package sim
 
 import (
