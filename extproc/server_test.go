@@ -443,3 +443,40 @@ func TestHealthAndDrain(t *testing.T) {
 		t.Errorf("completed streams %v", got)
 	}
 }
+
+// TestServedEndpoint checks the endpoint the proxy reports having used reaches the router:
+// a fallback served means the target failed, and the router takes it out of rotation.
+func TestServedEndpoint(t *testing.T) {
+	f := start(t, extproc.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var target string
+	res, err := f.client.Do(ctx, extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED},
+		extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Body: chatBody(t, "fall back", false)},
+		func(r *extproctest.Result) extproctest.Upstream {
+			dests := strings.Split(r.Destination(), ",")
+			if len(dests) < 2 {
+				t.Fatalf("no fallbacks in %q", r.Destination())
+			}
+			target = dests[0]
+			return extproctest.Upstream{Chunks: [][]byte{[]byte(`{}`)}, Served: dests[1]}
+		})
+	if err != nil || res.Immediate != nil {
+		t.Fatal(err, res)
+	}
+	for _, l := range f.router.Load() {
+		addr := ""
+		for _, e := range endpoints {
+			if e.Name == l.Name {
+				addr = e.Address
+			}
+		}
+		if addr == target && l.Healthy {
+			t.Errorf("target %s still healthy after the proxy fell back", target)
+		}
+		if addr != target && !l.Healthy {
+			t.Errorf("%s marked down", addr)
+		}
+	}
+	waitReleased(t, f)
+}
