@@ -67,6 +67,7 @@ type Server struct {
 	log   *slog.Logger
 	cache cache.SnapshotCache
 	m     *metrics
+	tls   *tls.Config // nil: plaintext
 
 	mu      sync.Mutex
 	version string                // of the snapshot in the cache, "" before the first
@@ -100,7 +101,15 @@ func New(cfg Config) (*Server, error) {
 	if res, err := Translate(cfg.Model); res == nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, changed: make(chan struct{}), m: newMetrics(cfg.Registerer)}
+	var tc *tls.Config
+	if cfg.TLS.Cert != "" {
+		var err error
+		if tc, err = serverTLS(cfg.TLS); err != nil {
+			return nil, err
+		}
+	}
+	// Metrics last: a New that fails registers nothing.
+	s := &Server{cfg: cfg, log: log, changed: make(chan struct{}), tls: tc, m: newMetrics(cfg.Registerer)}
 	s.cache = cache.NewSnapshotCache(true, allNodes{}, slogAdapter(log))
 	return s, nil
 }
@@ -122,13 +131,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 	}
-	if s.cfg.TLS.Cert != "" {
-		tc, err := serverTLS(s.cfg.TLS)
-		if err != nil {
-			lis.Close()
-			return err
-		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+	if s.tls != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls)))
 	}
 	gs := grpc.NewServer(opts...)
 	xs := server.NewServer(ctx, s.cache, s.callbacks())

@@ -209,6 +209,7 @@ func TestNewErrors(t *testing.T) {
 		{"no router", xds.Config{Source: src}},
 		{"cert without key", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}}, TLS: xds.TLSFiles{Cert: "c"}}},
 		{"ca without cert", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}}, TLS: xds.TLSFiles{CA: "c"}}},
+		{"missing cert files", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}}, TLS: xds.TLSFiles{Cert: "/nonexistent.crt", Key: "/nonexistent.key"}}},
 		{"bad template", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}, Listener: "x"}}},
 	}
 	for _, tt := range tests {
