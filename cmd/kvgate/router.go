@@ -246,8 +246,8 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// serveMetrics serves reg on addr until ctx ends.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+// serveRouterMetrics serves reg on addr until ctx ends.
+func serveRouterMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
@@ -325,7 +325,7 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		grp.Go(func() error { return gw.Run(ctx) })
 	}
 	if o.metrics != "" {
-		grp.Go(func() error { return serveMetrics(ctx, o.metrics, reg, log) })
+		grp.Go(func() error { return serveRouterMetrics(ctx, o.metrics, reg, log) })
 	}
 	err = grp.Wait()
 	if errors.Is(err, context.Canceled) {
