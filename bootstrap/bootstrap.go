@@ -14,6 +14,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tls "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreams "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -165,9 +166,17 @@ func transportTLS(t TLS) *core.TransportSocket {
 		}}
 	}
 	if t.CA != "" {
-		ctx.ValidationContextType = &tls.CommonTlsContext_ValidationContext{ValidationContext: &tls.CertificateValidationContext{
+		vc := &tls.CertificateValidationContext{
 			TrustedCa: &core.DataSource{Specifier: &core.DataSource_Filename{Filename: t.CA}},
-		}}
+		}
+		if t.SNI != "" {
+			// Verify the name too, not only the chain.
+			vc.MatchTypedSubjectAltNames = []*tls.SubjectAltNameMatcher{{
+				SanType: tls.SubjectAltNameMatcher_DNS,
+				Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: t.SNI}},
+			}}
+		}
+		ctx.ValidationContextType = &tls.CommonTlsContext_ValidationContext{ValidationContext: vc}
 	}
 	// gRPC requires h2 over ALPN.
 	ctx.AlpnProtocols = []string{"h2"}

@@ -9,6 +9,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tls "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreams "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	metadata "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -177,6 +178,13 @@ func upstreamTLS(f TLSFiles) *core.TransportSocket {
 	if f.CA != "" {
 		vc := &tls.CertificateValidationContext{
 			TrustedCa: &core.DataSource{Specifier: &core.DataSource_Filename{Filename: f.CA}},
+		}
+		if f.SNI != "" {
+			// Verify the name too, not only the chain.
+			vc.MatchTypedSubjectAltNames = []*tls.SubjectAltNameMatcher{{
+				SanType: tls.SubjectAltNameMatcher_DNS,
+				Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: f.SNI}},
+			}}
 		}
 		ctx.ValidationContextType = &tls.CommonTlsContext_ValidationContext{ValidationContext: vc}
 	}
