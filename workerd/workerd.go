@@ -156,12 +156,23 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 // Addr is the relay's bound gRPC address.
 func (w *Workerd) Addr() string { return w.lis.Addr().String() }
 
-// Advertise is the relay address written to Consul.
+// Advertise is the relay address written to Consul: Config.Advertise, else the bound
+// address, with an unspecified host (0.0.0.0, ::) replaced by Config.Host or 127.0.0.1.
 func (w *Workerd) Advertise() string {
 	if w.cfg.Advertise != "" {
 		return w.cfg.Advertise
 	}
-	return w.Addr()
+	host, port, err := net.SplitHostPort(w.Addr())
+	if err != nil {
+		return w.Addr()
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+		if w.cfg.Host != "" {
+			host = w.cfg.Host
+		}
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // Inventory is the GPU inventory read by New.

@@ -17,6 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
 	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/discovery/consultest"
 	"github.com/kvgate/kvgate/engine"
@@ -156,6 +160,20 @@ func TestWorkerdEndToEnd(t *testing.T) {
 	if ep.Name != "n1-a" || ep.Address != st.Address || ep.Workerd != w.Advertise() || ep.KVEvents != st.KVEvents ||
 		ep.BlockSize != DefaultBlockSize || !slices.Equal(ep.Models, []string{"sim-model"}) || ep.Meta[discovery.MetaEngine] != KindSim {
 		t.Fatalf("consul endpoint %+v, engine %+v", ep, st)
+	}
+
+	// The relay lists what runs here.
+	conn, err := grpc.NewClient(w.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	list, err := relayv1.NewRelayClient(conn).Engines(ctx, &relayv1.EnginesRequest{})
+	if err != nil || len(list.GetEngines()) != 1 {
+		t.Fatalf("Engines = %v, %v", list, err)
+	}
+	if e := list.GetEngines()[0]; e.GetName() != "n1-a" || e.GetKind() != KindSim || e.GetState() != StateRunning || e.GetAddress() != st.Address {
+		t.Fatalf("Engines[0] = %v", e)
 	}
 
 	// Relay: snapshot first, then the blocks of a completion.
