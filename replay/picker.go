@@ -45,7 +45,8 @@ func newPicker(cfg Config, ecfg sim.Config) (*picker, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &picker{names: make([]string, cfg.Engines), lastLoad: make([]time.Duration, cfg.Engines)}
+	n := cfg.engines()
+	p := &picker{names: make([]string, n), lastLoad: make([]time.Duration, n)}
 	rc := router.DefaultConfig()
 	rc.Policy = cfg.Policy
 	rc.Models = models
@@ -58,7 +59,18 @@ func newPicker(cfg Config, ecfg sim.Config) (*picker, error) {
 	}
 	for i := range p.names {
 		p.names[i] = "engine-" + strconv.Itoa(i)
+		role := router.RoleAggregated
+		if cfg.Disaggregated() {
+			role = router.RoleDecode
+			if i < cfg.Prefill {
+				role = router.RolePrefill
+				p.names[i] = "prefill-" + strconv.Itoa(i)
+			} else {
+				p.names[i] = "decode-" + strconv.Itoa(i-cfg.Prefill)
+			}
+		}
 		rc.Endpoints = append(rc.Endpoints, router.Endpoint{
+			Role:      role,
 			Name:      p.names[i],
 			Address:   fmt.Sprintf("10.0.%d.%d:8000", i/250, i%250+1),
 			Models:    []string{replayModel},
@@ -75,18 +87,23 @@ func newPicker(cfg Config, ecfg sim.Config) (*picker, error) {
 	return p, nil
 }
 
-func (p *picker) pick(now time.Duration, tokens []uint32) (int, ticket, error) {
+// pick asks the router; it returns the target engine and the prefill engine (-1 when the
+// request is not disaggregated).
+func (p *picker) pick(now time.Duration, tokens []uint32) (int, int, ticket, error) {
 	p.now = now
 	d, err := p.r.Pick(router.Prompt{Model: replayModel, Tokens: tokens})
 	if err != nil {
-		return 0, nil, err
+		return 0, -1, nil, err
 	}
-	i := slices.Index(p.names, d.Endpoint.Name)
-	if i < 0 {
+	i, pre := slices.Index(p.names, d.Endpoint.Name), -1
+	if d.Prefill != nil {
+		pre = slices.Index(p.names, d.Prefill.Name)
+	}
+	if i < 0 || (d.Prefill != nil && pre < 0) {
 		d.Done(nil, nil)
-		return 0, nil, fmt.Errorf("router picked unknown endpoint %q", d.Endpoint.Name)
+		return 0, -1, nil, fmt.Errorf("router picked an unknown endpoint: %+v", d.Endpoint)
 	}
-	return i, d, nil
+	return i, pre, d, nil
 }
 
 func (p *picker) firstToken(t ticket) {

@@ -29,12 +29,35 @@ type Config struct {
 	Seed       uint64
 	// OverlapWeight, when > 0, replaces the router's prefill weight in the kv cost.
 	OverlapWeight float64
+
+	// Prefill and Decode, when both > 0, replace Engines with a disaggregated cluster:
+	// Prefill prefill-role and Decode decode-role engines. The router decides per request
+	// whether to prefill remotely; a remote prefill's KV blocks reach the decode engine after
+	// TransferLatency + blocks*block_bytes/TransferBandwidth.
+	Prefill, Decode   int
+	TransferBandwidth float64       // bytes per second (default 25e9: one 200 Gb/s NIC, as NIXL over RDMA)
+	TransferLatency   time.Duration // fixed cost per transfer (default 1 ms)
+}
+
+// Disaggregated reports whether the replay runs prefill and decode pools.
+func (c Config) Disaggregated() bool { return c.Prefill > 0 && c.Decode > 0 }
+
+// engines is the number of engines the replay runs.
+func (c Config) engines() int {
+	if c.Disaggregated() {
+		return c.Prefill + c.Decode
+	}
+	return c.Engines
 }
 
 // Result is what one replay measured.
 type Result struct {
 	Policy           string  `json:"policy"`
 	Engines          int     `json:"engines"`
+	Prefill          int     `json:"prefill_engines,omitempty"`
+	Decode           int     `json:"decode_engines,omitempty"`
+	Disaggregated    int     `json:"disaggregated_requests"`
+	TransferredBytes int64   `json:"transferred_bytes,omitempty"`
 	Requests         int     `json:"requests"`
 	Rejected         int     `json:"rejected"`
 	HitRatio         float64 `json:"hit_ratio"`
@@ -46,6 +69,7 @@ type Result struct {
 	ITLP90           float64 `json:"itl_p90_ms"`
 	Throughput       float64 `json:"throughput_tokens_per_s"`
 	OutputThroughput float64 `json:"output_tokens_per_s"`
+	PerEngine        float64 `json:"throughput_tokens_per_s_per_engine"`
 	MaxLoadImbalance float64 `json:"max_load_imbalance"`
 	Preemptions      uint64  `json:"preemptions"`
 	VirtualSeconds   float64 `json:"virtual_s"`
@@ -56,8 +80,14 @@ type Result struct {
 
 // Validate reports the first configuration error.
 func (c Config) Validate() error {
-	if c.Engines < 1 {
+	if c.Prefill < 0 || c.Decode < 0 || (c.Prefill > 0) != (c.Decode > 0) {
+		return fmt.Errorf("replay: give both prefill and decode engines (got %d and %d)", c.Prefill, c.Decode)
+	}
+	if c.engines() < 1 {
 		return fmt.Errorf("replay: engines must be >= 1, got %d", c.Engines)
+	}
+	if c.TransferBandwidth < 0 || c.TransferLatency < 0 {
+		return errors.New("replay: transfer bandwidth and latency must be >= 0")
 	}
 	if c.EventDelay < 0 {
 		return errors.New("replay: event delay must be >= 0")
@@ -69,6 +99,7 @@ func (c Config) Validate() error {
 const (
 	evStepEnd = iota // an engine's step finished: deliver its outputs
 	evKV             // an engine's KV events reach the router
+	evTransfer       // a remote prefill's blocks reached the decode engine
 	evArrival        // a request arrives
 )
 
@@ -107,6 +138,8 @@ type engineState struct {
 
 type reqState struct {
 	eng           int
+	prefill       int // prefill engine when disaggregated, else -1
+	remote        int // blocks pulled from the prefill engine
 	ticket        ticket
 	arrival       time.Duration
 	first, last   time.Duration
@@ -135,7 +168,13 @@ func Run(ctx context.Context, cfg Config, tr *workload.Trace) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	engines := make([]engineState, cfg.Engines)
+	if cfg.TransferBandwidth == 0 {
+		cfg.TransferBandwidth = 25e9
+	}
+	if cfg.TransferLatency == 0 {
+		cfg.TransferLatency = time.Millisecond
+	}
+	engines := make([]engineState, cfg.engines())
 	for i := range engines {
 		e, err := sim.New(ecfg)
 		if err != nil {
@@ -153,7 +192,8 @@ func Run(ctx context.Context, cfg Config, tr *workload.Trace) (*Result, error) {
 
 	var itl []time.Duration
 	var now time.Duration
-	rejected := 0
+	var transferred int64
+	rejected, disagg := 0, 0
 	kick := func(i int, at time.Duration) {
 		es := &engines[i]
 		res := es.sim.Step(at)
@@ -183,29 +223,47 @@ func Run(ctx context.Context, cfg Config, tr *workload.Trace) (*Result, error) {
 			st := &reqs[ev.req]
 			st.arrival, st.prompt = r.Arrival, len(tokens)
 			st.cacheableBlks = cacheableBlocks(len(tokens), ecfg.BlockSize)
-			eng, tk, err := p.pick(now, tokens)
+			eng, pre, tk, err := p.pick(now, tokens)
 			if err != nil {
 				rejected++
 				st.done = true
 				continue
 			}
-			st.eng, st.ticket = eng, tk
-			err = engines[eng].sim.Add(sim.Request{ID: strconv.Itoa(ev.req), Prompt: tokens, MaxTokens: max(1, r.OutputLength)})
-			if err != nil {
+			st.eng, st.prefill, st.ticket = eng, pre, tk
+			target, req := eng, sim.Request{ID: strconv.Itoa(ev.req), Prompt: tokens, MaxTokens: max(1, r.OutputLength)}
+			if pre >= 0 {
+				// Remote prefill: one token on the prefill engine, blocks held for the pull.
+				disagg++
+				target, req = pre, sim.Request{ID: "p" + req.ID, Prompt: tokens, MaxTokens: 1, Hold: true}
+			}
+			if err := engines[target].sim.Add(req); err != nil {
 				p.done(tk)
 				rejected++
 				st.done = true
 				continue
 			}
-			if !engines[eng].stepping {
-				kick(eng, now)
+			if !engines[target].stepping {
+				kick(target, now)
 			}
 		case evStepEnd:
 			for _, o := range ev.step.Outputs {
+				if o.ID[0] == 'p' { // a remote prefill finished: move its blocks
+					id, _ := strconv.Atoi(o.ID[1:])
+					st := &reqs[id]
+					st.cached, st.remote = o.CachedTokens, len(o.BlockIDs)
+					bytes := int64(st.remote) * int64(ecfg.BlockBytes())
+					transferred += bytes
+					xfer := cfg.TransferLatency + time.Duration(float64(bytes)/cfg.TransferBandwidth*float64(time.Second))
+					push(&event{at: now + xfer, kind: evTransfer, eng: ev.eng, req: id})
+					continue
+				}
 				id, _ := strconv.Atoi(o.ID)
 				st := &reqs[id]
 				if !st.got {
-					st.got, st.first, st.cached = true, now, o.CachedTokens
+					st.got, st.first = true, now
+					if st.prefill < 0 {
+						st.cached = o.CachedTokens
+					}
 					p.firstToken(st.ticket)
 				} else {
 					itl = append(itl, now-st.last)
@@ -221,13 +279,31 @@ func Run(ctx context.Context, cfg Config, tr *workload.Trace) (*Result, error) {
 			p.load(now, ev.eng, engines[ev.eng].sim.Stats())
 		case evKV:
 			p.apply(now, ev.eng, ev.kv)
+		case evTransfer:
+			st, r := &reqs[ev.req], &tr.Requests[ev.req]
+			engines[ev.eng].sim.Release("p" + strconv.Itoa(ev.req))
+			err := engines[st.eng].sim.Add(sim.Request{ID: strconv.Itoa(ev.req), Prompt: r.Tokens(), MaxTokens: max(1, r.OutputLength), RemoteBlocks: st.remote})
+			if err != nil {
+				p.done(st.ticket)
+				rejected++
+				st.done = true
+				continue
+			}
+			if !engines[st.eng].stepping {
+				kick(st.eng, now)
+			}
 		}
 	}
-	return summarize(cfg, ecfg, tr, reqs, engines, itl, rejected, time.Since(wall)), nil
+	res := summarize(cfg, ecfg, tr, reqs, engines, itl, rejected, time.Since(wall))
+	res.Disaggregated, res.TransferredBytes = disagg, transferred
+	return res, nil
 }
 
 func summarize(cfg Config, ecfg sim.Config, tr *workload.Trace, reqs []reqState, engines []engineState, itl []time.Duration, rejected int, wall time.Duration) *Result {
-	res := &Result{Policy: cfg.Policy, Engines: cfg.Engines, Requests: len(reqs), Rejected: rejected, WallSeconds: wall.Seconds()}
+	res := &Result{Policy: cfg.Policy, Engines: len(engines), Requests: len(reqs), Rejected: rejected, WallSeconds: wall.Seconds()}
+	if cfg.Disaggregated() {
+		res.Prefill, res.Decode = cfg.Prefill, cfg.Decode
+	}
 	var ttft []time.Duration
 	var cachedBlks, cacheable, tokens, outTokens int64
 	var start, end time.Duration = -1, 0
@@ -258,6 +334,7 @@ func summarize(cfg Config, ecfg sim.Config, tr *workload.Trace, reqs []reqState,
 	if span := (end - max(start, 0)).Seconds(); span > 0 {
 		res.Throughput = round4(float64(tokens) / span)
 		res.OutputThroughput = round4(float64(outTokens) / span)
+		res.PerEngine = round4(res.Throughput / float64(len(engines)))
 		res.VirtualSeconds = round4(end.Seconds())
 	}
 	var sum, mx time.Duration
@@ -269,7 +346,7 @@ func summarize(cfg Config, ecfg sim.Config, tr *workload.Trace, reqs []reqState,
 	if sum > 0 {
 		res.MaxLoadImbalance = round4(float64(mx) / (float64(sum) / float64(len(engines))))
 	}
-	res.BoundHitRatio = round4(BoundHitRatio(tr, ecfg.BlockSize, ecfg.NumBlocks*cfg.Engines))
+	res.BoundHitRatio = round4(BoundHitRatio(tr, ecfg.BlockSize, ecfg.NumBlocks*len(engines)))
 	return res
 }
 

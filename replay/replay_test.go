@@ -114,3 +114,30 @@ func TestPlot(t *testing.T) {
 		t.Fatalf("unexpected SVG:\n%.400s", svg)
 	}
 }
+
+func TestDisaggregatedReplay(t *testing.T) {
+	s := workload.DefaultSynthetic()
+	s.Conversations, s.Turns, s.SystemTokens = 30, 3, 4096
+	tr, err := s.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := replay.Config{Prefill: 1, Decode: 2, Policy: "kv", Engine: sim.Config{NumBlocks: 8000}, Seed: 1}
+	res := run(t, cfg, tr)
+	if res.Engines != 3 || res.Prefill != 1 || res.Decode != 2 {
+		t.Fatalf("engines %d (%dP+%dD)", res.Engines, res.Prefill, res.Decode)
+	}
+	if res.Disaggregated == 0 || res.TransferredBytes == 0 {
+		t.Fatalf("no request went through remote prefill: %+v", res)
+	}
+	if res.Rejected != 0 || len(res.TTFTs) != len(tr.Requests) {
+		t.Fatalf("rejected %d, answered %d of %d", res.Rejected, len(res.TTFTs), len(tr.Requests))
+	}
+	// Every transferred block is a whole KV block of the engine's model shape.
+	if bb := int64(sim.Config{NumBlocks: 8000}.WithDefaults().BlockBytes()); res.TransferredBytes%bb != 0 {
+		t.Fatalf("transferred %d bytes, not a multiple of the block size %d", res.TransferredBytes, bb)
+	}
+	if _, err := replay.Run(context.Background(), replay.Config{Prefill: 1, Policy: "kv"}, tr); err == nil {
+		t.Fatal("prefill without decode engines accepted")
+	}
+}

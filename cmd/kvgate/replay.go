@@ -62,7 +62,7 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 				if err != nil {
 					return err
 				}
-				title := fmt.Sprintf("TTFT CDF: %s, %d requests, %d engines", tr.Name, len(tr.Requests), cfg.Engines)
+				title := fmt.Sprintf("TTFT CDF: %s, %d requests, %d engines", tr.Name, len(tr.Requests), results[0].Engines)
 				if err := replay.WriteTTFTCDF(f, title, results); err != nil {
 					f.Close()
 					return err
@@ -85,7 +85,11 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	}
 	wf.add(cmd)
 	f := cmd.Flags()
-	f.IntVar(&cfg.Engines, "engines", 8, "simulated engines")
+	f.IntVar(&cfg.Engines, "engines", 8, "simulated engines (aggregated)")
+	f.IntVar(&cfg.Prefill, "prefill-engines", 0, "disaggregated: prefill engines (with --decode-engines; replaces --engines)")
+	f.IntVar(&cfg.Decode, "decode-engines", 0, "disaggregated: decode engines (with --prefill-engines)")
+	f.Float64Var(&cfg.TransferBandwidth, "transfer-bandwidth", 25e9, "disaggregated: KV transfer bandwidth, bytes/s")
+	f.DurationVar(&cfg.TransferLatency, "transfer-latency", time.Millisecond, "disaggregated: fixed cost of one KV transfer")
 	f.StringVar(&cfg.Policy, "policy", "kv", "routing policy: "+strings.Join(replay.Policies(), ", ")+", or all")
 	f.DurationVar(&cfg.EventDelay, "event-delay", 5*time.Millisecond, "delay from an engine's step to its KV events reaching the router")
 	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache blocks per engine (0 derives it from --gpu-memory and an 8B model)")
@@ -104,10 +108,14 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 
 func printReplay(w io.Writer, rs []*replay.Result) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "policy\tengines\trequests\thit ratio\tbound\tTTFT p50 ms\tTTFT p90 ms\tITL p50 ms\ttokens/s\timbalance\trejected\t")
+	fmt.Fprintln(tw, "policy\tengines\trequests\thit ratio\tbound\tTTFT p50 ms\tTTFT p90 ms\tITL p50 ms\tITL p90 ms\ttokens/s\tper engine\timbalance\tdisagg\trejected\t")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.3f\t%.3f\t%.1f\t%.1f\t%.2f\t%.0f\t%.2f\t%d\t\n",
-			r.Policy, r.Engines, r.Requests, r.HitRatio, r.BoundHitRatio, r.TTFTP50, r.TTFTP90, r.ITLP50, r.Throughput, r.MaxLoadImbalance, r.Rejected)
+		engines := fmt.Sprint(r.Engines)
+		if r.Prefill > 0 {
+			engines = fmt.Sprintf("%dP+%dD", r.Prefill, r.Decode)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.3f\t%.3f\t%.1f\t%.1f\t%.2f\t%.2f\t%.0f\t%.0f\t%.2f\t%d\t%d\t\n",
+			r.Policy, engines, r.Requests, r.HitRatio, r.BoundHitRatio, r.TTFTP50, r.TTFTP90, r.ITLP50, r.ITLP90, r.Throughput, r.PerEngine, r.MaxLoadImbalance, r.Disaggregated, r.Rejected)
 	}
 	tw.Flush()
 }
