@@ -97,10 +97,10 @@ func (c Config) Validate() error {
 
 // event kinds of the simulation, in the order simultaneous events are handled.
 const (
-	evStepEnd = iota // an engine's step finished: deliver its outputs
-	evKV             // an engine's KV events reach the router
-	evTransfer       // a remote prefill's blocks reached the decode engine
-	evArrival        // a request arrives
+	evStepEnd  = iota // an engine's step finished: deliver its outputs
+	evKV              // an engine's KV events reach the router
+	evTransfer        // a remote prefill's blocks reached the decode engine
+	evArrival         // a request arrives
 )
 
 type event struct {
