@@ -127,7 +127,7 @@ func (c *Client) Do(ctx context.Context, mode Mode, req Request, upstream func(*
 	if err != nil {
 		return nil, err
 	}
-	x := &exchange{s: s, res: &Result{Header: req.Header.Clone()}, recv: make(chan recvd, 64)}
+	x := &exchange{ctx: ctx, s: s, res: &Result{Header: req.Header.Clone()}, recv: make(chan recvd, 64)}
 	if x.res.Header == nil {
 		x.res.Header = http.Header{}
 	}
@@ -166,6 +166,9 @@ type recvd struct {
 }
 
 type exchange struct {
+	// ctx is the caller's: the stream's own context ends as soon as the server closes the
+	// stream, possibly before its last messages are read.
+	ctx     context.Context
 	s       extprocv3.ExternalProcessor_ProcessClient
 	res     *Result
 	recv    chan recvd
@@ -214,7 +217,7 @@ func (x *exchange) send(mode Mode, m *extprocv3.ProcessingRequest) error {
 }
 
 func (c *Client) request(x *exchange, mode Mode, req Request) error {
-	ctx := x.s.Context()
+	ctx := x.ctx
 	hm := headerMap(req.Header, map[string]string{":method": req.Method, ":path": req.Path, ":scheme": "http", ":authority": "kvgate"})
 	noBody := len(req.Body) == 0 && !mode.RequestTrailers
 	first := &extprocv3.ProcessingRequest{
@@ -343,7 +346,7 @@ func (x *exchange) trailers(mode Mode, response bool) error {
 	if err := x.send(mode, m); err != nil {
 		return err
 	}
-	r, err := x.next(x.s.Context())
+	r, err := x.next(x.ctx)
 	if err != nil {
 		return err
 	}
@@ -354,7 +357,7 @@ func (x *exchange) trailers(mode Mode, response bool) error {
 }
 
 func response(x *exchange, mode Mode, up Upstream) error {
-	ctx := x.s.Context()
+	ctx := x.ctx
 	if up.Status == 0 {
 		up.Status = http.StatusOK
 	}
