@@ -108,6 +108,13 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if err != nil {
 		return err
 	}
+	if len(o.eps.urls) == 0 && o.rt.modelsFile == "" && o.simModel != tokenizer.DefaultModel {
+		// The simulated engines tokenize with the embedded Qwen3 tokenizer whatever their
+		// model is called: the router must too.
+		if cfg.Models, err = tokenizer.NewModelMap([]tokenizer.Model{{Name: o.simModel}}); err != nil {
+			return err
+		}
+	}
 	rt, err := router.New(cfg, log, reg)
 	if err != nil {
 		return err
