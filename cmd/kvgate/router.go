@@ -42,7 +42,7 @@ type endpointFlags struct {
 func (e *endpointFlags) add(cmd *cobra.Command, withFile bool) {
 	f := cmd.Flags()
 	if withFile {
-		f.StringVar(&e.file, "endpoints", "", "YAML or JSON file listing endpoints (fields: name, address, models, role, block_size, kv_events, kv_bind, kv_replay, metrics_url, workerd)")
+		f.StringVar(&e.file, "endpoints", "", "YAML or JSON file listing endpoints (fields: name, address, models, role, block_size, kv_events, kv_bind, kv_replay, kv_topic, metrics_url, workerd)")
 	}
 	f.StringArrayVar(&e.urls, "endpoint", nil, "engine to route to, as URL or host:port (repeatable)")
 	f.StringArrayVar(&e.kvEvents, "kv-events", nil, "ZMQ KV-event publisher of the --endpoint at the same position, e.g. tcp://10.0.0.5:5557; prefix bind: for engines that dial (bind:tcp://127.0.0.1:5557); 'none' for an engine without events (repeatable)")
@@ -61,6 +61,7 @@ type endpointFile struct {
 	KVEvents   string   `json:"kv_events"`
 	KVBind     bool     `json:"kv_bind"`
 	KVReplay   string   `json:"kv_replay"`
+	KVTopic    string   `json:"kv_topic"`
 	MetricsURL string   `json:"metrics_url"`
 	Workerd    string   `json:"workerd"`
 }
@@ -105,7 +106,7 @@ func loadEndpointsFile(path string) ([]router.Endpoint, error) {
 		out = append(out, router.Endpoint{
 			Name: e.Name, Address: e.Address, Models: e.Models, Role: router.Role(e.Role),
 			BlockSize: e.BlockSize, KVEvents: e.KVEvents, KVBind: e.KVBind, KVReplay: e.KVReplay,
-			MetricsURL: e.MetricsURL, Workerd: e.Workerd,
+			KVTopic: e.KVTopic, MetricsURL: e.MetricsURL, Workerd: e.Workerd,
 		})
 	}
 	return out, nil
