@@ -155,6 +155,7 @@ func fromEntry(e *api.ServiceEntry) (Endpoint, bool) {
 		Models:   ParseModels(meta),
 		Role:     meta[MetaRole],
 		KVEvents: meta[MetaKVEvents],
+		KVReplay: meta[MetaKVReplay],
 		Workerd:  meta[MetaWorkerd],
 		Healthy:  e.Checks.AggregatedStatus() == api.HealthPassing,
 		Meta:     meta,

@@ -83,7 +83,7 @@ func TestConsulRegisterWatchHealthDeregister(t *testing.T) {
 	reg := discovery.Registration{
 		Endpoint: discovery.Endpoint{
 			Name: "node1-engine0", Address: eng.addr(), Models: []string{"Qwen/Qwen3-0.6B", "alias"},
-			Role: discovery.RoleDecode, BlockSize: 16, KVEvents: "tcp://127.0.0.1:5557",
+			Role: discovery.RoleDecode, BlockSize: 16, KVEvents: "tcp://127.0.0.1:5557", KVReplay: "tcp://127.0.0.1:5558",
 			Workerd: "127.0.0.1:7000", Meta: map[string]string{"zone": "a"},
 		},
 		Kind:          "sim",
@@ -97,7 +97,7 @@ func TestConsulRegisterWatchHealthDeregister(t *testing.T) {
 	})
 	got := eps[0]
 	if got.Name != "node1-engine0" || got.Address != eng.addr() || got.Role != discovery.RoleDecode ||
-		got.BlockSize != 16 || got.KVEvents != "tcp://127.0.0.1:5557" || got.Workerd != "127.0.0.1:7000" ||
+		got.BlockSize != 16 || got.KVEvents != "tcp://127.0.0.1:5557" || got.KVReplay != "tcp://127.0.0.1:5558" || got.Workerd != "127.0.0.1:7000" ||
 		len(got.Models) != 2 || got.Models[0] != "Qwen/Qwen3-0.6B" || got.Meta["zone"] != "a" ||
 		got.Meta[discovery.MetaEngine] != "sim" {
 		t.Fatalf("endpoint = %+v", got)

@@ -26,6 +26,7 @@ const (
 	MetaRole      = "role"       // RoleAggregated, RolePrefill or RoleDecode
 	MetaBlockSize = "block_size" // KV block size in tokens, decimal
 	MetaKVEvents  = "kv_events"  // ZMQ endpoint of the engine's KV-event publisher, absent = none
+	MetaKVReplay  = "kv_replay"  // ZMQ endpoint of the publisher's replay socket, absent = none
 	MetaWorkerd   = "workerd"    // workerd relay gRPC address (host:port), absent = none
 	MetaEngine    = "engine"     // engine kind: vllm, sglang, sim
 )
@@ -38,6 +39,7 @@ type Endpoint struct {
 	Role      string            // RoleAggregated, RolePrefill or RoleDecode
 	BlockSize int               // KV block size in tokens; 0 = unknown
 	KVEvents  string            // ZMQ endpoint of its KV events, "" = none
+	KVReplay  string            // ZMQ replay endpoint of its KV events, "" = none
 	Workerd   string            // workerd relay gRPC address, "" = none
 	Healthy   bool              // every health check passing (Static: as given)
 	Meta      map[string]string // all service meta, including the keys above
@@ -56,7 +58,7 @@ type Source interface {
 // Equal reports whether two endpoints are the same in every field.
 func (e Endpoint) Equal(o Endpoint) bool {
 	return e.Name == o.Name && e.Address == o.Address && slices.Equal(e.Models, o.Models) &&
-		e.Role == o.Role && e.BlockSize == o.BlockSize && e.KVEvents == o.KVEvents &&
+		e.Role == o.Role && e.BlockSize == o.BlockSize && e.KVEvents == o.KVEvents && e.KVReplay == o.KVReplay &&
 		e.Workerd == o.Workerd && e.Healthy == o.Healthy && maps.Equal(e.Meta, o.Meta)
 }
 

@@ -17,7 +17,8 @@ import (
 // Registration is one engine instance to publish in Consul.
 type Registration struct {
 	// Endpoint names the instance: Name (the service ID, unique in the datacenter), Address
-	// (ip:port, required), Models, Role, BlockSize, KVEvents, Workerd; Meta adds extra keys.
+	// (ip:port, required), Models, Role, BlockSize, KVEvents, KVReplay, Workerd; Meta adds
+	// extra keys.
 	// Healthy is ignored: Consul's check decides.
 	Endpoint Endpoint
 	Kind     string   // engine kind, written to MetaEngine
@@ -70,6 +71,7 @@ func (c *Consul) registration(r Registration) (*api.AgentServiceRegistration, er
 		set(MetaBlockSize, strconv.Itoa(ep.BlockSize))
 	}
 	set(MetaKVEvents, ep.KVEvents)
+	set(MetaKVReplay, ep.KVReplay)
 	set(MetaWorkerd, ep.Workerd)
 	set(MetaEngine, r.Kind)
 	for k, v := range meta {

@@ -107,6 +107,7 @@ func TestEndpointEqual(t *testing.T) {
 		{"healthy", func(e *discovery.Endpoint) { e.Healthy = true }, false},
 		{"meta", func(e *discovery.Endpoint) { e.Meta = map[string]string{"k": "w"} }, false},
 		{"workerd", func(e *discovery.Endpoint) { e.Workerd = "127.0.0.1:9" }, false},
+		{"kv replay", func(e *discovery.Endpoint) { e.KVReplay = "tcp://127.0.0.1:9" }, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

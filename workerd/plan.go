@@ -98,7 +98,7 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 			}
 		}
 		p.addr = net.JoinHostPort(host, strconv.Itoa(port))
-		kvPort := 0
+		kvPort, replayPort := 0, 0
 		if !s.NoKVEvents {
 			kvPort = s.KVEventsPort
 			if kvPort == 0 {
@@ -108,13 +108,18 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 				}
 			}
 			p.kvEvents = "tcp://" + net.JoinHostPort(host, strconv.Itoa(kvPort))
+			var err error
+			if replayPort, err = freePort(host); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			}
+			p.kvReplay = "tcp://" + net.JoinHostPort(host, strconv.Itoa(replayPort))
 		}
 
 		switch s.Kind {
 		case KindVLLM:
 			p.argv = vllm.Command(vllm.Options{
 				Binary: s.Binary, Model: s.Model, ServedNames: s.ServedNames, Host: host, Port: port,
-				BlockSize: p.blockSize, KVEventsPort: kvPort, Role: s.Role, Extra: s.Args,
+				BlockSize: p.blockSize, KVEventsPort: kvPort, ReplayPort: replayPort, Role: s.Role, Extra: s.Args,
 			})
 			if err := lookPath(p.argv[0]); err != nil {
 				errs = append(errs, fmt.Errorf("%s: vLLM executable %q not found (%v): install vLLM or set binary", where, p.argv[0], err))
@@ -126,7 +131,7 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 			}
 			p.argv = sglang.Command(sglang.Options{
 				Python: s.Binary, Model: s.Model, ServedName: served, Host: host, Port: port,
-				PageSize: p.blockSize, KVEventsPort: kvPort, Role: s.Role, Extra: s.Args,
+				PageSize: p.blockSize, KVEventsPort: kvPort, ReplayPort: replayPort, Role: s.Role, Extra: s.Args,
 			})
 			if err := lookPath(p.argv[0]); err != nil {
 				errs = append(errs, fmt.Errorf("%s: python %q not found (%v): install SGLang or set binary", where, p.argv[0], err))
@@ -141,13 +146,6 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 			if len(base) == 0 {
 				errs = append(errs, fmt.Errorf("%s: no simulator command", where))
 				break
-			}
-			if p.kvEvents != "" {
-				rp, err := freePort(host)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("%s: %w", where, err))
-				}
-				p.kvReplay = "tcp://" + net.JoinHostPort(host, strconv.Itoa(rp))
 			}
 			p.argv = append(slices.Clone(base), SimArgs(host, port, s.Model, p.kvEvents, p.kvReplay, p.blockSize)...)
 			p.argv = append(p.argv, s.Args...)

@@ -273,7 +273,7 @@ func (w *Workerd) registration(p *proc) discovery.Registration {
 	return discovery.Registration{
 		Endpoint: discovery.Endpoint{
 			Name: p.p.instance, Address: p.p.addr, Models: p.p.models, Role: p.p.role,
-			BlockSize: p.p.blockSize, KVEvents: p.p.kvEvents, Workerd: w.Advertise(),
+			BlockSize: p.p.blockSize, KVEvents: p.p.kvEvents, KVReplay: p.p.kvReplay, Workerd: w.Advertise(),
 		},
 		Kind:            p.p.spec.Kind,
 		CheckInterval:   time.Duration(w.cfg.Consul.CheckInterval),

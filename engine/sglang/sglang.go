@@ -17,6 +17,7 @@ type Options struct {
 	Port         int    // required
 	PageSize     int    // --page-size, SGLang's KV block size in tokens; 0 = SGLang's default (1)
 	KVEventsPort int    // ZMQ PUB port (tcp://*:PORT); 0 = no KV events
+	ReplayPort   int    // ZMQ replay port (tcp://*:PORT); 0 = none
 	Topic        string // "" = vllm.DefaultTopic
 	Role         string // "prefill" or "decode" set --disaggregation-mode
 	Extra        []string
@@ -47,7 +48,11 @@ func Command(o Options) []string {
 		if topic == "" {
 			topic = vllm.DefaultTopic
 		}
-		args = append(args, "--kv-events-config", vllm.KVEventsConfig("tcp://*:"+strconv.Itoa(o.KVEventsPort), topic))
+		replay := ""
+		if o.ReplayPort > 0 {
+			replay = "tcp://*:" + strconv.Itoa(o.ReplayPort)
+		}
+		args = append(args, "--kv-events-config", vllm.KVEventsConfig("tcp://*:"+strconv.Itoa(o.KVEventsPort), replay, topic))
 	}
 	switch o.Role {
 	case "prefill", "decode":

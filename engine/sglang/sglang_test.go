@@ -17,7 +17,7 @@ func TestCommand(t *testing.T) {
 	}{
 		{
 			name: "full",
-			opt:  sglang.Options{Model: "Qwen/Qwen3-0.6B", Port: 30000, PageSize: 16, KVEventsPort: 5558, Role: "prefill", ServedName: "q"},
+			opt:  sglang.Options{Model: "Qwen/Qwen3-0.6B", Port: 30000, PageSize: 16, KVEventsPort: 5558, ReplayPort: 5559, Role: "prefill", ServedName: "q"},
 			want: map[string]string{"--model-path": "Qwen/Qwen3-0.6B", "--port": "30000", "--page-size": "16",
 				"--disaggregation-mode": "prefill", "--served-model-name": "q", "--host": "127.0.0.1"},
 			never: []string{"--disable-radix-cache"},
@@ -51,7 +51,7 @@ func TestCommand(t *testing.T) {
 			}
 			if i := slices.Index(args, "--kv-events-config"); i >= 0 {
 				var cfg map[string]any
-				if err := json.Unmarshal([]byte(args[i+1]), &cfg); err != nil || cfg["endpoint"] != "tcp://*:5558" || cfg["enable_kv_cache_events"] != true {
+				if err := json.Unmarshal([]byte(args[i+1]), &cfg); err != nil || cfg["endpoint"] != "tcp://*:5558" || cfg["replay_endpoint"] != "tcp://*:5559" || cfg["enable_kv_cache_events"] != true {
 					t.Fatalf("kv-events-config %q: %v", args[i+1], err)
 				}
 			}

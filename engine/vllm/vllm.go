@@ -19,21 +19,31 @@ type Options struct {
 	Port         int      // OpenAI HTTP port (required)
 	BlockSize    int      // --block-size; 0 = vLLM's default (16)
 	KVEventsPort int      // ZMQ PUB port vLLM binds (tcp://*:PORT); 0 = no KV events
+	ReplayPort   int      // ZMQ ROUTER port resending recent batches (tcp://*:PORT); 0 = none
 	Topic        string   // "" = DefaultTopic
 	Role         string   // "prefill" or "decode" add a NIXL --kv-transfer-config; "" or "aggregated" none
 	Extra        []string // appended last, so they can override anything above
 }
 
 // KVEventsConfig returns the JSON of vLLM's --kv-events-config for a ZMQ publisher bound at
-// endpoint.
-func KVEventsConfig(endpoint, topic string) string {
+// endpoint, with a replay socket at replay ("" = none) that lets a subscriber that joined
+// late or lost messages fetch the batches it missed.
+func KVEventsConfig(endpoint, replay, topic string) string {
 	b, _ := json.Marshal(struct {
 		Enable    bool   `json:"enable_kv_cache_events"`
 		Publisher string `json:"publisher"`
 		Endpoint  string `json:"endpoint"`
+		Replay    string `json:"replay_endpoint,omitempty"`
 		Topic     string `json:"topic"`
-	}{true, "zmq", endpoint, topic})
+	}{true, "zmq", endpoint, replay, topic})
 	return string(b)
+}
+
+func replayEndpoint(port int) string {
+	if port <= 0 {
+		return ""
+	}
+	return "tcp://*:" + strconv.Itoa(port)
 }
 
 // Command returns argv: `vllm serve MODEL --host H --port P --enable-prefix-caching ...`.
@@ -60,7 +70,7 @@ func Command(o Options) []string {
 		if topic == "" {
 			topic = DefaultTopic
 		}
-		args = append(args, "--kv-events-config", KVEventsConfig("tcp://*:"+strconv.Itoa(o.KVEventsPort), topic))
+		args = append(args, "--kv-events-config", KVEventsConfig("tcp://*:"+strconv.Itoa(o.KVEventsPort), replayEndpoint(o.ReplayPort), topic))
 	}
 	switch o.Role {
 	case "prefill", "decode":

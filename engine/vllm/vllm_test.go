@@ -18,7 +18,7 @@ func flag(args []string, name string) (string, bool) {
 
 func TestCommand(t *testing.T) {
 	args := vllm.Command(vllm.Options{
-		Model: "Qwen/Qwen3-0.6B", Port: 8001, BlockSize: 16, KVEventsPort: 5557,
+		Model: "Qwen/Qwen3-0.6B", Port: 8001, BlockSize: 16, KVEventsPort: 5557, ReplayPort: 5558,
 		ServedNames: []string{"qwen"}, Role: "decode", Extra: []string{"--max-model-len", "4096"},
 	})
 	if !slices.Equal(args[:3], []string{"vllm", "serve", "Qwen/Qwen3-0.6B"}) {
@@ -43,7 +43,7 @@ func TestCommand(t *testing.T) {
 	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]any{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", "topic": "kv-events"}
+	want := map[string]any{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558", "topic": "kv-events"}
 	for k, v := range want {
 		if cfg[k] != v {
 			t.Errorf("kv-events-config[%s] = %v, want %v", k, cfg[k], v)
