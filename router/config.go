@@ -61,9 +61,16 @@ type Config struct {
 	TextMaxChunks int
 	TextCapacity  int
 
-	// DisaggMinTokens is the shortest prompt sent to a prefill endpoint when prefill-role
-	// endpoints serve the model; shorter prompts prefill on their decode endpoint.
-	DisaggMinTokens int
+	// Conditional disaggregation (see docs/DISAGG.md), when prefill-role endpoints serve the
+	// model: a request is prefilled remotely only when its uncached prompt (prompt tokens less
+	// the decode target's cached prefix) is at least DisaggMinUncachedTokens and at least
+	// DisaggMinUncachedRatio (0..1) of the prompt, and some prefill endpoint holds at most
+	// DisaggMaxPrefillTokens in-flight prefill tokens and reports at most
+	// DisaggMaxPrefillQueue waiting requests (0 turns either check off).
+	DisaggMinUncachedTokens int
+	DisaggMinUncachedRatio  float64
+	DisaggMaxPrefillTokens  int64
+	DisaggMaxPrefillQueue   float64
 
 	// Seed seeds tie-breaking and sampling; 0 picks a random seed.
 	Seed uint64
@@ -96,8 +103,23 @@ func DefaultConfig() Config {
 		TextChunk:         64,
 		TextMaxChunks:     256,
 		TextCapacity:      31250,
+
+		DisaggMinUncachedTokens: DefaultDisaggMinUncachedTokens,
+		DisaggMinUncachedRatio:  DefaultDisaggMinUncachedRatio,
+		DisaggMaxPrefillTokens:  DefaultDisaggMaxPrefillTokens,
+		DisaggMaxPrefillQueue:   DefaultDisaggMaxPrefillQueue,
 	}
 }
+
+// Conditional-disaggregation defaults, Dynamo's: stay aggregated under 2,048 uncached tokens
+// or under 70% uncached; a prefill endpoint is saturated past 65,536 in-flight prefill tokens
+// (a few seconds of prefill for an 8B model on one H100) or 8 waiting requests.
+const (
+	DefaultDisaggMinUncachedTokens = 2048
+	DefaultDisaggMinUncachedRatio  = 0.70
+	DefaultDisaggMaxPrefillTokens  = 65536
+	DefaultDisaggMaxPrefillQueue   = 8
+)
 
 // withDefaults fills zero fields from DefaultConfig and checks the rest.
 func (c Config) withDefaults() (Config, error) {
@@ -152,6 +174,10 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.QueueThreshold < 0 || c.KVUsageThreshold < 0 {
 		return c, errors.New("router: saturation thresholds must not be negative")
+	}
+	if c.DisaggMinUncachedTokens < 0 || c.DisaggMinUncachedRatio < 0 || c.DisaggMinUncachedRatio > 1 ||
+		c.DisaggMaxPrefillTokens < 0 || c.DisaggMaxPrefillQueue < 0 {
+		return c, errors.New("router: disaggregation thresholds must not be negative (and the ratio at most 1)")
 	}
 	for a, base := range c.Adapters {
 		if _, _, err := c.Models.Lookup(base); err != nil {

@@ -31,6 +31,9 @@ type Decision struct {
 	// Body is the body to forward: the client's bytes, or rewritten (UsageForced).
 	Body    []byte
 	Elapsed time.Duration // time spent routing
+	// AggregatedWhy says why the request was not disaggregated (a Reason constant); "" when
+	// Prefill is set.
+	AggregatedWhy string
 
 	r            *Router
 	mu           sync.Mutex

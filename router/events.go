@@ -14,9 +14,17 @@ type eventHandler struct {
 
 var _ engine.Handler = (*eventHandler)(nil)
 
-func (h *eventHandler) Batch(_ uint64, b engine.EventBatch) { h.r.apply(h.s, b) }
+// Batch applies b unless the endpoint has been removed or replaced meanwhile.
+func (h *eventHandler) Batch(_ uint64, b engine.EventBatch) {
+	if h.r.state(h.s.ep.Name) == h.s {
+		h.r.apply(h.s, b)
+	}
+}
 
 func (h *eventHandler) Gap(expected, got uint64) {
+	if h.r.state(h.s.ep.Name) != h.s {
+		return
+	}
 	h.s.gaps.Add(1)
 	h.r.m.gaps.Inc()
 	h.r.log.Warn("kv events: gap, clearing the endpoint's cache state", "endpoint", h.s.ep.Name, "expected", expected, "got", got)

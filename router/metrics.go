@@ -22,6 +22,10 @@ const (
 	MetricWaiting         = "kvgate_router_endpoint_waiting"
 	MetricKVUsage         = "kvgate_router_endpoint_kv_usage"
 	MetricHealthy         = "kvgate_router_endpoint_healthy"
+	// MetricRequestsByPath counts picks by path (aggregated, disaggregated);
+	// MetricAggregatedReasons says why requests stayed aggregated.
+	MetricRequestsByPath    = "kvgate_router_requests_by_path_total"
+	MetricAggregatedReasons = "kvgate_router_aggregated_reasons_total"
 )
 
 // Outcomes of a Route, the outcome label of MetricRequests.
@@ -46,6 +50,8 @@ type metrics struct {
 	batches        prometheus.Counter
 	gaps           prometheus.Counter
 	scrapeErrors   prometheus.Counter
+	paths          *prometheus.CounterVec
+	aggregated     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
@@ -72,10 +78,14 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 			Help: "KV-event sequence gaps and publisher restarts (each clears the endpoint)."}),
 		scrapeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricScrapeErrors,
 			Help: "Failed reads of engines' /metrics."}),
+		paths: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricRequestsByPath,
+			Help: "Picks by path: aggregated (one endpoint) or disaggregated (remote prefill)."}, []string{"path"}),
+		aggregated: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricAggregatedReasons,
+			Help: "Picks that stayed aggregated, by reason."}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.decision, m.overlap, m.promptBlocks, m.cachedBlocks,
-			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, newLoadCollector(r))
+			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated, newLoadCollector(r))
 	}
 	return m
 }

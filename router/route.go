@@ -186,10 +186,10 @@ func (r *Router) tokenizer(model string) *tokenizer.Tokenizer {
 // subset, health, saturation), cache overlap, scoring, load accounting. Route calls it after
 // parsing; replays call it directly. Errors are *openai.Error (404, 429, 503).
 //
-// When prefill-role endpoints serve the model (and the prompt has at least
-// Config.DisaggMinTokens tokens), the request is disaggregated: the target is picked among
-// decode (and aggregated) endpoints, and Decision.Prefill among the prefill endpoints, each
-// scored with its own cache overlap; the prefill load sits on the prefill endpoint.
+// When prefill-role endpoints serve the model, the target is picked among decode (and
+// aggregated) endpoints, and the request is disaggregated when prefillFor's conditions hold
+// (uncached prompt long enough, prefill pool not saturated): Decision.Prefill is then picked
+// among the prefill endpoints with its own cache overlap, and the prefill load sits on it.
 func (r *Router) Pick(p Prompt) (*Decision, error) {
 	now := r.cfg.Now()
 	states := r.states()
@@ -216,18 +216,16 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 	bs := t.s.bs()
 	d.decodeBlocks = int64((d.PromptTokens + bs - 1) / bs)
 	prefillOn, cached := t.s, d.CachedBlocks
-	if r.disaggregate(states, p) {
-		sp := r.pool.Get().(*scratch)
+	pf, sp, why := r.prefillFor(states, p, t, now)
+	if pf != nil {
 		defer r.pool.Put(sp)
-		if pf, err := r.pickAmong(sp, states, p, nil, isPrefillRole, now); err == nil {
-			ep := pf.s.ep
-			d.Prefill, d.pre = &ep, pf.s
-			prefillOn, cached = pf.s, pf.cand.CachedBlocks()
-			r.remember(sp, pf.s, p, now)
-		} else {
-			r.log.Debug("no prefill endpoint available; the decode endpoint prefills", "err", err)
-		}
+		ep := pf.s.ep
+		d.Prefill, d.pre = &ep, pf.s
+		prefillOn, cached = pf.s, pf.cand.CachedBlocks()
+		r.remember(sp, pf.s, p, now)
 	}
+	d.AggregatedWhy = why
+	r.countPath(why)
 	d.prefillLeft = int64(max(d.PromptTokens-cached*prefillOn.bs(), 0))
 	prefillOn.addLoad(d.prefillLeft, 0, 0)
 	t.s.addLoad(0, d.decodeBlocks, 1)
@@ -240,20 +238,6 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 
 func isTargetRole(r Role) bool  { return r != RolePrefill }
 func isPrefillRole(r Role) bool { return r == RolePrefill }
-
-// disaggregate reports whether some prefill endpoint serves the prompt's model and the prompt
-// is long enough to prefill remotely.
-func (r *Router) disaggregate(states []*epState, p Prompt) bool {
-	if len(p.Tokens) < r.cfg.DisaggMinTokens {
-		return false
-	}
-	for _, s := range states {
-		if s.ep.role() == RolePrefill && s.ep.Serves(p.Model) {
-			return true
-		}
-	}
-	return false
-}
 
 // picked is the outcome of one pickAmong.
 type picked struct {

@@ -35,7 +35,7 @@ type Router struct {
 	eps    map[string]*epState
 	list   []*epState // sorted by name
 	runCtx context.Context
-	wg     sync.WaitGroup
+	runWG  *sync.WaitGroup // goroutines of the running Run
 
 	pool sync.Pool // *scratch
 }
@@ -87,6 +87,8 @@ func (r *Router) Run(ctx context.Context) error {
 		return fmt.Errorf("router: Run is already running")
 	}
 	r.runCtx = ctx
+	wg := &sync.WaitGroup{} // this Run's goroutines; a later Run gets its own
+	r.runWG = wg
 	for _, s := range r.list {
 		r.startLocked(s)
 	}
@@ -98,9 +100,9 @@ func (r *Router) Run(ctx context.Context) error {
 	for _, s := range r.list {
 		r.stopLocked(s)
 	}
-	r.runCtx = nil
+	r.runCtx, r.runWG = nil, nil
 	r.mu.Unlock()
-	r.wg.Wait()
+	wg.Wait()
 	return nil
 }
 
@@ -128,7 +130,7 @@ func (r *Router) startLocked(s *epState) {
 	if r.cfg.ScrapeInterval > 0 {
 		wg.Go(func() { r.scrapeLoop(ctx, s) })
 	}
-	r.wg.Go(func() {
+	r.runWG.Go(func() {
 		wg.Wait()
 		close(done)
 	})

@@ -33,7 +33,7 @@ type epState struct {
 
 	// Owned by the router under its mutex.
 	cancel  context.CancelFunc // stops the endpoint's goroutines; nil when not running
-	stopped chan struct{}      // closed when they have ended
+	stopped chan struct{}      // closed when they have ended (nil before the first start)
 }
 
 type loadReading struct {
