@@ -270,6 +270,9 @@ func normalize(e *Event) {
 	}
 }
 
+// zeroIntHash is the integer hash 0, which producers use to mean "no parent block".
+const zeroIntHash = BlockHash("\x00\x00\x00\x00\x00\x00\x00\x00")
+
 // field decodes the value of the named field into e and returns the
 // seen-bit of a required field. Unknown names are skipped.
 func (r *reader) field(e *Event, name []byte) (int, error) {
@@ -283,6 +286,10 @@ func (r *reader) field(e *Event, name []byte) (int, error) {
 		var isNil bool
 		if isNil, err = r.nilNext(); err == nil && !isNil {
 			e.Parent, err = r.hash()
+			// llm-d-inference-sim's positional events send the integer 0 for "no parent".
+			if e.Parent == zeroIntHash {
+				e.Parent = ""
+			}
 		}
 	case "token_ids":
 		bit = seenTokens

@@ -318,3 +318,22 @@ func equalBatch(a, b engine.EventBatch) bool {
 	}
 	return reflect.DeepEqual(a, b)
 }
+
+// llm-d-inference-sim writes parent_block_hash 0 for a first block; that is "no parent".
+func TestDecodeZeroParentIsNone(t *testing.T) {
+	b := engine.EventBatch{TS: 1, Events: []engine.Event{{Kind: engine.BlockStored, BlockHashes: []engine.BlockHash{engine.HashFromUint64(9)},
+		Parent: engine.HashFromUint64(0), TokenIDs: []uint32{1, 2}, BlockSize: 2, Medium: "GPU"}}}
+	for _, shape := range []engine.Shape{engine.ShapeArray, engine.ShapeMap} {
+		raw, err := engine.EncodeBatch(b, shape, engine.HashInt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := engine.DecodeBatch(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := got.Events[0].Parent; p != "" {
+			t.Fatalf("shape %d: parent %q, want none", shape, p)
+		}
+	}
+}
