@@ -136,8 +136,8 @@ func storedAfterClear(b []recBatch, from int) (hashes []uint64, cleared bool) {
 
 // The whole daemon with a real Consul agent and a simulated engine as a child process:
 // registration, relay snapshot and events, a killed engine restarted and cleared, a
-// reconnecting client resumed, load relayed, and on shutdown the engine leaves Consul and
-// its process is gone.
+// reconnecting client resumed, load relayed, re-registration after Consul restarts, and on
+// shutdown the engine leaves Consul and its process is gone.
 func TestWorkerdEndToEnd(t *testing.T) {
 	agent := consultest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -262,6 +262,12 @@ func TestWorkerdEndToEnd(t *testing.T) {
 	if !strings.Contains(out.String(), "n1-a | ") {
 		t.Fatalf("engine output not captured with its name:\n%s", out.String())
 	}
+
+	// Consul restarts and forgets everything (dev mode): workerd registers the engine again.
+	agent.Restart()
+	waitSet(t, watch, 30*time.Second, "the engine back in consul after the agent restart", func(eps []discovery.Endpoint) bool {
+		return len(eps) == 1 && eps[0].Name == "n1-a" && eps[0].Healthy && eps[0].Workerd == w.Advertise()
+	})
 
 	// Shut down: the engine leaves Consul and its process is gone.
 	pid := w.Engines()[0].PID
