@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -113,28 +114,37 @@ func (r *Router) startLocked(s *epState) {
 	}
 	ctx, cancel := context.WithCancel(r.runCtx)
 	s.cancel = cancel
-	done := make(chan struct{})
-	s.stopped = done
-	var wg sync.WaitGroup
 	if s.ep.KVEvents != "" {
 		sub := engine.NewSubscriber(engine.SubscriberConfig{
 			Endpoint: s.ep.KVEvents, Bind: s.ep.KVBind, Topic: s.ep.KVTopic,
 			ReplayEndpoint: s.ep.KVReplay, Logger: r.log.With("endpoint", s.ep.Name),
 		})
-		wg.Go(func() {
-			if err := sub.Run(ctx, &eventHandler{r: r, s: s}); err != nil {
-				r.log.Error("kv events: subscription failed", "endpoint", s.ep.Name, "err", err)
-			}
-		})
+		r.runWG.Go(func() { r.subscribe(ctx, s, sub) })
 	}
 	if r.cfg.ScrapeInterval > 0 {
-		wg.Go(func() { r.scrapeLoop(ctx, s) })
+		r.runWG.Go(func() { r.scrapeLoop(ctx, s) })
 	}
-	r.runWG.Go(func() {
-		wg.Wait()
-		close(done)
-	})
 }
+
+// subscribe runs s's KV-event subscription until ctx ends; a subscription that fails (a bind
+// refused, say) is retried every few seconds.
+func (r *Router) subscribe(ctx context.Context, s *epState, sub *engine.Subscriber) {
+	for {
+		err := sub.Run(ctx, &eventHandler{r: r, s: s})
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Error("kv events: subscription failed; retrying", "endpoint", s.ep.Name, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(subscribeRetry):
+		}
+	}
+}
+
+// subscribeRetry is the wait between attempts of a failed KV-event subscription.
+const subscribeRetry = 2 * time.Second
 
 func (r *Router) stopLocked(s *epState) {
 	if s.cancel != nil {

@@ -31,9 +31,8 @@ type epState struct {
 	batches atomic.Uint64 // KV-event batches applied
 	gaps    atomic.Uint64 // gaps (and restarts) seen
 
-	// Owned by the router under its mutex.
-	cancel  context.CancelFunc // stops the endpoint's goroutines; nil when not running
-	stopped chan struct{}      // closed when they have ended (nil before the first start)
+	// cancel stops the endpoint's goroutines; nil when not running. Guarded by Router.mu.
+	cancel context.CancelFunc
 }
 
 type loadReading struct {
