@@ -47,6 +47,12 @@ type RelayClient struct {
 	have     bool
 }
 
+// RelayClient has the shape of an event source (engine.Subscriber's Run), so a router can take
+// either.
+var _ interface {
+	Run(context.Context, engine.Handler) error
+} = (*RelayClient)(nil)
+
 // NewRelayClient returns a client for the engine named engineName on the workerd at addr.
 func NewRelayClient(addr, engineName string, log *slog.Logger) *RelayClient {
 	return NewRelayClientConfig(RelayClientConfig{Addr: addr, Engine: engineName, Log: log})
