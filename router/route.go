@@ -3,6 +3,7 @@ package router
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -85,7 +86,7 @@ func (r *Router) route(_ context.Context, req Request) (*Decision, error) {
 		if tok := r.tokenizer(model); tok != nil {
 			text, err := tok.RenderChat(tokenizer.ChatInput{
 				Messages: cr.Messages, Tools: cr.Tools, AddGenerationPrompt: cr.GenerationPrompt(),
-				Extra: cr.ChatTemplateKwargs,
+				Extra: templateKwargs(cr.ChatTemplateKwargs, req.Body),
 			})
 			if err != nil {
 				return nil, openai.BadRequest("messages", "The chat template cannot render these messages: %v", err)
@@ -146,6 +147,33 @@ func (r *Router) route(_ context.Context, req Request) (*Decision, error) {
 		}
 	}
 	return d, nil
+}
+
+// templateKwargs returns chat_template_kwargs for the template. Scalars are used as decoded;
+// when a value is an object or array its raw bytes are used instead, so that tojson sees the
+// client's key order, as vLLM's Python dicts keep it.
+func templateKwargs(kw map[string]any, body []byte) map[string]any {
+	nested := false
+	for _, v := range kw {
+		switch v.(type) {
+		case map[string]any, []any:
+			nested = true
+		}
+	}
+	if !nested {
+		return kw
+	}
+	var raw struct {
+		KW map[string]json.RawMessage `json:"chat_template_kwargs"`
+	}
+	if json.Unmarshal(body, &raw) != nil {
+		return kw
+	}
+	out := make(map[string]any, len(raw.KW))
+	for k, v := range raw.KW {
+		out[k] = v
+	}
+	return out
 }
 
 var (

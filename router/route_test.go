@@ -374,3 +374,16 @@ func TestApproxModeExpires(t *testing.T) {
 		t.Errorf("remembered past the TTL: %d cached", d3.CachedBlocks)
 	}
 }
+
+// TestTemplateKwargs: chat_template_kwargs reach the template, nested values included.
+func TestTemplateKwargs(t *testing.T) {
+	r, _ := newRouter(t, endpoints(1), nil)
+	plain := route(t, r, "/v1/chat/completions", []byte(`{"messages":[{"role":"user","content":"x"}]}`))
+	plain.Done(nil, nil)
+	off := route(t, r, "/v1/chat/completions", []byte(`{"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":{"enable_thinking":false,"meta":{"b":1,"a":[2]}}}`))
+	off.Done(nil, nil)
+	// Qwen3's template adds an empty think block when thinking is off.
+	if off.PromptTokens <= plain.PromptTokens {
+		t.Errorf("enable_thinking=false did not reach the template: %d vs %d tokens", off.PromptTokens, plain.PromptTokens)
+	}
+}
