@@ -157,7 +157,7 @@ func toProto(e *engine.Event) *relayv1.Event {
 // fromProto converts a relay event back to the engine form. An unknown kind yields ok=false.
 func fromProto(p *relayv1.Event) (engine.Event, bool) {
 	e := engine.Event{
-		BlockSize: int(p.GetBlockSize()),
+		BlockSize: max(int(p.GetBlockSize()), 0),
 		TokenIDs:  p.GetTokenIds(),
 		LoRAName:  p.GetLoraName(),
 		Medium:    p.GetMedium(),
