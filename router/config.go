@@ -79,6 +79,13 @@ type Config struct {
 	Now func() time.Time
 	// HTTPClient scrapes metrics; nil means a client with ScrapeTimeout.
 	HTTPClient *http.Client
+	// EventSource, when set, is asked for each endpoint's KV-event source as the endpoint
+	// starts (kvgate router answers with workerd's relay client for endpoints that name a
+	// workerd); a source it returns also reports the endpoint's load and health, so the
+	// endpoint is not scraped. nil, or a nil answer, means the engine's own ZMQ publisher
+	// (KVEvents) and scraping. It is called under the router's lock: it must not call the
+	// Router.
+	EventSource func(Endpoint) EventSource
 }
 
 // DefaultConfig returns the defaults: policy kv, default scoring, 2 fallbacks, 16 MiB bodies,

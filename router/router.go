@@ -114,27 +114,24 @@ func (r *Router) startLocked(s *epState) {
 	}
 	ctx, cancel := context.WithCancel(r.runCtx)
 	s.cancel = cancel
-	if s.ep.KVEvents != "" {
-		sub := engine.NewSubscriber(engine.SubscriberConfig{
-			Endpoint: s.ep.KVEvents, Bind: s.ep.KVBind, Topic: s.ep.KVTopic,
-			ReplayEndpoint: s.ep.KVReplay, Logger: r.log.With("endpoint", s.ep.Name),
-		})
-		r.runWG.Go(func() { r.subscribe(ctx, s, sub) })
+	src, ownsLoad := r.eventSource(s)
+	if src != nil {
+		r.runWG.Go(func() { r.subscribe(ctx, s, src) })
 	}
-	if r.cfg.ScrapeInterval > 0 {
+	if r.cfg.ScrapeInterval > 0 && !ownsLoad {
 		r.runWG.Go(func() { r.scrapeLoop(ctx, s) })
 	}
 }
 
-// subscribe runs s's KV-event subscription until ctx ends; a subscription that fails (a bind
-// refused, say) is retried every few seconds.
-func (r *Router) subscribe(ctx context.Context, s *epState, sub *engine.Subscriber) {
+// subscribe runs s's KV-event source until ctx ends; a source that fails (a bind refused,
+// say) is retried every few seconds.
+func (r *Router) subscribe(ctx context.Context, s *epState, src EventSource) {
 	for {
-		err := sub.Run(ctx, &eventHandler{r: r, s: s})
+		err := src.Run(ctx, r.handler(s))
 		if ctx.Err() != nil {
 			return
 		}
-		r.log.Error("kv events: subscription failed; retrying", "endpoint", s.ep.Name, "err", err)
+		r.log.Error("kv events: source failed; retrying", "endpoint", s.ep.Name, "err", err)
 		select {
 		case <-ctx.Done():
 			return
