@@ -22,6 +22,7 @@ const (
 	MetricWaiting         = "kvgate_router_endpoint_waiting"
 	MetricKVUsage         = "kvgate_router_endpoint_kv_usage"
 	MetricHealthy         = "kvgate_router_endpoint_healthy"
+	MetricEndpointBlocks  = "kvgate_router_endpoint_cached_blocks"
 	// MetricRequestsByPath counts picks by path (aggregated, disaggregated);
 	// MetricAggregatedReasons says why requests stayed aggregated.
 	MetricRequestsByPath    = "kvgate_router_requests_by_path_total"
@@ -93,8 +94,8 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 // loadCollector reports per-endpoint load at scrape time from the live counters, so removed
 // endpoints disappear and the request path updates no gauges.
 type loadCollector struct {
-	r                                                    *Router
-	prefill, decode, inflight, waiting, kvUsage, healthy *prometheus.Desc
+	r                                                            *Router
+	prefill, decode, inflight, waiting, kvUsage, healthy, blocks *prometheus.Desc
 }
 
 func newLoadCollector(r *Router) *loadCollector {
@@ -107,11 +108,12 @@ func newLoadCollector(r *Router) *loadCollector {
 		waiting:  prometheus.NewDesc(MetricWaiting, "Waiting requests the engine reports (last fresh scrape).", l, nil),
 		kvUsage:  prometheus.NewDesc(MetricKVUsage, "KV-cache usage (0..1) the engine reports (last fresh scrape).", l, nil),
 		healthy:  prometheus.NewDesc(MetricHealthy, "1 when the endpoint may be picked, 0 while it is out after a failure.", l, nil),
+		blocks:   prometheus.NewDesc(MetricEndpointBlocks, "KV blocks the index holds for the endpoint (from its KV events).", l, nil),
 	}
 }
 
 func (c *loadCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.prefill, c.decode, c.inflight, c.waiting, c.kvUsage, c.healthy} {
+	for _, d := range []*prometheus.Desc{c.prefill, c.decode, c.inflight, c.waiting, c.kvUsage, c.healthy, c.blocks} {
 		ch <- d
 	}
 }
@@ -132,5 +134,6 @@ func (c *loadCollector) Collect(ch chan<- prometheus.Metric) {
 			h = 1
 		}
 		ch <- prometheus.MustNewConstMetric(c.healthy, prometheus.GaugeValue, h, l...)
+		ch <- prometheus.MustNewConstMetric(c.blocks, prometheus.GaugeValue, float64(c.r.index.Blocks(s.id)), l...)
 	}
 }

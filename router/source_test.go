@@ -98,7 +98,7 @@ func TestEventSourceHook(t *testing.T) {
 			MetricsURL: plain.URL + "/metrics"},
 	}
 	var src sources
-	r, _ := newRouter(t, eps, func(c *router.Config) {
+	r, reg := newRouter(t, eps, func(c *router.Config) {
 		c.EventSource = src.hook
 		c.ScrapeInterval = 10 * time.Millisecond
 	})
@@ -125,6 +125,9 @@ func TestEventSourceHook(t *testing.T) {
 		t.Errorf("picked %s with %d cached blocks; want relayed with its blocks", d.Endpoint.Name, d.CachedBlocks)
 	}
 	d.Done(nil, nil)
+	if got, want := counter(t, reg, router.MetricEndpointBlocks, "endpoint", "relayed"), float64(d.CachedBlocks); got != want {
+		t.Errorf("%s{endpoint=relayed} = %v, want %v", router.MetricEndpointBlocks, got, want)
+	}
 
 	lh.Load(engine.Load{Running: 3, Waiting: 7, KVUsage: 0.5}, true)
 	l := loadOf(r, "relayed")
