@@ -269,6 +269,7 @@ type routerOptions struct {
 	maxBody             int
 	eps                 endpointFlags
 	rt                  routerFlags
+	consul              consulFlags
 }
 
 func newRouterCmd(g *globals) *cobra.Command {
@@ -280,7 +281,14 @@ func newRouterCmd(g *globals) *cobra.Command {
 Gateway API Inference Extension's Endpoint Picker Protocol (header and envoy.lb metadata
 x-gateway-destination-endpoint), with gRPC health (liveness, readiness) and reflection.
 It subscribes to every endpoint's KV events and scrapes its metrics. With --http it also
-serves the embedded OpenAI gateway, routing with the same state.`,
+serves the embedded OpenAI gateway, routing with the same state.
+
+With --consul it routes to the healthy engines registered in Consul (by kvgate workerd),
+following them as they come and go; an engine that names its workerd sends its KV events
+(with a snapshot on every connect) and its load through that workerd's relay. See
+docs/DISCOVERY.md.`,
+		Example: `  kvgate router --endpoint http://10.0.0.5:8000 --kv-events tcp://10.0.0.5:5557 --http :8000
+  kvgate router --consul 127.0.0.1:8500 --http :8000 --metrics :9090`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runRouter(cmd.Context(), g.log, o) },
 	}
@@ -291,6 +299,7 @@ serves the embedded OpenAI gateway, routing with the same state.`,
 	f.IntVar(&o.maxBody, "max-body-bytes", extproc.DefaultMaxBodyBytes, "largest request body accepted")
 	o.eps.add(cmd, true)
 	o.rt.add(cmd)
+	o.consul.add(cmd)
 	return cmd
 }
 
@@ -299,13 +308,18 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 	if err != nil {
 		return err
 	}
-	if len(eps) == 0 {
-		return errors.New("no endpoints: pass --endpoints FILE or --endpoint URL")
+	disc, err := o.consul.source(log)
+	if err != nil {
+		return err
+	}
+	if len(eps) == 0 && disc == nil {
+		return errors.New("no endpoints: pass --endpoints FILE, --endpoint URL or --consul ADDR")
 	}
 	cfg, err := o.rt.config(eps)
 	if err != nil {
 		return err
 	}
+	cfg.EventSource = relaySource(log)
 	reg := newRegistry()
 	rt, err := router.New(cfg, log, reg)
 	if err != nil {
@@ -318,6 +332,9 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 	grp, ctx := errgroup.WithContext(ctx)
 	grp.Go(func() error { return rt.Run(ctx) })
 	grp.Go(func() error { return ep.Run(ctx) })
+	if disc != nil {
+		grp.Go(func() error { return followDiscovery(ctx, disc, eps, rt, log) })
+	}
 	if o.http != "" {
 		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), Gatherer: reg}, rt, log, reg)
 		if err != nil {
