@@ -267,6 +267,9 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 			echo.Set(k, v)
 		}
 	}
+	if hdr.Get(router.HeaderPrefillFallback) != "" { // the decode side prefilled
+		echo.Del(router.HeaderPrefillEndpoint)
+	}
 	mut := setHeaders(echo)
 	if st.strip != nil {
 		// The body will be shorter than the engine said.

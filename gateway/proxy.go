@@ -100,6 +100,9 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) int {
 			h.Set(k, v)
 		}
 	}
+	if resp.Header.Get(router.HeaderPrefillFallback) != "" { // the decode side prefilled
+		h.Del(router.HeaderPrefillEndpoint)
+	}
 
 	sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	watch := newBodyWatcher(sse, 4<<20)

@@ -23,6 +23,10 @@ const (
 	// HeaderPrefiller is the prefill endpoint (ip:port) the decode side's sidecar reads
 	// (llm-d's name for it).
 	HeaderPrefiller = "x-prefiller-host-port"
-	// HeaderPrefillEndpoint is kvgate's name for the same.
+	// HeaderPrefillEndpoint is kvgate's name for the same, echoed on the response.
 	HeaderPrefillEndpoint = "x-kvgate-prefill-endpoint"
+	// HeaderPrefillFallback, on an engine's response, says the decode sidecar could not use
+	// the prefill endpoint and prefilled locally (the value is why); front doors then do not
+	// echo HeaderPrefillEndpoint.
+	HeaderPrefillFallback = "x-kvgate-prefill-fallback"
 )

@@ -216,18 +216,21 @@ func fetchModels(ctx context.Context, addr string) ([]string, error) {
 type routerFlags struct {
 	policy     string
 	modelsFile string
+	disagg     disaggFlags
 }
 
 func (r *routerFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&r.policy, "policy", "kv", "routing policy: kv, round-robin, random, least-load, approx-prefix")
 	f.StringVar(&r.modelsFile, "models", "", "YAML/JSON model map (model name -> tokenizer and chat template); default: the embedded Qwen3 map")
+	r.disagg.add(cmd)
 }
 
 func (r *routerFlags) config(eps []router.Endpoint) (router.Config, error) {
 	cfg := router.DefaultConfig()
 	cfg.Policy = r.policy
 	cfg.Endpoints = eps
+	r.disagg.apply(&cfg)
 	if r.modelsFile != "" {
 		m, err := tokenizer.LoadModelMap(r.modelsFile)
 		if err != nil {

@@ -32,6 +32,7 @@ type upOptions struct {
 	maxBody   int
 	eps       endpointFlags
 	rt        routerFlags
+	pd        pdUpFlags
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -45,6 +46,7 @@ prints how to call it. With --endpoint it fronts existing vLLM/SGLang servers in
 simulated ones: pair each with its KV-event publisher by order with --kv-events.`,
 		Example: `  kvgate up
   kvgate up --engines 8 --policy round-robin
+  kvgate up --prefill-engines 1 --decode-engines 2
   kvgate up --endpoint http://10.0.0.5:8000 --kv-events tcp://10.0.0.5:5557 \
             --endpoint http://10.0.0.6:8000 --kv-events tcp://10.0.0.6:5557`,
 		Args: cobra.NoArgs,
@@ -63,6 +65,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	f.IntVar(&o.maxBody, "max-body-bytes", gateway.DefaultMaxBodyBytes, "largest request body accepted")
 	o.eps.add(cmd, false)
 	o.rt.add(cmd)
+	o.pd.add(cmd)
 	return cmd
 }
 
@@ -76,6 +79,11 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if len(o.eps.urls) > 0 {
 		var err error
 		if eps, err = o.eps.endpoints(ctx, log); err != nil {
+			return err
+		}
+	} else if o.pd.on() {
+		var err error
+		if eps, err = o.pd.start(ctx, grp, log, reg, o); err != nil {
 			return err
 		}
 	} else {

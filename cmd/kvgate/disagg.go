@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/router"
+	"github.com/kvgate/kvgate/tokenizer"
+	"github.com/kvgate/kvgate/workerd"
+)
+
+// disaggFlags are the router's conditional-disaggregation thresholds (kvgate router, up).
+type disaggFlags struct {
+	minUncached   int
+	minRatio      float64
+	maxPrefillTok int64
+	maxPrefillQ   float64
+}
+
+func (d *disaggFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.IntVar(&d.minUncached, "disagg-min-uncached-tokens", router.DefaultDisaggMinUncachedTokens,
+		"prefill remotely only when the prompt has at least this many tokens not cached on the decode target")
+	f.Float64Var(&d.minRatio, "disagg-min-uncached-ratio", router.DefaultDisaggMinUncachedRatio,
+		"... and at least this share (0..1) of the prompt is uncached there")
+	f.Int64Var(&d.maxPrefillTok, "disagg-max-prefill-tokens", router.DefaultDisaggMaxPrefillTokens,
+		"a prefill endpoint holding more in-flight prefill tokens is saturated (0: no limit)")
+	f.Float64Var(&d.maxPrefillQ, "disagg-max-prefill-queue", router.DefaultDisaggMaxPrefillQueue,
+		"a prefill endpoint whose engine reports more waiting requests is saturated (0: no limit)")
+}
+
+func (d *disaggFlags) apply(cfg *router.Config) {
+	cfg.DisaggMinUncachedTokens = d.minUncached
+	cfg.DisaggMinUncachedRatio = d.minRatio
+	cfg.DisaggMaxPrefillTokens = d.maxPrefillTok
+	cfg.DisaggMaxPrefillQueue = d.maxPrefillQ
+}
+
+// pdUpFlags are kvgate up's disaggregated-cluster flags.
+type pdUpFlags struct {
+	prefill, decode int
+}
+
+func (p *pdUpFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.IntVar(&p.prefill, "prefill-engines", 0, "disaggregated: simulated prefill engines (with --decode-engines; replaces --engines)")
+	f.IntVar(&p.decode, "decode-engines", 0, "disaggregated: simulated decode engines, each behind a P/D sidecar (with --prefill-engines)")
+}
+
+func (p *pdUpFlags) on() bool { return p.prefill != 0 || p.decode != 0 }
+
+// start runs the disaggregated cluster of kvgate up: prefill sims, and decode sims each
+// behind a workerd sidecar whose address is the decode endpoint's (the router's decode
+// traffic goes through it; its KV events and metrics are read from the sim directly).
+func (p *pdUpFlags) start(ctx context.Context, grp *errgroup.Group, log *slog.Logger, reg prometheus.Registerer, o *upOptions) ([]router.Endpoint, error) {
+	if p.prefill < 1 || p.decode < 1 {
+		return nil, errors.New("--prefill-engines and --decode-engines go together, each at least 1")
+	}
+	var eps []router.Endpoint
+	newSim := func(name string) (*sim.Server, router.Endpoint, error) {
+		cfg := sim.ServerConfig{Addr: "127.0.0.1:0", Model: o.simModel, KVEvents: "tcp://" + net.JoinHostPort(o.kvHost, "0")}
+		cfg.Engine.Timing = sim.DefaultTiming
+		cfg.Engine.Timing.Speed = o.simSpeed
+		cfg.Engine.NumBlocks = o.simBlocks
+		s, err := sim.NewServer(cfg, log.With("engine", name), nil)
+		if err != nil {
+			return nil, router.Endpoint{}, fmt.Errorf("engine %s: %w", name, err)
+		}
+		grp.Go(func() error { return s.Run(ctx) })
+		block := cfg.Engine.BlockSize
+		if block == 0 {
+			block = tokenizer.DefaultBlockSize
+		}
+		return s, router.Endpoint{
+			Name: name, Address: s.Addr(), Models: []string{o.simModel}, BlockSize: block,
+			KVEvents: s.KVEventsAddr(), MetricsURL: "http://" + s.Addr() + "/metrics",
+		}, nil
+	}
+	for i := range p.prefill {
+		_, ep, err := newSim(fmt.Sprintf("prefill-%d", i))
+		if err != nil {
+			return nil, err
+		}
+		ep.Role = router.RolePrefill
+		eps = append(eps, ep)
+	}
+	for i := range p.decode {
+		name := fmt.Sprintf("decode-%d", i)
+		s, ep, err := newSim(name)
+		if err != nil {
+			return nil, err
+		}
+		sc, err := workerd.NewSidecar(workerd.SidecarConfig{Addr: "127.0.0.1:0", Engine: s.Addr(), Name: name}, log, reg)
+		if err != nil {
+			return nil, err
+		}
+		grp.Go(func() error { return sc.Run(ctx) })
+		ep.Role, ep.Address = router.RoleDecode, sc.Addr()
+		eps = append(eps, ep)
+	}
+	return eps, nil
+}

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kvgate/kvgate/workerd"
+)
+
+func init() { register(newSidecarCmd) }
+
+// newSidecarCmd runs workerd's P/D sidecar alone, in front of a decode engine that workerd
+// does not run (a vLLM started by hand, a Kubernetes pod, an e2e test).
+func newSidecarCmd(g *globals) *cobra.Command {
+	var (
+		cfg     workerd.SidecarConfig
+		metrics string
+	)
+	cmd := &cobra.Command{
+		Use:   "sidecar",
+		Short: "Serve the P/D sidecar in front of a decode engine (remote prefill, then local decode)",
+		Long: `sidecar is the reverse proxy workerd puts in front of every decode engine. A completion
+request carrying x-prefiller-host-port: ip:port is first sent to that prefill engine with
+kv_transfer_params.do_remote_decode and max_tokens 1; the kv_transfer_params it returns go
+with the original request to the decode engine, which pulls the prompt's KV blocks and
+streams the answer. If the prefill fails, the decode engine prefills itself. Other requests
+pass through. See docs/DISAGG.md.`,
+		Example: `  kvgate sidecar --listen 0.0.0.0:8200 --engine 127.0.0.1:8100 --metrics-addr :9200`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			reg := newRegistry()
+			s, err := workerd.NewSidecar(cfg, g.log, reg)
+			if err != nil {
+				return err
+			}
+			grp, ctx := errgroup.WithContext(cmd.Context())
+			grp.Go(func() error { return s.Run(ctx) })
+			if metrics != "" {
+				grp.Go(func() error { return serveRouterMetrics(ctx, metrics, reg, g.log) })
+			}
+			return grp.Wait()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Addr, "listen", "127.0.0.1:8200", "listen address (routers send the decode endpoint's traffic here)")
+	f.StringVar(&cfg.Engine, "engine", "", "the local decode engine's OpenAI address, host:port (required)")
+	f.StringVar(&cfg.Name, "name", "", "engine label on the sidecar's metrics (default: --engine)")
+	f.DurationVar(&cfg.PrefillTimeout, "prefill-timeout", 30*time.Second, "longest wait for a remote prefill before prefilling locally")
+	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 16<<20, "largest request body read")
+	f.StringVar(&metrics, "metrics-addr", "", "serve the sidecar's own Prometheus /metrics here (its /metrics is the engine's)")
+	_ = cmd.MarkFlagRequired("engine")
+	return cmd
+}
