@@ -57,6 +57,10 @@ func newPicker(cfg Config, ecfg sim.Config) (*picker, error) {
 	if cfg.OverlapWeight > 0 {
 		rc.Scoring.OverlapWeight = cfg.OverlapWeight
 	}
+	rc.PendingTTL = cfg.PendingTTL
+	if cfg.MissWeight > 0 {
+		rc.Scoring.MissWeight = cfg.MissWeight
+	}
 	for i := range p.names {
 		p.names[i] = "engine-" + strconv.Itoa(i)
 		role := router.RoleAggregated

@@ -16,9 +16,9 @@ import (
 	"github.com/kvgate/kvgate/workload"
 )
 
-// DefaultMaxModelLen is the context length of replayed engines: 128k tokens, as Llama 3.1 8B
-// serves, so that long trace prompts (Mooncake's reach 80k tokens) are not refused.
-const DefaultMaxModelLen = 131072
+// DefaultMaxModelLen is the context length of replayed engines: 256k tokens, so that the
+// longest trace prompts (Mooncake's reach 191k tokens) are not refused.
+const DefaultMaxModelLen = 262144
 
 // Config is one replay.
 type Config struct {
@@ -29,6 +29,11 @@ type Config struct {
 	Seed       uint64
 	// OverlapWeight, when > 0, replaces the router's prefill weight in the kv cost.
 	OverlapWeight float64
+	// MissWeight, when > 0, replaces the router's weight of a request's own uncached blocks.
+	MissWeight float64
+	// PendingTTL replaces the router's in-flight prefix credit (0 keeps its default,
+	// negative turns it off, as Dynamo's router has none).
+	PendingTTL time.Duration
 
 	// Prefill and Decode, when both > 0, replace Engines with a disaggregated cluster:
 	// Prefill prefill-role and Decode decode-role engines. The router decides per request

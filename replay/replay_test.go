@@ -64,14 +64,20 @@ func TestKVRoutingBeatsRoundRobin(t *testing.T) {
 }
 
 func TestEventDelayCostsHits(t *testing.T) {
-	// Turns of a conversation arrive 2 s apart: events delayed past that can't help routing.
+	// Turns of a conversation arrive 2 s apart: without the router's credit for prefixes it
+	// just routed, events delayed past that can't help routing.
 	tr := synthetic(t, 40)
-	fast := replay.Config{Engines: 4, Policy: "kv", Engine: sim.Config{NumBlocks: 4000}, EventDelay: time.Millisecond, Seed: 1}
+	fast := replay.Config{Engines: 4, Policy: "kv", Engine: sim.Config{NumBlocks: 4000}, EventDelay: time.Millisecond, Seed: 1, PendingTTL: -1}
 	slow := fast
 	slow.EventDelay = time.Hour
 	f, s := run(t, fast, tr), run(t, slow, tr)
 	if f.HitRatio <= s.HitRatio {
 		t.Fatalf("hit ratio with 1 ms events %.3f not above with 1 h events %.3f", f.HitRatio, s.HitRatio)
+	}
+	// With it (the default), routing keeps conversations together before events arrive.
+	slow.PendingTTL = 0
+	if p := run(t, slow, tr); p.HitRatio <= s.HitRatio {
+		t.Fatalf("pending credit: hit ratio %.3f with 1 h events, not above %.3f without it", p.HitRatio, s.HitRatio)
 	}
 }
 

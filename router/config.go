@@ -54,6 +54,11 @@ type Config struct {
 	// ApproxCapacity blocks.
 	ApproxTTL      time.Duration
 	ApproxCapacity int
+	// PendingTTL is how long the kv policy credits an endpoint WITH events for a prefix it
+	// was just sent but has not reported yet (its prefill may still be running): requests
+	// that share a prefix and arrive together follow each other instead of spreading before
+	// the first BlockStored arrives. 0 takes the default (30 s); negative turns it off.
+	PendingTTL time.Duration
 	// TextChunk, TextMaxChunks and TextCapacity configure approx-prefix: the request text is
 	// hashed in TextChunk-character chunks, at most TextMaxChunks of them, and each endpoint
 	// remembers at most TextCapacity chunks (LRU).
@@ -106,6 +111,7 @@ func DefaultConfig() Config {
 		MetricsStaleAfter: 2 * time.Second,
 		UnhealthyFor:      5 * time.Second,
 		ApproxTTL:         120 * time.Second,
+		PendingTTL:        30 * time.Second,
 		ApproxCapacity:    1 << 20,
 		TextChunk:         64,
 		TextMaxChunks:     256,
@@ -160,6 +166,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ApproxTTL <= 0 {
 		c.ApproxTTL = d.ApproxTTL
+	}
+	if c.PendingTTL == 0 {
+		c.PendingTTL = d.PendingTTL
 	}
 	if c.ApproxCapacity == 0 {
 		c.ApproxCapacity = d.ApproxCapacity

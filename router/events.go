@@ -28,7 +28,15 @@ func (h *eventHandler) Gap(expected, got uint64) {
 	h.s.gaps.Add(1)
 	h.r.m.gaps.Inc()
 	h.r.log.Warn("kv events: gap, clearing the endpoint's cache state", "endpoint", h.s.ep.Name, "expected", expected, "got", got)
-	h.r.index.ApplyCleared(h.s.id)
+	h.r.clear(h.s)
+}
+
+// clear forgets what the router believes s caches: its blocks in the index and the
+// prefixes it was sent whose events have not come (after a restart or lost events neither
+// can be trusted).
+func (r *Router) clear(s *epState) {
+	r.index.ApplyCleared(s.id)
+	r.pending.RemoveEndpoint(s.id)
 }
 
 // ApplyEvents applies a KV-event batch from the endpoint called name as if it had arrived on
@@ -42,7 +50,7 @@ func (r *Router) ApplyEvents(name string, b engine.EventBatch) {
 // ClearEndpoint forgets every cached block of the endpoint called name, as a gap does.
 func (r *Router) ClearEndpoint(name string) {
 	if s := r.state(name); s != nil {
-		r.index.ApplyCleared(s.id)
+		r.clear(s)
 	}
 }
 
@@ -60,7 +68,7 @@ func (r *Router) apply(s *epState, b engine.EventBatch) {
 			}
 			r.index.ApplyRemoved(s.id, kvindex.Removed{Hashes: hs, Tier: kvindex.TierFromMedium(ev.Medium)})
 		case engine.AllBlocksCleared:
-			r.index.ApplyCleared(s.id)
+			r.clear(s)
 		}
 	}
 	s.batches.Add(1)

@@ -46,6 +46,7 @@ type scratch struct {
 	hashes  []kvindex.BlockHash
 	matches kvindex.Matches
 	approx  kvindex.Matches
+	pending kvindex.Matches
 	cands   []Candidate
 	states  []*epState
 	costs   []float64
@@ -239,10 +240,11 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 		r:             r,
 		cur:           t.s,
 	}
-	// Load: the uncached prompt is prefill until the first token; the whole prompt's blocks
-	// are held until the end.
+	// Load: the uncached prompt is prefill until the first token; the blocks it adds to the
+	// target's KV cache (those not already cached there: shared prefix blocks are stored
+	// once) are held until the end.
 	bs := t.s.bs()
-	d.decodeBlocks = int64((d.PromptTokens + bs - 1) / bs)
+	d.decodeBlocks = int64(max((d.PromptTokens+bs-1)/bs-d.CachedBlocks, 0))
 	prefillOn, cached := t.s, d.CachedBlocks
 	pf, sp, why := r.prefillFor(states, p, t, now)
 	if pf != nil {
@@ -367,11 +369,15 @@ func (r *Router) remember(sc *scratch, s *epState, p Prompt, now time.Time) {
 	switch {
 	case r.cfg.Policy == PolicyApproxPrefix:
 		r.text.Record(s.id, sc.text, now)
-	case r.cfg.Policy == PolicyKV && !s.hasEvents() && len(p.Tokens) >= s.bs():
+	case r.cfg.Policy == PolicyKV && len(p.Tokens) >= s.bs():
 		if len(sc.hashes) != len(p.Tokens)/s.bs() {
 			sc.hashes = kvindex.HashBlocks(sc.hashes[:0], sc.seed, p.Tokens, s.bs())
 		}
-		r.approx.Record(s.id, sc.hashes, now)
+		if !s.hasEvents() {
+			r.approx.Record(s.id, sc.hashes, now)
+		} else if r.cfg.PendingTTL > 0 {
+			r.pending.Record(s.id, sc.hashes, now)
+		}
 	}
 }
 
@@ -403,16 +409,28 @@ func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time
 		}
 		r.index.FindMatches(sc.hashes, &sc.matches)
 		r.approx.FindMatches(sc.hashes, now, &sc.approx)
+		if r.cfg.PendingTTL > 0 {
+			r.pending.FindMatches(sc.hashes, now, &sc.pending)
+		}
 		for i, s := range sc.states {
 			if s.bs() != bs {
 				continue
 			}
-			src := &sc.matches
+			c := &sc.cands[i]
 			if !s.hasEvents() {
-				src = &sc.approx
+				if m, ok := findMatch(&sc.approx, s.id); ok {
+					c.Cached = m.Tiers
+				}
+				continue
 			}
-			if m, ok := findMatch(src, s.id); ok {
-				sc.cands[i].Cached = m.Tiers
+			if m, ok := findMatch(&sc.matches, s.id); ok {
+				c.Cached = m.Tiers
+			}
+			// A prefix just sent there counts as on the GPU beyond what events reported.
+			if m, ok := findMatch(&sc.pending, s.id); ok && r.cfg.PendingTTL > 0 {
+				if extra := m.Blocks - c.CachedBlocks(); extra > 0 {
+					c.Cached[kvindex.TierGPU] += extra
+				}
 			}
 		}
 	}

@@ -204,10 +204,15 @@ func TestLoadBeatsCache(t *testing.T) {
 	if first.Endpoint.Name != "e0" {
 		t.Fatalf("first pick %s", first.Endpoint.Name)
 	}
-	for i := 0; i < 10; i++ {
+	// 11 uncached tokens each: a full miss (24 blocks) outweighs that queue only after a few
+	// hundred requests under the default weights.
+	for i := 0; i < 2000; i++ {
 		d := route(t, r, "/v1/chat/completions", chatBody(content, false))
 		held = append(held, d)
 		if d.Endpoint.Name == "e1" {
+			if i < 20 {
+				t.Errorf("e0 lost its cached prefix after only %d requests in flight", i+1)
+			}
 			return
 		}
 	}

@@ -27,7 +27,10 @@ type Router struct {
 	m      *metrics
 	index  *kvindex.Index  // exact, from KV events
 	approx *kvindex.Approx // endpoints without events: prompt blocks routed there
-	text   *kvindex.Approx // approx-prefix: text chunks routed there
+	// pending: endpoints with events, prompt blocks routed there in the last PendingTTL,
+	// whose BlockStored events may not have arrived yet (the prefill is still running).
+	pending *kvindex.Approx
+	text    *kvindex.Approx // approx-prefix: text chunks routed there
 
 	pickMu sync.Mutex
 	picker *Picker
@@ -60,12 +63,13 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Router, erro
 		return nil, err
 	}
 	r := &Router{
-		cfg:    cfg,
-		log:    log.With("component", "router"),
-		picker: p,
-		approx: kvindex.NewApprox(cfg.ApproxTTL, cfg.ApproxCapacity),
-		text:   kvindex.NewApprox(cfg.ApproxTTL, cfg.TextCapacity),
-		eps:    map[string]*epState{},
+		cfg:     cfg,
+		log:     log.With("component", "router"),
+		picker:  p,
+		approx:  kvindex.NewApprox(cfg.ApproxTTL, cfg.ApproxCapacity),
+		pending: kvindex.NewApprox(cfg.PendingTTL, cfg.ApproxCapacity),
+		text:    kvindex.NewApprox(cfg.ApproxTTL, cfg.TextCapacity),
+		eps:     map[string]*epState{},
 	}
 	r.index = kvindex.New(reg)
 	r.m = newMetrics(reg, r)
@@ -187,6 +191,7 @@ func (r *Router) setEndpoints(eps []Endpoint) error {
 	for _, s := range removed {
 		r.index.RemoveEndpoint(s.id)
 		r.approx.RemoveEndpoint(s.id)
+		r.pending.RemoveEndpoint(s.id)
 		r.text.RemoveEndpoint(s.id)
 	}
 	for name, e := range next {

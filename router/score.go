@@ -51,20 +51,39 @@ type Scoring struct {
 	// TierCredit is how much of a prefill a cached block saves, by tier (GPU, CPU, disk).
 	TierCredit [kvindex.NumTiers]float64
 	// OverlapWeight scales the prefill term against the decode term (Dynamo's
-	// overlap_score_weight); 1 by default.
+	// overlap_score_weight, 1 there); 16 by default.
 	OverlapWeight float64
 	// QueueWeight is how many blocks each request in the engine's own queue counts for in
 	// the decode term; 0 (Dynamo's formula) by default.
 	QueueWeight float64
+	// MissWeight scales this request's own uncached blocks against the in-flight prefill
+	// already queued on the endpoint: a cache miss costs the request its prefill time and
+	// costs every later request the engine time it takes, so values above 1 keep prefixes
+	// together when engines are busy. 1 is Dynamo's formula.
+	MissWeight float64
 	// Temperature > 0 samples the pick from a softmax over the normalized costs; 0 takes the
 	// lowest cost, ties broken at random.
 	Temperature float64
 }
 
-// DefaultScoring returns the default weights: tier credit 1, 0.75, 0.25, overlap weight 1,
-// temperature 0.
+// DefaultScoring returns the default weights: tier credit 1, 0.75, 0.25, overlap weight 16,
+// miss weight 16, temperature 0.
+//
+// Dynamo's formula is overlap weight 1 and miss weight 1. kvgate weighs prefill more because
+// a prefilled block costs the engine about ten times what holding a block for a decode
+// does (about 0.8 ms of prefill against 64 us of attention reads over a typical answer, for
+// an 8B model on an H100), and weighs a request's own misses more because a miss is work
+// every later request on that engine waits behind. `kvgate replay` on the Mooncake trace
+// chose 16 and 16 (docs/BENCHMARKS.md): hit ratio within 2% of the pooled-LRU bound where
+// Dynamo's weights lose a quarter of it and collapse under load.
 func DefaultScoring() Scoring {
-	return Scoring{TierCredit: [kvindex.NumTiers]float64{1, 0.75, 0.25}, OverlapWeight: 1}
+	return Scoring{TierCredit: [kvindex.NumTiers]float64{1, 0.75, 0.25}, OverlapWeight: 16, MissWeight: 16}
+}
+
+// DynamoScoring returns Dynamo's KV router weights (overlap weight 1, miss weight 1), for
+// comparisons.
+func DynamoScoring() Scoring {
+	return Scoring{TierCredit: [kvindex.NumTiers]float64{1, 0.75, 0.25}, OverlapWeight: 1, MissWeight: 1}
 }
 
 // Credit is the number of prompt blocks c's cache saves.
@@ -77,10 +96,14 @@ func (s *Scoring) Credit(c *Candidate) float64 {
 }
 
 // Cost is the logit of sending a request of requestBlocks prompt blocks to c (lower is
-// better): OverlapWeight * (requestBlocks - credited overlap + in-flight prefill blocks) +
-// (active decode blocks + requestBlocks) + QueueWeight * engine queue.
+// better): OverlapWeight * (MissWeight * (requestBlocks - credited overlap) + in-flight
+// prefill blocks) + (active decode blocks + requestBlocks) + QueueWeight * engine queue.
 func (s *Scoring) Cost(c *Candidate, requestBlocks int) float64 {
-	prefill := max(float64(requestBlocks)-s.Credit(c), 0) + c.PrefillBlocks
+	miss := s.MissWeight
+	if miss == 0 {
+		miss = 1
+	}
+	prefill := miss*max(float64(requestBlocks)-s.Credit(c), 0) + c.PrefillBlocks
 	decode := c.DecodeBlocks + float64(requestBlocks)
 	return s.OverlapWeight*prefill + decode + s.QueueWeight*c.Waiting
 }
@@ -103,7 +126,7 @@ func NewPicker(policy string, s Scoring, rng *rand.Rand) (*Picker, error) {
 	if !slices.Contains(Policies, policy) {
 		return nil, fmt.Errorf("router: unknown policy %q (want one of %v)", policy, Policies)
 	}
-	if s.OverlapWeight < 0 || s.Temperature < 0 || s.QueueWeight < 0 {
+	if s.OverlapWeight < 0 || s.Temperature < 0 || s.QueueWeight < 0 || s.MissWeight < 0 {
 		return nil, fmt.Errorf("router: scoring weights must not be negative: %+v", s)
 	}
 	if rng == nil {

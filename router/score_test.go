@@ -11,7 +11,7 @@ import (
 )
 
 func TestCost(t *testing.T) {
-	s := router.DefaultScoring()
+	s := router.DynamoScoring()
 	tests := []struct {
 		name string
 		c    router.Candidate
@@ -35,6 +35,11 @@ func TestCost(t *testing.T) {
 	c := router.Candidate{Cached: [kvindex.NumTiers]int{4}, PrefillBlocks: 1, DecodeBlocks: 5, Waiting: 2}
 	if got, want := s.Cost(&c, 10), 2*(10-4+1)+(5+10)+1.5*2.0; got != want {
 		t.Errorf("weighted Cost = %v, want %v", got, want)
+	}
+	// The defaults: overlap weight 16 over (miss weight 16 * own uncached + queued prefill).
+	d := router.DefaultScoring()
+	if got, want := d.Cost(&c, 10), 16*(16*(10-4)+1.0)+(5+10); got != want {
+		t.Errorf("default Cost = %v, want %v", got, want)
 	}
 }
 

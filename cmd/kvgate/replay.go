@@ -99,6 +99,8 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.IntVar(&cfg.Engine.MaxNumSeqs, "max-num-seqs", 256, "running requests per engine at most")
 	f.IntVar(&cfg.Engine.MaxNumBatchedTokens, "max-num-batched-tokens", 8192, "tokens per engine step at most")
 	f.Float64Var(&cfg.OverlapWeight, "overlap-weight", 0, "kv policy: weight of prefill blocks against decode blocks (0 = the router's default)")
+	f.Float64Var(&cfg.MissWeight, "miss-weight", 0, "kv policy: weight of the request's own uncached blocks against queued prefill (0 = the router's default)")
+	f.DurationVar(&cfg.PendingTTL, "pending-ttl", 0, "kv policy: how long a prefix just routed counts as cached before its events arrive (0 = the router's default, negative = off)")
 	f.BoolVar(&asJSON, "json", false, "print JSON (one object, or an array for --policy all)")
 	f.StringVar(&plot, "plot", "", "write the TTFT CDFs of the policies to this SVG file")
 	cmd.Flags().Lookup("seed").Usage = "random seed (synthetic workload and random tie-breaks)"
