@@ -97,6 +97,13 @@ type EngineSpec struct {
 	Args         []string          `json:"args,omitempty"`       // appended to the engine's command line
 	Env          map[string]string `json:"env,omitempty"`
 	NoKVEvents   bool              `json:"no_kv_events,omitempty"` // do not ask for KV events
+	// SidecarPort is where a decode engine's P/D sidecar listens (0 = a free port); the
+	// sidecar's address is the one registered for the engine. NoSidecar registers the
+	// engine itself (another proxy does remote prefills). Ignored for other roles.
+	SidecarPort int  `json:"sidecar_port,omitempty"`
+	NoSidecar   bool `json:"no_sidecar,omitempty"`
+	// NixlPort is a vLLM P/D engine's NIXL side-channel port (0 = a free port).
+	NixlPort int `json:"nixl_port,omitempty"`
 }
 
 // LoadConfig reads a YAML (or JSON) config file.
@@ -150,7 +157,7 @@ func (c *Config) Validate() error {
 		if e.GPUs < 0 || e.BlockSize < 0 {
 			errs = append(errs, fmt.Errorf("%s: negative gpus or block_size", where))
 		}
-		for _, p := range []int{e.Port, e.KVEventsPort} {
+		for _, p := range []int{e.Port, e.KVEventsPort, e.SidecarPort, e.NixlPort} {
 			if p < 0 || p > 65535 {
 				errs = append(errs, fmt.Errorf("%s: port %d out of range", where, p))
 			} else if p != 0 {

@@ -31,6 +31,7 @@ type plan struct {
 	blockSize int
 	role      string
 	models    []string
+	sidecar   string // host:port of the decode engine's P/D sidecar (port 0: any), "" = none
 }
 
 // DefaultBlockSize is the KV block size assumed when a spec names none.
@@ -115,6 +116,10 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 			p.kvReplay = "tcp://" + net.JoinHostPort(host, strconv.Itoa(replayPort))
 		}
 
+		if p.role == discovery.RoleDecode && !s.NoSidecar {
+			p.sidecar = net.JoinHostPort(host, strconv.Itoa(s.SidecarPort))
+		}
+
 		switch s.Kind {
 		case KindVLLM:
 			p.argv = vllm.Command(vllm.Options{
@@ -123,6 +128,16 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 			})
 			if err := lookPath(p.argv[0]); err != nil {
 				errs = append(errs, fmt.Errorf("%s: vLLM executable %q not found (%v): install vLLM or set binary", where, p.argv[0], err))
+			}
+			if vllm.Disaggregated(s.Role) {
+				nixl := s.NixlPort
+				if nixl == 0 {
+					var err error
+					if nixl, err = freePort(host); err != nil {
+						errs = append(errs, fmt.Errorf("%s: %w", where, err))
+					}
+				}
+				p.env = append(p.env, vllm.NixlEnv(s.Role, host, nixl)...)
 			}
 		case KindSGLang:
 			served := ""

@@ -48,6 +48,8 @@ type Workerd struct {
 	consul *discovery.Consul
 	inv    gpu.Inventory
 	http   *http.Client
+	// sidecars are the decode engines' P/D sidecars, by instance.
+	sidecars map[string]*Sidecar
 
 	runMu   sync.Mutex
 	running bool
@@ -148,6 +150,10 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 			return nil, err
 		}
 	}
+	if err := w.newSidecars(log, opt.Registerer); err != nil {
+		lis.Close()
+		return nil, err
+	}
 	w.srv = grpc.NewServer()
 	relayv1.RegisterRelayServer(w.srv, &relayServer{w: w})
 	return w, nil
@@ -207,6 +213,7 @@ func (w *Workerd) Run(ctx context.Context) error {
 	wg.Go(func() { serveErr <- w.srv.Serve(w.lis) })
 	w.log.Info("relay listening", "addr", w.Addr(), "engines", len(w.procs), "gpus", len(w.inv.Devices), "gpu_reason", w.inv.Reason)
 
+	stopSidecars := w.runSidecars(context.WithoutCancel(ctx))
 	procCtx, stopProcs := context.WithCancel(context.WithoutCancel(ctx))
 	regCtx, stopReg := context.WithCancel(context.WithoutCancel(ctx))
 	var procWG, regWG sync.WaitGroup
@@ -234,6 +241,7 @@ func (w *Workerd) Run(ctx context.Context) error {
 	w.drain()
 	stopProcs()
 	procWG.Wait()
+	stopSidecars()
 	w.srv.Stop()
 	wg.Wait()
 	w.log.Info("workerd stopped")
@@ -272,7 +280,7 @@ func (w *Workerd) drain() {
 func (w *Workerd) registration(p *proc) discovery.Registration {
 	return discovery.Registration{
 		Endpoint: discovery.Endpoint{
-			Name: p.p.instance, Address: p.p.addr, Models: p.p.models, Role: p.p.role,
+			Name: p.p.instance, Address: w.engineAddress(p.p), Models: p.p.models, Role: p.p.role,
 			BlockSize: p.p.blockSize, KVEvents: p.p.kvEvents, KVReplay: p.p.kvReplay, Workerd: w.Advertise(),
 		},
 		Kind:            p.p.spec.Kind,
