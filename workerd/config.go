@@ -80,6 +80,9 @@ type ConsulConfig struct {
 	CheckInterval      Duration `json:"check_interval,omitempty"`      // HTTP check period (2s)
 	DeregisterAfter    Duration `json:"deregister_after,omitempty"`    // Consul drops an instance critical this long (0 = never)
 	ReregisterInterval Duration `json:"reregister_interval,omitempty"` // how often presence is checked (5s)
+	// DeregisterGrace is how long shutdown waits after deregistering, for routers watching
+	// Consul to stop sending, before it drains the engines (2s).
+	DeregisterGrace Duration `json:"deregister_grace,omitempty"`
 }
 
 // EngineSpec is one engine workerd runs.

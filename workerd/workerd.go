@@ -79,6 +79,7 @@ func (c *Config) defaults() {
 	if c.Consul != nil {
 		def(&c.Consul.CheckInterval, 2*time.Second)
 		def(&c.Consul.ReregisterInterval, 5*time.Second)
+		def(&c.Consul.DeregisterGrace, 2*time.Second)
 	}
 }
 
@@ -198,7 +199,8 @@ func (w *Workerd) hub(name string) *hub { return w.hubs[name] }
 // Run serves the relay, starts every engine, keeps them alive and registered until ctx ends,
 // then shuts down gracefully: engines leave Consul first (routers stop sending), running
 // requests get DrainTimeout to finish, then each engine gets SIGTERM and, after StopTimeout,
-// SIGKILL. Run can be called once.
+// SIGKILL. With Consul, DeregisterGrace separates leaving Consul from draining. Run can be
+// called once.
 func (w *Workerd) Run(ctx context.Context) error {
 	w.runMu.Lock()
 	if w.running {
@@ -238,6 +240,13 @@ func (w *Workerd) Run(ctx context.Context) error {
 	w.log.Info("shutting down: deregistering engines")
 	stopReg()
 	regWG.Wait()
+	if w.consul != nil {
+		// Routers learn of the deregistration from their Consul watches; a request they
+		// route before that must still find the engine up, so wait before draining.
+		grace := time.Duration(w.cfg.Consul.DeregisterGrace)
+		w.log.Info("deregistered; waiting for routers to stop sending", "grace", grace)
+		time.Sleep(grace)
+	}
 	w.drain()
 	stopProcs()
 	procWG.Wait()
