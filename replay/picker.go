@@ -54,6 +54,9 @@ func newPicker(cfg Config, ecfg sim.Config) (*picker, error) {
 	rc.Seed = cfg.Seed + 1
 	rc.Now = func() time.Time { return epoch.Add(p.now) }
 	rc.MetricsStaleAfter = time.Hour
+	if cfg.Disagg != nil {
+		cfg.Disagg.apply(&rc)
+	}
 	if cfg.OverlapWeight > 0 {
 		rc.Scoring.OverlapWeight = cfg.OverlapWeight
 	}

@@ -42,6 +42,8 @@ type Config struct {
 	Prefill, Decode   int
 	TransferBandwidth float64       // bytes per second (default 25e9: one 200 Gb/s NIC, as NIXL over RDMA)
 	TransferLatency   time.Duration // fixed cost per transfer (default 1 ms)
+	// Disagg, when set, replaces the router's conditional-disaggregation thresholds.
+	Disagg *DisaggThresholds
 }
 
 // Disaggregated reports whether the replay runs prefill and decode pools.

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/replay"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
 	"github.com/kvgate/kvgate/workerd"
@@ -42,6 +43,12 @@ func (d *disaggFlags) apply(cfg *router.Config) {
 	cfg.DisaggMinUncachedRatio = d.minRatio
 	cfg.DisaggMaxPrefillTokens = d.maxPrefillTok
 	cfg.DisaggMaxPrefillQueue = d.maxPrefillQ
+}
+
+// replayThresholds returns the thresholds for kvgate replay.
+func (d *disaggFlags) replayThresholds() *replay.DisaggThresholds {
+	return &replay.DisaggThresholds{MinUncachedTokens: d.minUncached, MinUncachedRatio: d.minRatio,
+		MaxPrefillTokens: d.maxPrefillTok, MaxPrefillQueue: d.maxPrefillQ}
 }
 
 // pdUpFlags are kvgate up's disaggregated-cluster flags.

@@ -20,6 +20,7 @@ func newReplayCmd(g *globals) *cobra.Command {
 	var (
 		wf     workloadFlags
 		cfg    replay.Config
+		dg     disaggFlags
 		asJSON bool
 		plot   string
 	)
@@ -42,6 +43,7 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 			if err != nil {
 				return err
 			}
+			cfg.Disagg = dg.replayThresholds()
 			policies := []string{cfg.Policy}
 			if cfg.Policy == "all" {
 				policies = replay.Policies()
@@ -90,6 +92,7 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.IntVar(&cfg.Decode, "decode-engines", 0, "disaggregated: decode engines (with --prefill-engines)")
 	f.Float64Var(&cfg.TransferBandwidth, "transfer-bandwidth", 25e9, "disaggregated: KV transfer bandwidth, bytes/s")
 	f.DurationVar(&cfg.TransferLatency, "transfer-latency", time.Millisecond, "disaggregated: fixed cost of one KV transfer")
+	dg.add(cmd)
 	f.StringVar(&cfg.Policy, "policy", "kv", "routing policy: "+strings.Join(replay.Policies(), ", ")+", or all")
 	f.DurationVar(&cfg.EventDelay, "event-delay", 5*time.Millisecond, "delay from an engine's step to its KV events reaching the router")
 	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache blocks per engine (0 derives it from --gpu-memory and an 8B model)")
