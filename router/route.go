@@ -240,11 +240,11 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 		r:             r,
 		cur:           t.s,
 	}
-	// Load: the uncached prompt is prefill until the first token; the blocks it adds to the
-	// target's KV cache (those not already cached there: shared prefix blocks are stored
-	// once) are held until the end.
+	// Load: the uncached prompt is prefill until the first token; the whole prompt's blocks
+	// are decode load until the end: every decode step reads each sequence's whole context,
+	// shared prefix or not.
 	bs := t.s.bs()
-	d.decodeBlocks = int64(max((d.PromptTokens+bs-1)/bs-d.CachedBlocks, 0))
+	d.decodeBlocks = int64((d.PromptTokens + bs - 1) / bs)
 	prefillOn, cached := t.s, d.CachedBlocks
 	pf, sp, why := r.prefillFor(states, p, t, now)
 	if pf != nil {
