@@ -101,6 +101,10 @@ func TestConsulDiscovery(t *testing.T) {
 	if n := cachedBlocks(t, rt.base, victim); n != 0 {
 		t.Errorf("after the restart the router's index holds %v blocks for %s; the new engine has stored nothing", n, victim)
 	}
+	// Nor does the router credit the old engine with prompt A any other way.
+	if r := chat(ctx, t, c, promptA); r.cachedBlocks != 0 {
+		t.Errorf("after the restart the router still saw prompt A cached (%d blocks on %s)", r.cachedBlocks, r.endpoint)
+	}
 	var promptB string
 	for i := 0; promptB == ""; i++ {
 		if i == 30 {
