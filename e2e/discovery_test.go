@@ -58,22 +58,22 @@ func TestConsulDiscovery(t *testing.T) {
 	}
 
 	rt := startConsulRouter(t, agent.Addr)
-	waitFor(t, "the router to discover both engines", func() bool {
+	waitUntil(t, "the router to discover both engines", func() bool {
 		return metric(t, rt.base, router.MetricHealthy) == 2
 	})
 	c := client(rt.base)
 
 	// 1. Discovery, routing, and a cache hit learnt through the relay.
 	promptA := longPrompt("discovery-a", 200)
-	first := chat(ctx, t, c, promptA)
+	first := chatOnce(ctx, t, c, promptA)
 	holder := nameOf[first.endpoint]
 	if holder == "" {
 		t.Fatalf("served by %q, not a registered engine %v", first.endpoint, addrOf)
 	}
-	waitFor(t, "the relay to bring "+holder+"'s blocks to the router", func() bool {
+	waitUntil(t, "the relay to bring "+holder+"'s blocks to the router", func() bool {
 		return cachedBlocks(t, rt.base, holder) > 0
 	})
-	again := chat(ctx, t, c, promptA)
+	again := chatOnce(ctx, t, c, promptA)
 	if again.endpoint != first.endpoint || again.cachedBlocks == 0 || again.cachedTokens == 0 {
 		t.Fatalf("repeat served by %s with %d cached blocks, %d cached tokens; want %s with a hit",
 			again.endpoint, again.cachedBlocks, again.cachedTokens, first.endpoint)
@@ -87,14 +87,14 @@ func TestConsulDiscovery(t *testing.T) {
 	if err := syscall.Kill(oldPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the router to forget "+victim+"'s blocks", func() bool {
+	waitUntil(t, "the router to forget "+victim+"'s blocks", func() bool {
 		return cachedBlocks(t, rt.base, victim) == 0
 	})
-	waitFor(t, "workerd to restart "+victim, func() bool {
-		pids := children(workerds[victim].cmd.Process.Pid)
-		return len(pids) == 1 && pids[0] != oldPID && get(addrOf[victim]+"/health") == http.StatusOK
+	waitUntil(t, "workerd to restart "+victim, func() bool {
+		pids := childPIDs(workerds[victim].cmd.Process.Pid)
+		return len(pids) == 1 && pids[0] != oldPID && httpStatus(addrOf[victim]+"/health") == http.StatusOK
 	})
-	waitFor(t, "the router to route to "+victim+" again", func() bool {
+	waitUntil(t, "the router to route to "+victim+" again", func() bool {
 		return metric(t, rt.base, router.MetricHealthy, `endpoint="`+victim+`"`) == 1
 	})
 	// The relay resynced the router with the new engine: nothing of the old one came back.
@@ -102,7 +102,7 @@ func TestConsulDiscovery(t *testing.T) {
 		t.Errorf("after the restart the router's index holds %v blocks for %s; the new engine has stored nothing", n, victim)
 	}
 	// Nor does the router credit the old engine with prompt A any other way.
-	if r := chat(ctx, t, c, promptA); r.cachedBlocks != 0 {
+	if r := chatOnce(ctx, t, c, promptA); r.cachedBlocks != 0 {
 		t.Errorf("after the restart the router still saw prompt A cached (%d blocks on %s)", r.cachedBlocks, r.endpoint)
 	}
 	var promptB string
@@ -111,38 +111,38 @@ func TestConsulDiscovery(t *testing.T) {
 			t.Fatalf("30 fresh prompts and none went to the restarted %s", victim)
 		}
 		p := longPrompt(fmt.Sprint("discovery-refill-", i), 200)
-		if r := chat(ctx, t, c, p); r.endpoint == addrOf[victim] {
+		if r := chatOnce(ctx, t, c, p); r.endpoint == addrOf[victim] {
 			promptB = p
 		}
 	}
-	waitFor(t, "the restarted "+victim+"'s blocks to refill the router's index", func() bool {
+	waitUntil(t, "the restarted "+victim+"'s blocks to refill the router's index", func() bool {
 		return cachedBlocks(t, rt.base, victim) > 0
 	})
-	if r := chat(ctx, t, c, promptB); r.endpoint != addrOf[victim] || r.cachedBlocks == 0 {
+	if r := chatOnce(ctx, t, c, promptB); r.endpoint != addrOf[victim] || r.cachedBlocks == 0 {
 		t.Errorf("repeat after the refill: %s with %d cached blocks; want %s with a hit", r.endpoint, r.cachedBlocks, addrOf[victim])
 	}
 	t.Logf("step 2: %s restarted (pid %d gone), index cleared and refilled", victim, oldPID)
 
 	// 3. Kill the router and start a new one: the relay snapshot restores its index.
 	promptC := longPrompt("discovery-c", 200)
-	r := chat(ctx, t, c, promptC)
+	r := chatOnce(ctx, t, c, promptC)
 	holderC := nameOf[r.endpoint]
 	before := r.cachedBlocks
-	waitFor(t, "prompt C's blocks to reach the router", func() bool {
+	waitUntil(t, "prompt C's blocks to reach the router", func() bool {
 		return cachedBlocks(t, rt.base, holderC) > float64(before)
 	})
 	want := cachedBlocks(t, rt.base, holderC)
 	_ = rt.p.cmd.Process.Kill()
 	<-rt.p.done
 	rt = startConsulRouter(t, agent.Addr)
-	waitFor(t, "the new router to discover both engines", func() bool {
+	waitUntil(t, "the new router to discover both engines", func() bool {
 		return metric(t, rt.base, router.MetricHealthy) == 2
 	})
-	waitFor(t, "the relay snapshot to restore "+holderC+"'s blocks", func() bool {
+	waitUntil(t, "the relay snapshot to restore "+holderC+"'s blocks", func() bool {
 		return cachedBlocks(t, rt.base, holderC) == want
 	})
 	c = client(rt.base)
-	r = chat(ctx, t, c, promptC) // the first request the new router sees
+	r = chatOnce(ctx, t, c, promptC) // the first request the new router sees
 	if r.endpoint != addrOf[holderC] || r.cachedBlocks == 0 || r.cachedTokens == 0 {
 		t.Errorf("first request after the router restart: %s, %d cached blocks, %d cached tokens; want %s with a hit",
 			r.endpoint, r.cachedBlocks, r.cachedTokens, addrOf[holderC])
@@ -151,7 +151,7 @@ func TestConsulDiscovery(t *testing.T) {
 
 	// 4. Stop a workerd under load: its engine leaves Consul and the router, nothing fails.
 	stopped, kept := "w0-sim", "w1-sim"
-	loop := startLoop(ctx, c, 2)
+	loop := startRequestLoop(ctx, c, 2)
 	loop.waitServed(t, 6)
 	if err := workerds[stopped].cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -159,7 +159,7 @@ func TestConsulDiscovery(t *testing.T) {
 	waitConsul(t, agent.Client, stopped+" to leave Consul", func(m map[string]*api.ServiceEntry) bool {
 		return m[stopped] == nil && m[kept] != nil
 	})
-	waitFor(t, "the router to drop "+stopped, func() bool {
+	waitUntil(t, "the router to drop "+stopped, func() bool {
 		return !hasSeries(t, rt.base, router.MetricHealthy, `endpoint="`+stopped+`"`) &&
 			metric(t, rt.base, router.MetricHealthy) == 1
 	})
@@ -228,8 +228,8 @@ func startConsulRouter(t *testing.T, consul string) routerProc {
 	return routerProc{p: p, base: base}
 }
 
-// waitFor polls cond every 100ms for up to 60s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitUntil polls cond every 100ms for up to 60s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
@@ -244,7 +244,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func waitConsul(t *testing.T, c *api.Client, what string, ok func(map[string]*api.ServiceEntry) bool) map[string]*api.ServiceEntry {
 	t.Helper()
 	var m map[string]*api.ServiceEntry
-	waitFor(t, what, func() bool {
+	waitUntil(t, what, func() bool {
 		entries, _, err := c.Health().Service(discovery.DefaultService, "", false, nil)
 		if err != nil {
 			return false
@@ -296,8 +296,8 @@ func hasSeries(t *testing.T, url, name string, labels ...string) bool {
 	return false
 }
 
-// get returns the status of GET http://addr (0 when it cannot connect).
-func get(addr string) int {
+// httpStatus returns the status of GET http://addr (0 when it cannot connect).
+func httpStatus(addr string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr, nil)
@@ -309,8 +309,8 @@ func get(addr string) int {
 	return resp.StatusCode
 }
 
-// children returns the pids whose parent is pid (Linux /proc).
-func children(pid int) []int {
+// childPIDs returns the pids whose parent is pid (Linux /proc).
+func childPIDs(pid int) []int {
 	dirs, _ := os.ReadDir("/proc")
 	var out []int
 	for _, d := range dirs {
@@ -340,8 +340,8 @@ func children(pid int) []int {
 func enginePID(t *testing.T, w *proc) int {
 	t.Helper()
 	var pid int
-	waitFor(t, "the workerd's engine process", func() bool {
-		c := children(w.cmd.Process.Pid)
+	waitUntil(t, "the workerd's engine process", func() bool {
+		c := childPIDs(w.cmd.Process.Pid)
 		if len(c) == 1 {
 			pid = c[0]
 		}
@@ -356,8 +356,8 @@ type chatResult struct {
 	cachedTokens int64  // usage.prompt_tokens_details.cached_tokens
 }
 
-// chat sends one chat and fails the test if it does not succeed.
-func chat(ctx context.Context, t *testing.T, c openai.Client, prompt string) chatResult {
+// chatOnce sends one chat and fails the test if it does not succeed.
+func chatOnce(ctx context.Context, t *testing.T, c openai.Client, prompt string) chatResult {
 	t.Helper()
 	r, err := tryChat(ctx, c, prompt, 4)
 	if err != nil {
@@ -380,8 +380,8 @@ func tryChat(ctx context.Context, c openai.Client, prompt string, maxTokens int6
 		cachedTokens: cc.Usage.PromptTokensDetails.CachedTokens}, nil
 }
 
-// loop sends short chats back to back from a few workers and records every outcome.
-type loop struct {
+// requestLoop sends short chats back to back from a few workers and records every outcome.
+type requestLoop struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -390,18 +390,18 @@ type loop struct {
 
 type loopResult struct {
 	served int
-	done   []served // successful requests, in completion order
+	done   []loopReq // successful requests, in completion order
 	errs   []error
 }
 
-type served struct {
+type loopReq struct {
 	started  time.Time
 	endpoint string
 }
 
-func startLoop(ctx context.Context, c openai.Client, workers int) *loop {
+func startRequestLoop(ctx context.Context, c openai.Client, workers int) *requestLoop {
 	ctx, cancel := context.WithCancel(ctx)
-	l := &loop{cancel: cancel}
+	l := &requestLoop{cancel: cancel}
 	for w := range workers {
 		l.wg.Go(func() {
 			for i := 0; ctx.Err() == nil; i++ {
@@ -415,7 +415,7 @@ func startLoop(ctx context.Context, c openai.Client, workers int) *loop {
 					l.res.errs = append(l.res.errs, err)
 				} else {
 					l.res.served++
-					l.res.done = append(l.res.done, served{start, r.endpoint})
+					l.res.done = append(l.res.done, loopReq{start, r.endpoint})
 				}
 				l.mu.Unlock()
 			}
@@ -425,21 +425,21 @@ func startLoop(ctx context.Context, c openai.Client, workers int) *loop {
 }
 
 // mark returns a copy of the results so far.
-func (l *loop) mark() loopResult {
+func (l *requestLoop) mark() loopResult {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r := l.res
-	r.done = append([]served(nil), l.res.done...)
+	r.done = append([]loopReq(nil), l.res.done...)
 	return r
 }
 
 // waitServed waits until n requests have succeeded.
-func (l *loop) waitServed(t *testing.T, n int) {
+func (l *requestLoop) waitServed(t *testing.T, n int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d served requests", n), func() bool { return l.mark().served >= n })
+	waitUntil(t, fmt.Sprintf("%d served requests", n), func() bool { return l.mark().served >= n })
 }
 
-func (l *loop) stop() loopResult {
+func (l *requestLoop) stop() loopResult {
 	l.cancel()
 	l.wg.Wait()
 	return l.mark()
