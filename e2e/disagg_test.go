@@ -190,6 +190,9 @@ func TestDisaggSurvivesPrefillDeath(t *testing.T) {
 					}
 					if resp.Header.Get(hdrFallback) != "" {
 						fallbacks++
+						if p := resp.Header.Get(hdrPrefill); p != "" {
+							errs = append(errs, fmt.Errorf("request %d: fell back (%s) yet names prefill %s", i, resp.Header.Get(hdrFallback), p))
+						}
 					}
 					select {
 					case <-killed:
