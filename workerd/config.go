@@ -180,8 +180,8 @@ func (c *Config) Validate() error {
 }
 
 // ParseEngineFlag parses the --engine flag: comma-separated key=value pairs with the keys of
-// EngineSpec (kind, model, name, role, gpus, port, kv_events_port, block_size, binary),
-// e.g. "kind=sim,model=Qwen/Qwen3-0.6B,port=8001".
+// EngineSpec (kind, model, name, role, gpus, port, kv_events_port, block_size, binary,
+// sidecar_port, nixl_port, no_sidecar=true), e.g. "kind=sim,model=Qwen/Qwen3-0.6B,port=8001".
 func ParseEngineFlag(s string) (EngineSpec, error) {
 	var e EngineSpec
 	if strings.TrimSpace(s) == "" {
@@ -220,6 +220,15 @@ func ParseEngineFlag(s string) (EngineSpec, error) {
 			e.KVEventsPort, err = num()
 		case "block_size":
 			e.BlockSize, err = num()
+		case "sidecar_port":
+			e.SidecarPort, err = num()
+		case "nixl_port":
+			e.NixlPort, err = num()
+		case "no_sidecar":
+			e.NoSidecar, err = strconv.ParseBool(v)
+			if err != nil {
+				err = fmt.Errorf("--engine %q: no_sidecar=%q is not a boolean", s, v)
+			}
 		default:
 			err = fmt.Errorf("--engine %q: unknown key %q", s, k)
 		}

@@ -143,3 +143,21 @@ func TestWorkerdDisaggregated(t *testing.T) {
 		t.Errorf("remote prefill: header %q, usage %+v", resp.Header.Get(HeaderPrefillEndpoint), ans.Usage)
 	}
 }
+
+func TestParseEngineFlagPD(t *testing.T) {
+	e, err := ParseEngineFlag("kind=vllm,model=m,role=decode,sidecar_port=8200,nixl_port=5601,no_sidecar=false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Role != "decode" || e.SidecarPort != 8200 || e.NixlPort != 5601 || e.NoSidecar {
+		t.Errorf("%+v", e)
+	}
+	if e, err := ParseEngineFlag("kind=sim,role=decode,no_sidecar=true"); err != nil || !e.NoSidecar {
+		t.Errorf("no_sidecar=true: %+v, %v", e, err)
+	}
+	for _, bad := range []string{"kind=sim,no_sidecar=maybe", "kind=sim,sidecar_port=-1", "kind=sim,nixl_port=x"} {
+		if _, err := ParseEngineFlag(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
