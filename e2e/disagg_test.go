@@ -89,12 +89,14 @@ func TestUpDisaggregated(t *testing.T) {
 		t.Errorf("KV transfer: decode pulled %.0f bytes, prefill served %.0f; want equal and at least %.0f", pulled, served, minBytes)
 	}
 
+	// A client naming a prefill endpoint itself is not obeyed: only the router names them.
 	var short *http.Response
-	if _, err := c.Chat.Completions.New(ctx, userChat("Say hi.", 4), option.WithResponseInto(&short)); err != nil {
+	if _, err := c.Chat.Completions.New(ctx, userChat("Say hi.", 4), option.WithResponseInto(&short),
+		option.WithHeader("x-prefiller-host-port", "127.0.0.1:1")); err != nil {
 		t.Fatal(err)
 	}
-	if got := short.Header.Get(hdrPrefill); got != "" {
-		t.Errorf("short prompt went through prefill %s", got)
+	if got := short.Header.Get(hdrPrefill) + short.Header.Get(hdrFallback); got != "" {
+		t.Errorf("short prompt went through prefill (or tried): %q", got)
 	}
 
 	time.Sleep(300 * time.Millisecond) // the decode engine's BlockStored events reach the router
@@ -121,6 +123,9 @@ func TestUpDisaggregated(t *testing.T) {
 	}
 	if got := metric(t, base, sidecarRemote); got != 1 {
 		t.Errorf("%s = %v, want 1", sidecarRemote, got)
+	}
+	if got := metric(t, base, sidecarFallbacks); got != 0 {
+		t.Errorf("%s = %v, want 0", sidecarFallbacks, got)
 	}
 }
 

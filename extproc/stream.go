@@ -220,12 +220,18 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	st.s.log.Debug("picked", "path", st.path, "endpoint", d.Endpoint.Address, "model", d.Model,
 		"prompt_tokens", d.PromptTokens, "cached_blocks", d.CachedBlocks)
 
+	mut := setHeaders(hdr)
+	if d.Prefill == nil && st.headers.Get(router.HeaderPrefiller) != "" {
+		// Only the router names prefill endpoints: a client's header would make the decode
+		// sidecar post the prompt wherever it says.
+		mut.RemoveHeaders = append(mut.RemoveHeaders, router.HeaderPrefiller)
+	}
 	if st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
-		hr := continueHeaders(false, setHeaders(hdr), true)
+		hr := continueHeaders(false, mut, true)
 		hr.DynamicMetadata = md
 		return append([]*extprocv3.ProcessingResponse{hr}, streamedBody(false, body, endOfStream)...), false
 	}
-	cr := &extprocv3.CommonResponse{HeaderMutation: setHeaders(hdr), ClearRouteCache: true}
+	cr := &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: true}
 	if d.Body != nil {
 		cr.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
 	}

@@ -187,6 +187,9 @@ func (g *Gateway) upstreamRequest(ctx context.Context, r *http.Request, ep route
 	}
 	req.Header.Del("Content-Length")
 	req.Header.Del("Accept-Encoding")
+	// Only the router names prefill endpoints: a client's header would make the decode
+	// sidecar post the prompt wherever it says.
+	req.Header.Del(router.HeaderPrefiller)
 	for k, vs := range extra {
 		req.Header[http.CanonicalHeaderKey(k)] = vs
 	}
