@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -232,10 +233,7 @@ func (s *Sidecar) remotePrefill(r *http.Request, prefiller string, body []byte, 
 	if err := json.Unmarshal(body, &req); err != nil || req == nil {
 		return nil, FallbackBadRequest
 	}
-	pre, err := prefillBody(req, chat)
-	if err != nil {
-		return nil, FallbackBadRequest
-	}
+	pre := prefillBody(req, chat)
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PrefillTimeout)
 	defer cancel()
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+prefiller+r.URL.Path, bytes.NewReader(pre))
@@ -272,11 +270,32 @@ func (s *Sidecar) remotePrefill(r *http.Request, prefiller string, body []byte, 
 	}
 	s.latency.Observe(time.Since(start).Seconds())
 	req["kv_transfer_params"] = ans.KVTransferParams
-	out, err := json.Marshal(req)
-	if err != nil {
-		return nil, FallbackBadResponse
+	return encodeObject(req), ""
+}
+
+// encodeObject writes m as a JSON object, keys sorted. Its values are raw JSON that a
+// json.Unmarshal (or the sidecar) produced, so they are written as they are: json.Marshal
+// would validate and compact every value again, a prompt's worth of work per request.
+func encodeObject(m map[string]json.RawMessage) []byte {
+	keys := make([]string, 0, len(m))
+	n := 2
+	for k, v := range m {
+		keys = append(keys, k)
+		n += len(k) + len(v) + 8
 	}
-	return out, ""
+	slices.Sort(keys)
+	out := make([]byte, 0, n)
+	out = append(out, '{')
+	for i, k := range keys {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		kb, _ := json.Marshal(k) // a string always marshals
+		out = append(out, kb...)
+		out = append(out, ':')
+		out = append(out, bytes.TrimSpace(m[k])...)
+	}
+	return append(out, '}')
 }
 
 // failure classifies a failed prefill round trip and logs it.
@@ -293,7 +312,7 @@ func (s *Sidecar) failure(ctx context.Context, prefiller string, err error) stri
 // prefillBody is the prefill engine's request: the client's, asking NixlConnector to keep
 // the prompt's blocks for a remote decode, for one token, not streamed (as vLLM's P/D proxy
 // builds it).
-func prefillBody(req map[string]json.RawMessage, chat bool) ([]byte, error) {
+func prefillBody(req map[string]json.RawMessage, chat bool) []byte {
 	pre := make(map[string]json.RawMessage, len(req)+2)
 	for k, v := range req {
 		pre[k] = v
@@ -308,7 +327,7 @@ func prefillBody(req map[string]json.RawMessage, chat bool) ([]byte, error) {
 	}
 	delete(pre, "stream_options")
 	delete(pre, "min_tokens") // more than max_tokens would be refused
-	return json.Marshal(pre)
+	return encodeObject(pre)
 }
 
 // hopHeaders are connection-level headers a proxy does not forward (RFC 9110 7.6.1).

@@ -606,3 +606,58 @@ func mustJSON(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
 }
+
+// BenchmarkSidecar times one non-streamed chat request against instant fake engines: to the
+// decode engine directly (the baseline), through the sidecar without a prefiller (pass-through)
+// and with one (remote prefill round trip, body rewrite, then decode). The difference to the
+// baseline is what the sidecar adds.
+func BenchmarkSidecar(b *testing.B) {
+	prompt := strings.Repeat("lorem ipsum dolor sit amet ", 1500) // ~40 KB, a ~10k-token prompt
+	body, _ := json.Marshal(map[string]any{"model": "m", "max_tokens": 64,
+		"messages": []map[string]string{{"role": "user", "content": prompt}}})
+	engine := func(answer string) *httptest.Server {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, answer)
+		}))
+		b.Cleanup(s.Close)
+		return s
+	}
+	pre := engine(`{"choices":[{"index":0,"text":"a"}],"kv_transfer_params":` + transferParams + `}`)
+	dec := engine(`{"choices":[{"index":0,"message":{"role":"assistant","content":"hello"}}]}`)
+	decAddr := strings.TrimPrefix(dec.URL, "http://")
+	s, err := workerd.NewSidecar(workerd.SidecarConfig{Engine: decAddr}, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	for _, bc := range []struct{ name, url, prefiller string }{
+		{"direct", dec.URL, ""},
+		{"passthrough", "http://" + s.Addr(), ""},
+		{"remote-prefill", "http://" + s.Addr(), strings.TrimPrefix(pre.URL, "http://")},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				req, _ := http.NewRequest(http.MethodPost, bc.url+"/v1/chat/completions", bytes.NewReader(body))
+				if bc.prefiller != "" {
+					req.Header.Set(workerd.HeaderPrefiller, bc.prefiller)
+				}
+				resp, err := client.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || (bc.prefiller != "" && resp.Header.Get(workerd.HeaderPrefillEndpoint) == "") {
+					b.Fatalf("status %d, headers %v", resp.StatusCode, resp.Header)
+				}
+			}
+		})
+	}
+}
