@@ -1,7 +1,9 @@
 GO ?= go
 PKGS ?= ./...
+# go-nvml's headers use deprecated declarations; keep cgo quiet about it.
+export CGO_CFLAGS ?= -Wno-deprecated-declarations
 
-.PHONY: help build test test-short bench lint fuzz peers testdata up
+.PHONY: help build test bench lint fuzz peers testdata up
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
