@@ -1,6 +1,9 @@
 package router
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Why a request stayed aggregated: the reason label of MetricAggregatedReasons and
 // Decision.AggregatedWhy.
@@ -41,13 +44,8 @@ const (
 // returns the pick and the scratch to give back to the pool, or nil and the reason the
 // request stays aggregated.
 func (r *Router) prefillFor(states []*epState, p Prompt, t *picked, now time.Time) (*picked, *scratch, string) {
-	pool := make([]*epState, 0, len(states))
-	for _, s := range states {
-		if s.ep.role() == RolePrefill && s.ep.Serves(p.Model) {
-			pool = append(pool, s)
-		}
-	}
-	if len(pool) == 0 {
+	inPool := func(s *epState) bool { return s.ep.role() == RolePrefill && s.ep.Serves(p.Model) }
+	if !slices.ContainsFunc(states, inPool) { // aggregated clusters stop here, allocating nothing
 		return nil, nil, ReasonNoPrefillPool
 	}
 	prompt := len(p.Tokens)
@@ -58,9 +56,10 @@ func (r *Router) prefillFor(states []*epState, p Prompt, t *picked, now time.Tim
 	case float64(uncached) < r.cfg.DisaggMinUncachedRatio*float64(prompt):
 		return nil, nil, ReasonCached
 	}
-	open, healthy := pool[:0:0], 0
-	for _, s := range pool {
-		if !s.healthy(now) {
+	var open []*epState
+	healthy := 0
+	for _, s := range states {
+		if !inPool(s) || !s.healthy(now) {
 			continue
 		}
 		healthy++
