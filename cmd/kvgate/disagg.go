@@ -31,7 +31,7 @@ func (d *disaggFlags) add(cmd *cobra.Command) {
 	f.IntVar(&d.minUncached, "disagg-min-uncached-tokens", router.DefaultDisaggMinUncachedTokens,
 		"prefill remotely only when the prompt has at least this many tokens not cached on the decode target")
 	f.Float64Var(&d.minRatio, "disagg-min-uncached-ratio", router.DefaultDisaggMinUncachedRatio,
-		"... and at least this share (0..1) of the prompt is uncached there")
+		"prefill remotely only when at least this share (0..1) of the prompt is not cached on the decode target")
 	f.Int64Var(&d.maxPrefillTok, "disagg-max-prefill-tokens", router.DefaultDisaggMaxPrefillTokens,
 		"a prefill endpoint holding more in-flight prefill tokens is saturated (0: no limit)")
 	f.Float64Var(&d.maxPrefillQ, "disagg-max-prefill-queue", router.DefaultDisaggMaxPrefillQueue,
