@@ -101,8 +101,8 @@ type stream struct {
 	// decision and response side
 	decision *router.Decision
 	pickedAt time.Time
-	watcher  *bodyWatcher
-	strip    *usageStripper // drops the usage chunk the client did not ask for
+	watcher  *openai.BodyWatcher
+	strip    *openai.UsageStripper // drops the usage chunk the client did not ask for
 	first    bool
 	status   int
 	released bool
@@ -262,9 +262,9 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 		d.Served(served)
 	}
 	sse := strings.HasPrefix(hdr.Get("content-type"), "text/event-stream") || (d.Stream && hdr.Get("content-type") == "")
-	st.watcher = newBodyWatcher(sse, st.s.cfg.MaxResponseBuffer)
+	st.watcher = openai.NewBodyWatcher(sse, st.s.cfg.MaxResponseBuffer)
 	if sse && d.UsageForced && st.respMode != filterv3.ProcessingMode_NONE {
-		st.strip = &usageStripper{}
+		st.strip = &openai.UsageStripper{}
 	}
 	echo := http.Header{}
 	dh := d.Header()
@@ -294,9 +294,9 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingResponse {
 	if st.decision != nil {
 		if st.watcher == nil { // body without headers: a misbehaving proxy, still account it
-			st.watcher = newBodyWatcher(st.decision.Stream, st.s.cfg.MaxResponseBuffer)
+			st.watcher = openai.NewBodyWatcher(st.decision.Stream, st.s.cfg.MaxResponseBuffer)
 		}
-		if st.watcher.write(b.GetBody()) && !st.first {
+		if st.watcher.Write(b.GetBody()) && !st.first {
 			st.first = true
 			st.decision.FirstToken()
 			st.s.metrics.ttft.Observe(time.Since(st.pickedAt).Seconds())
@@ -304,9 +304,9 @@ func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingRes
 	}
 	body := b.GetBody()
 	if st.strip != nil {
-		body = st.strip.write(body)
+		body = st.strip.Write(body)
 		if b.GetEndOfStream() {
-			body = append(body, st.strip.flush()...)
+			body = append(body, st.strip.Flush()...)
 		}
 	}
 	var out []*extprocv3.ProcessingResponse
@@ -346,7 +346,7 @@ func (st *stream) release(err error) {
 	st.released = true
 	var u *openai.Usage
 	if st.watcher != nil {
-		u = st.watcher.close()
+		u = st.watcher.Close()
 	}
 	st.decision.Done(u, err)
 }

@@ -105,10 +105,10 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) int {
 	}
 
 	sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-	watch := newBodyWatcher(sse, 4<<20)
-	var strip *usageStripper
+	watch := openai.NewBodyWatcher(sse, 4<<20)
+	var strip *openai.UsageStripper
 	if sse && d.UsageForced {
-		strip = &usageStripper{} // the client did not ask for the usage chunk
+		strip = &openai.UsageStripper{} // the client did not ask for the usage chunk
 		h.Del("Content-Length")
 	}
 	w.WriteHeader(resp.StatusCode)
@@ -131,14 +131,14 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) int {
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
-			if watch.write(buf[:n]) && !first {
+			if watch.Write(buf[:n]) && !first {
 				first = true
 				d.FirstToken()
 				g.metrics.ttft.Observe(time.Since(picked).Seconds())
 			}
 			out := buf[:n]
 			if strip != nil {
-				out = strip.write(out)
+				out = strip.Write(out)
 			}
 			if copyErr = send(out); copyErr != nil {
 				break
@@ -148,20 +148,20 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) int {
 			if !errors.Is(rerr, io.EOF) {
 				copyErr = rerr
 			} else if strip != nil {
-				copyErr = send(strip.flush())
+				copyErr = send(strip.Flush())
 			}
 			break
 		}
 	}
 	switch {
 	case copyErr != nil && ctx.Err() != nil:
-		d.Done(watch.close(), ctx.Err())
+		d.Done(watch.Close(), ctx.Err())
 	case copyErr != nil:
-		d.Done(watch.close(), copyErr)
+		d.Done(watch.Close(), copyErr)
 	case resp.StatusCode >= 400:
-		d.Done(watch.close(), fmt.Errorf("upstream answered HTTP %d", resp.StatusCode))
+		d.Done(watch.Close(), fmt.Errorf("upstream answered HTTP %d", resp.StatusCode))
 	default:
-		d.Done(watch.close(), nil)
+		d.Done(watch.Close(), nil)
 	}
 	return resp.StatusCode
 }

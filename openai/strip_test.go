@@ -1,4 +1,4 @@
-package gateway
+package openai
 
 import (
 	"bytes"
@@ -27,12 +27,12 @@ func TestUsageStripper(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var s usageStripper
+			var s UsageStripper
 			var got []byte
 			for _, p := range c.pieces {
-				got = append(got, s.write([]byte(p))...)
+				got = append(got, s.Write([]byte(p))...)
 			}
-			got = append(got, s.flush()...)
+			got = append(got, s.Flush()...)
 			if string(got) != c.want {
 				t.Errorf("got  %q\nwant %q", got, c.want)
 			}
@@ -43,11 +43,11 @@ func TestUsageStripper(t *testing.T) {
 // TestUsageStripperPassesEventsAtOnce checks a complete event goes on with the piece that
 // completes it.
 func TestUsageStripperPassesEventsAtOnce(t *testing.T) {
-	var s usageStripper
-	if out := s.write([]byte("data: {\"choices\":[]}")); len(out) != 0 {
+	var s UsageStripper
+	if out := s.Write([]byte("data: {\"choices\":[]}")); len(out) != 0 {
 		t.Errorf("partial event passed: %q", out)
 	}
-	if out := s.write([]byte("\n\ndata: x")); string(out) != "data: {\"choices\":[]}\n\n" {
+	if out := s.Write([]byte("\n\ndata: x")); string(out) != "data: {\"choices\":[]}\n\n" {
 		t.Errorf("completed event not passed: %q", out)
 	}
 }
@@ -71,10 +71,10 @@ func FuzzUsageStripper(f *testing.F) {
 			cut = -cut
 		}
 		cut %= len(in) + 1
-		var s1, s2 usageStripper
-		whole := append(s1.write(in), s1.flush()...)
-		parts := append(s2.write(in[:cut]), s2.write(in[cut:])...)
-		parts = append(parts, s2.flush()...)
+		var s1, s2 UsageStripper
+		whole := append(s1.Write(in), s1.Flush()...)
+		parts := append(s2.Write(in[:cut]), s2.Write(in[cut:])...)
+		parts = append(parts, s2.Flush()...)
 		if !bytes.Equal(whole, parts) {
 			t.Fatalf("output depends on the cut:\n%q\n%q", whole, parts)
 		}

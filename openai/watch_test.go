@@ -1,4 +1,4 @@
-package gateway
+package openai
 
 import (
 	"reflect"
@@ -26,10 +26,10 @@ func TestBodyWatcher(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			w := newBodyWatcher(c.sse, 150)
+			w := NewBodyWatcher(c.sse, 150)
 			first := -1
 			for i, p := range c.pieces {
-				if w.write([]byte(p)) {
+				if w.Write([]byte(p)) {
 					if first >= 0 {
 						t.Errorf("first token reported twice (pieces %d and %d)", first, i)
 					}
@@ -40,7 +40,7 @@ func TestBodyWatcher(t *testing.T) {
 				t.Errorf("first token at piece %d, want %d", first, c.first)
 			}
 			got := 0
-			if u := w.close(); u != nil {
+			if u := w.Close(); u != nil {
 				got = u.PromptTokens
 			}
 			if got != c.tokens {
@@ -61,15 +61,15 @@ func FuzzBodyWatcher(f *testing.F) {
 			cut = -cut
 		}
 		cut %= len(body) + 1
-		whole := newBodyWatcher(sse, 64)
-		whole.write(body)
-		parts := newBodyWatcher(sse, 64)
-		parts.write(body[:cut])
-		parts.write(body[cut:])
+		whole := NewBodyWatcher(sse, 64)
+		whole.Write(body)
+		parts := NewBodyWatcher(sse, 64)
+		parts.Write(body[:cut])
+		parts.Write(body[cut:])
 		if len(whole.buf) > 64 || len(parts.buf) > 64 {
 			t.Fatalf("buffer over the limit: %d, %d", len(whole.buf), len(parts.buf))
 		}
-		if a, b := whole.close(), parts.close(); !reflect.DeepEqual(a, b) {
+		if a, b := whole.Close(), parts.Close(); !reflect.DeepEqual(a, b) {
 			t.Fatalf("usage depends on the split: %+v vs %+v", a, b)
 		}
 	})

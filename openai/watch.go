@@ -1,31 +1,29 @@
-package extproc
+package openai
 
 import (
 	"bytes"
-
-	"github.com/kvgate/kvgate/openai"
 )
 
-// bodyWatcher reads a response body as it streams past: it reports the first data event of
+// BodyWatcher reads a response body as it streams past: it reports the first data event of
 // an SSE stream (the first token) and finds the usage, in the final chunk of a stream or in
 // a whole JSON body. It keeps at most limit bytes.
-type bodyWatcher struct {
+type BodyWatcher struct {
 	sse      bool
 	limit    int
 	buf      []byte // SSE: the current partial line; JSON: the body so far
 	skipping bool   // SSE: the current line overflowed limit and is being dropped
 	overflow bool   // JSON: the body passed limit, usage unknown
 	data     bool   // SSE: a data event was seen
-	usage    *openai.Usage
+	usage    *Usage
 }
 
-func newBodyWatcher(sse bool, limit int) *bodyWatcher {
-	return &bodyWatcher{sse: sse, limit: limit}
+func NewBodyWatcher(sse bool, limit int) *BodyWatcher {
+	return &BodyWatcher{sse: sse, limit: limit}
 }
 
-// write feeds the next piece of the body. It returns true the first time the body shows a
+// Write feeds the next piece of the body. It returns true the first time the body shows a
 // token: the first SSE data event, or the first byte of a non-streamed body.
-func (w *bodyWatcher) write(p []byte) (first bool) {
+func (w *BodyWatcher) Write(p []byte) (first bool) {
 	if len(p) == 0 {
 		return false
 	}
@@ -58,7 +56,7 @@ func (w *bodyWatcher) write(p []byte) (first bool) {
 	return first
 }
 
-func (w *bodyWatcher) appendLine(p []byte) {
+func (w *BodyWatcher) appendLine(p []byte) {
 	if w.skipping {
 		return
 	}
@@ -70,7 +68,7 @@ func (w *bodyWatcher) appendLine(p []byte) {
 }
 
 // line handles one complete SSE line and reports whether it was the first data event.
-func (w *bodyWatcher) line(l []byte) bool {
+func (w *BodyWatcher) line(l []byte) bool {
 	data, ok := bytes.CutPrefix(l, []byte("data:"))
 	if !ok {
 		return false
@@ -81,14 +79,14 @@ func (w *bodyWatcher) line(l []byte) bool {
 	}
 	first := !w.data
 	w.data = true
-	if u := usageFromChunk(data); u != nil {
+	if u, ok := UsageFromChunk(data); ok {
 		w.usage = u
 	}
 	return first
 }
 
-// close ends the body and returns its usage, nil when none was seen.
-func (w *bodyWatcher) close() *openai.Usage {
+// Close ends the body and returns its usage, nil when none was seen.
+func (w *BodyWatcher) Close() *Usage {
 	if w.sse {
 		if !w.skipping && len(w.buf) > 0 {
 			w.line(bytes.TrimSuffix(w.buf, []byte("\r")))
@@ -99,5 +97,6 @@ func (w *bodyWatcher) close() *openai.Usage {
 	if w.overflow || len(w.buf) == 0 {
 		return nil
 	}
-	return usageFromBody(w.buf)
+	u, _ := UsageFromBody(w.buf)
+	return u
 }

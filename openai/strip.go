@@ -1,24 +1,24 @@
-package extproc
+package openai
 
 import (
 	"bytes"
 	"encoding/json"
 )
 
-// maxPendingEvent bounds how much of one unfinished SSE event usageStripper holds; a longer
+// maxPendingEvent bounds how much of one unfinished SSE event UsageStripper holds; a longer
 // event is passed on as it comes.
 const maxPendingEvent = 1 << 20
 
-// usageStripper removes the usage-only chunk (no choices, a usage object) from an SSE stream
+// UsageStripper removes the usage-only chunk (no choices, a usage object) from an SSE stream
 // whose client did not ask for it (the router forced stream_options.include_usage to account
 // the request). Every other event passes on as soon as its terminating blank line arrives.
-type usageStripper struct {
+type UsageStripper struct {
 	pending  []byte
 	passThru bool // the current event overflowed maxPendingEvent
 }
 
-// write takes the next piece of the stream and returns what may go on now.
-func (s *usageStripper) write(p []byte) []byte {
+// Write takes the next piece of the stream and returns what may go on now.
+func (s *UsageStripper) Write(p []byte) []byte {
 	var out []byte
 	for len(p) > 0 {
 		if s.passThru {
@@ -54,8 +54,8 @@ func (s *usageStripper) write(p []byte) []byte {
 	return out
 }
 
-// flush returns what is left at the end of the stream.
-func (s *usageStripper) flush() []byte {
+// Flush returns what is left at the end of the stream.
+func (s *UsageStripper) Flush() []byte {
 	out := s.pending
 	s.pending = nil
 	if usageOnly(out) {
