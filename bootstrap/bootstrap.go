@@ -12,10 +12,7 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	tls "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreams "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
-	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -100,7 +97,7 @@ func Build(cfg Config) (*bootstrapv3.Bootstrap, error) {
 			}}}},
 		},
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
-			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(&upstreams.HttpProtocolOptions{
+			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": envoy.Any(&upstreams.HttpProtocolOptions{
 				UpstreamProtocolOptions: &upstreams.HttpProtocolOptions_ExplicitHttpConfig_{
 					ExplicitHttpConfig: &upstreams.HttpProtocolOptions_ExplicitHttpConfig{
 						ProtocolConfig: &upstreams.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
@@ -121,7 +118,7 @@ func Build(cfg Config) (*bootstrapv3.Bootstrap, error) {
 		xds.DnsLookupFamily = cluster.Cluster_V4_PREFERRED
 	}
 	if cfg.TLS != nil {
-		xds.TransportSocket = transportTLS(*cfg.TLS)
+		xds.TransportSocket = envoy.UpstreamTLS(cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA, cfg.TLS.SNI)
 	}
 	b := &bootstrapv3.Bootstrap{
 		Node: &core.Node{Id: cfg.NodeID, Cluster: cfg.Cluster},
@@ -157,35 +154,6 @@ func YAML(cfg Config) ([]byte, error) {
 	return envoy.ToYAML(b)
 }
 
-func transportTLS(t TLS) *core.TransportSocket {
-	ctx := &tls.CommonTlsContext{}
-	if t.Cert != "" {
-		ctx.TlsCertificates = []*tls.TlsCertificate{{
-			CertificateChain: &core.DataSource{Specifier: &core.DataSource_Filename{Filename: t.Cert}},
-			PrivateKey:       &core.DataSource{Specifier: &core.DataSource_Filename{Filename: t.Key}},
-		}}
-	}
-	if t.CA != "" {
-		vc := &tls.CertificateValidationContext{
-			TrustedCa: &core.DataSource{Specifier: &core.DataSource_Filename{Filename: t.CA}},
-		}
-		if t.SNI != "" {
-			// Verify the name too, not only the chain.
-			vc.MatchTypedSubjectAltNames = []*tls.SubjectAltNameMatcher{{
-				SanType: tls.SubjectAltNameMatcher_DNS,
-				Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: t.SNI}},
-			}}
-		}
-		ctx.ValidationContextType = &tls.CommonTlsContext_ValidationContext{ValidationContext: vc}
-	}
-	// gRPC requires h2 over ALPN.
-	ctx.AlpnProtocols = []string{"h2"}
-	return &core.TransportSocket{
-		Name:       "envoy.transport_sockets.tls",
-		ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: pack(&tls.UpstreamTlsContext{CommonTlsContext: ctx, Sni: t.SNI})},
-	}
-}
-
 func socketAddress(hostport string) (*core.SocketAddress, error) {
 	host, port, err := net.SplitHostPort(hostport)
 	if err != nil {
@@ -196,13 +164,4 @@ func socketAddress(hostport string) (*core.SocketAddress, error) {
 		return nil, fmt.Errorf("address %q: want host:port with a port 1-65535", hostport)
 	}
 	return &core.SocketAddress{Address: host, PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(p)}}, nil
-}
-
-// pack marshals deterministically; messages built here always marshal.
-func pack(m proto.Message) *anypb.Any {
-	a := &anypb.Any{}
-	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
-		panic(fmt.Sprintf("bootstrap: packing %T: %v", m, err))
-	}
-	return a
 }

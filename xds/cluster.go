@@ -1,15 +1,14 @@
 package xds
 
 import (
+	"github.com/kvgate/kvgate/envoy"
 	"net"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	tls "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreams "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
-	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	metadata "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -18,7 +17,6 @@ import (
 
 const (
 	httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-	tlsTransportSocket     = "envoy.transport_sockets.tls"
 )
 
 // buildRouterCluster is the cluster of kvgate routers: gRPC, so HTTP/2 set explicitly, with
@@ -48,7 +46,7 @@ func buildRouterCluster(m Model, o Options) (*cluster.Cluster, error) {
 			Endpoints:   []*endpoint.LocalityLbEndpoints{{LbEndpoints: lbs}},
 		},
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
-			httpProtocolOptionsKey: mustAny(&upstreams.HttpProtocolOptions{
+			httpProtocolOptionsKey: envoy.Any(&upstreams.HttpProtocolOptions{
 				UpstreamProtocolOptions: &upstreams.HttpProtocolOptions_ExplicitHttpConfig_{
 					ExplicitHttpConfig: &upstreams.HttpProtocolOptions_ExplicitHttpConfig{
 						ProtocolConfig: &upstreams.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
@@ -78,7 +76,7 @@ func buildRouterCluster(m Model, o Options) (*cluster.Cluster, error) {
 		c.DnsLookupFamily = cluster.Cluster_V4_PREFERRED
 	}
 	if m.RouterTLS != nil {
-		c.TransportSocket = upstreamTLS(*m.RouterTLS)
+		c.TransportSocket = envoy.UpstreamTLS(m.RouterTLS.Cert, m.RouterTLS.Key, m.RouterTLS.CA, m.RouterTLS.SNI)
 	}
 	return c, nil
 }
@@ -140,7 +138,7 @@ func buildPoolCluster(name string, o Options) *cluster.Cluster {
 // upstream connections are closed after a while.
 func engineProtocolOptions() map[string]*anypb.Any {
 	return map[string]*anypb.Any{
-		httpProtocolOptionsKey: mustAny(&upstreams.HttpProtocolOptions{
+		httpProtocolOptionsKey: envoy.Any(&upstreams.HttpProtocolOptions{
 			CommonHttpProtocolOptions: &core.HttpProtocolOptions{IdleTimeout: durationpb.New(5 * time.Minute)},
 			UpstreamProtocolOptions: &upstreams.HttpProtocolOptions_ExplicitHttpConfig_{
 				ExplicitHttpConfig: &upstreams.HttpProtocolOptions_ExplicitHttpConfig{
@@ -163,38 +161,4 @@ func circuitBreakers(o Options) *cluster.CircuitBreakers {
 		MaxRequests:        n,
 		MaxRetries:         wrapperspb.UInt32(3),
 	}}}
-}
-
-// upstreamTLS is the TLS transport socket for a client connection: the CA verifies the
-// server, cert and key (when given) are the client's identity for mTLS.
-func upstreamTLS(f TLSFiles) *core.TransportSocket {
-	ctx := &tls.CommonTlsContext{}
-	if f.Cert != "" || f.Key != "" {
-		ctx.TlsCertificates = []*tls.TlsCertificate{{
-			CertificateChain: &core.DataSource{Specifier: &core.DataSource_Filename{Filename: f.Cert}},
-			PrivateKey:       &core.DataSource{Specifier: &core.DataSource_Filename{Filename: f.Key}},
-		}}
-	}
-	if f.CA != "" {
-		vc := &tls.CertificateValidationContext{
-			TrustedCa: &core.DataSource{Specifier: &core.DataSource_Filename{Filename: f.CA}},
-		}
-		if f.SNI != "" {
-			// Verify the name too, not only the chain.
-			vc.MatchTypedSubjectAltNames = []*tls.SubjectAltNameMatcher{{
-				SanType: tls.SubjectAltNameMatcher_DNS,
-				Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: f.SNI}},
-			}}
-		}
-		ctx.ValidationContextType = &tls.CommonTlsContext_ValidationContext{ValidationContext: vc}
-	}
-	// The router is a Go gRPC server, which insists on ALPN h2.
-	ctx.AlpnProtocols = []string{"h2"}
-	return &core.TransportSocket{
-		Name: tlsTransportSocket,
-		ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(&tls.UpstreamTlsContext{
-			CommonTlsContext: ctx,
-			Sni:              f.SNI,
-		})},
-	}
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"github.com/kvgate/kvgate/envoy"
 	"net"
 	"strconv"
 	"time"
@@ -13,8 +14,6 @@ import (
 	routerfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	earlymutation "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -46,8 +45,8 @@ func buildListener(m Model, o Options) (*listener.Listener, error) {
 			ConfigSource:    adsSource(),
 		}},
 		HttpFilters: []*hcm.HttpFilter{
-			{Name: extProcFilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(ep)}},
-			{Name: routerFilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerfilter.Router{})}},
+			{Name: extProcFilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: envoy.Any(ep)}},
+			{Name: routerFilterName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: envoy.Any(&routerfilter.Router{})}},
 		},
 		// SSE streams sit silent while a long prompt prefills: the idle timeout is generous
 		// and the whole-request timeout is off (routes bound inference requests instead).
@@ -64,7 +63,7 @@ func buildListener(m Model, o Options) (*listener.Listener, error) {
 		// itself is stripped before any filter runs (ext_proc sets them afterwards).
 		EarlyHeaderMutationExtensions: []*core.TypedExtensionConfig{{
 			Name:        "envoy.http.early_header_mutation.header_mutation",
-			TypedConfig: mustAny(stripPickerHeaders()),
+			TypedConfig: envoy.Any(stripPickerHeaders()),
 		}},
 		NormalizePath:    wrapperspb.Bool(true),
 		MergeSlashes:     true,
@@ -76,7 +75,7 @@ func buildListener(m Model, o Options) (*listener.Listener, error) {
 		FilterChains: []*listener.FilterChain{{
 			Filters: []*listener.Filter{{
 				Name:       hcmFilterName,
-				ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(mgr)},
+				ConfigType: &listener.Filter_TypedConfig{TypedConfig: envoy.Any(mgr)},
 			}},
 		}},
 	}, nil
@@ -161,15 +160,4 @@ func adsSource() *core.ConfigSource {
 		ResourceApiVersion:    core.ApiVersion_V3,
 		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
 	}
-}
-
-// mustAny packs a message the translation itself built, deterministically (map order fixed)
-// so that equal configurations hash to equal versions. Packing only fails for messages that
-// cannot be marshalled, which generated Envoy messages built here always can.
-func mustAny(m proto.Message) *anypb.Any {
-	a := &anypb.Any{}
-	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
-		panic(fmt.Sprintf("xds: packing %T: %v", m, err))
-	}
-	return a
 }

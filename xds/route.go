@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"github.com/kvgate/kvgate/envoy"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -61,7 +62,7 @@ func buildRoutes(models []string, o Options) *route.RouteConfiguration {
 			}},
 			// Listing models picks nothing: the router is not asked.
 			TypedPerFilterConfig: map[string]*anypb.Any{
-				extProcFilterName: mustAny(&extproc.ExtProcPerRoute{
+				extProcFilterName: envoy.Any(&extproc.ExtProcPerRoute{
 					Override: &extproc.ExtProcPerRoute_Disabled{Disabled: true},
 				}),
 			},
@@ -74,7 +75,7 @@ func buildRoutes(models []string, o Options) *route.RouteConfiguration {
 				Body:   &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: notFoundBody}},
 			}},
 			TypedPerFilterConfig: map[string]*anypb.Any{
-				extProcFilterName: mustAny(&extproc.ExtProcPerRoute{
+				extProcFilterName: envoy.Any(&extproc.ExtProcPerRoute{
 					Override: &extproc.ExtProcPerRoute_Disabled{Disabled: true},
 				}),
 			},
