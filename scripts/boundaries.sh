@@ -25,4 +25,9 @@ check gateway extproc workerd xds discovery gpu planner cmd e2e
 check discovery router extproc gateway workerd xds planner cmd e2e
 check gpu router extproc gateway workerd xds discovery planner cmd e2e
 check xds router extproc gateway workerd planner cmd e2e
+check envoy xds bootstrap router extproc gateway workerd discovery cmd e2e
+check workload openai tokenizer kvindex router extproc gateway workerd xds discovery engine cmd e2e
+check bench router extproc gateway workerd xds discovery engine replay cmd e2e
+check replay extproc gateway workerd xds discovery cmd e2e
+check engine router extproc gateway workerd xds discovery replay bench cmd e2e
 exit $fail
