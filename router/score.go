@@ -51,7 +51,7 @@ type Scoring struct {
 	// TierCredit is how much of a prefill a cached block saves, by tier (GPU, CPU, disk).
 	TierCredit [kvindex.NumTiers]float64
 	// OverlapWeight scales the prefill term against the decode term (Dynamo's
-	// overlap_score_weight, 1 there); 16 by default.
+	// overlap_score_weight, 1 there); 2 by default.
 	OverlapWeight float64
 	// QueueWeight is how many blocks each request in the engine's own queue counts for in
 	// the decode term; 0 (Dynamo's formula) by default.
@@ -66,18 +66,19 @@ type Scoring struct {
 	Temperature float64
 }
 
-// DefaultScoring returns the default weights: tier credit 1, 0.75, 0.25, overlap weight 16,
+// DefaultScoring returns the default weights: tier credit 1, 0.75, 0.25, overlap weight 2,
 // miss weight 16, temperature 0.
 //
-// Dynamo's formula is overlap weight 1 and miss weight 1. kvgate weighs prefill more because
-// a prefilled block costs the engine about ten times what holding a block for a decode
-// does (about 0.8 ms of prefill against 64 us of attention reads over a typical answer, for
-// an 8B model on an H100), and weighs a request's own misses more because a miss is work
-// every later request on that engine waits behind. `kvgate replay` on the Mooncake trace
-// chose 16 and 16 (docs/BENCHMARKS.md): hit ratio within 2% of the pooled-LRU bound where
-// Dynamo's weights lose a quarter of it and collapse under load.
+// Dynamo's formula is overlap weight 1 and miss weight 1. kvgate weighs a request's own
+// uncached blocks 16 times the prefill already queued on an endpoint, because a miss is engine
+// time that every later request there waits behind and work the cluster does twice; under
+// load Dynamo's weights trade cache hits for balance, which adds prefill work and feeds the
+// overload. The overlap weight stays low (2) so that decode load still spreads requests when
+// many engines share few hot prefixes. `kvgate replay` chose these over a grid of both weights
+// on the Mooncake trace (1x, 1.5x, 2x rate) and on synthetic multi-turn workloads of 4, 8 and
+// 64 engines (docs/BENCHMARKS.md).
 func DefaultScoring() Scoring {
-	return Scoring{TierCredit: [kvindex.NumTiers]float64{1, 0.75, 0.25}, OverlapWeight: 16, MissWeight: 16}
+	return Scoring{TierCredit: [kvindex.NumTiers]float64{1, 0.75, 0.25}, OverlapWeight: 2, MissWeight: 16}
 }
 
 // DynamoScoring returns Dynamo's KV router weights (overlap weight 1, miss weight 1), for

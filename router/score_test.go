@@ -36,9 +36,9 @@ func TestCost(t *testing.T) {
 	if got, want := s.Cost(&c, 10), 2*(10-4+1)+(5+10)+1.5*2.0; got != want {
 		t.Errorf("weighted Cost = %v, want %v", got, want)
 	}
-	// The defaults: overlap weight 16 over (miss weight 16 * own uncached + queued prefill).
+	// The defaults: overlap weight 2 over (miss weight 16 * own uncached + queued prefill).
 	d := router.DefaultScoring()
-	if got, want := d.Cost(&c, 10), 16*(16*(10-4)+1.0)+(5+10); got != want {
+	if got, want := d.Cost(&c, 10), 2*(16*(10-4)+1.0)+(5+10); got != want {
 		t.Errorf("default Cost = %v, want %v", got, want)
 	}
 }
