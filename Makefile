@@ -14,8 +14,9 @@ build: ## build the kvgate binary into ./kvgate
 peers: ## build the outside programs the tests run against (consul, llm-d-inference-sim)
 	bash scripts/peers.sh
 
-test: peers lint ## run every test (race detector on), as CI does
+test: peers lint ## run every test (race detector on), as CI does, and every benchmark once
 	$(GO) test -race -count=1 -timeout 40m $(PKGS)
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 10m $(PKGS)
 
 lint: ## gofmt, go vet and the import-boundary check
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -78,7 +78,9 @@ func BenchmarkRoute4096(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if d.Endpoint.Name != "e3" || d.CachedBlocks != len(half)/16 {
+		// At least the half stored by events; the warm-up decisions' own credit (the prompt
+		// was just routed there) may cover the rest.
+		if d.Endpoint.Name != "e3" || d.CachedBlocks < len(half)/16 {
 			b.Fatalf("picked %s with %d cached", d.Endpoint.Name, d.CachedBlocks)
 		}
 		d.Done(nil, nil)
