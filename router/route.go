@@ -407,10 +407,22 @@ func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time
 		if len(sc.hashes) == 0 {
 			continue
 		}
-		r.index.FindMatches(sc.hashes, &sc.matches)
-		r.approx.FindMatches(sc.hashes, now, &sc.approx)
-		if r.cfg.PendingTTL > 0 {
-			r.pending.FindMatches(sc.hashes, now, &sc.pending)
+		// Each source is asked only when some candidate of this block size reads it.
+		withEvents, without := false, false
+		for _, s := range sc.states {
+			if s.bs() == bs {
+				withEvents = withEvents || s.hasEvents()
+				without = without || !s.hasEvents()
+			}
+		}
+		if withEvents {
+			r.index.FindMatches(sc.hashes, &sc.matches)
+			if r.cfg.PendingTTL > 0 {
+				r.pending.FindMatches(sc.hashes, now, &sc.pending)
+			}
+		}
+		if without {
+			r.approx.FindMatches(sc.hashes, now, &sc.approx)
 		}
 		for i, s := range sc.states {
 			if s.bs() != bs {
