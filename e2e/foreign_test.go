@@ -6,33 +6,25 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/openai/openai-go/v3/option"
 )
 
-// peer returns the path of a program scripts/peers.sh builds, building it if missing.
+// peer returns the path of a program scripts/peers.sh builds (into the user's cache
+// directory, keyed by version), building it the first time on a machine.
 func peer(t *testing.T, name string) string {
 	t.Helper()
-	dir := os.Getenv("KVGATE_PEERS")
-	if dir == "" {
-		abs, err := filepath.Abs("../.cache/peers")
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir = abs
+	cmd := exec.Command("bash", "scripts/peers.sh", name)
+	cmd.Dir = ".."
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("scripts/peers.sh %s: %v", name, err)
 	}
-	bin := filepath.Join(dir, name)
-	if _, err := os.Stat(bin); err != nil {
-		cmd := exec.Command("bash", "scripts/peers.sh")
-		cmd.Dir = ".."
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("scripts/peers.sh: %v\n%s", err, out)
-		}
-	}
-	return bin
+	return strings.TrimSpace(string(out))
 }
 
 // TestForeignEngine routes to llm-d-inference-sim, a vLLM simulator written elsewhere, with

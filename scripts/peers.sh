@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # Builds the outside programs the end-to-end tests run against, from pinned module versions,
-# and caches them in $KVGATE_PEERS (default: .cache/peers under the repository):
+# once per machine: each lands in the user's cache directory keyed by its version, so a fresh
+# clone (CI's) finds it again without rebuilding.
 #   consul               HashiCorp Consul v1.22.7 (discovery tests run `consul agent -dev`)
 #   llm-d-inference-sim  llm-d's vLLM simulator v0.10.2 (a foreign engine for routing tests)
 # Neither has a Debian package and `go install` fails on their replace directives, so each
 # module is downloaded, copied somewhere writable, its replaces dropped, and built.
+#
+#   scripts/peers.sh            build every peer that is missing, print the cache directory
+#   scripts/peers.sh NAME...    build the named peers if missing, print each binary's path
+#
+# The cache is $KVGATE_PEERS, else ${XDG_CACHE_HOME:-$HOME/.cache}/kvgate/peers; a binary lives
+# at <cache>/<name>@<version>/<name>.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-out=${KVGATE_PEERS:-$root/.cache/peers}
+out=${KVGATE_PEERS:-${XDG_CACHE_HOME:-$HOME/.cache}/kvgate/peers}
 mkdir -p "$out"
-work=$(mktemp -d)
-trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
+
+declare -A version=([consul]=v1.22.7 [llm-d-inference-sim]=v0.10.2)
+
+work=""
+cleanup() { [ -z "$work" ] || { chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"; }; }
+trap cleanup EXIT
 
 fetch() { # module@version -> prints a writable copy of its directory
+  [ -n "$work" ] || work=$(mktemp -d)
   local dir
   dir=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "$1" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
   local copy="$work/$(basename "${1%@*}")"
@@ -20,27 +31,47 @@ fetch() { # module@version -> prints a writable copy of its directory
   echo "$copy"
 }
 
-if [ ! -x "$out/consul" ]; then
-  echo "peers: building consul v1.22.7 (a few minutes cold)" >&2
-  src=$(fetch github.com/hashicorp/consul@v1.22.7)
+build_consul() { # $1: output binary
+  local src
+  src=$(fetch "github.com/hashicorp/consul@${version[consul]}")
   (
     cd "$src"
     for m in api envoyextensions proto-public sdk troubleshoot; do
       go mod edit -dropreplace="github.com/hashicorp/consul/$m"
     done
     go mod edit -require=github.com/hashicorp/consul/api@v1.34.5
-    GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$out/consul.tmp" .
+    GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$1" .
   )
-  mv "$out/consul.tmp" "$out/consul"
-fi
+}
 
-if [ ! -x "$out/llm-d-inference-sim" ]; then
-  echo "peers: building llm-d-inference-sim v0.10.2" >&2
-  src=$(fetch github.com/llm-d/llm-d-inference-sim@v0.10.2)
-  (
-    cd "$src"
-    GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$out/llm-d-inference-sim.tmp" ./cmd/llm-d-inference-sim
-  )
-  mv "$out/llm-d-inference-sim.tmp" "$out/llm-d-inference-sim"
+build_llm-d-inference-sim() { # $1: output binary
+  local src
+  src=$(fetch "github.com/llm-d/llm-d-inference-sim@${version[llm-d-inference-sim]}")
+  (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$1" ./cmd/llm-d-inference-sim)
+}
+
+ensure() { # name -> prints the binary's path, building it if missing
+  local name=$1 v=${version[$1]:-}
+  [ -n "$v" ] || { echo "peers: unknown peer $name (known: ${!version[*]})" >&2; exit 2; }
+  local dir="$out/$name@$v" bin="$out/$name@$v/$name"
+  if [ ! -x "$bin" ]; then
+    mkdir -p "$dir"
+    # One builder at a time per peer: parallel test packages may ask together.
+    exec 9>"$dir/.lock"
+    flock 9
+    if [ ! -x "$bin" ]; then
+      echo "peers: building $name $v into $dir (minutes, once per machine)" >&2
+      "build_$name" "$bin.tmp.$$"
+      mv "$bin.tmp.$$" "$bin"
+    fi
+    exec 9>&-
+  fi
+  echo "$bin"
+}
+
+if [ $# -eq 0 ]; then
+  for name in consul llm-d-inference-sim; do ensure "$name" >/dev/null; done
+  echo "$out"
+else
+  for name in "$@"; do ensure "$name"; done
 fi
-echo "$out"

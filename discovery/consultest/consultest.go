@@ -39,35 +39,27 @@ type ports struct{ http, serfLAN, serfWAN, server int }
 
 var buildOnce sync.Mutex
 
-// Binary returns the path of the consul binary: $KVGATE_PEERS/consul, else
-// <repository root>/.cache/peers/consul. When it is missing it runs scripts/peers.sh from the
-// repository root to build it (minutes, once).
+// Binary returns the path of the consul binary that scripts/peers.sh builds from a pinned
+// version into the user's cache directory ($KVGATE_PEERS to override), building it the first
+// time on a machine (minutes, once).
 func Binary() (string, error) {
 	root, err := repoRoot()
 	if err != nil {
 		return "", err
 	}
-	dir := os.Getenv("KVGATE_PEERS")
-	if dir == "" {
-		dir = filepath.Join(root, ".cache", "peers")
-	}
-	bin := filepath.Join(dir, "consul")
-	if isExec(bin) {
-		return bin, nil
-	}
 	buildOnce.Lock()
 	defer buildOnce.Unlock()
-	if isExec(bin) {
-		return bin, nil
-	}
-	cmd := exec.Command("bash", "scripts/peers.sh")
+	cmd := exec.Command("bash", "scripts/peers.sh", "consul")
 	cmd.Dir = root
-	out, err := cmd.CombinedOutput()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("consultest: %s missing and scripts/peers.sh failed: %v\n%s", bin, err, out)
+		return "", fmt.Errorf("consultest: scripts/peers.sh consul: %v\n%s", err, stderr.Bytes())
 	}
+	bin := strings.TrimSpace(string(out))
 	if !isExec(bin) {
-		return "", fmt.Errorf("consultest: scripts/peers.sh ran but %s is still missing", bin)
+		return "", fmt.Errorf("consultest: scripts/peers.sh printed %q, not an executable", bin)
 	}
 	return bin, nil
 }
