@@ -158,69 +158,17 @@ func (s *Server) renderChat(messages, tools json.RawMessage, gen bool, extra map
 func (s *Server) generate(w http.ResponseWriter, r *http.Request, g generation) {
 	arrival := time.Now()
 	maxLen := s.maxModelLen()
-	const maxChoices = 128
-	if g.n*len(g.prompts) > maxChoices {
-		openai.WriteError(w, openai.BadRequest("n", "At most %d sequences per request (n times prompts), got %d.", maxChoices, g.n*len(g.prompts)))
+	if err := checkLengths(g, maxLen); err != nil {
+		openai.WriteError(w, err)
 		return
 	}
-	for i, p := range g.prompts {
-		if len(p) == 0 {
-			openai.WriteError(w, openai.BadRequest("prompt", "The prompt is empty."))
-			return
-		}
-		want := g.maxTokens
-		if want == 0 {
-			want = max(maxLen-len(p), 0)
-		}
-		if len(p)+want > maxLen || want == 0 {
-			param := "prompt"
-			if g.chat {
-				param = "messages"
-			}
-			where := "the messages"
-			if !g.chat {
-				where = fmt.Sprintf("prompt %d", i)
-			}
-			openai.WriteError(w, openai.BadRequest(param, "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in %s, %d in the completion). Please reduce the length of the input or the completion.",
-				maxLen, len(p)+want, len(p), where, want))
-			return
-		}
-	}
-
 	// Decode side of P/D: pull the prefilled blocks before queueing.
 	remote := 0
 	if g.kv != nil && g.kv.DoRemotePrefill && len(g.kv.blockIDs) > 0 {
 		remote = s.pull(r.Context(), g.kv)
 	}
-
 	base := "sim-" + strconv.FormatUint(s.seq.Add(1), 36)
-	choices := make([]*choice, 0, g.n*len(g.prompts))
-	reqs := make([]Request, 0, cap(choices))
-	for pi, p := range g.prompts {
-		want := g.maxTokens
-		if want == 0 {
-			want = maxLen - len(p)
-		}
-		for j := range g.n {
-			c := &choice{index: pi*g.n + j, prompt: pi, id: fmt.Sprintf("%s-%d-%d", base, pi, j), last: arrival}
-			seed := promptSeed(p, j)
-			req := Request{ID: c.id, Prompt: p, MaxTokens: want, CacheSalt: g.cacheSalt, LoRAName: g.lora}
-			scripted := min(want, maxScripted)
-			if !g.ignoreEOS {
-				req.EOS = max(eosPoint(seed), g.minTokens)
-				scripted = min(scripted, req.EOS)
-			}
-			req.Output = s.vocab.completion(seed, scripted)
-			if c.index == 0 && g.kv != nil && g.kv.DoRemoteDecode {
-				req.Hold, c.held = true, true
-			}
-			if c.index == 0 {
-				req.RemoteBlocks = remote
-			}
-			choices = append(choices, c)
-			reqs = append(reqs, req)
-		}
-	}
+	choices, reqs := s.requests(g, base, maxLen, remote, arrival)
 	j := newJob()
 	if err := s.drv.submit(j, reqs); err != nil {
 		openai.WriteError(w, openai.BadRequest("", "%v", err))
@@ -270,29 +218,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, g generation) 
 			} else if o.Index > 0 {
 				s.metrics.itl.Observe(now.Sub(c.last).Seconds())
 			}
-			c.last = now
-			c.tokens++
-			c.promptTokens, c.cachedTokens = o.PromptTokens, o.CachedTokens
-			from := len(c.text)
-			c.text = append(c.text, s.piece(o.Token)...)
-			if st, at := findStop(c.text, g.stop, max(from-maxStop+1, 0)); at >= 0 {
-				end := at
-				if g.includeStop {
-					end += len(st)
-				}
-				c.text = c.text[:end]
-				c.finish = "stop"
-				c.stopReason, _ = json.Marshal(st)
-				if o.Finish == NotFinished {
-					s.drv.cancel([]string{c.id})
-				} else if o.BlockIDs != nil {
-					c.blockIDs = o.BlockIDs
-				}
-			} else if o.Finish != NotFinished {
-				c.finish = o.Finish.String()
-				c.blockIDs = o.BlockIDs
-			}
-			if c.finish != "" {
+			if s.apply(c, o, g, maxStop, now) {
 				left--
 				s.metrics.success.WithLabelValues(c.finish).Inc()
 				s.metrics.e2e.Observe(now.Sub(arrival).Seconds())
@@ -316,6 +242,96 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, g generation) 
 		return
 	}
 	sw.whole(choices)
+}
+
+// maxChoices bounds the sequences one request may ask for (n times prompts).
+const maxChoices = 128
+
+// checkLengths refuses what vLLM refuses before queueing: too many sequences, an empty
+// prompt, or a prompt plus completion beyond the model's context (vLLM's message).
+func checkLengths(g generation, maxLen int) *openai.Error {
+	if g.n*len(g.prompts) > maxChoices {
+		return openai.BadRequest("n", "At most %d sequences per request (n times prompts), got %d.", maxChoices, g.n*len(g.prompts))
+	}
+	for i, p := range g.prompts {
+		if len(p) == 0 {
+			return openai.BadRequest("prompt", "The prompt is empty.")
+		}
+		want := g.maxTokens
+		if want == 0 {
+			want = max(maxLen-len(p), 0)
+		}
+		if len(p)+want > maxLen || want == 0 {
+			param, where := "messages", "the messages"
+			if !g.chat {
+				param, where = "prompt", fmt.Sprintf("prompt %d", i)
+			}
+			return openai.BadRequest(param, "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in %s, %d in the completion). Please reduce the length of the input or the completion.",
+				maxLen, len(p)+want, len(p), where, want)
+		}
+	}
+	return nil
+}
+
+// requests makes one engine request per (prompt, n) pair with its scripted output; the first
+// holds its blocks for a remote decode, or reuses remotely prefilled ones.
+func (s *Server) requests(g generation, base string, maxLen, remote int, arrival time.Time) ([]*choice, []Request) {
+	choices := make([]*choice, 0, g.n*len(g.prompts))
+	reqs := make([]Request, 0, cap(choices))
+	for pi, p := range g.prompts {
+		want := g.maxTokens
+		if want == 0 {
+			want = maxLen - len(p)
+		}
+		for j := range g.n {
+			c := &choice{index: pi*g.n + j, prompt: pi, id: fmt.Sprintf("%s-%d-%d", base, pi, j), last: arrival}
+			seed := promptSeed(p, j)
+			req := Request{ID: c.id, Prompt: p, MaxTokens: want, CacheSalt: g.cacheSalt, LoRAName: g.lora}
+			scripted := min(want, maxScripted)
+			if !g.ignoreEOS {
+				req.EOS = max(eosPoint(seed), g.minTokens)
+				scripted = min(scripted, req.EOS)
+			}
+			req.Output = s.vocab.completion(seed, scripted)
+			if c.index == 0 && g.kv != nil && g.kv.DoRemoteDecode {
+				req.Hold, c.held = true, true
+			}
+			if c.index == 0 {
+				req.RemoteBlocks = remote
+			}
+			choices = append(choices, c)
+			reqs = append(reqs, req)
+		}
+	}
+	return choices, reqs
+}
+
+// apply adds one engine output to its choice: the token's text, then a stop string or the
+// engine's finish. It reports whether the choice finished with this output.
+func (s *Server) apply(c *choice, o Output, g generation, maxStop int, now time.Time) bool {
+	c.last = now
+	c.tokens++
+	c.promptTokens, c.cachedTokens = o.PromptTokens, o.CachedTokens
+	from := len(c.text)
+	c.text = append(c.text, s.piece(o.Token)...)
+	if st, at := findStop(c.text, g.stop, max(from-maxStop+1, 0)); at >= 0 {
+		end := at
+		if g.includeStop {
+			end += len(st)
+		}
+		c.text = c.text[:end]
+		c.finish = "stop"
+		c.stopReason, _ = json.Marshal(st)
+		if o.Finish == NotFinished {
+			s.drv.cancel([]string{c.id})
+		} else if o.BlockIDs != nil {
+			c.blockIDs = o.BlockIDs
+		}
+	} else if o.Finish != NotFinished {
+		c.finish = o.Finish.String()
+		c.blockIDs = o.BlockIDs
+	}
+	return c.finish != ""
 }
 
 // piece is the text of one output token.

@@ -274,11 +274,27 @@ func (e *Engine) Step(now time.Duration) StepResult {
 		res.Events = e.kv.drain()
 		return res
 	}
-	bs := e.cfg.BlockSize
+	// vLLM's scheduler phases: running sequences first (preempting from the back when the
+	// cache is full), then waiting ones while budget and blocks last, then one forward pass.
 	budget := e.cfg.MaxNumBatchedTokens
-	sched := e.sched[:0]
-	preempted := false
+	sched, budget, preempted := e.scheduleRunning(e.sched[:0], budget, &res)
+	if !preempted {
+		sched = e.admitWaiting(sched, budget, now)
+	}
+	res.End = now + e.stepTime(sched, &res)
+	e.advance(sched, &res)
+	e.stats.Steps++
+	e.stats.Preemptions += uint64(res.Preempted)
+	e.sched = sched[:0]
+	res.Events = e.kv.drain()
+	return res
+}
 
+// scheduleRunning gives each running sequence its next chunk within budget, preempting the
+// newest running sequences while the cache cannot hold it. It returns the schedule, the budget
+// left, and whether anything was preempted (then nothing waiting is admitted this step).
+func (e *Engine) scheduleRunning(sched []scheduled, budget int, res *StepResult) ([]scheduled, int, bool) {
+	preempted := false
 	for i := 0; i < len(e.running) && budget > 0; i++ {
 		s := e.running[i]
 		n := min(len(s.tokens)-s.computed, budget)
@@ -306,8 +322,14 @@ func (e *Engine) Step(now time.Duration) StepResult {
 		sched = append(sched, scheduled{s, n})
 		budget -= n
 	}
+	return sched, budget, preempted
+}
 
-	for !preempted && len(e.waiting) > 0 && len(e.running) < e.cfg.MaxNumSeqs && budget > 0 {
+// admitWaiting admits waiting sequences in order while there is budget, a free running slot
+// and room in the cache, reusing their cached prefix (and remotely prefilled blocks).
+func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) []scheduled {
+	bs := e.cfg.BlockSize
+	for len(e.waiting) > 0 && len(e.running) < e.cfg.MaxNumSeqs && budget > 0 {
 		s := e.waiting[0]
 		var hits []*block
 		if s.computed == 0 {
@@ -354,7 +376,12 @@ func (e *Engine) Step(now time.Duration) StepResult {
 		sched = append(sched, scheduled{s, n})
 		budget -= n
 	}
+	return sched
+}
 
+// stepTime counts the step's prefill and decode tokens into res and returns how long the
+// forward pass over sched takes in the timing model.
+func (e *Engine) stepTime(sched []scheduled, res *StepResult) time.Duration {
 	var context int
 	var pairs float64
 	for _, sc := range sched {
@@ -367,8 +394,13 @@ func (e *Engine) Step(now time.Duration) StepResult {
 		}
 		context += s.computed + sc.new
 	}
-	res.End = now + e.cfg.Timing.stepTime(res.PrefillTokens+res.DecodeTokens, len(sched), context, pairs)
+	return e.cfg.Timing.stepTime(res.PrefillTokens+res.DecodeTokens, len(sched), context, pairs)
+}
 
+// advance applies the forward pass: every sequence whose prompt is now computed emits one
+// token, and finished sequences release (or hold) their blocks and leave the running set.
+func (e *Engine) advance(sched []scheduled, res *StepResult) {
+	bs := e.cfg.BlockSize
 	finished := false
 	res.Outputs = make([]Output, 0, len(sched))
 	for _, sc := range sched {
@@ -404,11 +436,6 @@ func (e *Engine) Step(now time.Duration) StepResult {
 	if finished {
 		e.running = slices.DeleteFunc(e.running, func(s *seq) bool { _, ok := e.seqs[s.req.ID]; return !ok })
 	}
-	e.stats.Steps++
-	e.stats.Preemptions += uint64(res.Preempted)
-	e.sched = sched[:0]
-	res.Events = e.kv.drain()
-	return res
 }
 
 // allocate gives s the blocks for n more tokens and caches the blocks that become full.
