@@ -4,11 +4,9 @@
 package replay
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/kvgate/kvgate/bench"
@@ -102,62 +100,6 @@ func (c Config) Validate() error {
 	return c.Engine.WithDefaults().Validate()
 }
 
-// event kinds of the simulation, in the order simultaneous events are handled.
-const (
-	evStepEnd  = iota // an engine's step finished: deliver its outputs
-	evKV              // an engine's KV events reach the router
-	evTransfer        // a remote prefill's blocks reached the decode engine
-	evArrival         // a request arrives
-)
-
-type event struct {
-	at   time.Duration
-	kind int
-	n    uint64 // insertion order, for determinism among equal times
-	eng  int
-	req  int
-	step *sim.StepResult
-	kv   []sim.KVEvent
-}
-
-type queue []*event
-
-func (q queue) Len() int { return len(q) }
-func (q queue) Less(i, j int) bool {
-	if q[i].at != q[j].at {
-		return q[i].at < q[j].at
-	}
-	if q[i].kind != q[j].kind {
-		return q[i].kind < q[j].kind
-	}
-	return q[i].n < q[j].n
-}
-func (q queue) Swap(i, j int)  { q[i], q[j] = q[j], q[i] }
-func (q *queue) Push(x any)    { *q = append(*q, x.(*event)) }
-func (q *queue) Pop() any      { old := *q; x := old[len(old)-1]; *q = old[:len(old)-1]; return x }
-func (q *queue) push(e *event) { heap.Push(q, e) }
-
-type engineState struct {
-	sim      *sim.Engine
-	stepping bool
-	busy     time.Duration
-}
-
-type reqState struct {
-	eng           int
-	prefill       int // prefill engine when disaggregated, else -1
-	remote        int // blocks pulled from the prefill engine
-	ticket        ticket
-	arrival       time.Duration
-	first, last   time.Duration
-	got           bool
-	prompt        int
-	cached        int
-	output        int
-	done          bool
-	cacheableBlks int
-}
-
 // Run replays tr under cfg and returns its measurements. ctx cancels a long replay.
 func Run(ctx context.Context, cfg Config, tr *workload.Trace) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
@@ -170,139 +112,21 @@ func Run(ctx context.Context, cfg Config, tr *workload.Trace) (*Result, error) {
 	if cfg.Engine.MaxModelLen == 0 {
 		cfg.Engine.MaxModelLen = DefaultMaxModelLen
 	}
-	ecfg := cfg.Engine.WithDefaults()
-	p, err := newPicker(cfg, ecfg)
-	if err != nil {
-		return nil, err
-	}
 	if cfg.TransferBandwidth == 0 {
 		cfg.TransferBandwidth = 25e9
 	}
 	if cfg.TransferLatency == 0 {
 		cfg.TransferLatency = time.Millisecond
 	}
-	engines := make([]engineState, cfg.engines())
-	for i := range engines {
-		e, err := sim.New(ecfg)
-		if err != nil {
-			return nil, err
-		}
-		engines[i].sim = e
+	c, err := newCluster(cfg, tr)
+	if err != nil {
+		return nil, err
 	}
-	reqs := make([]reqState, len(tr.Requests))
-	var q queue
-	var n uint64
-	push := func(e *event) { n++; e.n = n; q.push(e) }
-	for i := range tr.Requests {
-		push(&event{at: tr.Requests[i].Arrival, kind: evArrival, req: i})
+	if err := c.run(ctx); err != nil {
+		return nil, err
 	}
-
-	var itl []time.Duration
-	var now time.Duration
-	var transferred int64
-	rejected, disagg := 0, 0
-	kick := func(i int, at time.Duration) {
-		es := &engines[i]
-		res := es.sim.Step(at)
-		if len(res.Events) > 0 {
-			push(&event{at: at + cfg.EventDelay, kind: evKV, eng: i, kv: res.Events})
-		}
-		if res.End == at && len(res.Outputs) == 0 && res.PrefillTokens+res.DecodeTokens == 0 {
-			es.stepping = false
-			return
-		}
-		es.stepping = true
-		es.busy += res.End - res.Start
-		r := res
-		push(&event{at: res.End, kind: evStepEnd, eng: i, step: &r})
-	}
-	steps := 0
-	for q.Len() > 0 {
-		ev := heap.Pop(&q).(*event)
-		now = ev.at
-		if steps++; steps%4096 == 0 && ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		switch ev.kind {
-		case evArrival:
-			r := &tr.Requests[ev.req]
-			tokens := r.Tokens()
-			st := &reqs[ev.req]
-			st.arrival, st.prompt = r.Arrival, len(tokens)
-			st.cacheableBlks = cacheableBlocks(len(tokens), ecfg.BlockSize)
-			eng, pre, tk, err := p.pick(now, tokens)
-			if err != nil {
-				rejected++
-				st.done = true
-				continue
-			}
-			st.eng, st.prefill, st.ticket = eng, pre, tk
-			target, req := eng, sim.Request{ID: strconv.Itoa(ev.req), Prompt: tokens, MaxTokens: max(1, r.OutputLength)}
-			if pre >= 0 {
-				// Remote prefill: one token on the prefill engine, blocks held for the pull.
-				disagg++
-				target, req = pre, sim.Request{ID: "p" + req.ID, Prompt: tokens, MaxTokens: 1, Hold: true}
-			}
-			if err := engines[target].sim.Add(req); err != nil {
-				p.done(tk)
-				rejected++
-				st.done = true
-				continue
-			}
-			if !engines[target].stepping {
-				kick(target, now)
-			}
-		case evStepEnd:
-			for _, o := range ev.step.Outputs {
-				if o.ID[0] == 'p' { // a remote prefill finished: move its blocks
-					id, _ := strconv.Atoi(o.ID[1:])
-					st := &reqs[id]
-					st.cached, st.remote = o.CachedTokens, len(o.BlockIDs)
-					bytes := int64(st.remote) * int64(ecfg.BlockBytes())
-					transferred += bytes
-					xfer := cfg.TransferLatency + time.Duration(float64(bytes)/cfg.TransferBandwidth*float64(time.Second))
-					push(&event{at: now + xfer, kind: evTransfer, eng: ev.eng, req: id})
-					continue
-				}
-				id, _ := strconv.Atoi(o.ID)
-				st := &reqs[id]
-				if !st.got {
-					st.got, st.first = true, now
-					if st.prefill < 0 {
-						st.cached = o.CachedTokens
-					}
-					p.firstToken(st.ticket)
-				} else {
-					itl = append(itl, now-st.last)
-				}
-				st.last = now
-				st.output++
-				if o.Finish != sim.NotFinished {
-					st.done = true
-					p.done(st.ticket)
-				}
-			}
-			kick(ev.eng, now)
-			p.load(now, ev.eng, engines[ev.eng].sim.Stats())
-		case evKV:
-			p.apply(now, ev.eng, ev.kv)
-		case evTransfer:
-			st, r := &reqs[ev.req], &tr.Requests[ev.req]
-			engines[ev.eng].sim.Release("p" + strconv.Itoa(ev.req))
-			err := engines[st.eng].sim.Add(sim.Request{ID: strconv.Itoa(ev.req), Prompt: r.Tokens(), MaxTokens: max(1, r.OutputLength), RemoteBlocks: st.remote})
-			if err != nil {
-				p.done(st.ticket)
-				rejected++
-				st.done = true
-				continue
-			}
-			if !engines[st.eng].stepping {
-				kick(st.eng, now)
-			}
-		}
-	}
-	res := summarize(cfg, ecfg, tr, reqs, engines, itl, rejected, time.Since(wall))
-	res.Disaggregated, res.TransferredBytes = disagg, transferred
+	res := summarize(cfg, c.ecfg, tr, c.reqs, c.engines, c.itl, c.rejected, time.Since(wall))
+	res.Disaggregated, res.TransferredBytes = c.disagg, c.transferred
 	return res, nil
 }
 
