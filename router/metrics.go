@@ -27,6 +27,9 @@ const (
 	// MetricAggregatedReasons says why requests stayed aggregated.
 	MetricRequestsByPath    = "kvgate_router_requests_by_path_total"
 	MetricAggregatedReasons = "kvgate_router_aggregated_reasons_total"
+	// MetricServedUnknown counts served reports naming an endpoint that was not among the
+	// request's candidates (ignored).
+	MetricServedUnknown = "kvgate_router_served_unknown_total"
 )
 
 // Outcomes of a Route, the outcome label of MetricRequests.
@@ -53,6 +56,7 @@ type metrics struct {
 	scrapeErrors   prometheus.Counter
 	paths          *prometheus.CounterVec
 	aggregated     *prometheus.CounterVec
+	servedUnknown  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
@@ -83,10 +87,13 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 			Help: "Picks by path: aggregated (one endpoint) or disaggregated (remote prefill)."}, []string{"path"}),
 		aggregated: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricAggregatedReasons,
 			Help: "Picks that stayed aggregated, by reason."}, []string{"reason"}),
+		servedUnknown: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricServedUnknown,
+			Help: "Served reports ignored because they named an endpoint that was not among the request's candidates."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.decision, m.overlap, m.promptBlocks, m.cachedBlocks,
-			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated, newLoadCollector(r))
+			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated,
+			m.servedUnknown, newLoadCollector(r))
 	}
 	return m
 }
