@@ -15,14 +15,17 @@ const (
 	MetricReportedPrompt  = "kvgate_router_reported_prompt_tokens_total"
 	MetricEventBatches    = "kvgate_router_kv_event_batches_total"
 	MetricEventGaps       = "kvgate_router_kv_event_gaps_total"
-	MetricScrapeErrors    = "kvgate_router_scrape_errors_total"
-	MetricPrefillTokens   = "kvgate_router_endpoint_prefill_tokens"
-	MetricDecodeBlocks    = "kvgate_router_endpoint_decode_blocks"
-	MetricInflight        = "kvgate_router_endpoint_requests"
-	MetricWaiting         = "kvgate_router_endpoint_waiting"
-	MetricKVUsage         = "kvgate_router_endpoint_kv_usage"
-	MetricHealthy         = "kvgate_router_endpoint_healthy"
-	MetricEndpointBlocks  = "kvgate_router_endpoint_cached_blocks"
+	// MetricStaleEvents counts KV events dropped because their endpoint was removed or
+	// replaced while their batch was being applied.
+	MetricStaleEvents    = "kvgate_router_kv_events_stale_total"
+	MetricScrapeErrors   = "kvgate_router_scrape_errors_total"
+	MetricPrefillTokens  = "kvgate_router_endpoint_prefill_tokens"
+	MetricDecodeBlocks   = "kvgate_router_endpoint_decode_blocks"
+	MetricInflight       = "kvgate_router_endpoint_requests"
+	MetricWaiting        = "kvgate_router_endpoint_waiting"
+	MetricKVUsage        = "kvgate_router_endpoint_kv_usage"
+	MetricHealthy        = "kvgate_router_endpoint_healthy"
+	MetricEndpointBlocks = "kvgate_router_endpoint_cached_blocks"
 	// MetricRequestsByPath counts picks by path (aggregated, disaggregated);
 	// MetricAggregatedReasons says why requests stayed aggregated.
 	MetricRequestsByPath    = "kvgate_router_requests_by_path_total"
@@ -53,6 +56,7 @@ type metrics struct {
 	reportedPrompt prometheus.Counter
 	batches        prometheus.Counter
 	gaps           prometheus.Counter
+	staleEvents    prometheus.Counter
 	scrapeErrors   prometheus.Counter
 	paths          *prometheus.CounterVec
 	aggregated     *prometheus.CounterVec
@@ -81,6 +85,8 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 			Help: "KV-event batches applied to the index."}),
 		gaps: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricEventGaps,
 			Help: "KV-event sequence gaps and publisher restarts (each clears the endpoint)."}),
+		staleEvents: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricStaleEvents,
+			Help: "KV events dropped because their endpoint was removed or replaced while their batch was applied."}),
 		scrapeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricScrapeErrors,
 			Help: "Failed reads of engines' /metrics."}),
 		paths: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricRequestsByPath,
@@ -93,7 +99,7 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.requests, m.decision, m.overlap, m.promptBlocks, m.cachedBlocks,
 			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated,
-			m.servedUnknown, newLoadCollector(r))
+			m.servedUnknown, m.staleEvents, newLoadCollector(r))
 	}
 	return m
 }
