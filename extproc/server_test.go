@@ -513,7 +513,9 @@ func TestSpoofedServedIgnored(t *testing.T) {
 	for i := range 6 {
 		res, err := f.client.Do(ctx, mode,
 			extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Body: chatBody(t, fmt.Sprint("real ", i), false)},
-			func(*extproctest.Result) extproctest.Upstream { return extproctest.Upstream{Chunks: [][]byte{[]byte(`{}`)}} })
+			func(*extproctest.Result) extproctest.Upstream {
+				return extproctest.Upstream{Chunks: [][]byte{[]byte(`{}`)}}
+			})
 		if err != nil {
 			t.Fatal(err)
 		}
