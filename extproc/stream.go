@@ -152,7 +152,7 @@ type stream struct {
 	pickedAt time.Time
 	watcher  *openai.BodyWatcher
 	strip    *openai.UsageStripper // drops the usage chunk the client did not ask for
-	started  bool // response headers (or body) arrived
+	started  bool                  // response headers (or body) arrived
 	first    bool
 	status   int
 	released bool

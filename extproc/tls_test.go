@@ -42,7 +42,9 @@ func TestTLS(t *testing.T) {
 	}
 	c := dial(t, ctc)
 	res, err := c.Do(ctx, fullDuplex, extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Body: chatBody(t, "over tls", false)},
-		func(*extproctest.Result) extproctest.Upstream { return extproctest.Upstream{Chunks: [][]byte{[]byte(`{}`)}} })
+		func(*extproctest.Result) extproctest.Upstream {
+			return extproctest.Upstream{Chunks: [][]byte{[]byte(`{}`)}}
+		})
 	if err != nil || res.Immediate != nil || res.Destination() == "" {
 		t.Fatalf("mTLS client: %v %v", err, res)
 	}
