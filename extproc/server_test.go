@@ -42,11 +42,20 @@ type fixture struct {
 
 func start(t testing.TB, cfg extproc.Config) *fixture {
 	t.Helper()
+	return startRouter(t, cfg, nil)
+}
+
+// startRouter is start with the router's configuration changed by edit.
+func startRouter(t testing.TB, cfg extproc.Config, edit func(*router.Config)) *fixture {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	rc := router.DefaultConfig()
 	rc.Policy = "round-robin"
 	rc.Models = tokenizer.DefaultModelMap()
 	rc.Endpoints = endpoints
+	if edit != nil {
+		edit(&rc)
+	}
 	rt, err := router.New(rc, nil, reg)
 	if err != nil {
 		t.Fatal(err)

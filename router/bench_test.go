@@ -3,6 +3,7 @@ package router_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -105,5 +106,32 @@ func BenchmarkPick(b *testing.B) {
 			b.Fatal(err)
 		}
 		d.Done(nil, nil)
+	}
+}
+
+// BenchmarkRouteOverlong routes a 10 MB chat prompt to a model of 40,960 tokens: with the
+// context length known the router refuses it from its bytes before tokenizing; unknown, it
+// tokenizes the whole prompt (what every overlong prompt cost before the check).
+func BenchmarkRouteOverlong(b *testing.B) {
+	body := chatBody(strings.Repeat("lorem ipsum dolor sit amet ", 10<<20/27), false)
+	for _, known := range []bool{true, false} {
+		b.Run(fmt.Sprint("max_model_len_known=", known), func(b *testing.B) {
+			r, _ := newRouter(b, endpoints(2), func(c *router.Config) {
+				if known {
+					c.MaxModelLen = map[string]int{model: 40960}
+				}
+			})
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				d, err := r.Route(context.Background(), router.Request{Path: "/v1/chat/completions", Body: body})
+				if known != (err != nil) {
+					b.Fatalf("known=%v: err %v", known, err)
+				}
+				if d != nil {
+					d.Done(nil, nil)
+				}
+			}
+		})
 	}
 }
