@@ -218,6 +218,7 @@ type routerFlags struct {
 	policy     string
 	modelsFile string
 	pendingTTL time.Duration
+	maxLens    map[string]int
 	disagg     disaggFlags
 }
 
@@ -225,6 +226,7 @@ func (r *routerFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&r.policy, "policy", "kv", "routing policy: kv, round-robin, random, least-load, approx-prefix")
 	f.StringVar(&r.modelsFile, "models", "", "YAML/JSON model map (model name -> tokenizer and chat template); default: the embedded Qwen3 map")
+	f.StringToIntVar(&r.maxLens, "max-model-len", nil, "context length (prompt plus output tokens) per model, e.g. Qwen/Qwen3-8B=40960; default: the engines' /v1/models max_model_len")
 	f.DurationVar(&r.pendingTTL, "pending-ttl", 0, "kv policy: how long a prefix just routed counts as cached before its KV events arrive (0 = 30s, negative = off)")
 	r.disagg.add(cmd)
 }
@@ -234,6 +236,7 @@ func (r *routerFlags) config(eps []router.Endpoint) (router.Config, error) {
 	cfg.Policy = r.policy
 	cfg.Endpoints = eps
 	cfg.PendingTTL = r.pendingTTL
+	cfg.MaxModelLen = r.maxLens
 	r.disagg.apply(&cfg)
 	if r.modelsFile != "" {
 		m, err := tokenizer.LoadModelMap(r.modelsFile)
