@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
 )
@@ -134,4 +135,25 @@ func BenchmarkRouteOverlong(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkApplyEvents applies a relay-snapshot-like batch: 256 BlockStored events of 4
+// blocks each to one endpoint (the identity check runs per event).
+func BenchmarkApplyEvents(b *testing.B) {
+	r, _ := newRouter(b, endpoints(4), nil)
+	const bs = 16
+	var batch engine.EventBatch
+	for e := range 256 {
+		toks := make([]uint32, 4*bs)
+		for i := range toks {
+			toks[i] = uint32(e*1000 + i)
+		}
+		ev := stored(toks, bs, uint64(e)<<8, "").Events[0]
+		batch.Events = append(batch.Events, ev)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		r.ApplyEvents("e1", batch)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch.Events)), "ns/event")
 }
