@@ -56,7 +56,8 @@ func upEngines(t *testing.T, p *proc, want int) map[string]string {
 // long prompt again stays aggregated because the router learned from the decode engine's KV
 // events that it now holds the pulled blocks.
 func TestUpDisaggregated(t *testing.T) {
-	base, p := up(t, "--prefill-engines", "1", "--decode-engines", "1", "--sim-speed", disaggSimSpeedFlag)
+	// No in-flight credit: only the decode engine's KV events can mark the repeat cached.
+	base, p := up(t, "--prefill-engines", "1", "--decode-engines", "1", "--sim-speed", disaggSimSpeedFlag, "--pending-ttl=-1s")
 	engines := upEngines(t, p, 2)
 	pre, dec := engines["prefill-0"], engines["decode-0"]
 	if pre == "" || dec == "" {
@@ -99,7 +100,7 @@ func TestUpDisaggregated(t *testing.T) {
 		t.Errorf("short prompt went through prefill (or tried): %q", got)
 	}
 
-	time.Sleep(300 * time.Millisecond) // the decode engine's BlockStored events reach the router
+	waitIndexed(t, base, dec, float64(cc.Usage.PromptTokens/16-2)) // the decode engine's BlockStored events
 	var again *http.Response
 	cc2, err := c.Chat.Completions.New(ctx, userChat(prompt, 8), option.WithResponseInto(&again))
 	if err != nil {

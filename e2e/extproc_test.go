@@ -24,7 +24,8 @@ import (
 // be picked for the same engine, with cached blocks counted.
 func TestExtProcEnvoyPath(t *testing.T) {
 	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	up(t, "--engines", "2", "--sim-speed", "20", "--ext-proc", grpcAddr)
+	// No in-flight credit: only the engines' KV events can send the repeat back.
+	base, _ := up(t, "--engines", "2", "--sim-speed", "20", "--ext-proc", grpcAddr, "--pending-ttl=-1s")
 	c, err := extproctest.Dial(grpcAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +88,9 @@ func TestExtProcEnvoyPath(t *testing.T) {
 		if res.ResponseHeader.Get("x-kvgate-endpoint") != picked[i] {
 			t.Errorf("response names %q, picked %q", res.ResponseHeader.Get("x-kvgate-endpoint"), picked[i])
 		}
-		time.Sleep(300 * time.Millisecond) // the engine's KV events reach the router
+		if i == 0 { // the engine's KV events reach the router's index: the prompt's blocks
+			waitIndexed(t, base, picked[0], float64(len(prompt)/4/16/2))
+		}
 	}
 	if picked[0] != picked[1] {
 		t.Errorf("repeat picked %s after %s", picked[1], picked[0])

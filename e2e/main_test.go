@@ -155,6 +155,26 @@ func up(t testing.TB, args ...string) (string, *proc) {
 	return base, p
 }
 
+// waitIndexed waits until the router whose /metrics is at metricsURL holds at least n KV
+// blocks in its index for the engine at address: blocks that only the engine's BlockStored
+// events put there. Tests about KV events wait on this (with the router's in-flight credit,
+// --pending-ttl, turned off), never on a sleep: the credit alone would route a repeat to the
+// same engine and report cached blocks with the event pipeline broken.
+func waitIndexed(t testing.TB, metricsURL, address string, n float64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := metric(t, metricsURL, "kvgate_router_endpoint_cached_blocks", `address="`+address+`"`)
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the router's index holds %v blocks for %s after 30s, want at least %v (KV events not arriving?)", got, address, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // metric returns the sum of every series of name on url's /metrics, matching all of the
 // label fragments (e.g. `endpoint="127.0.0.1:80"`).
 func metric(t testing.TB, url, name string, labels ...string) float64 {

@@ -30,7 +30,8 @@ func TestRouterCommand(t *testing.T) {
 	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	rt := startProc(t, kvgateBin, append([]string{"router", "--grpc", grpcAddr, "--http", httpAddr, "--metrics", metricsAddr}, args...)...)
+	// No in-flight credit: only the engines' KV events can send the repeat back.
+	rt := startProc(t, kvgateBin, append([]string{"router", "--grpc", grpcAddr, "--http", httpAddr, "--metrics", metricsAddr, "--pending-ttl=-1s"}, args...)...)
 	base := "http://" + httpAddr
 	waitHTTP(t, rt, base+"/health", 30*time.Second)
 	waitHTTP(t, rt, "http://"+metricsAddr+"/metrics", 10*time.Second)
@@ -62,7 +63,7 @@ func TestRouterCommand(t *testing.T) {
 		if len(cc.Choices) == 0 {
 			t.Error("no choices")
 		}
-		time.Sleep(300 * time.Millisecond)
+		waitIndexed(t, "http://"+metricsAddr, served[len(served)-1], float64(cc.Usage.PromptTokens/16-1))
 	}
 	if served[0] != served[1] || (served[0] != engines[0] && served[0] != engines[1]) {
 		t.Errorf("served by %v; engines %v", served, engines)

@@ -109,7 +109,8 @@ func longPrompt(seed string, words int) string {
 // TestRepeatedPromptHitsCache checks a long prompt sent twice goes to the same engine the
 // second time and reports cached tokens.
 func TestRepeatedPromptHitsCache(t *testing.T) {
-	base, _ := up(t, "--engines", "2", "--sim-speed", "20")
+	// No in-flight credit: only the engine's KV events can send the repeat back.
+	base, _ := up(t, "--engines", "2", "--sim-speed", "20", "--pending-ttl=-1s")
 	c := client(base)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -119,8 +120,7 @@ func TestRepeatedPromptHitsCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Give the engine's KV events a moment to reach the router.
-	time.Sleep(300 * time.Millisecond)
+	waitIndexed(t, base, first.Header.Get("x-kvgate-endpoint"), float64(a.Usage.PromptTokens/16-1))
 	b, err := c.Chat.Completions.New(ctx, userChat(prompt, 4), option.WithResponseInto(&second))
 	if err != nil {
 		t.Fatal(err)

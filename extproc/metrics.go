@@ -14,6 +14,14 @@ const (
 	MetricImmediateResponses = "kvgate_extproc_immediate_responses_total"
 	MetricPickDuration       = "kvgate_extproc_pick_duration_seconds"
 	MetricTTFT               = "kvgate_extproc_time_to_first_byte_seconds"
+	// MetricResponseTimeouts counts picks whose response did not start within
+	// ResponseTimeout (their load was released); MetricIdleStreams streams closed by
+	// IdleTimeout; MetricBufferFull bodies refused because the buffered total was reached;
+	// MetricBufferedBytes is that total now.
+	MetricResponseTimeouts = "kvgate_extproc_response_timeouts_total"
+	MetricIdleStreams      = "kvgate_extproc_idle_streams_total"
+	MetricBufferFull       = "kvgate_extproc_buffer_full_total"
+	MetricBufferedBytes    = "kvgate_extproc_buffered_bytes"
 )
 
 // Stream outcomes, the label of MetricStreams.
@@ -22,6 +30,7 @@ const (
 	outcomeRejected  = "rejected"    // an ImmediateResponse ended it
 	outcomePassed    = "passthrough" // no body to route on: passed on unpicked
 	outcomeAborted   = "aborted"     // the stream broke before the response ended
+	outcomeIdle      = "idle"        // closed after IdleTimeout without a message
 )
 
 type metrics struct {
@@ -31,12 +40,16 @@ type metrics struct {
 	immediate *prometheus.CounterVec
 	pick      prometheus.Histogram
 	ttft      prometheus.Histogram
+
+	responseTimeouts prometheus.Counter
+	idle             prometheus.Counter
+	bufferFull       prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, error) {
 	m := &metrics{
 		streams: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: MetricStreams, Help: "ext_proc streams by outcome (completed, rejected, passthrough, aborted).",
+			Name: MetricStreams, Help: "ext_proc streams by outcome (completed, rejected, passthrough, aborted, idle).",
 		}, []string{"outcome"}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: MetricStreamsActive, Help: "ext_proc streams open now.",
@@ -55,11 +68,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: MetricTTFT, Help: "Time from the routing decision to the first response body byte.",
 			Buckets: prometheus.ExponentialBuckets(1e-3, 2, 16),
 		}),
+		responseTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: MetricResponseTimeouts, Help: "Picks whose response did not start within the response timeout; their load was released.",
+		}),
+		idle: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: MetricIdleStreams, Help: "Streams closed after the idle timeout without a message from the proxy.",
+		}),
+		bufferFull: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: MetricBufferFull, Help: "Request bodies refused with 503 because the buffered total across streams was reached.",
+		}),
 	}
+	bufferedGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: MetricBufferedBytes, Help: "Request body bytes buffered across all open streams.",
+	}, buffered)
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.streams, m.active, m.messages, m.immediate, m.pick, m.ttft} {
+	for _, c := range []prometheus.Collector{m.streams, m.active, m.messages, m.immediate, m.pick, m.ttft,
+		m.responseTimeouts, m.idle, m.bufferFull, bufferedGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("extproc: register metrics: %w", err)
 		}

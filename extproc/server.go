@@ -5,16 +5,19 @@ package extproc
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -42,7 +45,7 @@ const (
 
 // Config configures a Server.
 type Config struct {
-	// Addr is the gRPC listen address, for example ":9002" or "127.0.0.1:0".
+	// Addr is the gRPC listen address, for example "127.0.0.1:9002" or "127.0.0.1:0".
 	Addr string
 	// MaxBodyBytes bounds the request body the server accumulates; a larger body ends as a
 	// 413 ImmediateResponse. Zero means DefaultMaxBodyBytes.
@@ -50,9 +53,25 @@ type Config struct {
 	// MaxResponseBuffer bounds the non-streamed response body kept to read its usage.
 	// Zero means DefaultMaxResponseBuffer.
 	MaxResponseBuffer int
+	// MaxBufferedBytes bounds the request body bytes buffered across all open streams; a
+	// body that would pass it ends as a 503 ImmediateResponse (retry later). Zero means
+	// DefaultMaxBufferedBytes.
+	MaxBufferedBytes int64
+	// ResponseTimeout bounds the time from a pick to the response headers: a pick whose
+	// response has not started by then stops counting as load on its endpoint (the proxy
+	// may have vanished; the stream itself lives on until IdleTimeout). Zero means
+	// DefaultResponseTimeout; negative turns it off.
+	ResponseTimeout time.Duration
+	// IdleTimeout closes a stream on which the proxy has sent nothing for this long, with
+	// gRPC status DEADLINE_EXCEEDED; it must exceed the longest silence of a healthy stream
+	// (a non-streamed response's generation, or a whole response in response body mode
+	// NONE). Zero means DefaultIdleTimeout; negative turns it off.
+	IdleTimeout time.Duration
 	// DrainTimeout bounds how long shutdown waits for open streams before closing them.
 	// Zero means DefaultDrainTimeout.
 	DrainTimeout time.Duration
+	// TLS, when non-nil, serves gRPC over TLS (with ClientCAs set: mutual TLS).
+	TLS *tls.Config
 }
 
 // Defaults for Config's zero values.
@@ -60,6 +79,9 @@ const (
 	DefaultMaxBodyBytes      = 16 << 20
 	DefaultMaxResponseBuffer = 4 << 20
 	DefaultDrainTimeout      = 10 * time.Second
+	DefaultMaxBufferedBytes  = 256 << 20
+	DefaultResponseTimeout   = 5 * time.Minute
+	DefaultIdleTimeout       = 10 * time.Minute
 )
 
 // MaxChunk is the largest body chunk the server sends back in a streamed body response, as
@@ -75,6 +97,8 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	health  *health.Server
+
+	buffered atomic.Int64 // request body bytes held by all streams
 
 	mu   sync.Mutex
 	addr net.Addr
@@ -98,14 +122,25 @@ func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer)
 	if cfg.MaxResponseBuffer <= 0 {
 		cfg.MaxResponseBuffer = DefaultMaxResponseBuffer
 	}
+	if cfg.MaxBufferedBytes <= 0 {
+		cfg.MaxBufferedBytes = DefaultMaxBufferedBytes
+	}
+	if cfg.ResponseTimeout == 0 {
+		cfg.ResponseTimeout = DefaultResponseTimeout
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
-	m, err := newMetrics(reg)
+	srv := &Server{cfg: cfg, picker: picker, log: log, health: health.NewServer(), up: make(chan struct{})}
+	m, err := newMetrics(reg, func() float64 { return float64(srv.buffered.Load()) })
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, picker: picker, log: log, metrics: m, health: health.NewServer(), up: make(chan struct{})}, nil
+	srv.metrics = m
+	return srv, nil
 }
 
 // Addr returns the bound listen address, waiting until Run has bound it or ctx ends.
@@ -153,13 +188,17 @@ func (s *Server) Run(ctx context.Context) error {
 
 // Serve serves on lis until ctx ends (see Run).
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	g := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if s.cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.cfg.TLS)))
+	}
+	g := grpc.NewServer(opts...)
 	s.Register(g)
 	s.mu.Lock()
 	s.addr = lis.Addr()
 	s.mu.Unlock()
 	close(s.up)
-	s.log.Info("ext_proc listening", "addr", lis.Addr().String())
+	s.log.Info("ext_proc listening", "addr", lis.Addr().String(), "tls", s.cfg.TLS != nil)
 
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(lis) }()

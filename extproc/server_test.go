@@ -42,11 +42,20 @@ type fixture struct {
 
 func start(t testing.TB, cfg extproc.Config) *fixture {
 	t.Helper()
+	return startRouter(t, cfg, nil)
+}
+
+// startRouter is start with the router's configuration changed by edit.
+func startRouter(t testing.TB, cfg extproc.Config, edit func(*router.Config)) *fixture {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	rc := router.DefaultConfig()
 	rc.Policy = "round-robin"
 	rc.Models = tokenizer.DefaultModelMap()
 	rc.Endpoints = endpoints
+	if edit != nil {
+		edit(&rc)
+	}
 	rt, err := router.New(rc, nil, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -477,6 +486,83 @@ func TestServedEndpoint(t *testing.T) {
 		if addr != target && !l.Healthy {
 			t.Errorf("%s marked down", addr)
 		}
+	}
+	waitReleased(t, f)
+}
+
+// TestSpoofedServedIgnored checks a served report naming an endpoint that was never a
+// candidate takes nothing out of rotation: before, each such stream marked the target and
+// every fallback down, and a trickle of them emptied the fleet.
+func TestSpoofedServedIgnored(t *testing.T) {
+	f := start(t, extproc.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mode := extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_NONE}
+	const spoofed = 5
+	for i := range spoofed {
+		res, err := f.client.Do(ctx, mode,
+			extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Body: chatBody(t, fmt.Sprint("spoof ", i), false)},
+			func(*extproctest.Result) extproctest.Upstream {
+				return extproctest.Upstream{Chunks: [][]byte{[]byte(`{}`)}, Served: "203.0.113.1:1"}
+			})
+		if err != nil || res.Immediate != nil {
+			t.Fatal(err, res)
+		}
+	}
+	for _, l := range f.router.Load() {
+		if !l.Healthy {
+			t.Errorf("%s out of rotation after spoofed served reports", l.Name)
+		}
+	}
+	if got := metricValue(f.reg, router.MetricServedUnknown); got != spoofed {
+		t.Errorf("%s = %v, want %d", router.MetricServedUnknown, got, spoofed)
+	}
+	// Real requests still find every endpoint.
+	seen := map[string]bool{}
+	for i := range 6 {
+		res, err := f.client.Do(ctx, mode,
+			extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Body: chatBody(t, fmt.Sprint("real ", i), false)},
+			func(*extproctest.Result) extproctest.Upstream {
+				return extproctest.Upstream{Chunks: [][]byte{[]byte(`{}`)}}
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Immediate != nil {
+			t.Fatalf("request %d refused: %s", i, res.Immediate.GetBody())
+		}
+		seen[strings.Split(res.Destination(), ",")[0]] = true
+	}
+	if len(seen) != len(endpoints) {
+		t.Errorf("real requests reached %v, want all %d endpoints", seen, len(endpoints))
+	}
+	waitReleased(t, f)
+}
+
+// TestServedOnlySkippedSuspected checks a fallback report takes out only the candidates the
+// proxy tried before the one that served, never the others.
+func TestServedOnlySkippedSuspected(t *testing.T) {
+	f := start(t, extproc.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var dests []string
+	res, err := f.client.Do(ctx, extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_NONE},
+		extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Body: chatBody(t, "first fallback", false)},
+		func(r *extproctest.Result) extproctest.Upstream {
+			dests = strings.Split(r.Destination(), ",")
+			return extproctest.Upstream{Chunks: [][]byte{[]byte(`{}`)}, Served: dests[1]}
+		})
+	if err != nil || res.Immediate != nil {
+		t.Fatal(err, res)
+	}
+	down := 0
+	for _, l := range f.router.Load() {
+		if !l.Healthy {
+			down++
+		}
+	}
+	if down != 1 {
+		t.Errorf("%d endpoints out of rotation after a fallback to the first alternative, want 1 (the target)", down)
 	}
 	waitReleased(t, f)
 }

@@ -32,6 +32,7 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 	st := &stream{s: s, reqMode: filterv3.ProcessingMode_BUFFERED, respMode: filterv3.ProcessingMode_NONE}
 	s.metrics.active.Inc()
 	defer func() {
+		st.freeBody()
 		st.release(errAborted)
 		outcome := st.outcome
 		if outcome == "" {
@@ -58,6 +59,14 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		}
 	}()
 
+	idle := newTimer(s.cfg.IdleTimeout)
+	defer idle.Stop()
+	var respWait *time.Timer // from the pick until the response starts
+	defer func() {
+		if respWait != nil {
+			respWait.Stop()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -70,8 +79,26 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 				return nil
 			}
 			return err
+		case <-idle.C:
+			s.metrics.idle.Inc()
+			st.outcome = outcomeIdle
+			return status.Errorf(codes.DeadlineExceeded, "ext_proc stream idle for %v", s.cfg.IdleTimeout)
+		case <-timerC(respWait):
+			if !st.started && st.decision != nil && !st.released {
+				s.metrics.responseTimeouts.Inc()
+				s.log.Warn("no response within the bound after the pick; its load is released",
+					"endpoint", st.decision.Endpoint.Address, "timeout", s.cfg.ResponseTimeout)
+				st.release(errNoResponse)
+			}
 		case req := <-msgs:
+			if s.cfg.IdleTimeout > 0 {
+				idle.Reset(s.cfg.IdleTimeout)
+			}
+			picked := st.decision != nil
 			out, final := st.handle(ctx, req)
+			if !picked && st.decision != nil && s.cfg.ResponseTimeout > 0 {
+				respWait = time.NewTimer(s.cfg.ResponseTimeout)
+			}
 			for _, r := range out {
 				if err := srv.Send(r); err != nil {
 					return err
@@ -82,6 +109,27 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 			}
 		}
 	}
+}
+
+// errNoResponse releases a decision whose response did not start within ResponseTimeout.
+var errNoResponse = errors.New("no response within the ext_proc response timeout")
+
+// newTimer is a timer for d, or one that never fires when d <= 0.
+func newTimer(d time.Duration) *time.Timer {
+	if d <= 0 {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+// timerC is t's channel, nil (never ready) for a nil timer.
+func timerC(t *time.Timer) <-chan time.Time {
+	if t == nil {
+		return nil
+	}
+	return t.C
 }
 
 // stream is the state of one ext_proc stream. Routing state (the decision) is kept apart
@@ -96,13 +144,15 @@ type stream struct {
 	headers http.Header
 	subset  []string
 	body    []byte
-	routed  bool // a pick was made (or the request was passed on without one)
+	held    int64 // bytes of body counted in the server's buffered total
+	routed  bool  // a pick was made (or the request was passed on without one)
 
 	// decision and response side
 	decision *router.Decision
 	pickedAt time.Time
 	watcher  *openai.BodyWatcher
 	strip    *openai.UsageStripper // drops the usage chunk the client did not ask for
+	started  bool                  // response headers (or body) arrived
 	first    bool
 	status   int
 	released bool
@@ -189,7 +239,13 @@ func (st *stream) requestBody(ctx context.Context, b *extprocv3.HttpBody) ([]*ex
 		return []*extprocv3.ProcessingResponse{bodyResponse(false, &extprocv3.CommonResponse{})}, false
 	}
 	if len(st.body)+len(b.GetBody()) > st.s.cfg.MaxBodyBytes {
+		st.freeBody()
 		return st.reject(openai.TooLarge(int64(st.s.cfg.MaxBodyBytes))), true
+	}
+	if !st.hold(len(b.GetBody())) {
+		st.freeBody()
+		st.s.metrics.bufferFull.Inc()
+		return st.reject(openai.Unavailable("The router is buffering too many request bodies; retry later.")), true
 	}
 	st.body = append(st.body, b.GetBody()...)
 	full := st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED
@@ -208,6 +264,7 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	d, err := st.s.picker.Route(ctx, router.Request{Path: st.path, Body: st.body, Headers: st.headers, Subset: st.subset})
 	st.s.metrics.pick.Observe(time.Since(start).Seconds())
 	if err != nil {
+		st.freeBody()
 		return st.reject(openai.AsError(err)), true
 	}
 	st.decision, st.pickedAt = d, time.Now()
@@ -215,6 +272,7 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	if d.Body != nil {
 		body = d.Body
 	}
+	st.freeBody() // body is answered below; the stream keeps no copy
 	hdr := pickHeaders(d, len(body))
 	md := pickMetadata(hdr.Get(router.HeaderDestination))
 	st.s.log.Debug("picked", "path", st.path, "endpoint", d.Endpoint.Address, "model", d.Model,
@@ -240,6 +298,26 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	return []*extprocv3.ProcessingResponse{br}, false
 }
 
+// hold counts n more body bytes in the server's buffered total; false when that would pass
+// MaxBufferedBytes (nothing is counted then).
+func (st *stream) hold(n int) bool {
+	if n == 0 {
+		return true
+	}
+	if st.s.buffered.Add(int64(n)) > st.s.cfg.MaxBufferedBytes {
+		st.s.buffered.Add(-int64(n))
+		return false
+	}
+	st.held += int64(n)
+	return true
+}
+
+// freeBody drops the buffered body and its count in the server's total.
+func (st *stream) freeBody() {
+	st.s.buffered.Add(-st.held)
+	st.held, st.body = 0, nil
+}
+
 // reject ends the request with an ImmediateResponse carrying e.
 func (st *stream) reject(e *openai.Error) []*extprocv3.ProcessingResponse {
 	st.outcome = outcomeRejected
@@ -253,6 +331,7 @@ var responseEcho = []string{router.HeaderEndpoint, router.HeaderOverlap, router.
 
 func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) []*extprocv3.ProcessingResponse {
 	hdr, pseudo := headerMap(h.GetHeaders())
+	st.started = true
 	st.status, _ = strconv.Atoi(pseudo[":status"])
 	d := st.decision
 	if d == nil {
@@ -292,6 +371,7 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 }
 
 func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingResponse {
+	st.started = true
 	if st.decision != nil {
 		if st.watcher == nil { // body without headers: a misbehaving proxy, still account it
 			st.watcher = openai.NewBodyWatcher(st.decision.Stream, st.s.cfg.MaxResponseBuffer)

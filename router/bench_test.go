@@ -3,12 +3,14 @@ package router_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
 )
@@ -106,4 +108,52 @@ func BenchmarkPick(b *testing.B) {
 		}
 		d.Done(nil, nil)
 	}
+}
+
+// BenchmarkRouteOverlong routes a 10 MB chat prompt to a model of 40,960 tokens: with the
+// context length known the router refuses it from its bytes before tokenizing; unknown, it
+// tokenizes the whole prompt (what every overlong prompt cost before the check).
+func BenchmarkRouteOverlong(b *testing.B) {
+	body := chatBody(strings.Repeat("lorem ipsum dolor sit amet ", 10<<20/27), false)
+	for _, known := range []bool{true, false} {
+		b.Run(fmt.Sprint("max_model_len_known=", known), func(b *testing.B) {
+			r, _ := newRouter(b, endpoints(2), func(c *router.Config) {
+				if known {
+					c.MaxModelLen = map[string]int{model: 40960}
+				}
+			})
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				d, err := r.Route(context.Background(), router.Request{Path: "/v1/chat/completions", Body: body})
+				if known != (err != nil) {
+					b.Fatalf("known=%v: err %v", known, err)
+				}
+				if d != nil {
+					d.Done(nil, nil)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkApplyEvents applies a relay-snapshot-like batch: 256 BlockStored events of 4
+// blocks each to one endpoint (the identity check runs per event).
+func BenchmarkApplyEvents(b *testing.B) {
+	r, _ := newRouter(b, endpoints(4), nil)
+	const bs = 16
+	var batch engine.EventBatch
+	for e := range 256 {
+		toks := make([]uint32, 4*bs)
+		for i := range toks {
+			toks[i] = uint32(e*1000 + i)
+		}
+		ev := stored(toks, bs, uint64(e)<<8, "").Events[0]
+		batch.Events = append(batch.Events, ev)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		r.ApplyEvents("e1", batch)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch.Events)), "ns/event")
 }

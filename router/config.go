@@ -26,6 +26,11 @@ type Config struct {
 	Scoring Scoring
 	// MaxFallbacks bounds the ordered alternatives returned with a pick.
 	MaxFallbacks int
+	// MaxModelLen maps model names to their context length (prompt plus output tokens);
+	// prompts that cannot fit are refused with a 400 before they reach an engine. A model
+	// not listed takes the largest max_model_len its endpoints report on /v1/models (asked
+	// once per endpoint, after its first successful scrape); unknown means no check.
+	MaxModelLen map[string]int
 	// MaxBodyBytes rejects larger bodies with 413; the front doors check it first.
 	MaxBodyBytes int64
 	// ForceStreamUsage turns stream_options.include_usage on in streamed requests so the

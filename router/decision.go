@@ -2,6 +2,7 @@ package router
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,7 @@ type Decision struct {
 	pre          *epState // the prefill endpoint holding the prefill load when disaggregated
 	prefillLeft  int64    // prefill tokens still held on pre, else cur
 	decodeBlocks int64
+	served       bool // a served report was taken
 	done         bool
 }
 
@@ -75,21 +77,31 @@ func (d *Decision) FirstToken() {
 }
 
 // Served tells the router which endpoint (ip:port) actually served the request, when the
-// proxy fell back to another: the load moves there, and the endpoints tried before it are
-// taken out of rotation for a while. An address that names no endpoint only releases the
-// load from the target.
+// proxy fell back to another: the load moves there, and the candidates tried before it (the
+// target, then the fallbacks in order) are taken out of rotation for a while. Only the
+// request's own candidates count: an address that is not among them is ignored (and
+// counted), so one report can never take out more than that request's own candidates. Only
+// the first report of a decision is used; later ones are ignored.
 func (d *Decision) Served(address string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.done || d.cur == nil || address == "" || address == d.cur.ep.Address {
+	if d.done || d.cur == nil || d.served || address == "" {
+		return
+	}
+	d.served = true
+	if address == d.cur.ep.Address {
 		return
 	}
 	// The proxy tries the target, then the fallbacks in order.
 	tried := append([]Endpoint{d.Endpoint}, d.Fallbacks...)
-	for _, e := range tried {
-		if e.Address == address {
-			break
-		}
+	at := slices.IndexFunc(tried, func(e Endpoint) bool { return e.Address == address })
+	if at < 0 {
+		d.r.m.servedUnknown.Inc()
+		d.r.log.Warn("ignoring a served report naming an endpoint that was not a candidate",
+			"served", address, "target", d.Endpoint.Address)
+		return
+	}
+	for _, e := range tried[:at] {
 		d.r.markDown(e.Address, errFallback)
 	}
 	moving := d.prefillLeft // the prefill moves with the target unless a prefill endpoint holds it
@@ -105,8 +117,9 @@ func (d *Decision) Served(address string) {
 			return
 		}
 	}
+	// The candidate left the endpoint set meanwhile: nothing holds the load any more.
 	if d.pre == nil {
-		d.prefillLeft = 0 // released with the target: nothing holds it any more
+		d.prefillLeft = 0
 	}
 }
 

@@ -14,15 +14,15 @@ type eventHandler struct {
 
 var _ engine.Handler = (*eventHandler)(nil)
 
-// Batch applies b unless the endpoint has been removed or replaced meanwhile.
+// Batch applies b's events while the endpoint is still the one subscribed (see apply).
 func (h *eventHandler) Batch(_ uint64, b engine.EventBatch) {
-	if h.r.state(h.s.ep.Name) == h.s {
-		h.r.apply(h.s, b)
-	}
+	h.r.apply(h.s, b)
 }
 
 func (h *eventHandler) Gap(expected, got uint64) {
-	if h.r.state(h.s.ep.Name) != h.s {
+	h.r.mu.RLock()
+	defer h.r.mu.RUnlock()
+	if !h.r.currentLocked(h.s) {
 		return
 	}
 	h.s.gaps.Add(1)
@@ -30,6 +30,12 @@ func (h *eventHandler) Gap(expected, got uint64) {
 	h.r.log.Warn("kv events: gap, clearing the endpoint's cache state", "endpoint", h.s.ep.Name, "expected", expected, "got", got)
 	h.r.clear(h.s)
 }
+
+// currentLocked reports whether s is still the live state of its endpoint; r.mu must be
+// held. The state pointer is the endpoint's generation: a removed or replaced endpoint gets a
+// new one (and the index may hand its ID to another name), so events of the old one must
+// not be applied.
+func (r *Router) currentLocked(s *epState) bool { return r.eps[s.ep.Name] == s }
 
 // clear forgets what the router believes s caches: its blocks in the index and the
 // prefixes it was sent whose events have not come (after a restart or lost events neither
@@ -49,30 +55,49 @@ func (r *Router) ApplyEvents(name string, b engine.EventBatch) {
 
 // ClearEndpoint forgets every cached block of the endpoint called name, as a gap does.
 func (r *Router) ClearEndpoint(name string) {
-	if s := r.state(name); s != nil {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if s := r.eps[name]; s != nil {
 		r.clear(s)
 	}
 }
 
+// apply applies b's events to s. Each event is checked and applied under the read side of
+// the lock SetEndpoints changes endpoints under, so an endpoint removed or replaced midway
+// (its index ID possibly reused by another name) receives none of the rest: they are
+// dropped and counted.
 func (r *Router) apply(s *epState, b engine.EventBatch) {
-	s.fed.Store(true)
 	for i := range b.Events {
-		ev := &b.Events[i]
-		switch ev.Kind {
-		case engine.BlockStored:
-			r.applyStored(s, ev)
-		case engine.BlockRemoved:
-			hs := make([]kvindex.ExternalHash, len(ev.BlockHashes))
-			for j, h := range ev.BlockHashes {
-				hs[j] = kvindex.ExternalHash(h.Uint64())
-			}
-			r.index.ApplyRemoved(s.id, kvindex.Removed{Hashes: hs, Tier: kvindex.TierFromMedium(ev.Medium)})
-		case engine.AllBlocksCleared:
-			r.clear(s)
+		if !r.applyEvent(s, &b.Events[i]) {
+			r.m.staleEvents.Add(float64(len(b.Events) - i))
+			return
 		}
 	}
+	s.fed.Store(true)
 	s.batches.Add(1)
 	r.m.batches.Inc()
+}
+
+func (r *Router) applyEvent(s *epState, ev *engine.Event) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if !r.currentLocked(s) {
+		return false
+	}
+	s.fed.Store(true)
+	switch ev.Kind {
+	case engine.BlockStored:
+		r.applyStored(s, ev)
+	case engine.BlockRemoved:
+		hs := make([]kvindex.ExternalHash, len(ev.BlockHashes))
+		for j, h := range ev.BlockHashes {
+			hs[j] = kvindex.ExternalHash(h.Uint64())
+		}
+		r.index.ApplyRemoved(s.id, kvindex.Removed{Hashes: hs, Tier: kvindex.TierFromMedium(ev.Medium)})
+	case engine.AllBlocksCleared:
+		r.clear(s)
+	}
+	return true
 }
 
 // applyStored splits a BlockStored's concatenated token ids into its blocks. Blocks without

@@ -15,18 +15,24 @@ const (
 	MetricReportedPrompt  = "kvgate_router_reported_prompt_tokens_total"
 	MetricEventBatches    = "kvgate_router_kv_event_batches_total"
 	MetricEventGaps       = "kvgate_router_kv_event_gaps_total"
-	MetricScrapeErrors    = "kvgate_router_scrape_errors_total"
-	MetricPrefillTokens   = "kvgate_router_endpoint_prefill_tokens"
-	MetricDecodeBlocks    = "kvgate_router_endpoint_decode_blocks"
-	MetricInflight        = "kvgate_router_endpoint_requests"
-	MetricWaiting         = "kvgate_router_endpoint_waiting"
-	MetricKVUsage         = "kvgate_router_endpoint_kv_usage"
-	MetricHealthy         = "kvgate_router_endpoint_healthy"
-	MetricEndpointBlocks  = "kvgate_router_endpoint_cached_blocks"
+	// MetricStaleEvents counts KV events dropped because their endpoint was removed or
+	// replaced while their batch was being applied.
+	MetricStaleEvents    = "kvgate_router_kv_events_stale_total"
+	MetricScrapeErrors   = "kvgate_router_scrape_errors_total"
+	MetricPrefillTokens  = "kvgate_router_endpoint_prefill_tokens"
+	MetricDecodeBlocks   = "kvgate_router_endpoint_decode_blocks"
+	MetricInflight       = "kvgate_router_endpoint_requests"
+	MetricWaiting        = "kvgate_router_endpoint_waiting"
+	MetricKVUsage        = "kvgate_router_endpoint_kv_usage"
+	MetricHealthy        = "kvgate_router_endpoint_healthy"
+	MetricEndpointBlocks = "kvgate_router_endpoint_cached_blocks"
 	// MetricRequestsByPath counts picks by path (aggregated, disaggregated);
 	// MetricAggregatedReasons says why requests stayed aggregated.
 	MetricRequestsByPath    = "kvgate_router_requests_by_path_total"
 	MetricAggregatedReasons = "kvgate_router_aggregated_reasons_total"
+	// MetricServedUnknown counts served reports naming an endpoint that was not among the
+	// request's candidates (ignored).
+	MetricServedUnknown = "kvgate_router_served_unknown_total"
 )
 
 // Outcomes of a Route, the outcome label of MetricRequests.
@@ -50,9 +56,11 @@ type metrics struct {
 	reportedPrompt prometheus.Counter
 	batches        prometheus.Counter
 	gaps           prometheus.Counter
+	staleEvents    prometheus.Counter
 	scrapeErrors   prometheus.Counter
 	paths          *prometheus.CounterVec
 	aggregated     *prometheus.CounterVec
+	servedUnknown  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
@@ -77,16 +85,21 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 			Help: "KV-event batches applied to the index."}),
 		gaps: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricEventGaps,
 			Help: "KV-event sequence gaps and publisher restarts (each clears the endpoint)."}),
+		staleEvents: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricStaleEvents,
+			Help: "KV events dropped because their endpoint was removed or replaced while their batch was applied."}),
 		scrapeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricScrapeErrors,
 			Help: "Failed reads of engines' /metrics."}),
 		paths: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricRequestsByPath,
 			Help: "Picks by path: aggregated (one endpoint) or disaggregated (remote prefill)."}, []string{"path"}),
 		aggregated: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricAggregatedReasons,
 			Help: "Picks that stayed aggregated, by reason."}, []string{"reason"}),
+		servedUnknown: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricServedUnknown,
+			Help: "Served reports ignored because they named an endpoint that was not among the request's candidates."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.decision, m.overlap, m.promptBlocks, m.cachedBlocks,
-			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated, newLoadCollector(r))
+			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated,
+			m.servedUnknown, m.staleEvents, newLoadCollector(r))
 	}
 	return m
 }

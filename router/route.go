@@ -92,7 +92,14 @@ func (r *Router) route(_ context.Context, req Request) (*Decision, error) {
 			if err != nil {
 				return nil, openai.BadRequest("messages", "The chat template cannot render these messages: %v", err)
 			}
+			if err := r.checkTextLen(tok, model, text); err != nil {
+				return nil, err
+			}
 			p.Text, p.Tokens = text, tok.Encode(text)
+			maxOut, asked := cr.MaxOutputTokens()
+			if err := r.checkTokens(model, len(p.Tokens), maxOut, asked); err != nil {
+				return nil, err
+			}
 		} else {
 			p.Text = string(cr.Messages)
 		}
@@ -110,8 +117,14 @@ func (r *Router) route(_ context.Context, req Request) (*Decision, error) {
 			p.CacheSalt = *cr.CacheSalt
 		}
 		tok := r.tokenizer(model)
+		maxOut, asked := cr.MaxOutputTokens(), cr.MaxTokens != nil
 		switch {
 		case len(cr.Prompt.Tokens) > 0:
+			for _, t := range cr.Prompt.Tokens {
+				if err := r.checkTokens(model, len(t), maxOut, asked); err != nil {
+					return nil, err
+				}
+			}
 			p.Tokens = cr.Prompt.Tokens[0]
 			for _, t := range cr.Prompt.Tokens[1:] {
 				p.ExtraTokens += len(t)
@@ -119,9 +132,22 @@ func (r *Router) route(_ context.Context, req Request) (*Decision, error) {
 		case len(cr.Prompt.Texts) > 0:
 			p.Text = cr.Prompt.Texts[0]
 			if tok != nil {
-				p.Tokens = tok.Encode(p.Text)
-				for _, t := range cr.Prompt.Texts[1:] {
-					p.ExtraTokens += len(tok.Encode(t))
+				// Every prompt's bytes first: none is tokenized if one cannot fit.
+				for _, t := range cr.Prompt.Texts {
+					if err := r.checkTextLen(tok, model, t); err != nil {
+						return nil, err
+					}
+				}
+				for i, t := range cr.Prompt.Texts {
+					ids := tok.Encode(t)
+					if err := r.checkTokens(model, len(ids), maxOut, asked); err != nil {
+						return nil, err
+					}
+					if i == 0 {
+						p.Tokens = ids
+					} else {
+						p.ExtraTokens += len(ids)
+					}
 				}
 			}
 		}
@@ -313,7 +339,8 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 	case serving == 0:
 		return nil, openai.Unavailable("No endpoint of the needed role serves %q.", p.Model)
 	case inSubset == 0:
-		return nil, openai.Unavailable("No endpoint serving %q is in the proxy's subset %v.", p.Model, subset)
+		// The subset's addresses are internal: the client sees how many, not which.
+		return nil, openai.Unavailable("None of the %d endpoints in the proxy's subset serves %q.", len(subset), p.Model)
 	case healthy == 0:
 		return nil, openai.Unavailable("No healthy endpoint serves %q.", p.Model)
 	case len(sc.states) == 0 && r.cfg.Shed:

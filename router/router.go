@@ -41,7 +41,8 @@ type Router struct {
 	runCtx context.Context
 	runWG  *sync.WaitGroup // goroutines of the running Run
 
-	pool sync.Pool // *scratch
+	pool     sync.Pool // *scratch
+	tokBytes sync.Map  // *tokenizer.Tokenizer -> the most bytes one of its tokens stands for
 }
 
 // New builds a Router from cfg; log may be nil (discard) and reg may be nil (no metrics).

@@ -46,6 +46,9 @@ func (r *Router) scrape(ctx context.Context, s *epState) {
 	if err == nil {
 		s.reading.Store(&loadReading{Load: l, at: now})
 		s.unhealthyUntil.Store(0)
+		if s.maxLens.Load() == nil {
+			r.fetchModelLens(ctx, s)
+		}
 		return
 	}
 	r.m.scrapeErrors.Inc()

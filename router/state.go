@@ -27,6 +27,9 @@ type epState struct {
 	unhealthyUntil atomic.Int64                // unix nanoseconds; 0 = healthy
 	lastErr        atomic.Pointer[string]
 
+	// maxLens is the engine's max_model_len per model from its /v1/models; nil until asked.
+	maxLens atomic.Pointer[map[string]int]
+
 	fed     atomic.Bool   // some KV-event batch was applied
 	batches atomic.Uint64 // KV-event batches applied
 	gaps    atomic.Uint64 // gaps (and restarts) seen

@@ -23,6 +23,7 @@ import (
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/router"
+	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
@@ -216,6 +217,8 @@ func fetchModels(ctx context.Context, addr string) ([]string, error) {
 type routerFlags struct {
 	policy     string
 	modelsFile string
+	pendingTTL time.Duration
+	maxLens    map[string]int
 	disagg     disaggFlags
 }
 
@@ -223,6 +226,8 @@ func (r *routerFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&r.policy, "policy", "kv", "routing policy: kv, round-robin, random, least-load, approx-prefix")
 	f.StringVar(&r.modelsFile, "models", "", "YAML/JSON model map (model name -> tokenizer and chat template); default: the embedded Qwen3 map")
+	f.StringToIntVar(&r.maxLens, "max-model-len", nil, "context length (prompt plus output tokens) per model, e.g. Qwen/Qwen3-8B=40960; default: the engines' /v1/models max_model_len")
+	f.DurationVar(&r.pendingTTL, "pending-ttl", 0, "kv policy: how long a prefix just routed counts as cached before its KV events arrive (0 = 30s, negative = off)")
 	r.disagg.add(cmd)
 }
 
@@ -230,6 +235,8 @@ func (r *routerFlags) config(eps []router.Endpoint) (router.Config, error) {
 	cfg := router.DefaultConfig()
 	cfg.Policy = r.policy
 	cfg.Endpoints = eps
+	cfg.PendingTTL = r.pendingTTL
+	cfg.MaxModelLen = r.maxLens
 	r.disagg.apply(&cfg)
 	if r.modelsFile != "" {
 		m, err := tokenizer.LoadModelMap(r.modelsFile)
@@ -270,6 +277,8 @@ func serveRouterMetrics(ctx context.Context, addr string, reg *prometheus.Regist
 type routerOptions struct {
 	grpc, http, metrics string
 	maxBody             int
+	extproc             extproc.Config
+	tls                 tlsconfig.Files
 	eps                 endpointFlags
 	rt                  routerFlags
 	consul              consulFlags
@@ -296,7 +305,11 @@ docs/DISCOVERY.md.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runRouter(cmd.Context(), g.log, o) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.grpc, "grpc", ":9002", "ext_proc gRPC listen address")
+	f.StringVar(&o.grpc, "grpc", "127.0.0.1:9002", "ext_proc gRPC listen address (loopback; e.g. :9002 to serve other hosts, with --tls-*)")
+	o.tls.AddServerFlags(f, "", "ext_proc")
+	f.DurationVar(&o.extproc.ResponseTimeout, "response-timeout", extproc.DefaultResponseTimeout, "a pick whose response has not started after this long stops counting as load (negative: never)")
+	f.DurationVar(&o.extproc.IdleTimeout, "stream-idle-timeout", extproc.DefaultIdleTimeout, "close ext_proc streams silent for this long (negative: never)")
+	f.Int64Var(&o.extproc.MaxBufferedBytes, "max-buffered-bytes", extproc.DefaultMaxBufferedBytes, "request body bytes buffered across all ext_proc streams; past it, 503")
 	f.StringVar(&o.http, "http", "", "also serve the OpenAI gateway on this address (e.g. 127.0.0.1:8000)")
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics on this address (e.g. :9090)")
 	f.IntVar(&o.maxBody, "max-body-bytes", extproc.DefaultMaxBodyBytes, "largest request body accepted")
@@ -328,7 +341,12 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 	if err != nil {
 		return err
 	}
-	ep, err := extproc.New(extproc.Config{Addr: o.grpc, MaxBodyBytes: o.maxBody}, rt, log, reg)
+	xc := o.extproc
+	xc.Addr, xc.MaxBodyBytes = o.grpc, o.maxBody
+	if xc.TLS, err = o.tls.Server(); err != nil {
+		return err
+	}
+	ep, err := extproc.New(xc, rt, log, reg)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ package extproctest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -98,8 +100,16 @@ type Client struct {
 }
 
 // Dial connects to an ext_proc server at addr (host:port) without TLS.
-func Dial(addr string) (*Client, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func Dial(addr string) (*Client, error) { return DialTLS(addr, nil) }
+
+// DialTLS connects to an ext_proc server at addr over TLS configured by tc (with
+// Certificates set: mutual TLS); a nil tc means plaintext.
+func DialTLS(addr string, tc *tls.Config) (*Client, error) {
+	creds := insecure.NewCredentials()
+	if tc != nil {
+		creds = credentials.NewTLS(tc)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, err
 	}
