@@ -41,6 +41,7 @@ type chatTemplate struct {
 	// flattenContent: the template treats message content as a string, so text-only
 	// content-part arrays are joined with "\n" first, as vLLM does for such templates.
 	flattenContent bool
+	qwen3          bool // the Qwen3 template: plain chats render natively (chatml.go)
 }
 
 var contentLoop = regexp.MustCompile(`for\s+\w+\s+in\s+\w+(\.content|\[['"]content['"]\])`)
@@ -103,7 +104,7 @@ func compileTemplate(src string, order *orderRegistry) (tmpl *chatTemplate, err 
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: chat template: %w", err)
 	}
-	return &chatTemplate{t: t, flattenContent: !contentLoop.MatchString(src)}, nil
+	return &chatTemplate{t: t, flattenContent: !contentLoop.MatchString(src), qwen3: isQwen3Template(src)}, nil
 }
 
 // newEnvironment is gonja's Python-compatible builtins plus what Hugging Face adds for chat
@@ -228,6 +229,11 @@ func (t *Tokenizer) template(name string) (*chatTemplate, error) {
 // RenderChat renders the chat template with messages, tools, add_generation_prompt,
 // bos_token, eos_token and the extra variables, as Hugging Face's apply_chat_template does.
 func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
+	return t.renderChat(in, true)
+}
+
+// renderChat is RenderChat, through the template engine only when native is false.
+func (t *Tokenizer) renderChat(in ChatInput, native bool) (out string, err error) {
 	ct, err := t.template(in.Template)
 	if err != nil {
 		return "", err
@@ -293,6 +299,11 @@ func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
 			return "", errors.New("tokenizer: tools is not an array")
 		}
 		vars["tools"] = tools
+	}
+	if native && ct.qwen3 {
+		if s, ok := renderQwen3(list, vars); ok {
+			return s, nil
+		}
 	}
 	t.tmpl.order.register(ko)
 	defer t.tmpl.order.unregister(ko)
