@@ -238,6 +238,15 @@ func (t *Tokenizer) renderChat(in ChatInput, native bool) (out string, err error
 	if err != nil {
 		return "", err
 	}
+	if native && ct.qwen3 && isNull(in.Tools) {
+		if thinkingOff, ok := qwen3Vars(in.Extra); ok {
+			if ms, ok := plainMessages(in.Messages); ok {
+				if s, ok := renderQwen3(ms, in.AddGenerationPrompt, thinkingOff); ok {
+					return s, nil
+				}
+			}
+		}
+	}
 	ko := keyOrder{}
 	msgs, err := decodeOrdered(in.Messages, ko)
 	if err != nil {
@@ -299,11 +308,6 @@ func (t *Tokenizer) renderChat(in ChatInput, native bool) (out string, err error
 			return "", errors.New("tokenizer: tools is not an array")
 		}
 		vars["tools"] = tools
-	}
-	if native && ct.qwen3 {
-		if s, ok := renderQwen3(list, vars); ok {
-			return s, nil
-		}
 	}
 	t.tmpl.order.register(ko)
 	defer t.tmpl.order.unregister(ko)

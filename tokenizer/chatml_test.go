@@ -70,17 +70,49 @@ func TestQwen3NativeMatchesTemplate(t *testing.T) {
 		if (werr != nil) != (gerr != nil) || got != want {
 			t.Fatalf("case %d %s extra %v:\nnative   %q (%v)\ntemplate %q (%v)", i, raw, in.Extra, got, gerr, want, werr)
 		}
-		var list []any
-		_ = json.Unmarshal(raw, &list)
-		vars := map[string]any{"messages": list, "add_generation_prompt": in.AddGenerationPrompt, "tools": nil}
-		for k, v := range in.Extra {
-			vars[k] = v
-		}
-		if _, ok := renderQwen3(list, vars); ok {
+		if nativePath(in) {
 			native++
 		}
 	}
 	if native < 500 {
 		t.Fatalf("only %d of 3000 chats took the native path", native)
 	}
+}
+
+// nativePath reports whether in renders without the template engine.
+func nativePath(in ChatInput) bool {
+	off, ok := qwen3Vars(in.Extra)
+	if !ok || !isNull(in.Tools) {
+		return false
+	}
+	ms, ok := plainMessages(in.Messages)
+	if !ok {
+		return false
+	}
+	_, ok = renderQwen3(ms, in.AddGenerationPrompt, off)
+	return ok
+}
+
+// FuzzPlainMessages: whatever messages JSON plainMessages accepts renders natively exactly as
+// the template engine renders it.
+func FuzzPlainMessages(f *testing.F) {
+	f.Add([]byte(`[{"role":"system","content":"be brief"},{"role":"user","content":"hi\n\"there\" \u00e9\ud83d\ude00"}]`), true)
+	f.Add([]byte(` [ {"content":"x","role":"user","name":"n"} , {"role":"assistant","content":"\n\nok"} ] `), false)
+	f.Add([]byte(`[{"role":"user","content":"a\u0000b\/"},{"role":"user","role":"assistant","content":""}]`), true)
+	f.Add([]byte("[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]"), true)
+	tok, err := Default()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte, gen bool) {
+		in := ChatInput{Messages: raw, AddGenerationPrompt: gen}
+		if !nativePath(in) {
+			return
+		}
+		got, gerr := tok.renderChat(in, true)
+		want, werr := tok.renderChat(in, false)
+		if gerr != nil || werr != nil || got != want {
+			t.Fatalf("%q:\nnative   %q (%v)\ntemplate %q (%v)", raw, got, gerr, want, werr)
+		}
+	})
 }
