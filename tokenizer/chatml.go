@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"strings"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -47,9 +48,8 @@ func qwen3Vars(extra map[string]any) (thinkingOff, ok bool) {
 
 // plainMessages reads a messages array of objects that hold exactly a string "role" and a
 // string "content" (and optionally a string "name"), the shape of almost every chat, with
-// the same string decoding as encoding/json. ok is false for any other shape or any doubt
-// (escapes it does not decode itself go through encoding/json); the caller then takes the
-// general path, which also reports errors.
+// the same string decoding as encoding/json. ok is false for any other shape or any doubt;
+// the caller then takes the general path, which also reports errors.
 func plainMessages(data []byte) (ms []chatMsg, ok bool) {
 	s := jsonScanner{data: data}
 	if s.ws(); s.peek() != '[' {
@@ -127,34 +127,109 @@ func plainMessages(data []byte) (ms []chatMsg, ok bool) {
 	return ms, true
 }
 
-// plainString reads a JSON string at s.pos as encoding/json decodes it.
+// plainString reads a JSON string at s.pos and decodes it as encoding/json does: escapes
+// decoded, an unpaired surrogate escape and each byte of invalid UTF-8 become U+FFFD, a raw
+// control character is an error (ok false).
 func plainString(s *jsonScanner) (string, bool) {
 	if s.peek() != '"' {
 		return "", false
 	}
-	start := s.pos
-	esc := false
-	for i := start + 1; i < len(s.data); i++ {
-		switch c := s.data[i]; {
-		case c == '\\':
-			esc = true
-			i++
+	start := s.pos + 1
+	i := start
+	for i < len(s.data) && s.data[i] != '"' && s.data[i] != '\\' && s.data[i] >= 0x20 && s.data[i] < utf8.RuneSelf {
+		i++
+	}
+	if i < len(s.data) && s.data[i] == '"' {
+		s.pos = i + 1
+		return string(s.data[start:i]), true
+	}
+	b := make([]byte, 0, 2*(i-start)+16)
+	b = append(b, s.data[start:i]...)
+	for i < len(s.data) {
+		c := s.data[i]
+		switch {
 		case c == '"':
 			s.pos = i + 1
-			lit := s.data[start:s.pos]
-			if !esc && utf8.Valid(lit) {
-				return string(lit[1 : len(lit)-1]), true
-			}
-			var v string
-			if json.Unmarshal(lit, &v) != nil {
-				return "", false
-			}
-			return v, true
+			return string(b), true
 		case c < 0x20:
 			return "", false
+		case c == '\\':
+			if i+1 >= len(s.data) {
+				return "", false
+			}
+			switch e := s.data[i+1]; e {
+			case '"', '\\', '/':
+				b = append(b, e)
+			case 'b':
+				b = append(b, '\b')
+			case 'f':
+				b = append(b, '\f')
+			case 'n':
+				b = append(b, '\n')
+			case 'r':
+				b = append(b, '\r')
+			case 't':
+				b = append(b, '\t')
+			case 'u':
+				r := hex4(s.data[i+2:])
+				if r < 0 {
+					return "", false
+				}
+				i += 6
+				if utf16.IsSurrogate(r) {
+					if len(s.data) > i+1 && s.data[i] == '\\' && s.data[i+1] == 'u' {
+						if r2 := hex4(s.data[i+2:]); r2 >= 0 {
+							if d := utf16.DecodeRune(r, r2); d != utf8.RuneError {
+								b = utf8.AppendRune(b, d)
+								i += 6
+								continue
+							}
+						}
+					}
+					r = utf8.RuneError
+				}
+				b = utf8.AppendRune(b, r)
+				continue
+			default:
+				return "", false
+			}
+			i += 2
+		case c < utf8.RuneSelf:
+			b = append(b, c)
+			i++
+		default:
+			r, n := utf8.DecodeRune(s.data[i:])
+			if r == utf8.RuneError && n == 1 {
+				b = utf8.AppendRune(b, utf8.RuneError)
+			} else {
+				b = append(b, s.data[i:i+n]...)
+			}
+			i += n
 		}
 	}
 	return "", false
+}
+
+// hex4 decodes the 4 hex digits at the start of b, or returns -1.
+func hex4(b []byte) rune {
+	if len(b) < 4 {
+		return -1
+	}
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			c = c - 'A' + 10
+		default:
+			return -1
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
 }
 
 // renderQwen3 renders what the Qwen3 template renders for plain chats (system, user and

@@ -116,3 +116,22 @@ func FuzzPlainMessages(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPlainString: the native string decoder agrees with encoding/json on every literal.
+func FuzzPlainString(f *testing.F) {
+	for _, s := range []string{`plain`, `a\nb\"c\\d\/e\bf\fg\rh\ti`, `\u00e9\ud83d\ude00`, `\ud83d`, `\ud83dx`, `\ud83d\u0041`,
+		`\ude00\ud83d`, "\xff\xfe ok \xe2\x82", "tab\there", "raw\tcontrol", `\x`, `\u12`, `é 日本`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		lit := append(append([]byte{'"'}, body...), '"')
+		var want string
+		werr := json.Unmarshal(lit, &want)
+		s := jsonScanner{data: lit}
+		got, ok := plainString(&s)
+		ok = ok && s.pos == len(lit)
+		if ok != (werr == nil) || ok && got != want {
+			t.Fatalf("%q: native %q (%v), encoding/json %q (%v)", lit, got, ok, want, werr)
+		}
+	})
+}
