@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -57,7 +58,9 @@ func turnsConversation(rng *rand.Rand, corpus string) [][]byte {
 // score, pick) on varied real text: each op routes the next turn of a conversation, every
 // conversation new text cut from real prose, turn 10 at about 4,096 prompt tokens. Turn 1 is
 // all new text; at turn 10 only the last user message is (the earlier ones were tokenized at
-// earlier turns). Same index as BenchmarkRoute4096. It reports p50/p99 of turn 1 and turn 10.
+// earlier turns). Same index as BenchmarkRoute4096. It reports p50/p99 of turn 1 and turn 10,
+// in wall time and (Linux) in CPU time of the routing thread, which a loaded machine changes
+// much less.
 func BenchmarkRoute4096Turns(b *testing.B) {
 	corpus := proseCorpus(b)
 	r, _ := newRouter(b, endpoints(8), func(c *router.Config) { c.Seed = 1 })
@@ -76,21 +79,23 @@ func BenchmarkRoute4096Turns(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	route := func(body []byte) time.Duration {
-		t0 := time.Now()
+	runtime.LockOSThread() // threadCPU measures this goroutine's decisions
+	defer runtime.UnlockOSThread()
+	route := func(body []byte) (wall, cpu time.Duration) {
+		c0, t0 := threadCPU(), time.Now()
 		d, err := r.Route(ctx, router.Request{Path: "/v1/chat/completions", Body: body})
-		el := time.Since(t0)
+		wall, cpu = time.Since(t0), threadCPU()-c0
 		if err != nil {
 			b.Fatal(err)
 		}
 		d.Done(nil, nil)
-		return el
+		return wall, cpu
 	}
 	// Warm the word cache on other text of the same corpus, as a running router's would be.
 	for _, body := range turnsConversation(rng, corpus) {
 		route(body)
 	}
-	var turn1, turn10 []time.Duration
+	var turn1, turn10, cpu1, cpu10 []time.Duration
 	var bodies [][]byte
 	tokens := 0
 	b.ReportAllocs()
@@ -110,12 +115,12 @@ func BenchmarkRoute4096Turns(b *testing.B) {
 			}
 			b.StartTimer()
 		}
-		el := route(bodies[i%10])
+		wall, cpu := route(bodies[i%10])
 		switch i % 10 {
 		case 0:
-			turn1 = append(turn1, el)
+			turn1, cpu1 = append(turn1, wall), append(cpu1, cpu)
 		case 9:
-			turn10 = append(turn10, el)
+			turn10, cpu10 = append(turn10, wall), append(cpu10, cpu)
 		}
 	}
 	report := func(name string, d []time.Duration) {
@@ -128,5 +133,9 @@ func BenchmarkRoute4096Turns(b *testing.B) {
 	}
 	report("turn1", turn1)
 	report("turn10", turn10)
+	if threadCPU() > 0 {
+		report("turn1-cpu", cpu1)
+		report("turn10-cpu", cpu10)
+	}
 	b.ReportMetric(float64(tokens), "turn10-tokens")
 }
