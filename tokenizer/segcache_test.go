@@ -117,10 +117,10 @@ func TestSegmentCacheHitsEarlierTurns(t *testing.T) {
 	turn1 := "<|im_start|>user\n" + long + "<|im_end|>\n<|im_start|>assistant\n"
 	tok.Encode(turn1)
 	seg := "\n" + long
-	if _, ok := tok.segs.get(tok.segs.hash(seg, false), seg, false); !ok {
+	if _, ok := tok.segs.get(tok.segs.hash(seg, false)); !ok {
 		// The template's segment is "user\n"+long: find what was stored.
 		seg = "user\n" + long
-		if _, ok := tok.segs.get(tok.segs.hash(seg, false), seg, false); !ok {
+		if _, ok := tok.segs.get(tok.segs.hash(seg, false)); !ok {
 			t.Fatal("the user message's segment was not cached")
 		}
 	}

@@ -171,14 +171,14 @@ func (t *Tokenizer) appendEncode(dst []uint32, text string, segs *segmentCache) 
 			dst = t.encodeSegment(dst, seg, first, st)
 			return
 		}
-		h := segs.hash(seg, first)
-		if ids, ok := segs.get(h, seg, first); ok {
+		k := segs.hash(seg, first)
+		if ids, ok := segs.get(k); ok {
 			dst = append(dst, ids...)
 			return
 		}
 		start := len(dst)
 		dst = t.encodeSegment(dst, seg, first, st)
-		segs.put(h, seg, first, dst[start:])
+		segs.put(k, dst[start:])
 	})
 	return dst
 }
