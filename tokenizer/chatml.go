@@ -143,9 +143,22 @@ func plainString(s *jsonScanner) (string, bool) {
 		s.pos = i + 1
 		return string(s.data[start:i]), true
 	}
-	b := make([]byte, 0, 2*(i-start)+16)
+	end := bytes.IndexByte(s.data[i:], '"')
+	if end < 0 {
+		return "", false
+	}
+	b := make([]byte, 0, i-start+end+8) // the usual case: escapes shrink the text
 	b = append(b, s.data[start:i]...)
 	for i < len(s.data) {
+		// A run of plain ASCII in one copy.
+		j := i
+		for j < len(s.data) && s.data[j] != '"' && s.data[j] != '\\' && s.data[j] >= 0x20 && s.data[j] < utf8.RuneSelf {
+			j++
+		}
+		b = append(b, s.data[i:j]...)
+		if i = j; i >= len(s.data) {
+			break
+		}
 		c := s.data[i]
 		switch {
 		case c == '"':

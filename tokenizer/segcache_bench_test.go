@@ -101,3 +101,53 @@ func BenchmarkEncodeTurns(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRenderChatTurn10 renders a 10th turn (20 messages, about 4,096 tokens of real
+// prose) natively and through the template engine.
+func BenchmarkRenderChatTurn10(b *testing.B) {
+	tok, err := Default()
+	if err != nil {
+		b.Fatal(err)
+	}
+	files, _ := filepath.Glob("../docs/*.md")
+	var sb strings.Builder
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sb.Write(data)
+	}
+	corpus := sb.String()
+	rng := rand.New(rand.NewPCG(9, 9))
+	cut := func(n int) string {
+		i := rng.IntN(len(corpus) - n)
+		return strings.ToValidUTF8(corpus[i:i+n], "")
+	}
+	msgs := []map[string]string{{"role": "system", "content": "You are a helpful assistant. " + cut(200)}}
+	for range 9 {
+		msgs = append(msgs, map[string]string{"role": "user", "content": cut(720)}, map[string]string{"role": "assistant", "content": cut(720)})
+	}
+	msgs = append(msgs, map[string]string{"role": "user", "content": cut(720)})
+	raw, _ := json.Marshal(msgs)
+	in := ChatInput{Messages: raw, AddGenerationPrompt: true}
+	for _, native := range []bool{true, false} {
+		name := "engine"
+		if native {
+			name = "native"
+		}
+		b.Run(name, func(b *testing.B) {
+			if !nativePath(in) {
+				b.Fatal("not a plain chat")
+			}
+			b.ReportAllocs()
+			cpu := cpuTime(b)
+			for b.Loop() {
+				if _, err := tok.renderChat(in, native); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportCPU(b, cpu)
+		})
+	}
+}
