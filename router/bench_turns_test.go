@@ -41,8 +41,7 @@ func proseCorpus(b *testing.B) string {
 func turnsConversation(rng *rand.Rand, corpus string) [][]byte {
 	cut := func(n int) string {
 		i := rng.IntN(len(corpus) - n)
-		// Without think tags: the template engine fails on some assistant messages holding
-		// "</think>" (a separate problem), and the router would refuse them.
+		// Without think tags, which would send the render to the template engine.
 		return noThink.Replace(strings.ToValidUTF8(corpus[i:i+n], ""))
 	}
 	msgs := []map[string]string{{"role": "system", "content": "You are a helpful assistant. " + cut(200)}}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -158,7 +159,45 @@ func strMethods() *exec.MethodSet[string] {
 		}
 		return strings.Replace(self, old, repl, count), nil
 	}
+	// split and friends return a list whose indexing follows Python: gonja's own indexing
+	// misses x[-n] on a list of n items (None), which broke the Qwen3 template on an
+	// assistant message holding "</think>" without "<think>" (the reasoning split's [-1]).
+	for _, n := range []string{"split", "rsplit", "splitlines"} {
+		f := m[n]
+		if f == nil {
+			continue
+		}
+		m[n] = func(self string, v *exec.Value, args *exec.VarArgs) (any, error) {
+			r, err := f(self, v, args)
+			if rv := reflect.ValueOf(r); rv.Kind() == reflect.Slice && rv.Type().Elem().Kind() == reflect.String {
+				l := make(strList, rv.Len())
+				for i := range l {
+					l[i] = rv.Index(i).String()
+				}
+				return l, err
+			}
+			return r, err
+		}
+	}
 	return exec.NewMethodSet(m)
+}
+
+// strList is a list of strings indexed as Python indexes lists.
+type strList []string
+
+// GetItem implements exec.ItemGetter.
+func (l strList) GetItem(key any) (*exec.Value, bool) {
+	i, ok := key.(int)
+	if !ok {
+		return exec.AsValue(nil), false
+	}
+	if i < 0 {
+		i += len(l)
+	}
+	if i < 0 || i >= len(l) {
+		return exec.AsValue(nil), false
+	}
+	return exec.AsValue(l[i]), true
 }
 
 // toJSONFilter is tojson with Python's json.dumps output: key order kept, ", " and ": "

@@ -135,3 +135,34 @@ func FuzzPlainString(f *testing.F) {
 		}
 	})
 }
+
+// TestQwen3ReasoningSplit: assistant messages holding "</think>" without "<think>" (how
+// Qwen3's own replies come back when the generation prompt opened the think block) render as
+// Python's Jinja renders them. The template takes split('<think>')[-1] of a one-item list;
+// gonja's indexing returned None for x[-n] on n items and the render failed.
+func TestQwen3ReasoningSplit(t *testing.T) {
+	tok, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, reply, want string
+	}{
+		{"reasoning then answer", "r</think>\n\nans",
+			"<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nans<|im_end|>\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n<think>\nr\n</think>\n\nans<|im_end|>\n"},
+		{"reasoning only", "x</think>",
+			"<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n<think>\nx\n</think>\n\n<|im_end|>\n"},
+		{"closing tag only", "</think>\n",
+			"<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n<|im_end|>\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			raw, _ := json.Marshal([]map[string]string{{"role": "user", "content": "hi"}, {"role": "assistant", "content": tc.reply},
+				{"role": "user", "content": "again"}, {"role": "assistant", "content": tc.reply}})
+			got, err := tok.RenderChat(ChatInput{Messages: raw})
+			if err != nil || got != tc.want {
+				t.Fatalf("got %q (%v), want %q", got, err, tc.want)
+			}
+		})
+	}
+}

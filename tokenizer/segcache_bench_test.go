@@ -17,8 +17,7 @@ import (
 func turnTexts(b *testing.B, tok *Tokenizer, rng *rand.Rand, corpus string) []string {
 	cut := func(n int) string {
 		i := rng.IntN(len(corpus) - n)
-		// Without think tags: the template engine fails on some assistant messages holding
-		// "</think>" (a separate problem), and the router would refuse them.
+		// Without think tags, which would send the render to the template engine.
 		return noThink.Replace(strings.ToValidUTF8(corpus[i:i+n], ""))
 	}
 	msgs := []map[string]string{{"role": "system", "content": "You are a helpful assistant. " + cut(200)}}
@@ -124,8 +123,7 @@ func BenchmarkRenderChatTurn10(b *testing.B) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	cut := func(n int) string {
 		i := rng.IntN(len(corpus) - n)
-		// Without think tags: the template engine fails on some assistant messages holding
-		// "</think>" (a separate problem), and the router would refuse them.
+		// Without think tags, which would send the render to the template engine.
 		return noThink.Replace(strings.ToValidUTF8(corpus[i:i+n], ""))
 	}
 	msgs := []map[string]string{{"role": "system", "content": "You are a helpful assistant. " + cut(200)}}
