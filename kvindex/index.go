@@ -35,12 +35,9 @@ type Index struct {
 	applyMu sync.Mutex   // serialises appliers and snapshot writers
 	mu      sync.RWMutex // guards everything below up to namesMu
 
-	nodes []node
-	kids  map[kidKey]uint32
-	free  []uint32
+	tree
 	res   []uint64
 	words int // 64-bit words per tier in each node's residency
-	live  int // nodes other than the root
 	pairs int // resident (node, endpoint) pairs
 	eps   []*endpointState
 
@@ -58,10 +55,9 @@ type Index struct {
 // be nil.
 func New(reg prometheus.Registerer) *Index {
 	return &Index{
-		nodes: make([]node, 1),
+		tree:  newTree(),
 		res:   make([]uint64, 3),
 		words: 1,
-		kids:  map[kidKey]uint32{},
 		ids:   map[string]EndpointID{},
 		m:     newMetrics(reg),
 	}
