@@ -20,6 +20,8 @@ import (
 	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
 	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/gpu"
+	"github.com/kvgate/kvgate/relay"
+	"github.com/kvgate/kvgate/sidecar"
 )
 
 // Options are workerd's dependencies. Zero fields take the defaults noted.
@@ -41,15 +43,14 @@ type Workerd struct {
 	log    *slog.Logger
 	plans  []plan
 	procs  []*proc
-	hubs   map[string]*hub
-	load   *loadHub
+	relay  *relay.Server
 	lis    net.Listener
 	srv    *grpc.Server
 	consul *discovery.Consul
 	inv    gpu.Inventory
 	http   *http.Client
 	// sidecars are the decode engines' P/D sidecars, by instance.
-	sidecars map[string]*Sidecar
+	sidecars map[string]*sidecar.Server
 
 	runMu   sync.Mutex
 	running bool
@@ -117,8 +118,7 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 		return nil, fmt.Errorf("workerd: relay listener: %w", err)
 	}
 	w := &Workerd{
-		cfg: cfg, log: log.With("component", "workerd"), plans: plans, hubs: map[string]*hub{},
-		load: newLoadHub(), lis: lis, inv: inv,
+		cfg: cfg, log: log.With("component", "workerd"), plans: plans, lis: lis, inv: inv,
 		http: &http.Client{Timeout: 5 * time.Second},
 	}
 	if cfg.Consul != nil {
@@ -135,12 +135,12 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 	if out == nil {
 		out = os.Stderr
 	}
+	w.relay = relay.NewServer(w.engineInfos)
 	var outMu sync.Mutex
 	for _, p := range plans {
-		h := newHub(p.instance, cfg.RingSize, 0)
-		w.hubs[p.instance] = h
+		h := w.relay.AddEngine(p.instance, relay.HubOptions{Ring: cfg.RingSize})
 		w.procs = append(w.procs, &proc{
-			p: p, hub: h, cfg: &w.cfg, http: w.http, load: w.load, state: StateStopped,
+			p: p, hub: h, cfg: &w.cfg, http: w.http, load: w.relay, state: StateStopped,
 			log: w.log.With("engine", p.instance),
 			out: &lineWriter{prefix: p.instance + " | ", w: out, mu: &outMu},
 		})
@@ -156,7 +156,7 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 		return nil, err
 	}
 	w.srv = grpc.NewServer()
-	relayv1.RegisterRelayServer(w.srv, &relayServer{w: w})
+	relayv1.RegisterRelayServer(w.srv, w.relay)
 	return w, nil
 }
 
@@ -194,7 +194,21 @@ func (w *Workerd) Engines() []EngineStatus {
 	return out
 }
 
-func (w *Workerd) hub(name string) *hub { return w.hubs[name] }
+// engineInfos is the relay's answer to Engines.
+func (w *Workerd) engineInfos() []*relayv1.EngineInfo {
+	var out []*relayv1.EngineInfo
+	for _, st := range w.Engines() {
+		info := &relayv1.EngineInfo{
+			Name: st.Name, Kind: st.Kind, Models: st.Models, Role: st.Role, Address: st.Address,
+			BlockSize: int32(st.BlockSize), State: st.State, Restarts: uint32(st.Restarts),
+		}
+		for _, g := range st.GPUs {
+			info.Gpus = append(info.Gpus, int32(g))
+		}
+		out = append(out, info)
+	}
+	return out
+}
 
 // Run serves the relay, starts every engine, keeps them alive and registered until ctx ends,
 // then shuts down gracefully: engines leave Consul first (routers stop sending), running

@@ -25,6 +25,7 @@ import (
 	"github.com/kvgate/kvgate/discovery/consultest"
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/gpu"
+	"github.com/kvgate/kvgate/relay"
 )
 
 // syncBuffer collects engine output from several goroutines.
@@ -200,7 +201,7 @@ func TestWorkerdEndToEnd(t *testing.T) {
 	}
 
 	// Relay: snapshot first, then the blocks of a completion.
-	client := NewRelayClientConfig(RelayClientConfig{Addr: w.Addr(), Engine: "n1-a", MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	client := relay.NewClientConfig(relay.ClientConfig{Addr: w.Addr(), Engine: "n1-a", MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	rec := &loadRecorder{recorder: newRecorder()}
 	stopClient := run(t, client, rec)
 	waitFor(t, 10*time.Second, "the snapshot", func() bool { b, _ := rec.snapshot(); return len(b) >= 1 })

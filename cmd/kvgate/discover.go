@@ -8,8 +8,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/relay"
 	"github.com/kvgate/kvgate/router"
-	"github.com/kvgate/kvgate/workerd"
 )
 
 // consulFlags point a router at a Consul catalog of engines (those workerd registers).
@@ -73,10 +73,6 @@ func relaySource(log *slog.Logger) func(router.Endpoint) router.EventSource {
 		if e.Workerd == "" {
 			return nil
 		}
-		return workerd.NewRelayClient(e.Workerd, e.Name, log)
+		return relay.NewClient(e.Workerd, e.Name, log)
 	}
 }
-
-// The relay client delivers load to handlers that implement workerd.LoadHandler; the router
-// hands its sources a router.LoadHandler. They must stay the same method.
-var _ workerd.LoadHandler = router.LoadHandler(nil)

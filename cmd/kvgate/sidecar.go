@@ -6,7 +6,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/kvgate/kvgate/workerd"
+	"github.com/kvgate/kvgate/sidecar"
 )
 
 func init() { register(newSidecarCmd) }
@@ -15,7 +15,7 @@ func init() { register(newSidecarCmd) }
 // does not run (a vLLM started by hand, a Kubernetes pod, an e2e test).
 func newSidecarCmd(g *globals) *cobra.Command {
 	var (
-		cfg     workerd.SidecarConfig
+		cfg     sidecar.Config
 		metrics string
 	)
 	cmd := &cobra.Command{
@@ -31,7 +31,7 @@ pass through. See docs/DISAGG.md.`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			reg := newRegistry()
-			s, err := workerd.NewSidecar(cfg, g.log, reg)
+			s, err := sidecar.New(cfg, g.log, reg)
 			if err != nil {
 				return err
 			}

@@ -1,4 +1,4 @@
-package workerd
+package relay
 
 import (
 	"context"
@@ -73,19 +73,19 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 // relayFixture serves one hub over bufconn.
 type relayFixture struct {
-	h    *hub
+	h    *Hub
 	lis  *bufconn.Listener
 	srv  *grpc.Server
-	w    *Workerd
+	rs   *Server
 	dial []grpc.DialOption
 }
 
 func newRelayFixture(t *testing.T, ring, subBuf int) *relayFixture {
 	t.Helper()
-	f := &relayFixture{h: newHub("e0", ring, subBuf), lis: bufconn.Listen(1 << 20)}
-	f.w = &Workerd{hubs: map[string]*hub{"e0": f.h}, load: newLoadHub()}
+	f := &relayFixture{lis: bufconn.Listen(1 << 20), rs: NewServer(nil)}
+	f.h = f.rs.AddEngine("e0", HubOptions{Ring: ring, StreamBuf: subBuf})
 	f.srv = grpc.NewServer()
-	relayv1.RegisterRelayServer(f.srv, &relayServer{w: f.w})
+	relayv1.RegisterRelayServer(f.srv, f.rs)
 	go func() { _ = f.srv.Serve(f.lis) }()
 	t.Cleanup(f.srv.Stop)
 	f.dial = []grpc.DialOption{
@@ -95,12 +95,12 @@ func newRelayFixture(t *testing.T, ring, subBuf int) *relayFixture {
 	return f
 }
 
-func (f *relayFixture) client(name string) *RelayClient {
-	return NewRelayClientConfig(RelayClientConfig{Addr: "passthrough:///bufnet", Engine: name, DialOptions: f.dial, MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+func (f *relayFixture) client(name string) *Client {
+	return NewClientConfig(ClientConfig{Addr: "passthrough:///bufnet", Engine: name, DialOptions: f.dial, MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
 }
 
 // run starts c.Run and returns a stop function that waits for it.
-func run(t *testing.T, c *RelayClient, h engine.Handler) (stop func()) {
+func run(t *testing.T, c *Client, h engine.Handler) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx, h) }()
@@ -157,9 +157,9 @@ func storedHashes(b engine.EventBatch) []uint64 {
 
 func TestRelaySnapshotThenEvents(t *testing.T) {
 	f := newRelayFixture(t, 0, 0)
-	f.h.publish(stored(0, 1, 2))
-	f.h.publish(stored(2, 3))
-	f.h.publish(removed(1))
+	f.h.Publish(stored(0, 1, 2))
+	f.h.Publish(stored(2, 3))
+	f.h.Publish(removed(1))
 
 	rec := newRecorder()
 	run(t, f.client("e0"), rec)
@@ -180,8 +180,8 @@ func TestRelaySnapshotThenEvents(t *testing.T) {
 		t.Fatalf("block 3 = %+v", three)
 	}
 
-	f.h.publish(stored(3, 4, 5))
-	f.h.publish(removed(4, 5))
+	f.h.Publish(stored(3, 4, 5))
+	f.h.Publish(removed(4, 5))
 	waitFor(t, 5*time.Second, "two live batches", func() bool { b, _ := rec.snapshot(); return len(b) == 3 })
 	b, _ = rec.snapshot()
 	if b[1].seq != 4 || b[2].seq != 5 {
@@ -211,12 +211,12 @@ func TestRelayResumeAndResync(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newRelayFixture(t, tc.ring, 0)
-			f.h.publish(stored(0, 1))
+			f.h.Publish(stored(0, 1))
 			c := f.client("e0")
 			rec := newRecorder()
 			stop := run(t, c, rec)
 			waitFor(t, 5*time.Second, "the snapshot", func() bool { b, _ := rec.snapshot(); return len(b) == 1 })
-			f.h.publish(stored(1, 2))
+			f.h.Publish(stored(1, 2))
 			waitFor(t, 5*time.Second, "a live batch", func() bool { b, _ := rec.snapshot(); return len(b) == 2 })
 			stop()
 			if _, seq := c.LastSeq(); seq != 2 {
@@ -229,11 +229,11 @@ func TestRelayResumeAndResync(t *testing.T) {
 				f.h.mu.Unlock()
 			}
 			for i := range tc.missed {
-				f.h.publish(stored(uint64(10+i), uint64(11+i)))
+				f.h.Publish(stored(uint64(10+i), uint64(11+i)))
 			}
 			rec2 := newRecorder()
 			run(t, c, rec2)
-			f.h.publish(stored(0, 99)) // one live batch after the reconnect
+			f.h.Publish(stored(0, 99)) // one live batch after the reconnect
 			last := uint64(2 + tc.missed + 1)
 			waitFor(t, 5*time.Second, "the batch after the reconnect", func() bool {
 				b, _ := rec2.snapshot()
@@ -269,14 +269,14 @@ func TestRelayResumeAndResync(t *testing.T) {
 
 func TestRelayClearedOnce(t *testing.T) {
 	f := newRelayFixture(t, 0, 0)
-	f.h.publish(stored(0, 1))
+	f.h.Publish(stored(0, 1))
 	rec := newRecorder()
 	run(t, f.client("e0"), rec)
 	waitFor(t, 5*time.Second, "the snapshot", func() bool { b, _ := rec.snapshot(); return len(b) == 1 })
-	f.h.clearAll()
-	f.h.clearAll() // the engine restart and the subscriber's Gap both report it: one batch
+	f.h.Clear()
+	f.h.Clear() // the engine restart and the subscriber's Gap both report it: one batch
 	hubHandler{f.h}.Gap(5, 0)
-	f.h.publish(stored(0, 7))
+	f.h.Publish(stored(0, 7))
 	waitFor(t, 5*time.Second, "the clear and the new block", func() bool { b, _ := rec.snapshot(); return len(b) == 3 })
 	b, _ := rec.snapshot()
 	if len(b[1].b.Events) != 1 || b[1].b.Events[0].Kind != engine.AllBlocksCleared || b[1].seq != 2 {
@@ -285,7 +285,7 @@ func TestRelayClearedOnce(t *testing.T) {
 	if b[2].seq != 3 || !slices.Equal(storedHashes(b[2].b), []uint64{7}) {
 		t.Fatalf("batch 3 = seq %d %+v", b[2].seq, b[2].b)
 	}
-	if seq, blocks := f.h.stats(); seq != 3 || blocks != 1 {
+	if seq, blocks := f.h.Stats(); seq != 3 || blocks != 1 {
 		t.Fatalf("hub stats seq %d blocks %d", seq, blocks)
 	}
 }
@@ -299,7 +299,7 @@ func TestRelaySlowClientResumes(t *testing.T) {
 	waitFor(t, 5*time.Second, "the snapshot", func() bool { b, _ := rec.snapshot(); return len(b) == 1 })
 	const n = 300
 	for i := range n {
-		f.h.publish(stored(0, uint64(i+1)))
+		f.h.Publish(stored(0, uint64(i+1)))
 	}
 	waitFor(t, 20*time.Second, "every batch", func() bool { b, _ := rec.snapshot(); return len(b) >= n+1 })
 	b, gaps := rec.snapshot()
@@ -344,7 +344,7 @@ func TestRelayChunkedSnapshot(t *testing.T) {
 	f := newRelayFixture(t, 0, 0)
 	const n = 3*snapshotChunk + 7
 	for i := range n {
-		f.h.publish(stored(uint64(i), uint64(i+1)))
+		f.h.Publish(stored(uint64(i), uint64(i+1)))
 	}
 	rec := newRecorder()
 	run(t, f.client("e0"), rec)
@@ -358,12 +358,12 @@ func TestRelayChunkedSnapshot(t *testing.T) {
 
 func TestLoadStream(t *testing.T) {
 	f := newRelayFixture(t, 0, 0)
-	f.w.load.put(&relayv1.LoadReport{Engine: "e0", Running: 3, Waiting: 1, KvUsage: 0.5, Healthy: true})
+	f.rs.PutLoad(&relayv1.LoadReport{Engine: "e0", Running: 3, Waiting: 1, KvUsage: 0.5, Healthy: true})
 	lr := &loadRecorder{recorder: newRecorder()}
 	run(t, f.client("e0"), lr)
 	waitFor(t, 5*time.Second, "the current load", func() bool { return lr.count() == 1 })
-	f.w.load.put(&relayv1.LoadReport{Engine: "other", Running: 9})
-	f.w.load.put(&relayv1.LoadReport{Engine: "e0", Running: 4, KvUsage: 0.25, Healthy: false})
+	f.rs.PutLoad(&relayv1.LoadReport{Engine: "other", Running: 9})
+	f.rs.PutLoad(&relayv1.LoadReport{Engine: "e0", Running: 4, KvUsage: 0.25, Healthy: false})
 	waitFor(t, 5*time.Second, "the next load", func() bool { return lr.count() == 2 })
 	lr.mu.Lock()
 	defer lr.mu.Unlock()

@@ -1,4 +1,7 @@
-package workerd
+// Package sidecar is the P/D proxy in front of a decode engine. In a disaggregated request's
+// path it owns the step after the router's pick: the remote prefill on the engine the router
+// named, then the local decode whose answer streams back. It owns no step of a KV event.
+package sidecar
 
 import (
 	"bytes"
@@ -21,8 +24,8 @@ import (
 )
 
 // Headers the sidecar reads and writes. HeaderPrefiller and HeaderPrefillEndpoint are the
-// router's names (router.HeaderPrefiller, router.HeaderPrefillEndpoint); workerd sits below
-// the router and repeats them.
+// router's names (router.HeaderPrefiller, router.HeaderPrefillEndpoint); the sidecar sits
+// below the router and repeats them.
 const (
 	// HeaderPrefiller names the prefill engine (ip:port) on a request; llm-d's decode
 	// sidecars read the same header.
@@ -38,12 +41,12 @@ const (
 
 // Sidecar metric names.
 const (
-	MetricSidecarRemotePrefills = "kvgate_sidecar_remote_prefills_total"
-	MetricSidecarFallbacks      = "kvgate_sidecar_prefill_fallbacks_total"
-	MetricSidecarPrefillSeconds = "kvgate_sidecar_prefill_seconds"
+	MetricRemotePrefills = "kvgate_sidecar_remote_prefills_total"
+	MetricFallbacks      = "kvgate_sidecar_prefill_fallbacks_total"
+	MetricPrefillSeconds = "kvgate_sidecar_prefill_seconds"
 )
 
-// Why a remote prefill was given up: the reason label of MetricSidecarFallbacks and the value
+// Why a remote prefill was given up: the reason label of MetricFallbacks and the value
 // of HeaderPrefillFallback.
 const (
 	FallbackBadAddress  = "bad_address"  // the header is not host:port
@@ -55,8 +58,8 @@ const (
 	FallbackNoParams    = "no_params"    // its answer has no kv_transfer_params
 )
 
-// SidecarConfig configures a Sidecar. Zero fields take the defaults noted.
-type SidecarConfig struct {
+// Config configures a Sidecar. Zero fields take the defaults noted.
+type Config struct {
 	// Addr is the listen address ("127.0.0.1:0").
 	Addr string
 	// Engine is the local decode engine's OpenAI address, host:port (required).
@@ -73,15 +76,15 @@ type SidecarConfig struct {
 	Transport http.RoundTripper
 }
 
-// Sidecar is the decode node's P/D proxy, in front of the local decode engine. A completion
+// Server is the decode node's P/D proxy, in front of the local decode engine. A completion
 // request that names a prefill engine in HeaderPrefiller is first sent there with
 // kv_transfer_params.do_remote_decode (max_tokens 1, not streamed); the kv_transfer_params it
 // answers with go to the local engine with the original request, which pulls the prompt's KV
 // blocks instead of computing them, and its answer streams back unbuffered. When the remote
 // prefill fails the local engine prefills, and the client sees a normal answer. Everything
 // else passes through. It is safe for concurrent use.
-type Sidecar struct {
-	cfg       SidecarConfig
+type Server struct {
+	cfg       Config
 	log       *slog.Logger
 	lis       net.Listener
 	transport http.RoundTripper
@@ -94,10 +97,10 @@ type Sidecar struct {
 	running bool
 }
 
-var _ http.Handler = (*Sidecar)(nil)
+var _ http.Handler = (*Server)(nil)
 
-// NewSidecar checks cfg and binds the listener; reg (nil: none) receives the metrics.
-func NewSidecar(cfg SidecarConfig, log *slog.Logger, reg prometheus.Registerer) (*Sidecar, error) {
+// New checks cfg and binds the listener; reg (nil: none) receives the metrics.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
 	if _, _, err := net.SplitHostPort(cfg.Engine); err != nil {
 		return nil, fmt.Errorf("sidecar: engine address %q is not host:port", cfg.Engine)
 	}
@@ -119,7 +122,7 @@ func NewSidecar(cfg SidecarConfig, log *slog.Logger, reg prometheus.Registerer) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Sidecar{cfg: cfg, log: log.With("component", "sidecar", "engine", cfg.Name), transport: cfg.Transport}
+	s := &Server{cfg: cfg, log: log.With("component", "sidecar", "engine", cfg.Name), transport: cfg.Transport}
 	if s.transport == nil {
 		s.transport = &http.Transport{
 			Proxy:               nil,
@@ -131,11 +134,11 @@ func NewSidecar(cfg SidecarConfig, log *slog.Logger, reg prometheus.Registerer) 
 		}
 	}
 	labels := prometheus.Labels{"engine": cfg.Name}
-	s.remote = prometheus.NewCounter(prometheus.CounterOpts{Name: MetricSidecarRemotePrefills, ConstLabels: labels,
+	s.remote = prometheus.NewCounter(prometheus.CounterOpts{Name: MetricRemotePrefills, ConstLabels: labels,
 		Help: "Requests whose prompt a remote prefill engine computed (its KV then pulled by the local engine)."})
-	s.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricSidecarFallbacks, ConstLabels: labels,
+	s.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricFallbacks, ConstLabels: labels,
 		Help: "Remote prefills given up, by reason; the local engine prefilled instead."}, []string{"reason"})
-	s.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: MetricSidecarPrefillSeconds, ConstLabels: labels,
+	s.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: MetricPrefillSeconds, ConstLabels: labels,
 		Help:    "Time of successful remote prefill requests (queueing and prefill on the prefill engine).",
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)})
 	if reg != nil {
@@ -154,11 +157,14 @@ func NewSidecar(cfg SidecarConfig, log *slog.Logger, reg prometheus.Registerer) 
 }
 
 // Addr is the bound listen address.
-func (s *Sidecar) Addr() string { return s.lis.Addr().String() }
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Close releases the listener of a server that will not Run.
+func (s *Server) Close() error { return s.lis.Close() }
 
 // Run serves until ctx ends, then closes the listener and waits up to 10s for open requests.
 // It can be called once.
-func (s *Sidecar) Run(ctx context.Context) error {
+func (s *Server) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.running {
 		s.mu.Unlock()
@@ -186,7 +192,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 
 // ServeHTTP handles one request: remote prefill then local decode when the request names a
 // prefill engine, a plain pass-through otherwise.
-func (s *Sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	prefiller := r.Header.Get(HeaderPrefiller)
 	chat := r.URL.Path == "/v1/chat/completions"
 	if prefiller == "" || r.Method != http.MethodPost || !(chat || r.URL.Path == "/v1/completions") {
@@ -224,7 +230,7 @@ func (s *Sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // remotePrefill runs the prompt on the prefill engine and returns the decode body (the
 // original request carrying the prefill's kv_transfer_params), or the reason it failed.
-func (s *Sidecar) remotePrefill(r *http.Request, prefiller string, body []byte, chat bool) ([]byte, string) {
+func (s *Server) remotePrefill(r *http.Request, prefiller string, body []byte, chat bool) ([]byte, string) {
 	host, port, err := net.SplitHostPort(prefiller)
 	if err != nil || host == "" || port == "" || strings.ContainsAny(prefiller, "/?#@") {
 		return nil, FallbackBadAddress
@@ -299,7 +305,7 @@ func encodeObject(m map[string]json.RawMessage) []byte {
 }
 
 // failure classifies a failed prefill round trip and logs it.
-func (s *Sidecar) failure(ctx context.Context, prefiller string, err error) string {
+func (s *Server) failure(ctx context.Context, prefiller string, err error) string {
 	why := FallbackConnect
 	var ne net.Error
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
@@ -350,7 +356,7 @@ func upstreamHeader(h http.Header) http.Header {
 
 // forward proxies r with body to the local engine and streams the answer back unbuffered,
 // with extra headers added to the response.
-func (s *Sidecar) forward(w http.ResponseWriter, r *http.Request, body io.Reader, length int64, extra http.Header) {
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, body io.Reader, length int64, extra http.Header) {
 	u := "http://" + s.cfg.Engine + r.URL.RequestURI()
 	if r.ContentLength == 0 && length <= 0 {
 		body = http.NoBody
@@ -419,60 +425,4 @@ func newRequestID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	return "kvgate-" + hex.EncodeToString(b[:])
-}
-
-// newSidecars binds a sidecar for every decode engine that has one; reg (nil: none) gets
-// their metrics, labelled by instance.
-func (w *Workerd) newSidecars(log *slog.Logger, reg prometheus.Registerer) error {
-	w.sidecars = map[string]*Sidecar{}
-	for _, p := range w.plans {
-		if p.sidecar == "" {
-			continue
-		}
-		s, err := NewSidecar(SidecarConfig{Addr: p.sidecar, Engine: p.addr, Name: p.instance}, log, reg)
-		if err != nil {
-			for _, o := range w.sidecars {
-				o.lis.Close()
-			}
-			return fmt.Errorf("workerd: engine %s: %w", p.instance, err)
-		}
-		w.sidecars[p.instance] = s
-	}
-	return nil
-}
-
-// runSidecars serves every sidecar until the returned stop is called; stop waits for them.
-func (w *Workerd) runSidecars(ctx context.Context) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	for name, s := range w.sidecars {
-		wg.Go(func() {
-			if err := s.Run(ctx); err != nil {
-				w.log.Error("sidecar stopped", "engine", name, "err", err)
-			}
-		})
-	}
-	return func() { cancel(); wg.Wait() }
-}
-
-// engineAddress is where routers send an engine's requests: its sidecar when it has one.
-func (w *Workerd) engineAddress(p plan) string {
-	if s := w.sidecars[p.instance]; s != nil {
-		return advertised(s.Addr(), p.addr)
-	}
-	return p.addr
-}
-
-// advertised is addr with an unspecified host (0.0.0.0, ::) replaced by like's host.
-func advertised(addr, like string) string {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		if h, _, err := net.SplitHostPort(like); err == nil {
-			host = h
-		}
-	}
-	return net.JoinHostPort(host, port)
 }
