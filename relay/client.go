@@ -6,12 +6,14 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
@@ -29,10 +31,12 @@ type LoadHandler interface {
 
 // ClientConfig configures a Client.
 type ClientConfig struct {
-	Addr        string            // workerd relay address (host:port), the Consul meta "workerd"
-	Engine      string            // engine instance name (the Consul service ID)
-	Log         *slog.Logger      // discards when nil
-	DialOptions []grpc.DialOption // insecure transport when empty
+	Addr   string       // workerd relay address (host:port), the Consul meta "workerd"
+	Engine string       // engine instance name (the Consul service ID)
+	Log    *slog.Logger // discards when nil
+	// TLS, when set, dials the relay over TLS (with a client certificate in it: mutual TLS).
+	TLS         *tls.Config
+	DialOptions []grpc.DialOption // plaintext transport (or TLS) when empty
 	MinBackoff  time.Duration     // first reconnect delay (100ms)
 	MaxBackoff  time.Duration     // longest reconnect delay (5s)
 }
@@ -70,7 +74,11 @@ func NewClientConfig(cfg ClientConfig) *Client {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if len(cfg.DialOptions) == 0 {
-		cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		creds := insecure.NewCredentials()
+		if cfg.TLS != nil {
+			creds = credentials.NewTLS(cfg.TLS)
+		}
+		cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 100 * time.Millisecond

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -44,6 +48,7 @@ const (
 	MetricRemotePrefills = "kvgate_sidecar_remote_prefills_total"
 	MetricFallbacks      = "kvgate_sidecar_prefill_fallbacks_total"
 	MetricPrefillSeconds = "kvgate_sidecar_prefill_seconds"
+	MetricRefused        = "kvgate_sidecar_prefill_refused_total"
 )
 
 // Why a remote prefill was given up: the reason label of MetricFallbacks and the value
@@ -72,6 +77,13 @@ type Config struct {
 	DialTimeout time.Duration
 	// MaxBodyBytes bounds the request bodies the sidecar reads (16 MiB).
 	MaxBodyBytes int64
+	// Prefill is the set of prefill engines a request may name in HeaderPrefiller: the ones
+	// the router could have named. A request naming another one is refused (403) and counted
+	// in MetricRefused: nothing, prompt or credentials, is sent there. nil = none (every
+	// request naming a prefill engine is refused).
+	Prefill *PrefillSet
+	// TLS, when set, makes the sidecar serve HTTPS (mutual TLS when it requires client certs).
+	TLS *tls.Config
 	// Transport overrides the HTTP transport to both engines (tests).
 	Transport http.RoundTripper
 }
@@ -88,8 +100,10 @@ type Server struct {
 	log       *slog.Logger
 	lis       net.Listener
 	transport http.RoundTripper
+	proxy     *httputil.ReverseProxy
 
 	remote    prometheus.Counter
+	refused   prometheus.Counter
 	fallbacks *prometheus.CounterVec
 	latency   prometheus.Histogram
 
@@ -133,16 +147,19 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 			DisableCompression:  true,
 		}
 	}
+	s.proxy = s.newProxy()
 	labels := prometheus.Labels{"engine": cfg.Name}
 	s.remote = prometheus.NewCounter(prometheus.CounterOpts{Name: MetricRemotePrefills, ConstLabels: labels,
 		Help: "Requests whose prompt a remote prefill engine computed (its KV then pulled by the local engine)."})
+	s.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: MetricRefused, ConstLabels: labels,
+		Help: "Requests refused (403) because they named a prefill engine outside the known prefill set."})
 	s.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricFallbacks, ConstLabels: labels,
 		Help: "Remote prefills given up, by reason; the local engine prefilled instead."}, []string{"reason"})
 	s.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: MetricPrefillSeconds, ConstLabels: labels,
 		Help:    "Time of successful remote prefill requests (queueing and prefill on the prefill engine).",
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{s.remote, s.fallbacks, s.latency} {
+		for _, c := range []prometheus.Collector{s.remote, s.refused, s.fallbacks, s.latency} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("sidecar: metrics: %w", err)
 			}
@@ -172,10 +189,17 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.running = true
 	s.mu.Unlock()
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	s.log.Info("sidecar listening", "addr", s.Addr(), "decode_engine", s.cfg.Engine)
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, TLSConfig: s.cfg.TLS}
+	s.log.Info("sidecar listening", "addr", s.Addr(), "decode_engine", s.cfg.Engine, "tls", s.cfg.TLS != nil,
+		"prefill_engines", s.cfg.Prefill.Len())
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(s.lis) }()
+	go func() {
+		if s.cfg.TLS != nil {
+			errc <- srv.ServeTLS(s.lis, "", "")
+			return
+		}
+		errc <- srv.Serve(s.lis)
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("sidecar: serve: %w", err)
@@ -196,7 +220,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	prefiller := r.Header.Get(HeaderPrefiller)
 	chat := r.URL.Path == "/v1/chat/completions"
 	if prefiller == "" || r.Method != http.MethodPost || !(chat || r.URL.Path == "/v1/completions") {
-		s.forward(w, r, r.Body, r.ContentLength, nil)
+		s.forward(w, r, nil, nil)
+		return
+	}
+	if !s.cfg.Prefill.Has(prefiller) {
+		// Not an engine the router could have named: a client (or anyone who can reach the
+		// sidecar) is steering the prompt and its Authorization elsewhere.
+		s.refused.Inc()
+		s.log.Warn("request names an unknown prefill engine; refused", "prefill", prefiller, "client", r.RemoteAddr)
+		writeErrorType(w, http.StatusForbidden, "permission_error",
+			fmt.Sprintf("%s names %q, which is not a known prefill endpoint of this cluster", HeaderPrefiller, prefiller))
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
@@ -225,7 +258,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.remote.Inc()
 		extra.Set(HeaderPrefillEndpoint, prefiller)
 	}
-	s.forward(w, r, bytes.NewReader(out), int64(len(out)), extra)
+	s.forward(w, r, out, extra)
 }
 
 // remotePrefill runs the prompt on the prefill engine and returns the decode body (the
@@ -246,7 +279,7 @@ func (s *Server) remotePrefill(r *http.Request, prefiller string, body []byte, c
 	if err != nil {
 		return nil, FallbackBadAddress
 	}
-	hreq.Header = upstreamHeader(r.Header)
+	hreq.Header = prefillHeader(r)
 	hreq.Header.Set("Content-Type", "application/json")
 	hreq.ContentLength = int64(len(pre))
 	start := time.Now()
@@ -336,85 +369,102 @@ func prefillBody(req map[string]json.RawMessage, chat bool) []byte {
 	return encodeObject(pre)
 }
 
-// hopHeaders are connection-level headers a proxy does not forward (RFC 9110 7.6.1).
+// hopHeaders are connection-level headers a proxy does not forward (RFC 9110 7.6.1), beside
+// those the Connection header names.
 var hopHeaders = []string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
 	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
-// upstreamHeader is h less hop-by-hop headers, the body's length and the prefiller header.
-func upstreamHeader(h http.Header) http.Header {
-	out := h.Clone()
+// prefillHeader is the prefill request's header: the client's, less hop-by-hop headers (those
+// Connection names too), the body's length, Accept-Encoding and the prefiller header, with the
+// client's address appended to X-Forwarded-For.
+func prefillHeader(r *http.Request) http.Header {
+	out := r.Header.Clone()
+	for _, v := range out.Values("Connection") {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				out.Del(f)
+			}
+		}
+	}
 	for _, k := range hopHeaders {
 		out.Del(k)
 	}
 	out.Del("Content-Length")
 	out.Del("Accept-Encoding")
 	out.Del(HeaderPrefiller)
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := out.Values("X-Forwarded-For"); len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		out.Set("X-Forwarded-For", ip)
+	}
 	return out
 }
 
-// forward proxies r with body to the local engine and streams the answer back unbuffered,
-// with extra headers added to the response.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, body io.Reader, length int64, extra http.Header) {
-	u := "http://" + s.cfg.Engine + r.URL.RequestURI()
-	if r.ContentLength == 0 && length <= 0 {
-		body = http.NoBody
-	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, u, body)
-	if err != nil {
-		writeError(w, http.StatusBadGateway, err.Error())
-		return
-	}
-	req.Header = upstreamHeader(r.Header)
-	req.ContentLength = length
-	resp, err := s.transport.RoundTrip(req)
-	if err != nil {
-		if r.Context().Err() == nil {
+// extraKey carries the headers ServeHTTP adds to the decode engine's response through the
+// proxy, to ModifyResponse.
+type extraKey struct{}
+
+// newProxy is the reverse proxy to the local decode engine: hop-by-hop headers (and those
+// Connection names) stripped both ways, X-Forwarded-For appended, the answer flushed as it
+// arrives, and a response cut short by the engine cut short for the client too.
+func (s *Server) newProxy() *httputil.ReverseProxy {
+	target := &url.URL{Scheme: "http", Host: s.cfg.Engine}
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
+			pr.SetXForwarded()
+			pr.Out.Header.Del(HeaderPrefiller)
+			pr.Out.Header.Del("Accept-Encoding")
+		},
+		Transport:     s.transport,
+		FlushInterval: -1,
+		ModifyResponse: func(resp *http.Response) error {
+			if extra, ok := resp.Request.Context().Value(extraKey{}).(http.Header); ok {
+				for k, vs := range extra {
+					resp.Header[k] = vs
+				}
+			}
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if r.Context().Err() != nil {
+				return // the client went away; nobody reads an answer
+			}
 			s.log.Warn("decode engine unreachable", "err", err)
-			writeError(w, http.StatusBadGateway, "decode engine unreachable: "+err.Error())
-		}
-		return
-	}
-	defer resp.Body.Close()
-	h := w.Header()
-	for k, vs := range resp.Header {
-		h[k] = vs
-	}
-	for _, k := range hopHeaders {
-		h.Del(k)
-	}
-	for k, vs := range extra {
-		h[k] = vs
-	}
-	w.WriteHeader(resp.StatusCode)
-	rc := http.NewResponseController(w)
-	buf := make([]byte, 32<<10)
-	for {
-		n, rerr := resp.Body.Read(buf)
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
-				return // the client went away; the deferred Close aborts the engine's request
-			}
-			if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
-				return
-			}
-		}
-		if rerr != nil {
-			if !errors.Is(rerr, io.EOF) {
-				// Cut the client's response too, so it sees a broken stream rather than a
-				// silently short one: net/http's documented abort, as httputil.ReverseProxy.
-				s.log.Debug("decode engine answer cut short", "err", rerr)
-				panic(http.ErrAbortHandler)
-			}
-			return
-		}
+			writeError(w, http.StatusBadGateway, "decode engine unreachable")
+		},
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 }
 
+// forward proxies r, with body in place of its own when body is not nil, to the local engine
+// and streams the answer back unbuffered, with extra headers added to the response.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, extra http.Header) {
+	if body != nil {
+		r = r.WithContext(context.WithValue(r.Context(), extraKey{}, extra))
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		r.Header.Del("Content-Length")
+	}
+	s.proxy.ServeHTTP(w, r)
+}
+
 func writeError(w http.ResponseWriter, code int, msg string) {
+	typ := "server_error"
+	if code < 500 {
+		typ = "invalid_request_error"
+	}
+	writeErrorType(w, code, typ, msg)
+}
+
+// writeErrorType writes an OpenAI-shaped error body.
+func writeErrorType(w http.ResponseWriter, code int, typ, msg string) {
 	b, _ := json.Marshal(map[string]any{"error": map[string]any{
-		"message": msg, "type": "server_error", "param": nil, "code": code,
+		"message": msg, "type": typ, "param": nil, "code": code,
 	}})
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)

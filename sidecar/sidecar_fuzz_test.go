@@ -41,12 +41,14 @@ func FuzzSidecar(f *testing.F) {
 	f.Add([]byte(`{"a":1,"a":2}`), "[::1]:80", []byte(`{"kv_transfer_params":{}}`))
 	f.Add([]byte(`not json`), "", []byte(`garbage`))
 	rt := &roundTrip{decode: "127.0.0.1:9"}
-	s, err := sidecar.New(sidecar.Config{Engine: rt.decode, Transport: rt}, nil, nil)
+	known := sidecar.NewPrefillSet()
+	s, err := sidecar.New(sidecar.Config{Engine: rt.decode, Transport: rt, Prefill: known}, nil, nil)
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, body []byte, prefiller string, answer []byte) {
 		rt.answer = answer // one input at a time per fuzzing process
+		known.Set([]string{prefiller})
 		req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", bytes.NewReader(body))
 		if prefiller != "" && !strings.ContainsAny(prefiller, "\r\n\x00") {
 			req.Header.Set(sidecar.HeaderPrefiller, prefiller)

@@ -103,6 +103,11 @@ func startSidecar(t *testing.T, engine string, edit func(*sidecar.Config)) (*sid
 	return s, reg
 }
 
+// allow makes addrs the sidecar's known prefill engines.
+func allow(addrs ...string) func(*sidecar.Config) {
+	return func(c *sidecar.Config) { c.Prefill = sidecar.NewPrefillSet(addrs...) }
+}
+
 func post(t *testing.T, ctx context.Context, url, prefiller, body string) *http.Response {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
@@ -130,7 +135,7 @@ const chatReq = `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_t
 func TestSidecarRemotePrefill(t *testing.T) {
 	pre := newFakeEngine(t, prefillOK)
 	dec := newFakeEngine(t, decodeOK)
-	s, reg := startSidecar(t, dec.addr(), nil)
+	s, reg := startSidecar(t, dec.addr(), allow(pre.addr()))
 	resp := post(t, context.Background(), "http://"+s.Addr()+"/v1/chat/completions", pre.addr(), chatReq)
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
@@ -201,7 +206,7 @@ func TestSidecarRemotePrefill(t *testing.T) {
 func TestSidecarCompletionsPrefill(t *testing.T) {
 	pre := newFakeEngine(t, prefillOK)
 	dec := newFakeEngine(t, decodeOK)
-	s, _ := startSidecar(t, dec.addr(), nil)
+	s, _ := startSidecar(t, dec.addr(), allow(pre.addr()))
 	resp := post(t, context.Background(), "http://"+s.Addr()+"/v1/completions", pre.addr(), `{"model":"m","prompt":"once","max_tokens":9}`)
 	resp.Body.Close()
 	pr := pre.requests()
@@ -276,7 +281,10 @@ func TestSidecarFallback(t *testing.T) {
 				prefiller = pre.addr()
 			}
 			dec := newFakeEngine(t, decodeOK)
-			s, reg := startSidecar(t, dec.addr(), func(c *sidecar.Config) { c.PrefillTimeout = 300 * time.Millisecond })
+			s, reg := startSidecar(t, dec.addr(), func(c *sidecar.Config) {
+				c.PrefillTimeout = 300 * time.Millisecond
+				c.Prefill = sidecar.NewPrefillSet(prefiller)
+			})
 			body := tc.body
 			if body == "" {
 				body = chatReq
@@ -333,7 +341,7 @@ func TestSidecarStreamsUnbuffered(t *testing.T) {
 		}
 		fmt.Fprint(w, "data: [DONE]\n\n")
 	})
-	s, _ := startSidecar(t, dec.addr(), nil)
+	s, _ := startSidecar(t, dec.addr(), allow(pre.addr()))
 	for _, prefiller := range []string{pre.addr(), ""} {
 		resp := post(t, context.Background(), "http://"+s.Addr()+"/v1/chat/completions", prefiller, chatReq)
 		if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
@@ -447,7 +455,7 @@ func TestSidecarClientDisconnect(t *testing.T) {
 			}
 		})
 		pre := newFakeEngine(t, prefillOK)
-		s, _ := startSidecar(t, dec.addr(), nil)
+		s, _ := startSidecar(t, dec.addr(), allow(pre.addr()))
 		ctx, cancel := context.WithCancel(context.Background())
 		resp := post(t, ctx, "http://"+s.Addr()+"/v1/chat/completions", pre.addr(), chatReq)
 		if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
@@ -471,7 +479,7 @@ func TestSidecarClientDisconnect(t *testing.T) {
 			}
 		})
 		dec := newFakeEngine(t, decodeOK)
-		s, reg := startSidecar(t, dec.addr(), nil)
+		s, reg := startSidecar(t, dec.addr(), allow(pre.addr()))
 		ctx, cancel := context.WithCancel(context.Background())
 		errc := make(chan error, 1)
 		go func() {
@@ -524,7 +532,7 @@ func TestSidecarWithSims(t *testing.T) {
 	}
 	pre, preReg := start()
 	dec, decReg := start()
-	sc, _ := startSidecar(t, dec.Addr(), nil)
+	sc, _ := startSidecar(t, dec.Addr(), allow(pre.Addr()))
 	prompt := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 200)
 	body, _ := json.Marshal(map[string]any{"model": "Qwen/Qwen3-8B", "max_tokens": 4,
 		"messages": []map[string]string{{"role": "user", "content": prompt}}})
@@ -627,7 +635,7 @@ func BenchmarkSidecar(b *testing.B) {
 	pre := engine(`{"choices":[{"index":0,"text":"a"}],"kv_transfer_params":` + transferParams + `}`)
 	dec := engine(`{"choices":[{"index":0,"message":{"role":"assistant","content":"hello"}}]}`)
 	decAddr := strings.TrimPrefix(dec.URL, "http://")
-	s, err := sidecar.New(sidecar.Config{Engine: decAddr}, nil, nil)
+	s, err := sidecar.New(sidecar.Config{Engine: decAddr, Prefill: sidecar.NewPrefillSet(strings.TrimPrefix(pre.URL, "http://"))}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

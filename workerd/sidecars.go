@@ -2,25 +2,37 @@ package workerd
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/sidecar"
 )
 
 // newSidecars binds a sidecar for every decode engine that has one; reg (nil: none) gets
-// their metrics, labelled by instance.
-func (w *Workerd) newSidecars(log *slog.Logger, reg prometheus.Registerer) error {
+// their metrics, labelled by instance; tc (nil: plaintext) is their TLS. Their known prefill
+// engines are this node's and Config.PrefillEndpoints, and with Consul the ones followed
+// there (Run).
+func (w *Workerd) newSidecars(log *slog.Logger, reg prometheus.Registerer, tc *tls.Config) error {
 	w.sidecars = map[string]*sidecar.Server{}
+	fixed := slices.Clone(w.cfg.PrefillEndpoints)
+	for _, p := range w.plans {
+		if p.role == discovery.RolePrefill {
+			fixed = append(fixed, p.addr)
+		}
+	}
+	w.prefills = sidecar.NewPrefillSet(fixed...)
 	for _, p := range w.plans {
 		if p.sidecar == "" {
 			continue
 		}
-		s, err := sidecar.New(sidecar.Config{Addr: p.sidecar, Engine: p.addr, Name: p.instance}, log, reg)
+		s, err := sidecar.New(sidecar.Config{Addr: p.sidecar, Engine: p.addr, Name: p.instance, Prefill: w.prefills, TLS: tc}, log, reg)
 		if err != nil {
 			for _, o := range w.sidecars {
 				o.Close()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
 	"github.com/kvgate/kvgate/discovery"
@@ -49,8 +50,10 @@ type Workerd struct {
 	consul *discovery.Consul
 	inv    gpu.Inventory
 	http   *http.Client
-	// sidecars are the decode engines' P/D sidecars, by instance.
+	// sidecars are the decode engines' P/D sidecars, by instance; prefills is the set of
+	// prefill engines they may send prompts to.
 	sidecars map[string]*sidecar.Server
+	prefills *sidecar.PrefillSet
 
 	runMu   sync.Mutex
 	running bool
@@ -113,6 +116,14 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("workerd: refusing to start:\n%w", err)
 	}
+	relayTLS, err := cfg.TLS.Server()
+	if err != nil {
+		return nil, fmt.Errorf("workerd: relay tls: %w", err)
+	}
+	sidecarTLS, err := cfg.SidecarTLS.Server()
+	if err != nil {
+		return nil, fmt.Errorf("workerd: sidecar_tls: %w", err)
+	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("workerd: relay listener: %w", err)
@@ -151,11 +162,15 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 			return nil, err
 		}
 	}
-	if err := w.newSidecars(log, opt.Registerer); err != nil {
+	if err := w.newSidecars(log, opt.Registerer, sidecarTLS); err != nil {
 		lis.Close()
 		return nil, err
 	}
-	w.srv = grpc.NewServer()
+	var sopts []grpc.ServerOption
+	if relayTLS != nil {
+		sopts = append(sopts, grpc.Creds(credentials.NewTLS(relayTLS)))
+	}
+	w.srv = grpc.NewServer(sopts...)
 	relayv1.RegisterRelayServer(w.srv, w.relay)
 	return w, nil
 }
@@ -230,6 +245,15 @@ func (w *Workerd) Run(ctx context.Context) error {
 	w.log.Info("relay listening", "addr", w.Addr(), "engines", len(w.procs), "gpus", len(w.inv.Devices), "gpu_reason", w.inv.Reason)
 
 	stopSidecars := w.runSidecars(context.WithoutCancel(ctx))
+	if w.consul != nil && len(w.sidecars) > 0 {
+		// The sidecars may prefill on any healthy prefill engine registered in Consul: the
+		// ones a router watching the same catalog can name.
+		wg.Go(func() {
+			discovery.FollowAddresses(ctx, w.consul, discovery.RolePrefill, func(addrs []string) {
+				w.prefills.Set(addrs)
+			})
+		})
+	}
 	procCtx, stopProcs := context.WithCancel(context.WithoutCancel(ctx))
 	regCtx, stopReg := context.WithCancel(context.WithoutCancel(ctx))
 	var procWG, regWG sync.WaitGroup

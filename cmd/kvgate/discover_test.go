@@ -89,7 +89,7 @@ func TestFollowDiscovery(t *testing.T) {
 
 // TestRelaySource checks only endpoints that name a workerd get the relay client.
 func TestRelaySource(t *testing.T) {
-	hook := relaySource(slog.New(slog.DiscardHandler))
+	hook := relaySource(slog.New(slog.DiscardHandler), nil)
 	if s := hook(router.Endpoint{Name: "e", Address: "127.0.0.1:1", KVEvents: "tcp://127.0.0.1:2"}); s != nil {
 		t.Errorf("endpoint without a workerd got %T", s)
 	}
