@@ -437,9 +437,22 @@ func (s *Server) newProxy() *httputil.ReverseProxy {
 			s.log.Warn("decode engine unreachable", "err", err)
 			writeError(w, http.StatusBadGateway, "decode engine unreachable")
 		},
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ErrorLog:   slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BufferPool: &bufferPool{},
 	}
 }
+
+// bufferPool recycles the proxy's copy buffers (32 KiB, one per response in flight).
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 
 // forward proxies r, with body in place of its own when body is not nil, to the local engine
 // and streams the answer back unbuffered, with extra headers added to the response.
