@@ -1,6 +1,8 @@
 // Package router picks the engine for each OpenAI request: it tracks the endpoint set, their
 // KV-cache contents (from KV events, or approximately from its own decisions) and their load,
 // and scores them as Dynamo's KV router does.
+// In a request's path it owns R5 (score and pick; it drives R3 and R4) and R8 (load release);
+// in a KV event's path, E4 (reading it from a relay or the engine, endpoint identity).
 package router
 
 import (

@@ -1,5 +1,8 @@
 // Package workerd is the node daemon: it starts and supervises the node's engines on their
-// GPUs, relays their KV events and load to routers over gRPC, and registers them in Consul.
+// GPUs, runs the relay that carries their KV events and load to routers (package relay) and
+// the decode engines' P/D sidecars (package sidecar), and registers them in Consul.
+// In a KV event's path it owns E2 on the node (subscribing to each engine) and hosts E3 (the
+// relay package's server); in a request's path it hosts the sidecars of R7 (package sidecar).
 package workerd
 
 import (
