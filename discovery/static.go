@@ -6,7 +6,8 @@ import (
 )
 
 // Static is a Source over a list held in memory; Set changes it (an in-process source for
-// tests and programs that embed kvgate; kvgate up uses no discovery). It is safe for concurrent use.
+// tests and programs that embed kvgate; kvgate up uses no discovery). It is safe for
+// concurrent use.
 type Static struct {
 	mu   sync.Mutex
 	eps  []Endpoint

@@ -20,7 +20,10 @@ type roundTrip struct {
 }
 
 func (rt *roundTrip) RoundTrip(r *http.Request) (*http.Response, error) {
-	b, _ := io.ReadAll(r.Body)
+	var b []byte
+	if r.Body != nil { // a request without a body has none (http.RoundTripper's contract)
+		b, _ = io.ReadAll(r.Body)
+	}
 	body := rt.answer
 	if r.URL.Host == rt.decode {
 		body = b
