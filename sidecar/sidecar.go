@@ -109,6 +109,24 @@ type Server struct {
 
 	mu      sync.Mutex
 	running bool
+
+	refusedMu     sync.Mutex
+	refusedLogged time.Time // last refusal logged
+	refusedQuiet  int       // refusals since, not logged
+}
+
+// logRefused logs a refused prefill engine at most once every 10s, with the count of those
+// not logged since: a flood of forged headers must not flood the log too.
+func (s *Server) logRefused(prefiller, client string) {
+	s.refusedMu.Lock()
+	defer s.refusedMu.Unlock()
+	if now := time.Now(); now.Sub(s.refusedLogged) >= 10*time.Second {
+		s.log.Warn("request names an unknown prefill engine; refused", "prefill", prefiller, "client", client,
+			"refused_since_last_log", s.refusedQuiet)
+		s.refusedLogged, s.refusedQuiet = now, 0
+		return
+	}
+	s.refusedQuiet++
 }
 
 var _ http.Handler = (*Server)(nil)
@@ -227,7 +245,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Not an engine the router could have named: a client (or anyone who can reach the
 		// sidecar) is steering the prompt and its Authorization elsewhere.
 		s.refused.Inc()
-		s.log.Warn("request names an unknown prefill engine; refused", "prefill", prefiller, "client", r.RemoteAddr)
+		s.logRefused(prefiller, r.RemoteAddr)
 		writeErrorType(w, http.StatusForbidden, "permission_error",
 			fmt.Sprintf("%s names %q, which is not a known prefill endpoint of this cluster", HeaderPrefiller, prefiller))
 		return
