@@ -12,6 +12,7 @@ import (
 	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
 	"github.com/kvgate/kvgate/gpu"
 	"github.com/kvgate/kvgate/relay"
+	"github.com/kvgate/kvgate/relay/relaytest"
 	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
 )
 
@@ -59,8 +60,8 @@ func TestRelayTLS(t *testing.T) {
 	}
 
 	// The router's client, as kvgate router --relay-tls-* builds it.
-	rec := newRecorder()
+	rec := relaytest.NewRecorder()
 	c := relay.NewClientConfig(relay.ClientConfig{Addr: w.Addr(), Engine: "n-e", TLS: good, MinBackoff: 10 * time.Millisecond})
-	run(t, c, rec)
-	waitFor(t, 10*time.Second, "the snapshot over mTLS", func() bool { b, _ := rec.snapshot(); return len(b) >= 1 })
+	relaytest.Run(t, c, rec)
+	relaytest.WaitFor(t, 10*time.Second, "the snapshot over mTLS", func() bool { b, _ := rec.Snapshot(); return len(b) >= 1 })
 }
