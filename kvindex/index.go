@@ -1,5 +1,7 @@
 // Package kvindex is the KV-cache prefix index: a radix tree of token blocks
 // recording which endpoint holds each cached prefix on which memory tier.
+// In a request's path it owns R4 (the prefix match per endpoint); in a KV event's path, E5
+// (applying the event).
 package kvindex
 
 import (

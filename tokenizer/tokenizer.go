@@ -1,5 +1,6 @@
 // Package tokenizer loads Hugging Face tokenizer.json files (BPE) and chat templates, and turns
 // text and chat conversations into the exact token ids an engine computes.
+// In a request's path it owns R3 (chat template and token ids); it owns no step of a KV event.
 package tokenizer
 
 import (
