@@ -264,7 +264,7 @@ func (d *decoder) check(n *yaml.Node, t reflect.Type, path string, val any) erro
 	}
 	if err := json.Unmarshal(js, reflect.New(t).Interface()); err != nil {
 		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
+		if !reflect.PointerTo(t).Implements(unmarshaler) && errors.As(err, &te) {
 			return &Error{Line: n.Line, Path: path, Msg: fmt.Sprintf("want %s, got %q", kindName(t), n.Value)}
 		}
 		return &Error{Line: n.Line, Path: path, Msg: err.Error()}

@@ -70,7 +70,7 @@ func ParseEndpoints(data []byte) ([]Endpoint, []string, error) {
 			}
 			return nil, nil, fmt.Errorf("endpoints file: %w", meta.Errorf(p, format, args...))
 		}
-		addr, err := hostPort(e.Address)
+		addr, err := HostPort(e.Address)
 		if err != nil {
 			return fail("address", "%v", err)
 		}
@@ -103,8 +103,9 @@ func ParseEndpoints(data []byte) ([]Endpoint, []string, error) {
 	return sortedCopy(out), meta.Warnings, nil
 }
 
-// hostPort returns the host:port of "h:p" or of a URL "http://h:p/...".
-func hostPort(s string) (string, error) {
+// HostPort returns the host:port of "h:p" or of a URL "http://h:p/...", checking that the
+// port is a number.
+func HostPort(s string) (string, error) {
 	if s == "" {
 		return "", fmt.Errorf("address is required (host:port of the engine's OpenAI server)")
 	}

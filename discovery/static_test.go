@@ -155,3 +155,25 @@ func FuzzParseModels(f *testing.F) {
 		}
 	})
 }
+
+// TestJoin: the joined set waits for every source, then follows each of them.
+func TestJoin(t *testing.T) {
+	a := discovery.NewStatic([]discovery.Endpoint{{Name: "a1", Address: "127.0.0.1:1"}})
+	b := discovery.NewStatic([]discovery.Endpoint{{Name: "b1", Address: "127.0.0.1:2"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := discovery.Join{a, b}.Watch(ctx)
+	if got := names(recv(t, ch, time.Second)); len(got) != 2 || got[0] != "a1" || got[1] != "b1" {
+		t.Fatalf("first set %v", got)
+	}
+	b.Set([]discovery.Endpoint{{Name: "b2", Address: "127.0.0.1:3"}, {Name: "0b", Address: "127.0.0.1:4"}})
+	if got := names(recv(t, ch, time.Second)); len(got) != 3 || got[0] != "0b" || got[1] != "a1" || got[2] != "b2" {
+		t.Fatalf("after b changed: %v", got)
+	}
+	a.Set(nil)
+	if got := names(recv(t, ch, time.Second)); len(got) != 2 {
+		t.Fatalf("after a emptied: %v", got)
+	}
+	cancel()
+	for range ch {
+	}
+}

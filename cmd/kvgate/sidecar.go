@@ -38,7 +38,7 @@ pass through. See docs/DISAGG.md.`,
 			grp, ctx := errgroup.WithContext(cmd.Context())
 			grp.Go(func() error { return s.Run(ctx) })
 			if metrics != "" {
-				grp.Go(func() error { return serveRouterMetrics(ctx, metrics, reg, g.log) })
+				grp.Go(func() error { return serveMetrics(ctx, metrics, reg, g.log) })
 			}
 			return grp.Wait()
 		},
