@@ -3,8 +3,9 @@ package discovery
 import "context"
 
 // Join is a Source over several sources: each set it sends holds the latest set of every
-// source (sorted by Name), once each of them has sent one. The router uses it to follow an
-// endpoints file and Consul at once.
+// source that has reported (sorted by Name), sent on every report, so that one source that
+// cannot report yet (a Consul agent down) never holds back the others. The router uses it to
+// follow an endpoints file and Consul at once.
 type Join []Source
 
 var _ Source = Join(nil)
@@ -29,8 +30,6 @@ func (j Join) Watch(ctx context.Context) <-chan []Endpoint {
 	box := newLatest()
 	go func() {
 		sets := make([][]Endpoint, len(j))
-		seen := make([]bool, len(j))
-		missing := len(j)
 		for {
 			var r report
 			select {
@@ -38,14 +37,7 @@ func (j Join) Watch(ctx context.Context) <-chan []Endpoint {
 				return
 			case r = <-in:
 			}
-			if !seen[r.i] {
-				seen[r.i] = true
-				missing--
-			}
 			sets[r.i] = r.eps
-			if missing > 0 {
-				continue
-			}
 			var all []Endpoint
 			for _, s := range sets {
 				all = append(all, s...)
