@@ -25,7 +25,6 @@ type Flags struct {
 	Consul        string
 	ConsulService string
 	Endpoints     string
-	MetricsAddr   string
 	DryRun        bool
 	Debounce      time.Duration
 	TLS           tlsconfig.Files // xDS server side
@@ -52,9 +51,6 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.model.Options.FailureModeAllow, "failure-mode-allow", false, "let requests through when the router is unreachable")
 	fs.DurationVar(&f.messageTimeout, "message-timeout", 5*time.Second, "how long Envoy waits for each router reply")
 	fs.DurationVar(&f.streamIdleTimeout, "stream-idle-timeout", 5*time.Minute, "close client streams silent this long")
-	fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9091)")
-	fs.StringVar(&f.MetricsAddr, "metrics", "", "old name of --metrics-addr")
-	_ = fs.MarkDeprecated("metrics", "use --metrics-addr")
 	fs.BoolVar(&f.DryRun, "dry-run", false, "print the resources Envoy would get from the first discovery report, then exit")
 	fs.DurationVar(&f.Debounce, "debounce", 100*time.Millisecond, "coalesce discovery changes arriving within this window")
 	f.TLS.AddServerFlags(fs, "", "xDS")

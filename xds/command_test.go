@@ -107,7 +107,7 @@ options: {messageTimeout: 1s}
 // TestFlagsConfig: the source and the server side, defaults loopback.
 func TestFlagsConfig(t *testing.T) {
 	eps := writeTemp(t, "eps.yaml", "- {address: \"10.0.0.1:8000\", models: [m]}\n")
-	cfg, err := parseFlags(t, "--router", "a:1", "--endpoints", eps, "--metrics", "127.0.0.1:0").Config(nil, nil)
+	cfg, err := parseFlags(t, "--router", "a:1", "--endpoints", eps).Config(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,10 +125,6 @@ func TestFlagsConfig(t *testing.T) {
 		if _, err := parseFlags(t, tc.args...).Config(nil, nil); err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%v: err = %v, want %q", tc.args, err, tc.err)
 		}
-	}
-	f := parseFlags(t, "--metrics", "127.0.0.1:9")
-	if f.MetricsAddr != "127.0.0.1:9" {
-		t.Errorf("--metrics (old name) did not set MetricsAddr: %q", f.MetricsAddr)
 	}
 }
 

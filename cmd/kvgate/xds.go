@@ -14,7 +14,10 @@ func init() { register(newXDSCmd) }
 
 // newXDSCmd runs the xDS control plane that configures Envoy from discovery.
 func newXDSCmd(g *globals) *cobra.Command {
-	var f xds.Flags
+	var (
+		f           xds.Flags
+		metricsAddr string
+	)
 	cmd := &cobra.Command{
 		Use:   "xds",
 		Short: "Serve Envoy its configuration (LDS/RDS/CDS/EDS over ADS) from discovered engines",
@@ -42,8 +45,8 @@ It listens on loopback unless --listen says otherwise. See docs/XDS.md.`,
 			}
 			grp, ctx := errgroup.WithContext(cmd.Context())
 			grp.Go(func() error { return srv.Run(ctx) })
-			if f.MetricsAddr != "" {
-				grp.Go(func() error { return serveMetrics(ctx, f.MetricsAddr, reg, g.log) })
+			if metricsAddr != "" {
+				grp.Go(func() error { return serveMetrics(ctx, metricsAddr, reg, g.log) })
 			}
 			if err := grp.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 				return err
@@ -52,5 +55,6 @@ It listens on loopback unless --listen says otherwise. See docs/XDS.md.`,
 		},
 	}
 	f.Register(cmd.Flags())
+	addMetricsFlag(cmd.Flags(), &metricsAddr, "xds server")
 	return cmd
 }
