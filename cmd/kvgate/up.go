@@ -91,24 +91,12 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 			return errors.New("--engines must be at least 1")
 		}
 		for i := range o.engines {
-			cfg := sim.ServerConfig{Addr: "127.0.0.1:0", Model: o.simModel, KVEvents: "tcp://" + net.JoinHostPort(o.kvHost, "0")}
-			cfg.Engine.Timing = sim.DefaultTiming
-			cfg.Engine.Timing.Speed = o.simSpeed
-			cfg.Engine.NumBlocks = o.simBlocks
-			s, err := sim.NewServer(cfg, log.With("engine", i), nil)
+			_, ep, err := startSim(ctx, grp, log, o, fmt.Sprintf("sim-%d", i))
 			if err != nil {
-				return fmt.Errorf("engine %d: %w", i, err)
+				return err
 			}
-			grp.Go(func() error { return s.Run(ctx) })
-			block := cfg.Engine.BlockSize
-			if block == 0 {
-				block = tokenizer.DefaultBlockSize
-			}
-			eps = append(eps, router.Endpoint{
-				Name: fmt.Sprintf("sim-%d", i), Address: s.Addr(), Models: []string{o.simModel},
-				Role: router.RoleAggregated, BlockSize: block, KVEvents: s.KVEventsAddr(),
-				MetricsURL: "http://" + s.Addr() + "/metrics",
-			})
+			ep.Role = router.RoleAggregated
+			eps = append(eps, ep)
 		}
 	}
 
@@ -173,4 +161,26 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		return nil
 	}
 	return err
+}
+
+// startSim starts one simulated engine of kvgate up in grp (KV events on a free port of
+// --kv-host) and returns it with its router endpoint (role left to the caller).
+func startSim(ctx context.Context, grp *errgroup.Group, log *slog.Logger, o *upOptions, name string) (*sim.Server, router.Endpoint, error) {
+	cfg := sim.ServerConfig{Addr: "127.0.0.1:0", Model: o.simModel, KVEvents: "tcp://" + net.JoinHostPort(o.kvHost, "0")}
+	cfg.Engine.Timing = sim.DefaultTiming
+	cfg.Engine.Timing.Speed = o.simSpeed
+	cfg.Engine.NumBlocks = o.simBlocks
+	s, err := sim.NewServer(cfg, log.With("engine", name), nil)
+	if err != nil {
+		return nil, router.Endpoint{}, fmt.Errorf("engine %s: %w", name, err)
+	}
+	grp.Go(func() error { return s.Run(ctx) })
+	block := cfg.Engine.BlockSize
+	if block == 0 {
+		block = tokenizer.DefaultBlockSize
+	}
+	return s, router.Endpoint{
+		Name: name, Address: s.Addr(), Models: []string{o.simModel}, BlockSize: block,
+		KVEvents: s.KVEventsAddr(), MetricsURL: "http://" + s.Addr() + "/metrics",
+	}, nil
 }
