@@ -23,6 +23,7 @@ import (
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/router"
+	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
@@ -270,6 +271,7 @@ func serveRouterMetrics(ctx context.Context, addr string, reg *prometheus.Regist
 type routerOptions struct {
 	grpc, http, metrics string
 	maxBody             int
+	httpTLS             tlsconfig.Files
 	eps                 endpointFlags
 	rt                  routerFlags
 	consul              consulFlags
@@ -298,6 +300,7 @@ docs/DISCOVERY.md.`,
 	f := cmd.Flags()
 	f.StringVar(&o.grpc, "grpc", ":9002", "ext_proc gRPC listen address")
 	f.StringVar(&o.http, "http", "", "also serve the OpenAI gateway on this address (e.g. 127.0.0.1:8000)")
+	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics on this address (e.g. :9090)")
 	f.IntVar(&o.maxBody, "max-body-bytes", extproc.DefaultMaxBodyBytes, "largest request body accepted")
 	o.eps.add(cmd, true)
@@ -339,7 +342,11 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		grp.Go(func() error { return followDiscovery(ctx, disc, eps, rt, log) })
 	}
 	if o.http != "" {
-		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), Gatherer: reg}, rt, log, reg)
+		gwTLS, err := o.httpTLS.Server()
+		if err != nil {
+			return fmt.Errorf("--http-tls-*: %w", err)
+		}
+		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
 		if err != nil {
 			return err
 		}
