@@ -125,6 +125,7 @@ type routerOptions struct {
 	maxBody             int
 	extproc             extproc.Config
 	tls                 tlsconfig.Files
+	httpTLS             tlsconfig.Files
 	eps                 endpointFlags
 	rt                  routerFlags
 	consul              consulFlags
@@ -158,6 +159,7 @@ docs/DISCOVERY.md.`,
 	f.DurationVar(&o.extproc.IdleTimeout, "stream-idle-timeout", extproc.DefaultIdleTimeout, "close ext_proc streams silent for this long (negative: never)")
 	f.Int64Var(&o.extproc.MaxBufferedBytes, "max-buffered-bytes", extproc.DefaultMaxBufferedBytes, "request body bytes buffered across all ext_proc streams; past it, 503")
 	f.StringVar(&o.http, "http", "", "also serve the OpenAI gateway on this address (e.g. 127.0.0.1:8000)")
+	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
 	addMetricsFlag(f, &o.metrics, "router, ext_proc and gateway")
 	f.IntVar(&o.maxBody, "max-body-bytes", extproc.DefaultMaxBodyBytes, "largest request body accepted")
 	o.eps.add(cmd, true)
@@ -209,7 +211,11 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		grp.Go(func() error { return followDiscovery(ctx, disc, eps, rt, log) })
 	}
 	if o.http != "" {
-		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), Gatherer: reg}, rt, log, reg)
+		gwTLS, err := o.httpTLS.Server()
+		if err != nil {
+			return fmt.Errorf("--http-tls-*: %w", err)
+		}
+		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
 		if err != nil {
 			return err
 		}
