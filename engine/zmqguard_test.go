@@ -264,6 +264,8 @@ func TestZMQRejectsBrokenPeers(t *testing.T) {
 		{"READY property cut in its length", ready(3, 'a', 'b', 'c', 0), false, engine.ReasonProtocol},
 		{"READY property longer than the command", ready(1, 'a', 0, 0, 0, 9, 'x'), false, engine.ReasonProtocol},
 		{"READY from a socket that cannot publish", zmtpFrame(0x04, readyBody("REQ")), false, engine.ReasonProtocol},
+		// zmq4's SocketType.IsCompatible panics on a type it does not know.
+		{"READY with an unknown socket type", zmtpFrame(0x04, readyBody("000")), false, engine.ReasonProtocol},
 		{"a message before READY", zmtpMessage([]byte("kv")), false, engine.ReasonProtocol},
 		{"a multi-frame command", append(zmtpFrame(0x05, []byte("\x05READY")), zmtpFrame(0x04, nil)...), false, engine.ReasonProtocol},
 	}

@@ -285,8 +285,27 @@ func (z *frameReader) handshake() error {
 		}
 		p = p[vlen:]
 	}
-	if !zmq4.SocketType(peer).IsCompatible(z.self) {
+	if !compatible(z.self, peer) {
 		return reject(ReasonProtocol, "peer socket type %q cannot talk to %s", peer, z.self)
 	}
 	return nil
+}
+
+// compatible is ZMTP's table of valid socket combinations for the kinds this package opens.
+// (zmq4's SocketType.IsCompatible panics on a type it does not know, so an unknown peer
+// type must be turned away before zmq4 sees it.)
+func compatible(self zmq4.SocketType, peer string) bool {
+	switch zmq4.SocketType(peer) {
+	case zmq4.Pub, zmq4.XPub:
+		return self == zmq4.Sub
+	case zmq4.Sub, zmq4.XSub:
+		return self == zmq4.Pub
+	case zmq4.Req:
+		return self == zmq4.Router
+	case zmq4.Rep:
+		return self == zmq4.Dealer
+	case zmq4.Dealer, zmq4.Router:
+		return self == zmq4.Router || self == zmq4.Dealer
+	}
+	return false
 }
