@@ -15,8 +15,13 @@ import (
 	"github.com/go-zeromq/zmq4"
 )
 
-// DefaultEndpoint is where vLLM binds its KV-event PUB socket by default.
-const DefaultEndpoint = "tcp://*:5557"
+// DefaultEndpoint is where a Publisher binds when given no endpoint: vLLM's KV-event port,
+// on loopback (vLLM itself binds tcp://*:5557; binding wider is the caller's explicit
+// choice, and the workerd relay is the network path for events).
+const DefaultEndpoint = "tcp://127.0.0.1:5557"
+
+// DefaultReplayEndpoint is the replay socket of vLLM's examples (port 5558), on loopback.
+const DefaultReplayEndpoint = "tcp://127.0.0.1:5558"
 
 // DefaultBufferSize is how many batches a publisher keeps for replay
 // (vLLM's buffer_steps default).
@@ -27,7 +32,7 @@ var endSeq = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
 // PublisherConfig configures a Publisher.
 type PublisherConfig struct {
-	// Endpoint is the PUB address: bound by default ("tcp://*:5557" when
+	// Endpoint is the PUB address: bound by default (DefaultEndpoint when
 	// empty; "tcp://127.0.0.1:0" picks a free port, see Addr), dialed when
 	// Dial is set (for subscribers that bind, as llm-d-inference-sim does).
 	Endpoint string
