@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/engine/zmtptest"
 )
 
 // rejected reads the MetricZMQRejected counter of one socket kind and reason.
@@ -71,10 +72,10 @@ func TestZMQHostileFrameHeader(t *testing.T) {
 		socket string // the label of the socket under test
 		// run starts the socket under test and returns the hostile peer, handshaken,
 		// and a check that a well-behaved peer is served afterwards.
-		run func(t *testing.T, m *engine.ZMQMetrics) (hostile *zmtpPeer, after func())
+		run func(t *testing.T, m *engine.ZMQMetrics) (hostile *zmtptest.Peer, after func())
 	}{{
 		name: "subscriber dialing a publisher", socket: "sub",
-		run: func(t *testing.T, m *engine.ZMQMetrics) (*zmtpPeer, func()) {
+		run: func(t *testing.T, m *engine.ZMQMetrics) (*zmtptest.Peer, func()) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
@@ -84,25 +85,25 @@ func TestZMQHostileFrameHeader(t *testing.T) {
 				Metrics: m, DialRetry: 10 * time.Millisecond, Logger: quiet})
 			r := newRecorder()
 			runSub(t, s, r)
-			bad := acceptZMTP(t, ln)
-			bad.handshake("PUB")
+			bad := zmtptest.Accept(t, ln)
+			bad.Handshake("PUB")
 			return bad, func() {
 				// The subscriber re-dials; this time the publisher behaves.
-				good := acceptZMTP(t, ln)
-				good.handshake("PUB")
-				good.write(zmtpMessage([]byte("kv"), be(0), payload(t, 0)))
+				good := zmtptest.Accept(t, ln)
+				good.Handshake("PUB")
+				good.Write(zmtptest.Message([]byte("kv"), be(0), payload(t, 0)))
 				waitFor(t, r, "the batch", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) == 1 }, nil)
 			}
 		},
 	}, {
 		name: "subscriber bound", socket: "sub",
-		run: func(t *testing.T, m *engine.ZMQMetrics) (*zmtpPeer, func()) {
+		run: func(t *testing.T, m *engine.ZMQMetrics) (*zmtptest.Peer, func()) {
 			s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: "tcp://127.0.0.1:0", Bind: true,
 				Metrics: m, Logger: quiet})
 			r := newRecorder()
 			runSub(t, s, r)
-			bad := dialZMTP(t, s.Addr())
-			bad.handshake("PUB")
+			bad := zmtptest.Dial(t, s.Addr())
+			bad.Handshake("PUB")
 			return bad, func() {
 				p, err := engine.NewPublisher(engine.PublisherConfig{Endpoint: s.Addr(), Dial: true, Logger: quiet})
 				if err != nil {
@@ -116,14 +117,14 @@ func TestZMQHostileFrameHeader(t *testing.T) {
 		},
 	}, {
 		name: "publisher", socket: "pub",
-		run: func(t *testing.T, m *engine.ZMQMetrics) (*zmtpPeer, func()) {
+		run: func(t *testing.T, m *engine.ZMQMetrics) (*zmtptest.Peer, func()) {
 			p, err := engine.NewPublisher(engine.PublisherConfig{Endpoint: "tcp://127.0.0.1:0", Metrics: m, Logger: quiet})
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { p.Close() })
-			bad := dialZMTP(t, p.Addr())
-			bad.handshake("SUB")
+			bad := zmtptest.Dial(t, p.Addr())
+			bad.Handshake("SUB")
 			return bad, func() {
 				s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: p.Addr(), Logger: quiet})
 				r := newRecorder()
@@ -135,7 +136,7 @@ func TestZMQHostileFrameHeader(t *testing.T) {
 		},
 	}, {
 		name: "replay router", socket: "router",
-		run: func(t *testing.T, m *engine.ZMQMetrics) (*zmtpPeer, func()) {
+		run: func(t *testing.T, m *engine.ZMQMetrics) (*zmtptest.Peer, func()) {
 			p, err := engine.NewPublisher(engine.PublisherConfig{Endpoint: "tcp://127.0.0.1:0",
 				ReplayEndpoint: "tcp://127.0.0.1:0", Metrics: m, Logger: quiet})
 			if err != nil {
@@ -143,15 +144,15 @@ func TestZMQHostileFrameHeader(t *testing.T) {
 			}
 			t.Cleanup(func() { p.Close() })
 			publish(t, p, 0)
-			bad := dialZMTP(t, p.ReplayAddr())
-			bad.handshake("DEALER")
+			bad := zmtptest.Dial(t, p.ReplayAddr())
+			bad.Handshake("DEALER")
 			return bad, func() {
-				good := dialZMTP(t, p.ReplayAddr())
-				good.handshake("DEALER")
-				good.write(zmtpMessage(nil, be(0)))
+				good := zmtptest.Dial(t, p.ReplayAddr())
+				good.Handshake("DEALER")
+				good.Write(zmtptest.Message(nil, be(0)))
 				var seqs []uint64
 				for {
-					f, err := good.readMessage()
+					f, err := good.ReadMessage()
 					if err != nil {
 						t.Fatalf("replay reply: %v", err)
 					}
@@ -170,7 +171,7 @@ func TestZMQHostileFrameHeader(t *testing.T) {
 		},
 	}, {
 		name: "replay client dialing a replay socket", socket: "dealer",
-		run: func(t *testing.T, m *engine.ZMQMetrics) (*zmtpPeer, func()) {
+		run: func(t *testing.T, m *engine.ZMQMetrics) (*zmtptest.Peer, func()) {
 			e := newRawEngine(t, false)
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
@@ -197,10 +198,10 @@ func TestZMQHostileFrameHeader(t *testing.T) {
 					}
 				}
 			}()
-			bad := acceptZMTP(t, ln)
+			bad := zmtptest.Accept(t, ln)
 			close(stop)
 			<-sent
-			bad.handshake("ROUTER")
+			bad.Handshake("ROUTER")
 			return bad, func() {
 				// The failed replay is a gap; live batches keep coming.
 				waitFor(t, r, "the first batch after the failed replay", func(seqs []uint64, gaps [][2]uint64) bool {
@@ -216,8 +217,8 @@ func TestZMQHostileFrameHeader(t *testing.T) {
 			checkLeaks(t)
 			reg := prometheus.NewRegistry()
 			bad, after := tt.run(t, engine.NewZMQMetrics(reg))
-			bad.write(hostileHeader)
-			bad.waitClosed()
+			bad.Write(zmtptest.HostileHeader)
+			bad.WaitClosed()
 			waitRejected(t, reg, tt.socket, engine.ReasonFrameTooLarge, 1)
 			after()
 		})
@@ -242,7 +243,7 @@ func TestZMQRejectsBrokenPeers(t *testing.T) {
 	runSub(t, s, r)
 
 	ready := func(props ...byte) []byte {
-		return zmtpFrame(0x04, append([]byte("\x05READY"), props...))
+		return zmtptest.Frame(0x04, append([]byte("\x05READY"), props...))
 	}
 	tests := []struct {
 		name   string
@@ -250,8 +251,8 @@ func TestZMQRejectsBrokenPeers(t *testing.T) {
 		shake  bool   // do the full handshake first
 		reason string
 	}{
-		{"frame over MaxMessage", zmtpMessage([]byte("kv"), be(1), make([]byte, 5000)), true, engine.ReasonFrameTooLarge},
-		{"message over MaxMessage", zmtpMessage([]byte("kv"), make([]byte, 2000), make([]byte, 2000)), true, engine.ReasonMessageTooLarge},
+		{"frame over MaxMessage", zmtptest.Message([]byte("kv"), be(1), make([]byte, 5000)), true, engine.ReasonFrameTooLarge},
+		{"message over MaxMessage", zmtptest.Message([]byte("kv"), make([]byte, 2000), make([]byte, 2000)), true, engine.ReasonMessageTooLarge},
 		{"endless empty frames", func() []byte {
 			var b []byte
 			for range 100 {
@@ -263,23 +264,23 @@ func TestZMQRejectsBrokenPeers(t *testing.T) {
 		// zmq4's metadata parser indexes past the end of these (a panic).
 		{"READY property cut in its length", ready(3, 'a', 'b', 'c', 0), false, engine.ReasonProtocol},
 		{"READY property longer than the command", ready(1, 'a', 0, 0, 0, 9, 'x'), false, engine.ReasonProtocol},
-		{"READY from a socket that cannot publish", zmtpFrame(0x04, readyBody("REQ")), false, engine.ReasonProtocol},
+		{"READY from a socket that cannot publish", zmtptest.Frame(0x04, zmtptest.ReadyBody("REQ")), false, engine.ReasonProtocol},
 		// zmq4's SocketType.IsCompatible panics on a type it does not know.
-		{"READY with an unknown socket type", zmtpFrame(0x04, readyBody("000")), false, engine.ReasonProtocol},
-		{"a message before READY", zmtpMessage([]byte("kv")), false, engine.ReasonProtocol},
-		{"a multi-frame command", append(zmtpFrame(0x05, []byte("\x05READY")), zmtpFrame(0x04, nil)...), false, engine.ReasonProtocol},
+		{"READY with an unknown socket type", zmtptest.Frame(0x04, zmtptest.ReadyBody("000")), false, engine.ReasonProtocol},
+		{"a message before READY", zmtptest.Message([]byte("kv")), false, engine.ReasonProtocol},
+		{"a multi-frame command", append(zmtptest.Frame(0x05, []byte("\x05READY")), zmtptest.Frame(0x04, nil)...), false, engine.ReasonProtocol},
 	}
 	counts := map[string]float64{}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := dialZMTP(t, s.Addr())
+			p := zmtptest.Dial(t, s.Addr())
 			if tt.shake {
-				p.handshake("PUB")
-				p.write(tt.send)
+				p.Handshake("PUB")
+				p.Write(tt.send)
 			} else {
-				p.write(append(zmtpGreeting(), tt.send...))
+				p.Write(append(zmtptest.Greeting(), tt.send...))
 			}
-			p.waitClosed()
+			p.WaitClosed()
 			counts[tt.reason]++
 			waitRejected(t, reg, "sub", tt.reason, counts[tt.reason])
 		})
@@ -287,12 +288,12 @@ func TestZMQRejectsBrokenPeers(t *testing.T) {
 
 	// A peer that connects and says nothing would hold zmq4's accept loop (which runs
 	// the handshake inline) forever; it gets HandshakeTimeout.
-	idle := dialZMTP(t, s.Addr())
-	good := dialZMTP(t, s.Addr())
-	good.handshake("PUB")
-	good.write(zmtpMessage([]byte("kv"), be(0), payload(t, 0)))
+	idle := zmtptest.Dial(t, s.Addr())
+	good := zmtptest.Dial(t, s.Addr())
+	good.Handshake("PUB")
+	good.Write(zmtptest.Message([]byte("kv"), be(0), payload(t, 0)))
 	waitFor(t, r, "the well-behaved publisher's batch", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) == 1 }, nil)
-	idle.waitClosed()
+	idle.WaitClosed()
 	waitRejected(t, reg, "sub", engine.ReasonHandshake, 1)
 }
 
@@ -354,19 +355,19 @@ func TestSubscriberLogsOncePerIntervalPerProblem(t *testing.T) {
 		LogEvery: time.Hour, Logger: slog.New(logs)})
 	r := &topicRecorder{recorder: newRecorder(), seqs: map[string][]uint64{}, gaps: map[string][][2]uint64{}}
 	stop := runSub(t, s, r)
-	p := dialZMTP(t, s.Addr())
-	p.handshake("PUB")
+	p := zmtptest.Dial(t, s.Addr())
+	p.Handshake("PUB")
 	const topics, malformed = 5000, 300
 	var b []byte
 	for i := range topics {
-		b = append(b, zmtpMessage([]byte{'t', byte(i >> 8), byte(i)}, be(7), payload(t, i))...)
+		b = append(b, zmtptest.Message([]byte{'t', byte(i >> 8), byte(i)}, be(7), payload(t, i))...)
 	}
 	for range malformed {
-		b = append(b, zmtpMessage([]byte("t"), []byte{1})...)
+		b = append(b, zmtptest.Message([]byte("t"), []byte{1})...)
 	}
 	// The last message, on a topic already known, tells when all the others were read.
-	b = append(b, zmtpMessage([]byte{'t', 0, 0}, be(8), payload(t, 0))...)
-	p.write(b)
+	b = append(b, zmtptest.Message([]byte{'t', 0, 0}, be(8), payload(t, 0))...)
+	p.Write(b)
 	waitFor(t, r.recorder, "the last message", func([]uint64, [][2]uint64) bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -406,9 +407,9 @@ func TestSubscriberJoinIsNotAWarning(t *testing.T) {
 	s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: "tcp://" + ln.Addr().String(), Logger: slog.New(logs)})
 	r := newRecorder()
 	runSub(t, s, r)
-	p := acceptZMTP(t, ln)
-	p.handshake("PUB")
-	p.write(zmtpMessage(nil, be(7), payload(t, 7)))
+	p := zmtptest.Accept(t, ln)
+	p.Handshake("PUB")
+	p.Write(zmtptest.Message(nil, be(7), payload(t, 7)))
 	waitFor(t, r, "the first batch", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) == 1 }, nil)
 	if _, gaps := r.snapshot(); len(gaps) != 1 || gaps[0] != [2]uint64{0, 7} {
 		t.Fatalf("gaps %v, want the join gap [0 7]", gaps)
@@ -416,7 +417,7 @@ func TestSubscriberJoinIsNotAWarning(t *testing.T) {
 	if w := logs.atLeast(slog.LevelWarn); len(w) != 0 {
 		t.Fatalf("joining logged %d warnings, the first %q", len(w), w[0].Message)
 	}
-	p.write(zmtpMessage(nil, be(9), payload(t, 9)))
+	p.Write(zmtptest.Message(nil, be(9), payload(t, 9)))
 	waitFor(t, r, "the batch after the loss", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) == 2 }, nil)
 	if n, _ := logs.lines("kv events: batches lost"); n != 1 {
 		t.Fatalf("a lost batch logged %d warnings, want 1", n)

@@ -63,7 +63,7 @@ func (r *Router) eventSource(s *epState) (src EventSource, ownsLoad bool) {
 	}
 	return engine.NewSubscriber(engine.SubscriberConfig{
 		Endpoint: s.ep.KVEvents, Bind: s.ep.KVBind, Topic: s.ep.KVTopic,
-		ReplayEndpoint: s.ep.KVReplay, Logger: r.log.With("endpoint", s.ep.Name),
+		ReplayEndpoint: s.ep.KVReplay, Logger: r.log.With("endpoint", s.ep.Name), Metrics: r.zmq,
 	}), false
 }
 

@@ -1,10 +1,6 @@
 package sim
 
 import (
-	"encoding/binary"
-	"errors"
-	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -13,35 +9,18 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/engine/zmtptest"
 )
 
 // sendHostileHeader connects to a ZMQ endpoint as a socket of kind typ, completes the
-// ZMTP 3.0 NULL handshake and sends a frame header claiming 2^62 bytes, then waits for the
-// other side to close the connection.
+// ZMTP handshake, sends a frame header claiming 2^62 bytes and waits for the other side to
+// close the connection.
 func sendHostileHeader(t *testing.T, endpoint, typ string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", strings.TrimPrefix(endpoint, "tcp://"), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	g := make([]byte, 64)
-	g[0], g[9], g[10] = 0xff, 0x7f, 3
-	copy(g[12:], "NULL")
-	ready := append([]byte("\x05READY\x0bSocket-Type"), binary.BigEndian.AppendUint32(nil, uint32(len(typ)))...)
-	ready = append(ready, typ...)
-	b := append(g, 0x04, byte(len(ready)))
-	b = append(b, ready...)
-	b = binary.BigEndian.AppendUint64(append(b, 0x02), 1<<62)
-	if _, err := c.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_, err = io.Copy(io.Discard, c)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("%s kept the hostile connection open", endpoint)
-	}
+	p := zmtptest.Dial(t, endpoint)
+	p.Handshake(typ)
+	p.Write(zmtptest.HostileHeader)
+	p.WaitClosed()
 }
 
 // rejectedOnMetrics reads kvgate_zmq_rejected_connections_total{socket} from /metrics.

@@ -1,4 +1,7 @@
-package engine_test
+// Package zmtptest is a hand-driven ZMTP 3.0 peer for tests: it does the real greeting and
+// NULL handshake over a raw TCP connection, then writes whatever the test asks, including
+// what no ZMQ library would send.
+package zmtptest
 
 import (
 	"encoding/binary"
@@ -10,27 +13,29 @@ import (
 	"time"
 )
 
-// zmtpPeer is a hand-driven ZMTP 3.0 peer over a raw TCP connection: it does the real
-// greeting and NULL handshake as a socket of the kind it claims, then writes whatever the
-// test asks, including what no ZMQ library would send.
-type zmtpPeer struct {
-	t *testing.T
+// HostileHeader is a long frame header claiming 2^62 bytes.
+var HostileHeader = binary.BigEndian.AppendUint64([]byte{0x02}, 1<<62)
+
+// Peer is one raw ZMTP connection. Its methods fail the test on I/O errors and timeouts.
+type Peer struct {
+	t testing.TB
 	c net.Conn
 }
 
-// dialZMTP connects to a tcp:// endpoint; the handshake is the caller's.
-func dialZMTP(t *testing.T, endpoint string) *zmtpPeer {
+// Dial connects to a tcp:// endpoint; the handshake is the caller's. The connection closes
+// when the test ends.
+func Dial(t testing.TB, endpoint string) *Peer {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", strings.TrimPrefix(endpoint, "tcp://"), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return &zmtpPeer{t: t, c: c}
+	return &Peer{t: t, c: c}
 }
 
-// acceptZMTP waits for the next connection on ln.
-func acceptZMTP(t *testing.T, ln net.Listener) *zmtpPeer {
+// Accept waits up to 10s for the next connection on ln.
+func Accept(t testing.TB, ln net.Listener) *Peer {
 	t.Helper()
 	type res struct {
 		c   net.Conn
@@ -44,22 +49,23 @@ func acceptZMTP(t *testing.T, ln net.Listener) *zmtpPeer {
 			t.Fatal(r.err)
 		}
 		t.Cleanup(func() { r.c.Close() })
-		return &zmtpPeer{t: t, c: r.c}
+		return &Peer{t: t, c: r.c}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no connection to accept")
 		return nil
 	}
 }
 
-func zmtpGreeting() []byte {
+// Greeting is a ZMTP 3.0 greeting for the NULL mechanism.
+func Greeting() []byte {
 	g := make([]byte, 64)
 	g[0], g[9], g[10] = 0xff, 0x7f, 3
 	copy(g[12:], "NULL")
 	return g
 }
 
-// readyBody is a READY command's body announcing socket type typ.
-func readyBody(typ string) []byte {
+// ReadyBody is a READY command's body announcing socket type typ ("PUB", "DEALER", ...).
+func ReadyBody(typ string) []byte {
 	b := append([]byte{5}, "READY"...)
 	b = append(b, byte(len("Socket-Type")))
 	b = append(b, "Socket-Type"...)
@@ -67,8 +73,8 @@ func readyBody(typ string) []byte {
 	return append(b, typ...)
 }
 
-// zmtpFrame encodes one frame (flags 0x01 more, 0x04 command) with the shortest header.
-func zmtpFrame(flags byte, body []byte) []byte {
+// Frame encodes one frame (flags 0x01 more, 0x04 command) with the shortest header.
+func Frame(flags byte, body []byte) []byte {
 	if len(body) > 255 {
 		b := binary.BigEndian.AppendUint64([]byte{flags | 0x02}, uint64(len(body)))
 		return append(b, body...)
@@ -76,23 +82,21 @@ func zmtpFrame(flags byte, body []byte) []byte {
 	return append([]byte{flags, byte(len(body))}, body...)
 }
 
-// zmtpMessage encodes a multipart message.
-func zmtpMessage(frames ...[]byte) []byte {
+// Message encodes a multipart message.
+func Message(frames ...[]byte) []byte {
 	var b []byte
 	for i, f := range frames {
 		var more byte
 		if i < len(frames)-1 {
 			more = 0x01
 		}
-		b = append(b, zmtpFrame(more, f)...)
+		b = append(b, Frame(more, f)...)
 	}
 	return b
 }
 
-// hostileHeader is a long frame header claiming 2^62 bytes.
-var hostileHeader = binary.BigEndian.AppendUint64([]byte{0x02}, 1<<62)
-
-func (p *zmtpPeer) write(b []byte) {
+// Write sends raw bytes.
+func (p *Peer) Write(b []byte) {
 	p.t.Helper()
 	_ = p.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if _, err := p.c.Write(b); err != nil {
@@ -100,11 +104,11 @@ func (p *zmtpPeer) write(b []byte) {
 	}
 }
 
-// handshake sends the greeting and READY as a socket of kind typ and reads the other
+// Handshake sends the greeting and READY as a socket of kind typ and reads the other
 // side's greeting and READY.
-func (p *zmtpPeer) handshake(typ string) {
+func (p *Peer) Handshake(typ string) {
 	p.t.Helper()
-	p.write(append(zmtpGreeting(), zmtpFrame(0x04, readyBody(typ))...))
+	p.Write(append(Greeting(), Frame(0x04, ReadyBody(typ))...))
 	_ = p.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var g [64]byte
 	if _, err := io.ReadFull(p.c, g[:]); err != nil {
@@ -116,7 +120,7 @@ func (p *zmtpPeer) handshake(typ string) {
 	}
 }
 
-func (p *zmtpPeer) readFrame() (flags byte, body []byte, err error) {
+func (p *Peer) readFrame() (flags byte, body []byte, err error) {
 	var h [9]byte
 	if _, err = io.ReadFull(p.c, h[:2]); err != nil {
 		return 0, nil, err
@@ -136,8 +140,8 @@ func (p *zmtpPeer) readFrame() (flags byte, body []byte, err error) {
 	return flags, body, err
 }
 
-// readMessage reads the frames of one message.
-func (p *zmtpPeer) readMessage() ([][]byte, error) {
+// ReadMessage reads the frames of one message (5s at most).
+func (p *Peer) ReadMessage() ([][]byte, error) {
 	_ = p.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var out [][]byte
 	for {
@@ -152,8 +156,9 @@ func (p *zmtpPeer) readMessage() ([][]byte, error) {
 	}
 }
 
-// waitClosed reads (and drops) what the other side sends until it closes the connection.
-func (p *zmtpPeer) waitClosed() {
+// WaitClosed reads (and drops) what the other side sends until it closes the connection;
+// it fails the test if that takes 10s.
+func (p *Peer) WaitClosed() {
 	p.t.Helper()
 	_ = p.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, err := io.Copy(io.Discard, p.c)
