@@ -205,13 +205,30 @@ func (c *guardedConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write reports a failure as a timeout (see writeError): the connection's reader, which
+// sees the same closed connection, is the one that tells zmq4.
 func (c *guardedConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	if err != nil && !c.shaken.Load() {
-		c.Conn.Close()
+	if err != nil {
+		if !c.shaken.Load() {
+			c.Conn.Close()
+		}
+		return n, writeError{err}
 	}
-	return n, err
+	return n, nil
 }
+
+// writeError is a failed write, reported to zmq4 as a timeout. On a non-timeout error zmq4
+// marks the connection closed and a dialing socket re-dials right there, in the writing
+// goroutine; when the write is the subscription a SUB socket sends while adding a new
+// connection, it holds the socket's lock and the re-dial waits for that lock forever (seen
+// with a publisher rejected right after its handshake). The reader of the same connection
+// fails too, holding no lock, and zmq4 re-dials from there.
+type writeError struct{ err error }
+
+func (e writeError) Error() string   { return e.err.Error() }
+func (e writeError) Timeout() bool   { return true }
+func (e writeError) Temporary() bool { return true }
 
 func (c *guardedConn) fail(err error) {
 	c.err = err

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -56,9 +57,10 @@ func gatheredCounter(t *testing.T, reg *prometheus.Registry, name string, labels
 }
 
 // TestRouterSurvivesHostileKVEventPublisher: a "publisher" that completes the ZMTP
-// handshake and claims a 2^62-byte frame (zmq4 v0.17.0 panics on it, killing the router)
-// is disconnected and counted on the router's registry; the router re-dials, and when the
-// publisher behaves its events reach the index. Joining the stream mid-way (seq 1: seq 0
+// handshake and claims a frame above Config.KVEventLimits (zmq4 v0.17.0 allocates whatever
+// a header claims and panics on 2^62 bytes, killing the router) is disconnected and counted
+// on the router's registry; the router re-dials, and when the publisher behaves its events
+// reach the index. Joining the stream mid-way (seq 1: seq 0
 // went out before the router connected, as on a fresh `kvgate up`) is not a warning.
 func TestRouterSurvivesHostileKVEventPublisher(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -70,8 +72,9 @@ func TestRouterSurvivesHostileKVEventPublisher(t *testing.T) {
 	cfg.Endpoints = []router.Endpoint{{Name: "z", Address: "127.0.0.1:1", Models: []string{model}, BlockSize: 16,
 		KVEvents: "tcp://" + ln.Addr().String()}}
 	cfg.Seed, cfg.ScrapeInterval = 42, -1
+	cfg.KVEventLimits.MaxMessage = 1 << 20
 	reg, logs := prometheus.NewRegistry(), &warnings{}
-	r, err := router.New(cfg, slog.New(logs), reg)
+	r, err := router.New(cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,11 +82,19 @@ func TestRouterSurvivesHostileKVEventPublisher(t *testing.T) {
 
 	bad := zmtptest.Accept(t, ln)
 	bad.Handshake("PUB")
-	bad.Write(zmtptest.HostileHeader)
+	bad.Write(binary.BigEndian.AppendUint64([]byte{0x02}, 2<<20)) // a 2 MiB frame's header: above the limit
 	bad.WaitClosed()
 	eventually(t, "the rejected connection counted", func() bool {
 		return gatheredCounter(t, reg, engine.MetricZMQRejected,
 			map[string]string{"socket": "sub", "reason": engine.ReasonFrameTooLarge}) == 1
+	})
+	bad = zmtptest.Accept(t, ln) // the router re-dials
+	bad.Handshake("PUB")
+	bad.Write(zmtptest.HostileHeader)
+	bad.WaitClosed()
+	eventually(t, "the rejected connection counted", func() bool {
+		return gatheredCounter(t, reg, engine.MetricZMQRejected,
+			map[string]string{"socket": "sub", "reason": engine.ReasonFrameTooLarge}) == 2
 	})
 
 	good := zmtptest.Accept(t, ln)

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/router"
@@ -214,15 +215,17 @@ func fetchModels(ctx context.Context, addr string) ([]string, error) {
 
 // routerFlags configure the router itself.
 type routerFlags struct {
-	policy     string
-	modelsFile string
-	disagg     disaggFlags
+	policy       string
+	modelsFile   string
+	kvMaxMessage int64
+	disagg       disaggFlags
 }
 
 func (r *routerFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&r.policy, "policy", "kv", "routing policy: kv, round-robin, random, least-load, approx-prefix")
 	f.StringVar(&r.modelsFile, "models", "", "YAML/JSON model map (model name -> tokenizer and chat template); default: the embedded Qwen3 map")
+	f.Int64Var(&r.kvMaxMessage, "kv-events-max-message", engine.DefaultMaxZMQMessage, "largest ZMQ message (and frame) an engine's KV-event socket may send, in bytes; a peer sending more is disconnected and counted")
 	r.disagg.add(cmd)
 }
 
@@ -230,6 +233,7 @@ func (r *routerFlags) config(eps []router.Endpoint) (router.Config, error) {
 	cfg := router.DefaultConfig()
 	cfg.Policy = r.policy
 	cfg.Endpoints = eps
+	cfg.KVEventLimits.MaxMessage = r.kvMaxMessage
 	r.disagg.apply(&cfg)
 	if r.modelsFile != "" {
 		m, err := tokenizer.LoadModelMap(r.modelsFile)
