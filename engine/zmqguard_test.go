@@ -423,3 +423,32 @@ func TestSubscriberJoinIsNotAWarning(t *testing.T) {
 		t.Fatalf("a lost batch logged %d warnings, want 1", n)
 	}
 }
+
+// TestSubscriberRedialsPublishersRejectedAtOnce: a publisher whose hostile header arrives
+// with its READY is rejected while zmq4 is still adding the connection (and sending it the
+// subscription under the socket's lock); the subscriber must still re-dial, every time.
+// (zmq4 re-dialed from the failed subscription write, under that lock: a deadlock.)
+func TestSubscriberRedialsPublishersRejectedAtOnce(t *testing.T) {
+	checkLeaks(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	reg := prometheus.NewRegistry()
+	s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: "tcp://" + ln.Addr().String(),
+		Metrics: engine.NewZMQMetrics(reg), DialRetry: time.Millisecond, Logger: quiet})
+	r := newRecorder()
+	runSub(t, s, r)
+	const rounds = 20
+	for i := range rounds {
+		bad := zmtptest.Accept(t, ln)
+		bad.Write(append(append(zmtptest.Greeting(), zmtptest.Frame(0x04, zmtptest.ReadyBody("PUB"))...), zmtptest.HostileHeader...))
+		bad.WaitClosed()
+		waitRejected(t, reg, "sub", engine.ReasonFrameTooLarge, float64(i+1))
+	}
+	good := zmtptest.Accept(t, ln)
+	good.Handshake("PUB")
+	good.Write(zmtptest.Message(nil, be(0), payload(t, 0)))
+	waitFor(t, r, "the batch", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) == 1 }, nil)
+}
