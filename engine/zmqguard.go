@@ -102,12 +102,17 @@ func (g *guard) rejected(c net.Conn, err error) {
 		"reason", reason, "err", err)
 }
 
-// wrap guards c, a connection of the socket whose context is ctx: until the handshake is
-// done, the socket closing (ctx) or HandshakeTimeout ends it.
-func (g *guard) wrap(ctx context.Context, c net.Conn) net.Conn {
+// wrap guards c, a connection of the socket whose context is ctx. HandshakeTimeout bounds
+// the handshake; a dialed connection's handshake also ends when the socket closes (ctx), so
+// that closing never waits for it. (An accepted one is left to the timeout: closing it
+// at once would fail the handshake of a subscriber re-dialing a publisher that is going
+// away while its listener still accepts, and zmq4 never re-dials after a failed handshake.)
+func (g *guard) wrap(ctx context.Context, c net.Conn, dialed bool) net.Conn {
 	_ = c.SetReadDeadline(time.Now().Add(g.lim.HandshakeTimeout))
-	gc := &guardedConn{Conn: c, g: g, z: newFrameReader(g.self, g.lim)}
-	gc.stop = context.AfterFunc(ctx, func() { c.Close() })
+	gc := &guardedConn{Conn: c, g: g, z: newFrameReader(g.self, g.lim), stop: func() bool { return false }}
+	if dialed {
+		gc.stop = context.AfterFunc(ctx, func() { c.Close() })
+	}
 	return gc
 }
 
@@ -135,7 +140,7 @@ func (t guardedTransport) Dial(ctx context.Context, d transport.Dialer, addr str
 	if err != nil || g == nil {
 		return c, err
 	}
-	return g.wrap(ctx, c), nil
+	return g.wrap(ctx, c, true), nil
 }
 
 func (t guardedTransport) Listen(ctx context.Context, addr string) (net.Listener, error) {
@@ -160,7 +165,7 @@ func (l guardedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return l.g.wrap(l.ctx, c), nil
+	return l.g.wrap(l.ctx, c, false), nil
 }
 
 // guardedConn checks what the peer sends before zmq4 reads it. zmq4 completes the
@@ -174,6 +179,7 @@ type guardedConn struct {
 	stop func() bool // cancels closing on the socket's end once the handshake is done
 
 	once   sync.Once
+	wonce  sync.Once   // a slow reader is counted once
 	err    error       // the rejection, returned by every later Read
 	shaken atomic.Bool // the handshake completed: the deadline is cleared
 }
@@ -205,14 +211,20 @@ func (c *guardedConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Write reports a failure as a timeout (see writeError): the connection's reader, which
-// sees the same closed connection, is the one that tells zmq4.
+// Write bounds each write by WriteTimeout and reports a failure as a timeout (see
+// writeError) after closing the connection: its reader, which then fails too, is the one
+// that tells zmq4.
 func (c *guardedConn) Write(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.g.lim.WriteTimeout))
 	n, err := c.Conn.Write(p)
 	if err != nil {
-		if !c.shaken.Load() {
-			c.Conn.Close()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			c.wonce.Do(func() {
+				c.g.rejected(c.Conn, reject(ReasonSlowReader, "peer read nothing for %v", c.g.lim.WriteTimeout))
+			})
 		}
+		c.Conn.Close()
 		return n, writeError{err}
 	}
 	return n, nil

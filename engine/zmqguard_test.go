@@ -452,3 +452,52 @@ func TestSubscriberRedialsPublishersRejectedAtOnce(t *testing.T) {
 	good.Write(zmtptest.Message(nil, be(0), payload(t, 0)))
 	waitFor(t, r, "the batch", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) == 1 }, nil)
 }
+
+// TestPublisherDropsASubscriberThatStopsReading: zmq4's PUB writes to its subscribers one
+// after the other, so a subscriber that stops reading stalled every other one for good once
+// the kernel's buffers were full. It is disconnected after WriteTimeout and counted; the
+// others keep receiving.
+func TestPublisherDropsASubscriberThatStopsReading(t *testing.T) {
+	checkLeaks(t)
+	reg := prometheus.NewRegistry()
+	p, err := engine.NewPublisher(engine.PublisherConfig{Endpoint: "tcp://127.0.0.1:0", Metrics: engine.NewZMQMetrics(reg),
+		Limits: engine.ZMQLimits{WriteTimeout: 300 * time.Millisecond}, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	stuck := zmtptest.Dial(t, p.Addr())
+	stuck.Handshake("SUB")
+	stuck.Write(zmtptest.Message([]byte{1})) // subscribe to everything, then never read
+
+	s := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: p.Addr(), Logger: quiet})
+	r := newRecorder()
+	runSub(t, s, r)
+	big := testBatch(0)
+	big.Events[0].TokenIDs = make([]uint32, 100_000) // ~100 KiB per batch
+	for i := range big.Events[0].TokenIDs {
+		big.Events[0].TokenIDs[i] = uint32(i)
+	}
+	big.Events[0].BlockSize = len(big.Events[0].TokenIDs)
+	waitFor(t, r, "the first batch", func(seqs []uint64, _ [][2]uint64) bool { return len(seqs) > 0 }, func() {
+		if _, err := p.Publish(big); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// Fill the stuck subscriber's buffers until it is cut off.
+	deadline := time.Now().Add(20 * time.Second)
+	for rejected(t, reg, "pub", engine.ReasonSlowReader) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the subscriber that stopped reading was not disconnected")
+		}
+		if _, err := p.Publish(big); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	stuck.WaitClosed()
+	seqs, _ := r.snapshot()
+	last := seqs[len(seqs)-1]
+	waitFor(t, r, "batches after the cut", func(seqs []uint64, _ [][2]uint64) bool { return seqs[len(seqs)-1] > last+3 },
+		func() { publish(t, p, 1) })
+}

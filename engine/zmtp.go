@@ -14,6 +14,7 @@ import (
 const (
 	DefaultMaxZMQMessage    = 64 << 20 // bytes; a real KV-event batch is kilobytes
 	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultWriteTimeout     = 10 * time.Second
 )
 
 // ZMQLimits bounds what a ZMQ peer may send to a socket of this package. A peer that
@@ -28,6 +29,11 @@ type ZMQLimits struct {
 	// HandshakeTimeout is how long a peer has to complete the ZMTP greeting and NULL
 	// handshake (DefaultHandshakeTimeout when 0).
 	HandshakeTimeout time.Duration
+	// WriteTimeout is how long one write to a peer may block (DefaultWriteTimeout when 0):
+	// a peer that stops reading is disconnected instead of stalling the socket (zmq4's PUB
+	// writes to its subscribers one after the other, so one that stops reading holds back
+	// every other).
+	WriteTimeout time.Duration
 }
 
 func (l ZMQLimits) withDefaults() ZMQLimits {
@@ -39,6 +45,9 @@ func (l ZMQLimits) withDefaults() ZMQLimits {
 	}
 	if l.HandshakeTimeout <= 0 {
 		l.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if l.WriteTimeout <= 0 {
+		l.WriteTimeout = DefaultWriteTimeout
 	}
 	return l
 }
@@ -60,9 +69,10 @@ const (
 const (
 	ReasonFrameTooLarge   = "frame_too_large"
 	ReasonMessageTooLarge = "message_too_large"
-	ReasonProtocol        = "protocol"   // a malformed greeting, frame or handshake command
-	ReasonUnexpected      = "unexpected" // a message this socket kind never receives
-	ReasonHandshake       = "handshake"  // the handshake did not complete in time (or at all)
+	ReasonProtocol        = "protocol"    // a malformed greeting, frame or handshake command
+	ReasonUnexpected      = "unexpected"  // a message this socket kind never receives
+	ReasonHandshake       = "handshake"   // the handshake did not complete in time (or at all)
+	ReasonSlowReader      = "slow_reader" // the peer read nothing for WriteTimeout
 )
 
 // zmtpError is why a connection was rejected. It is a non-timeout net.Error, so zmq4 treats

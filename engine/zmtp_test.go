@@ -90,3 +90,68 @@ func reason(err error) string {
 	}
 	return ""
 }
+
+// BenchmarkFrameReader times the guard on the receive path against what a subscriber already
+// does with every batch (decoding it), in the same run: a stream of [topic, seq, payload]
+// messages with a 16-event, 4,096-token batch, fed in 32 KiB reads.
+func BenchmarkFrameReader(b *testing.B) {
+	batch := EventBatch{TS: 1}
+	for e := range 16 {
+		ev := Event{Kind: BlockStored, BlockSize: 16, Medium: "GPU"}
+		for blk := range 16 {
+			ev.BlockHashes = append(ev.BlockHashes, HashFromUint64(uint64(e*16+blk+1)*0x9e3779b97f4a7c15))
+			for t := range 16 {
+				ev.TokenIDs = append(ev.TokenIDs, uint32((e*256+blk*16+t)*7919%151000))
+			}
+		}
+		batch.Events = append(batch.Events, ev)
+	}
+	payload, err := EncodeBatch(batch, ShapeMap, HashInt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	frame := func(more bool, body []byte) []byte {
+		fl := byte(0)
+		if more {
+			fl = flagMore
+		}
+		if len(body) > 255 {
+			return append(binary.BigEndian.AppendUint64([]byte{fl | flagLong}, uint64(len(body))), body...)
+		}
+		return append([]byte{fl, byte(len(body))}, body...)
+	}
+	var msg []byte
+	msg = append(msg, frame(true, []byte("kv"))...)
+	msg = append(msg, frame(true, make([]byte, 8))...)
+	msg = append(msg, frame(false, payload)...)
+	const perStream = 256
+	stream := append(fuzzGreeting(), fuzzReady("PUB")...)
+	head := len(stream)
+	for range perStream {
+		stream = append(stream, msg...)
+	}
+	b.Run("guard", func(b *testing.B) {
+		b.SetBytes(int64(len(msg)))
+		b.ReportAllocs()
+		for i := 0; i < b.N; i += perStream {
+			z := newFrameReader(zmq4.Sub, ZMQLimits{})
+			if err := z.feed(stream[:head]); err != nil {
+				b.Fatal(err)
+			}
+			for p := stream[head:]; len(p) > 0; p = p[min(len(p), 32<<10):] {
+				if err := z.feed(p[:min(len(p), 32<<10)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+	b.Run("decode", func(b *testing.B) {
+		b.SetBytes(int64(len(msg)))
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := DecodeBatch(payload); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
