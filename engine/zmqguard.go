@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -103,10 +104,11 @@ func (g *guard) rejected(c net.Conn, err error) {
 }
 
 // wrap guards c, a connection of the socket whose context is ctx. HandshakeTimeout bounds
-// the handshake; a dialed connection's handshake also ends when the socket closes (ctx), so
-// that closing never waits for it. (An accepted one is left to the timeout: closing it
-// at once would fail the handshake of a subscriber re-dialing a publisher that is going
-// away while its listener still accepts, and zmq4 never re-dials after a failed handshake.)
+// the handshake. A dialed connection is also closed when the socket closes (ctx): closing
+// then never waits for its handshake, and one that zmq4 adds while the socket is closing (a
+// re-dial racing Close) does not outlive it. (An accepted one is left to the timeout and to
+// zmq4: closing it at once would fail the handshake of a subscriber re-dialing a publisher
+// that is going away while its listener still accepts.)
 func (g *guard) wrap(ctx context.Context, c net.Conn, dialed bool) net.Conn {
 	_ = c.SetReadDeadline(time.Now().Add(g.lim.HandshakeTimeout))
 	gc := &guardedConn{Conn: c, g: g, z: newFrameReader(g.self, g.lim), stop: func() bool { return false }}
@@ -140,7 +142,19 @@ func (t guardedTransport) Dial(ctx context.Context, d transport.Dialer, addr str
 	if err != nil || g == nil {
 		return c, err
 	}
-	return g.wrap(ctx, c, true), nil
+	gc := g.wrap(ctx, c, true).(*guardedConn)
+	// Both ends of ZMTP send their greeting at once. Hand zmq4 only a connection whose peer
+	// has begun its greeting: one that closes first (a publisher going away whose listener
+	// still accepted) is a failed dial, which zmq4 retries, while a handshake failure would
+	// end its re-dialing for good.
+	var first [greetingLen]byte
+	n, err := gc.Read(first[:])
+	if err != nil {
+		gc.Conn.Close()
+		return nil, fmt.Errorf("zmtp: %s closed before its greeting: %w", addr, err)
+	}
+	gc.pending = first[:n:n]
+	return gc, nil
 }
 
 func (t guardedTransport) Listen(ctx context.Context, addr string) (net.Listener, error) {
@@ -176,17 +190,23 @@ type guardedConn struct {
 	net.Conn
 	g    *guard
 	z    *frameReader
-	stop func() bool // cancels closing on the socket's end once the handshake is done
+	stop func() bool // cancels closing on the socket's end once the connection is over
 
-	once   sync.Once
-	wonce  sync.Once   // a slow reader is counted once
-	err    error       // the rejection, returned by every later Read
-	shaken atomic.Bool // the handshake completed: the deadline is cleared
+	once    sync.Once
+	wonce   sync.Once   // a slow reader is counted once
+	pending []byte      // the peer's first bytes, read by Dial
+	err     error       // the rejection, returned by every later Read
+	shaken  atomic.Bool // the handshake completed: the deadline is cleared
 }
 
 func (c *guardedConn) Read(p []byte) (int, error) {
 	if c.err != nil {
 		return 0, c.err
+	}
+	if len(c.pending) > 0 { // read (and checked) while dialing
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {
@@ -196,9 +216,11 @@ func (c *guardedConn) Read(p []byte) (int, error) {
 		}
 		if !c.shaken.Load() && c.z.ready {
 			c.shaken.Store(true)
-			c.stop()
 			_ = c.Conn.SetReadDeadline(time.Time{})
 		}
+	}
+	if err != nil {
+		c.stop() // the connection is over: nothing left to close when the socket closes
 	}
 	if err != nil && !c.shaken.Load() {
 		var ne net.Error
