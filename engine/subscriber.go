@@ -123,7 +123,7 @@ func NewSubscriber(cfg SubscriberConfig) *Subscriber {
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("endpoint", cfg.Endpoint)
+	log = log.With("kv_events", cfg.Endpoint) // not "endpoint": the router names its endpoint so
 	return &Subscriber{cfg: cfg, log: log, lg: newLogLimiter(log, cfg.LogEvery), ready: make(chan struct{}),
 		topics: map[string]*seqState{}}
 }
