@@ -77,7 +77,7 @@ func (e envoyCall) do(ctx context.Context) (outcome, int) {
 		}
 	}
 	body, _ := json.Marshal(map[string]any{
-		"model": model, "stream": true, "max_tokens": e.tokens,
+		"model": model, "stream": true, "max_tokens": e.tokens, "ignore_eos": true,
 		"messages": []map[string]string{{"role": "user", "content": e.prompt}},
 	})
 	for _, m := range extproctest.RequestMessages(envoyMode, extproctest.Request{Method: "POST", Path: "/v1/chat/completions",

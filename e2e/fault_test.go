@@ -121,7 +121,7 @@ func (o outcome) String() string {
 // streamChat sends one streamed chat to the gateway at base and reads it to its end.
 func streamChat(ctx context.Context, base, prompt string, maxTokens int) outcome {
 	body, _ := json.Marshal(map[string]any{
-		"model": model, "stream": true, "max_tokens": maxTokens,
+		"model": model, "stream": true, "max_tokens": maxTokens, "ignore_eos": true,
 		"messages": []map[string]string{{"role": "user", "content": prompt}},
 	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions", bytes.NewReader(body))
