@@ -1,6 +1,7 @@
 // Package bench is a load generator for any OpenAI-compatible URL: it replays a trace (or a
 // synthetic workload) at its arrival times or at a fixed concurrency, streams every response,
 // and reports TTFT, inter-token latency, end-to-end latency, throughput, cache hits and errors.
+// It is the client before R1; it owns no step of a KV event.
 package bench
 
 import (

@@ -1,4 +1,5 @@
 // Package bootstrap writes the Envoy bootstrap that points Envoy at kvgate's xDS server.
+// It owns no step of a request or a KV event; it configures Envoy, which does R1 and R7.
 package bootstrap
 
 import (

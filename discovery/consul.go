@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/kvgate/kvgate/backoff"
 )
 
 // ConsulConfig says which Consul agent to talk to and which service to read and write.
@@ -88,7 +90,7 @@ func (c *Consul) watch(ctx context.Context, box latest) {
 		index   uint64
 		prev    []Endpoint
 		sent    bool
-		backoff = c.cfg.MinBackoff
+		retry   = backoff.New(c.cfg.MinBackoff, c.cfg.MaxBackoff)
 		failing bool
 	)
 	for ctx.Err() == nil {
@@ -102,10 +104,9 @@ func (c *Consul) watch(ctx context.Context, box latest) {
 				c.log.Warn("consul watch failing, retrying", "err", err)
 				failing = true
 			}
-			if !sleep(ctx, backoff) {
+			if !retry.Wait(ctx) {
 				return
 			}
-			backoff = min(2*backoff, c.cfg.MaxBackoff)
 			// The agent may have restarted with a fresh index: start over.
 			index = 0
 			continue
@@ -114,7 +115,7 @@ func (c *Consul) watch(ctx context.Context, box latest) {
 			c.log.Info("consul watch recovered")
 			failing = false
 		}
-		backoff = c.cfg.MinBackoff
+		retry.Reset()
 		switch {
 		case meta.LastIndex < index: // went backwards: a new raft log, re-read everything
 			index = 0
@@ -185,17 +186,6 @@ func ParseModels(meta map[string]string) []string {
 		out = append(out, m)
 	}
 	return out
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // isNotFound reports whether err is Consul's 404.

@@ -1,5 +1,6 @@
 // Package discovery finds the engines the router and the xDS server send traffic to: from a
 // Consul catalog watched with blocking queries, or from a static list.
+// It owns no step of a request or a KV event; it says where the endpoints of R5 and E2-E4 are.
 package discovery
 
 import (

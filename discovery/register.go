@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/kvgate/kvgate/backoff"
 )
 
 // Registration is one engine instance to publish in Consul.
@@ -178,7 +180,7 @@ func (c *Consul) Keep(ctx context.Context, r Registration, interval time.Duratio
 			log.Info("deregistered from consul")
 		}
 	}()
-	backoff := c.cfg.MinBackoff
+	retry := backoff.New(c.cfg.MinBackoff, c.cfg.MaxBackoff)
 	registered := false
 	for {
 		wait := interval
@@ -201,12 +203,11 @@ func (c *Consul) Keep(ctx context.Context, r Registration, interval time.Duratio
 		}
 		if err != nil {
 			log.Warn("consul registration check failed", "err", err)
-			wait = backoff
-			backoff = min(2*backoff, c.cfg.MaxBackoff)
+			wait = retry.Next()
 		} else {
-			backoff = c.cfg.MinBackoff
+			retry.Reset()
 		}
-		if !sleep(ctx, wait) {
+		if !backoff.Sleep(ctx, backoff.Clock{}, wait) {
 			return nil
 		}
 	}

@@ -5,8 +5,9 @@ import (
 	"sync"
 )
 
-// Static is a Source over a list held in memory; Set changes it (kvgate up uses it as an
-// in-process registry). It is safe for concurrent use.
+// Static is a Source over a list held in memory; Set changes it (an in-process source for
+// tests and programs that embed kvgate; kvgate up uses no discovery). It is safe for
+// concurrent use.
 type Static struct {
 	mu   sync.Mutex
 	eps  []Endpoint

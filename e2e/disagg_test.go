@@ -147,7 +147,7 @@ func TestDisaggSurvivesPrefillDeath(t *testing.T) {
 	dec, decKV, _ := sim()
 	side := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	sideMetrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	sc := startProc(t, kvgateBin, "sidecar", "--listen", side, "--engine", dec, "--metrics-addr", sideMetrics, "--name", "decode-0")
+	sc := startProc(t, kvgateBin, "sidecar", "--listen", side, "--engine", dec, "--prefill", pre, "--metrics-addr", sideMetrics, "--name", "decode-0")
 	waitHTTP(t, sc, "http://"+side+"/health", 30*time.Second)
 
 	file := filepath.Join(t.TempDir(), "endpoints.yaml")

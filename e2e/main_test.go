@@ -45,16 +45,34 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePort returns a loopback port nobody listens on right now.
+// freePort returns a loopback port nobody listens on right now and that no earlier call in
+// this process returned: a port closed after the pick can be offered again by the kernel,
+// and two addresses of one test must not collide.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	givenMu.Lock()
+	defer givenMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !given[port] {
+			given[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no fresh loopback port")
+	return 0
 }
+
+// given holds the ports freePort returned (test-binary state, guarded by givenMu).
+var (
+	givenMu sync.Mutex
+	given   = map[int]bool{}
+)
 
 // proc is a started process whose output is kept for failure reports.
 type proc struct {

@@ -1,5 +1,7 @@
 // Package engine holds what is specific to each engine kind: the KV-event wire
 // format of vLLM and SGLang, its ZMQ transport, and the engines' metric names.
+// In a KV event's path it owns E1 and E2 (the wire format, publishing and subscribing); it
+// owns no step of a request.
 package engine
 
 import (

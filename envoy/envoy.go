@@ -1,5 +1,6 @@
 // Package envoy holds kvgate's Envoy configuration files and the code that parses Envoy
 // configuration from YAML into Envoy's protos and validates it, typed configs included.
+// It owns no step of a request or a KV event; it holds the configuration of Envoy's R1 and R7.
 package envoy
 
 import (

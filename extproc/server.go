@@ -1,6 +1,8 @@
 // Package extproc is Envoy's external processing (ext_proc) service speaking the Gateway API
 // Inference Extension's Endpoint Picker Protocol: it asks a Picker for the upstream of every
 // request and tells Envoy through a header and dynamic metadata.
+// In a request's path it owns R1 and R6 for Envoy (the ext_proc stream in, the pick out)
+// and feeds R8; it owns no step of a KV event.
 package extproc
 
 import (

@@ -1,5 +1,7 @@
 // Package gateway is the embedded OpenAI HTTP front door: it asks the router in-process for
 // the upstream of every request and proxies to it, streaming responses through unbuffered.
+// In a request's path it owns R1, R6 and R7 without Envoy (receive, pick in-process,
+// forward) and feeds R8; it owns no step of a KV event.
 package gateway
 
 import (

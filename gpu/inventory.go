@@ -1,4 +1,5 @@
 // Package gpu reads the node's GPU inventory and telemetry through NVML.
+// It owns no step of a request or of a KV event: workerd assigns GPUs with it.
 package gpu
 
 import (

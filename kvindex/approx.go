@@ -2,6 +2,8 @@ package kvindex
 
 import (
 	"cmp"
+	"math"
+	"math/bits"
 	"slices"
 	"sync"
 	"time"
@@ -13,162 +15,355 @@ import (
 // endpoint (least recently sent evicted first). Queries take the same block
 // hashes as Index.FindMatches and fill the same Matches; every block counts as
 // GPU. All methods are safe for concurrent use; the caller supplies the time.
+//
+// Expiry times never go back: a prefix sent at an earlier now than a previous
+// Record's (callers racing on the clock) expires with the later one.
 type Approx struct {
 	mu       sync.RWMutex
-	ttl      time.Duration
+	ttl      int64 // nanoseconds
 	capacity int
-	eps      map[EndpointID]*approxEndpoint
-	holders  map[uint64][]EndpointID // prefix key -> endpoints that hold it
+
+	// The prefixes sent anywhere form a radix tree like Index's; hold is the
+	// holder bitset of each node (words 64-bit words per node, a bit per
+	// slot), so a lookup ANDs words instead of visiting endpoints.
+	tree
+	hold  []uint64
+	words int
+
+	// One entry per (node, slot) held: its expiry and its place in the
+	// slot's LRU. at finds the entry of a (node, slot).
+	ents    []approxEnt // ents[0] is unused: index 0 means none
+	entFree uint32      // free entries, linked through next
+	at      map[uint64]uint32
+
+	// Endpoints are interned to dense slots, the bit positions in hold.
+	slots     []approxSlot
+	slotOf    map[EndpointID]uint32
+	freeSlots []uint32
+	order     []uint32 // live slots in ascending EndpointID order
+
+	lastExp int64 // the latest expiry handed out
+	oldest  int64 // no entry expires before this (a lower bound)
+	path    []uint32
 }
 
-type approxEndpoint struct {
-	entries map[uint64]*approxEntry
-	lru     approxEntry // sentinel: lru.next is the most recently sent
+type approxEnt struct {
+	exp        int64  // UnixNano; expired from then on
+	node, slot uint32 //
+	newer      uint32 // toward the slot's most recently sent entry
+	older      uint32 // toward its least recently sent one
 }
 
-type approxEntry struct {
-	key        uint64
-	expires    time.Time
-	prev, next *approxEntry
+type approxSlot struct {
+	id     EndpointID
+	n      int    // entries held
+	newest uint32 // most recently sent entry, 0 when none
+	oldest uint32 // least recently sent entry
 }
 
 // NewApprox returns an empty Approx. A capacityBlocks below 1 means no limit.
 func NewApprox(ttl time.Duration, capacityBlocks int) *Approx {
 	return &Approx{
-		ttl:      ttl,
+		ttl:      int64(ttl),
 		capacity: capacityBlocks,
-		eps:      map[EndpointID]*approxEndpoint{},
-		holders:  map[uint64][]EndpointID{},
+		tree:     newTree(),
+		hold:     make([]uint64, 1),
+		words:    1,
+		ents:     make([]approxEnt, 1),
+		at:       map[uint64]uint32{},
+		slotOf:   map[EndpointID]uint32{},
+		oldest:   math.MaxInt64,
 	}
 }
 
-// prefixKey chains block hashes into one key per prefix.
-func prefixKey(prev uint64, h BlockHash) uint64 {
-	k := (prev ^ uint64(h)) * 0x9e3779b97f4a7c15
-	k ^= k >> 29
-	k *= 0xbf58476d1ce4e5b9
-	return k ^ k>>32
-}
+func entKey(node, slot uint32) uint64 { return uint64(node)<<32 | uint64(slot) }
 
 // Record notes that the request whose blocks are hashes was sent to ep at now.
 func (a *Approx) Record(ep EndpointID, hashes []BlockHash, now time.Time) {
 	if len(hashes) == 0 {
 		return
 	}
+	t := now.UnixNano()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	e := a.eps[ep]
-	if e == nil {
-		e = &approxEndpoint{entries: map[uint64]*approxEntry{}}
-		e.lru.next, e.lru.prev = &e.lru, &e.lru
-		a.eps[ep] = e
+	a.expire(t)
+	s := a.slot(ep)
+	exp := t + a.ttl
+	if a.ttl > 0 && exp < t {
+		exp = math.MaxInt64
 	}
-	a.expire(ep, e, now)
-	keys := make([]uint64, len(hashes))
-	k := uint64(0)
-	for i, h := range hashes {
-		k = prefixKey(k, h)
-		keys[i] = k
-	}
-	// Touch the deepest block first so the shared leading blocks end up most
-	// recent and eviction trims prefixes from their tails.
-	exp := now.Add(a.ttl)
-	for i := len(keys) - 1; i >= 0; i-- {
-		en := e.entries[keys[i]]
-		if en == nil {
-			en = &approxEntry{key: keys[i]}
-			e.entries[keys[i]] = en
-			a.holders[keys[i]] = append(a.holders[keys[i]], ep)
-		} else {
-			en.prev.next, en.next.prev = en.next, en.prev
+	exp = max(exp, a.lastExp)
+	a.lastExp = exp
+	a.oldest = min(a.oldest, exp)
+
+	path := a.path[:0]
+	cur := uint32(0)
+	for _, h := range hashes {
+		c := a.child(cur, h)
+		if c == 0 {
+			var fresh bool
+			if c, fresh = a.add(cur, h); fresh {
+				if len(a.hold)+a.words > cap(a.hold) {
+					a.hold = slices.Grow(a.hold, len(a.hold)+a.words)
+				}
+				a.hold = append(a.hold, make([]uint64, a.words)...)
+			}
 		}
-		en.expires = exp
-		en.next, en.prev = e.lru.next, &e.lru
-		e.lru.next.prev = en
-		e.lru.next = en
+		path = append(path, c)
+		cur = c
 	}
-	for a.capacity > 0 && len(e.entries) > a.capacity {
-		a.evict(ep, e, e.lru.prev)
+	a.path = path
+	// Touch the deepest block first so the shared leading blocks end up most
+	// recent and eviction trims prefixes from their tails. So a slot's
+	// prefixes always form a subtree, and expiries never grow going down it.
+	w, bit := int(s>>6), uint64(1)<<(s&63)
+	for i := len(path) - 1; i >= 0; i-- {
+		a.touch(s, path[i], w, bit, exp)
+	}
+	sl := &a.slots[s]
+	for a.capacity > 0 && sl.n > a.capacity {
+		a.evict(sl.oldest)
 	}
 }
 
-// expire drops ep's entries that expired by now (the oldest sit at the back).
-func (a *Approx) expire(ep EndpointID, e *approxEndpoint, now time.Time) {
-	for en := e.lru.prev; en != &e.lru && !now.Before(en.expires); en = e.lru.prev {
-		a.evict(ep, e, en)
-	}
-}
-
-func (a *Approx) evict(ep EndpointID, e *approxEndpoint, en *approxEntry) {
-	en.prev.next, en.next.prev = en.next, en.prev
-	delete(e.entries, en.key)
-	hs := a.holders[en.key]
-	if i := slices.Index(hs, ep); i >= 0 {
-		hs[i] = hs[len(hs)-1]
-		hs = hs[:len(hs)-1]
-	}
-	if len(hs) == 0 {
-		delete(a.holders, en.key)
+// touch makes (node, s) the slot's most recently sent entry, expiring at exp.
+func (a *Approx) touch(s, node uint32, w int, bit uint64, exp int64) {
+	sl := &a.slots[s]
+	h := &a.hold[int(node)*a.words+w]
+	var e uint32
+	if *h&bit == 0 {
+		*h |= bit
+		if e = a.entFree; e != 0 {
+			a.entFree = a.ents[e].older
+		} else {
+			e = uint32(len(a.ents))
+			if len(a.ents) == cap(a.ents) {
+				a.ents = slices.Grow(a.ents, len(a.ents))
+			}
+			a.ents = append(a.ents, approxEnt{})
+		}
+		a.ents[e] = approxEnt{node: node, slot: s}
+		a.at[entKey(node, s)] = e
+		sl.n++
 	} else {
-		a.holders[en.key] = hs
+		e = a.at[entKey(node, s)]
+		if sl.newest == e {
+			a.ents[e].exp = exp
+			return
+		}
+		a.unlinkEnt(sl, e)
 	}
+	en := &a.ents[e]
+	en.exp, en.newer, en.older = exp, 0, sl.newest
+	if sl.newest != 0 {
+		a.ents[sl.newest].newer = e
+	} else {
+		sl.oldest = e
+	}
+	sl.newest = e
+}
+
+func (a *Approx) unlinkEnt(sl *approxSlot, e uint32) {
+	en := &a.ents[e]
+	if en.newer != 0 {
+		a.ents[en.newer].older = en.older
+	} else {
+		sl.newest = en.older
+	}
+	if en.older != 0 {
+		a.ents[en.older].newer = en.newer
+	} else {
+		sl.oldest = en.newer
+	}
+}
+
+// evict drops entry e, and the nodes that nobody holds any more.
+func (a *Approx) evict(e uint32) {
+	en := a.ents[e]
+	sl := &a.slots[en.slot]
+	a.unlinkEnt(sl, e)
+	sl.n--
+	a.hold[int(en.node)*a.words+int(en.slot>>6)] &^= 1 << (en.slot & 63)
+	delete(a.at, entKey(en.node, en.slot))
+	a.ents[e] = approxEnt{older: a.entFree}
+	a.entFree = e
+	for i := en.node; i != 0 && a.nodes[i].nkids == 0 && !a.held(i); {
+		i = a.unlink(i)
+	}
+}
+
+func (a *Approx) held(i uint32) bool {
+	for _, w := range a.hold[int(i)*a.words : int(i+1)*a.words] {
+		if w != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// expire drops every entry that expired by t (each slot's oldest first).
+func (a *Approx) expire(t int64) {
+	if t < a.oldest {
+		return
+	}
+	oldest := int64(math.MaxInt64)
+	for s := range a.slots {
+		sl := &a.slots[s]
+		for sl.oldest != 0 && a.ents[sl.oldest].exp <= t {
+			a.evict(sl.oldest)
+		}
+		if sl.oldest != 0 {
+			oldest = min(oldest, a.ents[sl.oldest].exp)
+		}
+	}
+	a.oldest = oldest
+}
+
+// slot returns ep's slot, interning ep on first use.
+func (a *Approx) slot(ep EndpointID) uint32 {
+	if s, ok := a.slotOf[ep]; ok {
+		return s
+	}
+	var s uint32
+	if k := len(a.freeSlots); k > 0 {
+		// Lowest free slot first, keeping the holder bitsets narrow.
+		slices.Sort(a.freeSlots)
+		s = a.freeSlots[0]
+		a.freeSlots = slices.Delete(a.freeSlots, 0, 1)
+	} else {
+		s = uint32(len(a.slots))
+		a.slots = append(a.slots, approxSlot{})
+		if w := len(a.slots)/64 + 1; len(a.slots)%64 == 1 && len(a.slots) > 64 {
+			a.restride(w)
+		}
+	}
+	a.slots[s] = approxSlot{id: ep}
+	a.slotOf[ep] = s
+	a.order = append(a.order, s)
+	slices.SortFunc(a.order, func(x, y uint32) int { return cmp.Compare(a.slots[x].id, a.slots[y].id) })
+	return s
+}
+
+// restride widens every node's holder bitset to words 64-bit words.
+func (a *Approx) restride(words int) {
+	old, ow := a.hold, a.words
+	a.hold = make([]uint64, len(a.nodes)*words, cap(a.nodes)*words)
+	for i := range a.nodes {
+		copy(a.hold[i*words:], old[i*ow:(i+1)*ow])
+	}
+	a.words = words
 }
 
 // FindMatches fills out with every endpoint's contiguous overlap with hashes
-// as of now, like Index.FindMatches. Expired entries do not match.
+// as of now, like Index.FindMatches. Expired entries do not match. It does not
+// allocate once out has been used for a query as long over as many endpoints.
 func (a *Approx) FindMatches(hashes []BlockHash, now time.Time, out *Matches) {
 	out.Endpoints = out.Endpoints[:0]
 	out.Depth = 0
 	if len(hashes) == 0 {
 		return
 	}
+	t := now.UnixNano()
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	k := prefixKey(0, hashes[0])
-	for _, ep := range a.holders[k] {
-		if en := a.eps[ep].entries[k]; now.Before(en.expires) {
-			out.Endpoints = append(out.Endpoints, Match{Endpoint: ep, Blocks: 1})
-		}
-	}
-	if len(out.Endpoints) == 0 {
-		return
-	}
-	active := len(out.Endpoints) // out.Endpoints[:active] still match
-	depth := 1
-	for _, h := range hashes[1:] {
-		k = prefixKey(k, h)
-		for i := 0; i < active; {
-			m := &out.Endpoints[i]
-			if en := a.eps[m.Endpoint].entries[k]; en != nil && now.Before(en.expires) {
-				m.Blocks++
-				i++
-				continue
-			}
-			active--
-			out.Endpoints[i], out.Endpoints[active] = out.Endpoints[active], out.Endpoints[i]
-		}
-		if active == 0 {
+	W := a.words
+	out.reset(W)
+	act, blk := out.active, out.blk
+	path := slices.Grow(out.path[:0], len(hashes))
+	cur := uint32(0)
+	depth := 0
+	for i, h := range hashes {
+		c := a.child(cur, h)
+		if c == 0 {
 			break
 		}
-		depth++
+		r := a.hold[int(c)*W : int(c)*W+W]
+		any := uint64(0)
+		for w := 0; w < W; w++ {
+			next := r[w]
+			if i > 0 {
+				prev := act[w]
+				next &= prev
+				for d := prev &^ next; d != 0; d &= d - 1 {
+					blk[w*64+bits.TrailingZeros64(d)] = int32(i)
+				}
+			}
+			act[w] = next
+			any |= next
+		}
+		if any == 0 {
+			break
+		}
+		path = append(path, c)
+		depth = i + 1
+		cur = c
 	}
-	for i := range out.Endpoints {
-		out.Endpoints[i].Tiers = [NumTiers]int{out.Endpoints[i].Blocks}
+	out.path = path
+	if depth == 0 {
+		return
 	}
-	slices.SortFunc(out.Endpoints, func(x, y Match) int { return cmp.Compare(x.Endpoint, y.Endpoint) })
+	for w := 0; w < W; w++ {
+		for x := act[w]; x != 0; x &= x - 1 {
+			blk[w*64+bits.TrailingZeros64(x)] = int32(depth)
+		}
+	}
+	depth = 0
+	for _, s := range a.order {
+		b := int(blk[s])
+		if b == 0 {
+			continue
+		}
+		if t >= a.oldest {
+			b = a.unexpired(s, path[:b], t)
+			if b == 0 {
+				continue
+			}
+		}
+		depth = max(depth, b)
+		out.Endpoints = append(out.Endpoints, Match{Endpoint: a.slots[s].id, Blocks: b, Tiers: [NumTiers]int{b}})
+	}
 	out.Depth = depth
+}
+
+// unexpired returns how many of the nodes on path, which slot s holds, it
+// still holds at t. Expiries never grow going down a slot's prefixes, so the
+// answer is a binary search, and no search at all while none of s's entries
+// has expired.
+func (a *Approx) unexpired(s uint32, path []uint32, t int64) int {
+	sl := &a.slots[s]
+	if a.ents[sl.oldest].exp > t {
+		return len(path)
+	}
+	exp := func(i int) int64 { return a.ents[a.at[entKey(path[i], s)]].exp }
+	if exp(len(path)-1) > t {
+		return len(path)
+	}
+	lo, hi := 0, len(path)-1 // path[hi] has expired; path[:lo] has not
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if exp(m) > t {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
 }
 
 // RemoveEndpoint forgets everything recorded for ep.
 func (a *Approx) RemoveEndpoint(ep EndpointID) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	e := a.eps[ep]
-	if e == nil {
+	s, ok := a.slotOf[ep]
+	if !ok {
 		return
 	}
-	for e.lru.prev != &e.lru {
-		a.evict(ep, e, e.lru.prev)
+	sl := &a.slots[s]
+	for sl.oldest != 0 {
+		a.evict(sl.oldest)
 	}
-	delete(a.eps, ep)
+	*sl = approxSlot{}
+	delete(a.slotOf, ep)
+	a.order = slices.DeleteFunc(a.order, func(x uint32) bool { return x == s })
+	a.freeSlots = append(a.freeSlots, s)
 }

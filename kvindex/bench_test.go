@@ -32,6 +32,7 @@ type benchFixture struct {
 	queries [][]kvindex.BlockHash
 	pairs   int
 	heap    uint64 // bytes the index holds
+	convs   int    // conversations stored
 }
 
 func heapInUse() uint64 {
@@ -67,15 +68,48 @@ func storePrompt(x *kvindex.Index, ep kvindex.EndpointID, tokens []uint32, tier 
 	}
 }
 
-var fixture = sync.OnceValue(func() *benchFixture {
+// benchConv is one conversation of the benchmark fleet: its prompt sits on
+// endpoint ep (on tier), and on replica too unless replica < 0.
+type benchConv struct {
+	ep, replica int
+	tier        kvindex.Tier
+	prompt      []uint32
+}
+
+// benchFleet generates the fleet's conversations in a fixed order until yield
+// returns false; the prompt slice is reused between calls.
+func benchFleet(yield func(conv int, c *benchConv) bool) {
 	rnd := rand.New(rand.NewPCG(7, 7))
-	f := &benchFixture{queries: make([][]kvindex.BlockHash, 0, benchQueries)}
-	for range benchQueries {
-		f.queries = append(f.queries, make([]kvindex.BlockHash, 0, benchPromptLen))
-	}
 	systems := make([][]uint32, benchSystems)
 	for i := range systems {
 		systems[i] = randTokens(rnd, (16+rnd.IntN(49))*benchBlockSize)
+	}
+	c := benchConv{prompt: make([]uint32, benchPromptLen*benchBlockSize)}
+	for conv := 0; ; conv++ {
+		// Zipf-like choice of system prompt: low indexes are popular.
+		sys := systems[min(rnd.IntN(benchSystems), rnd.IntN(benchSystems))]
+		copy(c.prompt, sys)
+		for i := len(sys); i < len(c.prompt); i++ {
+			c.prompt[i] = rnd.Uint32N(128_000)
+		}
+		c.tier = kvindex.TierGPU
+		if rnd.IntN(10) == 0 {
+			c.tier = kvindex.TierCPU
+		}
+		c.ep, c.replica = conv%benchEndpoints, -1
+		if rnd.IntN(4) == 0 {
+			c.replica = rnd.IntN(benchEndpoints)
+		}
+		if !yield(conv, &c) {
+			return
+		}
+	}
+}
+
+var fixture = sync.OnceValue(func() *benchFixture {
+	f := &benchFixture{queries: make([][]kvindex.BlockHash, 0, benchQueries)}
+	for range benchQueries {
+		f.queries = append(f.queries, make([]kvindex.BlockHash, 0, benchPromptLen))
 	}
 	before := heapInUse()
 	x := kvindex.New(nil)
@@ -85,29 +119,22 @@ var fixture = sync.OnceValue(func() *benchFixture {
 	}
 	var ext uint64
 	blocks := make([]kvindex.Block, 0, benchEventBlock)
-	prompt := make([]uint32, benchPromptLen*benchBlockSize)
 	q := 0
-	for conv := 0; x.Nodes() < benchMinNodes; conv++ {
-		// Zipf-like choice of system prompt: low indexes are popular.
-		sys := systems[min(rnd.IntN(benchSystems), rnd.IntN(benchSystems))]
-		copy(prompt, sys)
-		for i := len(sys); i < len(prompt); i++ {
-			prompt[i] = rnd.Uint32N(128_000)
+	benchFleet(func(conv int, c *benchConv) bool {
+		if x.Nodes() >= benchMinNodes {
+			f.convs = conv
+			return false
 		}
-		tier := kvindex.TierGPU
-		if rnd.IntN(10) == 0 {
-			tier = kvindex.TierCPU
-		}
-		ep := eps[conv%benchEndpoints]
-		storePrompt(x, ep, prompt, tier, &ext, blocks)
-		if rnd.IntN(4) == 0 {
-			storePrompt(x, eps[rnd.IntN(benchEndpoints)], prompt, kvindex.TierGPU, &ext, blocks)
+		storePrompt(x, eps[c.ep], c.prompt, c.tier, &ext, blocks)
+		if c.replica >= 0 {
+			storePrompt(x, eps[c.replica], c.prompt, kvindex.TierGPU, &ext, blocks)
 		}
 		if q < benchQueries && conv%7 == 0 {
-			f.queries[q] = kvindex.HashBlocks(f.queries[q], 0, prompt, benchBlockSize)
+			f.queries[q] = kvindex.HashBlocks(f.queries[q], 0, c.prompt, benchBlockSize)
 			q++
 		}
-	}
+		return true
+	})
 	f.queries = f.queries[:q]
 	for _, ep := range eps {
 		f.pairs += x.Blocks(ep)

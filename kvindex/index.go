@@ -1,5 +1,7 @@
 // Package kvindex is the KV-cache prefix index: a radix tree of token blocks
 // recording which endpoint holds each cached prefix on which memory tier.
+// In a request's path it owns R4 (the prefix match per endpoint); in a KV event's path, E5
+// (applying the event).
 package kvindex
 
 import (
@@ -35,12 +37,9 @@ type Index struct {
 	applyMu sync.Mutex   // serialises appliers and snapshot writers
 	mu      sync.RWMutex // guards everything below up to namesMu
 
-	nodes []node
-	kids  map[kidKey]uint32
-	free  []uint32
+	tree
 	res   []uint64
 	words int // 64-bit words per tier in each node's residency
-	live  int // nodes other than the root
 	pairs int // resident (node, endpoint) pairs
 	eps   []*endpointState
 
@@ -58,10 +57,9 @@ type Index struct {
 // be nil.
 func New(reg prometheus.Registerer) *Index {
 	return &Index{
-		nodes: make([]node, 1),
+		tree:  newTree(),
 		res:   make([]uint64, 3),
 		words: 1,
-		kids:  map[kidKey]uint32{},
 		ids:   map[string]EndpointID{},
 		m:     newMetrics(reg),
 	}

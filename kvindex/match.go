@@ -23,6 +23,7 @@ type Matches struct {
 	// scratch, reused between queries
 	active          []uint64
 	blk, cpu, disks []int32
+	path            []uint32 // Approx: the nodes walked
 }
 
 // Candidates returns how many endpoints hold at least the first block.

@@ -35,8 +35,21 @@ func (x *Index) valid(r extRef) bool {
 	return r.node != 0 && int(r.node) < len(x.nodes) && x.nodes[r.node].gen == r.gen
 }
 
+// tree is the node arena and child links shared by Index and Approx; what an
+// endpoint holds on a node lives beside it in the owner's own arena.
+type tree struct {
+	nodes []node
+	kids  map[kidKey]uint32
+	free  []uint32
+	live  int // nodes other than the root
+}
+
+func newTree() tree {
+	return tree{nodes: make([]node, 1), kids: map[kidKey]uint32{}}
+}
+
 // child returns the child of p keyed h, or 0.
-func (x *Index) child(p uint32, h BlockHash) uint32 {
+func (x *tree) child(p uint32, h BlockHash) uint32 {
 	n := &x.nodes[p]
 	if n.kid != 0 {
 		if x.nodes[n.kid].hash == h {
@@ -51,24 +64,21 @@ func (x *Index) child(p uint32, h BlockHash) uint32 {
 	return x.kids[kidKey{p, h}]
 }
 
-// addChild creates the child of p keyed h (the caller checked it is absent).
-func (x *Index) addChild(p uint32, h BlockHash) uint32 {
-	var c uint32
+// add creates the child of p keyed h (the caller checked it is absent) and
+// reports whether it took a fresh slot at the end of the arena rather than a
+// freed one, so that the owner grows its own arena alongside.
+func (x *tree) add(p uint32, h BlockHash) (c uint32, fresh bool) {
 	if k := len(x.free); k > 0 {
 		c = x.free[k-1]
 		x.free = x.free[:k-1]
 	} else {
-		c = uint32(len(x.nodes))
+		c, fresh = uint32(len(x.nodes)), true
 		// Double by hand: append grows large slices by 1.25x, copying the
 		// whole arena four times over on the way to its final size.
 		if len(x.nodes) == cap(x.nodes) {
 			x.nodes = slices.Grow(x.nodes, len(x.nodes))
 		}
-		if s := 3 * x.words; len(x.res)+s > cap(x.res) {
-			x.res = slices.Grow(x.res, len(x.res)+s)
-		}
 		x.nodes = append(x.nodes, node{})
-		x.res = append(x.res, make([]uint64, 3*x.words)...)
 	}
 	n := &x.nodes[c]
 	n.hash, n.parent, n.kid, n.nkids = h, p, 0, 0
@@ -80,6 +90,36 @@ func (x *Index) addChild(p uint32, h BlockHash) uint32 {
 	}
 	pn.nkids++
 	x.live++
+	return c, fresh
+}
+
+// unlink frees node i (which has no children) and returns its parent.
+func (x *tree) unlink(i uint32) uint32 {
+	n := &x.nodes[i]
+	p := n.parent
+	pn := &x.nodes[p]
+	if pn.kid == i {
+		pn.kid = 0
+	} else {
+		delete(x.kids, kidKey{p, n.hash})
+	}
+	pn.nkids--
+	n.gen++
+	n.hash, n.parent = 0, 0
+	x.free = append(x.free, i)
+	x.live--
+	return p
+}
+
+// addChild creates the child of p keyed h (the caller checked it is absent).
+func (x *Index) addChild(p uint32, h BlockHash) uint32 {
+	c, fresh := x.add(p, h)
+	if fresh {
+		if s := 3 * x.words; len(x.res)+s > cap(x.res) {
+			x.res = slices.Grow(x.res, len(x.res)+s)
+		}
+		x.res = append(x.res, make([]uint64, 3*x.words)...)
+	}
 	return c
 }
 
@@ -98,20 +138,7 @@ func (x *Index) held(i uint32) bool {
 // nor have children.
 func (x *Index) maybeFree(i uint32) {
 	for i != 0 && x.nodes[i].nkids == 0 && !x.held(i) {
-		n := &x.nodes[i]
-		p := n.parent
-		pn := &x.nodes[p]
-		if pn.kid == i {
-			pn.kid = 0
-		} else {
-			delete(x.kids, kidKey{p, n.hash})
-		}
-		pn.nkids--
-		n.gen++
-		n.hash, n.parent = 0, 0
-		x.free = append(x.free, i)
-		x.live--
-		i = p
+		i = x.unlink(i)
 	}
 }
 

@@ -1,5 +1,7 @@
 // Package openai holds the OpenAI-compatible request and response types, their validation,
 // error bodies and SSE framing, as vLLM's OpenAI server shapes them.
+// In a request's path it owns R2 (parse and validate the body; the error bodies of every
+// step); it owns no step of a KV event.
 package openai
 
 import (

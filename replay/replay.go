@@ -1,6 +1,7 @@
 // Package replay runs a whole cluster in virtual time: simulated engines (the sim's state
 // machine) behind the router's real code (kvindex, scoring, load accounting, KV-event flow with
 // a delay), replaying a trace as fast as the CPU allows, deterministically for a seed.
+// It runs every step of a request and of a KV event in virtual time, with the real router.
 package replay
 
 import (

@@ -1,6 +1,8 @@
 // Package router picks the engine for each OpenAI request: it tracks the endpoint set, their
 // KV-cache contents (from KV events, or approximately from its own decisions) and their load,
 // and scores them as Dynamo's KV router does.
+// In a request's path it owns R5 (score and pick; it drives R3 and R4) and R8 (load release);
+// in a KV event's path, E4 (reading it from a relay or the engine, endpoint identity).
 package router
 
 import (
@@ -15,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kvgate/kvgate/backoff"
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/kvindex"
 )
@@ -129,23 +132,22 @@ func (r *Router) startLocked(s *epState) {
 }
 
 // subscribe runs s's KV-event source until ctx ends; a source that fails (a bind refused,
-// say) is retried every few seconds.
+// say) is retried after a jittered pause that grows to subscribeRetry.
 func (r *Router) subscribe(ctx context.Context, s *epState, src EventSource) {
+	retry := backoff.New(subscribeRetry/8, subscribeRetry)
 	for {
 		err := src.Run(ctx, r.handler(s))
 		if ctx.Err() != nil {
 			return
 		}
 		r.log.Error("kv events: source failed; retrying", "endpoint", s.ep.Name, "err", err)
-		select {
-		case <-ctx.Done():
+		if !retry.Wait(ctx) {
 			return
-		case <-time.After(subscribeRetry):
 		}
 	}
 }
 
-// subscribeRetry is the wait between attempts of a failed KV-event subscription.
+// subscribeRetry is the longest wait between attempts of a failed KV-event subscription.
 const subscribeRetry = 2 * time.Second
 
 func (r *Router) stopLocked(s *epState) {

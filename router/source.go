@@ -7,12 +7,12 @@ import (
 )
 
 // EventSource is where one endpoint's KV events come from: the engine's own ZMQ publisher
-// (engine.Subscriber, the default) or a relay in front of it (workerd's RelayClient, wired
-// by the command through Config.EventSource).
+// (engine.Subscriber, the default) or a relay in front of it (relay.Client, wired by the
+// command through Config.EventSource).
 //
 // Run delivers batches to h until ctx ends, then returns nil; a non-nil error means the
 // source failed: it is logged and Run is called again after a pause. Run calls
-// h.Batch and h.Gap from one goroutine at a time; h is also a LoadHandler, which a source
+// h.Batch and h.Gap from one goroutine at a time; h also has Load (relay.LoadHandler), which a source
 // that carries the engine's load may call from another goroutine. A source that restarts
 // its stream must begin it with an AllBlocksCleared event (a snapshot) or call Gap first.
 type EventSource interface {
@@ -21,17 +21,10 @@ type EventSource interface {
 
 var _ EventSource = (*engine.Subscriber)(nil)
 
-// LoadHandler is implemented by the engine.Handler the router gives an EventSource. A source
-// that carries the engine's load and health (workerd's relay does, with this very method)
-// reports them here: the load counts as a fresh scrape, healthy false takes the endpoint out
-// of rotation for UnhealthyFor and healthy true puts it back. Safe for concurrent use.
-type LoadHandler interface {
-	Load(l engine.Load, healthy bool)
-}
-
-var _ LoadHandler = (*eventHandler)(nil)
-
-// Load records a source-reported load, unless the endpoint has been removed or replaced.
+// Load is how a source that carries the engine's load and health (relay.Client, through its
+// relay.LoadHandler) reports them: the load counts as a fresh scrape, healthy false takes the
+// endpoint out of rotation for UnhealthyFor and healthy true puts it back. Safe for concurrent
+// use. Load records a source-reported load, unless the endpoint has been removed or replaced.
 func (h *eventHandler) Load(l engine.Load, healthy bool) {
 	r, s := h.r, h.s
 	if r.state(s.ep.Name) != s {
@@ -75,8 +68,6 @@ type loadOnly struct{ h *eventHandler }
 func (l loadOnly) Batch(uint64, engine.EventBatch)   {}
 func (l loadOnly) Gap(uint64, uint64)                {}
 func (l loadOnly) Load(ld engine.Load, healthy bool) { l.h.Load(ld, healthy) }
-
-var _ LoadHandler = loadOnly{}
 
 // handler is what s's source delivers to.
 func (r *Router) handler(s *epState) engine.Handler {

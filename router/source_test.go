@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/relay"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -113,9 +114,9 @@ func TestEventSourceHook(t *testing.T) {
 	}
 	f := src.get("relayed")
 	h := f.handler()
-	lh, ok := h.(router.LoadHandler)
+	lh, ok := h.(relay.LoadHandler)
 	if !ok {
-		t.Fatalf("the handler given to a source (%T) is not a router.LoadHandler", h)
+		t.Fatalf("the handler given to a source (%T) is not a relay.LoadHandler", h)
 	}
 
 	content := longText("relay", 200)
@@ -174,7 +175,7 @@ func TestEventSourceWithoutKVEvents(t *testing.T) {
 	eventually(t, "the source runs", func() bool { f := src.get("w"); return f != nil && f.isRunning() })
 	h := src.get("w").handler()
 	h.Batch(1, engine.EventBatch{Events: []engine.Event{{Kind: engine.AllBlocksCleared}}})
-	h.(router.LoadHandler).Load(engine.Load{Waiting: 4}, true)
+	h.(relay.LoadHandler).Load(engine.Load{Waiting: 4}, true)
 	if l := loadOf(r, "w"); l.Engine.Waiting != 4 {
 		t.Errorf("load %+v", l.Engine)
 	}

@@ -1,5 +1,6 @@
 // Package tlsconfig turns PEM file names into crypto/tls configurations for kvgate's servers
 // and clients, with one flag layout shared by every command.
+// It owns no step of a request or a KV event; every hop that can be TLS uses it.
 package tlsconfig
 
 import (

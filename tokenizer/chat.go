@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -41,6 +42,7 @@ type chatTemplate struct {
 	// flattenContent: the template treats message content as a string, so text-only
 	// content-part arrays are joined with "\n" first, as vLLM does for such templates.
 	flattenContent bool
+	qwen3          bool // the Qwen3 template: plain chats render natively (chatml.go)
 }
 
 var contentLoop = regexp.MustCompile(`for\s+\w+\s+in\s+\w+(\.content|\[['"]content['"]\])`)
@@ -103,7 +105,7 @@ func compileTemplate(src string, order *orderRegistry) (tmpl *chatTemplate, err 
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: chat template: %w", err)
 	}
-	return &chatTemplate{t: t, flattenContent: !contentLoop.MatchString(src)}, nil
+	return &chatTemplate{t: t, flattenContent: !contentLoop.MatchString(src), qwen3: isQwen3Template(src)}, nil
 }
 
 // newEnvironment is gonja's Python-compatible builtins plus what Hugging Face adds for chat
@@ -157,7 +159,45 @@ func strMethods() *exec.MethodSet[string] {
 		}
 		return strings.Replace(self, old, repl, count), nil
 	}
+	// split and friends return a list whose indexing follows Python: gonja's own indexing
+	// misses x[-n] on a list of n items (None), which broke the Qwen3 template on an
+	// assistant message holding "</think>" without "<think>" (the reasoning split's [-1]).
+	for _, n := range []string{"split", "rsplit", "splitlines"} {
+		f := m[n]
+		if f == nil {
+			continue
+		}
+		m[n] = func(self string, v *exec.Value, args *exec.VarArgs) (any, error) {
+			r, err := f(self, v, args)
+			if rv := reflect.ValueOf(r); rv.Kind() == reflect.Slice && rv.Type().Elem().Kind() == reflect.String {
+				l := make(strList, rv.Len())
+				for i := range l {
+					l[i] = rv.Index(i).String()
+				}
+				return l, err
+			}
+			return r, err
+		}
+	}
 	return exec.NewMethodSet(m)
+}
+
+// strList is a list of strings indexed as Python indexes lists.
+type strList []string
+
+// GetItem implements exec.ItemGetter.
+func (l strList) GetItem(key any) (*exec.Value, bool) {
+	i, ok := key.(int)
+	if !ok {
+		return exec.AsValue(nil), false
+	}
+	if i < 0 {
+		i += len(l)
+	}
+	if i < 0 || i >= len(l) {
+		return exec.AsValue(nil), false
+	}
+	return exec.AsValue(l[i]), true
 }
 
 // toJSONFilter is tojson with Python's json.dumps output: key order kept, ", " and ": "
@@ -228,9 +268,23 @@ func (t *Tokenizer) template(name string) (*chatTemplate, error) {
 // RenderChat renders the chat template with messages, tools, add_generation_prompt,
 // bos_token, eos_token and the extra variables, as Hugging Face's apply_chat_template does.
 func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
+	return t.renderChat(in, true)
+}
+
+// renderChat is RenderChat, through the template engine only when native is false.
+func (t *Tokenizer) renderChat(in ChatInput, native bool) (out string, err error) {
 	ct, err := t.template(in.Template)
 	if err != nil {
 		return "", err
+	}
+	if native && ct.qwen3 && isNull(in.Tools) {
+		if thinkingOff, ok := qwen3Vars(in.Extra); ok {
+			if ms, ok := plainMessages(in.Messages); ok {
+				if s, ok := renderQwen3(ms, in.AddGenerationPrompt, thinkingOff); ok {
+					return s, nil
+				}
+			}
+		}
 	}
 	ko := keyOrder{}
 	msgs, err := decodeOrdered(in.Messages, ko)

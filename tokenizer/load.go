@@ -153,7 +153,7 @@ func build(data []byte) (*Tokenizer, error) {
 	if len(m.Vocab) == 0 {
 		return nil, fmt.Errorf("tokenizer: BPE model has an empty vocab")
 	}
-	t := &Tokenizer{vocab: m.Vocab, cache: newWordCache(1 << 16)}
+	t := &Tokenizer{vocab: m.Vocab, cache: newWordCache(1 << 16), segs: newSegmentCache(segCacheBytes)}
 	for _, id := range m.Vocab {
 		t.maxID = max(t.maxID, id)
 	}

@@ -1,5 +1,6 @@
 // Package tokenizer loads Hugging Face tokenizer.json files (BPE) and chat templates, and turns
 // text and chat conversations into the exact token ids an engine computes.
+// In a request's path it owns R3 (chat template and token ids); it owns no step of a KV event.
 package tokenizer
 
 import (
@@ -14,8 +15,9 @@ import (
 )
 
 // Tokenizer encodes text to token ids and back, and renders chat templates. It is immutable
-// after Load and safe for concurrent use; its only mutable part is an internal, bounded,
-// concurrency-safe cache of BPE results per pre-tokenized word.
+// after Load and safe for concurrent use; its only mutable parts are internal, bounded,
+// concurrency-safe caches: BPE results per pre-tokenized word, and ids per stretch of text
+// between added tokens (so a chat turn costs its new text).
 type Tokenizer struct {
 	vocab   map[string]uint32 // model vocabulary, token -> id
 	idToTok []string          // id -> token text (model vocab and added tokens); "" where unused
@@ -29,6 +31,7 @@ type Tokenizer struct {
 	byteDec  bool    // the decoder maps byte-level characters back to bytes
 	maxID    uint32
 	cache    *wordCache
+	segs     *segmentCache
 	scratch  sync.Pool // *encodeState
 	tmpl     *chatTemplates
 	bosToken string
@@ -141,6 +144,11 @@ func (t *Tokenizer) Encode(text string) []uint32 {
 
 // AppendEncode appends the ids of text (see Encode) to dst and returns the extended slice.
 func (t *Tokenizer) AppendEncode(dst []uint32, text string) []uint32 {
+	return t.appendEncode(dst, text, t.segs)
+}
+
+// appendEncode is AppendEncode through segs, or without a segment cache when segs is nil.
+func (t *Tokenizer) appendEncode(dst []uint32, text string, segs *segmentCache) []uint32 {
 	if text == "" {
 		return dst
 	}
@@ -160,7 +168,18 @@ func (t *Tokenizer) AppendEncode(dst []uint32, text string) []uint32 {
 			dst = append(dst, id)
 			return
 		}
+		if segs == nil || !segs.cacheable(seg) {
+			dst = t.encodeSegment(dst, seg, first, st)
+			return
+		}
+		k := segs.hash(seg, first)
+		if ids, ok := segs.get(k); ok {
+			dst = append(dst, ids...)
+			return
+		}
+		start := len(dst)
 		dst = t.encodeSegment(dst, seg, first, st)
+		segs.put(k, dst[start:])
 	})
 	return dst
 }

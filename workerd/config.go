@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/tlsconfig"
 )
 
 // Engine kinds.
@@ -58,6 +59,15 @@ type Config struct {
 	// Host is where engines listen and how routers reach them (127.0.0.1).
 	Host   string        `json:"host,omitempty"`
 	Consul *ConsulConfig `json:"consul,omitempty"`
+	// TLS serves the relay over TLS; with a CA, routers must present a client certificate
+	// signed by it (mutual TLS). Plaintext when empty.
+	TLS tlsconfig.Files `json:"tls,omitempty"`
+	// SidecarTLS serves the decode engines' P/D sidecars over HTTPS (mutual TLS with a CA).
+	SidecarTLS tlsconfig.Files `json:"sidecar_tls,omitempty"`
+	// PrefillEndpoints are prefill engines (host:port) on other nodes that this node's
+	// sidecars may send prompts to, besides this node's own prefill engines and, with Consul,
+	// the healthy prefill engines registered there (docs/DISAGG.md).
+	PrefillEndpoints []string `json:"prefill_endpoints,omitempty"`
 
 	ScrapeInterval Duration `json:"scrape_interval,omitempty"` // load scrape and health check period (1s)
 	StartTimeout   Duration `json:"start_timeout,omitempty"`   // time to become healthy before a restart (10m)
@@ -169,6 +179,11 @@ func (c *Config) Validate() error {
 				}
 				ports[p] = e.Name
 			}
+		}
+	}
+	for _, a := range c.PrefillEndpoints {
+		if h, p, err := net.SplitHostPort(a); err != nil || h == "" || p == "" {
+			errs = append(errs, fmt.Errorf("prefill_endpoints: %q is not host:port", a))
 		}
 	}
 	if c.Listen != "" {

@@ -37,15 +37,37 @@ type plan struct {
 // DefaultBlockSize is the KV block size assumed when a spec names none.
 const DefaultBlockSize = 16
 
-// freePort asks the kernel for a free loopback port. It is free when returned; an engine
-// that binds it later may in rare cases lose a race, and then restarts on the same port.
-func freePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+// ports hands out free loopback ports for one New: each stays bound until release, so two
+// picks (an engine's HTTP, KV-event, replay and NIXL ports, and every engine's) are never the
+// same port. Released, a port is free; an engine that binds it later may in rare cases lose a
+// race to another process, and then restarts on the same port.
+type ports struct {
+	host string
+	held []net.Listener
+}
+
+func (p *ports) pick() (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(p.host, "0"))
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
+	p.held = append(p.held, l)
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// or returns want when it is set, else a free port.
+func (p *ports) or(want int) (int, error) {
+	if want != 0 {
+		return want, nil
+	}
+	return p.pick()
+}
+
+func (p *ports) release() {
+	for _, l := range p.held {
+		l.Close()
+	}
+	p.held = nil
 }
 
 // makePlans checks every spec against the machine (binaries, GPUs) and builds its command
@@ -55,118 +77,24 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 	if host == "" {
 		host = "127.0.0.1"
 	}
+	free := &ports{host: host}
+	defer free.release()
 	var errs []error
 	used := map[int]bool{}
 	plans := make([]plan, 0, len(cfg.Engines))
 	for _, s := range cfg.Engines {
-		p := plan{spec: s, instance: s.Name, role: s.Role, blockSize: s.BlockSize}
-		if cfg.Node != "" {
-			p.instance = cfg.Node + "-" + s.Name
-		}
-		if p.role == "" {
-			p.role = discovery.RoleAggregated
-		}
-		if p.blockSize == 0 {
-			p.blockSize = DefaultBlockSize
-		}
-		p.models = s.ServedNames
-		if len(p.models) == 0 && s.Model != "" {
-			p.models = []string{s.Model}
-		}
+		p := newPlan(cfg.Node, s)
 		where := fmt.Sprintf("engine %q (%s)", s.Name, s.Kind)
-
-		want := s.GPUs
-		if want == 0 && s.Kind != KindSim {
-			want = 1 // vLLM and SGLang need a GPU
+		fail := func(err error) { errs = append(errs, fmt.Errorf("%s: %w", where, err)) }
+		if err := p.assignGPUs(inv, used); err != nil {
+			fail(err)
 		}
-		if want > 0 {
-			idx, err := gpu.Assign(inv, want, used)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", where, err))
-			}
-			for _, i := range idx {
-				used[i] = true
-			}
-			p.gpus = idx
-			p.env = append(p.env, "CUDA_VISIBLE_DEVICES="+gpu.VisibleDevices(idx))
+		ep, err := p.assignAddresses(host, free)
+		if err != nil {
+			fail(err)
 		}
-
-		port := s.Port
-		if port == 0 {
-			var err error
-			if port, err = freePort(host); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", where, err))
-			}
-		}
-		p.addr = net.JoinHostPort(host, strconv.Itoa(port))
-		kvPort, replayPort := 0, 0
-		if !s.NoKVEvents {
-			kvPort = s.KVEventsPort
-			if kvPort == 0 {
-				var err error
-				if kvPort, err = freePort(host); err != nil {
-					errs = append(errs, fmt.Errorf("%s: %w", where, err))
-				}
-			}
-			p.kvEvents = "tcp://" + net.JoinHostPort(host, strconv.Itoa(kvPort))
-			var err error
-			if replayPort, err = freePort(host); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", where, err))
-			}
-			p.kvReplay = "tcp://" + net.JoinHostPort(host, strconv.Itoa(replayPort))
-		}
-
-		if p.role == discovery.RoleDecode && !s.NoSidecar {
-			p.sidecar = net.JoinHostPort(host, strconv.Itoa(s.SidecarPort))
-		}
-
-		switch s.Kind {
-		case KindVLLM:
-			p.argv = vllm.Command(vllm.Options{
-				Binary: s.Binary, Model: s.Model, ServedNames: s.ServedNames, Host: host, Port: port,
-				BlockSize: p.blockSize, KVEventsPort: kvPort, ReplayPort: replayPort, Role: s.Role, Extra: s.Args,
-			})
-			if err := lookPath(p.argv[0]); err != nil {
-				errs = append(errs, fmt.Errorf("%s: vLLM executable %q not found (%v): install vLLM or set binary", where, p.argv[0], err))
-			}
-			if vllm.Disaggregated(s.Role) {
-				nixl := s.NixlPort
-				if nixl == 0 {
-					var err error
-					if nixl, err = freePort(host); err != nil {
-						errs = append(errs, fmt.Errorf("%s: %w", where, err))
-					}
-				}
-				p.env = append(p.env, vllm.NixlEnv(s.Role, host, nixl)...)
-			}
-		case KindSGLang:
-			served := ""
-			if len(s.ServedNames) > 0 {
-				served = s.ServedNames[0]
-			}
-			p.argv = sglang.Command(sglang.Options{
-				Python: s.Binary, Model: s.Model, ServedName: served, Host: host, Port: port,
-				PageSize: p.blockSize, KVEventsPort: kvPort, ReplayPort: replayPort, Role: s.Role, Extra: s.Args,
-			})
-			if err := lookPath(p.argv[0]); err != nil {
-				errs = append(errs, fmt.Errorf("%s: python %q not found (%v): install SGLang or set binary", where, p.argv[0], err))
-			} else if err := hasPythonModule(ctx, p.argv[0], "sglang"); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %v: install SGLang (pip install sglang) or set binary", where, err))
-			}
-		case KindSim:
-			base := simCmd
-			if s.Binary != "" {
-				base = []string{s.Binary, "sim"}
-			}
-			if len(base) == 0 {
-				errs = append(errs, fmt.Errorf("%s: no simulator command", where))
-				break
-			}
-			p.argv = append(slices.Clone(base), SimArgs(host, port, s.Model, p.kvEvents, p.kvReplay, p.blockSize)...)
-			p.argv = append(p.argv, s.Args...)
-			if err := lookPath(p.argv[0]); err != nil {
-				errs = append(errs, fmt.Errorf("%s: simulator %q not found: %v", where, p.argv[0], err))
-			}
+		for _, err := range p.command(ctx, host, ep, simCmd, free) {
+			fail(err)
 		}
 		for _, k := range slices.Sorted(maps.Keys(s.Env)) {
 			p.env = append(p.env, k+"="+s.Env[k])
@@ -174,6 +102,125 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 		plans = append(plans, p)
 	}
 	return plans, errors.Join(errs...)
+}
+
+// newPlan is the engine's identity: instance name, role, block size and served models.
+func newPlan(node string, s EngineSpec) plan {
+	p := plan{spec: s, instance: s.Name, role: s.Role, blockSize: s.BlockSize, models: s.ServedNames}
+	if node != "" {
+		p.instance = node + "-" + s.Name
+	}
+	if p.role == "" {
+		p.role = discovery.RoleAggregated
+	}
+	if p.blockSize == 0 {
+		p.blockSize = DefaultBlockSize
+	}
+	if len(p.models) == 0 && s.Model != "" {
+		p.models = []string{s.Model}
+	}
+	return p
+}
+
+// assignGPUs takes the GPUs the engine needs from those not yet used (vLLM and SGLang need
+// at least one) and sets CUDA_VISIBLE_DEVICES.
+func (p *plan) assignGPUs(inv gpu.Inventory, used map[int]bool) error {
+	want := p.spec.GPUs
+	if want == 0 && p.spec.Kind != KindSim {
+		want = 1
+	}
+	if want == 0 {
+		return nil
+	}
+	idx, err := gpu.Assign(inv, want, used)
+	for _, i := range idx {
+		used[i] = true
+	}
+	p.gpus = idx
+	p.env = append(p.env, "CUDA_VISIBLE_DEVICES="+gpu.VisibleDevices(idx))
+	return err
+}
+
+// enginePorts are the ports an engine's command line names.
+type enginePorts struct{ http, kvEvents, replay int }
+
+// assignAddresses fixes the engine's HTTP address, its KV-event and replay endpoints (unless
+// it publishes none) and its sidecar's address, taking free ports where the spec names none.
+func (p *plan) assignAddresses(host string, free *ports) (enginePorts, error) {
+	s := p.spec
+	var ep enginePorts
+	var errs []error
+	var err error
+	if ep.http, err = free.or(s.Port); err != nil {
+		errs = append(errs, err)
+	}
+	p.addr = net.JoinHostPort(host, strconv.Itoa(ep.http))
+	if !s.NoKVEvents {
+		if ep.kvEvents, err = free.or(s.KVEventsPort); err != nil {
+			errs = append(errs, err)
+		}
+		if ep.replay, err = free.pick(); err != nil {
+			errs = append(errs, err)
+		}
+		p.kvEvents = "tcp://" + net.JoinHostPort(host, strconv.Itoa(ep.kvEvents))
+		p.kvReplay = "tcp://" + net.JoinHostPort(host, strconv.Itoa(ep.replay))
+	}
+	if p.role == discovery.RoleDecode && !s.NoSidecar {
+		p.sidecar = net.JoinHostPort(host, strconv.Itoa(s.SidecarPort))
+	}
+	return ep, errors.Join(errs...)
+}
+
+// command builds the engine's argv (and a P/D engine's NIXL environment) for its kind and
+// checks that the binary is there.
+func (p *plan) command(ctx context.Context, host string, ep enginePorts, simCmd []string, free *ports) []error {
+	s := p.spec
+	var errs []error
+	switch s.Kind {
+	case KindVLLM:
+		p.argv = vllm.Command(vllm.Options{
+			Binary: s.Binary, Model: s.Model, ServedNames: s.ServedNames, Host: host, Port: ep.http,
+			BlockSize: p.blockSize, KVEventsPort: ep.kvEvents, ReplayPort: ep.replay, Role: s.Role, Extra: s.Args,
+		})
+		if err := lookPath(p.argv[0]); err != nil {
+			errs = append(errs, fmt.Errorf("vLLM executable %q not found (%v): install vLLM or set binary", p.argv[0], err))
+		}
+		if vllm.Disaggregated(s.Role) {
+			nixl, err := free.or(s.NixlPort)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			p.env = append(p.env, vllm.NixlEnv(s.Role, host, nixl)...)
+		}
+	case KindSGLang:
+		served := ""
+		if len(s.ServedNames) > 0 {
+			served = s.ServedNames[0]
+		}
+		p.argv = sglang.Command(sglang.Options{
+			Python: s.Binary, Model: s.Model, ServedName: served, Host: host, Port: ep.http,
+			PageSize: p.blockSize, KVEventsPort: ep.kvEvents, ReplayPort: ep.replay, Role: s.Role, Extra: s.Args,
+		})
+		if err := lookPath(p.argv[0]); err != nil {
+			errs = append(errs, fmt.Errorf("python %q not found (%v): install SGLang or set binary", p.argv[0], err))
+		} else if err := hasPythonModule(ctx, p.argv[0], "sglang"); err != nil {
+			errs = append(errs, fmt.Errorf("%v: install SGLang (pip install sglang) or set binary", err))
+		}
+	case KindSim:
+		base := simCmd
+		if s.Binary != "" {
+			base = []string{s.Binary, "sim"}
+		}
+		if len(base) == 0 {
+			return append(errs, errors.New("no simulator command"))
+		}
+		p.argv = append(slices.Clone(base), SimArgs(host, ep.http, s.Model, p.kvEvents, p.kvReplay, p.blockSize)...)
+		p.argv = append(p.argv, s.Args...)
+		if err := lookPath(p.argv[0]); err != nil {
+			errs = append(errs, fmt.Errorf("simulator %q not found: %v", p.argv[0], err))
+		}
+	}
+	return errs
 }
 
 // SimArgs are the `kvgate sim` flags workerd passes to a simulated engine: listen on

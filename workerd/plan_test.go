@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -96,5 +97,29 @@ func TestPlansAssignGPUsAndCommands(t *testing.T) {
 		"--kv-events-replay", w.plans[2].kvReplay, "--model", "s", "--block-size", "16"}
 	if !slices.Equal(st[2].Argv, want) || !strings.HasPrefix(w.plans[2].kvReplay, "tcp://127.0.0.1:") {
 		t.Fatalf("sim argv %v, want %v", st[2].Argv, want)
+	}
+}
+
+// TestPlansPortsDistinct: every port workerd picks for its engines (HTTP, KV events, replay)
+// is a different one: picks are held until all are made, so the kernel cannot hand the same
+// free port out twice (independent pick-and-close calls repeat one within a few hundred).
+func TestPlansPortsDistinct(t *testing.T) {
+	sim := fakeBinary(t, "sim")
+	var specs []EngineSpec
+	for i := range 100 {
+		specs = append(specs, EngineSpec{Name: "e" + strconv.Itoa(i), Kind: KindSim})
+	}
+	plans, err := makePlans(context.Background(), Config{Engines: specs}, gpu.Inventory{}, []string{sim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{}
+	for _, p := range plans {
+		for _, a := range []string{p.addr, strings.TrimPrefix(p.kvEvents, "tcp://"), strings.TrimPrefix(p.kvReplay, "tcp://")} {
+			if other, ok := seen[a]; ok {
+				t.Fatalf("%s given to %s and %s", a, other, p.instance)
+			}
+			seen[a] = p.instance
+		}
 	}
 }

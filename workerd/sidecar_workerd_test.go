@@ -14,6 +14,7 @@ import (
 	"github.com/kvgate/kvgate/discovery/consultest"
 	"github.com/kvgate/kvgate/engine/vllm"
 	"github.com/kvgate/kvgate/gpu"
+	"github.com/kvgate/kvgate/sidecar"
 )
 
 // TestPlansPD: a decode engine gets a sidecar (its own port, or any), a vLLM P/D engine its
@@ -33,7 +34,7 @@ func TestPlansPD(t *testing.T) {
 	defer w.lis.Close()
 	defer func() {
 		for _, s := range w.sidecars {
-			s.lis.Close()
+			s.Close()
 		}
 	}()
 	env := func(i int, key string) string {
@@ -122,7 +123,7 @@ func TestWorkerdDisaggregated(t *testing.T) {
 	body, _ := json.Marshal(map[string]any{"model": "sim-model", "max_tokens": 4,
 		"prompt": strings.Repeat("Sidecars move blocks between engines. ", 120)})
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+d.Address+"/v1/completions", strings.NewReader(string(body)))
-	req.Header.Set(HeaderPrefiller, p.Address)
+	req.Header.Set(sidecar.HeaderPrefiller, p.Address)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -139,8 +140,8 @@ func TestWorkerdDisaggregated(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("%d %v", resp.StatusCode, err)
 	}
-	if resp.Header.Get(HeaderPrefillEndpoint) != p.Address || ans.Usage.Prompt < 500 || ans.Usage.Details.Cached < ans.Usage.Prompt-16 {
-		t.Errorf("remote prefill: header %q, usage %+v", resp.Header.Get(HeaderPrefillEndpoint), ans.Usage)
+	if resp.Header.Get(sidecar.HeaderPrefillEndpoint) != p.Address || ans.Usage.Prompt < 500 || ans.Usage.Details.Cached < ans.Usage.Prompt-16 {
+		t.Errorf("remote prefill: header %q, usage %+v", resp.Header.Get(sidecar.HeaderPrefillEndpoint), ans.Usage)
 	}
 }
 

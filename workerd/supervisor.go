@@ -16,7 +16,9 @@ import (
 	"time"
 
 	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
+	"github.com/kvgate/kvgate/backoff"
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/relay"
 )
 
 // Engine states.
@@ -50,12 +52,12 @@ type EngineStatus struct {
 // proc supervises one engine process across restarts.
 type proc struct {
 	p    plan
-	hub  *hub
+	hub  *relay.Hub
 	log  *slog.Logger
 	out  *lineWriter
 	cfg  *Config
 	http *http.Client
-	load *loadHub
+	load *relay.Server
 
 	mu       sync.Mutex
 	state    string
@@ -68,7 +70,7 @@ type proc struct {
 func (e *proc) status() EngineStatus {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	seq, blocks := e.hub.stats()
+	seq, blocks := e.hub.Stats()
 	return EngineStatus{
 		Name: e.p.instance, Kind: e.p.spec.Kind, Models: e.p.models, Role: e.p.role, Address: e.p.addr,
 		KVEvents: e.p.kvEvents, BlockSize: e.p.blockSize, GPUs: e.p.gpus, Argv: e.p.argv,
@@ -83,11 +85,11 @@ func (e *proc) set(f func()) {
 	f()
 }
 
-// run starts the engine and restarts it with exponential backoff whenever it exits, until
+// run starts the engine and restarts it with jittered exponential backoff whenever it exits, until
 // ctx ends; then it stops the process group (SIGTERM, then SIGKILL after StopTimeout).
 func (e *proc) run(ctx context.Context) {
-	minB, maxB := time.Duration(e.cfg.MinBackoff), time.Duration(e.cfg.MaxBackoff)
-	backoff := minB
+	maxB := time.Duration(e.cfg.MaxBackoff)
+	retry := backoff.New(time.Duration(e.cfg.MinBackoff), maxB)
 	defer e.set(func() { e.state, e.healthy, e.pid = StateStopped, false, 0 })
 	for ctx.Err() == nil {
 		started := time.Now()
@@ -95,21 +97,17 @@ func (e *proc) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		e.hub.clearAll() // whatever the engine held is gone
+		e.hub.Clear() // whatever the engine held is gone
 		if time.Since(started) > 2*maxB {
-			backoff = minB // it ran a good while: a fresh failure, not a crash loop
+			retry.Reset() // it ran a good while: a fresh failure, not a crash loop
 		}
+		wait := retry.Next()
 		e.set(func() { e.state, e.healthy, e.pid = StateBackoff, false, 0; e.restarts++ })
-		e.log.Warn("engine exited; restarting", "err", err, "after", backoff, "ran", time.Since(started).Round(time.Millisecond),
+		e.log.Warn("engine exited; restarting", "err", err, "after", wait, "ran", time.Since(started).Round(time.Millisecond),
 			"last_output", e.out.tail())
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff.Sleep(ctx, backoff.Clock{}, wait) {
 			return
-		case <-t.C:
 		}
-		backoff = min(2*backoff, maxB)
 	}
 }
 
@@ -136,7 +134,7 @@ func (e *proc) incarnation(ctx context.Context) error {
 	if e.p.kvEvents != "" {
 		sub := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: e.p.kvEvents, ReplayEndpoint: e.p.kvReplay, Logger: e.log})
 		wg.Go(func() {
-			if err := sub.Run(inc, hubHandler{e.hub}); err != nil && inc.Err() == nil {
+			if err := sub.Run(inc, e.hub.Handler()); err != nil && inc.Err() == nil {
 				e.log.Error("kv events subscriber failed", "err", err)
 			}
 		})
@@ -210,7 +208,7 @@ func (e *proc) watch(ctx context.Context, pid int) {
 			e.log.Info("engine healthy")
 			first = false
 		}
-		e.load.put(&relayv1.LoadReport{
+		e.load.PutLoad(&relayv1.LoadReport{
 			Engine: e.p.instance, Running: uint32(l.Running), Waiting: uint32(l.Waiting), KvUsage: l.KVUsage,
 			Healthy: ok, UnixNano: time.Now().UnixNano(),
 		})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/gpu"
+	"github.com/kvgate/kvgate/relay/relaytest"
 )
 
 // Supervision with stand-in engines (shell commands): crash loops back off, an engine that
@@ -40,7 +41,7 @@ func TestSupervision(t *testing.T) {
 			start: 500 * time.Millisecond,
 			check: func(t *testing.T, w *Workerd, _ *syncBuffer) {
 				first := w.Engines()[0].PID
-				waitFor(t, 10*time.Second, "a restart after the start timeout", func() bool {
+				relaytest.WaitFor(t, 10*time.Second, "a restart after the start timeout", func() bool {
 					s := w.Engines()[0]
 					return s.Restarts >= 1 && s.PID != 0 && s.PID != first
 				})
@@ -66,7 +67,7 @@ func TestSupervision(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- w.Run(ctx) }()
-			waitFor(t, 5*time.Second, "the engine started", func() bool { return w.Engines()[0].PID != 0 || w.Engines()[0].Restarts > 0 })
+			relaytest.WaitFor(t, 5*time.Second, "the engine started", func() bool { return w.Engines()[0].PID != 0 || w.Engines()[0].Restarts > 0 })
 			tc.check(t, w, out)
 			cancel()
 			select {
@@ -94,7 +95,7 @@ func TestStopEscalatesToKill(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	waitFor(t, 5*time.Second, "the engine running its trap", func() bool { return strings.Contains(out.String(), "n1-e | ready") })
+	relaytest.WaitFor(t, 5*time.Second, "the engine running its trap", func() bool { return strings.Contains(out.String(), "n1-e | ready") })
 	pid := w.Engines()[0].PID
 	start := time.Now()
 	cancel()

@@ -1,5 +1,8 @@
 // Package workerd is the node daemon: it starts and supervises the node's engines on their
-// GPUs, relays their KV events and load to routers over gRPC, and registers them in Consul.
+// GPUs, runs the relay that carries their KV events and load to routers (package relay) and
+// the decode engines' P/D sidecars (package sidecar), and registers them in Consul.
+// In a KV event's path it owns E2 on the node (subscribing to each engine) and hosts E3 (the
+// relay package's server); in a request's path it hosts the sidecars of R7 (package sidecar).
 package workerd
 
 import (
@@ -16,10 +19,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
 	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/gpu"
+	"github.com/kvgate/kvgate/relay"
+	"github.com/kvgate/kvgate/sidecar"
 )
 
 // Options are workerd's dependencies. Zero fields take the defaults noted.
@@ -41,15 +47,16 @@ type Workerd struct {
 	log    *slog.Logger
 	plans  []plan
 	procs  []*proc
-	hubs   map[string]*hub
-	load   *loadHub
+	relay  *relay.Server
 	lis    net.Listener
 	srv    *grpc.Server
 	consul *discovery.Consul
 	inv    gpu.Inventory
 	http   *http.Client
-	// sidecars are the decode engines' P/D sidecars, by instance.
-	sidecars map[string]*Sidecar
+	// sidecars are the decode engines' P/D sidecars, by instance; prefills is the set of
+	// prefill engines they may send prompts to.
+	sidecars map[string]*sidecar.Server
+	prefills *sidecar.PrefillSet
 
 	runMu   sync.Mutex
 	running bool
@@ -112,13 +119,20 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("workerd: refusing to start:\n%w", err)
 	}
+	relayTLS, err := cfg.TLS.Server()
+	if err != nil {
+		return nil, fmt.Errorf("workerd: relay tls: %w", err)
+	}
+	sidecarTLS, err := cfg.SidecarTLS.Server()
+	if err != nil {
+		return nil, fmt.Errorf("workerd: sidecar_tls: %w", err)
+	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("workerd: relay listener: %w", err)
 	}
 	w := &Workerd{
-		cfg: cfg, log: log.With("component", "workerd"), plans: plans, hubs: map[string]*hub{},
-		load: newLoadHub(), lis: lis, inv: inv,
+		cfg: cfg, log: log.With("component", "workerd"), plans: plans, lis: lis, inv: inv,
 		http: &http.Client{Timeout: 5 * time.Second},
 	}
 	if cfg.Consul != nil {
@@ -135,12 +149,12 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 	if out == nil {
 		out = os.Stderr
 	}
+	w.relay = relay.NewServer(w.engineInfos)
 	var outMu sync.Mutex
 	for _, p := range plans {
-		h := newHub(p.instance, cfg.RingSize, 0)
-		w.hubs[p.instance] = h
+		h := w.relay.AddEngine(p.instance, relay.HubOptions{Ring: cfg.RingSize})
 		w.procs = append(w.procs, &proc{
-			p: p, hub: h, cfg: &w.cfg, http: w.http, load: w.load, state: StateStopped,
+			p: p, hub: h, cfg: &w.cfg, http: w.http, load: w.relay, state: StateStopped,
 			log: w.log.With("engine", p.instance),
 			out: &lineWriter{prefix: p.instance + " | ", w: out, mu: &outMu},
 		})
@@ -151,12 +165,16 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 			return nil, err
 		}
 	}
-	if err := w.newSidecars(log, opt.Registerer); err != nil {
+	if err := w.newSidecars(log, opt.Registerer, sidecarTLS); err != nil {
 		lis.Close()
 		return nil, err
 	}
-	w.srv = grpc.NewServer()
-	relayv1.RegisterRelayServer(w.srv, &relayServer{w: w})
+	var sopts []grpc.ServerOption
+	if relayTLS != nil {
+		sopts = append(sopts, grpc.Creds(credentials.NewTLS(relayTLS)))
+	}
+	w.srv = grpc.NewServer(sopts...)
+	relayv1.RegisterRelayServer(w.srv, w.relay)
 	return w, nil
 }
 
@@ -194,7 +212,21 @@ func (w *Workerd) Engines() []EngineStatus {
 	return out
 }
 
-func (w *Workerd) hub(name string) *hub { return w.hubs[name] }
+// engineInfos is the relay's answer to Engines.
+func (w *Workerd) engineInfos() []*relayv1.EngineInfo {
+	var out []*relayv1.EngineInfo
+	for _, st := range w.Engines() {
+		info := &relayv1.EngineInfo{
+			Name: st.Name, Kind: st.Kind, Models: st.Models, Role: st.Role, Address: st.Address,
+			BlockSize: int32(st.BlockSize), State: st.State, Restarts: uint32(st.Restarts),
+		}
+		for _, g := range st.GPUs {
+			info.Gpus = append(info.Gpus, int32(g))
+		}
+		out = append(out, info)
+	}
+	return out
+}
 
 // Run serves the relay, starts every engine, keeps them alive and registered until ctx ends,
 // then shuts down gracefully: engines leave Consul first (routers stop sending), running
@@ -216,6 +248,15 @@ func (w *Workerd) Run(ctx context.Context) error {
 	w.log.Info("relay listening", "addr", w.Addr(), "engines", len(w.procs), "gpus", len(w.inv.Devices), "gpu_reason", w.inv.Reason)
 
 	stopSidecars := w.runSidecars(context.WithoutCancel(ctx))
+	if w.consul != nil && len(w.sidecars) > 0 {
+		// The sidecars may prefill on any healthy prefill engine registered in Consul: the
+		// ones a router watching the same catalog can name.
+		wg.Go(func() {
+			discovery.FollowAddresses(ctx, w.consul, discovery.RolePrefill, func(addrs []string) {
+				w.prefills.Set(addrs)
+			})
+		})
+	}
 	procCtx, stopProcs := context.WithCancel(context.WithoutCancel(ctx))
 	regCtx, stopReg := context.WithCancel(context.WithoutCancel(ctx))
 	var procWG, regWG sync.WaitGroup

@@ -25,6 +25,8 @@ import (
 	"github.com/kvgate/kvgate/discovery/consultest"
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/gpu"
+	"github.com/kvgate/kvgate/relay"
+	"github.com/kvgate/kvgate/relay/relaytest"
 )
 
 // syncBuffer collects engine output from several goroutines.
@@ -115,19 +117,19 @@ func prompt(seed int) string {
 }
 
 // storedSince returns the stored hashes of batches from index from on.
-func storedSince(b []recBatch, from int) []uint64 {
+func storedSince(b []relaytest.Batch, from int) []uint64 {
 	var hashes []uint64
 	for _, x := range b[from:] {
-		hashes = append(hashes, storedHashes(x.b)...)
+		hashes = append(hashes, relaytest.StoredHashes(x.B)...)
 	}
 	return hashes
 }
 
 // storedAfterClear finds the first lone AllBlocksCleared batch at or after index from and
 // returns the hashes stored after it.
-func storedAfterClear(b []recBatch, from int) (hashes []uint64, cleared bool) {
+func storedAfterClear(b []relaytest.Batch, from int) (hashes []uint64, cleared bool) {
 	for i := from; i < len(b); i++ {
-		if len(b[i].b.Events) == 1 && b[i].b.Events[0].Kind == engine.AllBlocksCleared {
+		if len(b[i].B.Events) == 1 && b[i].B.Events[0].Kind == engine.AllBlocksCleared {
 			return storedSince(b, i+1), true
 		}
 	}
@@ -200,42 +202,42 @@ func TestWorkerdEndToEnd(t *testing.T) {
 	}
 
 	// Relay: snapshot first, then the blocks of a completion.
-	client := NewRelayClientConfig(RelayClientConfig{Addr: w.Addr(), Engine: "n1-a", MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-	rec := &loadRecorder{recorder: newRecorder()}
-	stopClient := run(t, client, rec)
-	waitFor(t, 10*time.Second, "the snapshot", func() bool { b, _ := rec.snapshot(); return len(b) >= 1 })
-	if b, _ := rec.snapshot(); b[0].b.Events[0].Kind != engine.AllBlocksCleared {
+	client := relay.NewClientConfig(relay.ClientConfig{Addr: w.Addr(), Engine: "n1-a", MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	rec := relaytest.NewLoadRecorder()
+	stopClient := relaytest.Run(t, client, rec)
+	relaytest.WaitFor(t, 10*time.Second, "the snapshot", func() bool { b, _ := rec.Snapshot(); return len(b) >= 1 })
+	if b, _ := rec.Snapshot(); b[0].B.Events[0].Kind != engine.AllBlocksCleared {
 		t.Fatalf("first batch is not a snapshot: %+v", b[0])
 	}
 	var first []uint64
 	completeUntil(t, st.Address, prompt(1), "stored blocks of the first prompt", func() bool {
-		b, _ := rec.snapshot()
+		b, _ := rec.Snapshot()
 		first = storedSince(b, 1)
 		return len(first) >= 10
 	})
-	b, _ := rec.snapshot()
+	b, _ := rec.Snapshot()
 	for i := 1; i < len(b); i++ {
-		if b[i].seq != b[i-1].seq+1 {
-			t.Fatalf("relay seqs %d then %d", b[i-1].seq, b[i].seq)
+		if b[i].Seq != b[i-1].Seq+1 {
+			t.Fatalf("relay seqs %d then %d", b[i-1].Seq, b[i].Seq)
 		}
 	}
-	waitFor(t, 5*time.Second, "a load report", func() bool { return rec.count() > 0 })
+	relaytest.WaitFor(t, 5*time.Second, "a load report", func() bool { return rec.Count() > 0 })
 
 	// Kill the engine: workerd restarts it; the relay sends a clear, then the new blocks.
 	mark := len(b)
 	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "the engine restarted and running", func() bool {
+	relaytest.WaitFor(t, 30*time.Second, "the engine restarted and running", func() bool {
 		s := w.Engines()[0]
 		return s.Restarts == 1 && s.State == StateRunning && s.PID != st.PID
 	})
 	completeUntil(t, st.Address, prompt(1), "a clear then the first prompt's blocks again", func() bool {
-		b, _ := rec.snapshot()
+		b, _ := rec.Snapshot()
 		again, cleared := storedAfterClear(b, mark)
 		return cleared && len(again) >= len(first)
 	})
-	b, gaps := rec.snapshot()
+	b, gaps := rec.Snapshot()
 	again, _ := storedAfterClear(b, mark)
 	if !slices.Equal(again[:len(first)], first) {
 		t.Fatalf("blocks after restart %v differ from before %v", again, first)
@@ -248,15 +250,15 @@ func TestWorkerdEndToEnd(t *testing.T) {
 	stopClient()
 	_, last := client.LastSeq()
 	complete(t, st.Address, prompt(2))
-	rec2 := newRecorder()
-	run(t, client, rec2)
-	waitFor(t, 10*time.Second, "the second prompt's blocks after the reconnect", func() bool {
-		b, _ := rec2.snapshot()
+	rec2 := relaytest.NewRecorder()
+	relaytest.Run(t, client, rec2)
+	relaytest.WaitFor(t, 10*time.Second, "the second prompt's blocks after the reconnect", func() bool {
+		b, _ := rec2.Snapshot()
 		return len(storedSince(b, 0)) >= 10
 	})
-	b2, gaps2 := rec2.snapshot()
-	if len(gaps2) != 0 || b2[0].seq != last+1 || b2[0].b.Events[0].Kind == engine.AllBlocksCleared {
-		t.Fatalf("after reconnect: first seq %d (last %d), gaps %v, first event %v", b2[0].seq, last, gaps2, b2[0].b.Events[0].Kind)
+	b2, gaps2 := rec2.Snapshot()
+	if len(gaps2) != 0 || b2[0].Seq != last+1 || b2[0].B.Events[0].Kind == engine.AllBlocksCleared {
+		t.Fatalf("after reconnect: first seq %d (last %d), gaps %v, first event %v", b2[0].Seq, last, gaps2, b2[0].B.Events[0].Kind)
 	}
 
 	if !strings.Contains(out.String(), "n1-a | ") {

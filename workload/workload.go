@@ -1,5 +1,6 @@
 // Package workload holds request traces: the Mooncake trace format, synthetic multi-turn
 // workloads, and their expansion into prompt tokens so that equal blocks get equal tokens.
+// It owns no step of a request or a KV event: it describes the requests a client sends.
 package workload
 
 import (

@@ -1,3 +1,6 @@
+// Package xds is kvgate's Envoy control plane: it translates discovered endpoints and the
+// routing config into Envoy's listeners, routes, clusters and endpoints and serves them over
+// xDS. It owns no step of a request or a KV event; it configures Envoy, which does R1 and R7.
 package xds
 
 import (

@@ -14,8 +14,8 @@ import (
 	"github.com/kvgate/kvgate/engine/sim"
 	"github.com/kvgate/kvgate/replay"
 	"github.com/kvgate/kvgate/router"
+	"github.com/kvgate/kvgate/sidecar"
 	"github.com/kvgate/kvgate/tokenizer"
-	"github.com/kvgate/kvgate/workerd"
 )
 
 // disaggFlags are the router's conditional-disaggregation thresholds (kvgate router, up).
@@ -99,13 +99,19 @@ func (p *pdUpFlags) start(ctx context.Context, grp *errgroup.Group, log *slog.Lo
 		ep.Role = router.RolePrefill
 		eps = append(eps, ep)
 	}
+	// The sidecars send prompts only to the prefill engines the router can name.
+	var prefills []string
+	for _, ep := range eps {
+		prefills = append(prefills, ep.Address)
+	}
+	known := sidecar.NewPrefillSet(prefills...)
 	for i := range p.decode {
 		name := fmt.Sprintf("decode-%d", i)
 		s, ep, err := newSim(name)
 		if err != nil {
 			return nil, err
 		}
-		sc, err := workerd.NewSidecar(workerd.SidecarConfig{Addr: "127.0.0.1:0", Engine: s.Addr(), Name: name}, log, reg)
+		sc, err := sidecar.New(sidecar.Config{Addr: "127.0.0.1:0", Engine: s.Addr(), Name: name, Prefill: known}, log, reg)
 		if err != nil {
 			return nil, err
 		}

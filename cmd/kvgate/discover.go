@@ -2,19 +2,22 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"slices"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/relay"
 	"github.com/kvgate/kvgate/router"
-	"github.com/kvgate/kvgate/workerd"
+	"github.com/kvgate/kvgate/tlsconfig"
 )
 
 // consulFlags point a router at a Consul catalog of engines (those workerd registers).
 type consulFlags struct {
 	addr, service, tag string
+	relayTLS           tlsconfig.Files // TLS to the workerd relays the endpoints name
 }
 
 func (c *consulFlags) add(cmd *cobra.Command) {
@@ -22,6 +25,11 @@ func (c *consulFlags) add(cmd *cobra.Command) {
 	f.StringVar(&c.addr, "consul", "", "Consul agent HTTP address (e.g. 127.0.0.1:8500): route to the healthy engines registered there, following changes")
 	f.StringVar(&c.service, "consul-service", discovery.DefaultService, "Consul service name the engines are registered under")
 	f.StringVar(&c.tag, "consul-tag", "", "only engines with this Consul tag")
+}
+
+// addRelayTLS registers --relay-tls-*: TLS to the workerd relays discovered endpoints name.
+func (c *consulFlags) addRelayTLS(cmd *cobra.Command) {
+	c.relayTLS.AddClientFlags(cmd.Flags(), "relay-", "the workerd relays")
 }
 
 // source returns the Consul watch, or nil when --consul is not set.
@@ -68,15 +76,11 @@ func followDiscovery(ctx context.Context, src discovery.Source, static []router.
 // relaySource is the router's Config.EventSource: an endpoint that names a workerd gets its
 // KV events (snapshot, then numbered batches, resumed across reconnects) and its load and
 // health from that workerd's relay, instead of from the engine.
-func relaySource(log *slog.Logger) func(router.Endpoint) router.EventSource {
+func relaySource(log *slog.Logger, tc *tls.Config) func(router.Endpoint) router.EventSource {
 	return func(e router.Endpoint) router.EventSource {
 		if e.Workerd == "" {
 			return nil
 		}
-		return workerd.NewRelayClient(e.Workerd, e.Name, log)
+		return relay.NewClientConfig(relay.ClientConfig{Addr: e.Workerd, Engine: e.Name, Log: log, TLS: tc})
 	}
 }
-
-// The relay client delivers load to handlers that implement workerd.LoadHandler; the router
-// hands its sources a router.LoadHandler. They must stay the same method.
-var _ workerd.LoadHandler = router.LoadHandler(nil)

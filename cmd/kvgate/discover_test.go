@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/relay"
 	"github.com/kvgate/kvgate/router"
-	"github.com/kvgate/kvgate/workerd"
 )
 
 func TestRouterEndpoints(t *testing.T) {
@@ -89,11 +89,11 @@ func TestFollowDiscovery(t *testing.T) {
 
 // TestRelaySource checks only endpoints that name a workerd get the relay client.
 func TestRelaySource(t *testing.T) {
-	hook := relaySource(slog.New(slog.DiscardHandler))
+	hook := relaySource(slog.New(slog.DiscardHandler), nil)
 	if s := hook(router.Endpoint{Name: "e", Address: "127.0.0.1:1", KVEvents: "tcp://127.0.0.1:2"}); s != nil {
 		t.Errorf("endpoint without a workerd got %T", s)
 	}
-	if s, ok := hook(router.Endpoint{Name: "e", Address: "127.0.0.1:1", Workerd: "127.0.0.1:7070"}).(*workerd.RelayClient); !ok || s == nil {
+	if s, ok := hook(router.Endpoint{Name: "e", Address: "127.0.0.1:1", Workerd: "127.0.0.1:7070"}).(*relay.Client); !ok || s == nil {
 		t.Error("endpoint with a workerd did not get a relay client")
 	}
 }

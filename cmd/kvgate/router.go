@@ -316,6 +316,7 @@ docs/DISCOVERY.md.`,
 	o.eps.add(cmd, true)
 	o.rt.add(cmd)
 	o.consul.add(cmd)
+	o.consul.addRelayTLS(cmd)
 	return cmd
 }
 
@@ -335,7 +336,11 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 	if err != nil {
 		return err
 	}
-	cfg.EventSource = relaySource(log)
+	relayTLS, err := o.consul.relayTLS.Client()
+	if err != nil {
+		return fmt.Errorf("--relay-tls-*: %w", err)
+	}
+	cfg.EventSource = relaySource(log, relayTLS)
 	reg := newRegistry()
 	rt, err := router.New(cfg, log, reg)
 	if err != nil {

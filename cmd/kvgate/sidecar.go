@@ -6,7 +6,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/kvgate/kvgate/workerd"
+	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/sidecar"
+	"github.com/kvgate/kvgate/tlsconfig"
 )
 
 func init() { register(newSidecarCmd) }
@@ -15,8 +17,11 @@ func init() { register(newSidecarCmd) }
 // does not run (a vLLM started by hand, a Kubernetes pod, an e2e test).
 func newSidecarCmd(g *globals) *cobra.Command {
 	var (
-		cfg     workerd.SidecarConfig
-		metrics string
+		cfg      sidecar.Config
+		metrics  string
+		prefills []string
+		consul   consulFlags
+		tlsFiles tlsconfig.Files
 	)
 	cmd := &cobra.Command{
 		Use:   "sidecar",
@@ -26,17 +31,38 @@ request carrying x-prefiller-host-port: ip:port is first sent to that prefill en
 kv_transfer_params.do_remote_decode and max_tokens 1; the kv_transfer_params it returns go
 with the original request to the decode engine, which pulls the prompt's KV blocks and
 streams the answer. If the prefill fails, the decode engine prefills itself. Other requests
-pass through. See docs/DISAGG.md.`,
-		Example: `  kvgate sidecar --listen 0.0.0.0:8200 --engine 127.0.0.1:8100 --metrics-addr :9200`,
-		Args:    cobra.NoArgs,
+pass through. Only prefill engines the router could have named are used: those given with
+--prefill and, with --consul, the healthy prefill engines registered there; a request naming
+another one is refused (403). See docs/DISAGG.md.`,
+		Example: `  kvgate sidecar --listen 0.0.0.0:8200 --engine 127.0.0.1:8100 --prefill 10.0.0.5:8100 --metrics-addr :9200
+  kvgate sidecar --engine 127.0.0.1:8100 --consul 127.0.0.1:8500 --tls-cert s.pem --tls-key s.key --tls-ca ca.pem`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			reg := newRegistry()
-			s, err := workerd.NewSidecar(cfg, g.log, reg)
+			var err error
+			if cfg.TLS, err = tlsFiles.Server(); err != nil {
+				return err
+			}
+			cfg.Prefill = sidecar.NewPrefillSet(prefills...)
+			disc, err := consul.source(g.log)
+			if err != nil {
+				return err
+			}
+			if len(prefills) == 0 && disc == nil {
+				g.log.Warn("no --prefill or --consul: every request naming a prefill engine is refused")
+			}
+			s, err := sidecar.New(cfg, g.log, reg)
 			if err != nil {
 				return err
 			}
 			grp, ctx := errgroup.WithContext(cmd.Context())
 			grp.Go(func() error { return s.Run(ctx) })
+			if disc != nil {
+				grp.Go(func() error {
+					discovery.FollowAddresses(ctx, disc, discovery.RolePrefill, cfg.Prefill.Set)
+					return nil
+				})
+			}
 			if metrics != "" {
 				grp.Go(func() error { return serveRouterMetrics(ctx, metrics, reg, g.log) })
 			}
@@ -50,6 +76,9 @@ pass through. See docs/DISAGG.md.`,
 	f.DurationVar(&cfg.PrefillTimeout, "prefill-timeout", 30*time.Second, "longest wait for a remote prefill before prefilling locally")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 16<<20, "largest request body read")
 	f.StringVar(&metrics, "metrics-addr", "", "serve the sidecar's own Prometheus /metrics here (its /metrics is the engine's)")
+	f.StringSliceVar(&prefills, "prefill", nil, "prefill engine (host:port) requests may name in x-prefiller-host-port (repeatable, comma-separated)")
+	consul.add(cmd)
+	tlsFiles.AddServerFlags(f, "", "the sidecar")
 	_ = cmd.MarkFlagRequired("engine")
 	return cmd
 }

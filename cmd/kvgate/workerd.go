@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/gpu"
+	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/workerd"
 )
 
@@ -34,6 +35,9 @@ func newWorkerdCmd(g *globals) *cobra.Command {
 		noConsul    bool
 		engines     []string
 		metricsAddr string
+		relayTLS    tlsconfig.Files
+		sidecarTLS  tlsconfig.Files
+		prefills    []string
 	)
 	cmd := &cobra.Command{
 		Use:   "workerd",
@@ -75,6 +79,13 @@ over gRPC, and registers each one in Consul. Engines come from --config (YAML) a
 			if noConsul {
 				cfg.Consul = nil
 			}
+			if relayTLS.Enabled() {
+				cfg.TLS = relayTLS
+			}
+			if sidecarTLS.Enabled() {
+				cfg.SidecarTLS = sidecarTLS
+			}
+			cfg.PrefillEndpoints = append(cfg.PrefillEndpoints, prefills...)
 			for _, s := range engines {
 				e, err := workerd.ParseEngineFlag(s)
 				if err != nil {
@@ -120,6 +131,9 @@ over gRPC, and registers each one in Consul. Engines come from --config (YAML) a
 	f.StringVar(&consulAddr, "consul", "", "Consul agent HTTP address; enables registration")
 	f.BoolVar(&noConsul, "no-consul", false, "do not register in Consul even if the config says so")
 	f.StringArrayVar(&engines, "engine", nil, "engine as key=value pairs: kind=sim|vllm|sglang,model=M[,name=,role=,gpus=,port=,kv_events_port=,block_size=,binary=] (repeatable)")
+	relayTLS.AddServerFlags(f, "", "the relay (gRPC)")
+	sidecarTLS.AddServerFlags(f, "sidecar-", "the P/D sidecars (HTTPS)")
+	f.StringSliceVar(&prefills, "prefill", nil, "prefill engine (host:port) on another node the sidecars may use, besides this node's and Consul's (repeatable)")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics (GPU and engine gauges) on this address")
 	cmd.AddCommand(newWorkerdGPUsCmd())
 	return cmd

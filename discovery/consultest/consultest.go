@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -87,25 +88,37 @@ func repoRoot() (string, error) {
 	}
 }
 
-// freePort returns a loopback port free for both TCP and UDP at the time of the call.
-func freePort(t testing.TB) int {
+// freePorts returns n distinct loopback ports, each free for both TCP and UDP (Serf uses
+// both). Every port stays bound until all n are chosen, so the kernel cannot hand the same
+// one out twice (four independent picks could, and Consul then refused to start: "Serf
+// Advertise WAN address ... already configured for Serf Advertise LAN").
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	for range 50 {
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries == 50*n {
+			t.Fatal("consultest: no port free for both TCP and UDP")
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatalf("consultest: %v", err)
 		}
+		held = append(held, l)
 		port := l.Addr().(*net.TCPAddr).Port
 		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
 		if err != nil {
-			continue
+			continue // keep the TCP port held so it is not offered again
 		}
-		u.Close()
-		return port
+		held = append(held, u)
+		ports = append(ports, port)
 	}
-	t.Fatal("consultest: no port free for both TCP and UDP")
-	return 0
+	return ports
 }
 
 // Start runs a dev agent and waits until it has a leader and its own node is in the catalog.
@@ -117,7 +130,8 @@ func Start(t testing.TB) *Agent {
 		t.Fatal(err)
 	}
 	a := &Agent{t: t, bin: bin, logPath: filepath.Join(t.TempDir(), "consul.log")}
-	a.ports = ports{http: freePort(t), serfLAN: freePort(t), serfWAN: freePort(t), server: freePort(t)}
+	p := freePorts(t, 4)
+	a.ports = ports{http: p[0], serfLAN: p[1], serfWAN: p[2], server: p[3]}
 	a.node = fmt.Sprintf("kvgate-test-%d", a.ports.http)
 	a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.http))
 	cfg := api.DefaultConfig()

@@ -1,6 +1,8 @@
 // Package sim is a simulated vLLM engine: a deterministic engine core (paged KV cache with
 // prefix caching, continuous batching, a step-time model) and a server that runs it in real time
 // behind vLLM's HTTP API, KV events and metrics.
+// In a request's path it is the engine at the end of R7; in a KV event's path it publishes
+// (E1).
 package sim
 
 import (

@@ -1,4 +1,4 @@
-package workerd_test
+package sidecar_test
 
 import (
 	"bufio"
@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvgate/kvgate/engine/sim"
-	"github.com/kvgate/kvgate/workerd"
+	"github.com/kvgate/kvgate/sidecar"
 )
 
 // transferParams is what a prefill engine answers with.
@@ -75,14 +75,14 @@ func decodeOK(w http.ResponseWriter, _ *http.Request) {
 }
 
 // startSidecar runs a sidecar in front of engine until the test ends.
-func startSidecar(t *testing.T, engine string, edit func(*workerd.SidecarConfig)) (*workerd.Sidecar, *prometheus.Registry) {
+func startSidecar(t *testing.T, engine string, edit func(*sidecar.Config)) (*sidecar.Server, *prometheus.Registry) {
 	t.Helper()
-	cfg := workerd.SidecarConfig{Addr: "127.0.0.1:0", Engine: engine, Name: "d0", PrefillTimeout: 5 * time.Second}
+	cfg := sidecar.Config{Addr: "127.0.0.1:0", Engine: engine, Name: "d0", PrefillTimeout: 5 * time.Second}
 	if edit != nil {
 		edit(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	s, err := workerd.NewSidecar(cfg, nil, reg)
+	s, err := sidecar.New(cfg, nil, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +103,11 @@ func startSidecar(t *testing.T, engine string, edit func(*workerd.SidecarConfig)
 	return s, reg
 }
 
+// allow makes addrs the sidecar's known prefill engines.
+func allow(addrs ...string) func(*sidecar.Config) {
+	return func(c *sidecar.Config) { c.Prefill = sidecar.NewPrefillSet(addrs...) }
+}
+
 func post(t *testing.T, ctx context.Context, url, prefiller, body string) *http.Response {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
@@ -112,7 +117,7 @@ func post(t *testing.T, ctx context.Context, url, prefiller, body string) *http.
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer k")
 	if prefiller != "" {
-		req.Header.Set(workerd.HeaderPrefiller, prefiller)
+		req.Header.Set(sidecar.HeaderPrefiller, prefiller)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -130,17 +135,17 @@ const chatReq = `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_t
 func TestSidecarRemotePrefill(t *testing.T) {
 	pre := newFakeEngine(t, prefillOK)
 	dec := newFakeEngine(t, decodeOK)
-	s, reg := startSidecar(t, dec.addr(), nil)
+	s, reg := startSidecar(t, dec.addr(), allow(pre.addr()))
 	resp := post(t, context.Background(), "http://"+s.Addr()+"/v1/chat/completions", pre.addr(), chatReq)
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 || !strings.Contains(string(b), "hello") {
 		t.Fatalf("answer %d %s", resp.StatusCode, b)
 	}
-	if got := resp.Header.Get(workerd.HeaderPrefillEndpoint); got != pre.addr() {
-		t.Errorf("%s = %q, want %s", workerd.HeaderPrefillEndpoint, got, pre.addr())
+	if got := resp.Header.Get(sidecar.HeaderPrefillEndpoint); got != pre.addr() {
+		t.Errorf("%s = %q, want %s", sidecar.HeaderPrefillEndpoint, got, pre.addr())
 	}
-	if resp.Header.Get(workerd.HeaderPrefillFallback) != "" || resp.Header.Get("X-Engine") != "decode" {
+	if resp.Header.Get(sidecar.HeaderPrefillFallback) != "" || resp.Header.Get("X-Engine") != "decode" {
 		t.Errorf("response headers %v", resp.Header)
 	}
 
@@ -166,7 +171,7 @@ func TestSidecarRemotePrefill(t *testing.T) {
 			t.Errorf("prefill request still has %s", k)
 		}
 	}
-	if p.header.Get(workerd.HeaderPrefiller) != "" || p.header.Get("Authorization") != "Bearer k" {
+	if p.header.Get(sidecar.HeaderPrefiller) != "" || p.header.Get("Authorization") != "Bearer k" {
 		t.Errorf("prefill headers %v", p.header)
 	}
 
@@ -188,11 +193,11 @@ func TestSidecarRemotePrefill(t *testing.T) {
 	if id == "" || d.header.Get("X-Request-Id") != id {
 		t.Errorf("request ids %q (prefill) and %q (decode): want the same", id, d.header.Get("X-Request-Id"))
 	}
-	if got := gathered(t, reg, workerd.MetricSidecarRemotePrefills); got != 1 {
-		t.Errorf("%s = %v", workerd.MetricSidecarRemotePrefills, got)
+	if got := gathered(t, reg, sidecar.MetricRemotePrefills); got != 1 {
+		t.Errorf("%s = %v", sidecar.MetricRemotePrefills, got)
 	}
-	if n := histogramCount(t, reg, workerd.MetricSidecarPrefillSeconds); n != 1 {
-		t.Errorf("%s count %d", workerd.MetricSidecarPrefillSeconds, n)
+	if n := histogramCount(t, reg, sidecar.MetricPrefillSeconds); n != 1 {
+		t.Errorf("%s count %d", sidecar.MetricPrefillSeconds, n)
 	}
 }
 
@@ -201,7 +206,7 @@ func TestSidecarRemotePrefill(t *testing.T) {
 func TestSidecarCompletionsPrefill(t *testing.T) {
 	pre := newFakeEngine(t, prefillOK)
 	dec := newFakeEngine(t, decodeOK)
-	s, _ := startSidecar(t, dec.addr(), nil)
+	s, _ := startSidecar(t, dec.addr(), allow(pre.addr()))
 	resp := post(t, context.Background(), "http://"+s.Addr()+"/v1/completions", pre.addr(), `{"model":"m","prompt":"once","max_tokens":9}`)
 	resp.Body.Close()
 	pr := pre.requests()
@@ -235,37 +240,37 @@ func TestSidecarFallback(t *testing.T) {
 		body      string
 		want      string
 	}{
-		{name: "connection refused", prefiller: closed(), want: workerd.FallbackConnect},
-		{name: "not host:port", prefiller: "no-port", want: workerd.FallbackBadAddress},
-		{name: "path smuggled in", prefiller: "127.0.0.1:1/admin?", want: workerd.FallbackBadAddress},
-		{name: "server error", want: workerd.FallbackStatus, prefill: func(w http.ResponseWriter, _ *http.Request) {
+		{name: "connection refused", prefiller: closed(), want: sidecar.FallbackConnect},
+		{name: "not host:port", prefiller: "no-port", want: sidecar.FallbackBadAddress},
+		{name: "path smuggled in", prefiller: "127.0.0.1:1/admin?", want: sidecar.FallbackBadAddress},
+		{name: "server error", want: sidecar.FallbackStatus, prefill: func(w http.ResponseWriter, _ *http.Request) {
 			http.Error(w, `{"error":{"message":"boom"}}`, http.StatusInternalServerError)
 		}},
-		{name: "overloaded", want: workerd.FallbackStatus, prefill: func(w http.ResponseWriter, _ *http.Request) {
+		{name: "overloaded", want: sidecar.FallbackStatus, prefill: func(w http.ResponseWriter, _ *http.Request) {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}},
-		{name: "timeout", want: workerd.FallbackTimeout, prefill: func(w http.ResponseWriter, r *http.Request) {
+		{name: "timeout", want: sidecar.FallbackTimeout, prefill: func(w http.ResponseWriter, r *http.Request) {
 			select {
 			case <-r.Context().Done():
 			case <-time.After(5 * time.Second):
 			}
 		}},
-		{name: "no kv_transfer_params", want: workerd.FallbackNoParams, prefill: func(w http.ResponseWriter, _ *http.Request) {
+		{name: "no kv_transfer_params", want: sidecar.FallbackNoParams, prefill: func(w http.ResponseWriter, _ *http.Request) {
 			fmt.Fprint(w, `{"id":"x","choices":[]}`)
 		}},
-		{name: "null kv_transfer_params", want: workerd.FallbackNoParams, prefill: func(w http.ResponseWriter, _ *http.Request) {
+		{name: "null kv_transfer_params", want: sidecar.FallbackNoParams, prefill: func(w http.ResponseWriter, _ *http.Request) {
 			fmt.Fprint(w, `{"kv_transfer_params":null}`)
 		}},
-		{name: "not JSON", want: workerd.FallbackBadResponse, prefill: func(w http.ResponseWriter, _ *http.Request) {
+		{name: "not JSON", want: sidecar.FallbackBadResponse, prefill: func(w http.ResponseWriter, _ *http.Request) {
 			fmt.Fprint(w, `<html>proxy error</html>`)
 		}},
-		{name: "connection dropped mid-answer", want: workerd.FallbackBadResponse, prefill: func(w http.ResponseWriter, _ *http.Request) {
+		{name: "connection dropped mid-answer", want: sidecar.FallbackBadResponse, prefill: func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Length", "500")
 			fmt.Fprint(w, `{"kv_transfer_params":{"do_remote`)
 			w.(http.Flusher).Flush()
 			panic(http.ErrAbortHandler)
 		}},
-		{name: "body not an object", body: `[1,2]`, prefill: prefillOK, want: workerd.FallbackBadRequest},
+		{name: "body not an object", body: `[1,2]`, prefill: prefillOK, want: sidecar.FallbackBadRequest},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -276,7 +281,10 @@ func TestSidecarFallback(t *testing.T) {
 				prefiller = pre.addr()
 			}
 			dec := newFakeEngine(t, decodeOK)
-			s, reg := startSidecar(t, dec.addr(), func(c *workerd.SidecarConfig) { c.PrefillTimeout = 300 * time.Millisecond })
+			s, reg := startSidecar(t, dec.addr(), func(c *sidecar.Config) {
+				c.PrefillTimeout = 300 * time.Millisecond
+				c.Prefill = sidecar.NewPrefillSet(prefiller)
+			})
 			body := tc.body
 			if body == "" {
 				body = chatReq
@@ -287,10 +295,10 @@ func TestSidecarFallback(t *testing.T) {
 			if resp.StatusCode != 200 || !strings.Contains(string(b), "hello") {
 				t.Fatalf("client got %d %s", resp.StatusCode, b)
 			}
-			if got := resp.Header.Get(workerd.HeaderPrefillFallback); got != tc.want {
-				t.Errorf("%s = %q, want %q", workerd.HeaderPrefillFallback, got, tc.want)
+			if got := resp.Header.Get(sidecar.HeaderPrefillFallback); got != tc.want {
+				t.Errorf("%s = %q, want %q", sidecar.HeaderPrefillFallback, got, tc.want)
 			}
-			if resp.Header.Get(workerd.HeaderPrefillEndpoint) != "" {
+			if resp.Header.Get(sidecar.HeaderPrefillEndpoint) != "" {
 				t.Error("a fallback answer names a prefill endpoint")
 			}
 			dr := dec.requests()
@@ -303,11 +311,11 @@ func TestSidecarFallback(t *testing.T) {
 			if body == chatReq && (dr[0].body["max_tokens"] != 50.0 || dr[0].body["stream"] != true) {
 				t.Errorf("decode body changed: %v", dr[0].body)
 			}
-			if got := gathered(t, reg, workerd.MetricSidecarFallbacks); got != 1 {
-				t.Errorf("%s = %v", workerd.MetricSidecarFallbacks, got)
+			if got := gathered(t, reg, sidecar.MetricFallbacks); got != 1 {
+				t.Errorf("%s = %v", sidecar.MetricFallbacks, got)
 			}
-			if got := gathered(t, reg, workerd.MetricSidecarRemotePrefills); got != 0 {
-				t.Errorf("%s = %v", workerd.MetricSidecarRemotePrefills, got)
+			if got := gathered(t, reg, sidecar.MetricRemotePrefills); got != 0 {
+				t.Errorf("%s = %v", sidecar.MetricRemotePrefills, got)
 			}
 		})
 	}
@@ -333,7 +341,7 @@ func TestSidecarStreamsUnbuffered(t *testing.T) {
 		}
 		fmt.Fprint(w, "data: [DONE]\n\n")
 	})
-	s, _ := startSidecar(t, dec.addr(), nil)
+	s, _ := startSidecar(t, dec.addr(), allow(pre.addr()))
 	for _, prefiller := range []string{pre.addr(), ""} {
 		resp := post(t, context.Background(), "http://"+s.Addr()+"/v1/chat/completions", prefiller, chatReq)
 		if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
@@ -405,7 +413,7 @@ func TestSidecarPassThrough(t *testing.T) {
 	if resp.StatusCode != http.StatusTeapot {
 		t.Errorf("POST /tokenize: %d", resp.StatusCode)
 	}
-	if got := series(t, reg, workerd.MetricSidecarFallbacks); got != 0 {
+	if got := series(t, reg, sidecar.MetricFallbacks); got != 0 {
 		t.Errorf("%d fallback series after pass-through requests", got)
 	}
 }
@@ -447,7 +455,7 @@ func TestSidecarClientDisconnect(t *testing.T) {
 			}
 		})
 		pre := newFakeEngine(t, prefillOK)
-		s, _ := startSidecar(t, dec.addr(), nil)
+		s, _ := startSidecar(t, dec.addr(), allow(pre.addr()))
 		ctx, cancel := context.WithCancel(context.Background())
 		resp := post(t, ctx, "http://"+s.Addr()+"/v1/chat/completions", pre.addr(), chatReq)
 		if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
@@ -471,12 +479,12 @@ func TestSidecarClientDisconnect(t *testing.T) {
 			}
 		})
 		dec := newFakeEngine(t, decodeOK)
-		s, reg := startSidecar(t, dec.addr(), nil)
+		s, reg := startSidecar(t, dec.addr(), allow(pre.addr()))
 		ctx, cancel := context.WithCancel(context.Background())
 		errc := make(chan error, 1)
 		go func() {
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+s.Addr()+"/v1/chat/completions", strings.NewReader(chatReq))
-			req.Header.Set(workerd.HeaderPrefiller, pre.addr())
+			req.Header.Set(sidecar.HeaderPrefiller, pre.addr())
 			resp, err := http.DefaultClient.Do(req)
 			if err == nil {
 				resp.Body.Close()
@@ -497,7 +505,7 @@ func TestSidecarClientDisconnect(t *testing.T) {
 		if n := len(dec.requests()); n != 0 {
 			t.Errorf("decode engine asked %d times for a client that left", n)
 		}
-		if got := series(t, reg, workerd.MetricSidecarFallbacks); got != 0 {
+		if got := series(t, reg, sidecar.MetricFallbacks); got != 0 {
 			t.Errorf("a client leaving counted as a fallback")
 		}
 	})
@@ -524,7 +532,7 @@ func TestSidecarWithSims(t *testing.T) {
 	}
 	pre, preReg := start()
 	dec, decReg := start()
-	sc, _ := startSidecar(t, dec.Addr(), nil)
+	sc, _ := startSidecar(t, dec.Addr(), allow(pre.Addr()))
 	prompt := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 200)
 	body, _ := json.Marshal(map[string]any{"model": "Qwen/Qwen3-8B", "max_tokens": 4,
 		"messages": []map[string]string{{"role": "user", "content": prompt}}})
@@ -542,7 +550,7 @@ func TestSidecarWithSims(t *testing.T) {
 	if resp.StatusCode != 200 || json.Unmarshal(b, &ans) != nil {
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
-	if resp.Header.Get(workerd.HeaderPrefillEndpoint) != pre.Addr() {
+	if resp.Header.Get(sidecar.HeaderPrefillEndpoint) != pre.Addr() {
 		t.Errorf("headers %v", resp.Header)
 	}
 	if ans.Usage.PromptTokens < 1000 || ans.Usage.Details.Cached < ans.Usage.PromptTokens-16 {
@@ -627,7 +635,7 @@ func BenchmarkSidecar(b *testing.B) {
 	pre := engine(`{"choices":[{"index":0,"text":"a"}],"kv_transfer_params":` + transferParams + `}`)
 	dec := engine(`{"choices":[{"index":0,"message":{"role":"assistant","content":"hello"}}]}`)
 	decAddr := strings.TrimPrefix(dec.URL, "http://")
-	s, err := workerd.NewSidecar(workerd.SidecarConfig{Engine: decAddr}, nil, nil)
+	s, err := sidecar.New(sidecar.Config{Engine: decAddr, Prefill: sidecar.NewPrefillSet(strings.TrimPrefix(pre.URL, "http://"))}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -646,7 +654,7 @@ func BenchmarkSidecar(b *testing.B) {
 			for b.Loop() {
 				req, _ := http.NewRequest(http.MethodPost, bc.url+"/v1/chat/completions", bytes.NewReader(body))
 				if bc.prefiller != "" {
-					req.Header.Set(workerd.HeaderPrefiller, bc.prefiller)
+					req.Header.Set(sidecar.HeaderPrefiller, bc.prefiller)
 				}
 				resp, err := client.Do(req)
 				if err != nil {
@@ -654,7 +662,7 @@ func BenchmarkSidecar(b *testing.B) {
 				}
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
-				if resp.StatusCode != 200 || (bc.prefiller != "" && resp.Header.Get(workerd.HeaderPrefillEndpoint) == "") {
+				if resp.StatusCode != 200 || (bc.prefiller != "" && resp.Header.Get(sidecar.HeaderPrefillEndpoint) == "") {
 					b.Fatalf("status %d, headers %v", resp.StatusCode, resp.Header)
 				}
 			}

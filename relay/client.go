@@ -1,37 +1,47 @@
-package workerd
+// Package relay carries a node's KV events and engine load to routers (api/relay/v1): the
+// server workerd runs on the node (one Hub per engine: block set, numbered batches, snapshot
+// on connect) and the Client a router reads them with. In a KV event's path it owns the hop
+// from the node to the router; it owns no step of a request.
+package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
+	"github.com/kvgate/kvgate/backoff"
 	"github.com/kvgate/kvgate/engine"
 )
 
-// LoadHandler is implemented by an engine.Handler that also wants the engine's load. Load is
-// called from a goroutine of its own, concurrently with Batch and Gap, each time workerd
-// scrapes the engine (every ScrapeInterval); healthy reports the engine's /health.
+// LoadHandler is implemented by an engine.Handler that also wants the engine's load (the
+// router's handler does). Load is called from a goroutine of its own, concurrently with Batch
+// and Gap, each time workerd scrapes the engine (every ScrapeInterval); healthy reports the
+// engine's /health.
 type LoadHandler interface {
 	Load(l engine.Load, healthy bool)
 }
 
-// RelayClientConfig configures a RelayClient.
-type RelayClientConfig struct {
-	Addr        string            // workerd relay address (host:port), the Consul meta "workerd"
-	Engine      string            // engine instance name (the Consul service ID)
-	Log         *slog.Logger      // discards when nil
-	DialOptions []grpc.DialOption // insecure transport when empty
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	Addr   string       // workerd relay address (host:port), the Consul meta "workerd"
+	Engine string       // engine instance name (the Consul service ID)
+	Log    *slog.Logger // discards when nil
+	// TLS, when set, dials the relay over TLS (with a client certificate in it: mutual TLS).
+	TLS         *tls.Config
+	DialOptions []grpc.DialOption // plaintext transport (or TLS) when empty
 	MinBackoff  time.Duration     // first reconnect delay (100ms)
 	MaxBackoff  time.Duration     // longest reconnect delay (5s)
 }
 
-// RelayClient reads one engine's KV events from a workerd relay and presents them as the
+// Client reads one engine's KV events from a workerd relay and presents them as the
 // engine package's Handler, as if it were subscribed to the engine's ZMQ stream:
 //   - a snapshot arrives as one Batch whose events are AllBlocksCleared followed by a
 //     BlockStored per block (parents first), numbered with the snapshot's relay seq;
@@ -40,31 +50,35 @@ type RelayClientConfig struct {
 //     otherwise Gap(last+1, seq) is called and a fresh snapshot batch follows.
 //
 // An engine restart arrives as a batch holding one AllBlocksCleared event.
-type RelayClient struct {
-	cfg      RelayClientConfig
+type Client struct {
+	cfg      ClientConfig
 	streamID string
 	lastSeq  uint64
 	have     bool
 }
 
-// RelayClient has the shape of an event source (engine.Subscriber's Run), so a router can take
+// Client has the shape of an event source (engine.Subscriber's Run), so a router can take
 // either.
 var _ interface {
 	Run(context.Context, engine.Handler) error
-} = (*RelayClient)(nil)
+} = (*Client)(nil)
 
-// NewRelayClient returns a client for the engine named engineName on the workerd at addr.
-func NewRelayClient(addr, engineName string, log *slog.Logger) *RelayClient {
-	return NewRelayClientConfig(RelayClientConfig{Addr: addr, Engine: engineName, Log: log})
+// NewClient returns a client for the engine named engineName on the workerd at addr.
+func NewClient(addr, engineName string, log *slog.Logger) *Client {
+	return NewClientConfig(ClientConfig{Addr: addr, Engine: engineName, Log: log})
 }
 
-// NewRelayClientConfig returns a client with every setting explicit.
-func NewRelayClientConfig(cfg RelayClientConfig) *RelayClient {
+// NewClientConfig returns a client with every setting explicit.
+func NewClientConfig(cfg ClientConfig) *Client {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if len(cfg.DialOptions) == 0 {
-		cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		creds := insecure.NewCredentials()
+		if cfg.TLS != nil {
+			creds = credentials.NewTLS(cfg.TLS)
+		}
+		cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 100 * time.Millisecond
@@ -73,17 +87,17 @@ func NewRelayClientConfig(cfg RelayClientConfig) *RelayClient {
 		cfg.MaxBackoff = 5 * time.Second
 	}
 	cfg.Log = cfg.Log.With("workerd", cfg.Addr, "engine", cfg.Engine)
-	return &RelayClient{cfg: cfg}
+	return &Client{cfg: cfg}
 }
 
 // LastSeq returns the relay stream id and the last seq delivered; only meaningful between
 // Run calls (Run owns them while it runs).
-func (c *RelayClient) LastSeq() (streamID string, seq uint64) { return c.streamID, c.lastSeq }
+func (c *Client) LastSeq() (streamID string, seq uint64) { return c.streamID, c.lastSeq }
 
-// Run delivers events to h, reconnecting with backoff, until ctx ends; then it returns nil.
+// Run delivers events to h, reconnecting with jittered backoff, until ctx ends; then it returns nil.
 // Batch and Gap are called from Run's goroutine, one at a time; if h is a LoadHandler, Load
 // is called from another goroutine. A Run after a returned Run resumes from the last seq.
-func (c *RelayClient) Run(ctx context.Context, h engine.Handler) error {
+func (c *Client) Run(ctx context.Context, h engine.Handler) error {
 	conn, err := grpc.NewClient(c.cfg.Addr, c.cfg.DialOptions...)
 	if err != nil {
 		return err
@@ -98,26 +112,25 @@ func (c *RelayClient) Run(ctx context.Context, h engine.Handler) error {
 	}
 	defer func() { <-done }()
 
-	backoff := c.cfg.MinBackoff
+	retry := backoff.New(c.cfg.MinBackoff, c.cfg.MaxBackoff)
 	for ctx.Err() == nil {
 		progressed, err := c.stream(ctx, client, h)
 		if ctx.Err() != nil {
 			break
 		}
 		if progressed {
-			backoff = c.cfg.MinBackoff
+			retry.Reset()
 		}
-		c.cfg.Log.Debug("relay stream ended; reconnecting", "err", err, "after", backoff)
-		if !sleepCtx(ctx, backoff) {
+		c.cfg.Log.Debug("relay stream ended; reconnecting", "err", err)
+		if !retry.Wait(ctx) {
 			break
 		}
-		backoff = min(2*backoff, c.cfg.MaxBackoff)
 	}
 	return nil
 }
 
 // stream runs one Events call; progressed reports whether anything was delivered.
-func (c *RelayClient) stream(ctx context.Context, client relayv1.RelayClient, h engine.Handler) (progressed bool, err error) {
+func (c *Client) stream(ctx context.Context, client relayv1.RelayClient, h engine.Handler) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st, err := client.Events(ctx, &relayv1.EventsRequest{Engine: c.cfg.Engine, StreamId: c.streamID, LastSeq: c.lastSeq})
@@ -176,8 +189,8 @@ func (c *RelayClient) stream(ctx context.Context, client relayv1.RelayClient, h 
 	}
 }
 
-func (c *RelayClient) loadLoop(ctx context.Context, client relayv1.RelayClient, h LoadHandler) {
-	backoff := c.cfg.MinBackoff
+func (c *Client) loadLoop(ctx context.Context, client relayv1.RelayClient, h LoadHandler) {
+	retry := backoff.New(c.cfg.MinBackoff, c.cfg.MaxBackoff)
 	for ctx.Err() == nil {
 		st, err := client.Load(ctx, &relayv1.LoadRequest{Engine: c.cfg.Engine})
 		if err == nil {
@@ -186,24 +199,12 @@ func (c *RelayClient) loadLoop(ctx context.Context, client relayv1.RelayClient, 
 				if err != nil {
 					break
 				}
-				backoff = c.cfg.MinBackoff
+				retry.Reset()
 				h.Load(engine.Load{Running: float64(r.GetRunning()), Waiting: float64(r.GetWaiting()), KVUsage: r.GetKvUsage()}, r.GetHealthy())
 			}
 		}
-		if !sleepCtx(ctx, backoff) {
+		if !retry.Wait(ctx) {
 			return
 		}
-		backoff = min(2*backoff, c.cfg.MaxBackoff)
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -1,9 +1,13 @@
-package workerd
+// Package sidecar is the P/D proxy in front of a decode engine. In a disaggregated request's
+// path it owns the step after the router's pick: the remote prefill on the engine the router
+// named, then the local decode whose answer streams back. It owns no step of a KV event.
+package sidecar
 
 import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,6 +16,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -21,8 +28,8 @@ import (
 )
 
 // Headers the sidecar reads and writes. HeaderPrefiller and HeaderPrefillEndpoint are the
-// router's names (router.HeaderPrefiller, router.HeaderPrefillEndpoint); workerd sits below
-// the router and repeats them.
+// router's names (router.HeaderPrefiller, router.HeaderPrefillEndpoint); the sidecar sits
+// below the router and repeats them.
 const (
 	// HeaderPrefiller names the prefill engine (ip:port) on a request; llm-d's decode
 	// sidecars read the same header.
@@ -38,12 +45,13 @@ const (
 
 // Sidecar metric names.
 const (
-	MetricSidecarRemotePrefills = "kvgate_sidecar_remote_prefills_total"
-	MetricSidecarFallbacks      = "kvgate_sidecar_prefill_fallbacks_total"
-	MetricSidecarPrefillSeconds = "kvgate_sidecar_prefill_seconds"
+	MetricRemotePrefills = "kvgate_sidecar_remote_prefills_total"
+	MetricFallbacks      = "kvgate_sidecar_prefill_fallbacks_total"
+	MetricPrefillSeconds = "kvgate_sidecar_prefill_seconds"
+	MetricRefused        = "kvgate_sidecar_prefill_refused_total"
 )
 
-// Why a remote prefill was given up: the reason label of MetricSidecarFallbacks and the value
+// Why a remote prefill was given up: the reason label of MetricFallbacks and the value
 // of HeaderPrefillFallback.
 const (
 	FallbackBadAddress  = "bad_address"  // the header is not host:port
@@ -55,8 +63,8 @@ const (
 	FallbackNoParams    = "no_params"    // its answer has no kv_transfer_params
 )
 
-// SidecarConfig configures a Sidecar. Zero fields take the defaults noted.
-type SidecarConfig struct {
+// Config configures a Sidecar. Zero fields take the defaults noted.
+type Config struct {
 	// Addr is the listen address ("127.0.0.1:0").
 	Addr string
 	// Engine is the local decode engine's OpenAI address, host:port (required).
@@ -69,35 +77,62 @@ type SidecarConfig struct {
 	DialTimeout time.Duration
 	// MaxBodyBytes bounds the request bodies the sidecar reads (16 MiB).
 	MaxBodyBytes int64
+	// Prefill is the set of prefill engines a request may name in HeaderPrefiller: the ones
+	// the router could have named. A request naming another one is refused (403) and counted
+	// in MetricRefused: nothing, prompt or credentials, is sent there. nil = none (every
+	// request naming a prefill engine is refused).
+	Prefill *PrefillSet
+	// TLS, when set, makes the sidecar serve HTTPS (mutual TLS when it requires client certs).
+	TLS *tls.Config
 	// Transport overrides the HTTP transport to both engines (tests).
 	Transport http.RoundTripper
 }
 
-// Sidecar is the decode node's P/D proxy, in front of the local decode engine. A completion
+// Server is the decode node's P/D proxy, in front of the local decode engine. A completion
 // request that names a prefill engine in HeaderPrefiller is first sent there with
 // kv_transfer_params.do_remote_decode (max_tokens 1, not streamed); the kv_transfer_params it
 // answers with go to the local engine with the original request, which pulls the prompt's KV
 // blocks instead of computing them, and its answer streams back unbuffered. When the remote
 // prefill fails the local engine prefills, and the client sees a normal answer. Everything
 // else passes through. It is safe for concurrent use.
-type Sidecar struct {
-	cfg       SidecarConfig
+type Server struct {
+	cfg       Config
 	log       *slog.Logger
 	lis       net.Listener
 	transport http.RoundTripper
+	proxy     *httputil.ReverseProxy
 
 	remote    prometheus.Counter
+	refused   prometheus.Counter
 	fallbacks *prometheus.CounterVec
 	latency   prometheus.Histogram
 
 	mu      sync.Mutex
 	running bool
+
+	refusedMu     sync.Mutex
+	refusedLogged time.Time // last refusal logged
+	refusedQuiet  int       // refusals since, not logged
 }
 
-var _ http.Handler = (*Sidecar)(nil)
+// logRefused logs a refused prefill engine at most once every 10s, with the count of those
+// not logged since: a flood of forged headers must not flood the log too.
+func (s *Server) logRefused(prefiller, client string) {
+	s.refusedMu.Lock()
+	defer s.refusedMu.Unlock()
+	if now := time.Now(); now.Sub(s.refusedLogged) >= 10*time.Second {
+		s.log.Warn("request names an unknown prefill engine; refused", "prefill", prefiller, "client", client,
+			"refused_since_last_log", s.refusedQuiet)
+		s.refusedLogged, s.refusedQuiet = now, 0
+		return
+	}
+	s.refusedQuiet++
+}
 
-// NewSidecar checks cfg and binds the listener; reg (nil: none) receives the metrics.
-func NewSidecar(cfg SidecarConfig, log *slog.Logger, reg prometheus.Registerer) (*Sidecar, error) {
+var _ http.Handler = (*Server)(nil)
+
+// New checks cfg and binds the listener; reg (nil: none) receives the metrics.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
 	if _, _, err := net.SplitHostPort(cfg.Engine); err != nil {
 		return nil, fmt.Errorf("sidecar: engine address %q is not host:port", cfg.Engine)
 	}
@@ -119,7 +154,7 @@ func NewSidecar(cfg SidecarConfig, log *slog.Logger, reg prometheus.Registerer) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Sidecar{cfg: cfg, log: log.With("component", "sidecar", "engine", cfg.Name), transport: cfg.Transport}
+	s := &Server{cfg: cfg, log: log.With("component", "sidecar", "engine", cfg.Name), transport: cfg.Transport}
 	if s.transport == nil {
 		s.transport = &http.Transport{
 			Proxy:               nil,
@@ -130,16 +165,19 @@ func NewSidecar(cfg SidecarConfig, log *slog.Logger, reg prometheus.Registerer) 
 			DisableCompression:  true,
 		}
 	}
+	s.proxy = s.newProxy()
 	labels := prometheus.Labels{"engine": cfg.Name}
-	s.remote = prometheus.NewCounter(prometheus.CounterOpts{Name: MetricSidecarRemotePrefills, ConstLabels: labels,
+	s.remote = prometheus.NewCounter(prometheus.CounterOpts{Name: MetricRemotePrefills, ConstLabels: labels,
 		Help: "Requests whose prompt a remote prefill engine computed (its KV then pulled by the local engine)."})
-	s.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricSidecarFallbacks, ConstLabels: labels,
+	s.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: MetricRefused, ConstLabels: labels,
+		Help: "Requests refused (403) because they named a prefill engine outside the known prefill set."})
+	s.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricFallbacks, ConstLabels: labels,
 		Help: "Remote prefills given up, by reason; the local engine prefilled instead."}, []string{"reason"})
-	s.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: MetricSidecarPrefillSeconds, ConstLabels: labels,
+	s.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: MetricPrefillSeconds, ConstLabels: labels,
 		Help:    "Time of successful remote prefill requests (queueing and prefill on the prefill engine).",
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{s.remote, s.fallbacks, s.latency} {
+		for _, c := range []prometheus.Collector{s.remote, s.refused, s.fallbacks, s.latency} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("sidecar: metrics: %w", err)
 			}
@@ -154,11 +192,14 @@ func NewSidecar(cfg SidecarConfig, log *slog.Logger, reg prometheus.Registerer) 
 }
 
 // Addr is the bound listen address.
-func (s *Sidecar) Addr() string { return s.lis.Addr().String() }
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Close releases the listener of a server that will not Run.
+func (s *Server) Close() error { return s.lis.Close() }
 
 // Run serves until ctx ends, then closes the listener and waits up to 10s for open requests.
 // It can be called once.
-func (s *Sidecar) Run(ctx context.Context) error {
+func (s *Server) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.running {
 		s.mu.Unlock()
@@ -166,10 +207,17 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	s.running = true
 	s.mu.Unlock()
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	s.log.Info("sidecar listening", "addr", s.Addr(), "decode_engine", s.cfg.Engine)
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, TLSConfig: s.cfg.TLS}
+	s.log.Info("sidecar listening", "addr", s.Addr(), "decode_engine", s.cfg.Engine, "tls", s.cfg.TLS != nil,
+		"prefill_engines", s.cfg.Prefill.Len())
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(s.lis) }()
+	go func() {
+		if s.cfg.TLS != nil {
+			errc <- srv.ServeTLS(s.lis, "", "")
+			return
+		}
+		errc <- srv.Serve(s.lis)
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("sidecar: serve: %w", err)
@@ -186,11 +234,20 @@ func (s *Sidecar) Run(ctx context.Context) error {
 
 // ServeHTTP handles one request: remote prefill then local decode when the request names a
 // prefill engine, a plain pass-through otherwise.
-func (s *Sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	prefiller := r.Header.Get(HeaderPrefiller)
 	chat := r.URL.Path == "/v1/chat/completions"
 	if prefiller == "" || r.Method != http.MethodPost || !(chat || r.URL.Path == "/v1/completions") {
-		s.forward(w, r, r.Body, r.ContentLength, nil)
+		s.forward(w, r, nil, nil)
+		return
+	}
+	if !s.cfg.Prefill.Has(prefiller) {
+		// Not an engine the router could have named: a client (or anyone who can reach the
+		// sidecar) is steering the prompt and its Authorization elsewhere.
+		s.refused.Inc()
+		s.logRefused(prefiller, r.RemoteAddr)
+		writeErrorType(w, http.StatusForbidden, "permission_error",
+			fmt.Sprintf("%s names %q, which is not a known prefill endpoint of this cluster", HeaderPrefiller, prefiller))
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
@@ -219,12 +276,12 @@ func (s *Sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.remote.Inc()
 		extra.Set(HeaderPrefillEndpoint, prefiller)
 	}
-	s.forward(w, r, bytes.NewReader(out), int64(len(out)), extra)
+	s.forward(w, r, out, extra)
 }
 
 // remotePrefill runs the prompt on the prefill engine and returns the decode body (the
 // original request carrying the prefill's kv_transfer_params), or the reason it failed.
-func (s *Sidecar) remotePrefill(r *http.Request, prefiller string, body []byte, chat bool) ([]byte, string) {
+func (s *Server) remotePrefill(r *http.Request, prefiller string, body []byte, chat bool) ([]byte, string) {
 	host, port, err := net.SplitHostPort(prefiller)
 	if err != nil || host == "" || port == "" || strings.ContainsAny(prefiller, "/?#@") {
 		return nil, FallbackBadAddress
@@ -240,7 +297,7 @@ func (s *Sidecar) remotePrefill(r *http.Request, prefiller string, body []byte, 
 	if err != nil {
 		return nil, FallbackBadAddress
 	}
-	hreq.Header = upstreamHeader(r.Header)
+	hreq.Header = prefillHeader(r)
 	hreq.Header.Set("Content-Type", "application/json")
 	hreq.ContentLength = int64(len(pre))
 	start := time.Now()
@@ -299,7 +356,7 @@ func encodeObject(m map[string]json.RawMessage) []byte {
 }
 
 // failure classifies a failed prefill round trip and logs it.
-func (s *Sidecar) failure(ctx context.Context, prefiller string, err error) string {
+func (s *Server) failure(ctx context.Context, prefiller string, err error) string {
 	why := FallbackConnect
 	var ne net.Error
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
@@ -330,85 +387,115 @@ func prefillBody(req map[string]json.RawMessage, chat bool) []byte {
 	return encodeObject(pre)
 }
 
-// hopHeaders are connection-level headers a proxy does not forward (RFC 9110 7.6.1).
+// hopHeaders are connection-level headers a proxy does not forward (RFC 9110 7.6.1), beside
+// those the Connection header names.
 var hopHeaders = []string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
 	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
-// upstreamHeader is h less hop-by-hop headers, the body's length and the prefiller header.
-func upstreamHeader(h http.Header) http.Header {
-	out := h.Clone()
+// prefillHeader is the prefill request's header: the client's, less hop-by-hop headers (those
+// Connection names too), the body's length, Accept-Encoding and the prefiller header, with the
+// client's address appended to X-Forwarded-For.
+func prefillHeader(r *http.Request) http.Header {
+	out := r.Header.Clone()
+	for _, v := range out.Values("Connection") {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				out.Del(f)
+			}
+		}
+	}
 	for _, k := range hopHeaders {
 		out.Del(k)
 	}
 	out.Del("Content-Length")
 	out.Del("Accept-Encoding")
 	out.Del(HeaderPrefiller)
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := out.Values("X-Forwarded-For"); len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		out.Set("X-Forwarded-For", ip)
+	}
 	return out
 }
 
-// forward proxies r with body to the local engine and streams the answer back unbuffered,
-// with extra headers added to the response.
-func (s *Sidecar) forward(w http.ResponseWriter, r *http.Request, body io.Reader, length int64, extra http.Header) {
-	u := "http://" + s.cfg.Engine + r.URL.RequestURI()
-	if r.ContentLength == 0 && length <= 0 {
-		body = http.NoBody
-	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, u, body)
-	if err != nil {
-		writeError(w, http.StatusBadGateway, err.Error())
-		return
-	}
-	req.Header = upstreamHeader(r.Header)
-	req.ContentLength = length
-	resp, err := s.transport.RoundTrip(req)
-	if err != nil {
-		if r.Context().Err() == nil {
+// extraKey carries the headers ServeHTTP adds to the decode engine's response through the
+// proxy, to ModifyResponse.
+type extraKey struct{}
+
+// newProxy is the reverse proxy to the local decode engine: hop-by-hop headers (and those
+// Connection names) stripped both ways, X-Forwarded-For appended, the answer flushed as it
+// arrives, and a response cut short by the engine cut short for the client too.
+func (s *Server) newProxy() *httputil.ReverseProxy {
+	target := &url.URL{Scheme: "http", Host: s.cfg.Engine}
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
+			pr.SetXForwarded()
+			pr.Out.Header.Del(HeaderPrefiller)
+			pr.Out.Header.Del("Accept-Encoding")
+		},
+		Transport:     s.transport,
+		FlushInterval: -1,
+		ModifyResponse: func(resp *http.Response) error {
+			if extra, ok := resp.Request.Context().Value(extraKey{}).(http.Header); ok {
+				for k, vs := range extra {
+					resp.Header[k] = vs
+				}
+			}
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if r.Context().Err() != nil {
+				return // the client went away; nobody reads an answer
+			}
 			s.log.Warn("decode engine unreachable", "err", err)
-			writeError(w, http.StatusBadGateway, "decode engine unreachable: "+err.Error())
-		}
-		return
-	}
-	defer resp.Body.Close()
-	h := w.Header()
-	for k, vs := range resp.Header {
-		h[k] = vs
-	}
-	for _, k := range hopHeaders {
-		h.Del(k)
-	}
-	for k, vs := range extra {
-		h[k] = vs
-	}
-	w.WriteHeader(resp.StatusCode)
-	rc := http.NewResponseController(w)
-	buf := make([]byte, 32<<10)
-	for {
-		n, rerr := resp.Body.Read(buf)
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
-				return // the client went away; the deferred Close aborts the engine's request
-			}
-			if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
-				return
-			}
-		}
-		if rerr != nil {
-			if !errors.Is(rerr, io.EOF) {
-				// Cut the client's response too, so it sees a broken stream rather than a
-				// silently short one: net/http's documented abort, as httputil.ReverseProxy.
-				s.log.Debug("decode engine answer cut short", "err", rerr)
-				panic(http.ErrAbortHandler)
-			}
-			return
-		}
+			writeError(w, http.StatusBadGateway, "decode engine unreachable")
+		},
+		ErrorLog:   slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BufferPool: &bufferPool{},
 	}
 }
 
+// bufferPool recycles the proxy's copy buffers (32 KiB, one per response in flight).
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+
+// forward proxies r, with body in place of its own when body is not nil, to the local engine
+// and streams the answer back unbuffered, with extra headers added to the response.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, extra http.Header) {
+	if body != nil {
+		r = r.WithContext(context.WithValue(r.Context(), extraKey{}, extra))
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		r.Header.Del("Content-Length")
+	}
+	s.proxy.ServeHTTP(w, r)
+}
+
 func writeError(w http.ResponseWriter, code int, msg string) {
+	typ := "server_error"
+	if code < 500 {
+		typ = "invalid_request_error"
+	}
+	writeErrorType(w, code, typ, msg)
+}
+
+// writeErrorType writes an OpenAI-shaped error body.
+func writeErrorType(w http.ResponseWriter, code int, typ, msg string) {
 	b, _ := json.Marshal(map[string]any{"error": map[string]any{
-		"message": msg, "type": "server_error", "param": nil, "code": code,
+		"message": msg, "type": typ, "param": nil, "code": code,
 	}})
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -419,60 +506,4 @@ func newRequestID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	return "kvgate-" + hex.EncodeToString(b[:])
-}
-
-// newSidecars binds a sidecar for every decode engine that has one; reg (nil: none) gets
-// their metrics, labelled by instance.
-func (w *Workerd) newSidecars(log *slog.Logger, reg prometheus.Registerer) error {
-	w.sidecars = map[string]*Sidecar{}
-	for _, p := range w.plans {
-		if p.sidecar == "" {
-			continue
-		}
-		s, err := NewSidecar(SidecarConfig{Addr: p.sidecar, Engine: p.addr, Name: p.instance}, log, reg)
-		if err != nil {
-			for _, o := range w.sidecars {
-				o.lis.Close()
-			}
-			return fmt.Errorf("workerd: engine %s: %w", p.instance, err)
-		}
-		w.sidecars[p.instance] = s
-	}
-	return nil
-}
-
-// runSidecars serves every sidecar until the returned stop is called; stop waits for them.
-func (w *Workerd) runSidecars(ctx context.Context) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	for name, s := range w.sidecars {
-		wg.Go(func() {
-			if err := s.Run(ctx); err != nil {
-				w.log.Error("sidecar stopped", "engine", name, "err", err)
-			}
-		})
-	}
-	return func() { cancel(); wg.Wait() }
-}
-
-// engineAddress is where routers send an engine's requests: its sidecar when it has one.
-func (w *Workerd) engineAddress(p plan) string {
-	if s := w.sidecars[p.instance]; s != nil {
-		return advertised(s.Addr(), p.addr)
-	}
-	return p.addr
-}
-
-// advertised is addr with an unspecified host (0.0.0.0, ::) replaced by like's host.
-func advertised(addr, like string) string {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		if h, _, err := net.SplitHostPort(like); err == nil {
-			host = h
-		}
-	}
-	return net.JoinHostPort(host, port)
 }

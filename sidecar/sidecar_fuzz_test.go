@@ -1,4 +1,4 @@
-package workerd_test
+package sidecar_test
 
 import (
 	"bytes"
@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kvgate/kvgate/workerd"
+	"github.com/kvgate/kvgate/sidecar"
 )
 
 // roundTrip is an in-memory pair of engines: the prefill engine (any host but the decode
@@ -20,7 +20,10 @@ type roundTrip struct {
 }
 
 func (rt *roundTrip) RoundTrip(r *http.Request) (*http.Response, error) {
-	b, _ := io.ReadAll(r.Body)
+	var b []byte
+	if r.Body != nil { // a request without a body has none (http.RoundTripper's contract)
+		b, _ = io.ReadAll(r.Body)
+	}
 	body := rt.answer
 	if r.URL.Host == rt.decode {
 		body = b
@@ -41,15 +44,17 @@ func FuzzSidecar(f *testing.F) {
 	f.Add([]byte(`{"a":1,"a":2}`), "[::1]:80", []byte(`{"kv_transfer_params":{}}`))
 	f.Add([]byte(`not json`), "", []byte(`garbage`))
 	rt := &roundTrip{decode: "127.0.0.1:9"}
-	s, err := workerd.NewSidecar(workerd.SidecarConfig{Engine: rt.decode, Transport: rt}, nil, nil)
+	known := sidecar.NewPrefillSet()
+	s, err := sidecar.New(sidecar.Config{Engine: rt.decode, Transport: rt, Prefill: known}, nil, nil)
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, body []byte, prefiller string, answer []byte) {
 		rt.answer = answer // one input at a time per fuzzing process
+		known.Set([]string{prefiller})
 		req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", bytes.NewReader(body))
 		if prefiller != "" && !strings.ContainsAny(prefiller, "\r\n\x00") {
-			req.Header.Set(workerd.HeaderPrefiller, prefiller)
+			req.Header.Set(sidecar.HeaderPrefiller, prefiller)
 		}
 		w := httptest.NewRecorder()
 		s.ServeHTTP(w, req)
@@ -57,7 +62,7 @@ func FuzzSidecar(f *testing.F) {
 			t.Fatalf("client got %d: %s", w.Code, w.Body.Bytes())
 		}
 		got := w.Body.Bytes()
-		if w.Header().Get(workerd.HeaderPrefillEndpoint) == "" {
+		if w.Header().Get(sidecar.HeaderPrefillEndpoint) == "" {
 			if !bytes.Equal(got, body) {
 				t.Fatalf("without a remote prefill the decode engine got %q, want the client's %q", got, body)
 			}

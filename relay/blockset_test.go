@@ -1,4 +1,4 @@
-package workerd
+package relay
 
 import (
 	"slices"

@@ -1,4 +1,4 @@
-package workerd
+package relay
 
 import (
 	"context"
@@ -75,19 +75,19 @@ func benchRelay(b *testing.B, viaWorkerd bool, window int) {
 	defer cancel()
 	cnt := &lagCounter{}
 	if viaWorkerd {
-		h := newHub("e0", 0, 0)
-		w := &Workerd{hubs: map[string]*hub{"e0": h}, load: newLoadHub()}
+		rs := NewServer(nil)
+		h := rs.AddEngine("e0", HubOptions{})
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			b.Fatal(err)
 		}
 		srv := grpc.NewServer()
-		relayv1.RegisterRelayServer(srv, &relayServer{w: w})
+		relayv1.RegisterRelayServer(srv, rs)
 		go func() { _ = srv.Serve(lis) }()
 		defer srv.Stop()
 		sub := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: pub.Addr(), Logger: quiet})
 		wg.Go(func() { _ = sub.Run(ctx, hubHandler{h}) })
-		client := NewRelayClient(lis.Addr().String(), "e0", quiet)
+		client := NewClient(lis.Addr().String(), "e0", quiet)
 		wg.Go(func() { _ = client.Run(ctx, cnt) })
 	} else {
 		sub := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: pub.Addr(), Logger: quiet})

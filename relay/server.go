@@ -1,4 +1,4 @@
-package workerd
+package relay
 
 import (
 	"context"
@@ -14,31 +14,63 @@ import (
 // snapshotChunk is how many blocks one SnapshotChunk message carries.
 const snapshotChunk = 1024
 
-// relayServer serves api/relay/v1 from the hubs.
-type relayServer struct {
+// Server serves api/relay/v1 for the engines of one node: each engine's Hub (its KV events)
+// and the load reports PutLoad receives. It is safe for concurrent use.
+type Server struct {
 	relayv1.UnimplementedRelayServer
-	w *Workerd
+	engines func() []*relayv1.EngineInfo
+	load    *loadHub
+
+	mu   sync.RWMutex
+	hubs map[string]*Hub
 }
 
-func (s *relayServer) Engines(context.Context, *relayv1.EnginesRequest) (*relayv1.EnginesResponse, error) {
-	out := &relayv1.EnginesResponse{}
-	for _, st := range s.w.Engines() {
-		info := &relayv1.EngineInfo{
-			Name: st.Name, Kind: st.Kind, Models: st.Models, Role: st.Role, Address: st.Address,
-			BlockSize: int32(st.BlockSize), State: st.State, Restarts: uint32(st.Restarts),
-		}
-		for _, g := range st.GPUs {
-			info.Gpus = append(info.Gpus, int32(g))
-		}
-		out.Engines = append(out.Engines, info)
+var _ relayv1.RelayServer = (*Server)(nil)
+
+// NewServer returns a server with no engines; engines (nil: none) answers the Engines call
+// with the node's current engine list.
+func NewServer(engines func() []*relayv1.EngineInfo) *Server {
+	if engines == nil {
+		engines = func() []*relayv1.EngineInfo { return nil }
 	}
-	return out, nil
+	return &Server{engines: engines, load: newLoadHub(), hubs: map[string]*Hub{}}
 }
 
-func (s *relayServer) Events(req *relayv1.EventsRequest, stream grpc.ServerStreamingServer[relayv1.EventsResponse]) error {
-	h := s.w.hub(req.GetEngine())
+// HubOptions size an engine's hub. Zero fields take the defaults noted.
+type HubOptions struct {
+	Ring      int // batches kept for resuming clients (16384)
+	StreamBuf int // batches queued per stream before it must reconnect (4096)
+}
+
+// AddEngine creates the hub of the engine called name (replacing one of that name) and
+// returns it; its events are served from then on.
+func (s *Server) AddEngine(name string, o HubOptions) *Hub {
+	h := newHub(name, o.Ring, o.StreamBuf)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hubs[name] = h
+	return h
+}
+
+// PutLoad publishes an engine's latest load report to the Load streams.
+func (s *Server) PutLoad(r *relayv1.LoadReport) { s.load.put(r) }
+
+func (s *Server) hub(name string) *Hub {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.hubs[name]
+}
+
+// Engines answers with the node's engines.
+func (s *Server) Engines(context.Context, *relayv1.EnginesRequest) (*relayv1.EnginesResponse, error) {
+	return &relayv1.EnginesResponse{Engines: s.engines()}, nil
+}
+
+// Events streams an engine's KV events: a snapshot or the missed batches, then live ones.
+func (s *Server) Events(req *relayv1.EventsRequest, stream grpc.ServerStreamingServer[relayv1.EventsResponse]) error {
+	h := s.hub(req.GetEngine())
 	if h == nil {
-		return status.Errorf(codes.NotFound, "workerd: no engine %q", req.GetEngine())
+		return status.Errorf(codes.NotFound, "relay: no engine %q", req.GetEngine())
 	}
 	snap, snapSeq, backlog, resumed, sub := h.subscribe(req.GetStreamId(), req.GetLastSeq())
 	defer h.unsubscribe(sub)
@@ -67,7 +99,7 @@ func (s *relayServer) Events(req *relayv1.EventsRequest, stream grpc.ServerStrea
 		case <-ctx.Done():
 			return nil
 		case <-sub.lost:
-			return status.Error(codes.ResourceExhausted, "workerd: stream fell behind; reconnect with the last seq to resume")
+			return status.Error(codes.ResourceExhausted, "relay: stream fell behind; reconnect with the last seq to resume")
 		case r := <-sub.ch:
 			if err := stream.Send(r); err != nil {
 				return err
@@ -76,11 +108,12 @@ func (s *relayServer) Events(req *relayv1.EventsRequest, stream grpc.ServerStrea
 	}
 }
 
-func (s *relayServer) Load(req *relayv1.LoadRequest, stream grpc.ServerStreamingServer[relayv1.LoadReport]) error {
-	if req.GetEngine() != "" && s.w.hub(req.GetEngine()) == nil {
-		return status.Errorf(codes.NotFound, "workerd: no engine %q", req.GetEngine())
+// Load streams load reports: the latest of each engine, then new ones.
+func (s *Server) Load(req *relayv1.LoadRequest, stream grpc.ServerStreamingServer[relayv1.LoadReport]) error {
+	if req.GetEngine() != "" && s.hub(req.GetEngine()) == nil {
+		return status.Errorf(codes.NotFound, "relay: no engine %q", req.GetEngine())
 	}
-	cur, ch, cancel := s.w.load.subscribe(req.GetEngine())
+	cur, ch, cancel := s.load.subscribe(req.GetEngine())
 	defer cancel()
 	for _, r := range cur {
 		if err := stream.Send(r); err != nil {

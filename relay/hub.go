@@ -1,4 +1,4 @@
-package workerd
+package relay
 
 import (
 	"crypto/rand"
@@ -10,10 +10,10 @@ import (
 	"github.com/kvgate/kvgate/engine"
 )
 
-// hub is the relay of one engine: its block set, the numbered batches it sent (a ring for
+// Hub is the relay of one engine: its block set, the numbered batches it sent (a ring for
 // resuming clients) and the streams reading it. It is safe for concurrent use: the engine's
 // subscriber and supervisor write, gRPC streams read.
-type hub struct {
+type Hub struct {
 	name     string
 	streamID string
 	subBuf   int
@@ -42,22 +42,22 @@ func newStreamID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func newHub(name string, ringSize, subBuf int) *hub {
+func newHub(name string, ringSize, subBuf int) *Hub {
 	if ringSize <= 0 {
 		ringSize = 16384
 	}
 	if subBuf <= 0 {
 		subBuf = 4096
 	}
-	return &hub{
+	return &Hub{
 		name: name, streamID: newStreamID(), subBuf: subBuf,
 		set: newBlockSet(), ring: make([]*relayv1.EventsResponse, ringSize),
 		subs: map[*hubSub]struct{}{}, now: time.Now,
 	}
 }
 
-// publish applies an engine batch to the block set, numbers it and sends it to every stream.
-func (h *hub) publish(b engine.EventBatch) uint64 {
+// Publish applies an engine batch to the block set, numbers it and sends it to every stream.
+func (h *Hub) Publish(b engine.EventBatch) uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	evs := make([]*relayv1.Event, len(b.Events))
@@ -70,10 +70,10 @@ func (h *hub) publish(b engine.EventBatch) uint64 {
 	return h.sendLocked(&relayv1.EventBatch{Ts: b.TS, Events: evs, RelayedUnixNano: h.now().UnixNano()})
 }
 
-// clearAll forgets the engine's blocks (it restarted, or its event stream lost batches) and
+// Clear forgets the engine's blocks (it restarted, or its event stream lost batches) and
 // tells every stream with an ALL_BLOCKS_CLEARED batch; nothing is sent when the last batch
 // already said so.
-func (h *hub) clearAll() {
+func (h *Hub) Clear() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.cleared && h.set.len() == 0 {
@@ -89,7 +89,7 @@ func (h *hub) clearAll() {
 	})
 }
 
-func (h *hub) sendLocked(b *relayv1.EventBatch) uint64 {
+func (h *Hub) sendLocked(b *relayv1.EventBatch) uint64 {
 	h.seq++
 	r := &relayv1.EventsResponse{StreamId: h.streamID, Seq: h.seq, Body: &relayv1.EventsResponse_Batch{Batch: b}}
 	if h.n < len(h.ring) {
@@ -113,7 +113,7 @@ func (h *hub) sendLocked(b *relayv1.EventBatch) uint64 {
 // subscribe registers a stream. When streamID is this hub's and every batch after lastSeq is
 // still in the ring, it returns those batches (resume); otherwise a snapshot of the block
 // set and the seq it covers. Batches after the returned point arrive on sub.ch.
-func (h *hub) subscribe(streamID string, lastSeq uint64) (snap []*relayv1.Event, snapSeq uint64, backlog []*relayv1.EventsResponse, resumed bool, sub *hubSub) {
+func (h *Hub) subscribe(streamID string, lastSeq uint64) (snap []*relayv1.Event, snapSeq uint64, backlog []*relayv1.EventsResponse, resumed bool, sub *hubSub) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	sub = &hubSub{ch: make(chan *relayv1.EventsResponse, h.subBuf), lost: make(chan struct{})}
@@ -128,26 +128,29 @@ func (h *hub) subscribe(streamID string, lastSeq uint64) (snap []*relayv1.Event,
 	return h.set.snapshot(), h.seq, nil, false, sub
 }
 
-func (h *hub) unsubscribe(s *hubSub) {
+func (h *Hub) unsubscribe(s *hubSub) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.subs, s)
 }
 
-// stats returns the relay's current sequence number and block count.
-func (h *hub) stats() (seq uint64, blocks int) {
+// Stats returns the relay's current sequence number and block count.
+func (h *Hub) Stats() (seq uint64, blocks int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.seq, h.set.len()
 }
 
-// handler adapts the hub to engine.Handler for the engine's ZMQ subscriber.
-type hubHandler struct{ h *hub }
+// Handler is the hub as the engine.Handler of the engine's ZMQ subscriber.
+func (h *Hub) Handler() engine.Handler { return hubHandler{h} }
+
+// hubHandler adapts the hub to engine.Handler.
+type hubHandler struct{ h *Hub }
 
 var _ engine.Handler = hubHandler{}
 
-func (a hubHandler) Batch(_ uint64, b engine.EventBatch) { a.h.publish(b) }
+func (a hubHandler) Batch(_ uint64, b engine.EventBatch) { a.h.Publish(b) }
 
 // Gap: the engine's stream lost batches or the publisher restarted; the block set is no
 // longer known, so routers are told to forget it and refill from what follows.
-func (a hubHandler) Gap(uint64, uint64) { a.h.clearAll() }
+func (a hubHandler) Gap(uint64, uint64) { a.h.Clear() }

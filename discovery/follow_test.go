@@ -1,0 +1,62 @@
+package discovery_test
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kvgate/kvgate/discovery"
+)
+
+// TestFollowAddresses: the follower gets the healthy endpoints of the role asked for, again on
+// every change of the source, and returns when the context ends.
+func TestFollowAddresses(t *testing.T) {
+	src := discovery.NewStatic([]discovery.Endpoint{
+		{Name: "p0", Address: "10.0.0.1:8000", Role: discovery.RolePrefill, Healthy: true},
+		{Name: "p1", Address: "10.0.0.2:8000", Role: discovery.RolePrefill, Healthy: false},
+		{Name: "d0", Address: "10.0.0.3:8000", Role: discovery.RoleDecode, Healthy: true},
+	})
+	var mu sync.Mutex
+	var got [][]string
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		discovery.FollowAddresses(ctx, src, discovery.RolePrefill, func(a []string) {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, a)
+		})
+	}()
+	wait := func(n int) []string {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			if len(got) >= n {
+				defer mu.Unlock()
+				return got[n-1]
+			}
+			mu.Unlock()
+			if time.Now().After(deadline) {
+				t.Fatalf("no update %d", n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if a := wait(1); !slices.Equal(a, []string{"10.0.0.1:8000"}) {
+		t.Fatalf("first set %v, want only the healthy prefill engine", a)
+	}
+	src.Set([]discovery.Endpoint{{Name: "p2", Address: "10.0.0.9:8000", Role: discovery.RolePrefill, Healthy: true}})
+	if a := wait(2); !slices.Equal(a, []string{"10.0.0.9:8000"}) {
+		t.Fatalf("after the change %v", a)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("FollowAddresses did not return after cancel")
+	}
+}
