@@ -47,12 +47,12 @@ type envoyCall struct {
 // through ext_proc as it arrives, and an upstream failure resets the ext_proc stream, as
 // Envoy does when the upstream resets. It returns what the client would see and the
 // number of fallbacks tried.
-func (e envoyCall) do(ctx context.Context) (outcome, int) {
+func (e envoyCall) do(ctx context.Context) (seen, int) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // a stream not ended by then is reset
 	s, err := e.c.Open(ctx)
 	if err != nil {
-		return outcome{err: err}, 0
+		return seen{err: err}, 0
 	}
 	type recvd struct {
 		r   *extprocv3.ProcessingResponse
@@ -83,7 +83,7 @@ func (e envoyCall) do(ctx context.Context) (outcome, int) {
 	for _, m := range extproctest.RequestMessages(envoyMode, extproctest.Request{Method: "POST", Path: "/v1/chat/completions",
 		Header: http.Header{"Content-Type": {"application/json"}}, Body: body}) {
 		if err := s.Send(m); err != nil {
-			return outcome{err: err}, 0
+			return seen{err: err}, 0
 		}
 	}
 	// The pick comes with the request headers answer, then the body comes back.
@@ -92,12 +92,12 @@ func (e envoyCall) do(ctx context.Context) (outcome, int) {
 	for done := false; !done; {
 		r, err := next()
 		if err != nil {
-			return outcome{err: err}, 0
+			return seen{err: err}, 0
 		}
 		switch {
 		case r.GetImmediateResponse() != nil:
 			im := r.GetImmediateResponse()
-			return outcome{status: int(im.GetStatus().GetCode()), err: fmt.Errorf("immediate %d: %s", im.GetStatus().GetCode(), im.GetBody())}, 0
+			return seen{status: int(im.GetStatus().GetCode()), err: fmt.Errorf("immediate %d: %s", im.GetStatus().GetCode(), im.GetBody())}, 0
 		case r.GetRequestHeaders() != nil:
 			md = r.GetDynamicMetadata()
 		default:
@@ -111,7 +111,7 @@ func (e envoyCall) do(ctx context.Context) (outcome, int) {
 	}
 	if e.hold {
 		<-ctx.Done()
-		return outcome{err: ctx.Err()}, 0
+		return seen{err: ctx.Err()}, 0
 	}
 	dests := strings.Split((&extproctest.Result{Metadata: md}).Destination(), ",")
 	var resp *http.Response
@@ -129,7 +129,7 @@ func (e envoyCall) do(ctx context.Context) (outcome, int) {
 		tried++
 	}
 	if err != nil {
-		return outcome{err: err}, tried // Envoy answers 503 to its client and resets the stream
+		return seen{err: err}, tried // Envoy answers 503 to its client and resets the stream
 	}
 	defer resp.Body.Close()
 	served := e.served
@@ -144,7 +144,7 @@ func (e envoyCall) do(ctx context.Context) (outcome, int) {
 			extproctest.LBNamespace: {Fields: map[string]*structpb.Value{extproctest.ServedKey: structpb.NewStringValue(served)}},
 		}}
 	}
-	o := outcome{status: resp.StatusCode, endpoint: used}
+	o := seen{status: resp.StatusCode, endpoint: used}
 	if err := s.Send(rh); err != nil {
 		o.err = err
 		return o, tried
@@ -220,7 +220,7 @@ func TestFaultEngineKillExtProc(t *testing.T) {
 	retried := 0
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	load := startStreamLoad(ctx, f, 6, 30*time.Second, func(ctx context.Context, i int) outcome {
+	load := startStreamLoad(ctx, f, 6, 30*time.Second, func(ctx context.Context, i int) seen {
 		o, n := envoyCall{c: c, prompt: faultPrompt(i), tokens: 100}.do(ctx)
 		mu.Lock()
 		retried += n

@@ -48,7 +48,7 @@ func TestFaultRestarts(t *testing.T) {
 		return p
 	}
 	rt := startRouter()
-	send := func(ctx context.Context, i int) outcome {
+	send := func(ctx context.Context, i int) seen {
 		return streamChat(ctx, base, faultPrompt(i), 200)
 	}
 

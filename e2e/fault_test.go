@@ -41,8 +41,8 @@ type figures struct {
 	errs    []string // a few failures, for the log
 }
 
-// add records one request's outcome.
-func (f *figures) add(o outcome) {
+// add records how one request ended.
+func (f *figures) add(o seen) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.sent++
@@ -83,8 +83,8 @@ func (f *figures) log(t *testing.T, scenario string) {
 		scenario, f.sent, f.ok, f.failed, f.retried, f.cut, strings.Join(kinds, " "), f.load, f.crashes, f.errs)
 }
 
-// outcome is one streamed request as its client saw it.
-type outcome struct {
+// seen is one streamed request as its client saw it.
+type seen struct {
 	status   int    // HTTP status; 0 when no response arrived
 	endpoint string // x-kvgate-endpoint
 	events   int    // data events before the end
@@ -98,7 +98,7 @@ type outcome struct {
 // response) or, for a 200 stream that did not complete, how its client learnt of the cut:
 // "error-event", "transport-error" or "silent" (a clean end without [DONE]: a failure that
 // looks like success, which the suite forbids).
-func (o outcome) class() string {
+func (o seen) class() string {
 	switch {
 	case o.status != http.StatusOK:
 		return "failed"
@@ -113,28 +113,28 @@ func (o outcome) class() string {
 	}
 }
 
-func (o outcome) String() string {
+func (o seen) String() string {
 	return fmt.Sprintf("status %d from %q after %d events, done %v, finish %v, error event %v: %v",
 		o.status, o.endpoint, o.events, o.done, o.finish, o.errEvent, o.err)
 }
 
 // streamChat sends one streamed chat to the gateway at base and reads it to its end.
-func streamChat(ctx context.Context, base, prompt string, maxTokens int) outcome {
+func streamChat(ctx context.Context, base, prompt string, maxTokens int) seen {
 	body, _ := json.Marshal(map[string]any{
 		"model": model, "stream": true, "max_tokens": maxTokens, "ignore_eos": true,
 		"messages": []map[string]string{{"role": "user", "content": prompt}},
 	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions", bytes.NewReader(body))
 	if err != nil {
-		return outcome{err: err}
+		return seen{err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return outcome{err: err}
+		return seen{err: err}
 	}
 	defer resp.Body.Close()
-	o := outcome{status: resp.StatusCode, endpoint: resp.Header.Get(router.HeaderEndpoint)}
+	o := seen{status: resp.StatusCode, endpoint: resp.Header.Get(router.HeaderEndpoint)}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		o.err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, b)
@@ -146,7 +146,7 @@ func streamChat(ctx context.Context, base, prompt string, maxTokens int) outcome
 
 // readSSE reads an OpenAI event stream to its end, noting [DONE], finish reasons, error
 // events and the error that ended it.
-func (o *outcome) readSSE(r io.Reader) {
+func (o *seen) readSSE(r io.Reader) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	for {
 		line, err := br.ReadString('\n')
@@ -182,7 +182,7 @@ func (o *outcome) readSSE(r io.Reader) {
 }
 
 // streamLoad sends streamed chats from workers, each with its own prompt, until stop is
-// called, recording every outcome in f.
+// called, recording how each ended in f.
 type streamLoad struct {
 	f      *figures
 	cancel context.CancelFunc
@@ -191,7 +191,7 @@ type streamLoad struct {
 
 // startStreamLoad runs workers sending send(ctx, i) back to back; timeout bounds each
 // request.
-func startStreamLoad(ctx context.Context, f *figures, workers int, timeout time.Duration, send func(ctx context.Context, i int) outcome) *streamLoad {
+func startStreamLoad(ctx context.Context, f *figures, workers int, timeout time.Duration, send func(ctx context.Context, i int) seen) *streamLoad {
 	ctx, cancel := context.WithCancel(ctx)
 	l := &streamLoad{f: f, cancel: cancel}
 	var n sync.Mutex
@@ -351,7 +351,7 @@ func TestFaultEngineKill(t *testing.T) {
 	f := &figures{}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	load := startStreamLoad(ctx, f, 6, 30*time.Second, func(ctx context.Context, i int) outcome {
+	load := startStreamLoad(ctx, f, 6, 30*time.Second, func(ctx context.Context, i int) seen {
 		return streamChat(ctx, rt.base, faultPrompt(i), 100)
 	})
 	waitUntil(t, "two streams in flight on the victim", func() bool {
@@ -397,7 +397,7 @@ func TestFaultEngineStop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const clientTimeout = 4 * time.Second
-	load := startStreamLoad(ctx, f, 4, clientTimeout, func(ctx context.Context, i int) outcome {
+	load := startStreamLoad(ctx, f, 4, clientTimeout, func(ctx context.Context, i int) seen {
 		return streamChat(ctx, rt.base, faultPrompt(i), 100)
 	})
 	waitUntil(t, "two streams in flight on the victim", func() bool {
