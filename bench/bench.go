@@ -199,6 +199,12 @@ func errorKind(err error) string {
 		return "timeout"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
+	case errors.Is(err, errNoDone):
+		return "no_done"
+	case errors.Is(err, errNoFinish):
+		return "no_finish_reason"
+	case errors.As(err, new(*streamError)):
+		return "stream_error"
 	}
 	return "transport"
 }
@@ -255,6 +261,7 @@ func (cfg *Config) one(ctx context.Context, r *workload.Request) sample {
 	}
 	sse := openai.NewSSEReader(resp.Body)
 	var last time.Time
+	done, finished := false, false
 	for {
 		data, err := sse.Next()
 		if err == io.EOF {
@@ -265,12 +272,19 @@ func (cfg *Config) one(ctx context.Context, r *workload.Request) sample {
 			return s
 		}
 		if bytes.Equal(data, openai.Done) {
+			done = true
 			break
 		}
 		if u, ok := openai.UsageFromChunk(data); ok {
 			s.usage = u
 		}
-		if !hasContent(data) {
+		c := parseChunk(data)
+		if c.err != "" {
+			s.err, s.e2e = &streamError{c.err}, time.Since(start)
+			return s
+		}
+		finished = finished || c.finished
+		if !c.content {
 			continue
 		}
 		now := time.Now()
@@ -282,14 +296,36 @@ func (cfg *Config) one(ctx context.Context, r *workload.Request) sample {
 		last = now
 	}
 	s.e2e = time.Since(start)
-	if last.IsZero() && (s.usage == nil || s.usage.CompletionTokens > 0) {
+	switch {
+	case !done:
+		s.err = errNoDone // a stream cut short, though its connection ended cleanly
+	case !finished:
+		s.err = errNoFinish
+	case last.IsZero() && (s.usage == nil || s.usage.CompletionTokens > 0):
 		s.err = errors.New("stream ended without a token")
 	}
 	return s
 }
 
-// hasContent reports whether an SSE chunk carries generated text.
-func hasContent(data []byte) bool {
+// Errors of streams that ended without their proper end.
+var (
+	errNoDone   = errors.New("stream ended without [DONE]")
+	errNoFinish = errors.New("stream ended without a finish reason")
+)
+
+// streamError is an error event inside a stream.
+type streamError struct{ msg string }
+
+func (e *streamError) Error() string { return "error event in the stream: " + e.msg }
+
+// chunk is what one SSE chunk says.
+type chunk struct {
+	content  bool   // it carries generated text
+	finished bool   // a choice has a finish reason
+	err      string // it is an error event: the message
+}
+
+func parseChunk(data []byte) chunk {
 	var c struct {
 		Choices []struct {
 			Text  string `json:"text"`
@@ -297,17 +333,31 @@ func hasContent(data []byte) bool {
 				Content          string `json:"content"`
 				ReasoningContent string `json:"reasoning_content"`
 			} `json:"delta"`
+			FinishReason *string `json:"finish_reason"`
 		} `json:"choices"`
+		Error *struct {
+			Message string `json:"message"`
+		} `json:"error"`
 	}
 	if json.Unmarshal(data, &c) != nil {
-		return false
+		return chunk{}
+	}
+	var out chunk
+	if c.Error != nil {
+		out.err = c.Error.Message
+		if out.err == "" {
+			out.err = "(no message)"
+		}
 	}
 	for _, ch := range c.Choices {
 		if ch.Text != "" || ch.Delta.Content != "" || ch.Delta.ReasoningContent != "" {
-			return true
+			out.content = true
+		}
+		if ch.FinishReason != nil && *ch.FinishReason != "" {
+			out.finished = true
 		}
 	}
-	return false
+	return out
 }
 
 // words turn generated token ids into text for chat prompts: one word per token, so equal

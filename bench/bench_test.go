@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -62,7 +63,11 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fl := w.(http.Flusher)
 	for i := 0; i < req.MaxTokens; i++ {
 		time.Sleep(f.gap)
-		fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"text\":\"w%d \"}]}\n\n", i)
+		finish := "null"
+		if i == req.MaxTokens-1 {
+			finish = `"length"`
+		}
+		fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"text\":\"w%d \",\"finish_reason\":%s}]}\n\n", i, finish)
 		fl.Flush()
 	}
 	fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,\"prompt_tokens_details\":{\"cached_tokens\":%d}}}\n\n",
@@ -193,5 +198,39 @@ func TestSummarize(t *testing.T) {
 	}
 	if bench.Summarize(nil).N != 0 {
 		t.Fatal("empty")
+	}
+}
+
+// TestRunCountsCutStreams checks that streams that end without their proper end are errors
+// by kind, however cleanly their connection closed: no [DONE], no finish reason, an error
+// event, a connection dropped mid-body.
+func TestRunCountsCutStreams(t *testing.T) {
+	const token = "data: {\"choices\":[{\"index\":0,\"text\":\"w \",\"finish_reason\":null}]}\n\n"
+	const last = "data: {\"choices\":[{\"index\":0,\"text\":\"w \",\"finish_reason\":\"length\"}]}\n\n"
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		switch n.Add(1) % 4 {
+		case 0: // no [DONE]: the body ends normally after two tokens
+			io.WriteString(w, token+last)
+		case 1: // [DONE] but no finish reason
+			io.WriteString(w, token+token+"data: [DONE]\n\n")
+		case 2: // an error event
+			io.WriteString(w, token+`data: {"error":{"message":"engine died","type":"service_unavailable_error"}}`+"\n\n")
+		case 3: // the connection drops mid-body
+			io.WriteString(w, token)
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+	}))
+	defer srv.Close()
+	res, err := bench.Run(context.Background(), bench.Config{URL: srv.URL, Model: "m", Trace: trace(t, 8), Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{"no_done": 2, "no_finish_reason": 2, "stream_error": 2, "transport": 2}
+	if res.Requests != 8 || res.Errors != 8 || !maps.Equal(res.ErrorsByKind, want) {
+		t.Fatalf("requests %d errors %d %v, want 8 errors %v", res.Requests, res.Errors, res.ErrorsByKind, want)
 	}
 }

@@ -1,5 +1,5 @@
 // Package discovery finds the engines the router and the xDS server send traffic to: from a
-// Consul catalog watched with blocking queries, or from a static list.
+// Consul catalog watched with blocking queries, from an endpoints file, or from a static list.
 // It owns no step of a request or a KV event; it says where the endpoints of R5 and E2-E4 are.
 package discovery
 
@@ -34,16 +34,19 @@ const (
 
 // Endpoint is one engine instance as the router sees it.
 type Endpoint struct {
-	Name      string            // unique instance id (the Consul service ID)
-	Address   string            // ip:port of the engine's OpenAI HTTP server
-	Models    []string          // models it serves
-	Role      string            // RoleAggregated, RolePrefill or RoleDecode
-	BlockSize int               // KV block size in tokens; 0 = unknown
-	KVEvents  string            // ZMQ endpoint of its KV events, "" = none
-	KVReplay  string            // ZMQ replay endpoint of its KV events, "" = none
-	Workerd   string            // workerd relay gRPC address, "" = none
-	Healthy   bool              // every health check passing (Static: as given)
-	Meta      map[string]string // all service meta, including the keys above
+	Name       string            // unique instance id (the Consul service ID)
+	Address    string            // ip:port of the engine's OpenAI HTTP server
+	Models     []string          // models it serves
+	Role       string            // RoleAggregated, RolePrefill or RoleDecode
+	BlockSize  int               // KV block size in tokens; 0 = unknown
+	KVEvents   string            // ZMQ endpoint of its KV events, "" = none
+	KVReplay   string            // ZMQ replay endpoint of its KV events, "" = none
+	KVBind     bool              // bind KVEvents instead of connecting (publishers that dial)
+	KVTopic    string            // KV-event subscription topic prefix, "" = every topic
+	MetricsURL string            // engine's Prometheus metrics, "" = http://Address/metrics
+	Workerd    string            // workerd relay gRPC address, "" = none
+	Healthy    bool              // every health check passing (Static: as given)
+	Meta       map[string]string // all service meta, including the keys above
 }
 
 // Source yields the endpoint set.
@@ -60,7 +63,7 @@ type Source interface {
 func (e Endpoint) Equal(o Endpoint) bool {
 	return e.Name == o.Name && e.Address == o.Address && slices.Equal(e.Models, o.Models) &&
 		e.Role == o.Role && e.BlockSize == o.BlockSize && e.KVEvents == o.KVEvents && e.KVReplay == o.KVReplay &&
-		e.Workerd == o.Workerd && e.Healthy == o.Healthy && maps.Equal(e.Meta, o.Meta)
+		e.KVBind == o.KVBind && e.KVTopic == o.KVTopic && e.MetricsURL == o.MetricsURL && e.Workerd == o.Workerd && e.Healthy == o.Healthy && maps.Equal(e.Meta, o.Meta)
 }
 
 // Serves reports whether the endpoint lists model.

@@ -2,6 +2,7 @@ package discovery_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,4 +155,39 @@ func FuzzParseModels(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestJoin: the joined set follows each source, and a source that never reports (an
+// unreachable Consul) does not hold back the others.
+func TestJoin(t *testing.T) {
+	a := discovery.NewStatic([]discovery.Endpoint{{Name: "a1", Address: "127.0.0.1:1"}})
+	b := discovery.NewStatic([]discovery.Endpoint{{Name: "b1", Address: "127.0.0.1:2"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := discovery.Join{a, b, silent{}}.Watch(ctx)
+	waitSet := func(want ...string) {
+		t.Helper()
+		for {
+			got := names(recv(t, ch, 5*time.Second))
+			if strings.Join(got, ",") == strings.Join(want, ",") {
+				return
+			}
+		}
+	}
+	waitSet("a1", "b1")
+	b.Set([]discovery.Endpoint{{Name: "b2", Address: "127.0.0.1:3"}, {Name: "0b", Address: "127.0.0.1:4"}})
+	waitSet("0b", "a1", "b2")
+	a.Set(nil)
+	waitSet("0b", "b2")
+	cancel()
+	for range ch {
+	}
+}
+
+// silent is a source that never reports.
+type silent struct{}
+
+func (silent) Watch(ctx context.Context) <-chan []discovery.Endpoint {
+	ch := make(chan []discovery.Endpoint)
+	go func() { <-ctx.Done(); close(ch) }()
+	return ch
 }

@@ -6,6 +6,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,6 +47,19 @@ type Config struct {
 	// ResponseHeaderTimeout bounds the wait for an engine's response headers (its queueing
 	// and, when not streaming, its whole generation). Zero: DefaultResponseHeaderTimeout.
 	ResponseHeaderTimeout time.Duration
+	// BodyTimeout bounds reading a request body; a client slower than that gets a 408 and
+	// its connection closed. Zero: DefaultBodyTimeout.
+	BodyTimeout time.Duration
+	// MaxHeaderBytes bounds the request headers; larger ones get a 431. Zero:
+	// DefaultMaxHeaderBytes. (The HTTP server itself refuses headers over 1 MiB or twice
+	// this, whichever is larger, before any handler sees them.)
+	MaxHeaderBytes int
+	// MaxAttempts bounds the endpoints one request is sent to: the target, then fallbacks
+	// while an attempt fails before its first response byte. Zero: DefaultMaxAttempts.
+	MaxAttempts int
+	// TLS, when set, makes Run and Serve speak HTTPS (HTTP/2 and HTTP/1.1); with ClientCAs
+	// and RequireAndVerifyClientCert, mutual TLS. See tlsconfig.Files.Server.
+	TLS *tls.Config
 	// Gatherer, when set, is served on /metrics.
 	Gatherer prometheus.Gatherer
 	// Transport overrides the upstream transport (tests).
@@ -54,7 +68,11 @@ type Config struct {
 
 // Defaults for Config's zero values.
 const (
+	DefaultAddr                  = "127.0.0.1:8000"
 	DefaultMaxBodyBytes          = 16 << 20
+	DefaultBodyTimeout           = 30 * time.Second
+	DefaultMaxHeaderBytes        = 64 << 10
+	DefaultMaxAttempts           = 3
 	DefaultDialTimeout           = 5 * time.Second
 	DefaultResponseHeaderTimeout = 10 * time.Minute
 )
@@ -68,6 +86,7 @@ type Gateway struct {
 	transport http.RoundTripper
 	mux       *http.ServeMux
 	created   int64
+	bufs      sync.Pool // *[]byte of copyBuffer bytes
 
 	mu   sync.Mutex
 	addr net.Addr
@@ -84,6 +103,18 @@ func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Addr == "" {
+		cfg.Addr = DefaultAddr
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodyBytes
 	}
@@ -98,6 +129,7 @@ func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer)
 		return nil, err
 	}
 	g := &Gateway{cfg: cfg, picker: picker, log: log, metrics: m, created: time.Now().Unix(), up: make(chan struct{})}
+	g.bufs.New = func() any { b := make([]byte, copyBuffer); return &b }
 	g.transport = cfg.Transport
 	if g.transport == nil {
 		g.transport = &http.Transport{
@@ -121,17 +153,29 @@ func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer)
 	return g, nil
 }
 
-// ServeHTTP serves the OpenAI API, /health and /metrics; anything else is an OpenAI 404.
+// copyBuffer is the size of the buffer a response is copied through.
+const copyBuffer = 32 << 10
+
+// ServeHTTP serves the OpenAI API, /health and /metrics; anything else is an OpenAI 404 (or
+// 405 for a path served with another method), and headers over MaxHeaderBytes an OpenAI 431.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if headerBytes(r.Header) > g.cfg.MaxHeaderBytes {
+		if r.ProtoMajor == 1 {
+			w.Header().Set(headerConnection, "close")
+		}
+		writeErr(w, headersTooLarge(g.cfg.MaxHeaderBytes))
+		return
+	}
 	h, pattern := g.mux.Handler(r)
 	if pattern == "" {
-		code := http.StatusNotFound
-		msg := fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)
-		if _, p := g.mux.Handler(&http.Request{Method: http.MethodPost, URL: r.URL, Host: r.Host}); p != "" {
-			code = http.StatusMethodNotAllowed
-			msg = fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path)
+		for _, m := range [...]string{http.MethodPost, http.MethodGet} {
+			if _, p := g.mux.Handler(&http.Request{Method: m, URL: r.URL, Host: r.Host}); p != "" {
+				w.Header().Set("Allow", m)
+				writeErr(w, methodNotAllowed(r.Method, r.URL.Path))
+				return
+			}
 		}
-		openai.WriteError(w, openai.Errorf(code, openai.TypeNotFound, "", "%s", msg))
+		writeErr(w, notFound(r.Method, r.URL.Path))
 		return
 	}
 	h.ServeHTTP(w, r)
@@ -149,7 +193,8 @@ func (g *Gateway) Addr(ctx context.Context) (net.Addr, error) {
 	}
 }
 
-// Run listens on cfg.Addr and serves until ctx ends, then shuts down gracefully.
+// Run listens on cfg.Addr (with TLS when cfg.TLS is set) and serves until ctx ends, then
+// shuts down gracefully.
 func (g *Gateway) Run(ctx context.Context) error {
 	lis, err := net.Listen("tcp", g.cfg.Addr)
 	if err != nil {
@@ -158,16 +203,32 @@ func (g *Gateway) Run(ctx context.Context) error {
 	return g.Serve(ctx, lis)
 }
 
-// Serve serves on lis until ctx ends, then waits up to 10s for open requests.
+// Serve serves on lis (TLS on top when cfg.TLS is set) until ctx ends, then waits up to 10s
+// for open requests.
 func (g *Gateway) Serve(ctx context.Context, lis net.Listener) error {
-	srv := &http.Server{Handler: g, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	srv := &http.Server{
+		Handler:           g,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    max(2*g.cfg.MaxHeaderBytes, http.DefaultMaxHeaderBytes),
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+	}
+	if g.cfg.TLS != nil {
+		srv.TLSConfig = g.cfg.TLS.Clone()
+	}
 	g.mu.Lock()
 	g.addr = lis.Addr()
 	g.mu.Unlock()
 	close(g.up)
-	g.log.Info("gateway listening", "addr", lis.Addr().String())
+	g.log.Info("gateway listening", "addr", lis.Addr().String(), "tls", g.cfg.TLS != nil)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
+	go func() {
+		if srv.TLSConfig != nil {
+			errc <- srv.ServeTLS(lis, "", "")
+			return
+		}
+		errc <- srv.Serve(lis)
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("gateway: serve: %w", err)

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvgate/kvgate/gateway"
+	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
 )
@@ -98,7 +99,11 @@ func startPolicy(t testing.TB, policy string, cfg gateway.Config, engines ...str
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{url: "http://" + addr.String(), reg: reg, rt: rt}
+	scheme := "http://"
+	if cfg.TLS != nil {
+		scheme = "https://"
+	}
+	return &fixture{url: scheme + addr.String(), reg: reg, rt: rt}
 }
 
 func chat(content string, stream bool) string {
@@ -216,32 +221,38 @@ func TestErrors(t *testing.T) {
 	f := start(t, gateway.Config{MaxBodyBytes: 2048}, e.addr())
 	cases := []struct {
 		name, method, path, body string
+		header                   http.Header
 		status                   int
+		typ                      string
 	}{
-		{"bad json", "POST", "/v1/chat/completions", `{"model":`, 400},
-		{"unknown model", "POST", "/v1/chat/completions", `{"model":"nope","messages":[{"role":"user","content":"x"}]}`, 404},
-		{"too large", "POST", "/v1/chat/completions", chat(strings.Repeat("a", 4000), false), 413},
-		{"unknown path", "POST", "/v1/embeddings", `{}`, 404},
-		{"wrong method", "GET", "/v1/chat/completions", ``, 405},
+		{"bad json", "POST", "/v1/chat/completions", `{"model":`, nil, 400, openai.TypeInvalidRequest},
+		{"unknown role", "POST", "/v1/chat/completions", `{"model":"` + model + `","messages":[{"role":"wizard","content":"x"}]}`, nil, 400, openai.TypeInvalidRequest},
+		{"invalid utf-8", "POST", "/v1/chat/completions", "{\"model\":\"" + model + "\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}", nil, 400, openai.TypeInvalidRequest},
+		{"unknown model", "POST", "/v1/chat/completions", `{"model":"nope","messages":[{"role":"user","content":"x"}]}`, nil, 404, openai.TypeInvalidRequest},
+		{"too large", "POST", "/v1/chat/completions", chat(strings.Repeat("a", 4000), false), nil, 413, openai.TypeInvalidRequest},
+		{"headers too large", "POST", "/v1/chat/completions", chat("x", false), http.Header{"X-Big": {strings.Repeat("b", 100<<10)}}, 431, openai.TypeInvalidRequest},
+		{"unknown path", "POST", "/v1/embeddings", `{}`, nil, 404, openai.TypeNotFound},
+		{"wrong method", "GET", "/v1/chat/completions", ``, nil, 405, openai.TypeInvalidRequest},
+		{"wrong method on models", "POST", "/v1/models", ``, nil, 405, openai.TypeInvalidRequest},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			req, _ := http.NewRequest(c.method, f.url+c.path, strings.NewReader(c.body))
+			for k, v := range c.header {
+				req.Header[k] = v
+			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer resp.Body.Close()
-			var eb struct {
-				Error struct {
-					Message, Type string
-				}
-			}
-			if err := json.NewDecoder(resp.Body).Decode(&eb); err != nil || eb.Error.Message == "" {
-				t.Errorf("not an OpenAI error body (%v)", err)
-			}
+			body, _ := io.ReadAll(resp.Body)
+			checkErrorBody(t, body, c.typ)
 			if resp.StatusCode != c.status {
-				t.Errorf("status %d, want %d (%s)", resp.StatusCode, c.status, eb.Error.Message)
+				t.Errorf("status %d, want %d (%s)", resp.StatusCode, c.status, body)
+			}
+			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("content-type %q", ct)
 			}
 		})
 	}
@@ -343,6 +354,56 @@ func TestClientDisconnect(t *testing.T) {
 	case <-gone:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the engine's request was not cancelled")
+	}
+	waitReleased(t, f)
+}
+
+// TestHopByHopHeaders checks that connection-level headers, and those a Connection header
+// names, cross the gateway in neither direction, and that X-Forwarded-For gains the client.
+func TestHopByHopHeaders(t *testing.T) {
+	var got http.Header
+	e := newEngine(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		got = r.Header.Clone()
+		w.Header().Set("Connection", "X-Engine-Hop")
+		w.Header().Set("X-Engine-Hop", "1")
+		w.Header().Set("X-Engine-Kept", "1")
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"choices":[]}`)
+	})
+	f := start(t, gateway.Config{}, e.addr())
+	req, _ := http.NewRequest("POST", f.url+"/v1/chat/completions", strings.NewReader(chat("hops", false)))
+	req.Header.Set("Connection", "X-Client-Hop, Keep-Alive")
+	req.Header.Set("X-Client-Hop", "secret")
+	req.Header.Set("Keep-Alive", "timeout=5")
+	req.Header.Set("Proxy-Authorization", "Basic eA==")
+	req.Header.Set("X-Client-Kept", "1")
+	req.Header.Set("X-Forwarded-For", "203.0.113.7")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	for _, k := range []string{"X-Client-Hop", "Keep-Alive", "Proxy-Authorization"} {
+		if v := got.Get(k); v != "" {
+			t.Errorf("the engine got hop-by-hop %s: %q", k, v)
+		}
+	}
+	if got.Get("X-Client-Kept") != "1" {
+		t.Error("an end-to-end request header was dropped")
+	}
+	if xff := got.Get(gateway.HeaderForwardedFor); xff != "203.0.113.7, 127.0.0.1" {
+		t.Errorf("X-Forwarded-For %q, want the prior hop then the client", xff)
+	}
+	if v := resp.Header.Get("X-Engine-Hop"); v != "" {
+		t.Errorf("the client got hop-by-hop X-Engine-Hop: %q", v)
+	}
+	if resp.Header.Get("X-Engine-Kept") != "1" {
+		t.Error("an end-to-end response header was dropped")
 	}
 	waitReleased(t, f)
 }

@@ -13,14 +13,21 @@ const (
 	MetricTTFT     = "kvgate_gateway_time_to_first_token_seconds"
 	MetricInflight = "kvgate_gateway_requests_inflight"
 	MetricRetries  = "kvgate_gateway_retries_total"
+	// MetricStreamsCut counts responses whose engine failed after their first byte: the
+	// client got an aborted response (and, for SSE, an error event).
+	MetricStreamsCut = "kvgate_gateway_streams_cut_total"
+	// MetricBodyTimeouts counts requests answered 408 because their body was too slow.
+	MetricBodyTimeouts = "kvgate_gateway_body_timeouts_total"
 )
 
 type metrics struct {
-	requests *prometheus.CounterVec
-	duration *prometheus.HistogramVec
-	ttft     prometheus.Histogram
-	inflight prometheus.Gauge
-	retries  prometheus.Counter
+	requests     *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	ttft         prometheus.Histogram
+	inflight     prometheus.Gauge
+	retries      *prometheus.CounterVec
+	streamsCut   prometheus.Counter
+	bodyTimeouts prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -37,14 +44,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(1e-3, 2, 16),
 		}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricInflight, Help: "Requests being proxied now."}),
-		retries: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: MetricRetries, Help: "Requests sent on to a fallback endpoint because the picked one could not be reached.",
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricRetries, Help: "Requests sent on to a fallback endpoint because an attempt failed before its first response byte, by reason (connect, no_answer, no_body).",
+		}, []string{"reason"}),
+		streamsCut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: MetricStreamsCut, Help: "Responses aborted because the engine failed after their first byte.",
+		}),
+		bodyTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: MetricBodyTimeouts, Help: "Requests answered 408 because their body did not arrive in time.",
 		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.inflight, m.retries} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.inflight, m.retries, m.streamsCut, m.bodyTimeouts} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: register metrics: %w", err)
 		}

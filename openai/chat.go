@@ -3,7 +3,14 @@ package openai
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 )
+
+// roles are the message roles a chat request may use (OpenAI's, "function" deprecated).
+var roles = [...]string{"system", "developer", "user", "assistant", "tool", "function"}
+
+var rolesText = "'" + strings.Join(roles[:], "', '") + "'"
 
 // StreamOptions is stream_options.
 type StreamOptions struct {
@@ -232,6 +239,9 @@ func validateMessages(raw json.RawMessage) error {
 		}
 		if rs == "" {
 			return BadRequest(p+".role", "Invalid value for '%s.role': must not be empty.", p)
+		}
+		if !slices.Contains(roles[:], rs) {
+			return BadRequest(p+".role", "Invalid value for '%s.role': '%s' is not one of %s.", p, rs, rolesText)
 		}
 		if c, ok := obj["content"]; ok {
 			switch jsonKind(c) {

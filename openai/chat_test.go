@@ -29,6 +29,10 @@ func TestParseChatRequestErrors(t *testing.T) {
 		{"missing role", `{"messages":[{"content":"hi"}]}`, "messages[0].role"},
 		{"role number", `{"messages":[{"role":1}]}`, "messages[0].role"},
 		{"role empty", `{"messages":[{"role":""}]}`, "messages[0].role"},
+		{"role unknown", `{"messages":[{"role":"wizard","content":"hi"}]}`, "messages[0].role"},
+		{"role wrong case", `{"messages":[{"role":"user","content":"a"},{"role":"User","content":"b"}]}`, "messages[1].role"},
+		{"invalid utf-8 in content", "{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}", ""},
+		{"invalid utf-8 in a key", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"\xc3\":1}", ""},
 		{"content number", `{"messages":[{"role":"user","content":3}]}`, "messages[0].content"},
 		{"content part not object", `{"messages":[{"role":"user","content":["x"]}]}`, "messages[0].content[0]"},
 		{"second message bad", `{"messages":[{"role":"user","content":"a"},{"role":"assistant","tool_calls":{}}]}`, "messages[1].tool_calls"},
@@ -97,7 +101,7 @@ func TestParseChatRequestAccepts(t *testing.T) {
 	    {"role": "user", "content": [{"type": "text", "text": "hi"}]},
 	    {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
 	    {"role": "tool", "tool_call_id": "c1", "content": "42"},
-	    {"role": "my-custom-role", "content": "x"}
+	    {"role": "developer", "content": "x"}
 	  ],
 	  "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
 	  "tool_choice": {"type": "function", "function": {"name": "f"}},

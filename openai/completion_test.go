@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/kvgate/kvgate/openai"
@@ -86,5 +87,15 @@ func TestParseCompletionErrors(t *testing.T) {
 	// prompt_embeds stands in for the prompt.
 	if _, err := openai.ParseCompletionRequest([]byte(`{"prompt_embeds":"AAAA"}`)); err != nil {
 		t.Errorf("prompt_embeds: %v", err)
+	}
+}
+
+// TestParseCompletionInvalidUTF8 checks that a prompt with bytes that are not UTF-8 is a 400,
+// not silently replaced by U+FFFD.
+func TestParseCompletionInvalidUTF8(t *testing.T) {
+	_, err := openai.ParseCompletionRequest([]byte("{\"model\":\"m\",\"prompt\":\"caf\xe9\"}"))
+	var e *openai.Error
+	if !errors.As(err, &e) || e.Status != 400 || !strings.Contains(e.Message, "UTF-8") {
+		t.Fatalf("got %v, want a 400 naming UTF-8", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // fieldTable maps a JSON key (exactly as written, case-sensitive as in vLLM) to the index of
@@ -45,6 +46,11 @@ func decodeObject(body []byte, dst any, spec special) (map[string]json.RawMessag
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		return nil, BadRequest("", "The request body is empty; expected a JSON object.")
+	}
+	if !utf8.Valid(body) {
+		// encoding/json would turn each bad byte into U+FFFD and the engine would generate
+		// from a prompt the client never sent.
+		return nil, BadRequest("", "The request body is not valid UTF-8.")
 	}
 	if body[0] != '{' {
 		if !json.Valid(body) {

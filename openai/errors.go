@@ -24,6 +24,10 @@ const (
 	CodeRequestTooLarge   = "request_too_large"
 	CodeRateLimitExceeded = "rate_limit_exceeded"
 	CodeNoCapacity        = "no_capacity"
+	CodeRequestTimeout    = "request_timeout"
+	CodeHeadersTooLarge   = "request_header_fields_too_large"
+	CodeMethodNotAllowed  = "method_not_allowed"
+	CodeUpstreamFailed    = "upstream_failed"
 )
 
 // Error is an OpenAI-shaped error with its HTTP status. It is what every validation failure in

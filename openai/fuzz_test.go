@@ -6,9 +6,12 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/kvgate/kvgate/openai"
 )
+
+var knownRole = map[string]bool{"system": true, "developer": true, "user": true, "assistant": true, "tool": true, "function": true}
 
 func FuzzParseChatRequest(f *testing.F) {
 	for _, s := range []string{
@@ -16,6 +19,7 @@ func FuzzParseChatRequest(f *testing.F) {
 		`{"messages":[{"role":"user","content":[{"type":"text","text":"x"}]}],"stream":true,"stream_options":{"include_usage":true},"stop":["a"],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"auto"}`,
 		`{"messages":[{"role":"assistant","content":null,"tool_calls":[]}],"max_tokens":1,"n":2,"temperature":0.5,"extra":{"a":[1,2]}}`,
 		`{"messages":[],"stop":3}`, `[]`, `null`, ``, `{"messages":`,
+		`{"messages":[{"role":"wizard","content":"hi"}]}`, "{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}",
 	} {
 		f.Add([]byte(s))
 	}
@@ -27,6 +31,18 @@ func FuzzParseChatRequest(f *testing.F) {
 				t.Fatalf("error %v is not a 400 *Error", err)
 			}
 			return
+		}
+		if !utf8.Valid(body) {
+			t.Fatalf("accepted a body that is not UTF-8: %q", body)
+		}
+		var msgs []struct{ Role string }
+		if err := json.Unmarshal(r.Messages, &msgs); err != nil {
+			t.Fatalf("accepted messages that do not decode: %v", err)
+		}
+		for _, m := range msgs {
+			if !knownRole[m.Role] {
+				t.Fatalf("accepted role %q", m.Role)
+			}
 		}
 		// An accepted request marshals, and what it marshals to is accepted again.
 		out, err := json.Marshal(r)
@@ -48,7 +64,7 @@ func FuzzParseCompletionRequest(f *testing.F) {
 	for _, s := range []string{
 		`{"model":"m","prompt":"hello"}`, `{"prompt":["a","b"],"max_tokens":3}`,
 		`{"prompt":[1,2,3],"stream":true}`, `{"prompt":[[1],[2,3]],"stop":"x"}`,
-		`{"prompt":[]}`, `{"prompt":[-1]}`, `{}`, `"x"`,
+		`{"prompt":[]}`, `{"prompt":[-1]}`, `{}`, `"x"`, "{\"prompt\":\"\xc3(\"}",
 	} {
 		f.Add([]byte(s))
 	}
@@ -60,6 +76,9 @@ func FuzzParseCompletionRequest(f *testing.F) {
 				t.Fatalf("error %v is not a 400 *Error", err)
 			}
 			return
+		}
+		if !utf8.Valid(body) {
+			t.Fatalf("accepted a body that is not UTF-8: %q", body)
 		}
 		out, err := json.Marshal(r)
 		if err != nil {

@@ -76,7 +76,7 @@ func buildRouterCluster(m Model, o Options) (*cluster.Cluster, error) {
 		c.DnsLookupFamily = cluster.Cluster_V4_PREFERRED
 	}
 	if m.RouterTLS != nil {
-		c.TransportSocket = envoy.UpstreamTLS(m.RouterTLS.Cert, m.RouterTLS.Key, m.RouterTLS.CA, m.RouterTLS.SNI)
+		c.TransportSocket = envoy.UpstreamTLS(m.RouterTLS.Cert, m.RouterTLS.Key, m.RouterTLS.CA, m.RouterTLS.ServerName)
 	}
 	return c, nil
 }

@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
-	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/configfile"
+	"github.com/kvgate/kvgate/tlsconfig"
 )
 
 // Model is everything the translation needs: where Envoy listens, where the router is, which
@@ -18,8 +17,10 @@ type Model struct {
 	// Router lists the ext_proc addresses of the kvgate routers, host:port each; hostnames are
 	// resolved by Envoy (STRICT_DNS), IPs are used as they are.
 	Router []string `json:"router"`
-	// RouterTLS, when set, makes Envoy talk to the router over TLS (mTLS with a client cert).
-	RouterTLS *TLSFiles `json:"routerTLS,omitempty"`
+	// RouterTLS, when set, makes Envoy talk to the router over TLS: CA verifies the router's
+	// certificate (for ServerName, default the router's host), Cert and Key are Envoy's
+	// client certificate for mTLS. The paths are on Envoy's host.
+	RouterTLS *tlsconfig.Files `json:"router_tls,omitempty"`
 	// Pools maps a model name to the engines serving it.
 	Pools map[string][]Endpoint `json:"pools,omitempty"`
 	// Options are the tunables, zero values meaning the defaults documented on each field.
@@ -40,7 +41,7 @@ type Endpoint struct {
 	// Workerd is the node daemon's address, carried as endpoint metadata.
 	Workerd string `json:"workerd,omitempty"`
 	// BlockSize is the engine's KV block size in tokens, carried as endpoint metadata.
-	BlockSize int `json:"blockSize,omitempty"`
+	BlockSize int `json:"block_size,omitempty"`
 }
 
 // Roles of an engine.
@@ -49,16 +50,6 @@ const (
 	RolePrefill    = "prefill"
 	RoleDecode     = "decode"
 )
-
-// TLSFiles names PEM files for one side of a TLS connection. Cert and Key together are this
-// side's identity (for a client, mTLS); CA verifies the peer.
-type TLSFiles struct {
-	Cert string `json:"cert,omitempty"`
-	Key  string `json:"key,omitempty"`
-	CA   string `json:"ca,omitempty"`
-	// SNI is the server name a client sends and verifies (client side only).
-	SNI string `json:"sni,omitempty"`
-}
 
 // Body modes of the ext_proc filter, as kvgate spells them.
 const (
@@ -71,32 +62,32 @@ const (
 type Options struct {
 	// RequestBody is how Envoy sends request bodies to the router: buffered (default) or
 	// full-duplex.
-	RequestBody string `json:"requestBody,omitempty"`
+	RequestBody string `json:"request_body,omitempty"`
 	// ResponseBody is how Envoy sends response bodies to the router: streamed (default) or
 	// full-duplex. A full-duplex body has its trailers sent too, as Envoy requires.
-	ResponseBody string `json:"responseBody,omitempty"`
+	ResponseBody string `json:"response_body,omitempty"`
 	// FailureModeAllow lets requests through when the router cannot be reached. Off by
 	// default: without the router there is no endpoint to go to.
-	FailureModeAllow bool `json:"failureModeAllow,omitempty"`
+	FailureModeAllow bool `json:"failure_mode_allow,omitempty"`
 	// MessageTimeout bounds how long Envoy waits for each router reply (default 5s; the
 	// pick waits for a buffered body to be tokenized).
-	MessageTimeout Duration `json:"messageTimeout,omitempty"`
+	MessageTimeout Duration `json:"message_timeout,omitempty"`
 	// StreamIdleTimeout closes a stream silent this long; SSE streams stay silent while a
 	// long prompt prefills, so the default is generous (5m).
-	StreamIdleTimeout Duration `json:"streamIdleTimeout,omitempty"`
+	StreamIdleTimeout Duration `json:"stream_idle_timeout,omitempty"`
 	// RequestTimeout bounds a whole inference request; zero (default) means none, since
 	// generations can run for minutes.
-	RequestTimeout Duration `json:"requestTimeout,omitempty"`
+	RequestTimeout Duration `json:"request_timeout,omitempty"`
 	// ConnectTimeout bounds upstream connects (default 2s).
-	ConnectTimeout Duration `json:"connectTimeout,omitempty"`
+	ConnectTimeout Duration `json:"connect_timeout,omitempty"`
 	// HealthCheckInterval is how often Envoy health-checks the router and the engines
 	// (default 5s).
-	HealthCheckInterval Duration `json:"healthCheckInterval,omitempty"`
+	HealthCheckInterval Duration `json:"health_check_interval,omitempty"`
 	// EngineHealthPath is the HTTP path Envoy health-checks engines on (default /health).
-	EngineHealthPath string `json:"engineHealthPath,omitempty"`
+	EngineHealthPath string `json:"engine_health_path,omitempty"`
 	// MaxRequests caps concurrent requests per upstream cluster (default 100000: inference
 	// streams are long, Envoy's default of 1024 is far too low).
-	MaxRequests uint32 `json:"maxRequests,omitempty"`
+	MaxRequests uint32 `json:"max_requests,omitempty"`
 }
 
 // Duration is a time.Duration written as Go duration text ("250ms", "5m") in YAML and JSON.
@@ -122,13 +113,19 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// ParseModel reads a Model from YAML or JSON, strictly (unknown fields are errors).
-func ParseModel(data []byte) (Model, error) {
+// renamed are old keys of the model that are not simply the camelCase of the new ones.
+var renamed = map[string]string{"sni": "server_name"}
+
+// ParseModel reads a Model from YAML or JSON, strictly: an unknown key is an error naming its
+// line. Keys are snake_case; the old camelCase keys (routerTLS, messageTimeout, ...) and sni
+// are still read, each reported in the returned warnings.
+func ParseModel(data []byte) (Model, []string, error) {
 	var m Model
-	if err := yaml.UnmarshalStrict(data, &m); err != nil {
-		return Model{}, fmt.Errorf("xds model: %w", err)
+	meta, err := configfile.Decode(data, &m, renamed)
+	if err != nil {
+		return Model{}, nil, fmt.Errorf("xds model: %w", err)
 	}
-	return m, nil
+	return m, meta.Warnings, nil
 }
 
 // withDefaults returns o with every zero field replaced by its default.
@@ -158,43 +155,4 @@ func (o Options) withDefaults() Options {
 		o.MaxRequests = 100000
 	}
 	return o
-}
-
-// fileEndpoint is one engine in an endpoints file, for discovery without Consul.
-type fileEndpoint struct {
-	Name      string   `json:"name"`
-	Address   string   `json:"address"`
-	Models    []string `json:"models"`
-	Role      string   `json:"role,omitempty"`
-	BlockSize int      `json:"blockSize,omitempty"`
-	KVEvents  string   `json:"kvEvents,omitempty"`
-	Workerd   string   `json:"workerd,omitempty"`
-	// Healthy defaults to true: a listed engine is assumed up, Envoy's checks do the rest.
-	Healthy *bool `json:"healthy,omitempty"`
-}
-
-// ParseEndpoints reads an endpoints file: a YAML (or JSON) list of engines with name,
-// address (ip:port), models, and optionally role, blockSize, kvEvents, workerd, healthy.
-func ParseEndpoints(data []byte) ([]discovery.Endpoint, error) {
-	var in []fileEndpoint
-	if err := yaml.UnmarshalStrict(data, &in); err != nil {
-		return nil, fmt.Errorf("endpoints file: %w", err)
-	}
-	out := make([]discovery.Endpoint, 0, len(in))
-	for i, e := range in {
-		if e.Address == "" || len(e.Models) == 0 {
-			return nil, fmt.Errorf("endpoints file: entry %d (%q): address and models are required", i, e.Name)
-		}
-		if e.Name == "" {
-			e.Name = e.Address
-		}
-		if e.Role == "" {
-			e.Role = RoleAggregated
-		}
-		out = append(out, discovery.Endpoint{
-			Name: e.Name, Address: e.Address, Models: e.Models, Role: e.Role, BlockSize: e.BlockSize,
-			KVEvents: e.KVEvents, Workerd: e.Workerd, Healthy: e.Healthy == nil || *e.Healthy,
-		})
-	}
-	return out, nil
 }

@@ -3,13 +3,11 @@ package xds
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -29,15 +27,20 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/tlsconfig"
 )
+
+// DefaultListen is where xDS listens unless told otherwise: loopback only.
+const DefaultListen = "127.0.0.1:18000"
 
 // Config configures the xDS server.
 type Config struct {
-	// Listen is the gRPC address Envoy connects to, host:port (Run only).
+	// Listen is the gRPC address Envoy connects to, host:port (Run only; default
+	// DefaultListen, loopback).
 	Listen string
 	// TLS, when Cert and Key are set, serves xDS over TLS; a CA as well requires and verifies
 	// client certificates (mTLS).
-	TLS TLSFiles
+	TLS tlsconfig.Files
 	// Model is the configuration template: listener, router, options. Its Pools are replaced
 	// by what Source reports.
 	Model Model
@@ -84,11 +87,8 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.Model.Router) == 0 {
 		return nil, errors.New("xds: no router address")
 	}
-	if (cfg.TLS.Cert == "") != (cfg.TLS.Key == "") {
-		return nil, errors.New("xds: TLS needs both a certificate and a key")
-	}
-	if cfg.TLS.CA != "" && cfg.TLS.Cert == "" {
-		return nil, errors.New("xds: a client CA needs a server certificate and key too")
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
 	}
 	if cfg.Debounce <= 0 {
 		cfg.Debounce = 100 * time.Millisecond
@@ -101,12 +101,9 @@ func New(cfg Config) (*Server, error) {
 	if res, err := Translate(cfg.Model); res == nil {
 		return nil, err
 	}
-	var tc *tls.Config
-	if cfg.TLS.Cert != "" {
-		var err error
-		if tc, err = serverTLS(cfg.TLS); err != nil {
-			return nil, err
-		}
+	tc, err := cfg.TLS.Server()
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
 	}
 	// Metrics last: a New that fails registers nothing.
 	s := &Server{cfg: cfg, log: log, changed: make(chan struct{}), tls: tc, m: newMetrics(cfg.Registerer)}
@@ -332,29 +329,6 @@ func countJoined(err error) int {
 		return len(j.Unwrap())
 	}
 	return 1
-}
-
-// serverTLS loads the server's certificate and, with a CA, requires client certificates
-// signed by it.
-func serverTLS(f TLSFiles) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
-	if err != nil {
-		return nil, fmt.Errorf("xds: TLS: %w", err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if f.CA != "" {
-		pem, err := os.ReadFile(f.CA)
-		if err != nil {
-			return nil, fmt.Errorf("xds: TLS CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("xds: TLS CA %s: no certificate in it", f.CA)
-		}
-		tc.ClientCAs = pool
-		tc.ClientAuth = tls.RequireAndVerifyClientCert
-	}
-	return tc, nil
 }
 
 // slogAdapter routes go-control-plane's logs to slog, its chatty info as debug.

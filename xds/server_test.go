@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/xds"
 	"github.com/kvgate/kvgate/xds/xdstest"
 )
@@ -207,9 +208,9 @@ func TestNewErrors(t *testing.T) {
 	}{
 		{"no source", xds.Config{Model: xds.Model{Router: []string{"127.0.0.1:9002"}}}},
 		{"no router", xds.Config{Source: src}},
-		{"cert without key", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}}, TLS: xds.TLSFiles{Cert: "c"}}},
-		{"ca without cert", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}}, TLS: xds.TLSFiles{CA: "c"}}},
-		{"missing cert files", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}}, TLS: xds.TLSFiles{Cert: "/nonexistent.crt", Key: "/nonexistent.key"}}},
+		{"cert without key", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}}, TLS: tlsconfig.Files{Cert: "c"}}},
+		{"ca without cert", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}}, TLS: tlsconfig.Files{CA: "c"}}},
+		{"missing cert files", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}}, TLS: tlsconfig.Files{Cert: "/nonexistent.crt", Key: "/nonexistent.key"}}},
 		{"bad template", xds.Config{Source: src, Model: xds.Model{Router: []string{"127.0.0.1:9002"}, Listener: "x"}}},
 	}
 	for _, tt := range tests {

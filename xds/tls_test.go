@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/xds"
 	"github.com/kvgate/kvgate/xds/xdstest"
 )
@@ -83,7 +84,7 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 func TestServerMTLS(t *testing.T) {
 	pki := newPKI(t)
 	src := &pushSource{ch: make(chan []discovery.Endpoint)}
-	_, addr := startServer(t, xds.Config{Source: src, TLS: xds.TLSFiles{Cert: pki.serverCert, Key: pki.serverKey, CA: pki.caFile}})
+	_, addr := startServer(t, xds.Config{Source: src, TLS: tlsconfig.Files{Cert: pki.serverCert, Key: pki.serverKey, CA: pki.caFile}})
 
 	cert, err := tls.LoadX509KeyPair(pki.clientCert, pki.clientKey)
 	if err != nil {

@@ -39,9 +39,12 @@ func TestGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			m, err := xds.ParseModel(data)
+			m, warnings, err := xds.ParseModel(data)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if len(warnings) > 0 {
+				t.Errorf("golden input uses deprecated keys: %q", warnings)
 			}
 			res, problems := xds.Translate(m)
 			if res == nil {
@@ -307,15 +310,17 @@ func TestParseModel(t *testing.T) {
 	tests := []struct {
 		name, in, err string
 	}{
-		{"ok", "router: [\"1.2.3.4:9002\"]\noptions: {messageTimeout: 1s}\n", ""},
-		{"unknown field", "routers: [\"1.2.3.4:9002\"]\n", "unknown field"},
-		{"bad duration", "options: {messageTimeout: 5}\n", "duration"},
-		{"negative duration", "options: {messageTimeout: -1s}\n", "negative"},
+		{"ok", "router: [\"1.2.3.4:9002\"]\noptions: {message_timeout: 1s}\n", ""},
+		{"unknown field", "router: []\n\nrouters: [\"1.2.3.4:9002\"]\n", `line 3: unknown field "routers"`},
+		{"unknown option", "options:\n  message_timeout: 1s\n  mesage_timeout: 1s\n", `line 3: options: unknown field "mesage_timeout"`},
+		{"bad duration", "options: {message_timeout: 5}\n", "line 1: options.message_timeout: duration"},
+		{"negative duration", "options: {message_timeout: -1s}\n", "negative"},
+		{"both spellings", "options: {message_timeout: 1s, messageTimeout: 2s}\n", "given twice"},
 		{"not yaml", "{{{", "xds model"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := xds.ParseModel([]byte(tt.in))
+			_, _, err := xds.ParseModel([]byte(tt.in))
 			if (tt.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.err)) {
 				t.Fatalf("ParseModel error = %v, want %q", err, tt.err)
 			}
@@ -332,7 +337,7 @@ func FuzzTranslate(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		m, err := xds.ParseModel(data)
+		m, _, err := xds.ParseModel(data)
 		if err != nil {
 			return
 		}

@@ -41,7 +41,9 @@ func newBootstrapCmd(g *globals) *cobra.Command {
 	f.StringVar(&t.CA, "tls-ca", "", "connect to xDS over TLS, verifying the server with this CA (path on Envoy's host)")
 	f.StringVar(&t.Cert, "tls-cert", "", "Envoy's client certificate for mTLS (path on Envoy's host)")
 	f.StringVar(&t.Key, "tls-key", "", "key of --tls-cert (path on Envoy's host)")
-	f.StringVar(&t.SNI, "tls-sni", "", "server name to send to the xDS server")
+	f.StringVar(&t.SNI, "tls-server-name", "", "name Envoy sends (SNI) and verifies the xDS server's certificate for")
+	f.StringVar(&t.SNI, "tls-sni", "", "old name of --tls-server-name")
+	_ = f.MarkDeprecated("tls-sni", "use --tls-server-name")
 	_ = cmd.MarkFlagRequired("xds")
 	return cmd
 }

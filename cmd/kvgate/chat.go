@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/kvgate/kvgate/openai"
 )
 
 func init() { register(newChatCmd) }
@@ -64,11 +66,11 @@ func runChat(ctx context.Context, o *chatOptions, in io.Reader, out io.Writer) e
 	}
 	client := &http.Client{}
 	if o.model == "" {
-		m, err := firstModel(ctx, client, base, o.apiKey)
+		m, err := openai.ListModels(ctx, client, base, o.apiKey)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w; pass --model", err)
 		}
-		o.model = m
+		o.model = m[0]
 	}
 	fmt.Fprintf(out, "chatting with %s at %s (/reset clears the history, /quit leaves)\n", o.model, base)
 	var history []chatMessage
@@ -140,16 +142,19 @@ func chatTurn(ctx context.Context, client *http.Client, base string, o *chatOpti
 		return "", fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
 	}
 	var reply strings.Builder
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		data, ok := strings.CutPrefix(sc.Text(), "data:")
-		if !ok {
-			continue
+	events := openai.NewSSEReader(resp.Body)
+	done := false
+	for !done {
+		data, err := events.Next()
+		if errors.Is(err, io.EOF) {
+			return reply.String(), errors.New("the stream ended without [DONE]")
 		}
-		data = strings.TrimSpace(data)
-		if data == "[DONE]" {
-			break
+		if err != nil {
+			return reply.String(), err
+		}
+		if bytes.Equal(data, openai.Done) {
+			done = true
+			continue
 		}
 		var chunk struct {
 			Choices []struct {
@@ -161,7 +166,7 @@ func chatTurn(ctx context.Context, client *http.Client, base string, o *chatOpti
 				Message string `json:"message"`
 			} `json:"error"`
 		}
-		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
+		if err := json.Unmarshal(data, &chunk); err != nil {
 			return reply.String(), fmt.Errorf("bad chunk: %w", err)
 		}
 		if chunk.Error != nil {
@@ -171,9 +176,6 @@ func chatTurn(ctx context.Context, client *http.Client, base string, o *chatOpti
 			reply.WriteString(c.Delta.Content)
 			fmt.Fprint(out, c.Delta.Content)
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return reply.String(), err
 	}
 	if id := resp.Header.Get("x-kvgate-endpoint"); id != "" {
 		fmt.Fprintf(out, "\n  [served by %s, cached blocks %s]", id, orDash(resp.Header.Get("x-kvgate-cached-blocks")))
@@ -186,31 +188,4 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func firstModel(ctx context.Context, client *http.Client, base, key string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/models", nil)
-	if err != nil {
-		return "", err
-	}
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("listing models: %w", err)
-	}
-	defer resp.Body.Close()
-	var list struct {
-		Data []struct {
-			ID string `json:"id"`
-		} `json:"data"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
-		return "", fmt.Errorf("listing models: %w", err)
-	}
-	if len(list.Data) == 0 {
-		return "", errors.New("the server lists no models; pass --model")
-	}
-	return list.Data[0].ID, nil
 }

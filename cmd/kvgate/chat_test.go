@@ -14,7 +14,7 @@ import (
 
 // TestChat drives runChat against a fake OpenAI server: the reply streams to the output, the
 // history is resent on the next turn, /reset clears it, and an HTTP error is shown without
-// ending the session.
+// ending the session, and a stream cut before [DONE] is an error, not a reply.
 func TestChat(t *testing.T) {
 	var mu sync.Mutex
 	var got [][]chatMessage
@@ -42,6 +42,10 @@ func TestChat(t *testing.T) {
 		}
 		w.Header().Set("Content-Type", "text/event-stream")
 		w.Header().Set("x-kvgate-endpoint", "10.0.0.1:8000")
+		if strings.Contains(req.Messages[len(req.Messages)-1].Content, "cut") {
+			fmt.Fprint(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"half\"}}]}\n\n")
+			return // the stream ends without [DONE]: an engine died
+		}
 		for _, piece := range []string{"re", fmt.Sprint("ply", n)} {
 			fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":%q}}]}\n\n", piece)
 			w.(http.Flusher).Flush()
@@ -50,14 +54,14 @@ func TestChat(t *testing.T) {
 	}))
 	defer srv.Close()
 
-	in := strings.NewReader("hello\n\nagain\nfail\n/reset\nfresh\n/quit\nnever sent\n")
+	in := strings.NewReader("hello\n\nagain\nfail\ncut\n/reset\nfresh\n/quit\nnever sent\n")
 	var out strings.Builder
 	o := &chatOptions{url: srv.URL + "/v1", system: "be brief", maxTokens: 8, timeout: 10 * time.Second}
 	if err := runChat(context.Background(), o, in, &out); err != nil {
 		t.Fatal(err)
 	}
 	text := out.String()
-	for _, want := range []string{"chatting with m1", "reply1", "reply2", "served by 10.0.0.1:8000", "error: HTTP 503", "(history cleared)", "reply4"} {
+	for _, want := range []string{"chatting with m1", "reply1", "reply2", "served by 10.0.0.1:8000", "error: HTTP 503", "error: the stream ended without [DONE]", "(history cleared)", "reply5"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q:\n%s", want, text)
 		}
@@ -73,6 +77,7 @@ func TestChat(t *testing.T) {
 		"system:be brief|user:hello",
 		"system:be brief|user:hello|assistant:reply1|user:again",
 		"system:be brief|user:hello|assistant:reply1|user:again|assistant:reply2|user:fail",
+		"system:be brief|user:hello|assistant:reply1|user:again|assistant:reply2|user:cut",
 		"system:be brief|user:fresh",
 	}
 	if len(got) != len(want) {

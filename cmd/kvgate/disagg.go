@@ -5,17 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/kvgate/kvgate/engine/sim"
 	"github.com/kvgate/kvgate/replay"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/sidecar"
-	"github.com/kvgate/kvgate/tokenizer"
 )
 
 // disaggFlags are the router's conditional-disaggregation thresholds (kvgate router, up).
@@ -72,27 +69,8 @@ func (p *pdUpFlags) start(ctx context.Context, grp *errgroup.Group, log *slog.Lo
 		return nil, errors.New("--prefill-engines and --decode-engines go together, each at least 1")
 	}
 	var eps []router.Endpoint
-	newSim := func(name string) (*sim.Server, router.Endpoint, error) {
-		cfg := sim.ServerConfig{Addr: "127.0.0.1:0", Model: o.simModel, KVEvents: "tcp://" + net.JoinHostPort(o.kvHost, "0")}
-		cfg.Engine.Timing = sim.DefaultTiming
-		cfg.Engine.Timing.Speed = o.simSpeed
-		cfg.Engine.NumBlocks = o.simBlocks
-		s, err := sim.NewServer(cfg, log.With("engine", name), nil)
-		if err != nil {
-			return nil, router.Endpoint{}, fmt.Errorf("engine %s: %w", name, err)
-		}
-		grp.Go(func() error { return s.Run(ctx) })
-		block := cfg.Engine.BlockSize
-		if block == 0 {
-			block = tokenizer.DefaultBlockSize
-		}
-		return s, router.Endpoint{
-			Name: name, Address: s.Addr(), Models: []string{o.simModel}, BlockSize: block,
-			KVEvents: s.KVEventsAddr(), MetricsURL: "http://" + s.Addr() + "/metrics",
-		}, nil
-	}
 	for i := range p.prefill {
-		_, ep, err := newSim(fmt.Sprintf("prefill-%d", i))
+		_, ep, err := startSim(ctx, grp, log, o, fmt.Sprintf("prefill-%d", i))
 		if err != nil {
 			return nil, err
 		}
@@ -107,7 +85,7 @@ func (p *pdUpFlags) start(ctx context.Context, grp *errgroup.Group, log *slog.Lo
 	known := sidecar.NewPrefillSet(prefills...)
 	for i := range p.decode {
 		name := fmt.Sprintf("decode-%d", i)
-		s, ep, err := newSim(name)
+		s, ep, err := startSim(ctx, grp, log, o, name)
 		if err != nil {
 			return nil, err
 		}

@@ -54,7 +54,8 @@ func routerEndpoints(eps []discovery.Endpoint) []router.Endpoint {
 		}
 		out = append(out, router.Endpoint{
 			Name: e.Name, Address: e.Address, Models: slices.Clone(e.Models), Role: role,
-			BlockSize: e.BlockSize, KVEvents: e.KVEvents, KVReplay: e.KVReplay, Workerd: e.Workerd,
+			BlockSize: e.BlockSize, KVEvents: e.KVEvents, KVBind: e.KVBind, KVReplay: e.KVReplay,
+			KVTopic: e.KVTopic, MetricsURL: e.MetricsURL, Workerd: e.Workerd,
 		})
 	}
 	return out

@@ -2,26 +2,21 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/url"
-	"os"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	"sigs.k8s.io/yaml"
 
+	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
+	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -43,7 +38,7 @@ type endpointFlags struct {
 func (e *endpointFlags) add(cmd *cobra.Command, withFile bool) {
 	f := cmd.Flags()
 	if withFile {
-		f.StringVar(&e.file, "endpoints", "", "YAML or JSON file listing endpoints (fields: name, address, models, role, block_size, kv_events, kv_bind, kv_replay, kv_topic, metrics_url, workerd)")
+		f.StringVar(&e.file, "endpoints", "", "endpoints file (YAML or JSON list; keys name, address, models, role, block_size, kv_events, kv_bind, kv_replay, kv_topic, metrics_url, workerd, healthy: docs/CONFIGURATION.md), the same file 'kvgate xds' reads; edits are picked up within a second")
 	}
 	f.StringArrayVar(&e.urls, "endpoint", nil, "engine to route to, as URL or host:port (repeatable)")
 	f.StringArrayVar(&e.kvEvents, "kv-events", nil, "ZMQ KV-event publisher of the --endpoint at the same position, e.g. tcp://10.0.0.5:5557; prefix bind: for engines that dial (bind:tcp://127.0.0.1:5557); 'none' for an engine without events (repeatable)")
@@ -52,84 +47,16 @@ func (e *endpointFlags) add(cmd *cobra.Command, withFile bool) {
 	f.StringVar(&e.role, "role", string(router.RoleAggregated), "role of the --endpoint engines: aggregated, prefill or decode")
 }
 
-// endpointFile is the on-disk form of one router.Endpoint.
-type endpointFile struct {
-	Name       string   `json:"name"`
-	Address    string   `json:"address"`
-	Models     []string `json:"models"`
-	Role       string   `json:"role"`
-	BlockSize  int      `json:"block_size"`
-	KVEvents   string   `json:"kv_events"`
-	KVBind     bool     `json:"kv_bind"`
-	KVReplay   string   `json:"kv_replay"`
-	KVTopic    string   `json:"kv_topic"`
-	MetricsURL string   `json:"metrics_url"`
-	Workerd    string   `json:"workerd"`
-}
-
-// loadEndpointsFile reads a YAML or JSON list of endpoints (or {endpoints: [...]}).
-func loadEndpointsFile(path string) ([]router.Endpoint, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	j, err := yaml.YAMLToJSON(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	var list []endpointFile
-	if err := json.Unmarshal(j, &list); err != nil {
-		var wrapped struct {
-			Endpoints []endpointFile `json:"endpoints"`
-		}
-		if err2 := json.Unmarshal(j, &wrapped); err2 != nil {
-			return nil, fmt.Errorf("%s: want a list of endpoints: %w", path, err)
-		}
-		list = wrapped.Endpoints
-	}
-	out := make([]router.Endpoint, 0, len(list))
-	for i, e := range list {
-		if e.Address = hostPort(e.Address); e.Address == "" {
-			return nil, fmt.Errorf("%s: endpoint %d has no address", path, i)
-		}
-		if e.Name == "" {
-			e.Name = e.Address
-		}
-		if e.Role == "" {
-			e.Role = string(router.RoleAggregated)
-		}
-		if e.BlockSize == 0 {
-			e.BlockSize = tokenizer.DefaultBlockSize
-		}
-		if e.BlockSize < 0 {
-			return nil, fmt.Errorf("%s: endpoint %s: negative block_size", path, e.Address)
-		}
-		out = append(out, router.Endpoint{
-			Name: e.Name, Address: e.Address, Models: e.Models, Role: router.Role(e.Role),
-			BlockSize: e.BlockSize, KVEvents: e.KVEvents, KVBind: e.KVBind, KVReplay: e.KVReplay,
-			KVTopic: e.KVTopic, MetricsURL: e.MetricsURL, Workerd: e.Workerd,
-		})
-	}
-	return out, nil
-}
-
 // endpoints builds the endpoint list from the flags.
 func (e *endpointFlags) endpoints(ctx context.Context, log *slog.Logger) ([]router.Endpoint, error) {
 	var out []router.Endpoint
-	if e.file != "" {
-		eps, err := loadEndpointsFile(e.file)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, eps...)
-	}
 	if len(e.kvEvents) > len(e.urls) {
 		return nil, fmt.Errorf("%d --kv-events for %d --endpoint: they pair by order", len(e.kvEvents), len(e.urls))
 	}
 	for i, u := range e.urls {
-		addr := hostPort(u)
-		if addr == "" {
-			return nil, fmt.Errorf("--endpoint %q: want a URL or host:port", u)
+		addr, err := discovery.HostPort(u)
+		if err != nil {
+			return nil, fmt.Errorf("--endpoint: %w", err)
 		}
 		ep := router.Endpoint{
 			Name: addr, Address: addr, Role: router.Role(e.role), BlockSize: e.blockSize,
@@ -142,7 +69,9 @@ func (e *endpointFlags) endpoints(ctx context.Context, log *slog.Logger) ([]rout
 			}
 		}
 		if len(ep.Models) == 0 {
-			m, err := engineModels(ctx, addr)
+			wait, cancel := context.WithTimeout(ctx, 30*time.Second)
+			m, err := openai.WaitModels(wait, http.DefaultClient, "http://"+addr, "", 250*time.Millisecond)
+			cancel()
 			if err != nil {
 				return nil, fmt.Errorf("--endpoint %s: %w (or pass --served-model)", u, err)
 			}
@@ -150,65 +79,6 @@ func (e *endpointFlags) endpoints(ctx context.Context, log *slog.Logger) ([]rout
 		}
 		log.Info("endpoint", "address", ep.Address, "models", ep.Models, "kv_events", ep.KVEvents)
 		out = append(out, ep)
-	}
-	return out, nil
-}
-
-// hostPort turns "http://h:p/..." or "h:p" into "h:p".
-func hostPort(s string) string {
-	if strings.Contains(s, "://") {
-		u, err := url.Parse(s)
-		if err != nil {
-			return ""
-		}
-		return u.Host
-	}
-	return strings.TrimRight(s, "/")
-}
-
-// engineModels asks an engine which models it serves, retrying for a while as engines start.
-func engineModels(ctx context.Context, addr string) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var last error
-	for {
-		m, err := fetchModels(ctx, addr)
-		if err == nil {
-			return m, nil
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("asking /v1/models: %w", last)
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-}
-
-func fetchModels(ctx context.Context, addr string) ([]string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/models", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var list struct {
-		Data []struct {
-			ID string `json:"id"`
-		} `json:"data"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, d := range list.Data {
-		out = append(out, d.ID)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no models listed")
 	}
 	return out, nil
 }
@@ -250,35 +120,12 @@ func (r *routerFlags) config(eps []router.Endpoint) (router.Config, error) {
 	return cfg, nil
 }
 
-// newRegistry is a Prometheus registry with the Go and process collectors.
-func newRegistry() *prometheus.Registry {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg
-}
-
-// serveRouterMetrics serves reg on addr until ctx ends.
-func serveRouterMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("metrics: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	log.Info("metrics listening", "addr", lis.Addr().String())
-	go func() { <-ctx.Done(); _ = srv.Close() }()
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
-}
-
 type routerOptions struct {
 	grpc, http, metrics string
 	maxBody             int
 	extproc             extproc.Config
 	tls                 tlsconfig.Files
+	httpTLS             tlsconfig.Files
 	eps                 endpointFlags
 	rt                  routerFlags
 	consul              consulFlags
@@ -300,7 +147,8 @@ following them as they come and go; an engine that names its workerd sends its K
 (with a snapshot on every connect) and its load through that workerd's relay. See
 docs/DISCOVERY.md.`,
 		Example: `  kvgate router --endpoint http://10.0.0.5:8000 --kv-events tcp://10.0.0.5:5557 --http :8000
-  kvgate router --consul 127.0.0.1:8500 --http :8000 --metrics :9090`,
+  kvgate router --endpoints engines.yaml --http 127.0.0.1:8000
+  kvgate router --consul 127.0.0.1:8500 --http :8000 --metrics-addr :9090`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runRouter(cmd.Context(), g.log, o) },
 	}
@@ -311,7 +159,8 @@ docs/DISCOVERY.md.`,
 	f.DurationVar(&o.extproc.IdleTimeout, "stream-idle-timeout", extproc.DefaultIdleTimeout, "close ext_proc streams silent for this long (negative: never)")
 	f.Int64Var(&o.extproc.MaxBufferedBytes, "max-buffered-bytes", extproc.DefaultMaxBufferedBytes, "request body bytes buffered across all ext_proc streams; past it, 503")
 	f.StringVar(&o.http, "http", "", "also serve the OpenAI gateway on this address (e.g. 127.0.0.1:8000)")
-	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics on this address (e.g. :9090)")
+	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
+	addMetricsFlag(f, &o.metrics, "router, ext_proc and gateway")
 	f.IntVar(&o.maxBody, "max-body-bytes", extproc.DefaultMaxBodyBytes, "largest request body accepted")
 	o.eps.add(cmd, true)
 	o.rt.add(cmd)
@@ -325,14 +174,14 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 	if err != nil {
 		return err
 	}
-	disc, err := o.consul.source(log)
+	disc, fileEps, err := o.discovery(log)
 	if err != nil {
 		return err
 	}
 	if len(eps) == 0 && disc == nil {
 		return errors.New("no endpoints: pass --endpoints FILE, --endpoint URL or --consul ADDR")
 	}
-	cfg, err := o.rt.config(eps)
+	cfg, err := o.rt.config(append(slices.Clone(eps), fileEps...))
 	if err != nil {
 		return err
 	}
@@ -362,18 +211,54 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		grp.Go(func() error { return followDiscovery(ctx, disc, eps, rt, log) })
 	}
 	if o.http != "" {
-		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), Gatherer: reg}, rt, log, reg)
+		gwTLS, err := o.httpTLS.Server()
+		if err != nil {
+			return fmt.Errorf("--http-tls-*: %w", err)
+		}
+		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
 		if err != nil {
 			return err
 		}
 		grp.Go(func() error { return gw.Run(ctx) })
 	}
 	if o.metrics != "" {
-		grp.Go(func() error { return serveRouterMetrics(ctx, o.metrics, reg, log) })
+		grp.Go(func() error { return serveMetrics(ctx, o.metrics, reg, log) })
 	}
 	err = grp.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
+}
+
+// discovery returns the source the router follows (the endpoints file, Consul, or both) and
+// the file's engines as loaded now, so that the router starts with them; nil when neither
+// flag is given.
+func (o *routerOptions) discovery(log *slog.Logger) (discovery.Source, []router.Endpoint, error) {
+	var (
+		srcs    discovery.Join
+		initial []router.Endpoint
+	)
+	if o.eps.file != "" {
+		f, err := discovery.NewFile(o.eps.file, 0, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		srcs = append(srcs, f)
+		initial = routerEndpoints(f.Endpoints())
+	}
+	c, err := o.consul.source(log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c != nil {
+		srcs = append(srcs, c)
+	}
+	switch len(srcs) {
+	case 0:
+		return nil, nil, nil
+	case 1:
+		return srcs[0], initial, nil
+	}
+	return srcs, initial, nil
 }

@@ -1,90 +1,171 @@
 package main
 
 import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
+	"strings"
 	"testing"
+	"time"
 
-	"github.com/kvgate/kvgate/router"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/kvgate/kvgate/tokenizer"
+	"github.com/kvgate/kvgate/xds"
+	"github.com/kvgate/kvgate/xds/xdstest"
 )
 
-func TestLoadEndpointsFile(t *testing.T) {
-	cases := []struct {
-		name, text string
-		want       []router.Endpoint
-		err        bool
-	}{
-		{"yaml list", `
-- name: gpu0
-  address: http://10.0.0.5:8000
-  models: [m]
-  kv_events: tcp://10.0.0.5:5557
-  kv_bind: true
-- address: 10.0.0.6:8000
-  role: decode
-  block_size: 32
-`, []router.Endpoint{
-			{Name: "gpu0", Address: "10.0.0.5:8000", Models: []string{"m"}, Role: router.RoleAggregated, BlockSize: 16, KVEvents: "tcp://10.0.0.5:5557", KVBind: true},
-			{Name: "10.0.0.6:8000", Address: "10.0.0.6:8000", Role: router.RoleDecode, BlockSize: 32},
-		}, false},
-		{"json wrapped", `{"endpoints":[{"address":"a:1","metrics_url":"http://a:1/metrics"}]}`,
-			[]router.Endpoint{{Name: "a:1", Address: "a:1", Role: router.RoleAggregated, BlockSize: 16, MetricsURL: "http://a:1/metrics"}}, false},
-		{"no address", `[{"name":"x"}]`, nil, true},
-		{"not a list", `42`, nil, true},
-		{"bad yaml", "- [", nil, true},
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			p := filepath.Join(t.TempDir(), "eps.yaml")
-			if err := os.WriteFile(p, []byte(c.text), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			got, err := loadEndpointsFile(p)
-			if (err != nil) != c.err {
-				t.Fatalf("err %v, want error %v", err, c.err)
-			}
-			if !c.err && !reflect.DeepEqual(got, c.want) {
-				t.Errorf("got %+v\nwant %+v", got, c.want)
-			}
-		})
-	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
-func TestHostPort(t *testing.T) {
-	for in, want := range map[string]string{
-		"http://10.0.0.5:8000":     "10.0.0.5:8000",
-		"http://10.0.0.5:8000/v1/": "10.0.0.5:8000",
-		"10.0.0.5:8000":            "10.0.0.5:8000",
-		"10.0.0.5:8000/":           "10.0.0.5:8000",
-		"http://[::1]:80":          "[::1]:80",
-	} {
-		if got := hostPort(in); got != want {
-			t.Errorf("hostPort(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
-// FuzzLoadEndpointsFile checks the endpoint file loader never panics and never returns an
-// endpoint without an address.
-func FuzzLoadEndpointsFile(f *testing.F) {
-	f.Add([]byte("- address: a:1\n  models: [m]\n"))
-	f.Add([]byte(`{"endpoints":[{"address":"a:1"}]}`))
-	f.Add([]byte(`[{"address":"http://x:1","kv_bind":true,"block_size":-3}]`))
-	dir := f.TempDir()
-	f.Fuzz(func(t *testing.T, data []byte) {
-		p := filepath.Join(dir, "eps.yaml")
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		eps, err := loadEndpointsFile(p)
-		if err != nil {
-			return
-		}
-		for _, e := range eps {
-			if e.Name == "" || e.Role == "" || e.Address == "" || e.BlockSize <= 0 {
-				t.Fatalf("endpoint without defaults: %+v", e)
-			}
+// runCmd runs a kvgate subcommand with args until the test ends; it must then return nil.
+func runCmd(t *testing.T, newCmd func(*globals) *cobra.Command, args ...string) {
+	t.Helper()
+	cmd := newCmd(&globals{log: slog.New(slog.DiscardHandler)})
+	cmd.SetArgs(args)
+	cmd.SetOut(io.Discard)
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", cmd.Name(), err)
 		}
 	})
+}
+
+func get(url string) string {
+	resp, err := http.Get(url)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// edsBlockSizes returns address -> block_size metadata of the model's EDS pool.
+func edsBlockSizes(t *testing.T, s xdstest.State, model string) map[string]float64 {
+	a := s.Resources[xdstest.EndpointType][xds.ModelCluster(model)]
+	if a == nil {
+		return nil
+	}
+	var cla endpoint.ClusterLoadAssignment
+	if err := a.UnmarshalTo(&cla); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, l := range cla.GetEndpoints() {
+		for _, e := range l.GetLbEndpoints() {
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			md := e.GetMetadata().GetFilterMetadata()["kvgate"].GetFields()["block_size"]
+			out[sa.GetAddress()] = md.GetNumberValue()
+		}
+	}
+	return out
+}
+
+// TestEndpointsFileFeedsRouterAndXDS: one endpoints file, in the spelling 'kvgate xds' used
+// to read (blockSize), feeds both 'kvgate router' and 'kvgate xds'; an edit reaches the
+// router (its /metrics and /v1/models) and Envoy (EDS over ADS) without a restart.
+func TestEndpointsFileFeedsRouterAndXDS(t *testing.T) {
+	model := tokenizer.DefaultModel
+	path := filepath.Join(t.TempDir(), "engines.yaml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(path+".tmp", []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("- {name: e1, address: \"127.0.0.11:8000\", models: [\"" + model + "\"], blockSize: 32}\n")
+
+	httpAddr, metricsAddr, xdsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	runCmd(t, newRouterCmd, "--endpoints", path, "--grpc", "127.0.0.1:0", "--http", httpAddr, "--metrics", metricsAddr)
+	runCmd(t, newXDSCmd, "--endpoints", path, "--router", "127.0.0.1:9002", "--listen", xdsAddr)
+
+	waitFor(t, "the router to route to e1", func() bool {
+		return strings.Contains(get("http://"+metricsAddr+"/metrics"), `endpoint="e1"`)
+	})
+	waitFor(t, "xds to listen", func() bool {
+		c, err := net.Dial("tcp", xdsAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := xdstest.Dial(t, conn, "envoy-0", "edge", false)
+	c.WaitFor(10*time.Second, "e1 with block size 32", func(s xdstest.State) bool {
+		return edsBlockSizes(t, s, model)["127.0.0.11"] == 32
+	})
+
+	write("- {name: e1, address: \"127.0.0.11:8000\", models: [\"" + model + "\"], block_size: 32}\n" +
+		"- {name: e2, address: \"127.0.0.12:8000\", models: [\"" + model + "\", extra], block_size: 16}\n")
+	waitFor(t, "the router to pick up e2", func() bool {
+		return strings.Contains(get("http://"+metricsAddr+"/metrics"), `endpoint="e2"`) &&
+			strings.Contains(get("http://"+httpAddr+"/v1/models"), `"extra"`)
+	})
+	c.WaitFor(10*time.Second, "e2 in EDS", func(s xdstest.State) bool {
+		b := edsBlockSizes(t, s, model)
+		return b["127.0.0.11"] == 32 && b["127.0.0.12"] == 16
+	})
+}
+
+// TestEndpointsFileStrict: a key the schema does not know stops the router at start with its
+// line, instead of being ignored (block size silently 16, events silently off).
+func TestEndpointsFileStrict(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "engines.yaml")
+	if err := os.WriteFile(path, []byte("- address: 127.0.0.1:8000\n  models: [m]\n  kv_event: tcp://127.0.0.1:5557\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		newCmd func(*globals) *cobra.Command
+		args   []string
+	}{
+		{newRouterCmd, []string{"--endpoints", path, "--grpc", "127.0.0.1:0"}},
+		{newXDSCmd, []string{"--endpoints", path, "--router", "127.0.0.1:9002", "--listen", "127.0.0.1:0"}},
+	} {
+		cmd := tc.newCmd(&globals{log: slog.New(slog.DiscardHandler)})
+		cmd.SetArgs(tc.args)
+		cmd.SilenceUsage, cmd.SilenceErrors = true, true
+		err := cmd.ExecuteContext(context.Background())
+		if err == nil || !strings.Contains(err.Error(), `line 3: [0]: unknown field "kv_event"`) {
+			t.Errorf("%s: err = %v", cmd.Name(), err)
+		}
+	}
 }

@@ -64,7 +64,7 @@ another one is refused (403). See docs/DISAGG.md.`,
 				})
 			}
 			if metrics != "" {
-				grp.Go(func() error { return serveRouterMetrics(ctx, metrics, reg, g.log) })
+				grp.Go(func() error { return serveMetrics(ctx, metrics, reg, g.log) })
 			}
 			return grp.Wait()
 		},

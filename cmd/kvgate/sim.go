@@ -7,8 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/engine"
@@ -61,8 +59,7 @@ step-time model of an 8B model on one H100. See docs/SIM.md.`,
 			}
 			timing.Speed = speed
 			cfg.Engine.Timing = timing
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			reg := newRegistry()
 			s, err := sim.NewServer(cfg, g.log, reg)
 			if err != nil {
 				return err

@@ -16,6 +16,7 @@ import (
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/router"
+	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
@@ -30,6 +31,7 @@ type upOptions struct {
 	simBlocks int
 	kvHost    string
 	maxBody   int
+	httpTLS   tlsconfig.Files
 	eps       endpointFlags
 	rt        routerFlags
 	pd        pdUpFlags
@@ -63,6 +65,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	f.IntVar(&o.simBlocks, "sim-kv-blocks", 0, "KV cache capacity of each simulated engine in blocks (0: derived from 80 GiB)")
 	f.StringVar(&o.kvHost, "kv-host", "127.0.0.1", "host the simulated engines bind their KV-event publishers on (each on a free port)")
 	f.IntVar(&o.maxBody, "max-body-bytes", gateway.DefaultMaxBodyBytes, "largest request body accepted")
+	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
 	o.eps.add(cmd, false)
 	o.rt.add(cmd)
 	o.pd.add(cmd)
@@ -91,24 +94,12 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 			return errors.New("--engines must be at least 1")
 		}
 		for i := range o.engines {
-			cfg := sim.ServerConfig{Addr: "127.0.0.1:0", Model: o.simModel, KVEvents: "tcp://" + net.JoinHostPort(o.kvHost, "0")}
-			cfg.Engine.Timing = sim.DefaultTiming
-			cfg.Engine.Timing.Speed = o.simSpeed
-			cfg.Engine.NumBlocks = o.simBlocks
-			s, err := sim.NewServer(cfg, log.With("engine", i), nil)
+			_, ep, err := startSim(ctx, grp, log, o, fmt.Sprintf("sim-%d", i))
 			if err != nil {
-				return fmt.Errorf("engine %d: %w", i, err)
+				return err
 			}
-			grp.Go(func() error { return s.Run(ctx) })
-			block := cfg.Engine.BlockSize
-			if block == 0 {
-				block = tokenizer.DefaultBlockSize
-			}
-			eps = append(eps, router.Endpoint{
-				Name: fmt.Sprintf("sim-%d", i), Address: s.Addr(), Models: []string{o.simModel},
-				Role: router.RoleAggregated, BlockSize: block, KVEvents: s.KVEventsAddr(),
-				MetricsURL: "http://" + s.Addr() + "/metrics",
-			})
+			ep.Role = router.RoleAggregated
+			eps = append(eps, ep)
 		}
 	}
 
@@ -129,7 +120,11 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	}
 	grp.Go(func() error { return rt.Run(ctx) })
 
-	gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), Gatherer: reg}, rt, log, reg)
+	gwTLS, err := o.httpTLS.Server()
+	if err != nil {
+		return fmt.Errorf("--http-tls-*: %w", err)
+	}
+	gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
 	if err != nil {
 		return err
 	}
@@ -156,7 +151,11 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		for _, e := range eps {
 			fmt.Fprintf(&b, "  engine %-8s http://%s  kv-events %s\n", e.Name, e.Address, orDash(e.KVEvents))
 		}
-		fmt.Fprintf(&b, "  OpenAI API  http://%s/v1   (metrics: http://%s/metrics)\n", addr, addr)
+		scheme := "http"
+		if gwTLS != nil {
+			scheme = "https"
+		}
+		fmt.Fprintf(&b, "  OpenAI API  %s://%s/v1   (metrics: %[1]s://%[3]s/metrics)\n", scheme, addr, addr)
 		if xp != nil {
 			if xa, err := xp.Addr(ctx); err == nil {
 				fmt.Fprintf(&b, "  ext_proc    %s (gRPC)\n", xa)
@@ -173,4 +172,26 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		return nil
 	}
 	return err
+}
+
+// startSim starts one simulated engine of kvgate up in grp (KV events on a free port of
+// --kv-host) and returns it with its router endpoint (role left to the caller).
+func startSim(ctx context.Context, grp *errgroup.Group, log *slog.Logger, o *upOptions, name string) (*sim.Server, router.Endpoint, error) {
+	cfg := sim.ServerConfig{Addr: "127.0.0.1:0", Model: o.simModel, KVEvents: "tcp://" + net.JoinHostPort(o.kvHost, "0")}
+	cfg.Engine.Timing = sim.DefaultTiming
+	cfg.Engine.Timing.Speed = o.simSpeed
+	cfg.Engine.NumBlocks = o.simBlocks
+	s, err := sim.NewServer(cfg, log.With("engine", name), nil)
+	if err != nil {
+		return nil, router.Endpoint{}, fmt.Errorf("engine %s: %w", name, err)
+	}
+	grp.Go(func() error { return s.Run(ctx) })
+	block := cfg.Engine.BlockSize
+	if block == 0 {
+		block = tokenizer.DefaultBlockSize
+	}
+	return s, router.Endpoint{
+		Name: name, Address: s.Addr(), Models: []string{o.simModel}, BlockSize: block,
+		KVEvents: s.KVEventsAddr(), MetricsURL: "http://" + s.Addr() + "/metrics",
+	}, nil
 }

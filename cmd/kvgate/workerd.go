@@ -5,15 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/gpu"
@@ -98,8 +93,7 @@ over gRPC, and registers each one in Consul. Engines come from --config (YAML) a
 			}
 
 			ctx := cmd.Context()
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			reg := newRegistry()
 			mon, err := gpu.NewMonitor(ctx, gpu.NewNVML(), 10*time.Second, reg, g.log)
 			if err != nil {
 				return err
@@ -110,14 +104,11 @@ over gRPC, and registers each one in Consul. Engines come from --config (YAML) a
 				return err
 			}
 			if metricsAddr != "" {
-				lis, err := net.Listen("tcp", metricsAddr)
+				ms, err := listenMetrics(metricsAddr, reg, g.log)
 				if err != nil {
 					return fmt.Errorf("--metrics-addr: %w", err)
 				}
-				srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
-				go func() { _ = srv.Serve(lis) }()
-				defer srv.Close()
-				g.log.Info("metrics listening", "addr", lis.Addr().String())
+				go func() { _ = ms.Serve(ctx) }()
 			}
 			return w.Run(ctx)
 		},
