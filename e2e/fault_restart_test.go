@@ -125,12 +125,15 @@ func TestFaultRestarts(t *testing.T) {
 	retriedBefore := metric(t, base, gateway.MetricRetries)
 	load = startStreamLoad(ctx, f3, 4, 30*time.Second, send)
 	load.waitSent(t, 4)
+	restart := time.Now()
 	agent.Restart()
 	waitConsul(t, agent.Client, "both engines registered again", bothPassing)
 	waitUntil(t, "the router to count both engines healthy again", func() bool {
 		return metric(t, base, router.MetricHealthy) == 2
 	})
 	_, _, failedBack, _ := f3.snapshot()
+	t.Logf("Consul restart: %d requests failed in the %v from the restart until the router had both engines again",
+		failedBack, time.Since(restart).Round(time.Millisecond))
 	sent, _, _, _ = f3.snapshot()
 	load.waitSent(t, sent+8)
 	load.stop()
