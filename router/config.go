@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
@@ -81,6 +82,10 @@ type Config struct {
 	DisaggMinUncachedRatio  float64
 	DisaggMaxPrefillTokens  int64
 	DisaggMaxPrefillQueue   float64
+
+	// KVEventLimits bounds what an engine's KV-event publisher (or replay socket) may send
+	// the router's ZMQ subscribers; zero fields take engine's defaults (64 MiB).
+	KVEventLimits engine.ZMQLimits
 
 	// Seed seeds tie-breaking and sampling; 0 picks a random seed.
 	Seed uint64

@@ -28,8 +28,9 @@ type Router struct {
 	cfg    Config
 	log    *slog.Logger
 	m      *metrics
-	index  *kvindex.Index  // exact, from KV events
-	approx *kvindex.Approx // endpoints without events: prompt blocks routed there
+	zmq    *engine.ZMQMetrics // connections the KV-event subscribers reject
+	index  *kvindex.Index     // exact, from KV events
+	approx *kvindex.Approx    // endpoints without events: prompt blocks routed there
 	// pending: endpoints with events, prompt blocks routed there in the last PendingTTL,
 	// whose BlockStored events may not have arrived yet (the prefill is still running).
 	pending *kvindex.Approx
@@ -77,6 +78,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Router, erro
 	}
 	r.index = kvindex.New(reg)
 	r.m = newMetrics(reg, r)
+	r.zmq = engine.NewZMQMetrics(reg)
 	r.pool.New = func() any { return &scratch{} }
 	if err := r.setEndpoints(cfg.Endpoints); err != nil {
 		return nil, err
