@@ -386,7 +386,7 @@ func TestFaultEngineKill(t *testing.T) {
 }
 
 // TestFaultEngineStop SIGSTOPs an engine streaming through the gateway: its streams stall
-// until their clients give up (a transport error, never a normal end), and once they have,
+// until their clients give up after 6s (a transport error, never a normal end), and once they have,
 // the router holds no load for them although the engine is still frozen. The engine is
 // then continued and serves again.
 func TestFaultEngineStop(t *testing.T) {
@@ -396,9 +396,9 @@ func TestFaultEngineStop(t *testing.T) {
 	f := &figures{}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	const clientTimeout = 4 * time.Second
+	const clientTimeout = 6 * time.Second
 	load := startStreamLoad(ctx, f, 4, clientTimeout, func(ctx context.Context, i int) seen {
-		return streamChat(ctx, rt.base, faultPrompt(i), 100)
+		return streamChat(ctx, rt.base, faultPrompt(i), 300)
 	})
 	waitUntil(t, "two streams in flight on the victim", func() bool {
 		return metric(t, rt.base, router.MetricInflight, `address="`+victim.addr+`"`) >= 2
@@ -412,9 +412,10 @@ func TestFaultEngineStop(t *testing.T) {
 			_ = victim.p.cmd.Process.Signal(syscall.SIGCONT)
 		}
 	}()
-	waitUntil(t, "the stalled streams' clients to give up", func() bool {
-		_, _, _, cut := f.snapshot()
-		return cut >= 2
+	// A stream whose last bytes were already in the socket buffers may still complete.
+	waitUntil(t, "a stalled stream's client to give up", func() bool {
+		_, _, failed, cut := f.snapshot()
+		return cut+failed >= 1
 	})
 	load.stop()
 	// The victim is still frozen: nothing its clients left may still count.
