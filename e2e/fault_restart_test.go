@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"sync"
 	"syscall"
@@ -148,8 +149,14 @@ func TestFaultRestarts(t *testing.T) {
 		f3.crashes++
 	}
 	f3.log(t, "Consul restart")
-	// While the fresh agent holds no registrations the router has no engine and answers
-	// 404 (see docs/RELIABILITY.md); once the workerds registered again nothing may fail.
+	// While the fresh agent holds no registrations the router has no engine; it still knows
+	// the model (Config.ModelGrace) and answers 503, which clients retry, never 404 (no such
+	// model). Once the workerds registered again nothing may fail.
+	for st, n := range f3.status {
+		if st != http.StatusServiceUnavailable {
+			t.Errorf("%d requests failed with status %d during the Consul restart, want only 503s: %q", n, st, f3.errs)
+		}
+	}
 	if f3.cut > 0 {
 		t.Errorf("%d streams were cut by a Consul restart (no engine stopped): %v", f3.cut, f3.cutHow)
 	}

@@ -39,6 +39,7 @@ type figures struct {
 	load    float64        // router load left after the clients finished
 	crashes int
 	errs    []string // a few failures, for the log
+	status  map[int]int // failed requests by HTTP status (0: no response)
 }
 
 // add records how one request ended.
@@ -51,6 +52,10 @@ func (f *figures) add(o seen) {
 		f.ok++
 	case "failed":
 		f.failed++
+		if f.status == nil {
+			f.status = map[int]int{}
+		}
+		f.status[o.status]++
 	default:
 		f.cut++
 		if f.cutHow == nil {
