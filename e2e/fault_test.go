@@ -38,7 +38,7 @@ type figures struct {
 	retried float64        // the gateway's retries (or, through ext_proc, the proxy's fallbacks)
 	load    float64        // router load left after the clients finished
 	crashes int
-	errs    []string // a few failures, for the log
+	errs    []string    // a few failures, for the log
 	status  map[int]int // failed requests by HTTP status (0: no response)
 }
 

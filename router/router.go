@@ -39,11 +39,11 @@ type Router struct {
 	pickMu sync.Mutex
 	picker *Picker
 
-	mu     sync.RWMutex
-	eps    map[string]*epState
-	list   []*epState // sorted by name
+	mu   sync.RWMutex
+	eps  map[string]*epState
+	list []*epState // sorted by name
 	// gone: models no endpoint serves any more, with when the last one left (ModelGrace).
-	gone map[string]time.Time
+	gone   map[string]time.Time
 	runCtx context.Context
 	runWG  *sync.WaitGroup // goroutines of the running Run
 
