@@ -2,12 +2,15 @@ package router_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/relay"
@@ -211,5 +214,54 @@ func TestEventSourceHookNil(t *testing.T) {
 	})
 	if asked.Load() == 0 {
 		t.Error("the hook was never asked")
+	}
+}
+
+// lineCounter counts the log records whose message is msg.
+type lineCounter struct {
+	msg string
+	n   atomic.Int64
+}
+
+func (c *lineCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (c *lineCounter) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == c.msg {
+		c.n.Add(1)
+	}
+	return nil
+}
+func (c *lineCounter) WithAttrs([]slog.Attr) slog.Handler { return c }
+func (c *lineCounter) WithGroup(string) slog.Handler      { return c }
+
+// TestGapWarningsRateLimited: a publisher that skips sequence numbers on every batch costs
+// one warning line per endpoint per GapLogEvery, while the metric counts every gap (each
+// gap still clears the endpoint).
+func TestGapWarningsRateLimited(t *testing.T) {
+	eps := []router.Endpoint{{Name: "relayed", Address: "127.0.0.1:1", Models: []string{model}, BlockSize: 16,
+		KVEvents: "tcp://127.0.0.1:1", Workerd: "127.0.0.1:7070"}}
+	var src sources
+	cfg := router.DefaultConfig()
+	cfg.Endpoints, cfg.Seed, cfg.ScrapeInterval, cfg.EventSource = eps, 42, -1, src.hook
+	lines := &lineCounter{msg: "kv events: gap, clearing the endpoint's cache state"}
+	reg := prometheus.NewRegistry()
+	r, err := router.New(cfg, slog.New(lines), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+	eventually(t, "the endpoint's source runs", func() bool {
+		f := src.get("relayed")
+		return f != nil && f.isRunning()
+	})
+	h := src.get("relayed").handler()
+	const gaps = 500
+	for i := range gaps {
+		h.Gap(uint64(10*i+1), uint64(10*i+5))
+	}
+	if got := counter(t, reg, router.MetricEventGaps); got != gaps {
+		t.Errorf("%s = %v, want %d", router.MetricEventGaps, got, gaps)
+	}
+	if n := lines.n.Load(); n != 1 {
+		t.Errorf("%d gap warnings for %d gaps within %v, want 1", n, gaps, router.GapLogEvery)
 	}
 }
