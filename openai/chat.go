@@ -3,7 +3,6 @@ package openai
 import (
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 )
 
@@ -98,22 +97,23 @@ type ChatRequest struct {
 
 // ParseChatRequest decodes and validates a chat completion body. Every error is an *Error
 // (400, naming the field in Param). It does not check that the model exists: the caller knows
-// the models (see ModelNotFound).
+// the models (see ModelNotFound). The raw fields of the request (Messages, Tools, Extra, ...)
+// are slices of body, which the caller must leave as it is while it uses them.
 func ParseChatRequest(body []byte) (*ChatRequest, error) {
 	r := &ChatRequest{}
-	extra, err := decodeObject(body, r, func(key string, raw json.RawMessage) (bool, error) {
+	extra, msgErr, err := decodeObject(body, r, func(key string, raw json.RawMessage) (bool, error) {
 		if key != "stop" {
 			return false, nil
 		}
 		s, err := decodeStop(raw)
 		r.Stop = s
 		return true, err
-	})
+	}, true, false)
 	if err != nil {
 		return nil, err
 	}
 	r.Extra = extra
-	if err := r.validate(); err != nil {
+	if err := r.validate(msgErr); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -129,14 +129,14 @@ func (r *ChatRequest) MarshalJSON() ([]byte, error) {
 func (r *ChatRequest) UnmarshalJSON(b []byte) error {
 	type plain ChatRequest
 	p := (*plain)(r)
-	extra, err := decodeObject(b, p, func(key string, raw json.RawMessage) (bool, error) {
+	extra, _, err := decodeObject(b, p, func(key string, raw json.RawMessage) (bool, error) {
 		if key != "stop" {
 			return false, nil
 		}
 		s, err := decodeStop(raw)
 		p.Stop = s
 		return true, err
-	})
+	}, false, true)
 	if err != nil {
 		return err
 	}
@@ -166,9 +166,16 @@ func (r *ChatRequest) MaxOutputTokens() (int, bool) {
 	return 0, false
 }
 
-func (r *ChatRequest) validate() error {
-	if err := validateMessages(r.Messages); err != nil {
-		return err
+// validate checks the decoded request; msgErr is what the scan of the messages array found.
+func (r *ChatRequest) validate(msgErr error) error {
+	if r.Messages == nil {
+		return BadRequest("messages", "Missing required parameter: 'messages'.")
+	}
+	if jsonKind(r.Messages) != "an array" {
+		return BadRequest("messages", "Invalid type for 'messages': expected an array of objects, but got %s instead.", jsonKind(r.Messages))
+	}
+	if msgErr != nil {
+		return msgErr
 	}
 	if err := validateTools(r.Tools, r.ToolChoice); err != nil {
 		return err
@@ -195,79 +202,6 @@ func (r *ChatRequest) validate() error {
 		presence: r.PresencePenalty, frequency: r.FrequencyPenalty, repetition: r.RepetitionPenalty,
 		promptLogprobs: r.PromptLogprobs, truncate: r.TruncatePromptTokens, cacheSalt: r.CacheSalt,
 	})
-}
-
-// validateMessages checks messages: a non-empty array of objects, each with a string role and a
-// content that is a string, an array of objects or null.
-func validateMessages(raw json.RawMessage) error {
-	if raw == nil {
-		return BadRequest("messages", "Missing required parameter: 'messages'.")
-	}
-	if jsonKind(raw) != "an array" {
-		return BadRequest("messages", "Invalid type for 'messages': expected an array of objects, but got %s instead.", jsonKind(raw))
-	}
-	// One decoding pass: an element that is not an object fails it, and is then found below.
-	var objs []map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &objs); err != nil {
-		var msgs []json.RawMessage
-		if json.Unmarshal(raw, &msgs) != nil {
-			return BadRequest("messages", "Invalid value for 'messages': %s", jsonErrText(err))
-		}
-		for i, m := range msgs {
-			if jsonKind(m) != "an object" {
-				p := fmt.Sprintf("messages[%d]", i)
-				return BadRequest(p, "Invalid type for '%s': expected an object, but got %s instead.", p, jsonKind(m))
-			}
-		}
-		return BadRequest("messages", "Invalid value for 'messages': %s", jsonErrText(err))
-	}
-	if len(objs) == 0 {
-		return BadRequest("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.")
-	}
-	for i, obj := range objs {
-		p := fmt.Sprintf("messages[%d]", i)
-		if obj == nil { // null element
-			return BadRequest(p, "Invalid type for '%s': expected an object, but got null instead.", p)
-		}
-		role, ok := obj["role"]
-		if !ok {
-			return BadRequest(p+".role", "Missing required parameter: '%s.role'.", p)
-		}
-		var rs string
-		if jsonKind(role) != "a string" || json.Unmarshal(role, &rs) != nil {
-			return BadRequest(p+".role", "Invalid type for '%s.role': expected a string, but got %s instead.", p, jsonKind(role))
-		}
-		if rs == "" {
-			return BadRequest(p+".role", "Invalid value for '%s.role': must not be empty.", p)
-		}
-		if !slices.Contains(roles[:], rs) {
-			return BadRequest(p+".role", "Invalid value for '%s.role': '%s' is not one of %s.", p, rs, rolesText)
-		}
-		if c, ok := obj["content"]; ok {
-			switch jsonKind(c) {
-			case "a string", "null":
-			case "an array":
-				var parts []json.RawMessage
-				if err := json.Unmarshal(c, &parts); err != nil {
-					return BadRequest(p+".content", "Invalid value for '%s.content': %s", p, jsonErrText(err))
-				}
-				for j, part := range parts {
-					if jsonKind(part) != "an object" {
-						pp := fmt.Sprintf("%s.content[%d]", p, j)
-						return BadRequest(pp, "Invalid type for '%s': expected an object, but got %s instead.", pp, jsonKind(part))
-					}
-				}
-			default:
-				return BadRequest(p+".content", "Invalid type for '%s.content': expected a string or an array of content parts, but got %s instead.", p, jsonKind(c))
-			}
-		}
-		if tc, ok := obj["tool_calls"]; ok {
-			if k := jsonKind(tc); k != "an array" && k != "null" {
-				return BadRequest(p+".tool_calls", "Invalid type for '%s.tool_calls': expected an array, but got %s instead.", p, k)
-			}
-		}
-	}
-	return nil
 }
 
 // validateTools checks tools (an array of {"type":"function","function":{"name":...}}) and that a

@@ -1,8 +1,10 @@
 package openai
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Prompt is a completion prompt in one of its four forms: a string, an array of strings, an
@@ -48,6 +50,9 @@ func decodePrompt(raw json.RawMessage) (Prompt, error) {
 	}
 	switch jsonKind(raw) {
 	case "a string":
+		if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) { // valid JSON without escapes: the bytes are the text
+			return Prompt{Texts: []string{string(raw[1 : len(raw)-1])}, Single: true}, nil
+		}
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return Prompt{}, BadRequest("prompt", "Invalid value for 'prompt': %s", jsonErrText(err))
@@ -188,10 +193,11 @@ func (r *CompletionRequest) special(key string, raw json.RawMessage) (bool, erro
 }
 
 // ParseCompletionRequest decodes and validates a completion body. Every error is an *Error
-// (400, naming the field in Param). It does not check that the model exists.
+// (400, naming the field in Param). It does not check that the model exists. Its raw fields are
+// slices of body, which the caller must leave as it is while it uses them.
 func ParseCompletionRequest(body []byte) (*CompletionRequest, error) {
 	r := &CompletionRequest{}
-	extra, err := decodeObject(body, r, r.special)
+	extra, _, err := decodeObject(body, r, r.special, false, false)
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +217,7 @@ func (r *CompletionRequest) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON decodes without validation; use ParseCompletionRequest for client requests.
 func (r *CompletionRequest) UnmarshalJSON(b []byte) error {
 	type plain CompletionRequest
-	extra, err := decodeObject(b, (*plain)(r), r.special)
+	extra, _, err := decodeObject(b, (*plain)(r), r.special, false, true)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -41,35 +42,48 @@ func tableOf(t reflect.Type) fieldTable {
 type special func(key string, raw json.RawMessage) (bool, error)
 
 // decodeObject parses body as one JSON object and fills the struct dst points to, field by
-// field, so that a type error names its field. Keys that are not fields go to extra.
-func decodeObject(body []byte, dst any, spec special) (map[string]json.RawMessage, error) {
+// field, so that a type error names its field. Keys that are not fields go to extra. The body
+// is checked in one pass (see scanner); the raw values dst and extra keep are slices of body
+// (of a copy with clone). When a key repeats, its last value counts, as in encoding/json. With
+// msgs, msgErr is what the last "messages" array's shape is wrong about.
+func decodeObject(body []byte, dst any, spec special, msgs, clone bool) (extra map[string]json.RawMessage, msgErr, err error) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
-		return nil, BadRequest("", "The request body is empty; expected a JSON object.")
-	}
-	if !utf8.Valid(body) {
-		// encoding/json would turn each bad byte into U+FFFD and the engine would generate
-		// from a prompt the client never sent.
-		return nil, BadRequest("", "The request body is not valid UTF-8.")
+		return nil, nil, BadRequest("", "The request body is empty; expected a JSON object.")
 	}
 	if body[0] != '{' {
-		if !json.Valid(body) {
-			return nil, BadRequest("", "The request body is not valid JSON.")
-		}
-		return nil, BadRequest("", "The request body must be a JSON object.")
+		return nil, nil, notObjectBody(body)
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil {
-		return nil, BadRequest("", "The request body is not valid JSON: %s", jsonErrText(err))
+	if clone {
+		body = bytes.Clone(body)
+	}
+	s := scanner{data: body}
+	var buf [32]field
+	fields, ok := s.top(buf[:0], msgs)
+	if !ok {
+		return nil, nil, syntaxError(body)
+	}
+	var lastOf map[string]int // key -> index of its last occurrence, for long bodies
+	if len(fields) > len(buf) {
+		lastOf = make(map[string]int, len(fields))
+		for i, f := range fields {
+			lastOf[string(f.key)] = i
+		}
 	}
 	v := reflect.ValueOf(dst).Elem()
 	ft := tableOf(v.Type())
-	var extra map[string]json.RawMessage
-	for key, raw := range fields {
+	for i, f := range fields {
+		if repeated(fields, i, lastOf) {
+			continue
+		}
+		key, raw := string(f.key), json.RawMessage(f.val)
+		if key == "messages" {
+			msgErr = f.msgErr
+		}
 		if spec != nil {
 			done, err := spec(key, raw)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if done {
 				continue
@@ -90,12 +104,123 @@ func decodeObject(body []byte, dst any, spec special) (map[string]json.RawMessag
 			}
 			continue
 		}
+		if setScalar(f, raw) {
+			continue
+		}
 		if err := json.Unmarshal(raw, f.Addr().Interface()); err != nil {
-			return nil, typeError(key, err)
+			return nil, nil, typeError(key, err)
 		}
 	}
-	return extra, nil
+	return extra, msgErr, nil
 }
+
+// repeated reports whether fields[i]'s key comes again later (lastOf, when set, maps each key
+// to its last index).
+func repeated(fields []field, i int, lastOf map[string]int) bool {
+	if lastOf != nil {
+		return lastOf[string(fields[i].key)] != i
+	}
+	for _, g := range fields[i+1:] {
+		if bytes.Equal(g.key, fields[i].key) {
+			return true
+		}
+	}
+	return false
+}
+
+// setScalar stores a valid JSON value into a string, bool, or pointer to a string, bool, int
+// or float field as encoding/json would, reporting false when it leaves that to encoding/json
+// (other types, escapes, and every value encoding/json refuses, for its error).
+func setScalar(f reflect.Value, raw []byte) bool {
+	null := isNull(raw)
+	t := f.Type()
+	if t.Kind() == reflect.Pointer {
+		if null {
+			f.SetZero()
+			return true
+		}
+		t = t.Elem()
+	}
+	if t.PkgPath() != "" {
+		return false // a named type may decode itself
+	}
+	if null && f.Kind() != reflect.Pointer {
+		switch t.Kind() {
+		case reflect.String, reflect.Bool:
+			return true // encoding/json leaves these as they are
+		}
+		return false
+	}
+	var x reflect.Value
+	switch t.Kind() {
+	case reflect.String:
+		if raw[0] != '"' || bytes.IndexByte(raw, '\\') >= 0 {
+			return false
+		}
+		x = reflect.ValueOf(string(raw[1 : len(raw)-1]))
+	case reflect.Bool:
+		if raw[0] != 't' && raw[0] != 'f' {
+			return false
+		}
+		x = reflect.ValueOf(raw[0] == 't')
+	case reflect.Int, reflect.Int64:
+		n, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil || reflect.Zero(t).OverflowInt(n) {
+			return false
+		}
+		x = reflect.ValueOf(n)
+	case reflect.Float64:
+		if raw[0] != '-' && (raw[0] < '0' || raw[0] > '9') {
+			return false
+		}
+		n, err := strconv.ParseFloat(string(raw), 64)
+		if err != nil {
+			return false
+		}
+		x = reflect.ValueOf(n)
+	default:
+		return false
+	}
+	if x.Type() != t {
+		x = x.Convert(t)
+	}
+	if f.Kind() == reflect.Pointer {
+		p := reflect.New(t)
+		p.Elem().Set(x)
+		f.Set(p)
+	} else {
+		f.Set(x)
+	}
+	return true
+}
+
+// notObjectBody is the error for a body that does not start with '{'.
+func notObjectBody(body []byte) error {
+	if !utf8.Valid(body) {
+		return errNotUTF8()
+	}
+	if !json.Valid(body) {
+		return BadRequest("", "The request body is not valid JSON.")
+	}
+	return BadRequest("", "The request body must be a JSON object.")
+}
+
+// syntaxError is the error for a body starting with '{' that the scanner refused: not UTF-8,
+// or encoding/json's account of what is wrong.
+func syntaxError(body []byte) error {
+	if !utf8.Valid(body) {
+		return errNotUTF8()
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return BadRequest("", "The request body is not valid JSON: %s", jsonErrText(err))
+	}
+	return BadRequest("", "The request body is not valid JSON.")
+}
+
+// errNotUTF8: encoding/json would turn each bad byte into U+FFFD and the engine would generate
+// from a prompt the client never sent.
+func errNotUTF8() error { return BadRequest("", "The request body is not valid UTF-8.") }
 
 var rawType = reflect.TypeFor[json.RawMessage]()
 

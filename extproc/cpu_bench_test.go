@@ -1,0 +1,254 @@
+package extproc_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+
+	"github.com/kvgate/kvgate/extproc"
+	"github.com/kvgate/kvgate/extproc/extproctest"
+	"github.com/kvgate/kvgate/router"
+)
+
+// cpuServerEnv makes TestCPUServer serve instead of skipping: BenchmarkExtProcCPU runs the
+// server in a child process (this test binary) so that the client's CPU is not counted.
+const cpuServerEnv = "KVGATE_EXTPROC_CPU_SERVER"
+
+// TestCPUServer is the child of BenchmarkExtProcCPU: it serves ext_proc with the default
+// routing policy, prints its address, and then answers each line on stdin with its own CPU
+// time (ns, user+system) and heap allocation count, until stdin closes.
+func TestCPUServer(t *testing.T) {
+	if os.Getenv(cpuServerEnv) == "" {
+		t.Skip("the child process of BenchmarkExtProcCPU")
+	}
+	if path := os.Getenv(cpuServerEnv + "_ALLOCS"); path != "" { // an allocation profile
+		runtime.MemProfileRate = 512
+		defer func() {
+			pf, err := os.Create(path)
+			if err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(pf, 0)
+				pf.Close()
+			}
+		}()
+	}
+	f := startRouter(t, extproc.Config{}, func(c *router.Config) { c.Policy = router.DefaultConfig().Policy })
+	addr, err := f.server.Addr(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path := os.Getenv(cpuServerEnv + "_PROFILE"); path != "" { // a CPU profile of the server
+		pf, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); pf.Close() }()
+	}
+	fmt.Println(addr.String())
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		fmt.Println(processCPU().Nanoseconds(), ms.Mallocs)
+	}
+}
+
+// processCPU is the CPU time (user and system) this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuServer is the child process serving ext_proc.
+type cpuServer struct {
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  *bufio.Scanner
+	addr string
+}
+
+func startCPUServer(b *testing.B) *cpuServer {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestCPUServer$")
+	cmd.Env = append(os.Environ(), cpuServerEnv+"=1")
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	outp, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	s := &cpuServer{cmd: cmd, in: in, out: bufio.NewScanner(outp)}
+	b.Cleanup(func() { _ = in.Close(); _ = cmd.Wait() })
+	if !s.out.Scan() {
+		b.Fatalf("the server process printed no address: %v", s.out.Err())
+	}
+	s.addr = strings.TrimSpace(s.out.Text())
+	return s
+}
+
+// stats returns the server process's CPU time and allocation count so far.
+func (s *cpuServer) stats(b *testing.B) (cpu time.Duration, mallocs uint64) {
+	b.Helper()
+	if _, err := io.WriteString(s.in, "\n"); err != nil {
+		b.Fatal(err)
+	}
+	if !s.out.Scan() {
+		b.Fatalf("the server process did not answer: %v", s.out.Err())
+	}
+	var ns int64
+	if _, err := fmt.Sscan(s.out.Text(), &ns, &mallocs); err != nil {
+		b.Fatalf("server stats %q: %v", s.out.Text(), err)
+	}
+	return time.Duration(ns), mallocs
+}
+
+// prose4k returns n different chat bodies of about 4,096 prompt tokens each: real prose from
+// the repository's docs, each body starting at its own offset so that no two tokenize alike.
+func prose4k(b *testing.B, n int) [][]byte {
+	b.Helper()
+	var text strings.Builder
+	for _, p := range []string{"../README.md", "../docs/ARCHITECTURE.md", "../docs/BENCHMARKS.md", "../docs/bench/router.md"} {
+		t, err := os.ReadFile(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		text.Write(t)
+	}
+	corpus := text.String()
+	const size = 16 << 10 // about 4,096 tokens of English prose
+	if len(corpus) < size+n {
+		b.Fatalf("corpus of %d bytes is too small", len(corpus))
+	}
+	out := make([][]byte, n)
+	for i := range out {
+		off := i * (len(corpus) - size) / n
+		body, err := json.Marshal(map[string]any{
+			"model":    model,
+			"messages": []map[string]string{{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": corpus[off : off+size]}},
+			"stream":   true,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		out[i] = body
+	}
+	return out
+}
+
+// BenchmarkExtProcCPU measures what the ext_proc server process spends per chat request of
+// about 4,096 prompt tokens (issue 18): its CPU time (user+system, from getrusage in the
+// server's own process, which runs apart from the client) and its heap allocations, over
+// sequential whole requests as Envoy drives them (request headers and body, the pick, response
+// headers and three SSE chunks, stream end), for FULL_DUPLEX_STREAMED and BUFFERED. It also
+// routes the same bodies with router.Route alone in this process (same configuration: the
+// default policy) and reports the difference as the protocol's share.
+func BenchmarkExtProcCPU(b *testing.B) {
+	if runtime.GOOS != "linux" {
+		b.Skip("getrusage figures are checked on Linux")
+	}
+	bodies := prose4k(b, 64)
+	up := extproctest.Upstream{Header: http.Header{"Content-Type": {"text/event-stream"}}, Chunks: sseChunks(usageJSON)}
+	upstream := func(*extproctest.Result) extproctest.Upstream { return up }
+	for _, m := range []struct {
+		name string
+		mode extproctest.Mode
+	}{
+		{"full-duplex", extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED}},
+		{"buffered", extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED}},
+	} {
+		b.Run(m.name, func(b *testing.B) {
+			srv := startCPUServer(b)
+			c, err := extproctest.Dial(srv.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			c.EarlyWait = -1
+			ctx := context.Background()
+			do := func(i int) {
+				req := extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Header: http.Header{"Content-Type": {"application/json"}}, Body: bodies[i%len(bodies)]}
+				res, err := c.Do(ctx, m.mode, req, upstream)
+				if err != nil || res.Immediate != nil {
+					b.Fatal(err, res)
+				}
+			}
+			for i := range len(bodies) { // warm the caches on other text than the measured
+				do(i + len(bodies)/2)
+			}
+			// The server's idle cost, measured over a quiet half second, is taken off.
+			idle0, _ := srv.stats(b)
+			time.Sleep(500 * time.Millisecond)
+			idle1, _ := srv.stats(b)
+			idlePerSec := float64(idle1-idle0) / 0.5
+			b.ReportMetric(idlePerSec/1e3, "server-idle-µs-cpu/s")
+			cpu0, mallocs0 := srv.stats(b)
+			t0 := time.Now()
+			n := 0
+			for b.Loop() {
+				do(n)
+				n++
+			}
+			cpu1, mallocs1 := srv.stats(b)
+			idle := idlePerSec * time.Since(t0).Seconds()
+			server := (float64(cpu1-cpu0) - idle) / 1e3 / float64(n)
+			b.ReportMetric(server, "server-µs-cpu/req")
+			b.ReportMetric(float64(mallocs1-mallocs0)/float64(n), "server-allocs/req")
+
+			// The decision alone, on the same bodies, in this process.
+			rt := newDecisionRouter(b)
+			for i := range len(bodies) {
+				route(b, rt, bodies[(i+len(bodies)/2)%len(bodies)])
+			}
+			var ms0, ms1 runtime.MemStats
+			runtime.ReadMemStats(&ms0)
+			d0 := processCPU()
+			for i := range n {
+				route(b, rt, bodies[i%len(bodies)])
+			}
+			decision := float64((processCPU() - d0).Microseconds()) / float64(n)
+			runtime.ReadMemStats(&ms1)
+			b.ReportMetric(decision, "decision-µs-cpu/req")
+			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(n), "decision-allocs/req")
+			b.ReportMetric(server-decision, "protocol-µs-cpu/req")
+		})
+	}
+}
+
+// newDecisionRouter is the router TestCPUServer serves with.
+func newDecisionRouter(b *testing.B) *router.Router {
+	f := startRouter(b, extproc.Config{}, func(c *router.Config) { c.Policy = router.DefaultConfig().Policy })
+	f.stop()
+	return f.router
+}
+
+func route(b *testing.B, rt *router.Router, body []byte) {
+	d, err := rt.Route(context.Background(), router.Request{Path: "/v1/chat/completions", Body: body})
+	if err != nil {
+		b.Fatal(err)
+	}
+	d.Done(nil, nil)
+}
