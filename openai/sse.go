@@ -15,7 +15,7 @@ const MaxSSEEvent = 16 << 20
 var ErrSSETooLong = errors.New("openai: SSE event too long")
 
 // Done is the data of the event that ends an OpenAI stream.
-var Done = []byte("[DONE]")
+const Done = "[DONE]"
 
 // SSEReader reads the data of server-sent events: "data:" lines (one optional space after the
 // colon), several joined with "\n", dispatched at a blank line; comments and the event, id
@@ -145,4 +145,4 @@ func WriteSSE(w io.Writer, data []byte) error {
 }
 
 // WriteSSEDone writes the "data: [DONE]" event that ends an OpenAI stream.
-func WriteSSEDone(w io.Writer) error { return WriteSSE(w, Done) }
+func WriteSSEDone(w io.Writer) error { return WriteSSE(w, []byte(Done)) }

@@ -18,8 +18,10 @@ const (
 	PolicyApproxPrefix = "approx-prefix" // text prefix remembered per endpoint, then load (Inference Extension)
 )
 
-// Policies lists the policy names.
-var Policies = []string{PolicyKV, PolicyRoundRobin, PolicyRandom, PolicyLeastLoad, PolicyApproxPrefix}
+// Policies returns the policy names, in a new slice the caller may keep.
+func Policies() []string {
+	return []string{PolicyKV, PolicyRoundRobin, PolicyRandom, PolicyLeastLoad, PolicyApproxPrefix}
+}
 
 // Candidate is what the scorer knows about one eligible endpoint for one request. The
 // scorer reads nothing else: no clock, no sockets, so the same decision can be replayed.
@@ -124,8 +126,8 @@ type Picker struct {
 // NewPicker returns a Picker for policy; rng breaks ties and samples (a seeded source makes it
 // reproducible).
 func NewPicker(policy string, s Scoring, rng *rand.Rand) (*Picker, error) {
-	if !slices.Contains(Policies, policy) {
-		return nil, fmt.Errorf("router: unknown policy %q (want one of %v)", policy, Policies)
+	if !slices.Contains(Policies(), policy) {
+		return nil, fmt.Errorf("router: unknown policy %q (want one of %v)", policy, Policies())
 	}
 	if s.OverlapWeight < 0 || s.Temperature < 0 || s.QueueWeight < 0 || s.MissWeight < 0 {
 		return nil, fmt.Errorf("router: scoring weights must not be negative: %+v", s)

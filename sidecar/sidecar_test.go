@@ -520,7 +520,7 @@ func TestSidecarWithSims(t *testing.T) {
 	start := func() (*sim.Server, *prometheus.Registry) {
 		reg := prometheus.NewRegistry()
 		cfg := sim.ServerConfig{Addr: "127.0.0.1:0", KVEvents: "", KVEventsReplay: ""}
-		cfg.Engine.Timing = sim.DefaultTiming
+		cfg.Engine.Timing = sim.DefaultTiming()
 		cfg.Engine.Timing.Speed = 50
 		cfg.Engine.NumBlocks = 2000
 		s, err := sim.NewServer(cfg, nil, reg)

@@ -178,7 +178,7 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 // --kv-host) and returns it with its router endpoint (role left to the caller).
 func startSim(ctx context.Context, grp *errgroup.Group, log *slog.Logger, o *upOptions, name string) (*sim.Server, router.Endpoint, error) {
 	cfg := sim.ServerConfig{Addr: "127.0.0.1:0", Model: o.simModel, KVEvents: "tcp://" + net.JoinHostPort(o.kvHost, "0")}
-	cfg.Engine.Timing = sim.DefaultTiming
+	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = o.simSpeed
 	cfg.Engine.NumBlocks = o.simBlocks
 	s, err := sim.NewServer(cfg, log.With("engine", name), nil)
