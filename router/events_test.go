@@ -56,8 +56,8 @@ func TestKVEventsRouteToHolder(t *testing.T) {
 					t.Fatalf("picked %s with %d cached blocks (%d tokens), want e1 with %d (%d tokens)",
 						d.Endpoint.Name, d.CachedBlocks, d.PromptTokens, blocks, len(tokens))
 				}
-				if got := d.Header().Get(router.HeaderOverlap); got != strconv.Itoa(blocks) {
-					t.Errorf("%s = %q", router.HeaderOverlap, got)
+				if got := d.Header().Get(router.HeaderCachedBlocks); got != strconv.Itoa(blocks) {
+					t.Errorf("%s = %q", router.HeaderCachedBlocks, got)
 				}
 				d.Done(nil, nil)
 			}

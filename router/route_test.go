@@ -132,7 +132,7 @@ func TestDecisionHeader(t *testing.T) {
 	if got := h.Get(router.HeaderDestination); got != want {
 		t.Errorf("%s = %q, want %q", router.HeaderDestination, got, want)
 	}
-	if h.Get(router.HeaderEndpoint) != d.Endpoint.Address || h.Get(router.HeaderOverlap) != "0" {
+	if h.Get(router.HeaderEndpoint) != d.Endpoint.Address || h.Get(router.HeaderCachedBlocks) != "0" {
 		t.Errorf("headers %v", h)
 	}
 	if h.Get(router.HeaderPrefiller) != "" {
