@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -153,11 +154,11 @@ func TestConditionalDisaggregation(t *testing.T) {
 			path := router.PathDisaggregated
 			if tc.want != "" {
 				path = router.PathAggregated
-				if got := counter(t, reg, router.MetricAggregatedReasons, "reason", tc.want); got != 1 {
+				if got := metricstest.Value(reg, router.MetricAggregatedReasons, "reason", tc.want); got != 1 {
 					t.Errorf("%s{reason=%q} = %v, want 1", router.MetricAggregatedReasons, tc.want, got)
 				}
 			}
-			if got := counter(t, reg, router.MetricRequestsByPath, "path", path); got != 1 {
+			if got := metricstest.Value(reg, router.MetricRequestsByPath, "path", path); got != 1 {
 				t.Errorf("%s{path=%q} = %v, want 1", router.MetricRequestsByPath, path, got)
 			}
 			if d.Prefill != nil && d.Header().Get(router.HeaderPrefiller) != d.Prefill.Address {
