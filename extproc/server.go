@@ -24,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -50,7 +51,7 @@ type Config struct {
 	// Addr is the gRPC listen address, for example "127.0.0.1:9002" or "127.0.0.1:0".
 	Addr string
 	// MaxBodyBytes bounds the request body the server accumulates; a larger body ends as a
-	// 413 ImmediateResponse. Zero means DefaultMaxBodyBytes.
+	// 413 ImmediateResponse. Zero means openai.DefaultMaxBodyBytes.
 	MaxBodyBytes int
 	// MaxResponseBuffer bounds the non-streamed response body kept to read its usage.
 	// Zero means DefaultMaxResponseBuffer.
@@ -78,7 +79,6 @@ type Config struct {
 
 // Defaults for Config's zero values.
 const (
-	DefaultMaxBodyBytes      = 16 << 20
 	DefaultMaxResponseBuffer = 4 << 20
 	DefaultDrainTimeout      = 10 * time.Second
 	DefaultMaxBufferedBytes  = 256 << 20
@@ -119,7 +119,7 @@ func New(cfg Config, rt Router, log *slog.Logger, reg prometheus.Registerer) (*S
 		log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.MaxBodyBytes <= 0 {
-		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+		cfg.MaxBodyBytes = openai.DefaultMaxBodyBytes
 	}
 	if cfg.MaxResponseBuffer <= 0 {
 		cfg.MaxResponseBuffer = DefaultMaxResponseBuffer

@@ -40,7 +40,7 @@ var _ ModelRouter = (*router.Router)(nil)
 type Config struct {
 	// Addr is the listen address of Run, for example "127.0.0.1:8000".
 	Addr string
-	// MaxBodyBytes bounds request bodies; larger ones get a 413. Zero: DefaultMaxBodyBytes.
+	// MaxBodyBytes bounds request bodies; larger ones get a 413. Zero: openai.DefaultMaxBodyBytes.
 	MaxBodyBytes int64
 	// DialTimeout bounds connecting to an engine. Zero: DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -69,7 +69,6 @@ type Config struct {
 // Defaults for Config's zero values.
 const (
 	DefaultAddr                  = "127.0.0.1:8000"
-	DefaultMaxBodyBytes          = 16 << 20
 	DefaultBodyTimeout           = 30 * time.Second
 	DefaultMaxHeaderBytes        = 64 << 10
 	DefaultMaxAttempts           = 3
@@ -116,7 +115,7 @@ func New(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Registerer
 		cfg.MaxAttempts = DefaultMaxAttempts
 	}
 	if cfg.MaxBodyBytes <= 0 {
-		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+		cfg.MaxBodyBytes = openai.DefaultMaxBodyBytes
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout

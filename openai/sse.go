@@ -9,7 +9,7 @@ import (
 )
 
 // MaxSSEEvent bounds one event's data; a longer event is an error rather than unbounded memory.
-const MaxSSEEvent = 16 << 20
+const MaxSSEEvent = DefaultMaxBodyBytes
 
 // ErrSSETooLong is returned by SSEReader.Next for an event over MaxSSEEvent bytes.
 var ErrSSETooLong = errors.New("openai: SSE event too long")

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
@@ -107,7 +108,7 @@ func DefaultConfig() Config {
 		Policy:            PolicyKV,
 		Scoring:           DefaultScoring(),
 		MaxFallbacks:      2,
-		MaxBodyBytes:      16 << 20,
+		MaxBodyBytes:      openai.DefaultMaxBodyBytes,
 		ForceStreamUsage:  true,
 		QueueThreshold:    32,
 		KVUsageThreshold:  0.95,

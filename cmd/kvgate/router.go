@@ -43,7 +43,7 @@ func (e *endpointFlags) add(cmd *cobra.Command, withFile bool) {
 	f.StringArrayVar(&e.urls, "endpoint", nil, "engine to route to, as URL or host:port (repeatable)")
 	f.StringArrayVar(&e.kvEvents, "kv-events", nil, "ZMQ KV-event publisher of the --endpoint at the same position, e.g. tcp://10.0.0.5:5557; prefix bind: for engines that dial (bind:tcp://127.0.0.1:5557); 'none' for an engine without events (repeatable)")
 	f.StringArrayVar(&e.models, "served-model", nil, "model the --endpoint engines serve (repeatable; default: asked from each engine's /v1/models)")
-	f.IntVar(&e.blockSize, "block-size", 16, "KV block size (tokens) of the --endpoint engines")
+	f.IntVar(&e.blockSize, "block-size", tokenizer.DefaultBlockSize, "KV block size (tokens) of the --endpoint engines")
 	f.StringVar(&e.role, "role", string(router.RoleAggregated), "role of the --endpoint engines: aggregated, prefill or decode")
 }
 
@@ -161,7 +161,7 @@ docs/DISCOVERY.md.`,
 	f.StringVar(&o.http, "http", "", "also serve the OpenAI gateway on this address (e.g. 127.0.0.1:8000)")
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
 	addMetricsFlag(f, &o.metrics, "router, ext_proc and gateway")
-	f.IntVar(&o.maxBody, "max-body-bytes", extproc.DefaultMaxBodyBytes, "largest request body accepted")
+	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
 	o.eps.add(cmd, true)
 	o.rt.add(cmd)
 	o.consul.add(cmd)

@@ -79,7 +79,7 @@ step-time model of an 8B model on one H100. See docs/SIM.md.`,
 	f.StringVar(&cfg.KVEventsReplay, "kv-events-replay", "tcp://*:5558", "ZMQ ROUTER endpoint that replays buffered batches (\"\" disables)")
 	f.StringVar(&hashFormat, "hash-format", "int", "block hashes in events: int (64-bit) or bytes (32-byte sha256)")
 	f.StringVar(&shape, "event-shape", "map", "event encoding: map (current vLLM) or array (positional, older vLLM and SGLang)")
-	f.IntVar(&cfg.Engine.BlockSize, "block-size", 16, "tokens per KV block")
+	f.IntVar(&cfg.Engine.BlockSize, "block-size", tokenizer.DefaultBlockSize, "tokens per KV block")
 	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache capacity in blocks (0: derived from --gpu-memory-gib and the model shape)")
 	f.Float64Var(&cfg.Engine.GPUMemoryGiB, "gpu-memory-gib", 80, "simulated GPU memory")
 	f.Float64Var(&cfg.Engine.GPUMemoryUtil, "gpu-memory-utilization", 0.9, "fraction of GPU memory the engine may use")

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/kvgate/kvgate/tokenizer"
 )
 
 // Shape is the part of a model's architecture the simulator needs: how many bytes of KV cache
@@ -70,7 +72,7 @@ func DefaultTiming() Timing {
 // WithDefaults returns c with every zero field set to its default and NumBlocks derived.
 func (c Config) WithDefaults() Config {
 	if c.BlockSize == 0 {
-		c.BlockSize = 16
+		c.BlockSize = tokenizer.DefaultBlockSize
 	}
 	if c.MaxNumSeqs == 0 {
 		c.MaxNumSeqs = 256
