@@ -101,7 +101,7 @@ func (r *routerFlags) add(cmd *cobra.Command) {
 	r.disagg.add(cmd)
 }
 
-func (r *routerFlags) config(eps []router.Endpoint) (router.Config, error) {
+func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Config, error) {
 	cfg := router.DefaultConfig()
 	cfg.Policy = r.policy
 	cfg.Endpoints = eps
@@ -109,9 +109,12 @@ func (r *routerFlags) config(eps []router.Endpoint) (router.Config, error) {
 	cfg.MaxModelLen = r.maxLens
 	r.disagg.apply(&cfg)
 	if r.modelsFile != "" {
-		m, err := tokenizer.LoadModelMap(r.modelsFile)
+		m, warnings, err := tokenizer.LoadModelMap(r.modelsFile)
 		if err != nil {
 			return cfg, err
+		}
+		for _, w := range warnings {
+			log.Warn("model map uses a deprecated key", "path", r.modelsFile, "warning", w)
 		}
 		cfg.Models = m
 	} else {
@@ -181,7 +184,7 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 	if len(eps) == 0 && disc == nil {
 		return errors.New("no endpoints: pass --endpoints FILE, --endpoint URL or --consul ADDR")
 	}
-	cfg, err := o.rt.config(append(slices.Clone(eps), fileEps...))
+	cfg, err := o.rt.config(append(slices.Clone(eps), fileEps...), log)
 	if err != nil {
 		return err
 	}

@@ -104,7 +104,7 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		}
 	}
 
-	cfg, err := o.rt.config(eps)
+	cfg, err := o.rt.config(eps, log)
 	if err != nil {
 		return err
 	}
