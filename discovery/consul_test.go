@@ -92,7 +92,7 @@ func TestConsulRegisterWatchHealthDeregister(t *testing.T) {
 	if err := c.Register(ctx, reg); err != nil {
 		t.Fatal(err)
 	}
-	eps := until(t, ch, 15*time.Second, "a healthy instance", func(eps []discovery.Endpoint) bool {
+	eps := until(t, ch, 60*time.Second, "a healthy instance", func(eps []discovery.Endpoint) bool {
 		return len(eps) == 1 && eps[0].Healthy
 	})
 	got := eps[0]
@@ -110,11 +110,11 @@ func TestConsulRegisterWatchHealthDeregister(t *testing.T) {
 	quiet(t, ch, 1500*time.Millisecond)
 
 	eng.healthy.Store(false)
-	until(t, ch, 15*time.Second, "the instance unhealthy", func(eps []discovery.Endpoint) bool {
+	until(t, ch, 60*time.Second, "the instance unhealthy", func(eps []discovery.Endpoint) bool {
 		return len(eps) == 1 && !eps[0].Healthy
 	})
 	eng.healthy.Store(true)
-	until(t, ch, 15*time.Second, "the instance healthy again", func(eps []discovery.Endpoint) bool {
+	until(t, ch, 60*time.Second, "the instance healthy again", func(eps []discovery.Endpoint) bool {
 		return len(eps) == 1 && eps[0].Healthy
 	})
 
@@ -131,7 +131,7 @@ func TestConsulRegisterWatchHealthDeregister(t *testing.T) {
 	if err := c.Deregister(ctx, "node1-engine0"); err != nil {
 		t.Fatal(err)
 	}
-	until(t, ch, 10*time.Second, "no instances", func(eps []discovery.Endpoint) bool { return len(eps) == 0 })
+	until(t, ch, 60*time.Second, "no instances", func(eps []discovery.Endpoint) bool { return len(eps) == 0 })
 	if err := c.Deregister(ctx, "node1-engine0"); err != nil {
 		t.Fatalf("second deregister: %v", err)
 	}
@@ -182,7 +182,7 @@ func TestConsulKeepAcrossAgentRestart(t *testing.T) {
 	kept := make(chan error, 1)
 	reg := discovery.Registration{Endpoint: discovery.Endpoint{Name: "e0", Address: eng.addr(), Models: []string{"m"}}, CheckInterval: time.Second}
 	go func() { kept <- c.Keep(keepCtx, reg, 200*time.Millisecond) }()
-	until(t, ch, 15*time.Second, "e0 healthy", func(eps []discovery.Endpoint) bool {
+	until(t, ch, 60*time.Second, "e0 healthy", func(eps []discovery.Endpoint) bool {
 		return len(eps) == 1 && eps[0].Name == "e0" && eps[0].Healthy
 	})
 
@@ -200,7 +200,7 @@ func TestConsulKeepAcrossAgentRestart(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Keep did not return after cancel")
 	}
-	until(t, ch, 10*time.Second, "e0 gone", func(eps []discovery.Endpoint) bool { return len(eps) == 0 })
+	until(t, ch, 60*time.Second, "e0 gone", func(eps []discovery.Endpoint) bool { return len(eps) == 0 })
 	if ok, err := c.Registered(ctx, "e0"); err != nil || ok {
 		t.Fatalf("Registered after Keep ended = %v, %v", ok, err)
 	}

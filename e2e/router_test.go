@@ -69,6 +69,6 @@ func TestRouterCommand(t *testing.T) {
 		t.Errorf("served by %v; engines %v", served, engines)
 	}
 	if got := metric(t, "http://"+metricsAddr, "kvgate_router_requests_total"); got < 2 {
-		t.Errorf("router requests metric %v on --metrics", got)
+		t.Errorf("router requests metric %v on --metrics-addr", got)
 	}
 }

@@ -11,6 +11,10 @@ import (
 	"github.com/prometheus/common/model"
 )
 
+// MetricZMQRejected counts the ZMQ connections kvgate's sockets closed because the peer
+// broke the protocol or the size limits (ZMQLimits), by socket kind and reason.
+const MetricZMQRejected = "kvgate_zmq_rejected_connections_total"
+
 // Metric names of vLLM's /metrics (v1 engine), as they appear in the text
 // exposition: counters carry their _total suffix, histograms are named
 // without _bucket/_sum/_count. The simulator exports the same names.

@@ -15,8 +15,13 @@ import (
 	"github.com/go-zeromq/zmq4"
 )
 
-// DefaultEndpoint is where vLLM binds its KV-event PUB socket by default.
-const DefaultEndpoint = "tcp://*:5557"
+// DefaultEndpoint is where a Publisher binds when given no endpoint: vLLM's KV-event port,
+// on loopback (vLLM itself binds tcp://*:5557; binding wider is the caller's explicit
+// choice, and the workerd relay is the network path for events).
+const DefaultEndpoint = "tcp://127.0.0.1:5557"
+
+// DefaultReplayEndpoint is the replay socket of vLLM's examples (port 5558), on loopback.
+const DefaultReplayEndpoint = "tcp://127.0.0.1:5558"
 
 // DefaultBufferSize is how many batches a publisher keeps for replay
 // (vLLM's buffer_steps default).
@@ -27,7 +32,7 @@ var endSeq = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
 // PublisherConfig configures a Publisher.
 type PublisherConfig struct {
-	// Endpoint is the PUB address: bound by default ("tcp://*:5557" when
+	// Endpoint is the PUB address: bound by default (DefaultEndpoint when
 	// empty; "tcp://127.0.0.1:0" picks a free port, see Addr), dialed when
 	// Dial is set (for subscribers that bind, as llm-d-inference-sim does).
 	Endpoint string
@@ -45,6 +50,13 @@ type PublisherConfig struct {
 	// DPRank, when set, is stamped on every batch published without one,
 	// as vLLM's publisher stamps its data-parallel rank (0 by default).
 	DPRank *int
+	// Limits bounds what a subscriber (or replay client) may send; a connection that
+	// breaks them is closed and counted in Metrics (nil: counted, not exported).
+	Limits  ZMQLimits
+	Metrics *ZMQMetrics
+	// LogEvery is how often one kind of problem with a peer is logged at most, with a
+	// count (DefaultLogEvery when 0).
+	LogEvery time.Duration
 }
 
 // Publisher publishes KV-event batches exactly as vLLM's ZmqEventPublisher
@@ -54,6 +66,7 @@ type PublisherConfig struct {
 type Publisher struct {
 	cfg    PublisherConfig
 	log    *slog.Logger
+	lg     *logLimiter
 	ctx    context.Context
 	cancel context.CancelFunc
 	pub    zmq4.Socket
@@ -100,20 +113,21 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Publisher{cfg: cfg, log: log, ctx: ctx, cancel: cancel}
+	p := &Publisher{cfg: cfg, log: log, lg: newLogLimiter(log, cfg.LogEvery), ctx: ctx, cancel: cancel}
+	pctx := guarded(ctx, zmq4.Pub, cfg.Limits, cfg.Metrics, p.lg, cfg.DialRetry)
 	if cfg.Dial {
-		p.pub = zmq4.NewPub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithDialerRetry(cfg.DialRetry),
+		p.pub = zmq4.NewPub(pctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithDialerRetry(cfg.DialRetry),
 			zmq4.WithAutomaticReconnect(true), zmq4.WithLogger(zmqLogger(log)))
 		p.addr = cfg.Endpoint
 		p.wg.Go(func() {
 			// Dial retries until the subscriber binds or Close cancels ctx.
-			if err := p.pub.Dial(cfg.Endpoint); err != nil && ctx.Err() == nil {
+			if err := p.pub.Dial(guardedEndpoint(cfg.Endpoint)); err != nil && ctx.Err() == nil {
 				log.Error("kv events: dial failed", "endpoint", cfg.Endpoint, "err", err)
 			}
 		})
 	} else {
-		p.pub = zmq4.NewPub(ctx, zmq4.WithLogger(zmqLogger(log)))
-		if err := p.pub.Listen(cfg.Endpoint); err != nil {
+		p.pub = zmq4.NewPub(pctx, zmq4.WithLogger(zmqLogger(log)))
+		if err := p.pub.Listen(guardedEndpoint(cfg.Endpoint)); err != nil {
 			cancel()
 			p.pub.Close()
 			return nil, fmt.Errorf("engine: bind KV-event publisher: %w", err)
@@ -121,14 +135,16 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		p.addr = boundAddr(p.pub.Addr())
 	}
 	if cfg.ReplayEndpoint != "" {
-		p.replay = zmq4.NewRouter(ctx, zmq4.WithLogger(zmqLogger(log)))
-		if err := p.replay.Listen(cfg.ReplayEndpoint); err != nil {
+		rctx := guarded(ctx, zmq4.Router, cfg.Limits, cfg.Metrics, p.lg, cfg.DialRetry)
+		p.replay = zmq4.NewRouter(rctx, zmq4.WithLogger(zmqLogger(log)))
+		if err := p.replay.Listen(guardedEndpoint(cfg.ReplayEndpoint)); err != nil {
 			p.Close()
 			return nil, fmt.Errorf("engine: bind KV-event replay socket: %w", err)
 		}
 		p.raddr = boundAddr(p.replay.Addr())
 		p.wg.Go(p.serveReplay)
 	}
+	p.wg.Go(func() { flushEvery(ctx, p.lg) })
 	return p, nil
 }
 
@@ -215,7 +231,7 @@ func (p *Publisher) serveReplay() {
 			return
 		}
 		if err != nil {
-			p.log.Warn("kv events: replay receive failed", "err", err)
+			p.lg.Warn("kv events: replay receive failed", "err", err)
 			continue
 		}
 		f := msg.Frames
@@ -227,7 +243,7 @@ func (p *Publisher) serveReplay() {
 		case len(f) == 2 && len(f[1]) == 8:
 			id, prefix = f[0], [][]byte{f[0]}
 		default:
-			p.log.Warn("kv events: invalid replay request", "frames", len(f))
+			p.lg.Warn("kv events: invalid replay request", "frames", len(f))
 			continue
 		}
 		start := binary.BigEndian.Uint64(f[len(f)-1])

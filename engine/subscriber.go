@@ -29,6 +29,14 @@ type SubscriberConfig struct {
 	Logger         *slog.Logger  // slog.Default() when nil
 	ReplayTimeout  time.Duration // how long a replay may take; 2s when 0
 	DialRetry      time.Duration // wait between dial attempts; 100ms when 0
+	// Limits bounds what a publisher (or replay socket) may send; a connection that
+	// breaks them is closed and counted in Metrics (nil: counted, not exported).
+	Limits  ZMQLimits
+	Metrics *ZMQMetrics
+	// LogEvery is how often one kind of problem with this source (malformed or
+	// undecodable messages, lost batches, too many topics, rejected connections) is logged
+	// at most, as one line with a count (DefaultLogEvery when 0).
+	LogEvery time.Duration
 }
 
 // Handler receives what a Subscriber reads. Its methods are called from the
@@ -64,6 +72,7 @@ type TopicHandler interface {
 type Subscriber struct {
 	cfg   SubscriberConfig
 	log   *slog.Logger
+	lg    *logLimiter
 	addr  atomic.Pointer[string]
 	ready chan struct{}
 	once  sync.Once
@@ -114,7 +123,8 @@ func NewSubscriber(cfg SubscriberConfig) *Subscriber {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Subscriber{cfg: cfg, log: log.With("endpoint", cfg.Endpoint), ready: make(chan struct{}),
+	log = log.With("kv_events", cfg.Endpoint) // not "endpoint": the router names its endpoint so
+	return &Subscriber{cfg: cfg, log: log, lg: newLogLimiter(log, cfg.LogEvery), ready: make(chan struct{}),
 		topics: map[string]*seqState{}}
 }
 
@@ -148,11 +158,12 @@ func (s *Subscriber) Run(ctx context.Context, h Handler) error {
 	defer cancel()
 
 	zlog := zmq4.WithLogger(zmqLogger(s.log))
+	sctx := guarded(ctx, zmq4.Sub, s.cfg.Limits, s.cfg.Metrics, s.lg, s.cfg.DialRetry)
 	var sub zmq4.Socket
 	if s.cfg.Bind {
-		sub = zmq4.NewSub(ctx, zlog)
+		sub = zmq4.NewSub(sctx, zlog)
 	} else {
-		sub = zmq4.NewSub(ctx, zlog, zmq4.WithDialerMaxRetries(-1), zmq4.WithDialerRetry(s.cfg.DialRetry),
+		sub = zmq4.NewSub(sctx, zlog, zmq4.WithDialerMaxRetries(-1), zmq4.WithDialerRetry(s.cfg.DialRetry),
 			zmq4.WithAutomaticReconnect(true))
 	}
 	defer sub.Close()
@@ -160,7 +171,7 @@ func (s *Subscriber) Run(ctx context.Context, h Handler) error {
 		return fmt.Errorf("engine: subscribe %q: %w", s.cfg.Topic, err)
 	}
 	if s.cfg.Bind {
-		if err := sub.Listen(s.cfg.Endpoint); err != nil {
+		if err := sub.Listen(guardedEndpoint(s.cfg.Endpoint)); err != nil {
 			return fmt.Errorf("engine: bind KV-event subscriber: %w", err)
 		}
 		a := boundAddr(sub.Addr())
@@ -171,7 +182,7 @@ func (s *Subscriber) Run(ctx context.Context, h Handler) error {
 		// Dial retries until it connects; it fails only for an invalid
 		// endpoint (or when ctx ends).
 		wg.Go(func() {
-			if err := sub.Dial(s.cfg.Endpoint); err != nil && ctx.Err() == nil {
+			if err := sub.Dial(guardedEndpoint(s.cfg.Endpoint)); err != nil && ctx.Err() == nil {
 				dialErr <- err
 			}
 		})
@@ -183,8 +194,13 @@ func (s *Subscriber) Run(ctx context.Context, h Handler) error {
 
 	rp := &replayClient{s: s}
 	defer rp.close()
+	defer s.lg.flush(true)
+	flush := time.NewTicker(s.lg.every)
+	defer flush.Stop()
 	for {
 		select {
+		case <-flush.C:
+			s.lg.flush(false)
 		case <-ctx.Done():
 			return nil
 		case err := <-dialErr:
@@ -223,14 +239,14 @@ func recvLoop(ctx context.Context, sock zmq4.Socket, out chan<- zmq4.Msg) {
 // (vLLM with a snapshot endpoint).
 func (s *Subscriber) handle(ctx context.Context, m zmq4.Msg, h Handler, rp *replayClient) {
 	if len(m.Frames) != 3 || len(m.Frames[1]) < 8 {
-		s.log.Warn("kv events: malformed message", "frames", len(m.Frames))
+		s.lg.Warn("kv events: malformed message", "frames", len(m.Frames))
 		return
 	}
 	topic := string(m.Frames[0])
 	st := s.topics[topic]
 	if st == nil {
 		if len(s.topics) >= maxTopics {
-			s.log.Warn("kv events: too many topics, message dropped", "topic", topic)
+			s.lg.Warn("kv events: too many topics, message dropped", "topic", topic, "limit", maxTopics)
 			return
 		}
 		st = &seqState{}
@@ -245,7 +261,7 @@ func (s *Subscriber) handle(ctx context.Context, m zmq4.Msg, h Handler, rp *repl
 		stream = m.Frames[1][8:24]
 	}
 	if st.have && (seq <= st.last || (st.stream != nil && stream != nil && !bytes.Equal(stream, st.stream))) {
-		s.log.Info("kv events: publisher restarted", "topic", topic, "last", st.last, "seq", seq)
+		s.lg.Info("kv events: publisher restarted", "topic", topic, "last", st.last, "seq", seq)
 		out.gap(st.last+1, seq)
 		st.have = false
 		rp.close() // the replay socket restarted too: re-dial on next use
@@ -264,7 +280,7 @@ func (s *Subscriber) handle(ctx context.Context, m zmq4.Msg, h Handler, rp *repl
 		if s.cfg.ReplayEndpoint != "" {
 			batches, err := rp.fetch(ctx, expected, seq)
 			if err != nil {
-				s.log.Warn("kv events: replay failed", "from", expected, "to", seq, "err", err)
+				s.lg.Warn("kv events: replay failed", "topic", topic, "from", expected, "to", seq, "err", err)
 			}
 			for _, b := range batches {
 				if b.seq < covered {
@@ -277,8 +293,15 @@ func (s *Subscriber) handle(ctx context.Context, m zmq4.Msg, h Handler, rp *repl
 				covered = b.seq + 1
 			}
 		}
-		if covered < seq {
-			s.log.Warn("kv events: batches lost", "topic", topic, "from", covered, "to", seq)
+		switch {
+		case covered >= seq:
+		case !st.have && covered == 0:
+			// The first batch seen from a publisher: what it sent before we joined is
+			// unknown (the Gap says so), but nothing we knew of was lost.
+			s.lg.Info("kv events: joined a publisher mid-stream", "topic", topic, "seq", seq)
+			out.gap(covered, seq)
+		default:
+			s.lg.Warn("kv events: batches lost", "topic", topic, "from", covered, "to", seq)
 			out.gap(covered, seq)
 		}
 	}
@@ -294,7 +317,7 @@ func (s *Subscriber) deliver(st *seqState, out sink, seq uint64, payload []byte)
 	st.have, st.last = true, seq
 	b, err := DecodeBatch(payload)
 	if err != nil {
-		s.log.Warn("kv events: undecodable batch", "topic", out.topic, "seq", seq, "err", err)
+		s.lg.Warn("kv events: undecodable batch", "topic", out.topic, "seq", seq, "err", err)
 		out.gap(seq, seq+1)
 		return
 	}
@@ -327,9 +350,13 @@ func (rc *replayClient) fetch(ctx context.Context, from, before uint64) ([]sent,
 	if rc.sock == nil {
 		dctx, cancel := context.WithCancel(ctx)
 		timeout := rc.s.cfg.ReplayTimeout
-		sock := zmq4.NewDealer(dctx, zmq4.WithLogger(zmqLogger(rc.s.log)), zmq4.WithDialerMaxRetries(2),
-			zmq4.WithDialerRetry(rc.s.cfg.DialRetry), zmq4.WithDialerTimeout(timeout), zmq4.WithTimeout(timeout))
-		if err := sock.Dial(rc.s.cfg.ReplayEndpoint); err != nil {
+		cfg := rc.s.cfg
+		lim := cfg.Limits.withDefaults()
+		lim.HandshakeTimeout = min(lim.HandshakeTimeout, timeout) // Run waits for it
+		gctx := guarded(dctx, zmq4.Dealer, lim, cfg.Metrics, rc.s.lg, cfg.DialRetry)
+		sock := zmq4.NewDealer(gctx, zmq4.WithLogger(zmqLogger(rc.s.log)), zmq4.WithDialerMaxRetries(2),
+			zmq4.WithDialerRetry(cfg.DialRetry), zmq4.WithDialerTimeout(timeout), zmq4.WithTimeout(timeout))
+		if err := sock.Dial(guardedEndpoint(cfg.ReplayEndpoint)); err != nil {
 			cancel()
 			sock.Close()
 			return nil, err
@@ -358,7 +385,7 @@ func (rc *replayClient) fetch(ctx context.Context, from, before uint64) ([]sent,
 		case m := <-rc.msgs:
 			seq, payload, ok := replayFrames(m.Frames)
 			if !ok {
-				rc.s.log.Warn("kv events: malformed replay message", "frames", len(m.Frames))
+				rc.s.lg.Warn("kv events: malformed replay message", "frames", len(m.Frames))
 				continue
 			}
 			if bytes.Equal(seq, endSeq) {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/tokenizer"
 )
@@ -65,6 +66,11 @@ type Config struct {
 	// that share a prefix and arrive together follow each other instead of spreading before
 	// the first BlockStored arrives. 0 takes the default (30 s); negative turns it off.
 	PendingTTL time.Duration
+	// ModelGrace is how long a model that some endpoint served stays known after the last
+	// one leaves: requests for it get 503 (retry) rather than 404 (no such model) while
+	// discovery is briefly empty, as after a Consul agent restart. 0 takes the default
+	// (5 min); negative turns it off.
+	ModelGrace time.Duration
 	// TextChunk, TextMaxChunks and TextCapacity configure approx-prefix: the request text is
 	// hashed in TextChunk-character chunks, at most TextMaxChunks of them, and each endpoint
 	// remembers at most TextCapacity chunks (LRU).
@@ -82,6 +88,10 @@ type Config struct {
 	DisaggMinUncachedRatio  float64
 	DisaggMaxPrefillTokens  int64
 	DisaggMaxPrefillQueue   float64
+
+	// KVEventLimits bounds what an engine's KV-event publisher (or replay socket) may send
+	// the router's ZMQ subscribers; zero fields take engine's defaults (64 MiB).
+	KVEventLimits engine.ZMQLimits
 
 	// Seed seeds tie-breaking and sampling; 0 picks a random seed.
 	Seed uint64
@@ -118,6 +128,7 @@ func DefaultConfig() Config {
 		UnhealthyFor:      5 * time.Second,
 		ApproxTTL:         120 * time.Second,
 		PendingTTL:        30 * time.Second,
+		ModelGrace:        5 * time.Minute,
 		ApproxCapacity:    1 << 20,
 		TextChunk:         64,
 		TextMaxChunks:     256,
@@ -175,6 +186,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.PendingTTL == 0 {
 		c.PendingTTL = d.PendingTTL
+	}
+	if c.ModelGrace == 0 {
+		c.ModelGrace = d.ModelGrace
 	}
 	if c.ApproxCapacity == 0 {
 		c.ApproxCapacity = d.ApproxCapacity

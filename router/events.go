@@ -27,7 +27,11 @@ func (h *eventHandler) Gap(expected, got uint64) {
 	}
 	h.s.gaps.Add(1)
 	h.r.m.gaps.Inc()
-	h.r.log.Warn("kv events: gap, clearing the endpoint's cache state", "endpoint", h.s.ep.Name, "expected", expected, "got", got)
+	if expected == 0 { // joining a publisher mid-stream (the engine package logs it): nothing known was lost
+		h.r.log.Debug("kv events: joined mid-stream, clearing the endpoint's cache state", "endpoint", h.s.ep.Name, "got", got)
+	} else {
+		h.r.log.Warn("kv events: gap, clearing the endpoint's cache state", "endpoint", h.s.ep.Name, "expected", expected, "got", got)
+	}
 	h.r.clear(h.s)
 }
 

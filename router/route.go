@@ -218,6 +218,9 @@ func (r *Router) resolveModel(model string) (string, error) {
 		return "", openai.BadRequest("model", "Missing required parameter: 'model'.")
 	}
 	if !slices.Contains(models, model) {
+		if r.recentlyServed(model, time.Now()) {
+			return "", openai.Unavailable("No endpoint serves %q at the moment; it was served recently, retry shortly.", model)
+		}
 		return "", openai.ModelNotFound(model)
 	}
 	return model, nil

@@ -393,3 +393,41 @@ func TestTemplateKwargs(t *testing.T) {
 		t.Errorf("enable_thinking=false did not reach the template: %d vs %d tokens", off.PromptTokens, plain.PromptTokens)
 	}
 }
+
+// TestModelGoneBriefly: when discovery briefly lists no endpoint for a model it served (a
+// Consul dev agent restarting forgets every registration), requests get 503 (retry), not
+// 404 (no such model); a model never served is still 404, and with the grace off or past it
+// the model is gone for good.
+func TestModelGoneBriefly(t *testing.T) {
+	status := func(r *router.Router, m string) int {
+		t.Helper()
+		body := `{"model":"` + m + `","messages":[{"role":"user","content":"x"}]}`
+		_, err := r.Route(context.Background(), router.Request{Path: "/v1/chat/completions", Body: []byte(body)})
+		var e *openai.Error
+		if !errors.As(err, &e) {
+			t.Fatalf("Route(%s) = %v, want *openai.Error", m, err)
+		}
+		return e.Status
+	}
+	for _, tt := range []struct {
+		name  string
+		grace time.Duration
+		want  int
+	}{
+		{"default grace", 0, 503},
+		{"grace off", -1, 404},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r, _ := newRouter(t, endpoints(2), func(c *router.Config) { c.ModelGrace = tt.grace })
+			r.SetEndpoints(nil)
+			if got := status(r, model); got != tt.want {
+				t.Errorf("model just left: status %d, want %d", got, tt.want)
+			}
+			if got := status(r, "gpt-9"); got != 404 {
+				t.Errorf("model never served: status %d, want 404", got)
+			}
+			r.SetEndpoints(endpoints(1))
+			route(t, r, "/v1/chat/completions", chatBody("back", false)).Done(nil, nil)
+		})
+	}
+}

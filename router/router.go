@@ -28,8 +28,9 @@ type Router struct {
 	cfg    Config
 	log    *slog.Logger
 	m      *metrics
-	index  *kvindex.Index  // exact, from KV events
-	approx *kvindex.Approx // endpoints without events: prompt blocks routed there
+	zmq    *engine.ZMQMetrics // connections the KV-event subscribers reject
+	index  *kvindex.Index     // exact, from KV events
+	approx *kvindex.Approx    // endpoints without events: prompt blocks routed there
 	// pending: endpoints with events, prompt blocks routed there in the last PendingTTL,
 	// whose BlockStored events may not have arrived yet (the prefill is still running).
 	pending *kvindex.Approx
@@ -38,9 +39,11 @@ type Router struct {
 	pickMu sync.Mutex
 	ranker *Ranker
 
-	mu     sync.RWMutex
-	eps    map[string]*epState
-	list   []*epState // sorted by name
+	mu   sync.RWMutex
+	eps  map[string]*epState
+	list []*epState // sorted by name
+	// gone: models no endpoint serves any more, with when the last one left (ModelGrace).
+	gone   map[string]time.Time
 	runCtx context.Context
 	runWG  *sync.WaitGroup // goroutines of the running Run
 
@@ -77,6 +80,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Router, erro
 	}
 	r.index = kvindex.New(reg)
 	r.m = newMetrics(reg, r)
+	r.zmq = engine.NewZMQMetrics(reg)
 	r.pool.New = func() any { return &scratch{} }
 	if err := r.setEndpoints(cfg.Endpoints); err != nil {
 		return nil, err
@@ -183,6 +187,7 @@ func (r *Router) setEndpoints(eps []Endpoint) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.noteGoneLocked(next, time.Now())
 	var removed []*epState
 	for name, s := range r.eps {
 		if e, ok := next[name]; !ok || !same(s.ep, e) {
@@ -261,6 +266,43 @@ func (r *Router) Models() []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// noteGoneLocked records the models the current endpoints serve and next does not, and
+// forgets those next serves again or whose grace has passed. r.mu is held.
+func (r *Router) noteGoneLocked(next map[string]Endpoint, now time.Time) {
+	if r.cfg.ModelGrace < 0 {
+		return
+	}
+	served := make(map[string]bool)
+	for _, e := range next {
+		for _, m := range e.Models {
+			served[m] = true
+		}
+	}
+	for _, s := range r.list {
+		for _, m := range s.ep.Models {
+			if !served[m] {
+				if r.gone == nil {
+					r.gone = make(map[string]time.Time)
+				}
+				r.gone[m] = now
+			}
+		}
+	}
+	for m, at := range r.gone {
+		if served[m] || now.Sub(at) > r.cfg.ModelGrace {
+			delete(r.gone, m)
+		}
+	}
+}
+
+// recentlyServed reports whether model was served until less than ModelGrace ago.
+func (r *Router) recentlyServed(model string, now time.Time) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	at, ok := r.gone[model]
+	return ok && now.Sub(at) <= r.cfg.ModelGrace
 }
 
 // EndpointLoad is the router's view of one endpoint's load.

@@ -57,6 +57,7 @@ func (r *Router) eventSource(s *epState) (src EventSource, ownsLoad bool) {
 	return engine.NewSubscriber(engine.SubscriberConfig{
 		Endpoint: s.ep.KVEvents, Bind: s.ep.KVBind, Topic: s.ep.KVTopic,
 		ReplayEndpoint: s.ep.KVReplay, Logger: r.log.With("endpoint", s.ep.Name),
+		Limits: r.cfg.KVEventLimits, Metrics: r.zmq,
 	}), false
 }
 

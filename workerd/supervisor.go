@@ -58,6 +58,7 @@ type proc struct {
 	cfg  *Config
 	http *http.Client
 	load *relay.Server
+	zmq  *engine.ZMQMetrics // rejected KV-event connections, on workerd's registry
 
 	mu       sync.Mutex
 	state    string
@@ -132,7 +133,7 @@ func (e *proc) incarnation(ctx context.Context) error {
 	defer wg.Wait()
 	defer cancel()
 	if e.p.kvEvents != "" {
-		sub := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: e.p.kvEvents, ReplayEndpoint: e.p.kvReplay, Logger: e.log})
+		sub := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: e.p.kvEvents, ReplayEndpoint: e.p.kvReplay, Logger: e.log, Metrics: e.zmq})
 		wg.Go(func() {
 			if err := sub.Run(inc, e.hub.Handler()); err != nil && inc.Err() == nil {
 				e.log.Error("kv events subscriber failed", "err", err)

@@ -23,6 +23,7 @@ import (
 
 	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/gpu"
 	"github.com/kvgate/kvgate/relay"
 	"github.com/kvgate/kvgate/sidecar"
@@ -151,10 +152,11 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 	}
 	w.relay = relay.NewServer(w.engineInfos)
 	var outMu sync.Mutex
+	zmqMetrics := engine.NewZMQMetrics(opt.Registerer) // nil registerer: counted, not exported
 	for _, p := range plans {
 		h := w.relay.AddEngine(p.instance, relay.HubOptions{Ring: cfg.RingSize})
 		w.procs = append(w.procs, &proc{
-			p: p, hub: h, cfg: &w.cfg, http: w.http, load: w.relay, state: StateStopped,
+			p: p, hub: h, cfg: &w.cfg, http: w.http, load: w.relay, state: StateStopped, zmq: zmqMetrics,
 			log: w.log.With("engine", p.instance),
 			out: &lineWriter{prefix: p.instance + " | ", w: out, mu: &outMu},
 		})

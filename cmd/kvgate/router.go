@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/openai"
@@ -85,11 +86,12 @@ func (e *endpointFlags) endpoints(ctx context.Context, log *slog.Logger) ([]rout
 
 // routerFlags configure the router itself.
 type routerFlags struct {
-	policy     string
-	modelsFile string
-	pendingTTL time.Duration
-	maxLens    map[string]int
-	disagg     disaggFlags
+	policy       string
+	modelsFile   string
+	pendingTTL   time.Duration
+	maxLens      map[string]int
+	kvMaxMessage int64
+	disagg       disaggFlags
 }
 
 func (r *routerFlags) add(cmd *cobra.Command) {
@@ -98,6 +100,7 @@ func (r *routerFlags) add(cmd *cobra.Command) {
 	f.StringVar(&r.modelsFile, "models", "", "YAML/JSON model map (model name -> tokenizer and chat template); default: the embedded Qwen3 map")
 	f.StringToIntVar(&r.maxLens, "max-model-len", nil, "context length (prompt plus output tokens) per model, e.g. Qwen/Qwen3-8B=40960; default: the engines' /v1/models max_model_len")
 	f.DurationVar(&r.pendingTTL, "pending-ttl", 0, "kv policy: how long a prefix just routed counts as cached before its KV events arrive (0 = 30s, negative = off)")
+	f.Int64Var(&r.kvMaxMessage, "kv-events-max-message", engine.DefaultMaxZMQMessage, "largest ZMQ message (and frame) an engine's KV-event socket may send, in bytes; a peer sending more is disconnected and counted")
 	r.disagg.add(cmd)
 }
 
@@ -107,6 +110,7 @@ func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Co
 	cfg.Endpoints = eps
 	cfg.PendingTTL = r.pendingTTL
 	cfg.MaxModelLen = r.maxLens
+	cfg.KVEventLimits.MaxMessage = r.kvMaxMessage
 	r.disagg.apply(&cfg)
 	if r.modelsFile != "" {
 		m, warnings, err := tokenizer.LoadModelMap(r.modelsFile)

@@ -33,7 +33,8 @@ func newSimCmd(g *globals) *cobra.Command {
 		Short: "Serve a simulated vLLM engine (OpenAI API, KV events, vLLM metrics) without a GPU",
 		Long: `kvgate sim is a vLLM-compatible simulated engine: the same HTTP API, the same KV-event wire
 format on ZMQ, the same metric names, a paged KV cache with prefix caching and eviction, and a
-step-time model of an 8B model on one H100. See docs/SIM.md.`,
+step-time model of an 8B model on one H100. Every socket listens on loopback unless told
+otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Addr = net.JoinHostPort(host, strconv.Itoa(port))
@@ -68,15 +69,16 @@ step-time model of an 8B model on one H100. See docs/SIM.md.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&host, "host", "0.0.0.0", "HTTP listen host")
+	f.StringVar(&host, "host", "127.0.0.1", "HTTP listen host (0.0.0.0 for every interface)")
 	f.IntVar(&port, "port", 8100, "HTTP listen port (0 picks a free one)")
 	f.StringVar(&cfg.Model, "model", tokenizer.DefaultModel, "served model name")
 	f.StringSliceVar(&loras, "lora-modules", nil, "LoRA adapters served beside --model, as name or name=path (comma-separated)")
 	f.StringVar(&cfg.TokenizerDir, "tokenizer", "", "directory with tokenizer.json (default: the embedded Qwen3 tokenizer)")
-	f.StringVar(&cfg.KVEvents, "kv-events", engine.DefaultEndpoint, "ZMQ endpoint of the KV-event PUB socket (\"\" disables events)")
+	f.StringVar(&cfg.KVEvents, "kv-events", engine.DefaultEndpoint, "ZMQ endpoint of the KV-event PUB socket, loopback by default (tcp://*:5557 binds every interface; \"\" disables events)")
 	f.BoolVar(&cfg.KVEventsDial, "kv-events-dial", false, "connect the PUB socket to --kv-events instead of binding it")
 	f.StringVar(&cfg.KVEventsTopic, "kv-events-topic", "", "topic frame of every KV-event message")
-	f.StringVar(&cfg.KVEventsReplay, "kv-events-replay", "tcp://*:5558", "ZMQ ROUTER endpoint that replays buffered batches (\"\" disables)")
+	f.StringVar(&cfg.KVEventsReplay, "kv-events-replay", engine.DefaultReplayEndpoint, "ZMQ ROUTER endpoint that replays buffered batches (\"\" disables)")
+	f.Int64Var(&cfg.KVEventsLimits.MaxMessage, "kv-events-max-message", engine.DefaultMaxZMQMessage, "largest ZMQ message (and frame) a KV-event peer may send, in bytes; a peer sending more is disconnected")
 	f.StringVar(&hashFormat, "hash-format", "int", "block hashes in events: int (64-bit) or bytes (32-byte sha256)")
 	f.StringVar(&shape, "event-shape", "map", "event encoding: map (current vLLM) or array (positional, older vLLM and SGLang)")
 	f.IntVar(&cfg.Engine.BlockSize, "block-size", tokenizer.DefaultBlockSize, "tokens per KV block")

@@ -33,6 +33,7 @@ type upOptions struct {
 	kvHost    string
 	maxBody   int
 	httpTLS   tlsconfig.Files
+	extTLS    tlsconfig.Files
 	eps       endpointFlags
 	rt        routerFlags
 	pd        pdUpFlags
@@ -67,6 +68,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	f.StringVar(&o.kvHost, "kv-host", "127.0.0.1", "host the simulated engines bind their KV-event publishers on (each on a free port)")
 	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
+	o.extTLS.AddServerFlags(f, "ext-proc-", "ext_proc")
 	o.eps.add(cmd, false)
 	o.rt.add(cmd)
 	o.pd.add(cmd)
@@ -132,7 +134,11 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	grp.Go(func() error { return gw.Run(ctx) })
 	var xp *extproc.Server
 	if o.extProc != "" {
-		if xp, err = extproc.New(extproc.Config{Addr: o.extProc, MaxBodyBytes: o.maxBody}, rt, log, reg); err != nil {
+		xc := extproc.Config{Addr: o.extProc, MaxBodyBytes: o.maxBody}
+		if xc.TLS, err = o.extTLS.Server(); err != nil {
+			return fmt.Errorf("--ext-proc-tls-*: %w", err)
+		}
+		if xp, err = extproc.New(xc, rt, log, reg); err != nil {
 			return err
 		}
 		grp.Go(func() error { return xp.Run(ctx) })

@@ -38,6 +38,7 @@ type ServerConfig struct {
 	KVEventsDial   bool
 	KVEventsTopic  string
 	KVEventsReplay string            // ZMQ ROUTER endpoint that resends buffered batches ("" = none)
+	KVEventsLimits engine.ZMQLimits  // what a subscriber or replay client may send (engine's defaults)
 	HashFormat     engine.HashFormat // engine.HashInt (vLLM's default) when 0
 	EventShape     engine.Shape      // engine.ShapeMap (current vLLM) when 0
 
@@ -82,10 +83,11 @@ type publisher interface {
 
 var _ publisher = (*engine.Publisher)(nil)
 
-func newPublisher(cfg ServerConfig, log *slog.Logger) (publisher, error) {
+func newPublisher(cfg ServerConfig, log *slog.Logger, reg prometheus.Registerer) (publisher, error) {
 	return engine.NewPublisher(engine.PublisherConfig{
 		Endpoint: cfg.KVEvents, Dial: cfg.KVEventsDial, Topic: cfg.KVEventsTopic,
 		ReplayEndpoint: cfg.KVEventsReplay, Shape: cfg.EventShape, HashFormat: cfg.HashFormat, Logger: log,
+		Limits: cfg.KVEventsLimits, Metrics: engine.NewZMQMetrics(reg),
 	})
 }
 
@@ -184,7 +186,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger, reg *prometheus.Registry) (*S
 		s.cfg.EngineID = "sim-" + strconv.Itoa(s.TransferPort())
 	}
 	if cfg.KVEvents != "" {
-		s.pub, err = newPublisher(cfg, log)
+		s.pub, err = newPublisher(cfg, log, reg)
 		if err != nil {
 			s.httpLn.Close()
 			s.xferLn.Close()
