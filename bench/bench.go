@@ -271,7 +271,7 @@ func (cfg *Config) one(ctx context.Context, r *workload.Request) sample {
 			s.err, s.e2e = err, time.Since(start)
 			return s
 		}
-		if bytes.Equal(data, openai.Done) {
+		if string(data) == openai.Done {
 			done = true
 			break
 		}

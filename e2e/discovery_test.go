@@ -375,7 +375,7 @@ func tryChat(ctx context.Context, c openai.Client, prompt string, maxTokens int6
 	if len(cc.Choices) == 0 {
 		return chatResult{}, fmt.Errorf("no choices in %s", cc.RawJSON())
 	}
-	n, _ := strconv.Atoi(resp.Header.Get(router.HeaderOverlap))
+	n, _ := strconv.Atoi(resp.Header.Get(router.HeaderCachedBlocks))
 	return chatResult{endpoint: resp.Header.Get(router.HeaderEndpoint), cachedBlocks: n,
 		cachedTokens: cc.Usage.PromptTokensDetails.CachedTokens}, nil
 }

@@ -31,7 +31,7 @@ func TestRouterCommand(t *testing.T) {
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	// No in-flight credit: only the engines' KV events can send the repeat back.
-	rt := startProc(t, kvgateBin, append([]string{"router", "--grpc", grpcAddr, "--http", httpAddr, "--metrics", metricsAddr, "--pending-ttl=-1s"}, args...)...)
+	rt := startProc(t, kvgateBin, append([]string{"router", "--grpc", grpcAddr, "--http", httpAddr, "--metrics-addr", metricsAddr, "--pending-ttl=-1s"}, args...)...)
 	base := "http://" + httpAddr
 	waitHTTP(t, rt, base+"/health", 30*time.Second)
 	waitHTTP(t, rt, "http://"+metricsAddr+"/metrics", 10*time.Second)
@@ -69,6 +69,6 @@ func TestRouterCommand(t *testing.T) {
 		t.Errorf("served by %v; engines %v", served, engines)
 	}
 	if got := metric(t, "http://"+metricsAddr, "kvgate_router_requests_total"); got < 2 {
-		t.Errorf("router requests metric %v on --metrics", got)
+		t.Errorf("router requests metric %v on --metrics-addr", got)
 	}
 }

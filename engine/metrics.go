@@ -67,6 +67,9 @@ type Load struct {
 	KVUsage float64 // fraction of the KV cache in use, 0..1 (the highest over label sets)
 }
 
+// MaxLoadBytes bounds the metrics page read from an engine for ParseLoad.
+const MaxLoadBytes = 16 << 20
+
 // ParseLoad reads vLLM's or SGLang's Prometheus text exposition and returns
 // the engine's load. It fails on malformed text and on text that carries none
 // of the running, waiting and KV-usage metrics of either engine.

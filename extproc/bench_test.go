@@ -18,7 +18,7 @@ import (
 // BenchmarkExtProcRoundTrip times one whole request through the ext_proc server over real
 // gRPC on loopback, as Envoy drives it in FULL_DUPLEX_STREAMED: request headers and body in,
 // the pick and the body out, response headers and three SSE chunks through, stream closed.
-// The picker is the real router with the round-robin policy, so the figure is the protocol's
+// The Router is the real router with the round-robin policy, so the figure is the protocol's
 // cost plus a minimal decision. Reports p50 and p99 per request.
 func BenchmarkExtProcRoundTrip(b *testing.B) {
 	for _, m := range []struct {
@@ -91,7 +91,7 @@ func BenchmarkExtProcRoundTrip(b *testing.B) {
 	})
 }
 
-// report sorts lat and reports its p50 and p99, and the mean time the picker took inside.
+// report sorts lat and reports its p50 and p99, and the mean time the router took inside.
 func report(b *testing.B, f *fixture, lat []time.Duration) {
 	slices.Sort(lat)
 	q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) }

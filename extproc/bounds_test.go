@@ -13,6 +13,8 @@ import (
 
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/extproc/extproctest"
+	"github.com/kvgate/kvgate/metricstest"
+	"github.com/kvgate/kvgate/router/routertest"
 )
 
 var fullDuplex = extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED}
@@ -49,20 +51,20 @@ func TestPhantomLoadReleased(t *testing.T) {
 	for i := range 3 {
 		openPicked(t, ctx, f, "phantom "+string(rune('a'+i)))
 	}
-	if routerLoad(f) == 0 {
+	if routertest.Load(f.router) == 0 {
 		t.Fatal("no load after three picks")
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for routerLoad(f) != 0 {
+	for routertest.Load(f.router) != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("load %v still held by picks without a response", routerLoad(f))
+			t.Fatalf("load %v still held by picks without a response", routertest.Load(f.router))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := metricValue(f.reg, extproc.MetricStreamsActive); got != 3 {
+	if got := metricstest.Value(f.reg, extproc.MetricStreamsActive); got != 3 {
 		t.Errorf("%v streams open, want the 3 held ones", got)
 	}
-	if got := metricValue(f.reg, extproc.MetricResponseTimeouts); got != 3 {
+	if got := metricstest.Value(f.reg, extproc.MetricResponseTimeouts); got != 3 {
 		t.Errorf("%s = %v, want 3", extproc.MetricResponseTimeouts, got)
 	}
 	cancel()
@@ -89,16 +91,16 @@ func TestResponseInTimeKeepsLoad(t *testing.T) {
 	// Wait past the bound on the server's own clock: a second stream's pick times out.
 	openPicked(t, ctx, f, "probe")
 	deadline := time.Now().Add(10 * time.Second)
-	for metricValue(f.reg, extproc.MetricResponseTimeouts) < 1 {
+	for metricstest.Value(f.reg, extproc.MetricResponseTimeouts) < 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("the probe's pick never timed out")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := metricValue(f.reg, extproc.MetricResponseTimeouts); got != 1 {
+	if got := metricstest.Value(f.reg, extproc.MetricResponseTimeouts); got != 1 {
 		t.Errorf("%s = %v, want 1 (the probe only)", extproc.MetricResponseTimeouts, got)
 	}
-	if routerLoad(f) == 0 {
+	if routertest.Load(f.router) == 0 {
 		t.Error("the live response's load was released before it ended")
 	}
 	cancel()
@@ -123,7 +125,7 @@ func TestIdleStreamClosed(t *testing.T) {
 		break
 	}
 	waitReleased(t, f)
-	if got := metricValue(f.reg, extproc.MetricIdleStreams); got != 1 {
+	if got := metricstest.Value(f.reg, extproc.MetricIdleStreams); got != 1 {
 		t.Errorf("%s = %v, want 1", extproc.MetricIdleStreams, got)
 	}
 }
@@ -155,9 +157,9 @@ func TestBufferedTotalBounded(t *testing.T) {
 		}
 		want := float64((i + 1) * piece)
 		deadline := time.Now().Add(10 * time.Second)
-		for metricValue(f.reg, extproc.MetricBufferedBytes) != want {
+		for metricstest.Value(f.reg, extproc.MetricBufferedBytes) != want {
 			if time.Now().After(deadline) {
-				t.Fatalf("buffered %v, want %v", metricValue(f.reg, extproc.MetricBufferedBytes), want)
+				t.Fatalf("buffered %v, want %v", metricstest.Value(f.reg, extproc.MetricBufferedBytes), want)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -181,16 +183,16 @@ func TestBufferedTotalBounded(t *testing.T) {
 	if im == nil || im.GetStatus().GetCode() != 503 || !bytes.Contains(im.GetBody(), []byte(`"type":"service_unavailable_error"`)) {
 		t.Fatalf("third stream: want a 503 immediate response, got %v", r)
 	}
-	if got := metricValue(f.reg, extproc.MetricBufferFull); got != 1 {
+	if got := metricstest.Value(f.reg, extproc.MetricBufferFull); got != 1 {
 		t.Errorf("%s = %v, want 1", extproc.MetricBufferFull, got)
 	}
 	for _, c := range open {
 		c()
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for metricValue(f.reg, extproc.MetricBufferedBytes) != 0 {
+	for metricstest.Value(f.reg, extproc.MetricBufferedBytes) != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("buffered %v after every stream closed", metricValue(f.reg, extproc.MetricBufferedBytes))
+			t.Fatalf("buffered %v after every stream closed", metricstest.Value(f.reg, extproc.MetricBufferedBytes))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

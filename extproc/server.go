@@ -1,5 +1,5 @@
 // Package extproc is Envoy's external processing (ext_proc) service speaking the Gateway API
-// Inference Extension's Endpoint Picker Protocol: it asks a Picker for the upstream of every
+// Inference Extension's Endpoint Picker Protocol: it asks a Router for the upstream of every
 // request and tells Envoy through a header and dynamic metadata.
 // In a request's path it owns R1 and R6 for Envoy (the ext_proc stream in, the pick out)
 // and feeds R8; it owns no step of a KV event.
@@ -24,19 +24,20 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 )
 
-// Picker chooses the upstream of one request. It is what extproc needs from the router.
+// Router chooses the upstream of one request. It is what extproc needs from the router.
 //
 // Route must be safe for concurrent use. It returns an *openai.Error (possibly wrapped) for
 // requests it refuses; any other error becomes a 500. The returned Decision is owned by the
 // caller, which must call its Done exactly once when the request ends.
-type Picker interface {
+type Router interface {
 	Route(ctx context.Context, req router.Request) (*router.Decision, error)
 }
 
-var _ Picker = (*router.Router)(nil)
+var _ Router = (*router.Router)(nil)
 
 // Health service names, as the Endpoint Picker Protocol defines them.
 const (
@@ -50,7 +51,7 @@ type Config struct {
 	// Addr is the gRPC listen address, for example "127.0.0.1:9002" or "127.0.0.1:0".
 	Addr string
 	// MaxBodyBytes bounds the request body the server accumulates; a larger body ends as a
-	// 413 ImmediateResponse. Zero means DefaultMaxBodyBytes.
+	// 413 ImmediateResponse. Zero means openai.DefaultMaxBodyBytes.
 	MaxBodyBytes int
 	// MaxResponseBuffer bounds the non-streamed response body kept to read its usage.
 	// Zero means DefaultMaxResponseBuffer.
@@ -78,7 +79,6 @@ type Config struct {
 
 // Defaults for Config's zero values.
 const (
-	DefaultMaxBodyBytes      = 16 << 20
 	DefaultMaxResponseBuffer = 4 << 20
 	DefaultDrainTimeout      = 10 * time.Second
 	DefaultMaxBufferedBytes  = 256 << 20
@@ -95,7 +95,7 @@ type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
 	cfg     Config
-	picker  Picker
+	router  Router
 	log     *slog.Logger
 	metrics *metrics
 	health  *health.Server
@@ -109,17 +109,17 @@ type Server struct {
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
 
-// New returns a Server asking picker for every request. reg receives the server's metrics
+// New returns a Server asking rt for every request. reg receives the server's metrics
 // (nil: not registered).
-func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
-	if picker == nil {
-		return nil, errors.New("extproc: nil picker")
+func New(cfg Config, rt Router, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	if rt == nil {
+		return nil, errors.New("extproc: nil router")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.MaxBodyBytes <= 0 {
-		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+		cfg.MaxBodyBytes = openai.DefaultMaxBodyBytes
 	}
 	if cfg.MaxResponseBuffer <= 0 {
 		cfg.MaxResponseBuffer = DefaultMaxResponseBuffer
@@ -136,7 +136,7 @@ func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer)
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
-	srv := &Server{cfg: cfg, picker: picker, log: log, health: health.NewServer(), up: make(chan struct{})}
+	srv := &Server{cfg: cfg, router: rt, log: log, health: health.NewServer(), up: make(chan struct{})}
 	m, err := newMetrics(reg, func() float64 { return float64(srv.buffered.Load()) })
 	if err != nil {
 		return nil, err

@@ -13,12 +13,12 @@ import (
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/extproc/extproctest"
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
 )
@@ -150,7 +150,7 @@ func TestModes(t *testing.T) {
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				defer cancel()
-				reported := metricValue(f.reg, router.MetricReportedPrompt)
+				reported := metricstest.Value(f.reg, router.MetricReportedPrompt)
 				res, err := f.client.Do(ctx, m.mode, extproctest.Request{
 					Method: "POST", Path: "/v1/chat/completions?x=1",
 					Header: http.Header{"Content-Type": {"application/json"}, "Content-Length": {fmt.Sprint(len(body))}},
@@ -205,7 +205,7 @@ func TestModes(t *testing.T) {
 				if !bytes.Equal(res.ResponseBody, want) {
 					t.Errorf("response body:\n got %q\nwant %q", res.ResponseBody, want)
 				}
-				if got := metricValue(f.reg, router.MetricReportedPrompt) - reported; m.mode.ResponseBody != filterv3.ProcessingMode_NONE && got != 12 {
+				if got := metricstest.Value(f.reg, router.MetricReportedPrompt) - reported; m.mode.ResponseBody != filterv3.ProcessingMode_NONE && got != 12 {
 					t.Errorf("router was told of %v prompt tokens, want the response's 12", got)
 				}
 				if got := res.ResponseHeader.Get(router.HeaderEndpoint); got == "" {
@@ -448,7 +448,7 @@ func TestHealthAndDrain(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("Run did not return after the drained stream ended")
 	}
-	if got := testutil.ToFloat64(counter(t, f.reg, extproc.MetricStreams, "completed")); got < 1 {
+	if got := metricstest.Value(f.reg, extproc.MetricStreams, "outcome", "completed"); got < 1 {
 		t.Errorf("completed streams %v", got)
 	}
 }
@@ -514,7 +514,7 @@ func TestSpoofedServedIgnored(t *testing.T) {
 			t.Errorf("%s out of rotation after spoofed served reports", l.Name)
 		}
 	}
-	if got := metricValue(f.reg, router.MetricServedUnknown); got != spoofed {
+	if got := metricstest.Value(f.reg, router.MetricServedUnknown); got != spoofed {
 		t.Errorf("%s = %v, want %d", router.MetricServedUnknown, got, spoofed)
 	}
 	// Real requests still find every endpoint.

@@ -261,7 +261,7 @@ func (st *stream) requestBody(ctx context.Context, b *extprocv3.HttpBody) ([]*ex
 func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.ProcessingResponse, bool) {
 	st.routed = true
 	start := time.Now()
-	d, err := st.s.picker.Route(ctx, router.Request{Path: st.path, Body: st.body, Headers: st.headers, Subset: st.subset})
+	d, err := st.s.router.Route(ctx, router.Request{Path: st.path, Body: st.body, Headers: st.headers, Subset: st.subset})
 	st.s.metrics.pick.Observe(time.Since(start).Seconds())
 	if err != nil {
 		st.freeBody()
@@ -327,7 +327,7 @@ func (st *stream) reject(e *openai.Error) []*extprocv3.ProcessingResponse {
 }
 
 // responseEcho are the response headers a decision reports to the client.
-var responseEcho = []string{router.HeaderEndpoint, router.HeaderOverlap, router.HeaderPrefillEndpoint}
+var responseEcho = []string{router.HeaderEndpoint, router.HeaderCachedBlocks, router.HeaderPrefillEndpoint}
 
 func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) []*extprocv3.ProcessingResponse {
 	hdr, pseudo := headerMap(h.GetHeaders())

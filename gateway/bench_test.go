@@ -20,7 +20,7 @@ import (
 // modelled H100 so that its own time does not hide the gateway's.
 func BenchmarkGatewayOverhead(b *testing.B) {
 	cfg := sim.ServerConfig{Addr: "127.0.0.1:0"}
-	cfg.Engine.Timing = sim.DefaultTiming
+	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = 1000
 	s, err := sim.NewServer(cfg, nil, nil)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/kvgate/kvgate/gateway"
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
@@ -93,13 +94,13 @@ func TestStreamCutIsAFailure(t *testing.T) {
 				}
 			}
 			waitReleased(t, f)
-			if got := metricValue(f.reg, gateway.MetricStreamsCut); got != n {
+			if got := metricstest.Value(f.reg, gateway.MetricStreamsCut); got != n {
 				t.Errorf("%s = %v, want %d", gateway.MetricStreamsCut, got, n)
 			}
 			if hits := a.hits.Load() + b.hits.Load(); hits != n {
 				t.Errorf("engines saw %d requests for %d sent: a cut stream was retried", hits, n)
 			}
-			if got := metricValue(f.reg, gateway.MetricRetries); got != 0 {
+			if got := metricstest.Value(f.reg, gateway.MetricRetries); got != 0 {
 				t.Errorf("retries %v after the first byte", got)
 			}
 		})
@@ -201,7 +202,7 @@ func TestRetryBounded(t *testing.T) {
 			t.Errorf("the 502 names an engine address: %s", body)
 		}
 	}
-	if got := metricValue(f.reg, gateway.MetricRetries); got != 1 {
+	if got := metricstest.Value(f.reg, gateway.MetricRetries); got != 1 {
 		t.Errorf("retries %v, want 1 (2 attempts)", got)
 	}
 	waitReleased(t, f)
@@ -263,7 +264,7 @@ func TestSlowBodyDropped(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if got := metricValue(f.reg, gateway.MetricBodyTimeouts); got != n {
+	if got := metricstest.Value(f.reg, gateway.MetricBodyTimeouts); got != n {
 		t.Errorf("%s = %v, want %d", gateway.MetricBodyTimeouts, got, n)
 	}
 	if e.hits.Load() != 0 {

@@ -24,23 +24,23 @@ import (
 	"github.com/kvgate/kvgate/router"
 )
 
-// Picker routes requests and lists the models it serves. *router.Router is one.
+// ModelRouter routes requests and lists the models it serves. *router.Router is one.
 //
 // Both methods must be safe for concurrent use. Route returns an *openai.Error (possibly
 // wrapped) for requests it refuses; the caller owns the Decision and calls Done once.
 // Models returns a fresh slice.
-type Picker interface {
+type ModelRouter interface {
 	Route(ctx context.Context, req router.Request) (*router.Decision, error)
 	Models() []string
 }
 
-var _ Picker = (*router.Router)(nil)
+var _ ModelRouter = (*router.Router)(nil)
 
 // Config configures a Gateway.
 type Config struct {
 	// Addr is the listen address of Run, for example "127.0.0.1:8000".
 	Addr string
-	// MaxBodyBytes bounds request bodies; larger ones get a 413. Zero: DefaultMaxBodyBytes.
+	// MaxBodyBytes bounds request bodies; larger ones get a 413. Zero: openai.DefaultMaxBodyBytes.
 	MaxBodyBytes int64
 	// DialTimeout bounds connecting to an engine. Zero: DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -69,7 +69,6 @@ type Config struct {
 // Defaults for Config's zero values.
 const (
 	DefaultAddr                  = "127.0.0.1:8000"
-	DefaultMaxBodyBytes          = 16 << 20
 	DefaultBodyTimeout           = 30 * time.Second
 	DefaultMaxHeaderBytes        = 64 << 10
 	DefaultMaxAttempts           = 3
@@ -80,7 +79,7 @@ const (
 // Gateway is the OpenAI front door; it is an http.Handler and, with Run, a server.
 type Gateway struct {
 	cfg       Config
-	picker    Picker
+	router    ModelRouter
 	log       *slog.Logger
 	metrics   *metrics
 	transport http.RoundTripper
@@ -95,10 +94,10 @@ type Gateway struct {
 
 var _ http.Handler = (*Gateway)(nil)
 
-// New returns a Gateway routing with picker. reg receives its metrics (nil: none).
-func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer) (*Gateway, error) {
-	if picker == nil {
-		return nil, errors.New("gateway: nil picker")
+// New returns a Gateway routing with rt. reg receives its metrics (nil: none).
+func New(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Registerer) (*Gateway, error) {
+	if rt == nil {
+		return nil, errors.New("gateway: nil router")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -116,7 +115,7 @@ func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer)
 		cfg.MaxAttempts = DefaultMaxAttempts
 	}
 	if cfg.MaxBodyBytes <= 0 {
-		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+		cfg.MaxBodyBytes = openai.DefaultMaxBodyBytes
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
@@ -128,7 +127,7 @@ func New(cfg Config, picker Picker, log *slog.Logger, reg prometheus.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{cfg: cfg, picker: picker, log: log, metrics: m, created: time.Now().Unix(), up: make(chan struct{})}
+	g := &Gateway{cfg: cfg, router: rt, log: log, metrics: m, created: time.Now().Unix(), up: make(chan struct{})}
 	g.bufs.New = func() any { b := make([]byte, copyBuffer); return &b }
 	g.transport = cfg.Transport
 	if g.transport == nil {
@@ -250,7 +249,7 @@ func (g *Gateway) models(w http.ResponseWriter, _ *http.Request) {
 		Created int64  `json:"created"`
 		OwnedBy string `json:"owned_by"`
 	}
-	names := g.picker.Models()
+	names := g.router.Models()
 	sort.Strings(names)
 	list := struct {
 		Object string  `json:"object"`

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvgate/kvgate/gateway"
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -176,7 +177,7 @@ func testStreaming(t *testing.T, askUsage bool) {
 	if askUsage {
 		body = strings.Replace(body, `"stream":true`, `"stream":true,"stream_options":{"include_usage":true}`, 1)
 	}
-	reported := metricValue(f.reg, router.MetricReportedPrompt)
+	reported := metricstest.Value(f.reg, router.MetricReportedPrompt)
 	resp, err := http.Post(f.url+"/v1/chat/completions", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +212,7 @@ func testStreaming(t *testing.T, askUsage bool) {
 		t.Errorf("events %q, want %d ending in [DONE]", events, want)
 	}
 	waitReleased(t, f)
-	if got := metricValue(f.reg, router.MetricReportedPrompt) - reported; got != 5 {
+	if got := metricstest.Value(f.reg, router.MetricReportedPrompt) - reported; got != 5 {
 		t.Errorf("router was told of %v prompt tokens, want the engine's 5", got)
 	}
 }
@@ -317,7 +318,7 @@ func TestRetryDeadEndpoint(t *testing.T) {
 			t.Errorf("served by %q, want %q", got, live.addr())
 		}
 	}
-	if got := metricValue(f.reg, gateway.MetricRetries); got < 1 {
+	if got := metricstest.Value(f.reg, gateway.MetricRetries); got < 1 {
 		t.Errorf("retries %v, want >= 1", got)
 	}
 	waitReleased(t, f)

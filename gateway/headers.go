@@ -22,7 +22,7 @@ var hopHeaders = [...]string{
 }
 
 // echoHeaders are the decision's headers reported to the client on the response.
-var echoHeaders = [...]string{router.HeaderOverlap, router.HeaderPrefillEndpoint}
+var echoHeaders = [...]string{router.HeaderCachedBlocks, router.HeaderPrefillEndpoint}
 
 // removeHopHeaders deletes from h the hop-by-hop headers and every header its Connection
 // header names (RFC 9110 7.6.1).

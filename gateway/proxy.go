@@ -39,7 +39,7 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) (code int, 
 		return writeErr(w, oerr), false
 	}
 	ctx := r.Context()
-	d, err := g.picker.Route(ctx, router.Request{Path: r.URL.Path, Body: body, Headers: r.Header.Clone()})
+	d, err := g.router.Route(ctx, router.Request{Path: r.URL.Path, Body: body, Headers: r.Header.Clone()})
 	if err != nil {
 		return writeErr(w, err), false
 	}

@@ -7,6 +7,10 @@ import (
 	"io"
 )
 
+// DefaultMaxBodyBytes is the largest request body kvgate's servers accept unless configured
+// otherwise: the gateway, ext_proc, the router and the P/D sidecar.
+const DefaultMaxBodyBytes = 16 << 20
+
 // ReadBody reads at most limit bytes of r; a longer body is a 413 *Error. A limit <= 0 means
 // no limit.
 func ReadBody(r io.Reader, limit int64) ([]byte, error) {

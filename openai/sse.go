@@ -9,13 +9,13 @@ import (
 )
 
 // MaxSSEEvent bounds one event's data; a longer event is an error rather than unbounded memory.
-const MaxSSEEvent = 16 << 20
+const MaxSSEEvent = DefaultMaxBodyBytes
 
 // ErrSSETooLong is returned by SSEReader.Next for an event over MaxSSEEvent bytes.
 var ErrSSETooLong = errors.New("openai: SSE event too long")
 
 // Done is the data of the event that ends an OpenAI stream.
-var Done = []byte("[DONE]")
+const Done = "[DONE]"
 
 // SSEReader reads the data of server-sent events: "data:" lines (one optional space after the
 // colon), several joined with "\n", dispatched at a blank line; comments and the event, id
@@ -145,4 +145,4 @@ func WriteSSE(w io.Writer, data []byte) error {
 }
 
 // WriteSSEDone writes the "data: [DONE]" event that ends an OpenAI stream.
-func WriteSSEDone(w io.Writer) error { return WriteSSE(w, Done) }
+func WriteSSEDone(w io.Writer) error { return WriteSSE(w, []byte(Done)) }

@@ -1,7 +1,6 @@
 package openai_test
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -118,7 +117,7 @@ func TestSSEOverHTTP(t *testing.T) {
 		}
 		next <- struct{}{}
 	}
-	if d, err := r.Next(); err != nil || !bytes.Equal(d, openai.Done) {
+	if d, err := r.Next(); err != nil || string(d) != openai.Done {
 		t.Fatalf("done = %q %v", d, err)
 	}
 	if _, err := r.Next(); !errors.Is(err, io.EOF) {

@@ -93,13 +93,13 @@ func parseSimRequest(id string) (leg, int) {
 	return legServe, i
 }
 
-// cluster is the virtual-time simulation: engines, the router's picker between them, and a
+// cluster is the virtual-time simulation: engines, the router between them, and a
 // queue of timed events. It is single-threaded and deterministic.
 type cluster struct {
 	cfg     Config
 	ecfg    sim.Config
 	tr      *workload.Trace
-	p       *picker
+	p       *virtualRouter
 	engines []engineState
 	reqs    []reqState
 	q       queue
@@ -112,7 +112,7 @@ type cluster struct {
 
 func newCluster(cfg Config, tr *workload.Trace) (*cluster, error) {
 	c := &cluster{cfg: cfg, ecfg: cfg.Engine.WithDefaults(), tr: tr}
-	p, err := newPicker(cfg, c.ecfg)
+	p, err := newVirtualRouter(cfg, c.ecfg)
 	if err != nil {
 		return nil, err
 	}

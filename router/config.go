@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
@@ -117,7 +118,7 @@ func DefaultConfig() Config {
 		Policy:            PolicyKV,
 		Scoring:           DefaultScoring(),
 		MaxFallbacks:      2,
-		MaxBodyBytes:      16 << 20,
+		MaxBodyBytes:      openai.DefaultMaxBodyBytes,
 		ForceStreamUsage:  true,
 		QueueThreshold:    32,
 		KVUsageThreshold:  0.95,

@@ -32,9 +32,9 @@ type Decision struct {
 	// Body is the body to forward: the client's bytes, or rewritten (UsageForced).
 	Body    []byte
 	Elapsed time.Duration // time spent routing
-	// AggregatedWhy says why the request was not disaggregated (a Reason constant); "" when
+	// AggregatedReason says why the request was not disaggregated (a Reason constant); "" when
 	// Prefill is set.
-	AggregatedWhy string
+	AggregatedReason string
 
 	r            *Router
 	mu           sync.Mutex
@@ -47,7 +47,7 @@ type Decision struct {
 }
 
 // Header returns the headers to set on the upstream request: HeaderDestination (target, then
-// fallbacks, comma-separated), HeaderEndpoint, HeaderOverlap, and for disaggregation
+// fallbacks, comma-separated), HeaderEndpoint, HeaderCachedBlocks, and for disaggregation
 // HeaderPrefiller and HeaderPrefillEndpoint.
 func (d *Decision) Header() http.Header {
 	h := http.Header{}
@@ -58,7 +58,7 @@ func (d *Decision) Header() http.Header {
 	}
 	h.Set(HeaderDestination, strings.Join(addrs, ","))
 	h.Set(HeaderEndpoint, d.Endpoint.Address)
-	h.Set(HeaderOverlap, strconv.Itoa(d.CachedBlocks))
+	h.Set(HeaderCachedBlocks, strconv.Itoa(d.CachedBlocks))
 	if d.Prefill != nil {
 		h.Set(HeaderPrefiller, d.Prefill.Address)
 		h.Set(HeaderPrefillEndpoint, d.Prefill.Address)

@@ -6,7 +6,7 @@ import (
 )
 
 // Why a request stayed aggregated: the reason label of MetricAggregatedReasons and
-// Decision.AggregatedWhy.
+// Decision.AggregatedReason.
 const (
 	// ReasonNoPrefillPool: no prefill-role endpoint serves the model.
 	ReasonNoPrefillPool = "no_prefill_pool"

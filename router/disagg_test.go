@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -144,8 +145,8 @@ func TestConditionalDisaggregation(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Done(nil, nil)
-			if d.AggregatedWhy != tc.want || (d.Prefill == nil) != (tc.want != "") {
-				t.Fatalf("prefill %v, aggregated because %q; want %q", d.Prefill, d.AggregatedWhy, tc.want)
+			if d.AggregatedReason != tc.want || (d.Prefill == nil) != (tc.want != "") {
+				t.Fatalf("prefill %v, aggregated because %q; want %q", d.Prefill, d.AggregatedReason, tc.want)
 			}
 			if d.Endpoint.Role == router.RolePrefill {
 				t.Errorf("target %s is a prefill endpoint", d.Endpoint.Name)
@@ -153,11 +154,11 @@ func TestConditionalDisaggregation(t *testing.T) {
 			path := router.PathDisaggregated
 			if tc.want != "" {
 				path = router.PathAggregated
-				if got := counter(t, reg, router.MetricAggregatedReasons, "reason", tc.want); got != 1 {
+				if got := metricstest.Value(reg, router.MetricAggregatedReasons, "reason", tc.want); got != 1 {
 					t.Errorf("%s{reason=%q} = %v, want 1", router.MetricAggregatedReasons, tc.want, got)
 				}
 			}
-			if got := counter(t, reg, router.MetricRequestsByPath, "path", path); got != 1 {
+			if got := metricstest.Value(reg, router.MetricRequestsByPath, "path", path); got != 1 {
 				t.Errorf("%s{path=%q} = %v, want 1", router.MetricRequestsByPath, path, got)
 			}
 			if d.Prefill != nil && d.Header().Get(router.HeaderPrefiller) != d.Prefill.Address {
@@ -180,7 +181,7 @@ func TestPrefillPoolSaturatesOnInflightTokens(t *testing.T) {
 			t.Fatal(err)
 		}
 		if d.Prefill == nil {
-			t.Fatalf("request %d stayed aggregated (%s) with an idle prefill pool", i, d.AggregatedWhy)
+			t.Fatalf("request %d stayed aggregated (%s) with an idle prefill pool", i, d.AggregatedReason)
 		}
 		used[d.Prefill.Name] = true
 		ds = append(ds, d)
@@ -192,8 +193,8 @@ func TestPrefillPoolSaturatesOnInflightTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Prefill != nil || d.AggregatedWhy != router.ReasonSaturated {
-		t.Errorf("third request: prefill %v, reason %q; want saturated", d.Prefill, d.AggregatedWhy)
+	if d.Prefill != nil || d.AggregatedReason != router.ReasonSaturated {
+		t.Errorf("third request: prefill %v, reason %q; want saturated", d.Prefill, d.AggregatedReason)
 	}
 	if l := loadOf(r, d.Endpoint.Name); l.PrefillTokens != 6000 {
 		t.Errorf("the decode endpoint should hold the aggregated request's prefill: %+v", l)
@@ -205,7 +206,7 @@ func TestPrefillPoolSaturatesOnInflightTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	if d.Prefill == nil || d.Prefill.Name != ds[0].Prefill.Name {
-		t.Errorf("after a first token: prefill %v (%s), want %s", d.Prefill, d.AggregatedWhy, ds[0].Prefill.Name)
+		t.Errorf("after a first token: prefill %v (%s), want %s", d.Prefill, d.AggregatedReason, ds[0].Prefill.Name)
 	}
 	d.Done(nil, nil)
 	for _, d := range ds {
@@ -230,7 +231,7 @@ func TestPrefillChosenByOverlap(t *testing.T) {
 	}
 	defer d.Done(nil, nil)
 	if d.Prefill == nil || d.Prefill.Name != "e1" {
-		t.Fatalf("prefill %v (%s), want e1 (holds half the prompt)", d.Prefill, d.AggregatedWhy)
+		t.Fatalf("prefill %v (%s), want e1 (holds half the prompt)", d.Prefill, d.AggregatedReason)
 	}
 	if l := loadOf(r, "e1"); l.PrefillTokens != 4096 {
 		t.Errorf("prefill endpoint should hold the uncached 4096 tokens: %+v", l)

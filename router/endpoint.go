@@ -6,7 +6,10 @@ import (
 	"slices"
 )
 
-// Role is what an endpoint does in (dis)aggregated serving.
+// Role is what an endpoint does in (dis)aggregated serving. Its values are the strings of
+// discovery's RoleAggregated, RolePrefill and RoleDecode (Consul metadata, endpoint files);
+// the router cannot import discovery (docs/ARCHITECTURE.md), so it keeps a typed copy, and
+// cmd/kvgate's TestRolesAgree holds the two sets equal.
 type Role string
 
 // The roles.
@@ -16,7 +19,9 @@ const (
 	RoleDecode     Role = "decode"     // decode, after a remote prefill
 )
 
-// Endpoint is one engine's OpenAI HTTP server as the router knows it.
+// Endpoint is one engine's OpenAI HTTP server as the router knows it. It differs from
+// discovery.Endpoint on purpose: only healthy endpoints reach the router (no Healthy field),
+// the role is typed, and there is no raw metadata; cmd/kvgate converts (routerEndpoints).
 type Endpoint struct {
 	Name       string   // unique id, e.g. "sim-0" or "10.0.0.5:8000"
 	Address    string   // ip:port of the engine's OpenAI HTTP server

@@ -9,6 +9,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -56,8 +57,8 @@ func TestKVEventsRouteToHolder(t *testing.T) {
 					t.Fatalf("picked %s with %d cached blocks (%d tokens), want e1 with %d (%d tokens)",
 						d.Endpoint.Name, d.CachedBlocks, d.PromptTokens, blocks, len(tokens))
 				}
-				if got := d.Header().Get(router.HeaderOverlap); got != strconv.Itoa(blocks) {
-					t.Errorf("%s = %q", router.HeaderOverlap, got)
+				if got := d.Header().Get(router.HeaderCachedBlocks); got != strconv.Itoa(blocks) {
+					t.Errorf("%s = %q", router.HeaderCachedBlocks, got)
 				}
 				d.Done(nil, nil)
 			}
@@ -133,7 +134,7 @@ func TestKVEventsGapClears(t *testing.T) {
 	}
 	d.Done(nil, nil)
 
-	before := counter(t, reg, router.MetricEventGaps) // the slow-joining subscriber may have missed the first ones
+	before := metricstest.Value(reg, router.MetricEventGaps) // the slow-joining subscriber may have missed the first ones
 	// Skip five sequence numbers: the batch after the gap stores an unrelated block.
 	pub.send(t, seq+5, stored(chatTokens(t, "unrelated"), 16, 99999, ""))
 	eventually(t, "gap cleared the endpoint", func() bool { return loadOf(r, "e1").CachedBlocks < len(tokens)/16 })
@@ -142,7 +143,7 @@ func TestKVEventsGapClears(t *testing.T) {
 		t.Errorf("after the gap the router still credits %d blocks on %s", d.CachedBlocks, d.Endpoint.Name)
 	}
 	d.Done(nil, nil)
-	if v := counter(t, reg, router.MetricEventGaps); v != before+1 {
+	if v := metricstest.Value(reg, router.MetricEventGaps); v != before+1 {
 		t.Errorf("%s = %v, want %v", router.MetricEventGaps, v, before+1)
 	}
 }

@@ -18,8 +18,8 @@ const (
 
 	// HeaderEndpoint names the endpoint (ip:port) that was picked.
 	HeaderEndpoint = "x-kvgate-endpoint"
-	// HeaderOverlap is the number of leading prompt blocks the router saw cached on it.
-	HeaderOverlap = "x-kvgate-cached-blocks"
+	// HeaderCachedBlocks is the number of leading prompt blocks the router saw cached on it.
+	HeaderCachedBlocks = "x-kvgate-cached-blocks"
 	// HeaderPrefiller is the prefill endpoint (ip:port) the decode side's sidecar reads
 	// (llm-d's name for it).
 	HeaderPrefiller = "x-prefiller-host-port"

@@ -156,42 +156,4 @@ func freePort(t testing.TB) string {
 	return addr
 }
 
-// counter returns the value of a counter (summed over its series) in reg.
-func counter(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
-	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v float64
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-	metric:
-		for _, m := range f.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
-					continue metric
-				}
-			}
-			switch {
-			case m.GetCounter() != nil:
-				v += m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				v += m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				v += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return v
-}
-
 func loadFull() engine.Load { return engine.Load{Waiting: 100, KVUsage: 1} }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 )
@@ -22,7 +23,7 @@ func TestLoadLifecycle(t *testing.T) {
 	if l.PrefillTokens != int64(len(tokens)) || l.DecodeBlocks != blocks || l.Requests != 1 {
 		t.Fatalf("after Route: %+v, want prefill %d decode %d requests 1", l, len(tokens), blocks)
 	}
-	if v := counter(t, reg, router.MetricPrefillTokens, "endpoint", "e0"); v != float64(len(tokens)) {
+	if v := metricstest.Value(reg, router.MetricPrefillTokens, "endpoint", "e0"); v != float64(len(tokens)) {
 		t.Errorf("%s = %v", router.MetricPrefillTokens, v)
 	}
 	d.FirstToken()
@@ -36,7 +37,7 @@ func TestLoadLifecycle(t *testing.T) {
 	if l := loadOf(r, "e0"); l.PrefillTokens != 0 || l.DecodeBlocks != 0 || l.Requests != 0 {
 		t.Fatalf("after Done: %+v", l)
 	}
-	if v := counter(t, reg, router.MetricReportedCached); v != 32 {
+	if v := metricstest.Value(reg, router.MetricReportedCached); v != 32 {
 		t.Errorf("%s = %v, want 32", router.MetricReportedCached, v)
 	}
 	// Done without FirstToken releases the prefill too (the stream broke early).

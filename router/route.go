@@ -283,7 +283,7 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 		prefillOn, cached = pf.s, pf.cand.CachedBlocks()
 		r.remember(sp, pf.s, p, now)
 	}
-	d.AggregatedWhy = why
+	d.AggregatedReason = why
 	r.countPath(why)
 	d.prefillLeft = int64(max(d.PromptTokens-cached*prefillOn.bs(), 0))
 	prefillOn.addLoad(d.prefillLeft, 0, 0)
@@ -383,7 +383,7 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 
 	sc.costs = slices.Grow(sc.costs[:0], n)[:n]
 	r.pickMu.Lock()
-	order := r.picker.Pick(sc.cands, requestBlocks, sc.costs)
+	order := r.ranker.Rank(sc.cands, requestBlocks, sc.costs)
 	r.pickMu.Unlock()
 
 	out := &picked{s: sc.states[order[0]], cand: sc.cands[order[0]], cost: sc.costs[order[0]], order: order}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -44,7 +45,7 @@ func TestRouteErrors(t *testing.T) {
 			}
 		})
 	}
-	if v := counter(t, reg, router.MetricRequests, "outcome", router.OutcomeBadRequest); v != 3 {
+	if v := metricstest.Value(reg, router.MetricRequests, "outcome", router.OutcomeBadRequest); v != 3 {
 		t.Errorf("bad_request count %v", v)
 	}
 	for _, l := range r.Load() {
@@ -132,7 +133,7 @@ func TestDecisionHeader(t *testing.T) {
 	if got := h.Get(router.HeaderDestination); got != want {
 		t.Errorf("%s = %q, want %q", router.HeaderDestination, got, want)
 	}
-	if h.Get(router.HeaderEndpoint) != d.Endpoint.Address || h.Get(router.HeaderOverlap) != "0" {
+	if h.Get(router.HeaderEndpoint) != d.Endpoint.Address || h.Get(router.HeaderCachedBlocks) != "0" {
 		t.Errorf("headers %v", h)
 	}
 	if h.Get(router.HeaderPrefiller) != "" {
@@ -330,10 +331,10 @@ func TestPolicies(t *testing.T) {
 				d.Done(nil, nil)
 			}
 			tt.check(t, picks, rep)
-			if v := counter(t, reg, router.MetricRequests, "policy", tt.policy, "outcome", router.OutcomeRouted); v != 22 {
+			if v := metricstest.Value(reg, router.MetricRequests, "policy", tt.policy, "outcome", router.OutcomeRouted); v != 22 {
 				t.Errorf("routed counter %v", v)
 			}
-			if v := counter(t, reg, router.MetricDecisionSeconds); v != 22 {
+			if v := metricstest.Value(reg, router.MetricDecisionSeconds); v != 22 {
 				t.Errorf("decision histogram count %v", v)
 			}
 		})

@@ -37,7 +37,7 @@ type Router struct {
 	text    *kvindex.Approx // approx-prefix: text chunks routed there
 
 	pickMu sync.Mutex
-	picker *Picker
+	ranker *Ranker
 
 	mu   sync.RWMutex
 	eps  map[string]*epState
@@ -65,14 +65,14 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Router, erro
 	if seed == 0 {
 		seed = rand.Uint64()
 	}
-	p, err := NewPicker(cfg.Policy, cfg.Scoring, rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)))
+	p, err := NewRanker(cfg.Policy, cfg.Scoring, rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)))
 	if err != nil {
 		return nil, err
 	}
 	r := &Router{
 		cfg:     cfg,
 		log:     log.With("component", "router"),
-		picker:  p,
+		ranker:  p,
 		approx:  kvindex.NewApprox(cfg.ApproxTTL, cfg.ApproxCapacity),
 		pending: kvindex.NewApprox(cfg.PendingTTL, cfg.ApproxCapacity),
 		text:    kvindex.NewApprox(cfg.ApproxTTL, cfg.TextCapacity),

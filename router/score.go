@@ -18,8 +18,10 @@ const (
 	PolicyApproxPrefix = "approx-prefix" // text prefix remembered per endpoint, then load (Inference Extension)
 )
 
-// Policies lists the policy names.
-var Policies = []string{PolicyKV, PolicyRoundRobin, PolicyRandom, PolicyLeastLoad, PolicyApproxPrefix}
+// Policies returns the policy names, in a new slice the caller may keep.
+func Policies() []string {
+	return []string{PolicyKV, PolicyRoundRobin, PolicyRandom, PolicyLeastLoad, PolicyApproxPrefix}
+}
 
 // Candidate is what the scorer knows about one eligible endpoint for one request. The
 // scorer reads nothing else: no clock, no sockets, so the same decision can be replayed.
@@ -109,10 +111,10 @@ func (s *Scoring) Cost(c *Candidate, requestBlocks int) float64 {
 	return s.OverlapWeight*prefill + decode + s.QueueWeight*c.Waiting
 }
 
-// Picker orders candidates under one policy. It is deterministic given its random source and
+// Ranker orders candidates under one policy. It is deterministic given its random source and
 // the sequence of calls, and holds no other state than the round-robin position. Not safe for
 // concurrent use.
-type Picker struct {
+type Ranker struct {
 	policy string
 	s      Scoring
 	rng    *rand.Rand
@@ -121,11 +123,11 @@ type Picker struct {
 	costs []float64 // scratch
 }
 
-// NewPicker returns a Picker for policy; rng breaks ties and samples (a seeded source makes it
+// NewRanker returns a Ranker for policy; rng breaks ties and samples (a seeded source makes it
 // reproducible).
-func NewPicker(policy string, s Scoring, rng *rand.Rand) (*Picker, error) {
-	if !slices.Contains(Policies, policy) {
-		return nil, fmt.Errorf("router: unknown policy %q (want one of %v)", policy, Policies)
+func NewRanker(policy string, s Scoring, rng *rand.Rand) (*Ranker, error) {
+	if !slices.Contains(Policies(), policy) {
+		return nil, fmt.Errorf("router: unknown policy %q (want one of %v)", policy, Policies())
 	}
 	if s.OverlapWeight < 0 || s.Temperature < 0 || s.QueueWeight < 0 || s.MissWeight < 0 {
 		return nil, fmt.Errorf("router: scoring weights must not be negative: %+v", s)
@@ -133,19 +135,19 @@ func NewPicker(policy string, s Scoring, rng *rand.Rand) (*Picker, error) {
 	if rng == nil {
 		rng = rand.New(rand.NewPCG(1, 2))
 	}
-	return &Picker{policy: policy, s: s, rng: rng}, nil
+	return &Ranker{policy: policy, s: s, rng: rng}, nil
 }
 
-// Policy returns the picker's policy.
-func (p *Picker) Policy() string { return p.policy }
+// Policy returns the ranker's policy.
+func (p *Ranker) Policy() string { return p.policy }
 
-// Scoring returns the picker's weights.
-func (p *Picker) Scoring() Scoring { return p.s }
+// Scoring returns the ranker's weights.
+func (p *Ranker) Scoring() Scoring { return p.s }
 
-// Pick returns the indexes of cands, best first (every index once), for a request of
+// Rank returns the indexes of cands, best first (every index once), for a request of
 // requestBlocks prompt blocks. costs, when not nil, receives each candidate's cost under the
 // policy (the kv cost, without cache credit for least-load and approx-prefix, 0 otherwise).
-func (p *Picker) Pick(cands []Candidate, requestBlocks int, costs []float64) []int {
+func (p *Ranker) Rank(cands []Candidate, requestBlocks int, costs []float64) []int {
 	n := len(cands)
 	order := make([]int, n)
 	for i := range order {
@@ -200,7 +202,7 @@ func (p *Picker) Pick(cands []Candidate, requestBlocks int, costs []float64) []i
 	return order
 }
 
-func (p *Picker) cost(c *Candidate, requestBlocks int) float64 {
+func (p *Ranker) cost(c *Candidate, requestBlocks int) float64 {
 	switch p.policy {
 	case PolicyKV:
 		return p.s.Cost(c, requestBlocks)
@@ -214,7 +216,7 @@ func (p *Picker) cost(c *Candidate, requestBlocks int) float64 {
 
 // sample draws an index with probability proportional to exp(-x/T), x the cost normalized to
 // [0, 1] over the candidates (Dynamo's softmax sampling).
-func (p *Picker) sample(costs []float64) int {
+func (p *Ranker) sample(costs []float64) int {
 	lo, hi := slices.Min(costs), slices.Max(costs)
 	if hi == lo {
 		return p.rng.IntN(len(costs))

@@ -43,16 +43,16 @@ func TestCost(t *testing.T) {
 	}
 }
 
-func newPicker(t *testing.T, policy string, s router.Scoring, seed uint64) *router.Picker {
+func newRanker(t *testing.T, policy string, s router.Scoring, seed uint64) *router.Ranker {
 	t.Helper()
-	p, err := router.NewPicker(policy, s, rand.New(rand.NewPCG(seed, seed)))
+	p, err := router.NewRanker(policy, s, rand.New(rand.NewPCG(seed, seed)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func TestPickerPolicies(t *testing.T) {
+func TestRankerPolicies(t *testing.T) {
 	cands := []router.Candidate{
 		{DecodeBlocks: 50},
 		{Cached: [kvindex.NumTiers]int{8}, DecodeBlocks: 10}, // best for kv
@@ -69,9 +69,9 @@ func TestPickerPolicies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.policy, func(t *testing.T) {
-			p := newPicker(t, tt.policy, router.DefaultScoring(), 1)
+			p := newRanker(t, tt.policy, router.DefaultScoring(), 1)
 			costs := make([]float64, len(cands))
-			order := p.Pick(cands, 10, costs)
+			order := p.Rank(cands, 10, costs)
 			if order[0] != tt.first {
 				t.Errorf("order %v costs %v, want %d first", order, costs, tt.first)
 			}
@@ -83,10 +83,10 @@ func TestPickerPolicies(t *testing.T) {
 		})
 	}
 	t.Run("round-robin", func(t *testing.T) {
-		p := newPicker(t, router.PolicyRoundRobin, router.DefaultScoring(), 1)
+		p := newRanker(t, router.PolicyRoundRobin, router.DefaultScoring(), 1)
 		var firsts []int
 		for range 8 {
-			firsts = append(firsts, p.Pick(cands, 10, nil)[0])
+			firsts = append(firsts, p.Rank(cands, 10, nil)[0])
 		}
 		if !slices.Equal(firsts, []int{0, 1, 2, 3, 0, 1, 2, 3}) {
 			t.Errorf("firsts %v", firsts)
@@ -94,10 +94,10 @@ func TestPickerPolicies(t *testing.T) {
 	})
 	t.Run("random covers all and is reproducible", func(t *testing.T) {
 		run := func() []int {
-			p := newPicker(t, router.PolicyRandom, router.DefaultScoring(), 7)
+			p := newRanker(t, router.PolicyRandom, router.DefaultScoring(), 7)
 			var firsts []int
 			for range 200 {
-				firsts = append(firsts, p.Pick(cands, 10, nil)[0])
+				firsts = append(firsts, p.Rank(cands, 10, nil)[0])
 			}
 			return firsts
 		}
@@ -113,12 +113,12 @@ func TestPickerPolicies(t *testing.T) {
 	})
 }
 
-func TestPickerTiesAreRandom(t *testing.T) {
-	p := newPicker(t, router.PolicyKV, router.DefaultScoring(), 3)
+func TestRankerTiesAreRandom(t *testing.T) {
+	p := newRanker(t, router.PolicyKV, router.DefaultScoring(), 3)
 	cands := make([]router.Candidate, 4) // all equal
 	seen := map[int]int{}
 	for range 400 {
-		seen[p.Pick(cands, 10, nil)[0]]++
+		seen[p.Rank(cands, 10, nil)[0]]++
 	}
 	for i := range cands {
 		if seen[i] < 50 {
@@ -127,15 +127,15 @@ func TestPickerTiesAreRandom(t *testing.T) {
 	}
 }
 
-func TestPickerTemperature(t *testing.T) {
+func TestRankerTemperature(t *testing.T) {
 	cands := []router.Candidate{{DecodeBlocks: 0}, {DecodeBlocks: 10}, {DecodeBlocks: 20}}
 	count := func(temp float64) [3]int {
 		s := router.DefaultScoring()
 		s.Temperature = temp
-		p := newPicker(t, router.PolicyKV, s, 11)
+		p := newRanker(t, router.PolicyKV, s, 11)
 		var n [3]int
 		for range 3000 {
-			n[p.Pick(cands, 4, nil)[0]]++
+			n[p.Rank(cands, 4, nil)[0]]++
 		}
 		return n
 	}
@@ -152,13 +152,13 @@ func TestPickerTemperature(t *testing.T) {
 	}
 }
 
-func TestNewPickerRejects(t *testing.T) {
-	if _, err := router.NewPicker("fastest", router.DefaultScoring(), nil); err == nil {
+func TestNewRankerRejects(t *testing.T) {
+	if _, err := router.NewRanker("fastest", router.DefaultScoring(), nil); err == nil {
 		t.Error("unknown policy accepted")
 	}
 	s := router.DefaultScoring()
 	s.Temperature = -1
-	if _, err := router.NewPicker(router.PolicyKV, s, nil); err == nil {
+	if _, err := router.NewRanker(router.PolicyKV, s, nil); err == nil {
 		t.Error("negative temperature accepted")
 	}
 }

@@ -87,7 +87,7 @@ func (r *Router) fetchLoad(ctx context.Context, url string) (engine.Load, error)
 	if resp.StatusCode != http.StatusOK {
 		return engine.Load{}, fmt.Errorf("metrics: HTTP %d", resp.StatusCode)
 	}
-	return engine.ParseLoad(io.LimitReader(resp.Body, 16<<20))
+	return engine.ParseLoad(io.LimitReader(resp.Body, engine.MaxLoadBytes))
 }
 
 // isConnError reports whether err says the endpoint could not be reached (as opposed to a

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 )
@@ -104,10 +105,10 @@ func TestScrapeSaturation(t *testing.T) {
 			if !errors.As(err, &e) || e.Status != http.StatusTooManyRequests {
 				t.Fatalf("all saturated with shedding: %v, want 429", err)
 			}
-			if v := counter(t, reg, router.MetricRequests, "outcome", router.OutcomeShed); v != 1 {
+			if v := metricstest.Value(reg, router.MetricRequests, "outcome", router.OutcomeShed); v != 1 {
 				t.Errorf("shed counter %v", v)
 			}
-			if v := counter(t, reg, router.MetricWaiting, "endpoint", "e1"); v != 40 {
+			if v := metricstest.Value(reg, router.MetricWaiting, "endpoint", "e1"); v != 40 {
 				t.Errorf("%s{e1} = %v", router.MetricWaiting, v)
 			}
 		})
@@ -141,7 +142,7 @@ func TestScrapeUnreachable(t *testing.T) {
 		}
 		d.Done(nil, nil)
 	}
-	if counter(t, reg, router.MetricScrapeErrors) < 1 {
+	if metricstest.Value(reg, router.MetricScrapeErrors) < 1 {
 		t.Error("no scrape errors counted")
 	}
 	r.SetEndpoints(eps[1:])
@@ -161,7 +162,7 @@ func TestScrapeNoMetricsStaysHealthy(t *testing.T) {
 	eps[0].Address = srv.Listener.Addr().String()
 	r, reg := newRouter(t, eps, func(c *router.Config) { c.ScrapeInterval = 10e6 })
 	run(t, r)
-	eventually(t, "a failed scrape", func() bool { return counter(t, reg, router.MetricScrapeErrors) >= 2 })
+	eventually(t, "a failed scrape", func() bool { return metricstest.Value(reg, router.MetricScrapeErrors) >= 2 })
 	d := route(t, r, "/v1/chat/completions", chatBody("x", false))
 	d.Done(nil, nil)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/relay"
 	"github.com/kvgate/kvgate/router"
 )
@@ -129,7 +130,7 @@ func TestEventSourceHook(t *testing.T) {
 		t.Errorf("picked %s with %d cached blocks; want relayed with its blocks", d.Endpoint.Name, d.CachedBlocks)
 	}
 	d.Done(nil, nil)
-	if got, want := counter(t, reg, router.MetricEndpointBlocks, "endpoint", "relayed"), float64(d.CachedBlocks); got != want {
+	if got, want := metricstest.Value(reg, router.MetricEndpointBlocks, "endpoint", "relayed"), float64(d.CachedBlocks); got != want {
 		t.Errorf("%s{endpoint=relayed} = %v, want %v", router.MetricEndpointBlocks, got, want)
 	}
 

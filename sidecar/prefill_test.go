@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/sidecar"
 )
 
@@ -37,7 +38,7 @@ func TestSidecarRefusesUnknownPrefill(t *testing.T) {
 	if n := len(dec.requests()); n != 0 {
 		t.Fatalf("the decode engine received %d requests for a refused one", n)
 	}
-	if got := gathered(t, reg, sidecar.MetricRefused); got != 1 {
+	if got := metricstest.Value(reg, sidecar.MetricRefused); got != 1 {
 		t.Fatalf("%s = %v, want 1", sidecar.MetricRefused, got)
 	}
 

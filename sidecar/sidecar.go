@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kvgate/kvgate/openai"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -75,7 +76,7 @@ type Config struct {
 	PrefillTimeout time.Duration
 	// DialTimeout bounds connecting to either engine (2s).
 	DialTimeout time.Duration
-	// MaxBodyBytes bounds the request bodies the sidecar reads (16 MiB).
+	// MaxBodyBytes bounds the request bodies the sidecar reads (openai.DefaultMaxBodyBytes).
 	MaxBodyBytes int64
 	// Prefill is the set of prefill engines a request may name in HeaderPrefiller: the ones
 	// the router could have named. A request naming another one is refused (403) and counted
@@ -149,7 +150,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 		cfg.DialTimeout = 2 * time.Second
 	}
 	if cfg.MaxBodyBytes <= 0 {
-		cfg.MaxBodyBytes = 16 << 20
+		cfg.MaxBodyBytes = openai.DefaultMaxBodyBytes
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

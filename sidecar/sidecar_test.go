@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/sidecar"
 )
 
@@ -193,10 +194,10 @@ func TestSidecarRemotePrefill(t *testing.T) {
 	if id == "" || d.header.Get("X-Request-Id") != id {
 		t.Errorf("request ids %q (prefill) and %q (decode): want the same", id, d.header.Get("X-Request-Id"))
 	}
-	if got := gathered(t, reg, sidecar.MetricRemotePrefills); got != 1 {
+	if got := metricstest.Value(reg, sidecar.MetricRemotePrefills); got != 1 {
 		t.Errorf("%s = %v", sidecar.MetricRemotePrefills, got)
 	}
-	if n := histogramCount(t, reg, sidecar.MetricPrefillSeconds); n != 1 {
+	if n := uint64(metricstest.Value(reg, sidecar.MetricPrefillSeconds)); n != 1 {
 		t.Errorf("%s count %d", sidecar.MetricPrefillSeconds, n)
 	}
 }
@@ -311,10 +312,10 @@ func TestSidecarFallback(t *testing.T) {
 			if body == chatReq && (dr[0].body["max_tokens"] != 50.0 || dr[0].body["stream"] != true) {
 				t.Errorf("decode body changed: %v", dr[0].body)
 			}
-			if got := gathered(t, reg, sidecar.MetricFallbacks); got != 1 {
+			if got := metricstest.Value(reg, sidecar.MetricFallbacks); got != 1 {
 				t.Errorf("%s = %v", sidecar.MetricFallbacks, got)
 			}
-			if got := gathered(t, reg, sidecar.MetricRemotePrefills); got != 0 {
+			if got := metricstest.Value(reg, sidecar.MetricRemotePrefills); got != 0 {
 				t.Errorf("%s = %v", sidecar.MetricRemotePrefills, got)
 			}
 		})
@@ -413,7 +414,7 @@ func TestSidecarPassThrough(t *testing.T) {
 	if resp.StatusCode != http.StatusTeapot {
 		t.Errorf("POST /tokenize: %d", resp.StatusCode)
 	}
-	if got := series(t, reg, sidecar.MetricFallbacks); got != 0 {
+	if got := metricstest.Series(reg, sidecar.MetricFallbacks); got != 0 {
 		t.Errorf("%d fallback series after pass-through requests", got)
 	}
 }
@@ -505,7 +506,7 @@ func TestSidecarClientDisconnect(t *testing.T) {
 		if n := len(dec.requests()); n != 0 {
 			t.Errorf("decode engine asked %d times for a client that left", n)
 		}
-		if got := series(t, reg, sidecar.MetricFallbacks); got != 0 {
+		if got := metricstest.Series(reg, sidecar.MetricFallbacks); got != 0 {
 			t.Errorf("a client leaving counted as a fallback")
 		}
 	})
@@ -520,7 +521,7 @@ func TestSidecarWithSims(t *testing.T) {
 	start := func() (*sim.Server, *prometheus.Registry) {
 		reg := prometheus.NewRegistry()
 		cfg := sim.ServerConfig{Addr: "127.0.0.1:0", KVEvents: "", KVEventsReplay: ""}
-		cfg.Engine.Timing = sim.DefaultTiming
+		cfg.Engine.Timing = sim.DefaultTiming()
 		cfg.Engine.Timing.Speed = 50
 		cfg.Engine.NumBlocks = 2000
 		s, err := sim.NewServer(cfg, nil, reg)
@@ -557,57 +558,11 @@ func TestSidecarWithSims(t *testing.T) {
 		t.Errorf("decode engine computed %d of %d prompt tokens itself: the blocks should have come from the prefill engine",
 			ans.Usage.PromptTokens-ans.Usage.Details.Cached, ans.Usage.PromptTokens)
 	}
-	pulled := gathered(t, decReg, "kvgate_sim_kv_transfer_bytes_total")
-	served := gathered(t, preReg, "kvgate_sim_kv_transfer_served_bytes_total")
+	pulled := metricstest.Value(decReg, "kvgate_sim_kv_transfer_bytes_total")
+	served := metricstest.Value(preReg, "kvgate_sim_kv_transfer_served_bytes_total")
 	if pulled == 0 || pulled != served {
 		t.Errorf("transfer bytes: decode pulled %v, prefill served %v", pulled, served)
 	}
-}
-
-func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := 0.0
-	for _, f := range fams {
-		if f.GetName() == name {
-			for _, m := range f.GetMetric() {
-				v += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return v
-}
-
-func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
-	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range fams {
-		if f.GetName() == name && len(f.GetMetric()) == 1 {
-			return f.GetMetric()[0].GetHistogram().GetSampleCount()
-		}
-	}
-	return 0
-}
-
-// series counts the series of name in reg.
-func series(t *testing.T, reg *prometheus.Registry, name string) int {
-	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range fams {
-		if f.GetName() == name {
-			return len(f.GetMetric())
-		}
-	}
-	return 0
 }
 
 func mustJSON(v any) []byte {

@@ -6,7 +6,7 @@ import (
 	"sort"
 	"sync"
 
-	"sigs.k8s.io/yaml"
+	"github.com/kvgate/kvgate/configfile"
 )
 
 // Model configures one served model: its name as clients send it, the tokenizer directory
@@ -63,25 +63,29 @@ func NewModelMap(models []Model) (*ModelMap, error) {
 	return mm, nil
 }
 
-// LoadModelMap reads a YAML or JSON file holding a list of Model.
-func LoadModelMap(path string) (*ModelMap, error) {
+// LoadModelMap reads a YAML or JSON file holding a list of Model, as ParseModelMap.
+func LoadModelMap(path string) (*ModelMap, []string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("tokenizer: model map: %w", err)
+		return nil, nil, fmt.Errorf("tokenizer: model map: %w", err)
 	}
 	return ParseModelMap(data)
 }
 
-// ParseModelMap parses YAML or JSON holding a list of Model.
-func ParseModelMap(data []byte) (*ModelMap, error) {
+// ParseModelMap parses YAML or JSON holding a list of Model by configfile's rule: snake_case
+// keys, an unknown key is an error naming its line, and a camelCase key (blockSize) is still
+// read with a deprecation warning (returned for the caller to log).
+func ParseModelMap(data []byte) (*ModelMap, []string, error) {
 	var models []Model
-	if err := yaml.UnmarshalStrict(data, &models); err != nil {
-		return nil, fmt.Errorf("tokenizer: model map: %w", err)
+	meta, err := configfile.Decode(data, &models, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tokenizer: model map: %w", err)
 	}
 	if len(models) == 0 {
-		return nil, fmt.Errorf("tokenizer: model map lists no models")
+		return nil, nil, fmt.Errorf("tokenizer: model map lists no models")
 	}
-	return NewModelMap(models)
+	mm, err := NewModelMap(models)
+	return mm, meta.Warnings, err
 }
 
 // DefaultModelMap serves one model, DefaultModel, with the embedded Qwen3 tokenizer and block

@@ -25,7 +25,7 @@ func TestModelMap(t *testing.T) {
 	if err := os.WriteFile(yamlFile, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	mm, err := tokenizer.LoadModelMap(yamlFile)
+	mm, _, err := tokenizer.LoadModelMap(yamlFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,13 +79,13 @@ func TestModelMapFiles(t *testing.T) {
 		{name: "duplicate", body: "- name: a\n- name: a\n", wantErr: "twice"},
 		{name: "no name", body: "- block_size: 4\n", wantErr: "no name"},
 		{name: "negative block", body: "- name: a\n  block_size: -1\n", wantErr: "negative"},
-		{name: "unknown field", body: "- name: a\n  blocksize: 4\n", wantErr: "blocksize"},
+		{name: "unknown field", body: "- name: a\n  blocksize: 4\n", wantErr: `line 2: [0]: unknown field "blocksize"`},
 		{name: "empty", body: "[]", wantErr: "no models"},
 		{name: "not a list", body: "name: a\n", wantErr: "model map"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			mm, err := tokenizer.ParseModelMap([]byte(tc.body))
+			mm, _, err := tokenizer.ParseModelMap([]byte(tc.body))
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)
@@ -100,7 +100,7 @@ func TestModelMapFiles(t *testing.T) {
 			}
 		})
 	}
-	if _, err := tokenizer.LoadModelMap(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
+	if _, _, err := tokenizer.LoadModelMap(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
 		t.Fatal("LoadModelMap of a missing file succeeded")
 	}
 }
@@ -120,11 +120,25 @@ func TestDefaultModelMap(t *testing.T) {
 	}
 }
 
+// TestModelMapCamelCase: the camelCase blockSize is still read, with a deprecation warning.
+func TestModelMapCamelCase(t *testing.T) {
+	mm, warnings, err := tokenizer.ParseModelMap([]byte("- name: a\n  blockSize: 8\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, bs, err := mm.Lookup("a"); err != nil || bs != 8 {
+		t.Fatalf("block size %d (%v), want 8", bs, err)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "block_size") {
+		t.Fatalf("warnings = %q, want one naming block_size", warnings)
+	}
+}
+
 func FuzzModelMap(f *testing.F) {
 	f.Add([]byte("- name: a\n  tokenizer: /x\n  block_size: 16\n"))
 	f.Add([]byte(`[{"name":"b"}]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		mm, err := tokenizer.ParseModelMap(data)
+		mm, _, err := tokenizer.ParseModelMap(data)
 		if err != nil {
 			return
 		}

@@ -10,8 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
+	"github.com/kvgate/kvgate/configfile"
 	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/tlsconfig"
 )
@@ -119,22 +118,25 @@ type EngineSpec struct {
 	NixlPort int `json:"nixl_port,omitempty"`
 }
 
-// LoadConfig reads a YAML (or JSON) config file.
-func LoadConfig(path string) (Config, error) {
+// LoadConfig reads a YAML (or JSON) config file, as ParseConfig.
+func LoadConfig(path string) (Config, []string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return Config{}, err
+		return Config{}, nil, err
 	}
 	return ParseConfig(b)
 }
 
-// ParseConfig parses YAML (or JSON); unknown fields are errors.
-func ParseConfig(b []byte) (Config, error) {
+// ParseConfig parses YAML (or JSON) by configfile's rule: snake_case keys, an unknown key is
+// an error naming its line, and a camelCase key is still read with a deprecation warning
+// (returned, one per key, for the caller to log).
+func ParseConfig(b []byte) (Config, []string, error) {
 	var c Config
-	if err := yaml.UnmarshalStrict(b, &c); err != nil {
-		return Config{}, fmt.Errorf("workerd config: %w", err)
+	meta, err := configfile.Decode(b, &c, nil)
+	if err != nil {
+		return Config{}, nil, fmt.Errorf("workerd config: %w", err)
 	}
-	return c, c.Validate()
+	return c, meta.Warnings, c.Validate()
 }
 
 // Validate checks what can be checked without the machine: kinds, roles, names, ports.

@@ -7,9 +7,12 @@ import (
 )
 
 func TestParseConfigExample(t *testing.T) {
-	c, err := LoadConfig("testdata/workerd.yaml")
+	c, warnings, err := LoadConfig("testdata/workerd.yaml")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(warnings) != 0 {
+		t.Errorf("warnings for a snake_case file: %v", warnings)
 	}
 	if c.Listen != "0.0.0.0:7070" || c.Node != "gpu-node-12" || c.Consul == nil || c.Consul.Address != "127.0.0.1:8500" {
 		t.Fatalf("config = %+v", c)
@@ -29,11 +32,26 @@ func TestParseConfigExample(t *testing.T) {
 	}
 }
 
+// TestParseConfigCamelCase: a camelCase key is still read, with a deprecation warning.
+func TestParseConfigCamelCase(t *testing.T) {
+	c, warnings, err := ParseConfig([]byte("drainTimeout: 5s\nengines:\n  - kind: sim\n    blockSize: 8\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Duration(c.DrainTimeout) != 5*time.Second || c.Engines[0].BlockSize != 8 {
+		t.Fatalf("config = %+v", c)
+	}
+	if len(warnings) != 2 || !strings.Contains(warnings[0], "drain_timeout") || !strings.Contains(warnings[1], "block_size") {
+		t.Fatalf("warnings = %q, want one for drainTimeout and one for blockSize", warnings)
+	}
+}
+
 func TestParseConfigRejects(t *testing.T) {
 	tests := []struct {
 		name, yaml, want string
 	}{
-		{"unknown field", "engines: []\nlisten_addr: x\n", "unknown field"},
+		{"unknown field", "engines: []\nlisten_addr: x\n", `line 2: unknown field "listen_addr"`},
+		{"unknown engine field", "engines:\n  - kind: sim\n    gpu: 1\n", `line 3: engines[0]: unknown field "gpu"`},
 		{"unknown kind", "engines: [{kind: tgi, model: m}]", `unknown kind "tgi"`},
 		{"no kind", "engines: [{model: m}]", "kind missing"},
 		{"no model", "engines: [{kind: vllm}]", "model missing"},
@@ -46,7 +64,7 @@ func TestParseConfigRejects(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tc.yaml))
+			_, _, err := ParseConfig([]byte(tc.yaml))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
@@ -93,7 +111,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("engines: [{kind: sim, port: 1}]"))
 	f.Add([]byte("drain_timeout: 3s\nconsul: {address: x}\nengines: []"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := ParseConfig(b)
+		c, _, err := ParseConfig(b)
 		if err != nil {
 			return
 		}

@@ -23,7 +23,7 @@ func scrape(ctx context.Context, c *http.Client, url string) (engine.Load, error
 	if resp.StatusCode != http.StatusOK {
 		return engine.Load{}, fmt.Errorf("workerd: %s: %s", url, resp.Status)
 	}
-	return engine.ParseLoad(io.LimitReader(resp.Body, 16<<20))
+	return engine.ParseLoad(io.LimitReader(resp.Body, engine.MaxLoadBytes))
 }
 
 // healthy reports whether url (an engine's /health) answers 2xx.

@@ -41,7 +41,7 @@ func simChild(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	timing := sim.DefaultTiming
+	timing := sim.DefaultTiming()
 	timing.Speed = 50
 	s, err := sim.NewServer(sim.ServerConfig{
 		Addr: net.JoinHostPort(*host, strconv.Itoa(*port)), Model: *model, KVEvents: *kv, KVEventsReplay: *replay,

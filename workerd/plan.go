@@ -16,6 +16,7 @@ import (
 	"github.com/kvgate/kvgate/engine/sglang"
 	"github.com/kvgate/kvgate/engine/vllm"
 	"github.com/kvgate/kvgate/gpu"
+	"github.com/kvgate/kvgate/tokenizer"
 )
 
 // plan is one engine ready to start: its command line, environment and addresses.
@@ -33,9 +34,6 @@ type plan struct {
 	models    []string
 	sidecar   string // host:port of the decode engine's P/D sidecar (port 0: any), "" = none
 }
-
-// DefaultBlockSize is the KV block size assumed when a spec names none.
-const DefaultBlockSize = 16
 
 // ports hands out free loopback ports for one New: each stays bound until release, so two
 // picks (an engine's HTTP, KV-event, replay and NIXL ports, and every engine's) are never the
@@ -114,7 +112,7 @@ func newPlan(node string, s EngineSpec) plan {
 		p.role = discovery.RoleAggregated
 	}
 	if p.blockSize == 0 {
-		p.blockSize = DefaultBlockSize
+		p.blockSize = tokenizer.DefaultBlockSize
 	}
 	if len(p.models) == 0 && s.Model != "" {
 		p.models = []string{s.Model}

@@ -27,6 +27,7 @@ import (
 	"github.com/kvgate/kvgate/gpu"
 	"github.com/kvgate/kvgate/relay"
 	"github.com/kvgate/kvgate/relay/relaytest"
+	"github.com/kvgate/kvgate/tokenizer"
 )
 
 // syncBuffer collects engine output from several goroutines.
@@ -183,7 +184,7 @@ func TestWorkerdEndToEnd(t *testing.T) {
 	})
 	st := w.Engines()[0]
 	if ep.Name != "n1-a" || ep.Address != st.Address || ep.Workerd != w.Advertise() || ep.KVEvents != st.KVEvents ||
-		ep.BlockSize != DefaultBlockSize || !slices.Equal(ep.Models, []string{"sim-model"}) || ep.Meta[discovery.MetaEngine] != KindSim {
+		ep.BlockSize != tokenizer.DefaultBlockSize || !slices.Equal(ep.Models, []string{"sim-model"}) || ep.Meta[discovery.MetaEngine] != KindSim {
 		t.Fatalf("consul endpoint %+v, engine %+v", ep, st)
 	}
 

@@ -8,6 +8,7 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"github.com/kvgate/kvgate/discovery"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -66,8 +67,8 @@ func servingEndpoints(model string, eps []Endpoint) ([]Endpoint, []error) {
 	seen := map[string]bool{}
 	for _, e := range eps {
 		switch e.Role {
-		case "", RoleAggregated, RoleDecode:
-		case RolePrefill:
+		case "", discovery.RoleAggregated, discovery.RoleDecode:
+		case discovery.RolePrefill:
 			continue
 		default:
 			problems = append(problems, fmt.Errorf("model %q: endpoint %q (%s): unknown role %q, left out", model, e.Name, e.Address, e.Role))

@@ -27,7 +27,11 @@ type Model struct {
 	Options Options `json:"options,omitempty"`
 }
 
-// Endpoint is one engine as the translation sees it.
+// Endpoint is one engine as the translation sees it: the fields Envoy's clusters and endpoint
+// metadata need, with the JSON names of the --config file. It is a separate type from
+// discovery.Endpoint (which carries KV-event and metrics fields Envoy never sees, and whose
+// file schema lives in discovery) because this one is part of xds's own config schema.
+// Role takes discovery's RoleAggregated, RolePrefill or RoleDecode.
 type Endpoint struct {
 	// Name identifies the engine (for example its Consul service ID).
 	Name string `json:"name,omitempty"`
@@ -43,13 +47,6 @@ type Endpoint struct {
 	// BlockSize is the engine's KV block size in tokens, carried as endpoint metadata.
 	BlockSize int `json:"block_size,omitempty"`
 }
-
-// Roles of an engine.
-const (
-	RoleAggregated = "aggregated"
-	RolePrefill    = "prefill"
-	RoleDecode     = "decode"
-)
 
 // Body modes of the ext_proc filter, as kvgate spells them.
 const (

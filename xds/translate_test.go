@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/xds"
 )
 
@@ -182,7 +183,7 @@ func TestTranslateSemantics(t *testing.T) {
 				Router: []string{"127.0.0.1:9002"},
 				Pools: map[string][]xds.Endpoint{
 					"a": {{Address: "10.0.0.1:8000", Healthy: true}},
-					"b": {{Address: "10.0.0.2:8000", Healthy: true}, {Address: "10.0.0.3:8000", Role: xds.RolePrefill}},
+					"b": {{Address: "10.0.0.2:8000", Healthy: true}, {Address: "10.0.0.3:8000", Role: discovery.RolePrefill}},
 				},
 				Options: tt.opts,
 			}

@@ -152,7 +152,7 @@ func chatTurn(ctx context.Context, client *http.Client, base string, o *chatOpti
 		if err != nil {
 			return reply.String(), err
 		}
-		if bytes.Equal(data, openai.Done) {
+		if string(data) == openai.Done {
 			done = true
 			continue
 		}

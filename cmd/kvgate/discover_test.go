@@ -97,3 +97,21 @@ func TestRelaySource(t *testing.T) {
 		t.Error("endpoint with a workerd did not get a relay client")
 	}
 }
+
+// TestRolesAgree holds the router's typed roles equal to discovery's (the router cannot
+// import discovery), so an endpoint's role survives routerEndpoints unchanged.
+func TestRolesAgree(t *testing.T) {
+	pairs := []struct {
+		r router.Role
+		d string
+	}{
+		{router.RoleAggregated, discovery.RoleAggregated},
+		{router.RolePrefill, discovery.RolePrefill},
+		{router.RoleDecode, discovery.RoleDecode},
+	}
+	for _, p := range pairs {
+		if string(p.r) != p.d {
+			t.Errorf("router role %q, discovery role %q", p.r, p.d)
+		}
+	}
+}

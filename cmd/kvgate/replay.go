@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/replay"
+	"github.com/kvgate/kvgate/tokenizer"
 )
 
 func init() { register(newReplayCmd) }
@@ -96,7 +97,7 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.StringVar(&cfg.Policy, "policy", "kv", "routing policy: "+strings.Join(replay.Policies(), ", ")+", or all")
 	f.DurationVar(&cfg.EventDelay, "event-delay", 5*time.Millisecond, "delay from an engine's step to its KV events reaching the router")
 	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache blocks per engine (0 derives it from --gpu-memory and an 8B model)")
-	f.IntVar(&cfg.Engine.BlockSize, "block-size", 16, "tokens per KV block")
+	f.IntVar(&cfg.Engine.BlockSize, "block-size", tokenizer.DefaultBlockSize, "tokens per KV block")
 	f.Float64Var(&cfg.Engine.GPUMemoryGiB, "gpu-memory", 80, "simulated GPU memory per engine, GiB")
 	f.IntVar(&cfg.Engine.MaxModelLen, "max-model-len", replay.DefaultMaxModelLen, "prompt plus output tokens of one request at most")
 	f.IntVar(&cfg.Engine.MaxNumSeqs, "max-num-seqs", 256, "running requests per engine at most")

@@ -44,7 +44,7 @@ func (e *endpointFlags) add(cmd *cobra.Command, withFile bool) {
 	f.StringArrayVar(&e.urls, "endpoint", nil, "engine to route to, as URL or host:port (repeatable)")
 	f.StringArrayVar(&e.kvEvents, "kv-events", nil, "ZMQ KV-event publisher of the --endpoint at the same position, e.g. tcp://10.0.0.5:5557; prefix bind: for engines that dial (bind:tcp://127.0.0.1:5557); 'none' for an engine without events (repeatable)")
 	f.StringArrayVar(&e.models, "served-model", nil, "model the --endpoint engines serve (repeatable; default: asked from each engine's /v1/models)")
-	f.IntVar(&e.blockSize, "block-size", 16, "KV block size (tokens) of the --endpoint engines")
+	f.IntVar(&e.blockSize, "block-size", tokenizer.DefaultBlockSize, "KV block size (tokens) of the --endpoint engines")
 	f.StringVar(&e.role, "role", string(router.RoleAggregated), "role of the --endpoint engines: aggregated, prefill or decode")
 }
 
@@ -104,7 +104,7 @@ func (r *routerFlags) add(cmd *cobra.Command) {
 	r.disagg.add(cmd)
 }
 
-func (r *routerFlags) config(eps []router.Endpoint) (router.Config, error) {
+func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Config, error) {
 	cfg := router.DefaultConfig()
 	cfg.Policy = r.policy
 	cfg.Endpoints = eps
@@ -113,9 +113,12 @@ func (r *routerFlags) config(eps []router.Endpoint) (router.Config, error) {
 	cfg.KVEventLimits.MaxMessage = r.kvMaxMessage
 	r.disagg.apply(&cfg)
 	if r.modelsFile != "" {
-		m, err := tokenizer.LoadModelMap(r.modelsFile)
+		m, warnings, err := tokenizer.LoadModelMap(r.modelsFile)
 		if err != nil {
 			return cfg, err
+		}
+		for _, w := range warnings {
+			log.Warn("model map uses a deprecated key", "path", r.modelsFile, "warning", w)
 		}
 		cfg.Models = m
 	} else {
@@ -165,7 +168,7 @@ docs/DISCOVERY.md.`,
 	f.StringVar(&o.http, "http", "", "also serve the OpenAI gateway on this address (e.g. 127.0.0.1:8000)")
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
 	addMetricsFlag(f, &o.metrics, "router, ext_proc and gateway")
-	f.IntVar(&o.maxBody, "max-body-bytes", extproc.DefaultMaxBodyBytes, "largest request body accepted")
+	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
 	o.eps.add(cmd, true)
 	o.rt.add(cmd)
 	o.consul.add(cmd)
@@ -185,7 +188,7 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 	if len(eps) == 0 && disc == nil {
 		return errors.New("no endpoints: pass --endpoints FILE, --endpoint URL or --consul ADDR")
 	}
-	cfg, err := o.rt.config(append(slices.Clone(eps), fileEps...))
+	cfg, err := o.rt.config(append(slices.Clone(eps), fileEps...), log)
 	if err != nil {
 		return err
 	}

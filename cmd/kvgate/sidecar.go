@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/sidecar"
 	"github.com/kvgate/kvgate/tlsconfig"
 )
@@ -74,7 +75,7 @@ another one is refused (403). See docs/DISAGG.md.`,
 	f.StringVar(&cfg.Engine, "engine", "", "the local decode engine's OpenAI address, host:port (required)")
 	f.StringVar(&cfg.Name, "name", "", "engine label on the sidecar's metrics (default: --engine)")
 	f.DurationVar(&cfg.PrefillTimeout, "prefill-timeout", 30*time.Second, "longest wait for a remote prefill before prefilling locally")
-	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 16<<20, "largest request body read")
+	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body read")
 	f.StringVar(&metrics, "metrics-addr", "", "serve the sidecar's own Prometheus /metrics here (its /metrics is the engine's)")
 	f.StringSliceVar(&prefills, "prefill", nil, "prefill engine (host:port) requests may name in x-prefiller-host-port (repeatable, comma-separated)")
 	consul.add(cmd)

@@ -26,7 +26,7 @@ func newSimCmd(g *globals) *cobra.Command {
 		shape      string
 		speed      float64
 		loras      []string
-		timing     = sim.DefaultTiming
+		timing     = sim.DefaultTiming()
 	)
 	cmd := &cobra.Command{
 		Use:   "sim",
@@ -81,7 +81,7 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 	f.Int64Var(&cfg.KVEventsLimits.MaxMessage, "kv-events-max-message", engine.DefaultMaxZMQMessage, "largest ZMQ message (and frame) a KV-event peer may send, in bytes; a peer sending more is disconnected")
 	f.StringVar(&hashFormat, "hash-format", "int", "block hashes in events: int (64-bit) or bytes (32-byte sha256)")
 	f.StringVar(&shape, "event-shape", "map", "event encoding: map (current vLLM) or array (positional, older vLLM and SGLang)")
-	f.IntVar(&cfg.Engine.BlockSize, "block-size", 16, "tokens per KV block")
+	f.IntVar(&cfg.Engine.BlockSize, "block-size", tokenizer.DefaultBlockSize, "tokens per KV block")
 	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache capacity in blocks (0: derived from --gpu-memory-gib and the model shape)")
 	f.Float64Var(&cfg.Engine.GPUMemoryGiB, "gpu-memory-gib", 80, "simulated GPU memory")
 	f.Float64Var(&cfg.Engine.GPUMemoryUtil, "gpu-memory-utilization", 0.9, "fraction of GPU memory the engine may use")
@@ -89,17 +89,17 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 	f.IntVar(&cfg.Engine.MaxNumBatchedTokens, "max-num-batched-tokens", 8192, "tokens per engine step at most")
 	f.IntVar(&cfg.Engine.MaxModelLen, "max-model-len", 40960, "prompt plus output tokens of one request at most (capped by the cache)")
 	f.BoolVar(&cfg.Engine.NoChunkedPrefill, "no-chunked-prefill", false, "prefill a prompt in one step or not at all")
-	f.IntVar(&cfg.Engine.Shape.Layers, "layers", sim.DefaultShape.Layers, "model layers (KV size per token)")
-	f.IntVar(&cfg.Engine.Shape.KVHeads, "kv-heads", sim.DefaultShape.KVHeads, "model KV heads")
-	f.IntVar(&cfg.Engine.Shape.HeadDim, "head-dim", sim.DefaultShape.HeadDim, "model head dimension")
-	f.IntVar(&cfg.Engine.Shape.DTypeBytes, "kv-dtype-bytes", sim.DefaultShape.DTypeBytes, "bytes per KV element")
-	f.Float64Var(&cfg.Engine.Shape.ParamsB, "params-b", sim.DefaultShape.ParamsB, "model parameters in billions (weights memory)")
+	f.IntVar(&cfg.Engine.Shape.Layers, "layers", sim.DefaultShape().Layers, "model layers (KV size per token)")
+	f.IntVar(&cfg.Engine.Shape.KVHeads, "kv-heads", sim.DefaultShape().KVHeads, "model KV heads")
+	f.IntVar(&cfg.Engine.Shape.HeadDim, "head-dim", sim.DefaultShape().HeadDim, "model head dimension")
+	f.IntVar(&cfg.Engine.Shape.DTypeBytes, "kv-dtype-bytes", sim.DefaultShape().DTypeBytes, "bytes per KV element")
+	f.Float64Var(&cfg.Engine.Shape.ParamsB, "params-b", sim.DefaultShape().ParamsB, "model parameters in billions (weights memory)")
 	f.Float64Var(&speed, "speed", 1, "time scale: 10 runs every step 10x faster than modelled")
-	f.DurationVar(&timing.Base, "step-base", sim.DefaultTiming.Base, "fixed time of one engine step")
-	f.DurationVar(&timing.PerToken, "step-per-token", sim.DefaultTiming.PerToken, "step time per scheduled token")
-	f.DurationVar(&timing.PerSeq, "step-per-seq", sim.DefaultTiming.PerSeq, "step time per scheduled sequence")
-	f.DurationVar(&timing.PerContextToken, "step-per-context-token", sim.DefaultTiming.PerContextToken, "step time per token of attended context")
-	f.Float64Var(&timing.PerAttnPair, "step-per-attn-pair-ns", sim.DefaultTiming.PerAttnPair, "nanoseconds per (new token, context token) pair in prefill attention")
+	f.DurationVar(&timing.Base, "step-base", sim.DefaultTiming().Base, "fixed time of one engine step")
+	f.DurationVar(&timing.PerToken, "step-per-token", sim.DefaultTiming().PerToken, "step time per scheduled token")
+	f.DurationVar(&timing.PerSeq, "step-per-seq", sim.DefaultTiming().PerSeq, "step time per scheduled sequence")
+	f.DurationVar(&timing.PerContextToken, "step-per-context-token", sim.DefaultTiming().PerContextToken, "step time per token of attended context")
+	f.Float64Var(&timing.PerAttnPair, "step-per-attn-pair-ns", sim.DefaultTiming().PerAttnPair, "nanoseconds per (new token, context token) pair in prefill attention")
 	f.StringVar(&cfg.TransferAddr, "transfer-addr", "", "P/D block-transfer listen address (default: HTTP host, a free port)")
 	f.StringVar(&cfg.AdvertiseHost, "advertise-host", "", "remote_host given to decode engines (default: the transfer listener's host)")
 	f.IntVar(&cfg.BlockBytes, "block-bytes", 0, "bytes per KV block on a P/D transfer (0: derived from the model shape)")

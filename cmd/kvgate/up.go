@@ -15,6 +15,7 @@ import (
 	"github.com/kvgate/kvgate/engine/sim"
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
+	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -65,7 +66,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	f.Float64Var(&o.simSpeed, "sim-speed", 1, "simulated engines run this many times faster than the modelled H100")
 	f.IntVar(&o.simBlocks, "sim-kv-blocks", 0, "KV cache capacity of each simulated engine in blocks (0: derived from 80 GiB)")
 	f.StringVar(&o.kvHost, "kv-host", "127.0.0.1", "host the simulated engines bind their KV-event publishers on (each on a free port)")
-	f.IntVar(&o.maxBody, "max-body-bytes", gateway.DefaultMaxBodyBytes, "largest request body accepted")
+	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
 	o.extTLS.AddServerFlags(f, "ext-proc-", "ext_proc")
 	o.eps.add(cmd, false)
@@ -105,7 +106,7 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		}
 	}
 
-	cfg, err := o.rt.config(eps)
+	cfg, err := o.rt.config(eps, log)
 	if err != nil {
 		return err
 	}
@@ -184,7 +185,7 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 // --kv-host) and returns it with its router endpoint (role left to the caller).
 func startSim(ctx context.Context, grp *errgroup.Group, log *slog.Logger, o *upOptions, name string) (*sim.Server, router.Endpoint, error) {
 	cfg := sim.ServerConfig{Addr: "127.0.0.1:0", Model: o.simModel, KVEvents: "tcp://" + net.JoinHostPort(o.kvHost, "0")}
-	cfg.Engine.Timing = sim.DefaultTiming
+	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = o.simSpeed
 	cfg.Engine.NumBlocks = o.simBlocks
 	s, err := sim.NewServer(cfg, log.With("engine", name), nil)

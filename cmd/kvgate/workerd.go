@@ -48,9 +48,15 @@ over gRPC, and registers each one in Consul. Engines come from --config (YAML) a
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var cfg workerd.Config
 			if configPath != "" {
-				var err error
-				if cfg, err = workerd.LoadConfig(configPath); err != nil {
+				var (
+					warnings []string
+					err      error
+				)
+				if cfg, warnings, err = workerd.LoadConfig(configPath); err != nil {
 					return err
+				}
+				for _, w := range warnings {
+					g.log.Warn("workerd config uses a deprecated key", "path", configPath, "warning", w)
 				}
 			}
 			set := func(name string, dst *string, v string) {

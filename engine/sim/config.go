@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/kvgate/kvgate/tokenizer"
 )
 
 // Shape is the part of a model's architecture the simulator needs: how many bytes of KV cache
@@ -16,9 +18,11 @@ type Shape struct {
 	ParamsB    float64 // parameters, in billions (weights take ParamsB*1e9*DTypeBytes bytes)
 }
 
-// DefaultShape is Qwen3-8B (tokenizer.DefaultModel): 36 layers, 8 KV heads of 128, bf16,
-// 8.2B parameters.
-var DefaultShape = Shape{Layers: 36, KVHeads: 8, HeadDim: 128, DTypeBytes: 2, ParamsB: 8.2}
+// DefaultShape() returns Qwen3-8B's shape (tokenizer.DefaultModel): 36 layers, 8 KV heads of
+// 128, bf16, 8.2B parameters.
+func DefaultShape() Shape {
+	return Shape{Layers: 36, KVHeads: 8, HeadDim: 128, DTypeBytes: 2, ParamsB: 8.2}
+}
 
 // KVBytesPerToken is 2 (K and V) * layers * kv_heads * head_dim * dtype bytes.
 func (s Shape) KVBytesPerToken() int { return 2 * s.Layers * s.KVHeads * s.HeadDim * s.DTypeBytes }
@@ -43,7 +47,7 @@ type Config struct {
 //	Base + PerToken*scheduled_tokens + PerSeq*scheduled_seqs + PerContextToken*sum(context)
 //	     + PerAttnPair*sum(prefill_tokens*context)
 //
-// divided by Speed. Defaults are in DefaultTiming; docs/SIM.md gives their sources.
+// divided by Speed. Defaults are in DefaultTiming(); docs/SIM.md gives their sources.
 type Timing struct {
 	Base            time.Duration // fixed cost of a step: reading the weights once
 	PerToken        time.Duration // per scheduled token (prefill or decode): the GEMMs
@@ -53,20 +57,22 @@ type Timing struct {
 	Speed           float64       // 10 makes every step 10x shorter; 0 means 1
 }
 
-// DefaultTiming models an 8B model in bf16 on one H100 SXM under vLLM.
-var DefaultTiming = Timing{
-	Base:            6 * time.Millisecond,
-	PerToken:        50 * time.Microsecond,
-	PerSeq:          10 * time.Microsecond,
-	PerContextToken: 40 * time.Nanosecond,
-	PerAttnPair:     1.3,
-	Speed:           1,
+// DefaultTiming() returns the timing of an 8B model in bf16 on one H100 SXM under vLLM.
+func DefaultTiming() Timing {
+	return Timing{
+		Base:            6 * time.Millisecond,
+		PerToken:        50 * time.Microsecond,
+		PerSeq:          10 * time.Microsecond,
+		PerContextToken: 40 * time.Nanosecond,
+		PerAttnPair:     1.3,
+		Speed:           1,
+	}
 }
 
 // WithDefaults returns c with every zero field set to its default and NumBlocks derived.
 func (c Config) WithDefaults() Config {
 	if c.BlockSize == 0 {
-		c.BlockSize = 16
+		c.BlockSize = tokenizer.DefaultBlockSize
 	}
 	if c.MaxNumSeqs == 0 {
 		c.MaxNumSeqs = 256
@@ -75,7 +81,7 @@ func (c Config) WithDefaults() Config {
 		c.MaxNumBatchedTokens = 8192
 	}
 	if c.Shape == (Shape{}) {
-		c.Shape = DefaultShape
+		c.Shape = DefaultShape()
 	}
 	if c.GPUMemoryGiB == 0 {
 		c.GPUMemoryGiB = 80
@@ -84,7 +90,7 @@ func (c Config) WithDefaults() Config {
 		c.GPUMemoryUtil = 0.9
 	}
 	if c.Timing == (Timing{}) {
-		c.Timing = DefaultTiming
+		c.Timing = DefaultTiming()
 	}
 	if c.Timing.Speed == 0 {
 		c.Timing.Speed = 1

@@ -491,7 +491,7 @@ func TestDerivedCapacity(t *testing.T) {
 }
 
 func TestTimingModel(t *testing.T) {
-	d := DefaultTiming
+	d := DefaultTiming()
 	fast := d
 	fast.Speed = 10
 	tests := []struct {

@@ -182,7 +182,7 @@ func TestRepeatedPromptIsCachedAndFaster(t *testing.T) {
 			if err != nil {
 				t.Fatalf("stream ended without [DONE]: %v", err)
 			}
-			if bytes.Equal(data, openai.Done) {
+			if string(data) == openai.Done {
 				break
 			}
 			var ch openai.CompletionChunk
@@ -612,7 +612,7 @@ func chatStream(t *testing.T, c *http.Client, s *Server, body map[string]any) (m
 		if err != nil {
 			t.Fatalf("no [DONE]: %v", err)
 		}
-		if bytes.Equal(data, openai.Done) {
+		if string(data) == openai.Done {
 			return texts, fins, u
 		}
 		var ch openai.ChatCompletionChunk
@@ -1094,7 +1094,7 @@ func TestContinuousUsageStats(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if bytes.Equal(data, openai.Done) {
+		if string(data) == openai.Done {
 			break
 		}
 		var ch openai.CompletionChunk

@@ -31,22 +31,22 @@ var epoch = time.Unix(1_700_000_000, 0)
 // ticket is the router's decision for one request.
 type ticket = *router.Decision
 
-// picker is the real router driven in virtual time: no sockets, no scraping; the replay
+// virtualRouter is the real router driven in virtual time: no sockets, no scraping; the replay
 // delivers KV events and load readings itself.
-type picker struct {
+type virtualRouter struct {
 	r        *router.Router
 	now      time.Duration
 	names    []string
 	lastLoad []time.Duration
 }
 
-func newPicker(cfg Config, ecfg sim.Config) (*picker, error) {
+func newVirtualRouter(cfg Config, ecfg sim.Config) (*virtualRouter, error) {
 	models, err := tokenizer.NewModelMap([]tokenizer.Model{{Name: replayModel, BlockSize: ecfg.BlockSize}})
 	if err != nil {
 		return nil, err
 	}
 	n := cfg.engines()
-	p := &picker{names: make([]string, n), lastLoad: make([]time.Duration, n)}
+	p := &virtualRouter{names: make([]string, n), lastLoad: make([]time.Duration, n)}
 	rc := router.DefaultConfig()
 	rc.Policy = cfg.Policy
 	rc.Models = models
@@ -96,7 +96,7 @@ func newPicker(cfg Config, ecfg sim.Config) (*picker, error) {
 
 // pick asks the router; it returns the target engine and the prefill engine (-1 when the
 // request is not disaggregated).
-func (p *picker) pick(now time.Duration, tokens []uint32) (int, int, ticket, error) {
+func (p *virtualRouter) pick(now time.Duration, tokens []uint32) (int, int, ticket, error) {
 	p.now = now
 	d, err := p.r.Pick(router.Prompt{Model: replayModel, Tokens: tokens})
 	if err != nil {
@@ -113,20 +113,20 @@ func (p *picker) pick(now time.Duration, tokens []uint32) (int, int, ticket, err
 	return i, pre, d, nil
 }
 
-func (p *picker) firstToken(t ticket) {
+func (p *virtualRouter) firstToken(t ticket) {
 	if t != nil {
 		t.FirstToken()
 	}
 }
 
-func (p *picker) done(t ticket) {
+func (p *virtualRouter) done(t ticket) {
 	if t != nil {
 		t.Done(nil, nil)
 	}
 }
 
 // apply delivers one step's KV events to the router as the engine's publisher would.
-func (p *picker) apply(now time.Duration, eng int, evs []sim.KVEvent) {
+func (p *virtualRouter) apply(now time.Duration, eng int, evs []sim.KVEvent) {
 	p.now = now
 	b := engine.EventBatch{TS: now.Seconds(), Events: make([]engine.Event, len(evs))}
 	for i, ev := range evs {
@@ -136,7 +136,7 @@ func (p *picker) apply(now time.Duration, eng int, evs []sim.KVEvent) {
 }
 
 // load delivers the engine's queue and KV usage, at most every scrapeEvery.
-func (p *picker) load(now time.Duration, eng int, st sim.Stats) {
+func (p *virtualRouter) load(now time.Duration, eng int, st sim.Stats) {
 	if now-p.lastLoad[eng] < scrapeEvery && p.lastLoad[eng] != 0 {
 		return
 	}
