@@ -259,7 +259,7 @@ func TestGapWarningsRateLimited(t *testing.T) {
 	for i := range gaps {
 		h.Gap(uint64(10*i+1), uint64(10*i+5))
 	}
-	if got := counter(t, reg, router.MetricEventGaps); got != gaps {
+	if got := metricstest.Value(reg, router.MetricEventGaps); got != gaps {
 		t.Errorf("%s = %v, want %d", router.MetricEventGaps, got, gaps)
 	}
 	if n := lines.n.Load(); n != 1 {
