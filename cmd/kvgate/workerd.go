@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/gpu"
-	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/workerd"
 )
 
@@ -21,18 +19,8 @@ func init() { register(newWorkerdCmd) }
 // newWorkerdCmd runs the node daemon: engines, KV-event relay, Consul registration.
 func newWorkerdCmd(g *globals) *cobra.Command {
 	var (
-		configPath  string
-		listen      string
-		advertise   string
-		node        string
-		host        string
-		consulAddr  string
-		noConsul    bool
-		engines     []string
+		f           workerd.Flags
 		metricsAddr string
-		relayTLS    tlsconfig.Files
-		sidecarTLS  tlsconfig.Files
-		prefills    []string
 	)
 	cmd := &cobra.Command{
 		Use:   "workerd",
@@ -46,58 +34,13 @@ over gRPC, and registers each one in Consul. Engines come from --config (YAML) a
   kvgate workerd --config /etc/kvgate/workerd.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var cfg workerd.Config
-			if configPath != "" {
-				var (
-					warnings []string
-					err      error
-				)
-				if cfg, warnings, err = workerd.LoadConfig(configPath); err != nil {
-					return err
-				}
-				for _, w := range warnings {
-					g.log.Warn("workerd config uses a deprecated key", "path", configPath, "warning", w)
-				}
+			cfg, warnings, err := f.Config()
+			if err != nil {
+				return err
 			}
-			set := func(name string, dst *string, v string) {
-				if cmd.Flags().Changed(name) {
-					*dst = v
-				}
+			for _, w := range warnings {
+				g.log.Warn("workerd config uses a deprecated key", "path", f.ConfigFile, "warning", w)
 			}
-			set("listen", &cfg.Listen, listen)
-			set("advertise", &cfg.Advertise, advertise)
-			set("node", &cfg.Node, node)
-			set("host", &cfg.Host, host)
-			if cfg.Listen == "" {
-				cfg.Listen = listen
-			}
-			if consulAddr != "" {
-				if cfg.Consul == nil {
-					cfg.Consul = &workerd.ConsulConfig{}
-				}
-				cfg.Consul.Address = consulAddr
-			}
-			if noConsul {
-				cfg.Consul = nil
-			}
-			if relayTLS.Enabled() {
-				cfg.TLS = relayTLS
-			}
-			if sidecarTLS.Enabled() {
-				cfg.SidecarTLS = sidecarTLS
-			}
-			cfg.PrefillEndpoints = append(cfg.PrefillEndpoints, prefills...)
-			for _, s := range engines {
-				e, err := workerd.ParseEngineFlag(s)
-				if err != nil {
-					return err
-				}
-				cfg.Engines = append(cfg.Engines, e)
-			}
-			if len(cfg.Engines) == 0 {
-				return errors.New("no engines: give --config or --engine")
-			}
-
 			ctx := cmd.Context()
 			reg := newRegistry()
 			mon, err := gpu.NewMonitor(ctx, gpu.NewNVML(), 10*time.Second, reg, g.log)
@@ -119,19 +62,8 @@ over gRPC, and registers each one in Consul. Engines come from --config (YAML) a
 			return w.Run(ctx)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&configPath, "config", "", "YAML config file (docs/WORKERD.md); flags override its fields")
-	f.StringVar(&listen, "listen", "127.0.0.1:7070", "relay gRPC listen address")
-	f.StringVar(&advertise, "advertise", "", "relay address written to Consul (default: the bound --listen address)")
-	f.StringVar(&node, "node", "", "node name prefixed to engine instance names (default: hostname)")
-	f.StringVar(&host, "host", "", "address engines listen on and are reached at (default 127.0.0.1)")
-	f.StringVar(&consulAddr, "consul", "", "Consul agent HTTP address; enables registration")
-	f.BoolVar(&noConsul, "no-consul", false, "do not register in Consul even if the config says so")
-	f.StringArrayVar(&engines, "engine", nil, "engine as key=value pairs: kind=sim|vllm|sglang,model=M[,name=,role=,gpus=,port=,kv_events_port=,block_size=,binary=] (repeatable)")
-	relayTLS.AddServerFlags(f, "", "the relay (gRPC)")
-	sidecarTLS.AddServerFlags(f, "sidecar-", "the P/D sidecars (HTTPS)")
-	f.StringSliceVar(&prefills, "prefill", nil, "prefill engine (host:port) on another node the sidecars may use, besides this node's and Consul's (repeatable)")
-	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics (GPU and engine gauges) on this address")
+	f.Register(cmd.Flags())
+	addMetricsFlag(cmd.Flags(), &metricsAddr, "GPU and engine gauges")
 	cmd.AddCommand(newWorkerdGPUsCmd())
 	return cmd
 }
