@@ -1,6 +1,9 @@
 package sim
 
-import "slices"
+import (
+	"slices"
+	"time"
+)
 
 // EventKind says what a KVEvent reports.
 type EventKind uint8
@@ -24,6 +27,7 @@ type KVEvent struct {
 	Tokens    []uint32    // BlockStored: len(Hashes)*BlockSize token ids
 	BlockSize int         // BlockStored
 	LoRAName  string      // BlockStored: the adapter, "" for the base model
+	Medium    string      // where the blocks are (or were): MediumGPU, MediumCPU or MediumDisk
 }
 
 // block is one physical KV block.
@@ -32,6 +36,12 @@ type block struct {
 	ref    int
 	hash   BlockHash
 	cached bool // hash is set and the block is in kvCache.cached
+
+	// What an offload to a lower tier needs, set while cached.
+	parent    BlockHash
+	hasParent bool
+	tokens    []uint32
+	lora      string
 
 	prev, next *block // free queue links; nil when not in the queue
 	free       bool
@@ -48,6 +58,11 @@ type kvCache struct {
 	cached    map[BlockHash]*block
 	events    []KVEvent // produced since the last drain
 	removed   []BlockHash
+
+	lower      *tier         // host tier (chained to the disk tier) evictions go to; nil: none
+	now        time.Duration // start of the current step, for the tiers' transfer clocks
+	blockBytes int           // bytes of one block on an offload
+	offload    []tierEntry   // evicted blocks waiting to be written to lower, reused
 }
 
 func newKVCache(numBlocks, blockSize int) *kvCache {
@@ -120,11 +135,20 @@ func (c *kvCache) allocate(out []*block, n int) []*block {
 			delete(c.cached, b.hash)
 			c.removed = append(c.removed, b.hash)
 			b.cached = false
+			if c.lower != nil {
+				c.offload = append(c.offload, tierEntry{hash: b.hash, parent: b.parent, hasParent: b.hasParent, tokens: b.tokens, lora: b.lora})
+			}
+			b.tokens = nil
 		}
 		b.ref = 1
 		out = append(out, b)
 	}
 	c.flushRemoved()
+	for _, e := range c.offload {
+		c.lower.put(c, e, c.now, c.blockBytes)
+	}
+	clear(c.offload)
+	c.offload = c.offload[:0]
 	return out
 }
 
@@ -132,7 +156,7 @@ func (c *kvCache) flushRemoved() {
 	if len(c.removed) == 0 {
 		return
 	}
-	c.events = append(c.events, KVEvent{Kind: BlockRemoved, Hashes: c.removed})
+	c.events = append(c.events, KVEvent{Kind: BlockRemoved, Medium: MediumGPU, Hashes: c.removed})
 	c.removed = nil
 }
 
@@ -164,12 +188,15 @@ func (c *kvCache) store(bs []*block, hs []BlockHash, tokens []uint32, parent Blo
 		}
 		b.hash, b.cached = hs[i], true
 		c.cached[hs[i]] = b
+		p, hp := parent, hasParent
+		if i > 0 {
+			p, hp = hs[i-1], true
+		}
+		if c.lower != nil {
+			b.parent, b.hasParent, b.tokens, b.lora = p, hp, tokens[i*c.blockSize:(i+1)*c.blockSize:(i+1)*c.blockSize], lora
+		}
 		if ev == nil {
-			p, hp := parent, hasParent
-			if i > 0 {
-				p, hp = hs[i-1], true
-			}
-			c.events = append(c.events, KVEvent{Kind: BlockStored, Parent: p, HasParent: hp, BlockSize: c.blockSize, LoRAName: lora})
+			c.events = append(c.events, KVEvent{Kind: BlockStored, Medium: MediumGPU, Parent: p, HasParent: hp, BlockSize: c.blockSize, LoRAName: lora})
 			ev = &c.events[len(c.events)-1]
 		}
 		ev.Hashes = append(ev.Hashes, hs[i])
@@ -185,7 +212,11 @@ func (c *kvCache) clear() bool {
 	}
 	for h, b := range c.cached {
 		b.cached = false
+		b.tokens = nil
 		delete(c.cached, h)
+	}
+	if c.lower != nil {
+		c.lower.clear()
 	}
 	c.events = append(c.events, KVEvent{Kind: AllBlocksCleared})
 	return true

@@ -1,0 +1,131 @@
+package sim
+
+import "time"
+
+// The media a KV event names, as vLLM's offloading connector spells them (LoadStoreSpec.medium():
+// "GPU", "CPU"); "DISK" is this simulator's name for its disk tier.
+const (
+	MediumGPU  = "GPU"
+	MediumCPU  = "CPU"
+	MediumDisk = "DISK"
+)
+
+// tierEntry is one block held in a lower tier: enough to publish it and to onboard it.
+type tierEntry struct {
+	hash       BlockHash
+	parent     BlockHash
+	hasParent  bool
+	tokens     []uint32
+	lora       string
+	readyAt    time.Duration // when its offload transfer completes; not found before
+	prev, next *tierEntry
+}
+
+// tier is a lower KV tier (host memory or disk): an LRU set of block hashes of fixed capacity.
+// Writes into it are asynchronous and bandwidth-limited: a block becomes findable when its copy
+// over the tier's write link completes, copies queue on the link one after another.
+type tier struct {
+	medium   string
+	capacity int
+	entries  map[BlockHash]*tierEntry
+	head     tierEntry // sentinel; head.next is least recently used
+	writeBW  float64   // bytes per second of the link that fills this tier
+	linkFree time.Duration
+	next     *tier // where this tier's evictions go; nil drops them
+}
+
+func newTier(medium string, capacity int, writeBW float64) *tier {
+	t := &tier{medium: medium, capacity: capacity, entries: make(map[BlockHash]*tierEntry, capacity), writeBW: writeBW}
+	t.head.next, t.head.prev = &t.head, &t.head
+	return t
+}
+
+func (t *tier) unlink(e *tierEntry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+}
+
+func (t *tier) pushTail(e *tierEntry) {
+	e.prev, e.next = t.head.prev, &t.head
+	t.head.prev.next = e
+	t.head.prev = e
+}
+
+// lookup returns the entry for h if it is in the tier and its write completed by now, and
+// marks it recently used.
+func (t *tier) lookup(h BlockHash, now time.Duration) (*tierEntry, bool) {
+	if t == nil {
+		return nil, false
+	}
+	e, ok := t.entries[h]
+	if !ok || e.readyAt > now {
+		return nil, false
+	}
+	t.unlink(e)
+	t.pushTail(e)
+	return e, true
+}
+
+// put stores a copy of e (taken at now, over blockBytes of link), evicting the least
+// recently used entries into t.next. Events for both tiers go to c.
+func (t *tier) put(c *kvCache, e tierEntry, now time.Duration, blockBytes int) {
+	if old, ok := t.entries[e.hash]; ok {
+		t.unlink(old)
+		t.pushTail(old)
+		return
+	}
+	for len(t.entries) >= t.capacity {
+		v := t.head.next
+		t.unlink(v)
+		delete(t.entries, v.hash)
+		c.emitRemoved(t.medium, v.hash)
+		if t.next != nil {
+			t.next.put(c, *v, now, blockBytes)
+		}
+	}
+	start := max(now, t.linkFree)
+	if t.writeBW > 0 {
+		t.linkFree = start + time.Duration(float64(blockBytes)/t.writeBW*float64(time.Second))
+	} else {
+		t.linkFree = start
+	}
+	ne := e
+	ne.readyAt = t.linkFree
+	t.entries[e.hash] = &ne
+	t.pushTail(&ne)
+	c.emitStored(t.medium, &ne)
+}
+
+// clear drops every entry (no events: the caller publishes AllBlocksCleared).
+func (t *tier) clear() {
+	for x := t; x != nil; x = x.next {
+		clear(x.entries)
+		x.head.next, x.head.prev = &x.head, &x.head
+	}
+}
+
+// emitRemoved records that medium dropped h, joining the previous event when it removed from
+// the same medium.
+func (c *kvCache) emitRemoved(medium string, h BlockHash) {
+	if n := len(c.events); n > 0 && c.events[n-1].Kind == BlockRemoved && c.events[n-1].Medium == medium {
+		c.events[n-1].Hashes = append(c.events[n-1].Hashes, h)
+		return
+	}
+	c.events = append(c.events, KVEvent{Kind: BlockRemoved, Medium: medium, Hashes: []BlockHash{h}})
+}
+
+// emitStored records that medium now holds e, joining the previous event when e continues
+// its chain on the same medium.
+func (c *kvCache) emitStored(medium string, e *tierEntry) {
+	if n := len(c.events); n > 0 && e.hasParent {
+		last := &c.events[n-1]
+		if last.Kind == BlockStored && last.Medium == medium && last.LoRAName == e.lora &&
+			len(last.Hashes) > 0 && last.Hashes[len(last.Hashes)-1] == e.parent {
+			last.Hashes = append(last.Hashes, e.hash)
+			last.Tokens = append(last.Tokens, e.tokens...)
+			return
+		}
+	}
+	c.events = append(c.events, KVEvent{Kind: BlockStored, Medium: medium, Hashes: []BlockHash{e.hash},
+		Parent: e.parent, HasParent: e.hasParent, Tokens: append([]uint32(nil), e.tokens...), BlockSize: c.blockSize, LoRAName: e.lora})
+}
