@@ -2,12 +2,13 @@ package sim
 
 import "time"
 
-// The media a KV event names, as vLLM's offloading connector spells them (LoadStoreSpec.medium():
-// "GPU", "CPU"); "DISK" is this simulator's name for its disk tier.
+// The media a KV event names, as vLLM's kv_events.py spells them (MEDIUM_GPU, MEDIUM_CPU,
+// MEDIUM_STORAGE; its offloading connector publishes LoadStoreSpec.medium(), "CPU" for the
+// host tier). The disk tier is vLLM's storage medium.
 const (
 	MediumGPU  = "GPU"
 	MediumCPU  = "CPU"
-	MediumDisk = "DISK"
+	MediumDisk = "STORAGE"
 )
 
 // tierEntry is one block held in a lower tier: enough to publish it and to onboard it.
