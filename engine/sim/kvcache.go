@@ -143,12 +143,11 @@ func (c *kvCache) allocate(out []*block, n int) []*block {
 		b.ref = 1
 		out = append(out, b)
 	}
-	c.flushRemoved()
-	for _, e := range c.offload {
-		c.lower.put(c, e, c.now, c.blockBytes)
-	}
+	// The lower-tier copies are published before the GPU removal (see offloadTo).
+	c.offloadTo(c.lower, c.offload)
 	clear(c.offload)
 	c.offload = c.offload[:0]
+	c.flushRemoved()
 	return out
 }
 

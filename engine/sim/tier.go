@@ -67,22 +67,20 @@ func (t *tier) lookup(h BlockHash, now time.Duration) (*tierEntry, bool) {
 	return e, true
 }
 
-// put stores a copy of e (taken at now, over blockBytes of link), evicting the least
-// recently used entries into t.next. Events for both tiers go to c.
-func (t *tier) put(c *kvCache, e tierEntry, now time.Duration, blockBytes int) {
+// insert stores a copy of e (taken at now, over blockBytes of link) and publishes it; a block
+// already there is only refreshed. It appends the least recently used entries it pushed out
+// to victims; the caller moves them down and publishes their removal.
+func (t *tier) insert(c *kvCache, e tierEntry, now time.Duration, blockBytes int, victims []tierEntry) []tierEntry {
 	if old, ok := t.entries[e.hash]; ok {
 		t.unlink(old)
 		t.pushTail(old)
-		return
+		return victims
 	}
 	for len(t.entries) >= t.capacity {
 		v := t.head.next
 		t.unlink(v)
 		delete(t.entries, v.hash)
-		c.emitRemoved(t.medium, v.hash)
-		if t.next != nil {
-			t.next.put(c, *v, now, blockBytes)
-		}
+		victims = append(victims, *v)
 	}
 	start := max(now, t.linkFree)
 	if t.writeBW > 0 {
@@ -92,9 +90,60 @@ func (t *tier) put(c *kvCache, e tierEntry, now time.Duration, blockBytes int) {
 	}
 	ne := e
 	ne.readyAt = t.linkFree
+	ne.prev, ne.next = nil, nil
 	t.entries[e.hash] = &ne
 	t.pushTail(&ne)
 	c.emitStored(t.medium, &ne)
+	return victims
+}
+
+// offloadTo writes es into t and cascades t's victims to the tiers below. Every copy is
+// published before the removal that made it (a block is never absent from the events while
+// it is still somewhere), and es goes parent first, so that a consumer that indexes chains
+// (the router drops a stored block whose parent it does not know) can follow every store.
+func (c *kvCache) offloadTo(t *tier, es []tierEntry) {
+	if t == nil || len(es) == 0 {
+		return
+	}
+	var victims []tierEntry
+	for _, e := range chainOrder(es) {
+		victims = t.insert(c, e, c.now, c.blockBytes, victims)
+	}
+	c.offloadTo(t.next, victims)
+	for _, v := range victims {
+		c.emitRemoved(t.medium, v.hash)
+	}
+}
+
+// chainOrder returns es with every entry after its parent when both are in es, otherwise in
+// the given order (the GPU evicts a request's blocks tail first).
+func chainOrder(es []tierEntry) []tierEntry {
+	if len(es) < 2 {
+		return es
+	}
+	idx := make(map[BlockHash]int, len(es))
+	for i, e := range es {
+		idx[e.hash] = i
+	}
+	out := make([]tierEntry, 0, len(es))
+	done := make([]bool, len(es))
+	var walk []int
+	for i := range es {
+		walk = walk[:0]
+		for j := i; !done[j]; {
+			done[j] = true
+			walk = append(walk, j)
+			p, ok := idx[es[j].parent]
+			if !es[j].hasParent || !ok {
+				break
+			}
+			j = p
+		}
+		for k := len(walk) - 1; k >= 0; k-- {
+			out = append(out, es[walk[k]])
+		}
+	}
+	return out
 }
 
 // clear drops every entry (no events: the caller publishes AllBlocksCleared).
