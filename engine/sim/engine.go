@@ -167,6 +167,9 @@ func New(cfg Config) (*Engine, error) {
 		e.kv.lower = e.disk
 	}
 	e.kv.blockBytes = cfg.BlockBytes()
+	if e.kv.lower != nil {
+		e.kv.meta = make([]tierEntry, cfg.NumBlocks)
+	}
 	return e, nil
 }
 

@@ -37,12 +37,6 @@ type block struct {
 	hash   BlockHash
 	cached bool // hash is set and the block is in kvCache.cached
 
-	// What an offload to a lower tier needs, set while cached.
-	parent    BlockHash
-	hasParent bool
-	tokens    []uint32
-	lora      string
-
 	prev, next *block // free queue links; nil when not in the queue
 	free       bool
 }
@@ -63,6 +57,7 @@ type kvCache struct {
 	now        time.Duration // start of the current step, for the tiers' transfer clocks
 	blockBytes int           // bytes of one block on an offload
 	offload    []tierEntry   // evicted blocks waiting to be written to lower, reused
+	meta       []tierEntry   // by block id, with lower only: what offloading the cached block needs
 }
 
 func newKVCache(numBlocks, blockSize int) *kvCache {
@@ -136,9 +131,9 @@ func (c *kvCache) allocate(out []*block, n int) []*block {
 			c.removed = append(c.removed, b.hash)
 			b.cached = false
 			if c.lower != nil {
-				c.offload = append(c.offload, tierEntry{hash: b.hash, parent: b.parent, hasParent: b.hasParent, tokens: b.tokens, lora: b.lora})
+				c.offload = append(c.offload, c.meta[b.id])
+				c.meta[b.id] = tierEntry{}
 			}
-			b.tokens = nil
 		}
 		b.ref = 1
 		out = append(out, b)
@@ -192,7 +187,7 @@ func (c *kvCache) store(bs []*block, hs []BlockHash, tokens []uint32, parent Blo
 			p, hp = hs[i-1], true
 		}
 		if c.lower != nil {
-			b.parent, b.hasParent, b.tokens, b.lora = p, hp, tokens[i*c.blockSize:(i+1)*c.blockSize:(i+1)*c.blockSize], lora
+			c.meta[b.id] = tierEntry{hash: hs[i], parent: p, hasParent: hp, tokens: tokens[i*c.blockSize : (i+1)*c.blockSize : (i+1)*c.blockSize], lora: lora}
 		}
 		if ev == nil {
 			c.events = append(c.events, KVEvent{Kind: BlockStored, Medium: MediumGPU, Parent: p, HasParent: hp, BlockSize: c.blockSize, LoRAName: lora})
@@ -211,10 +206,10 @@ func (c *kvCache) clear() bool {
 	}
 	for h, b := range c.cached {
 		b.cached = false
-		b.tokens = nil
 		delete(c.cached, h)
 	}
 	if c.lower != nil {
+		clear(c.meta)
 		c.lower.clear()
 	}
 	c.events = append(c.events, KVEvent{Kind: AllBlocksCleared})
