@@ -21,13 +21,13 @@ const (
 // the server turns them into the wire codec's events.
 type KVEvent struct {
 	Kind      EventKind
+	Medium    Medium      // where the blocks are (or were)
 	Hashes    []BlockHash // BlockStored, BlockRemoved: the blocks, in chain order for Stored
 	Parent    BlockHash   // BlockStored: the hash of the block before Hashes[0]
 	HasParent bool        // BlockStored: false when Hashes[0] is a first block
 	Tokens    []uint32    // BlockStored: len(Hashes)*BlockSize token ids
 	BlockSize int         // BlockStored
 	LoRAName  string      // BlockStored: the adapter, "" for the base model
-	Medium    string      // where the blocks are (or were): MediumGPU, MediumCPU or MediumDisk
 }
 
 // block is one physical KV block.

@@ -286,10 +286,7 @@ func toWire(ev KVEvent, f engine.HashFormat) engine.Event {
 		}
 		return engine.HashFromUint64(h.Uint64())
 	}
-	out := engine.Event{Medium: ev.Medium}
-	if out.Medium == "" {
-		out.Medium = engine.MediumGPU
-	}
+	out := engine.Event{Medium: ev.Medium.String()}
 	switch ev.Kind {
 	case AllBlocksCleared:
 		out.Kind = engine.AllBlocksCleared

@@ -2,14 +2,26 @@ package sim
 
 import "time"
 
-// The media a KV event names, as vLLM's kv_events.py spells them (MEDIUM_GPU, MEDIUM_CPU,
-// MEDIUM_STORAGE; its offloading connector publishes LoadStoreSpec.medium(), "CPU" for the
-// host tier). The disk tier is vLLM's storage medium.
+// Medium is where a block is: the GPU cache or a lower tier. Its String is the name vLLM's
+// kv_events.py gives it (MEDIUM_GPU, MEDIUM_CPU, MEDIUM_STORAGE; its offloading connector
+// publishes LoadStoreSpec.medium(), "CPU" for the host tier). The disk tier is vLLM's storage.
+type Medium uint8
+
 const (
-	MediumGPU  = "GPU"
-	MediumCPU  = "CPU"
-	MediumDisk = "STORAGE"
+	MediumGPU  Medium = iota // "GPU"
+	MediumCPU                // "CPU"
+	MediumDisk               // "STORAGE"
 )
+
+func (m Medium) String() string {
+	switch m {
+	case MediumCPU:
+		return "CPU"
+	case MediumDisk:
+		return "STORAGE"
+	}
+	return "GPU"
+}
 
 // tierEntry is one block held in a lower tier: enough to publish it and to onboard it.
 type tierEntry struct {
@@ -26,7 +38,7 @@ type tierEntry struct {
 // Writes into it are asynchronous and bandwidth-limited: a block becomes findable when its copy
 // over the tier's write link completes, copies queue on the link one after another.
 type tier struct {
-	medium   string
+	medium   Medium
 	capacity int
 	entries  map[BlockHash]*tierEntry
 	head     tierEntry // sentinel; head.next is least recently used
@@ -35,7 +47,7 @@ type tier struct {
 	next     *tier // where this tier's evictions go; nil drops them
 }
 
-func newTier(medium string, capacity int, writeBW float64) *tier {
+func newTier(medium Medium, capacity int, writeBW float64) *tier {
 	t := &tier{medium: medium, capacity: capacity, entries: make(map[BlockHash]*tierEntry, capacity), writeBW: writeBW}
 	t.head.next, t.head.prev = &t.head, &t.head
 	return t
@@ -156,7 +168,7 @@ func (t *tier) clear() {
 
 // emitRemoved records that medium dropped h, joining the previous event when it removed from
 // the same medium.
-func (c *kvCache) emitRemoved(medium string, h BlockHash) {
+func (c *kvCache) emitRemoved(medium Medium, h BlockHash) {
 	if n := len(c.events); n > 0 && c.events[n-1].Kind == BlockRemoved && c.events[n-1].Medium == medium {
 		c.events[n-1].Hashes = append(c.events[n-1].Hashes, h)
 		return
@@ -166,7 +178,7 @@ func (c *kvCache) emitRemoved(medium string, h BlockHash) {
 
 // emitStored records that medium now holds e, joining the previous event when e continues
 // its chain on the same medium.
-func (c *kvCache) emitStored(medium string, e *tierEntry) {
+func (c *kvCache) emitStored(medium Medium, e *tierEntry) {
 	if n := len(c.events); n > 0 && e.hasParent {
 		last := &c.events[n-1]
 		if last.Kind == BlockStored && last.Medium == medium && last.LoRAName == e.lora &&

@@ -34,7 +34,7 @@ func TestCPUTierOverHTTPAndZMQ(t *testing.T) {
 		for i := 1; i <= 5; i++ {
 			completion(t, c, s, body(i))
 		}
-		where := map[string]map[string]bool{engine.MediumGPU: {}, MediumCPU: {}}
+		where := map[string]map[string]bool{engine.MediumGPU: {}, MediumCPU.String(): {}}
 		for _, ev := range events(replay(t, s)) {
 			for _, h := range ev.BlockHashes {
 				switch ev.Kind {
@@ -52,7 +52,7 @@ func TestCPUTierOverHTTPAndZMQ(t *testing.T) {
 		if where[engine.MediumGPU][a0] {
 			t.Fatal("the first prompt's first block is still on the GPU: nothing to test")
 		}
-		if got := where[MediumCPU][a0]; got != (cpuBlocks > 0) {
+		if got := where[MediumCPU.String()][a0]; got != (cpuBlocks > 0) {
 			t.Fatalf("with %d CPU blocks, BlockStored CPU for the evicted block: %v", cpuBlocks, got)
 		}
 		again := completion(t, c, s, body(0))

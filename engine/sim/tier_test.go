@@ -12,7 +12,7 @@ type tierRun struct {
 	e      *Engine
 	now    time.Duration
 	events []KVEvent
-	media  map[string]map[BlockHash]bool // the model the events build, per medium
+	media  map[Medium]map[BlockHash]bool // the model the events build, per medium
 	n      int
 }
 
@@ -21,7 +21,7 @@ func newTierRun(t *testing.T, cfg Config) *tierRun {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &tierRun{t: t, e: e, media: map[string]map[BlockHash]bool{}}
+	return &tierRun{t: t, e: e, media: map[Medium]map[BlockHash]bool{}}
 }
 
 func (r *tierRun) serve(p []uint32) (ttft time.Duration, cached int) {
@@ -102,7 +102,7 @@ func (r *tierRun) held(h BlockHash) bool {
 }
 
 // has reports how many of hs the events left on medium.
-func (r *tierRun) has(medium string, hs []BlockHash) int {
+func (r *tierRun) has(medium Medium, hs []BlockHash) int {
 	n := 0
 	for _, h := range hs {
 		if r.media[medium][h] {
@@ -255,7 +255,7 @@ func TestTiersOffByDefault(t *testing.T) {
 	}
 	for _, ev := range r.events {
 		if ev.Medium != MediumGPU && ev.Kind != AllBlocksCleared {
-			t.Fatalf("event on %q without tiers", ev.Medium)
+			t.Fatalf("event on %v without tiers", ev.Medium)
 		}
 	}
 	if _, err := New(Config{CPUBlocks: -1}); err == nil {
