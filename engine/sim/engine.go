@@ -57,7 +57,8 @@ type Output struct {
 	Token  uint32 // the token id
 	Finish FinishReason
 	// PromptTokens and CachedTokens (prompt tokens that needed no prefill: local prefix-cache
-	// hits plus remote blocks) are set on every output.
+	// hits, blocks onboarded from the host or disk tier, and remote blocks, as vLLM counts
+	// num_cached_tokens) are set on every output.
 	PromptTokens, CachedTokens int
 	// BlockIDs are the held full prompt blocks of a finished Hold request.
 	BlockIDs []int
