@@ -187,6 +187,9 @@ func (c Config) Validate() error {
 	if c.CPUBlocks < 0 || c.DiskBlocks < 0 || c.CPUCacheGiB < 0 || c.DiskCacheGiB < 0 {
 		errs = append(errs, errors.New("CPU and disk tier capacities must not be negative"))
 	}
+	if (c.CPUCacheGiB > 0 && c.CPUBlocks == 0) || (c.DiskCacheGiB > 0 && c.DiskBlocks == 0) {
+		errs = append(errs, fmt.Errorf("a CPU or disk tier smaller than one block of %d bytes", c.BlockBytes()))
+	}
 	if c.Tiers.HostToDevice < 0 || c.Tiers.DeviceToHost < 0 || c.Tiers.DiskRead < 0 || c.Tiers.DiskWrite < 0 {
 		errs = append(errs, errors.New("tier bandwidths must not be negative"))
 	}

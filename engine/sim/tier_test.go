@@ -261,6 +261,9 @@ func TestTiersOffByDefault(t *testing.T) {
 	if _, err := New(Config{CPUBlocks: -1}); err == nil {
 		t.Fatal("negative CPU tier accepted")
 	}
+	if _, err := New(Config{DiskCacheGiB: 1e-6}); err == nil {
+		t.Fatal("a disk tier of less than one block accepted (it would silently be off)")
+	}
 	if c := (Config{CPUCacheGiB: 4.5}).WithDefaults(); c.CPUBlocks != 2048 {
 		t.Fatalf("4.5 GiB of 2.25 MiB blocks: %d, want 2048", c.CPUBlocks)
 	}
