@@ -27,8 +27,8 @@ func newSimCmd(g *globals) *cobra.Command {
 		speed      float64
 		loras      []string
 		timing     = sim.DefaultTiming
-		tierGBps   [4]float64 // host-to-device, device-to-host, disk read, disk write
 	)
+	var tierGBps [4]float64 // host-to-device, device-to-host, disk read, disk write
 	cmd := &cobra.Command{
 		Use:   "sim",
 		Short: "Serve a simulated vLLM engine (OpenAI API, KV events, vLLM metrics) without a GPU",
@@ -102,18 +102,18 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 	f.DurationVar(&timing.PerSeq, "step-per-seq", sim.DefaultTiming.PerSeq, "step time per scheduled sequence")
 	f.DurationVar(&timing.PerContextToken, "step-per-context-token", sim.DefaultTiming.PerContextToken, "step time per token of attended context")
 	f.Float64Var(&timing.PerAttnPair, "step-per-attn-pair-ns", sim.DefaultTiming.PerAttnPair, "nanoseconds per (new token, context token) pair in prefill attention")
-	f.IntVar(&cfg.Engine.CPUBlocks, "cpu-cache-blocks", 0, "host (CPU) KV tier in blocks: GPU evictions are offloaded there and onboarded on a hit (0: none, or --cpu-cache-gib)")
-	f.Float64Var(&cfg.Engine.CPUCacheGiB, "cpu-cache-gib", 0, "host (CPU) KV tier in GiB, when --cpu-cache-blocks is 0 (0: none)")
-	f.IntVar(&cfg.Engine.DiskBlocks, "disk-cache-blocks", 0, "disk KV tier in blocks: host-tier evictions go there (0: none, or --disk-cache-gib)")
-	f.Float64Var(&cfg.Engine.DiskCacheGiB, "disk-cache-gib", 0, "disk KV tier in GiB, when --disk-cache-blocks is 0 (0: none)")
-	f.Float64Var(&tierGBps[0], "h2d-gbps", sim.DefaultTierTiming.HostToDevice/1e9, "host-to-device bandwidth in GB/s (onboarding from the CPU tier; PCIe Gen5 x16)")
-	f.Float64Var(&tierGBps[1], "d2h-gbps", sim.DefaultTierTiming.DeviceToHost/1e9, "device-to-host bandwidth in GB/s (asynchronous offload to the CPU tier)")
-	f.Float64Var(&tierGBps[2], "disk-read-gbps", sim.DefaultTierTiming.DiskRead/1e9, "disk read bandwidth in GB/s (onboarding from the disk tier; NVMe Gen4)")
-	f.Float64Var(&tierGBps[3], "disk-write-gbps", sim.DefaultTierTiming.DiskWrite/1e9, "disk write bandwidth in GB/s (asynchronous CPU-tier evictions to disk)")
 	f.StringVar(&cfg.TransferAddr, "transfer-addr", "", "P/D block-transfer listen address (default: HTTP host, a free port)")
 	f.StringVar(&cfg.AdvertiseHost, "advertise-host", "", "remote_host given to decode engines (default: the transfer listener's host)")
 	f.IntVar(&cfg.BlockBytes, "block-bytes", 0, "bytes per KV block on a P/D transfer (0: derived from the model shape)")
 	f.DurationVar(&cfg.HoldTimeout, "kv-hold-timeout", 480*time.Second, "how long prefilled blocks wait to be pulled")
 	f.StringVar(&cfg.EngineID, "engine-id", "", "remote_engine_id in kv_transfer_params (default: sim-<transfer port>)")
+	f.IntVar(&cfg.Engine.CPUBlocks, "cpu-cache-blocks", 0, "host (CPU) KV tier in blocks: GPU evictions are offloaded there and onboarded on a hit (0: none, or --cpu-cache-gib)")
+	f.Float64Var(&cfg.Engine.CPUCacheGiB, "cpu-cache-gib", 0, "host (CPU) KV tier in GiB, when --cpu-cache-blocks is 0 (0: none)")
+	f.IntVar(&cfg.Engine.DiskBlocks, "disk-cache-blocks", 0, "disk KV tier in blocks: host-tier evictions go there (0: none, or --disk-cache-gib)")
+	f.Float64Var(&cfg.Engine.DiskCacheGiB, "disk-cache-gib", 0, "disk KV tier in GiB, when --disk-cache-blocks is 0 (0: none)")
+	f.Float64Var(&tierGBps[0], "h2d-gbps", sim.DefaultTierTiming().HostToDevice/1e9, "host-to-device bandwidth in GB/s (onboarding from the CPU tier; PCIe Gen5 x16)")
+	f.Float64Var(&tierGBps[1], "d2h-gbps", sim.DefaultTierTiming().DeviceToHost/1e9, "device-to-host bandwidth in GB/s (asynchronous offload to the CPU tier)")
+	f.Float64Var(&tierGBps[2], "disk-read-gbps", sim.DefaultTierTiming().DiskRead/1e9, "disk read bandwidth in GB/s (onboarding from the disk tier; NVMe Gen4)")
+	f.Float64Var(&tierGBps[3], "disk-write-gbps", sim.DefaultTierTiming().DiskWrite/1e9, "disk write bandwidth in GB/s (asynchronous CPU-tier evictions to disk)")
 	return cmd
 }

@@ -58,7 +58,9 @@ type TierTiming struct {
 }
 
 // DefaultTierTiming is PCIe Gen5 x16 between GPU and host and one NVMe Gen4 SSD.
-var DefaultTierTiming = TierTiming{HostToDevice: 50e9, DeviceToHost: 50e9, DiskRead: 7e9, DiskWrite: 6e9}
+func DefaultTierTiming() TierTiming {
+	return TierTiming{HostToDevice: 50e9, DeviceToHost: 50e9, DiskRead: 7e9, DiskWrite: 6e9}
+}
 
 // HasTiers reports whether a host or disk tier is configured (after WithDefaults).
 func (c Config) HasTiers() bool { return c.CPUBlocks > 0 || c.DiskBlocks > 0 }
@@ -125,17 +127,18 @@ func (c Config) WithDefaults() Config {
 			c.DiskBlocks = int(c.DiskCacheGiB * (1 << 30) / bb)
 		}
 	}
+	def := DefaultTierTiming()
 	if c.Tiers.HostToDevice == 0 {
-		c.Tiers.HostToDevice = DefaultTierTiming.HostToDevice
+		c.Tiers.HostToDevice = def.HostToDevice
 	}
 	if c.Tiers.DeviceToHost == 0 {
-		c.Tiers.DeviceToHost = DefaultTierTiming.DeviceToHost
+		c.Tiers.DeviceToHost = def.DeviceToHost
 	}
 	if c.Tiers.DiskRead == 0 {
-		c.Tiers.DiskRead = DefaultTierTiming.DiskRead
+		c.Tiers.DiskRead = def.DiskRead
 	}
 	if c.Tiers.DiskWrite == 0 {
-		c.Tiers.DiskWrite = DefaultTierTiming.DiskWrite
+		c.Tiers.DiskWrite = def.DiskWrite
 	}
 	if c.MaxModelLen == 0 || c.MaxModelLen > c.NumBlocks*c.BlockSize {
 		c.MaxModelLen = min(40960, c.NumBlocks*c.BlockSize)
