@@ -28,6 +28,7 @@ func newSimCmd(g *globals) *cobra.Command {
 		loras      []string
 		timing     = sim.DefaultTiming()
 	)
+	var tierGBps [4]float64 // host-to-device, device-to-host, disk read, disk write
 	cmd := &cobra.Command{
 		Use:   "sim",
 		Short: "Serve a simulated vLLM engine (OpenAI API, KV events, vLLM metrics) without a GPU",
@@ -60,6 +61,7 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 			}
 			timing.Speed = speed
 			cfg.Engine.Timing = timing
+			cfg.Engine.Tiers = sim.TierTiming{HostToDevice: tierGBps[0] * 1e9, DeviceToHost: tierGBps[1] * 1e9, DiskRead: tierGBps[2] * 1e9, DiskWrite: tierGBps[3] * 1e9}
 			reg := newRegistry()
 			s, err := sim.NewServer(cfg, g.log, reg)
 			if err != nil {
@@ -105,5 +107,13 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 	f.IntVar(&cfg.BlockBytes, "block-bytes", 0, "bytes per KV block on a P/D transfer (0: derived from the model shape)")
 	f.DurationVar(&cfg.HoldTimeout, "kv-hold-timeout", 480*time.Second, "how long prefilled blocks wait to be pulled")
 	f.StringVar(&cfg.EngineID, "engine-id", "", "remote_engine_id in kv_transfer_params (default: sim-<transfer port>)")
+	f.IntVar(&cfg.Engine.CPUBlocks, "cpu-cache-blocks", 0, "host (CPU) KV tier in blocks: GPU evictions are offloaded there and onboarded on a hit (0: none, or --cpu-cache-gib)")
+	f.Float64Var(&cfg.Engine.CPUCacheGiB, "cpu-cache-gib", 0, "host (CPU) KV tier in GiB, when --cpu-cache-blocks is 0 (0: none)")
+	f.IntVar(&cfg.Engine.DiskBlocks, "disk-cache-blocks", 0, "disk KV tier in blocks: host-tier evictions go there (0: none, or --disk-cache-gib)")
+	f.Float64Var(&cfg.Engine.DiskCacheGiB, "disk-cache-gib", 0, "disk KV tier in GiB, when --disk-cache-blocks is 0 (0: none)")
+	f.Float64Var(&tierGBps[0], "h2d-gbps", sim.DefaultTierTiming().HostToDevice/1e9, "host-to-device bandwidth in GB/s (onboarding from the CPU tier; PCIe Gen5 x16)")
+	f.Float64Var(&tierGBps[1], "d2h-gbps", sim.DefaultTierTiming().DeviceToHost/1e9, "device-to-host bandwidth in GB/s (asynchronous offload to the CPU tier)")
+	f.Float64Var(&tierGBps[2], "disk-read-gbps", sim.DefaultTierTiming().DiskRead/1e9, "disk read bandwidth in GB/s (onboarding from the disk tier; NVMe Gen4)")
+	f.Float64Var(&tierGBps[3], "disk-write-gbps", sim.DefaultTierTiming().DiskWrite/1e9, "disk write bandwidth in GB/s (asynchronous CPU-tier evictions to disk)")
 	return cmd
 }

@@ -40,7 +40,34 @@ type Config struct {
 	GPUMemoryGiB        float64 // simulated GPU memory (80)
 	GPUMemoryUtil       float64 // fraction vLLM may use (0.9)
 	Timing              Timing
+
+	// Lower KV tiers, off by default. A block evicted from the GPU cache is offloaded to the
+	// host (CPU) tier, the host tier's evictions go to the disk tier; a prompt whose prefix
+	// continues in a lower tier onboards it when that beats recomputing. Capacities are in
+	// blocks, or in GiB (converted with BlockBytes) when the block count is 0.
+	CPUBlocks    int
+	CPUCacheGiB  float64
+	DiskBlocks   int
+	DiskCacheGiB float64
+	Tiers        TierTiming
 }
+
+// TierTiming is the bandwidth of the links between the tiers, in bytes per second. Defaults
+// are in DefaultTierTiming; docs/SIM.md gives their sources.
+type TierTiming struct {
+	HostToDevice float64 // onboarding from the host tier (PCIe)
+	DeviceToHost float64 // offloading to the host tier (PCIe), asynchronous
+	DiskRead     float64 // onboarding from the disk tier (then HostToDevice)
+	DiskWrite    float64 // host tier evictions written to disk, asynchronous
+}
+
+// DefaultTierTiming is PCIe Gen5 x16 between GPU and host and one NVMe Gen4 SSD.
+func DefaultTierTiming() TierTiming {
+	return TierTiming{HostToDevice: 50e9, DeviceToHost: 50e9, DiskRead: 7e9, DiskWrite: 6e9}
+}
+
+// HasTiers reports whether a host or disk tier is configured (after WithDefaults).
+func (c Config) HasTiers() bool { return c.CPUBlocks > 0 || c.DiskBlocks > 0 }
 
 // Timing is the step-time model: one engine step (one forward pass over the batch) takes
 //
@@ -98,6 +125,27 @@ func (c Config) WithDefaults() Config {
 	if c.NumBlocks == 0 {
 		c.NumBlocks = c.derivedBlocks()
 	}
+	if bb := float64(c.BlockBytes()); bb > 0 {
+		if c.CPUBlocks == 0 && c.CPUCacheGiB > 0 {
+			c.CPUBlocks = int(c.CPUCacheGiB * (1 << 30) / bb)
+		}
+		if c.DiskBlocks == 0 && c.DiskCacheGiB > 0 {
+			c.DiskBlocks = int(c.DiskCacheGiB * (1 << 30) / bb)
+		}
+	}
+	def := DefaultTierTiming()
+	if c.Tiers.HostToDevice == 0 {
+		c.Tiers.HostToDevice = def.HostToDevice
+	}
+	if c.Tiers.DeviceToHost == 0 {
+		c.Tiers.DeviceToHost = def.DeviceToHost
+	}
+	if c.Tiers.DiskRead == 0 {
+		c.Tiers.DiskRead = def.DiskRead
+	}
+	if c.Tiers.DiskWrite == 0 {
+		c.Tiers.DiskWrite = def.DiskWrite
+	}
 	if c.MaxModelLen == 0 || c.MaxModelLen > c.NumBlocks*c.BlockSize {
 		c.MaxModelLen = min(40960, c.NumBlocks*c.BlockSize)
 	}
@@ -145,7 +193,28 @@ func (c Config) Validate() error {
 	if c.Timing.Base < 0 || c.Timing.PerToken < 0 || c.Timing.PerSeq < 0 || c.Timing.PerContextToken < 0 || c.Timing.PerAttnPair < 0 {
 		errs = append(errs, errors.New("timing coefficients must not be negative"))
 	}
+	if c.CPUBlocks < 0 || c.DiskBlocks < 0 || c.CPUCacheGiB < 0 || c.DiskCacheGiB < 0 {
+		errs = append(errs, errors.New("CPU and disk tier capacities must not be negative"))
+	}
+	if (c.CPUCacheGiB > 0 && c.CPUBlocks == 0) || (c.DiskCacheGiB > 0 && c.DiskBlocks == 0) {
+		errs = append(errs, fmt.Errorf("a CPU or disk tier smaller than one block of %d bytes", c.BlockBytes()))
+	}
+	if c.Tiers.HostToDevice < 0 || c.Tiers.DeviceToHost < 0 || c.Tiers.DiskRead < 0 || c.Tiers.DiskWrite < 0 {
+		errs = append(errs, errors.New("tier bandwidths must not be negative"))
+	}
 	return errors.Join(errs...)
+}
+
+// transfer is how long moving n blocks at bw bytes per second takes, divided by Speed.
+func (c Config) transfer(n int, bw float64) time.Duration {
+	if n <= 0 || bw <= 0 {
+		return 0
+	}
+	speed := c.Timing.Speed
+	if speed <= 0 {
+		speed = 1
+	}
+	return time.Duration(float64(n) * float64(c.BlockBytes()) / bw / speed * float64(time.Second))
 }
 
 // stepTime is the modelled duration of one step.

@@ -57,7 +57,8 @@ type Output struct {
 	Token  uint32 // the token id
 	Finish FinishReason
 	// PromptTokens and CachedTokens (prompt tokens that needed no prefill: local prefix-cache
-	// hits plus remote blocks) are set on every output.
+	// hits, blocks onboarded from the host or disk tier, and remote blocks, as vLLM counts
+	// num_cached_tokens) are set on every output.
 	PromptTokens, CachedTokens int
 	// BlockIDs are the held full prompt blocks of a finished Hold request.
 	BlockIDs []int
@@ -74,6 +75,10 @@ type StepResult struct {
 	PrefillTokens int
 	DecodeTokens  int
 	Preempted     int // requests preempted (to recompute later) to free blocks
+	// Onboarded is how many blocks admitted requests loaded from the host or disk tier, and
+	// Onboard how long that took; the load is part of the step (End includes it).
+	Onboarded int
+	Onboard   time.Duration
 }
 
 // Stats is the engine's state between steps.
@@ -88,6 +93,9 @@ type Stats struct {
 	PromptTokens           uint64 // prompt tokens of admitted requests
 	GenerationTokens       uint64
 	Steps                  uint64
+	CPUBlocks, DiskBlocks  int    // blocks held in the host and disk tiers
+	CPUHitTokens           uint64 // prompt tokens onboarded from the host tier
+	DiskHitTokens          uint64 // prompt tokens onboarded from the disk tier
 }
 
 // ErrDuplicate is returned by Add for an ID the engine already has.
@@ -126,6 +134,10 @@ type Engine struct {
 
 	sched []scheduled // reused between steps
 	buf   []byte      // reused hash input
+	cpu   *tier       // host tier, nil when off
+	disk  *tier       // disk tier, nil when off
+	load  time.Duration
+	nload int
 }
 
 type scheduled struct {
@@ -139,12 +151,27 @@ func New(cfg Config) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Engine{
+	e := &Engine{
 		cfg:  cfg,
 		kv:   newKVCache(cfg.NumBlocks, cfg.BlockSize),
 		seqs: make(map[string]*seq),
 		held: make(map[string]*seq),
-	}, nil
+	}
+	if cfg.DiskBlocks > 0 {
+		e.disk = newTier(MediumDisk, cfg.DiskBlocks, cfg.Tiers.DiskWrite)
+	}
+	if cfg.CPUBlocks > 0 {
+		e.cpu = newTier(MediumCPU, cfg.CPUBlocks, cfg.Tiers.DeviceToHost)
+		e.cpu.next = e.disk
+		e.kv.lower = e.cpu
+	} else if e.disk != nil {
+		e.kv.lower = e.disk
+	}
+	e.kv.blockBytes = cfg.BlockBytes()
+	if e.kv.lower != nil {
+		e.kv.meta = make([]tierEntry, cfg.NumBlocks)
+	}
+	return e, nil
 }
 
 // Config is the engine's effective configuration.
@@ -251,6 +278,12 @@ func (e *Engine) Stats() Stats {
 	st.NumBlocks, st.FreeBlocks = len(e.kv.blocks), e.kv.numFree
 	st.CachedBlocks = len(e.kv.cached)
 	st.KVUsage = 1 - float64(st.FreeBlocks)/float64(st.NumBlocks)
+	if e.cpu != nil {
+		st.CPUBlocks = len(e.cpu.entries)
+	}
+	if e.disk != nil {
+		st.DiskBlocks = len(e.disk.entries)
+	}
 	return st
 }
 
@@ -278,12 +311,15 @@ func (e *Engine) Step(now time.Duration) StepResult {
 	}
 	// vLLM's scheduler phases: running sequences first (preempting from the back when the
 	// cache is full), then waiting ones while budget and blocks last, then one forward pass.
+	e.kv.now = now
 	budget := e.cfg.MaxNumBatchedTokens
 	sched, budget, preempted := e.scheduleRunning(e.sched[:0], budget, &res)
 	if !preempted {
 		sched = e.admitWaiting(sched, budget, now)
 	}
-	res.End = now + e.stepTime(sched, &res)
+	res.Onboarded, res.Onboard = e.nload, e.load
+	e.nload, e.load = 0, 0
+	res.End = now + e.stepTime(sched, &res) + res.Onboard
 	e.advance(sched, &res)
 	e.stats.Steps++
 	e.stats.Preemptions += uint64(res.Preempted)
@@ -338,7 +374,11 @@ func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) 
 			e.ensureHashes(s, (len(s.tokens)-1)/bs)
 			hits = e.kv.match(s.hashes[:(len(s.tokens)-1)/bs])
 		}
-		start := len(hits) * bs
+		var onb onboard
+		if s.computed == 0 && s.remote == 0 && e.kv.lower != nil {
+			onb = e.planOnboard(s, len(hits), now)
+		}
+		start := (len(hits) + onb.blocks) * bs
 		remote := max(s.remote-len(hits), 0)
 		n := len(s.tokens) - start - remote*bs
 		if n > budget {
@@ -355,7 +395,17 @@ func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) 
 		e.kv.touch(hits)
 		s.blocks = append(s.blocks[:0], hits...)
 		s.stored = len(hits)
-		s.computed = start
+		s.computed = len(hits) * bs
+		if onb.blocks > 0 {
+			// Loaded into fresh GPU blocks, which enter the GPU prefix cache as computed ones.
+			s.blocks = e.kv.allocate(s.blocks, onb.blocks)
+			s.computed = start
+			e.store(s)
+			e.load += onb.time
+			e.nload += onb.blocks
+			e.stats.CPUHitTokens += uint64(onb.cpu * bs)
+			e.stats.DiskHitTokens += uint64(onb.disk * bs)
+		}
 		if remote > 0 {
 			s.blocks = e.kv.allocate(s.blocks, remote)
 			s.computed += remote * bs
@@ -367,7 +417,7 @@ func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) 
 			s.admittedAt = now
 			s.cachedTok = s.computed
 			e.stats.PrefixQueries += uint64(len(s.tokens))
-			e.stats.PrefixHits += uint64(start)
+			e.stats.PrefixHits += uint64(len(hits) * bs)
 			e.stats.PromptTokens += uint64(s.numPrompt)
 		}
 		if !e.allocate(s, n) { // cannot happen: need was checked above; undo and wait
@@ -513,3 +563,57 @@ func splitmix(x uint64) uint64 {
 }
 
 func blocksFor(tokens, bs int) int { return (tokens + bs - 1) / bs }
+
+// onboard is what admitting a request loads from the lower tiers: blocks (cpu from the host
+// tier, disk from the disk tier) and the time the transfers take.
+type onboard struct {
+	blocks, cpu, disk int
+	time              time.Duration
+}
+
+// planOnboard finds how many of s's full prompt blocks after the first from (its GPU hits)
+// continue in the host or disk tier, and keeps the longest run whose load is faster than
+// prefilling it: a host block costs a host-to-device copy, a disk block a disk read and that
+// copy.
+func (e *Engine) planOnboard(s *seq, from int, now time.Duration) onboard {
+	bs := e.cfg.BlockSize
+	h2d := e.cfg.transfer(1, e.cfg.Tiers.HostToDevice)
+	fromDisk := e.cfg.transfer(1, e.cfg.Tiers.DiskRead) + h2d
+	var best, cur onboard
+	for i := from; i < (len(s.tokens)-1)/bs; i++ {
+		found := false
+		for t := e.kv.lower; t != nil; t = t.next {
+			if _, ok := t.lookup(s.hashes[i], now); ok {
+				if t.medium == MediumCPU {
+					cur.cpu++
+					cur.time += h2d
+				} else {
+					cur.disk++
+					cur.time += fromDisk
+				}
+				found = true
+				break
+			}
+		}
+		if !found {
+			break
+		}
+		cur.blocks++
+		if cur.time < e.recomputeTime(from*bs, cur.blocks*bs) {
+			best = cur
+		}
+	}
+	return best
+}
+
+// recomputeTime is what prefilling n tokens after ctx cached ones adds to a step in the
+// timing model.
+func (e *Engine) recomputeTime(ctx, n int) time.Duration {
+	t := e.cfg.Timing
+	speed := t.Speed
+	if speed <= 0 {
+		speed = 1
+	}
+	ns := float64(t.PerToken)*float64(n) + t.PerAttnPair*float64(n)*(float64(ctx)+float64(n)/2)
+	return time.Duration(ns / speed)
+}

@@ -1,6 +1,9 @@
 package sim
 
-import "slices"
+import (
+	"slices"
+	"time"
+)
 
 // EventKind says what a KVEvent reports.
 type EventKind uint8
@@ -18,6 +21,7 @@ const (
 // the server turns them into the wire codec's events.
 type KVEvent struct {
 	Kind      EventKind
+	Medium    Medium      // where the blocks are (or were)
 	Hashes    []BlockHash // BlockStored, BlockRemoved: the blocks, in chain order for Stored
 	Parent    BlockHash   // BlockStored: the hash of the block before Hashes[0]
 	HasParent bool        // BlockStored: false when Hashes[0] is a first block
@@ -48,6 +52,12 @@ type kvCache struct {
 	cached    map[BlockHash]*block
 	events    []KVEvent // produced since the last drain
 	removed   []BlockHash
+
+	lower      *tier         // host tier (chained to the disk tier) evictions go to; nil: none
+	now        time.Duration // start of the current step, for the tiers' transfer clocks
+	blockBytes int           // bytes of one block on an offload
+	offload    []tierEntry   // evicted blocks waiting to be written to lower, reused
+	meta       []tierEntry   // by block id, with lower only: what offloading the cached block needs
 }
 
 func newKVCache(numBlocks, blockSize int) *kvCache {
@@ -120,10 +130,18 @@ func (c *kvCache) allocate(out []*block, n int) []*block {
 			delete(c.cached, b.hash)
 			c.removed = append(c.removed, b.hash)
 			b.cached = false
+			if c.lower != nil {
+				c.offload = append(c.offload, c.meta[b.id])
+				c.meta[b.id] = tierEntry{}
+			}
 		}
 		b.ref = 1
 		out = append(out, b)
 	}
+	// The lower-tier copies are published before the GPU removal (see offloadTo).
+	c.offloadTo(c.lower, c.offload)
+	clear(c.offload)
+	c.offload = c.offload[:0]
 	c.flushRemoved()
 	return out
 }
@@ -132,7 +150,7 @@ func (c *kvCache) flushRemoved() {
 	if len(c.removed) == 0 {
 		return
 	}
-	c.events = append(c.events, KVEvent{Kind: BlockRemoved, Hashes: c.removed})
+	c.events = append(c.events, KVEvent{Kind: BlockRemoved, Medium: MediumGPU, Hashes: c.removed})
 	c.removed = nil
 }
 
@@ -164,12 +182,15 @@ func (c *kvCache) store(bs []*block, hs []BlockHash, tokens []uint32, parent Blo
 		}
 		b.hash, b.cached = hs[i], true
 		c.cached[hs[i]] = b
+		p, hp := parent, hasParent
+		if i > 0 {
+			p, hp = hs[i-1], true
+		}
+		if c.lower != nil {
+			c.meta[b.id] = tierEntry{hash: hs[i], parent: p, hasParent: hp, tokens: tokens[i*c.blockSize : (i+1)*c.blockSize : (i+1)*c.blockSize], lora: lora}
+		}
 		if ev == nil {
-			p, hp := parent, hasParent
-			if i > 0 {
-				p, hp = hs[i-1], true
-			}
-			c.events = append(c.events, KVEvent{Kind: BlockStored, Parent: p, HasParent: hp, BlockSize: c.blockSize, LoRAName: lora})
+			c.events = append(c.events, KVEvent{Kind: BlockStored, Medium: MediumGPU, Parent: p, HasParent: hp, BlockSize: c.blockSize, LoRAName: lora})
 			ev = &c.events[len(c.events)-1]
 		}
 		ev.Hashes = append(ev.Hashes, hs[i])
@@ -186,6 +207,10 @@ func (c *kvCache) clear() bool {
 	for h, b := range c.cached {
 		b.cached = false
 		delete(c.cached, h)
+	}
+	if c.lower != nil {
+		clear(c.meta)
+		c.lower.clear()
 	}
 	c.events = append(c.events, KVEvent{Kind: AllBlocksCleared})
 	return true

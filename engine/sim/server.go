@@ -232,7 +232,8 @@ func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(s.httpLn) }()
 	s.log.Info("sim serving", "addr", s.Addr(), "model", s.cfg.Model, "kv_events", s.KVEventsAddr(), "kv_events_replay", s.KVEventsReplayAddr(),
-		"transfer", s.TransferAddr(), "blocks", s.cfg.Engine.NumBlocks, "block_size", s.cfg.Engine.BlockSize)
+		"transfer", s.TransferAddr(), "blocks", s.cfg.Engine.NumBlocks, "block_size", s.cfg.Engine.BlockSize,
+		"cpu_blocks", s.cfg.Engine.CPUBlocks, "disk_blocks", s.cfg.Engine.DiskBlocks)
 
 	var err error
 	select {
@@ -285,7 +286,7 @@ func toWire(ev KVEvent, f engine.HashFormat) engine.Event {
 		}
 		return engine.HashFromUint64(h.Uint64())
 	}
-	out := engine.Event{Medium: engine.MediumGPU}
+	out := engine.Event{Medium: ev.Medium.String()}
 	switch ev.Kind {
 	case AllBlocksCleared:
 		out.Kind = engine.AllBlocksCleared
