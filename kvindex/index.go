@@ -200,6 +200,50 @@ func (x *Index) ApplyStored(ep EndpointID, ev Stored) {
 	x.done(eventStored, start)
 }
 
+// ApplyStoredCopies records that ep now also holds, on tier, blocks it already reported
+// under these external hashes: a store without token ids, as vLLM's offloading connector
+// sends when it copies GPU blocks to CPU. Hashes ep never reported (or whose prefix is gone)
+// are counted as unknown blocks and ignored; their position in the tree cannot be known.
+func (x *Index) ApplyStoredCopies(ep EndpointID, tier Tier, hashes []ExternalHash) {
+	start := time.Now()
+	x.applyMu.Lock()
+	defer x.applyMu.Unlock()
+	if !x.aliveEndpoint(ep) {
+		x.ignore(ReasonUnknownEndpoint, 1)
+		return
+	}
+	if tier >= NumTiers {
+		x.ignore(ReasonInvalidTier, 1)
+		return
+	}
+	x.mu.Lock()
+	st := x.state(ep)
+	unknown := 0
+	for i, h := range hashes {
+		if i > 0 && i%applyChunk == 0 {
+			x.mu.Unlock()
+			x.mu.Lock()
+		}
+		r, ok := st.ext.get(h)
+		if !ok || !x.valid(r) {
+			if ok {
+				st.ext.del(h)
+			}
+			unknown++
+			continue
+		}
+		if x.setTier(r.node, ep, tier) {
+			st.blocks++
+			x.pairs++
+		}
+	}
+	x.mu.Unlock()
+	if unknown > 0 {
+		x.ignore(ReasonUnknownBlock, unknown)
+	}
+	x.done(eventStored, start)
+}
+
 // dropNode removes all of ep's residency on node i. Caller holds x.mu.
 func (x *Index) dropNode(st *endpointState, ep EndpointID, i uint32) {
 	if before, _ := x.clearTiers(i, ep, 1<<NumTiers-1); before != 0 {

@@ -62,6 +62,29 @@ func TestIndexScenarios(t *testing.T) {
 			want: want{a: kvindex.Match{Blocks: 5, Tiers: [3]int{2, 3, 0}}, depth: 5},
 		},
 		{
+			name: "a token-less copy lands on the tier of blocks already reported",
+			ops: []op{
+				func(x *kvindex.Index, a, b kvindex.EndpointID) { x.ApplyStored(a, chain(0, 4, kvindex.TierGPU)) },
+				func(x *kvindex.Index, a, b kvindex.EndpointID) {
+					x.ApplyStoredCopies(a, kvindex.TierCPU, []kvindex.ExternalHash{0, 1, 2, 3})
+					x.ApplyRemoved(a, kvindex.Removed{Hashes: []kvindex.ExternalHash{0, 1, 2, 3}, Tier: kvindex.TierGPU})
+				},
+			},
+			q:    4,
+			want: want{a: kvindex.Match{Blocks: 4, Tiers: [3]int{0, 4, 0}}, depth: 4},
+		},
+		{
+			name: "a token-less copy of hashes never reported is ignored",
+			ops: []op{
+				func(x *kvindex.Index, a, b kvindex.EndpointID) { x.ApplyStored(a, chain(0, 2, kvindex.TierGPU)) },
+				func(x *kvindex.Index, a, b kvindex.EndpointID) {
+					x.ApplyStoredCopies(b, kvindex.TierCPU, []kvindex.ExternalHash{0, 1})
+				},
+			},
+			q:    2,
+			want: want{a: kvindex.Match{Blocks: 2, Tiers: [3]int{2, 0, 0}}, depth: 2},
+		},
+		{
 			name: "a removed middle block cuts the contiguous prefix",
 			ops: []op{
 				func(x *kvindex.Index, a, b kvindex.EndpointID) { x.ApplyStored(a, chain(0, 6, kvindex.TierGPU)) },

@@ -143,6 +143,16 @@ func (r *Router) applyStored(s *epState, ev *engine.Event) {
 				"endpoint", s.ep.Name, "event_block_size", bs, "endpoint_block_size", s.bs())
 		}
 	}
+	if len(ev.TokenIDs) == 0 && len(ev.BlockHashes) > 0 {
+		// No token ids: a copy of blocks the engine reported before, on another tier (vLLM's
+		// offloading connector stores to CPU this way). Only known hashes can be placed.
+		hs := make([]kvindex.ExternalHash, len(ev.BlockHashes))
+		for j, h := range ev.BlockHashes {
+			hs[j] = kvindex.ExternalHash(h.Uint64())
+		}
+		r.index.ApplyStoredCopies(s.id, kvindex.TierFromMedium(ev.Medium), hs)
+		return
+	}
 	n := len(ev.BlockHashes)
 	if bs > 0 {
 		n = min(n, len(ev.TokenIDs)/bs)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/metricstest"
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -429,5 +430,27 @@ func TestModelGoneBriefly(t *testing.T) {
 			r.SetEndpoints(endpoints(1))
 			route(t, r, "/v1/chat/completions", chatBody("back", false)).Done(nil, nil)
 		})
+	}
+}
+
+// TestTokenlessCopyOnLowerTier: vLLM's offloading connector reports a CPU copy of blocks as a
+// BlockStored without token ids; the router places it by the hashes the engine reported
+// with tokens before, so after the GPU copy is evicted the endpoint still counts the prefix
+// (on CPU) and wins the request.
+func TestTokenlessCopyOnLowerTier(t *testing.T) {
+	r, _ := newRouter(t, endpoints(2), func(c *router.Config) { c.PendingTTL = -1 })
+	content := longText("offload", 200)
+	tokens := chatTokens(t, content)
+	gpu := stored(tokens, 16, 1, engine.MediumGPU)
+	r.ApplyEvents("e0", gpu)
+	hashes := gpu.Events[0].BlockHashes
+	r.ApplyEvents("e0", engine.EventBatch{TS: 2, Events: []engine.Event{
+		{Kind: engine.BlockStored, BlockSize: 16, BlockHashes: hashes, Medium: "CPU"},
+		{Kind: engine.BlockRemoved, BlockHashes: hashes, Medium: engine.MediumGPU},
+	}})
+	d := route(t, r, "/v1/chat/completions", chatBody(content, false))
+	defer d.Done(nil, nil)
+	if d.Endpoint.Name != "e0" || d.CachedBlocks != len(hashes) {
+		t.Errorf("picked %s with %d cached blocks; want e0 with its %d blocks on CPU", d.Endpoint.Name, d.CachedBlocks, len(hashes))
 	}
 }
