@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
