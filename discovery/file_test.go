@@ -15,6 +15,7 @@ import (
 
 	"github.com/kvgate/kvgate/configfile"
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/polltest"
 )
 
 func TestParseEndpoints(t *testing.T) {
@@ -170,13 +171,7 @@ func TestFile(t *testing.T) {
 
 func waitLog(t *testing.T, l *logBuffer, s string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for l.count(s) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line %q", s)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	polltest.Until(t, 5*time.Second, "log line "+s, func() bool { return l.count(s) > 0 })
 }
 
 // FuzzParseEndpoints: any input gives engines or an error, never a panic, and every engine

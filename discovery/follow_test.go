@@ -2,12 +2,14 @@ package discovery_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/polltest"
 )
 
 // TestFollowAddresses: the follower gets the healthy endpoints of the role asked for, again on
@@ -32,19 +34,14 @@ func TestFollowAddresses(t *testing.T) {
 	}()
 	wait := func(n int) []string {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		polltest.Until(t, 5*time.Second, fmt.Sprintf("update %d", n), func() bool {
 			mu.Lock()
-			if len(got) >= n {
-				defer mu.Unlock()
-				return got[n-1]
-			}
-			mu.Unlock()
-			if time.Now().After(deadline) {
-				t.Fatalf("no update %d", n)
-			}
-			time.Sleep(time.Millisecond)
-		}
+			defer mu.Unlock()
+			return len(got) >= n
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		return got[n-1]
 	}
 	if a := wait(1); !slices.Equal(a, []string{"10.0.0.1:8000"}) {
 		t.Fatalf("first set %v, want only the healthy prefill engine", a)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/discovery/consultest"
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -228,16 +229,10 @@ func startConsulRouter(t *testing.T, consul string) routerProc {
 	return routerProc{p: p, base: base}
 }
 
-// waitUntil polls cond every 100ms for up to 60s.
+// waitUntil waits up to 60s for cond.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after 60s waiting for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	polltest.Until(t, 60*time.Second, what, cond)
 }
 
 // waitConsul polls the engines registered in Consul (by instance name) until ok accepts them.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/gateway"
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -247,14 +248,9 @@ func routerLoad(t *testing.T, url string) float64 {
 // write, so the wait is for the observable condition, bounded.
 func waitNoLoad(t *testing.T, url string) float64 {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		l := routerLoad(t, url)
-		if l == 0 || time.Now().After(deadline) {
-			return l
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var l float64
+	polltest.Wait(10*time.Second, func() bool { l = routerLoad(t, url); return l == 0 })
+	return l
 }
 
 // survivor is a process that must still be running and healthy at the end of a scenario.

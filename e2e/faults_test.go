@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"github.com/kvgate/kvgate/polltest"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -116,13 +118,9 @@ func TestEnginesKilledUnderStreamingLoad(t *testing.T) {
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s (sent %d, ok %d, failed %d, cut %d, silent %d)", what,
-					sent.Load(), counts[outcomeOK].Load(), counts[outcomeFailed].Load(), counts[outcomeCut].Load(), counts[outcomeSilent].Load())
-			}
-			time.Sleep(20 * time.Millisecond)
+		if !polltest.Wait(60*time.Second, cond) {
+			t.Fatalf("timed out waiting for %s (sent %d, ok %d, failed %d, cut %d, silent %d)", what,
+				sent.Load(), counts[outcomeOK].Load(), counts[outcomeFailed].Load(), counts[outcomeCut].Load(), counts[outcomeSilent].Load())
 		}
 	}
 	waitFor("streams to complete", func() bool { return counts[outcomeOK].Load() >= 6 })

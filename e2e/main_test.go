@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"github.com/kvgate/kvgate/polltest"
+
 	"bufio"
 	"context"
 	"fmt"
@@ -180,16 +182,12 @@ func up(t testing.TB, args ...string) (string, *proc) {
 // same engine and report cached blocks with the event pipeline broken.
 func waitIndexed(t testing.TB, metricsURL, address string, n float64) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		got := metric(t, metricsURL, "kvgate_router_endpoint_cached_blocks", `address="`+address+`"`)
-		if got >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the router's index holds %v blocks for %s after 30s, want at least %v (KV events not arriving?)", got, address, n)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var got float64
+	if !polltest.Wait(30*time.Second, func() bool {
+		got = metric(t, metricsURL, "kvgate_router_endpoint_cached_blocks", `address="`+address+`"`)
+		return got >= n
+	}) {
+		t.Fatalf("the router's index holds %v blocks for %s after 30s, want at least %v (KV events not arriving?)", got, address, n)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
 )
 
@@ -26,24 +27,21 @@ func TestUpServesMutualTLS(t *testing.T) {
 	good := &http.Client{Transport: &http.Transport{TLSClientConfig: ctc, ForceAttemptHTTP2: true}, Timeout: 10 * time.Second}
 	bad := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.Pool}}, Timeout: 10 * time.Second}
 	base := "https://" + addr
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := good.Get(base + "/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
+	var lastErr error
+	if !polltest.Wait(60*time.Second, func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("kvgate up exited:\n%s", tail(p.output(), 4000))
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no HTTPS answer: %v\n%s", err, tail(p.output(), 4000))
+		resp, err := good.Get(base + "/health")
+		if lastErr = err; err != nil {
+			return false
 		}
-		time.Sleep(100 * time.Millisecond)
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}) {
+		t.Fatalf("no HTTPS answer: %v\n%s", lastErr, tail(p.output(), 4000))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

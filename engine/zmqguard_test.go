@@ -14,6 +14,7 @@ import (
 
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/engine/zmtptest"
+	"github.com/kvgate/kvgate/polltest"
 )
 
 // rejected reads the MetricZMQRejected counter of one socket kind and reason.
@@ -43,13 +44,9 @@ func rejected(t *testing.T, reg *prometheus.Registry, socket, reason string) flo
 // waitRejected waits until the counter reaches want.
 func waitRejected(t *testing.T, reg *prometheus.Registry, socket, reason string, want float64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for rejected(t, reg, socket, reason) < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s{socket=%q,reason=%q} = %v, want %v", engine.MetricZMQRejected, socket, reason,
-				rejected(t, reg, socket, reason), want)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !polltest.Wait(10*time.Second, func() bool { return rejected(t, reg, socket, reason) >= want }) {
+		t.Fatalf("%s{socket=%q,reason=%q} = %v, want %v", engine.MetricZMQRejected, socket, reason,
+			rejected(t, reg, socket, reason), want)
 	}
 }
 
@@ -485,15 +482,17 @@ func TestPublisherDropsASubscriberThatStopsReading(t *testing.T) {
 		}
 	})
 	// Fill the stuck subscriber's buffers until it is cut off.
-	deadline := time.Now().Add(20 * time.Second)
-	for rejected(t, reg, "pub", engine.ReasonSlowReader) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the subscriber that stopped reading was not disconnected")
+	// Each check publishes one more batch, so the buffers fill at the polling pace.
+	if !polltest.Wait(20*time.Second, func() bool {
+		if rejected(t, reg, "pub", engine.ReasonSlowReader) >= 1 {
+			return true
 		}
 		if _, err := p.Publish(big); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Millisecond)
+		return false
+	}) {
+		t.Fatal("the subscriber that stopped reading was not disconnected")
 	}
 	stuck.WaitClosed()
 	seqs, _ := r.snapshot()

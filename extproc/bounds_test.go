@@ -14,6 +14,7 @@ import (
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/extproc/extproctest"
 	"github.com/kvgate/kvgate/metricstest"
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/router/routertest"
 )
 
@@ -54,12 +55,8 @@ func TestPhantomLoadReleased(t *testing.T) {
 	if routertest.Load(f.router) == 0 {
 		t.Fatal("no load after three picks")
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for routertest.Load(f.router) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("load %v still held by picks without a response", routertest.Load(f.router))
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !polltest.Wait(10*time.Second, func() bool { return routertest.Load(f.router) == 0 }) {
+		t.Fatalf("load %v still held by picks without a response", routertest.Load(f.router))
 	}
 	if got := metricstest.Value(f.reg, extproc.MetricStreamsActive); got != 3 {
 		t.Errorf("%v streams open, want the 3 held ones", got)
@@ -90,12 +87,8 @@ func TestResponseInTimeKeepsLoad(t *testing.T) {
 	}
 	// Wait past the bound on the server's own clock: a second stream's pick times out.
 	openPicked(t, ctx, f, "probe")
-	deadline := time.Now().Add(10 * time.Second)
-	for metricstest.Value(f.reg, extproc.MetricResponseTimeouts) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the probe's pick never timed out")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !polltest.Wait(10*time.Second, func() bool { return metricstest.Value(f.reg, extproc.MetricResponseTimeouts) >= 1 }) {
+		t.Fatal("the probe's pick never timed out")
 	}
 	if got := metricstest.Value(f.reg, extproc.MetricResponseTimeouts); got != 1 {
 		t.Errorf("%s = %v, want 1 (the probe only)", extproc.MetricResponseTimeouts, got)
@@ -156,12 +149,8 @@ func TestBufferedTotalBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := float64((i + 1) * piece)
-		deadline := time.Now().Add(10 * time.Second)
-		for metricstest.Value(f.reg, extproc.MetricBufferedBytes) != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("buffered %v, want %v", metricstest.Value(f.reg, extproc.MetricBufferedBytes), want)
-			}
-			time.Sleep(5 * time.Millisecond)
+		if !polltest.Wait(10*time.Second, func() bool { return metricstest.Value(f.reg, extproc.MetricBufferedBytes) == want }) {
+			t.Fatalf("buffered %v, want %v", metricstest.Value(f.reg, extproc.MetricBufferedBytes), want)
 		}
 	}
 	// A third would pass the 1 MiB total: 503, OpenAI-shaped.
@@ -189,12 +178,8 @@ func TestBufferedTotalBounded(t *testing.T) {
 	for _, c := range open {
 		c()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for metricstest.Value(f.reg, extproc.MetricBufferedBytes) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("buffered %v after every stream closed", metricstest.Value(f.reg, extproc.MetricBufferedBytes))
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !polltest.Wait(10*time.Second, func() bool { return metricstest.Value(f.reg, extproc.MetricBufferedBytes) == 0 }) {
+		t.Fatalf("buffered %v after every stream closed", metricstest.Value(f.reg, extproc.MetricBufferedBytes))
 	}
 	waitReleased(t, f)
 }

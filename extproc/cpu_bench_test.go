@@ -23,16 +23,19 @@ import (
 	"github.com/kvgate/kvgate/router"
 )
 
-// cpuServerEnv makes TestCPUServer serve instead of skipping: BenchmarkExtProcCPU runs the
-// server in a child process (this test binary) so that the client's CPU is not counted.
+// cpuServerEnv makes TestCPUServer the server: BenchmarkExtProcCPU runs the server in a
+// child process (this test binary) so that the client's CPU is not counted.
 const cpuServerEnv = "KVGATE_EXTPROC_CPU_SERVER"
 
 // TestCPUServer is the child of BenchmarkExtProcCPU: it serves ext_proc with the default
 // routing policy, prints its address, and then answers each line on stdin with its own CPU
 // time (ns, user+system) and heap allocation count, until stdin closes.
+// Run as an ordinary test, it checks that harness: the child serves a request and reports
+// CPU time and allocations that grow with the work.
 func TestCPUServer(t *testing.T) {
 	if os.Getenv(cpuServerEnv) == "" {
-		t.Skip("the child process of BenchmarkExtProcCPU")
+		checkCPUServer(t)
+		return
 	}
 	if path := os.Getenv(cpuServerEnv + "_ALLOCS"); path != "" { // an allocation profile
 		runtime.MemProfileRate = 512
@@ -68,6 +71,30 @@ func TestCPUServer(t *testing.T) {
 	}
 }
 
+// checkCPUServer starts the child as the benchmark does, has it serve one chat request
+// through ext_proc, and checks its reports: CPU time and allocations both grow.
+func checkCPUServer(t *testing.T) {
+	srv := startCPUServer(t)
+	cpu0, mallocs0 := srv.stats(t)
+	c, err := extproctest.Dial(srv.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body, _ := json.Marshal(map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": "how much CPU does a pick cost?"}}})
+	up := extproctest.Upstream{Header: http.Header{"Content-Type": {"application/json"}}, Chunks: [][]byte{[]byte(`{"usage":{"prompt_tokens":9,"completion_tokens":1}}`)}}
+	res, err := c.Do(context.Background(), extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED},
+		extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Header: http.Header{"Content-Type": {"application/json"}}, Body: body},
+		func(*extproctest.Result) extproctest.Upstream { return up })
+	if err != nil || res.Immediate != nil {
+		t.Fatalf("the child did not route the request: %v %+v", err, res)
+	}
+	cpu1, mallocs1 := srv.stats(t)
+	if cpu1 < cpu0 || mallocs1 <= mallocs0 { // CPU time may advance in ticks coarser than one request
+		t.Errorf("the child's reports did not follow a request: CPU %v -> %v, allocations %d -> %d", cpu0, cpu1, mallocs0, mallocs1)
+	}
+}
+
 // processCPU is the CPU time (user and system) this process has used.
 func processCPU() time.Duration {
 	var ru syscall.Rusage
@@ -85,7 +112,7 @@ type cpuServer struct {
 	addr string
 }
 
-func startCPUServer(b *testing.B) *cpuServer {
+func startCPUServer(b testing.TB) *cpuServer {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestCPUServer$")
 	cmd.Env = append(os.Environ(), cpuServerEnv+"=1")
@@ -111,7 +138,7 @@ func startCPUServer(b *testing.B) *cpuServer {
 }
 
 // stats returns the server process's CPU time and allocation count so far.
-func (s *cpuServer) stats(b *testing.B) (cpu time.Duration, mallocs uint64) {
+func (s *cpuServer) stats(b testing.TB) (cpu time.Duration, mallocs uint64) {
 	b.Helper()
 	if _, err := io.WriteString(s.in, "\n"); err != nil {
 		b.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
 )
@@ -123,16 +124,10 @@ func loadOf(r *router.Router, name string) router.EndpointLoad {
 	return router.EndpointLoad{}
 }
 
-// eventually polls cond every 20ms for up to 10s.
+// eventually waits up to 10s for cond.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	polltest.Until(t, 10*time.Second, what, cond)
 }
 
 func longText(seed string, words int) string {

@@ -34,7 +34,7 @@ func (h hookHandler) Handle(_ context.Context, r slog.Record) error {
 func (h hookHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h hookHandler) WithGroup(string) slog.Handler      { return h }
 
-// TestStaleEventsSkipReplacedEndpoint replays a batch from an endpoint that discovery removes
+// TestStaleEventsDroppedForReplacedEndpoint replays a batch from an endpoint that discovery removes
 // while the batch is being applied, at a moment when the index hands the removed endpoint's
 // ID to the endpoint that replaces it (the 65th name). Before, identity was checked once per
 // batch, and the rest of the batch landed on the new endpoint, which then held blocks it
@@ -44,7 +44,7 @@ func (h hookHandler) WithGroup(string) slog.Handler      { return h }
 // there) and is given 200ms to complete before the batch goes on: the old code let it
 // complete at once; the router under test holds it off until that event is applied, and
 // the removal then lands between two events.
-func TestStaleEventsSkipReplacedEndpoint(t *testing.T) {
+func TestStaleEventsDroppedForReplacedEndpoint(t *testing.T) {
 	eps := make([]router.Endpoint, 64)
 	for i := range eps {
 		eps[i] = router.Endpoint{Name: fmt.Sprintf("e%02d", i), Address: fmt.Sprintf("127.0.0.1:%d", 1+i), Models: []string{model}}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kvgate/kvgate/engine/sim"
 	"github.com/kvgate/kvgate/metricstest"
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/sidecar"
 )
 
@@ -492,9 +493,7 @@ func TestSidecarClientDisconnect(t *testing.T) {
 			}
 			errc <- err
 		}()
-		for len(pre.requests()) == 0 {
-			time.Sleep(10 * time.Millisecond)
-		}
+		polltest.Until(t, 10*time.Second, "the prefill engine to get the request", func() bool { return len(pre.requests()) > 0 })
 		cancel()
 		select {
 		case <-canceled:

@@ -41,7 +41,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	f.fs = fs
 	fs.StringVar(&f.Listen, "listen", DefaultListen, "xDS gRPC address Envoy connects to (loopback by default; e.g. 0.0.0.0:18000 to serve other hosts)")
 	fs.StringSliceVar(&f.model.Router, "router", nil, "ext_proc address of a kvgate router, host:port (repeatable; or router in --config)")
-	fs.StringVar(&f.model.Listener, "envoy-listen", defaultEnvoyListen, "address Envoy serves the OpenAI API on")
+	fs.StringVar(&f.model.Listener, "envoy-listen", defaultEnvoyListen, "address Envoy serves the OpenAI API on (loopback by default; e.g. 0.0.0.0:8080 to serve clients on other hosts)")
 	fs.StringVar(&f.Consul, "consul", "", "Consul agent HTTP address to discover engines from")
 	fs.StringVar(&f.ConsulService, "consul-service", discovery.DefaultService, "Consul service name of the engines")
 	fs.StringVar(&f.Endpoints, "endpoints", "", "endpoints file listing engines instead of Consul (the schema 'kvgate router --endpoints' reads, docs/CONFIGURATION.md); edits are picked up within a second")
@@ -62,7 +62,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	_ = fs.MarkDeprecated("router-tls-sni", "use --router-tls-server-name")
 }
 
-const defaultEnvoyListen = "0.0.0.0:8080"
+const defaultEnvoyListen = DefaultEnvoyListen
 
 // changed reports whether any of the named flags was given on the command line.
 func (f *Flags) changed(names ...string) bool {

@@ -63,7 +63,7 @@ options: {messageTimeout: 1s}
 		err   string
 	}{
 		{name: "flags only", args: []string{"--router", "10.0.0.9:9002", "--message-timeout", "2s"},
-			want: xds.Model{Listener: "0.0.0.0:8080", Router: []string{"10.0.0.9:9002"}, Options: xds.Options{MessageTimeout: xds.Duration(2 * time.Second)}}},
+			want: xds.Model{Listener: xds.DefaultEnvoyListen, Router: []string{"10.0.0.9:9002"}, Options: xds.Options{MessageTimeout: xds.Duration(2 * time.Second)}}},
 		{name: "file only", args: []string{"--config", cfg},
 			want: xds.Model{Listener: "0.0.0.0:10000", Router: []string{"10.0.0.1:9002"},
 				RouterTLS: &tlsconfig.Files{CA: "/etc/ca.crt", Cert: "/etc/envoy.crt", Key: "/etc/envoy.key", ServerName: "router.svc"},
@@ -74,7 +74,7 @@ options: {messageTimeout: 1s}
 				RouterTLS: &tlsconfig.Files{CA: "/etc/ca.crt", Cert: "/etc/envoy.crt", Key: "/etc/envoy.key", ServerName: "other.svc"},
 				Options:   xds.Options{RequestBody: "full-duplex", ResponseBody: "full-duplex", MessageTimeout: xds.Duration(time.Second)}}},
 		{name: "old flag and old keys", args: []string{"--config", oldCfg, "--router-tls-sni", "flag.svc"}, warns: 3,
-			want: xds.Model{Listener: "0.0.0.0:8080", Router: []string{"10.0.0.1:9002"},
+			want: xds.Model{Listener: xds.DefaultEnvoyListen, Router: []string{"10.0.0.1:9002"},
 				RouterTLS: &tlsconfig.Files{CA: "/etc/ca.crt", ServerName: "flag.svc"},
 				Options:   xds.Options{MessageTimeout: xds.Duration(time.Second)}}},
 		{name: "no router", args: nil, err: "--router is required"},

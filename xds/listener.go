@@ -25,12 +25,16 @@ const (
 	hcmFilterName     = "envoy.filters.network.http_connection_manager"
 )
 
+// DefaultEnvoyListen is where Envoy serves the OpenAI API unless the model says otherwise:
+// loopback, so exposing it to other hosts is an explicit choice (--envoy-listen 0.0.0.0:8080).
+const DefaultEnvoyListen = "127.0.0.1:8080"
+
 // buildListener is the OpenAI listener: one HTTP connection manager speaking HTTP/1.1 and
 // HTTP/2, the ext_proc filter that asks the router for an endpoint, then Envoy's router.
 func buildListener(m Model, o Options) (*listener.Listener, error) {
 	addr := m.Listener
 	if addr == "" {
-		addr = "0.0.0.0:8080"
+		addr = DefaultEnvoyListen
 	}
 	sa, err := socketAddress(addr)
 	if err != nil {

@@ -11,19 +11,14 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 
 	"github.com/kvgate/kvgate/discovery"
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/xds"
 	"github.com/kvgate/kvgate/xds/xdstest"
 )
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never: %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	polltest.Until(t, 5*time.Second, what, cond)
 }
 
 // TestServerMetrics: snapshots, open streams, the last report's engines and problems, and

@@ -12,7 +12,7 @@ import (
 // Model is everything the translation needs: where Envoy listens, where the router is, which
 // engines serve which model, and the knobs. It is plain data; Translate never changes it.
 type Model struct {
-	// Listener is the address Envoy serves the OpenAI API on, host:port (default 0.0.0.0:8080).
+	// Listener is the address Envoy serves the OpenAI API on, host:port (default 127.0.0.1:8080: loopback unless told).
 	Listener string `json:"listener,omitempty"`
 	// Router lists the ext_proc addresses of the kvgate routers, host:port each; hostnames are
 	// resolved by Envoy (STRICT_DNS), IPs are used as they are.

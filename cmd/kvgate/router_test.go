@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/tokenizer"
 	"github.com/kvgate/kvgate/xds"
 	"github.com/kvgate/kvgate/xds/xdstest"
@@ -63,13 +64,7 @@ func get(url string) string {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	polltest.Until(t, 10*time.Second, what, cond)
 }
 
 // edsBlockSizes returns address -> block_size metadata of the model's EDS pool.

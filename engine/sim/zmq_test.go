@@ -10,6 +10,7 @@ import (
 
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/engine/zmtptest"
+	"github.com/kvgate/kvgate/polltest"
 )
 
 // sendHostileHeader connects to a ZMQ endpoint as a socket of kind typ, completes the
@@ -59,12 +60,8 @@ func TestHostileZMQPeersAreDisconnected(t *testing.T) {
 	sendHostileHeader(t, s.KVEventsAddr(), "SUB")
 	sendHostileHeader(t, s.KVEventsReplayAddr(), "DEALER")
 	for _, socket := range []string{"pub", "router"} {
-		deadline := time.Now().Add(10 * time.Second)
-		for rejectedOnMetrics(t, s, socket) != 1 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s{socket=%q} = %v, want 1", engine.MetricZMQRejected, socket, rejectedOnMetrics(t, s, socket))
-			}
-			time.Sleep(10 * time.Millisecond)
+		if !polltest.Wait(10*time.Second, func() bool { return rejectedOnMetrics(t, s, socket) == 1 }) {
+			t.Fatalf("%s{socket=%q} = %v, want 1", engine.MetricZMQRejected, socket, rejectedOnMetrics(t, s, socket))
 		}
 	}
 	completion(t, client(t), s, map[string]any{"prompt": longText(1, 40), "max_tokens": 1})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/polltest"
 )
 
 // Batch is one delivered batch with its sequence number.
@@ -88,13 +89,7 @@ func (l *LoadRecorder) Count() int {
 // WaitFor polls cond until it holds, failing the test after d.
 func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	polltest.Until(t, d, what, cond)
 }
 
 // Source is a KV-event source (relay.Client, engine.Subscriber).

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -24,18 +25,14 @@ func Load(r *router.Router) float64 {
 // load fails at once: a decision was released twice.
 func WaitReleased(t testing.TB, r *router.Router, what string, open func() float64) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n, load := open(), Load(r)
-		if n == 0 && load == 0 {
-			return
-		}
+	var n, load float64
+	if !polltest.Wait(5*time.Second, func() bool {
+		n, load = open(), Load(r)
 		if load < 0 {
 			t.Fatalf("router load went negative (%v): a decision was released twice", load)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not released: %v %s, router load %v", n, what, load)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return n == 0 && load == 0
+	}) {
+		t.Fatalf("not released: %v %s, router load %v", n, what, load)
 	}
 }
