@@ -10,12 +10,13 @@ import (
 // DefaultLogEvery is how often a KV-event source logs one kind of problem at most.
 const DefaultLogEvery = 10 * time.Second
 
-// logLimiter logs each kind of problem (keyed by its message, a constant) at most once per
+// LogLimiter logs each kind of problem (keyed by its message, a constant) at most once per
 // interval: the first occurrence at once, later ones as one line with their count (the
 // "count" attribute is how many occurrences the line stands for) when the interval has
 // passed, at the next occurrence or flush. A flood from a bad source costs a line per
-// interval, not one per message. Safe for concurrent use.
-type logLimiter struct {
+// interval, not one per message. Safe for concurrent use. (The engine's sockets also flush
+// it on a timer; a user that does not sees held-back counts on its next line.)
+type LogLimiter struct {
 	log   *slog.Logger
 	every time.Duration
 
@@ -30,18 +31,19 @@ type logEntry struct {
 	args  []any // of the latest occurrence
 }
 
-func newLogLimiter(log *slog.Logger, every time.Duration) *logLimiter {
+// NewLogLimiter logs to log at most once per every (DefaultLogEvery when <= 0) per message.
+func NewLogLimiter(log *slog.Logger, every time.Duration) *LogLimiter {
 	if every <= 0 {
 		every = DefaultLogEvery
 	}
-	return &logLimiter{log: log, every: every, keys: map[string]*logEntry{}}
+	return &LogLimiter{log: log, every: every, keys: map[string]*logEntry{}}
 }
 
-func (l *logLimiter) Warn(msg string, args ...any)  { l.add(slog.LevelWarn, msg, args) }
-func (l *logLimiter) Info(msg string, args ...any)  { l.add(slog.LevelInfo, msg, args) }
-func (l *logLimiter) Debug(msg string, args ...any) { l.add(slog.LevelDebug, msg, args) }
+func (l *LogLimiter) Warn(msg string, args ...any)  { l.add(slog.LevelWarn, msg, args) }
+func (l *LogLimiter) Info(msg string, args ...any)  { l.add(slog.LevelInfo, msg, args) }
+func (l *LogLimiter) Debug(msg string, args ...any) { l.add(slog.LevelDebug, msg, args) }
 
-func (l *logLimiter) add(level slog.Level, msg string, args []any) {
+func (l *LogLimiter) add(level slog.Level, msg string, args []any) {
 	now := time.Now()
 	l.mu.Lock()
 	e := l.keys[msg]
@@ -62,7 +64,7 @@ func (l *logLimiter) add(level slog.Level, msg string, args []any) {
 }
 
 // flush logs the occurrences held back for an interval or more, or all of them when all.
-func (l *logLimiter) flush(all bool) {
+func (l *LogLimiter) flush(all bool) {
 	now := time.Now()
 	type line struct {
 		level slog.Level
@@ -85,12 +87,12 @@ func (l *logLimiter) flush(all bool) {
 	}
 }
 
-func (l *logLimiter) emit(level slog.Level, msg string, n int, args []any) {
+func (l *LogLimiter) emit(level slog.Level, msg string, n int, args []any) {
 	l.log.Log(context.Background(), level, msg, append(args[:len(args):len(args)], "count", n)...)
 }
 
 // flushEvery flushes l every interval until ctx is done, then flushes everything.
-func flushEvery(ctx context.Context, l *logLimiter) {
+func flushEvery(ctx context.Context, l *LogLimiter) {
 	t := time.NewTicker(l.every)
 	defer t.Stop()
 	for {

@@ -66,7 +66,7 @@ type PublisherConfig struct {
 type Publisher struct {
 	cfg    PublisherConfig
 	log    *slog.Logger
-	lg     *logLimiter
+	lg     *LogLimiter
 	ctx    context.Context
 	cancel context.CancelFunc
 	pub    zmq4.Socket
@@ -113,7 +113,7 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Publisher{cfg: cfg, log: log, lg: newLogLimiter(log, cfg.LogEvery), ctx: ctx, cancel: cancel}
+	p := &Publisher{cfg: cfg, log: log, lg: NewLogLimiter(log, cfg.LogEvery), ctx: ctx, cancel: cancel}
 	pctx := guarded(ctx, zmq4.Pub, cfg.Limits, cfg.Metrics, p.lg, cfg.DialRetry)
 	if cfg.Dial {
 		p.pub = zmq4.NewPub(pctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithDialerRetry(cfg.DialRetry),

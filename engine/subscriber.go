@@ -72,7 +72,7 @@ type TopicHandler interface {
 type Subscriber struct {
 	cfg   SubscriberConfig
 	log   *slog.Logger
-	lg    *logLimiter
+	lg    *LogLimiter
 	addr  atomic.Pointer[string]
 	ready chan struct{}
 	once  sync.Once
@@ -124,7 +124,7 @@ func NewSubscriber(cfg SubscriberConfig) *Subscriber {
 		log = slog.Default()
 	}
 	log = log.With("kv_events", cfg.Endpoint) // not "endpoint": the router names its endpoint so
-	return &Subscriber{cfg: cfg, log: log, lg: newLogLimiter(log, cfg.LogEvery), ready: make(chan struct{}),
+	return &Subscriber{cfg: cfg, log: log, lg: NewLogLimiter(log, cfg.LogEvery), ready: make(chan struct{}),
 		topics: map[string]*seqState{}}
 }
 

@@ -75,7 +75,7 @@ type guard struct {
 	self  zmq4.SocketType
 	lim   ZMQLimits
 	m     *ZMQMetrics
-	log   *logLimiter
+	log   *LogLimiter
 	retry time.Duration // a dialing socket waits this long before re-dialing a peer it rejected
 
 	rejectedAt atomic.Int64 // unix nanoseconds of the last rejection
@@ -84,7 +84,7 @@ type guard struct {
 type guardKey struct{}
 
 // guarded returns ctx carrying a guard for a socket of kind self; create the socket with it.
-func guarded(ctx context.Context, self zmq4.SocketType, lim ZMQLimits, m *ZMQMetrics, log *logLimiter, retry time.Duration) context.Context {
+func guarded(ctx context.Context, self zmq4.SocketType, lim ZMQLimits, m *ZMQMetrics, log *LogLimiter, retry time.Duration) context.Context {
 	if m == nil {
 		m = NewZMQMetrics(nil)
 	}

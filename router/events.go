@@ -31,9 +31,9 @@ func (h *eventHandler) Gap(expected, got uint64) {
 	h.r.m.gaps.Inc()
 	if expected == 0 { // joining a publisher mid-stream (the engine package logs it): nothing known was lost
 		h.r.log.Debug("kv events: joined mid-stream, clearing the endpoint's cache state", "endpoint", h.s.ep.Name, "got", got)
-	} else if n, ok := h.s.gapLogDue(time.Now()); ok {
-		h.r.log.Warn("kv events: gap, clearing the endpoint's cache state", "endpoint", h.s.ep.Name,
-			"expected", expected, "got", got, "count", n)
+	} else {
+		h.s.gapLog.Warn("kv events: gap, clearing the endpoint's cache state", "endpoint", h.s.ep.Name,
+			"expected", expected, "got", got)
 	}
 	h.r.clear(h.s)
 }
@@ -42,20 +42,6 @@ func (h *eventHandler) Gap(expected, got uint64) {
 // skips sequence numbers on purpose costs a line per interval (with the count), not one per
 // batch; kvgate_router_kv_event_gaps_total counts every gap.
 const GapLogEvery = 10 * time.Second
-
-// gapLogDue counts one gap and reports whether a warning is due, with how many gaps it
-// stands for (this one and those held back since the last line).
-func (s *epState) gapLogDue(now time.Time) (int64, bool) {
-	s.gapsUnlogged.Add(1)
-	last := s.gapLogAt.Load()
-	if last != 0 && now.UnixNano()-last < int64(GapLogEvery) {
-		return 0, false
-	}
-	if !s.gapLogAt.CompareAndSwap(last, now.UnixNano()) {
-		return 0, false
-	}
-	return s.gapsUnlogged.Swap(0), true
-}
 
 // currentLocked reports whether s is still the live state of its endpoint; r.mu must be
 // held. The state pointer is the endpoint's generation: a removed or replaced endpoint gets a

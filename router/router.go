@@ -206,7 +206,7 @@ func (r *Router) setEndpoints(eps []Endpoint) error {
 		if _, ok := r.eps[name]; ok {
 			continue
 		}
-		s := &epState{ep: e, id: r.index.Endpoint(name)}
+		s := &epState{ep: e, id: r.index.Endpoint(name), gapLog: engine.NewLogLimiter(r.log, GapLogEvery)}
 		bs := e.BlockSize
 		if bs == 0 {
 			bs = r.modelBlockSize(e.Models)

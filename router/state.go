@@ -33,10 +33,9 @@ type epState struct {
 	fed     atomic.Bool   // some KV-event batch was applied
 	batches atomic.Uint64 // KV-event batches applied
 	gaps    atomic.Uint64 // gaps (and restarts) seen
-	// gapLogAt (unix nanoseconds) and gapsUnlogged rate-limit the gap warning to one line
-	// per GapLogEvery per endpoint, carrying the count of gaps it stands for.
-	gapLogAt     atomic.Int64
-	gapsUnlogged atomic.Int64
+	// gapLog rate-limits the gap warning to one line per GapLogEvery per endpoint,
+	// carrying the count of gaps it stands for.
+	gapLog *engine.LogLimiter
 
 	// cancel stops the endpoint's goroutines; nil when not running. Guarded by Router.mu.
 	cancel context.CancelFunc
