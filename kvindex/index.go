@@ -161,16 +161,13 @@ func (x *Index) ApplyStored(ep EndpointID, ev Stored) {
 	st := x.state(ep)
 	parent := uint32(0)
 	if ev.HasParent {
-		r, ok := st.ext.get(ev.Parent)
-		if !ok || !x.valid(r) {
-			if ok {
-				st.ext.del(ev.Parent)
-			}
+		node, ok := x.resolve(st, ev.Parent)
+		if !ok {
 			x.mu.Unlock()
 			x.ignore(ReasonUnknownParent, 1)
 			return
 		}
-		parent = r.node
+		parent = node
 	}
 	for i, b := range ev.Blocks {
 		if i%applyChunk == 0 {
@@ -224,15 +221,12 @@ func (x *Index) ApplyStoredCopies(ep EndpointID, tier Tier, hashes []ExternalHas
 			x.mu.Unlock()
 			x.mu.Lock()
 		}
-		r, ok := st.ext.get(h)
-		if !ok || !x.valid(r) {
-			if ok {
-				st.ext.del(h)
-			}
+		node, ok := x.resolve(st, h)
+		if !ok {
 			unknown++
 			continue
 		}
-		if x.setTier(r.node, ep, tier) {
+		if x.setTier(node, ep, tier) {
 			st.blocks++
 			x.pairs++
 		}
@@ -242,6 +236,20 @@ func (x *Index) ApplyStoredCopies(ep EndpointID, tier Tier, hashes []ExternalHas
 		x.ignore(ReasonUnknownBlock, unknown)
 	}
 	x.done(eventStored, start)
+}
+
+// resolve returns the node an endpoint's external hash names, dropping the name when its
+// node was freed since (its generation moved on). Caller holds x.mu.
+func (x *Index) resolve(st *endpointState, h ExternalHash) (uint32, bool) {
+	r, ok := st.ext.get(h)
+	if !ok {
+		return 0, false
+	}
+	if !x.valid(r) {
+		st.ext.del(h)
+		return 0, false
+	}
+	return r.node, true
 }
 
 // dropNode removes all of ep's residency on node i. Caller holds x.mu.
@@ -275,15 +283,12 @@ func (x *Index) ApplyRemoved(ep EndpointID, ev Removed) {
 			x.mu.Unlock()
 			x.mu.Lock()
 		}
-		r, ok := st.ext.get(h)
-		if !ok || !x.valid(r) {
-			if ok {
-				st.ext.del(h)
-			}
+		node, ok := x.resolve(st, h)
+		if !ok {
 			unknown++
 			continue
 		}
-		before, after := x.clearTiers(r.node, ep, 1<<ev.Tier)
+		before, after := x.clearTiers(node, ep, 1<<ev.Tier)
 		if after != 0 {
 			continue
 		}
@@ -291,7 +296,7 @@ func (x *Index) ApplyRemoved(ep EndpointID, ev Removed) {
 		if before != 0 {
 			st.blocks--
 			x.pairs--
-			x.maybeFree(r.node)
+			x.maybeFree(node)
 		}
 	}
 	x.mu.Unlock()
