@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/openai"
+	"github.com/kvgate/kvgate/proxyheader"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -23,7 +24,7 @@ func (g *Gateway) stream(w http.ResponseWriter, r *http.Request, d *router.Decis
 	for k, vs := range resp.Header {
 		h[k] = vs
 	}
-	removeHopHeaders(h)
+	proxyheader.RemoveHopByHop(h)
 	h.Set(router.HeaderEndpoint, up.ep.Address)
 	dh := d.Header()
 	for _, k := range echoHeaders {

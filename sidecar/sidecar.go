@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"net/textproto"
 	"net/url"
 	"slices"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/openai"
+	"github.com/kvgate/kvgate/proxyheader"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -388,37 +388,16 @@ func prefillBody(req map[string]json.RawMessage, chat bool) []byte {
 	return encodeObject(pre)
 }
 
-// hopHeaders are connection-level headers a proxy does not forward (RFC 9110 7.6.1), beside
-// those the Connection header names.
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
-
 // prefillHeader is the prefill request's header: the client's, less hop-by-hop headers (those
 // Connection names too), the body's length, Accept-Encoding and the prefiller header, with the
 // client's address appended to X-Forwarded-For.
 func prefillHeader(r *http.Request) http.Header {
 	out := r.Header.Clone()
-	for _, v := range out.Values("Connection") {
-		for f := range strings.SplitSeq(v, ",") {
-			if f = textproto.TrimString(f); f != "" {
-				out.Del(f)
-			}
-		}
-	}
-	for _, k := range hopHeaders {
-		out.Del(k)
-	}
+	proxyheader.RemoveHopByHop(out)
 	out.Del("Content-Length")
 	out.Del("Accept-Encoding")
 	out.Del(HeaderPrefiller)
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := out.Values("X-Forwarded-For"); len(prior) > 0 {
-			ip = strings.Join(prior, ", ") + ", " + ip
-		}
-		out.Set("X-Forwarded-For", ip)
-	}
+	proxyheader.AddForwardedFor(out, r.RemoteAddr)
 	return out
 }
 
