@@ -202,6 +202,18 @@ func (x *Index) ApplyStored(ep EndpointID, ev Stored) {
 // sends when it copies GPU blocks to CPU. Hashes ep never reported (or whose prefix is gone)
 // are counted as unknown blocks and ignored; their position in the tree cannot be known.
 func (x *Index) ApplyStoredCopies(ep EndpointID, tier Tier, hashes []ExternalHash) {
+	x.applyKnown(ep, tier, hashes, eventStored, func(st *endpointState, _ ExternalHash, node uint32) {
+		if x.setTier(node, ep, tier) {
+			st.blocks++
+			x.pairs++
+		}
+	})
+}
+
+// applyKnown is what the applies by external hash share: the endpoint and tier checks, the
+// locking in chunks, and counting hashes ep never reported (or whose node is gone) as
+// unknown blocks. f runs under x.mu for each known hash with its node.
+func (x *Index) applyKnown(ep EndpointID, tier Tier, hashes []ExternalHash, event string, f func(st *endpointState, h ExternalHash, node uint32)) {
 	start := time.Now()
 	x.applyMu.Lock()
 	defer x.applyMu.Unlock()
@@ -226,16 +238,13 @@ func (x *Index) ApplyStoredCopies(ep EndpointID, tier Tier, hashes []ExternalHas
 			unknown++
 			continue
 		}
-		if x.setTier(node, ep, tier) {
-			st.blocks++
-			x.pairs++
-		}
+		f(st, h, node)
 	}
 	x.mu.Unlock()
 	if unknown > 0 {
 		x.ignore(ReasonUnknownBlock, unknown)
 	}
-	x.done(eventStored, start)
+	x.done(event, start)
 }
 
 // resolve returns the node an endpoint's external hash names, dropping the name when its
@@ -264,33 +273,10 @@ func (x *Index) dropNode(st *endpointState, ep EndpointID, i uint32) {
 // ApplyRemoved drops ev.Tier's copy of each named block of ep; copies on
 // other tiers stay. Unknown hashes are counted and ignored.
 func (x *Index) ApplyRemoved(ep EndpointID, ev Removed) {
-	start := time.Now()
-	x.applyMu.Lock()
-	defer x.applyMu.Unlock()
-	if !x.aliveEndpoint(ep) {
-		x.ignore(ReasonUnknownEndpoint, 1)
-		return
-	}
-	if ev.Tier >= NumTiers {
-		x.ignore(ReasonInvalidTier, 1)
-		return
-	}
-	x.mu.Lock()
-	st := x.state(ep)
-	unknown := 0
-	for i, h := range ev.Hashes {
-		if i > 0 && i%applyChunk == 0 {
-			x.mu.Unlock()
-			x.mu.Lock()
-		}
-		node, ok := x.resolve(st, h)
-		if !ok {
-			unknown++
-			continue
-		}
+	x.applyKnown(ep, ev.Tier, ev.Hashes, eventRemoved, func(st *endpointState, h ExternalHash, node uint32) {
 		before, after := x.clearTiers(node, ep, 1<<ev.Tier)
 		if after != 0 {
-			continue
+			return
 		}
 		st.ext.del(h)
 		if before != 0 {
@@ -298,12 +284,7 @@ func (x *Index) ApplyRemoved(ep EndpointID, ev Removed) {
 			x.pairs--
 			x.maybeFree(node)
 		}
-	}
-	x.mu.Unlock()
-	if unknown > 0 {
-		x.ignore(ReasonUnknownBlock, unknown)
-	}
-	x.done(eventRemoved, start)
+	})
 }
 
 // ApplyCleared drops every block of ep (its engine restarted or reset its
