@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kvgate/kvgate/httpproxy"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 )
@@ -220,25 +221,9 @@ func (g *Gateway) Serve(ctx context.Context, lis net.Listener) error {
 	g.mu.Unlock()
 	close(g.up)
 	g.log.Info("gateway listening", "addr", lis.Addr().String(), "tls", g.cfg.TLS != nil)
-	errc := make(chan error, 1)
-	go func() {
-		if srv.TLSConfig != nil {
-			errc <- srv.ServeTLS(lis, "", "")
-			return
-		}
-		errc <- srv.Serve(lis)
-	}()
-	select {
-	case err := <-errc:
+	if err := httpproxy.Serve(ctx, srv, lis); err != nil {
 		return fmt.Errorf("gateway: serve: %w", err)
-	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		_ = srv.Close()
-	}
-	<-errc
 	return nil
 }
 

@@ -3,13 +3,13 @@ package gateway
 import (
 	"net/http"
 
-	"github.com/kvgate/kvgate/proxyheader"
+	"github.com/kvgate/kvgate/httpproxy"
 	"github.com/kvgate/kvgate/router"
 )
 
 // Header names the gateway reads or sets itself.
 const (
-	HeaderForwardedFor = proxyheader.ForwardedFor
+	HeaderForwardedFor = httpproxy.ForwardedFor
 	headerConnection   = "Connection"
 )
 

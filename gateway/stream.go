@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvgate/kvgate/httpproxy"
 	"github.com/kvgate/kvgate/openai"
-	"github.com/kvgate/kvgate/proxyheader"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -24,7 +24,7 @@ func (g *Gateway) stream(w http.ResponseWriter, r *http.Request, d *router.Decis
 	for k, vs := range resp.Header {
 		h[k] = vs
 	}
-	proxyheader.RemoveHopByHop(h)
+	httpproxy.RemoveHopByHop(h)
 	h.Set(router.HeaderEndpoint, up.ep.Address)
 	dh := d.Header()
 	for _, k := range echoHeaders {

@@ -10,7 +10,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/kvgate/kvgate/proxyheader"
+	"github.com/kvgate/kvgate/httpproxy"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -109,13 +109,13 @@ func upstreamRequest(ctx context.Context, r *http.Request, ep router.Endpoint, b
 		return nil, err
 	}
 	req.Header = r.Header.Clone()
-	proxyheader.RemoveHopByHop(req.Header)
+	httpproxy.RemoveHopByHop(req.Header)
 	req.Header.Del("Content-Length")
 	req.Header.Del("Accept-Encoding")
 	// Only the router names prefill endpoints: a client's header would make the decode
 	// sidecar post the prompt wherever it says.
 	req.Header.Del(router.HeaderPrefiller)
-	proxyheader.AddForwardedFor(req.Header, r.RemoteAddr)
+	httpproxy.AddForwardedFor(req.Header, r.RemoteAddr)
 	for k, vs := range extra {
 		req.Header[http.CanonicalHeaderKey(k)] = vs
 	}

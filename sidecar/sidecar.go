@@ -23,8 +23,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kvgate/kvgate/httpproxy"
 	"github.com/kvgate/kvgate/openai"
-	"github.com/kvgate/kvgate/proxyheader"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -211,25 +211,9 @@ func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, TLSConfig: s.cfg.TLS}
 	s.log.Info("sidecar listening", "addr", s.Addr(), "decode_engine", s.cfg.Engine, "tls", s.cfg.TLS != nil,
 		"prefill_engines", s.cfg.Prefill.Len())
-	errc := make(chan error, 1)
-	go func() {
-		if s.cfg.TLS != nil {
-			errc <- srv.ServeTLS(s.lis, "", "")
-			return
-		}
-		errc <- srv.Serve(s.lis)
-	}()
-	select {
-	case err := <-errc:
+	if err := httpproxy.Serve(ctx, srv, s.lis); err != nil {
 		return fmt.Errorf("sidecar: serve: %w", err)
-	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		_ = srv.Close()
-	}
-	<-errc
 	return nil
 }
 
@@ -393,11 +377,11 @@ func prefillBody(req map[string]json.RawMessage, chat bool) []byte {
 // client's address appended to X-Forwarded-For.
 func prefillHeader(r *http.Request) http.Header {
 	out := r.Header.Clone()
-	proxyheader.RemoveHopByHop(out)
+	httpproxy.RemoveHopByHop(out)
 	out.Del("Content-Length")
 	out.Del("Accept-Encoding")
 	out.Del(HeaderPrefiller)
-	proxyheader.AddForwardedFor(out, r.RemoteAddr)
+	httpproxy.AddForwardedFor(out, r.RemoteAddr)
 	return out
 }
 

@@ -1,7 +1,7 @@
-// Package proxyheader is what kvgate's HTTP proxies (the gateway and the P/D sidecar's
-// prefill leg) do to headers they pass on: drop hop-by-hop headers and append the client to
-// X-Forwarded-For.
-package proxyheader
+// Package httpproxy is what kvgate's two HTTP proxies (the gateway and the P/D sidecar)
+// share: the header rules for what they pass on (hop-by-hop headers dropped, the client
+// appended to X-Forwarded-For) and serving until shutdown.
+package httpproxy
 
 import (
 	"net"

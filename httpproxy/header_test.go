@@ -1,10 +1,10 @@
-package proxyheader_test
+package httpproxy_test
 
 import (
 	"net/http"
 	"testing"
 
-	"github.com/kvgate/kvgate/proxyheader"
+	"github.com/kvgate/kvgate/httpproxy"
 )
 
 func TestRemoveHopByHop(t *testing.T) {
@@ -14,7 +14,7 @@ func TestRemoveHopByHop(t *testing.T) {
 	h.Set("X-Secret", "s")
 	h.Set("Transfer-Encoding", "chunked")
 	h.Set("Authorization", "Bearer k")
-	proxyheader.RemoveHopByHop(h)
+	httpproxy.RemoveHopByHop(h)
 	for _, k := range []string{"Connection", "Keep-Alive", "X-Secret", "Transfer-Encoding"} {
 		if h.Get(k) != "" {
 			t.Errorf("%s kept", k)
@@ -36,10 +36,10 @@ func TestAddForwardedFor(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := http.Header{}
 			if tc.prior != "" {
-				h.Set(proxyheader.ForwardedFor, tc.prior)
+				h.Set(httpproxy.ForwardedFor, tc.prior)
 			}
-			proxyheader.AddForwardedFor(h, tc.remote)
-			if got := h.Get(proxyheader.ForwardedFor); got != tc.want {
+			httpproxy.AddForwardedFor(h, tc.remote)
+			if got := h.Get(httpproxy.ForwardedFor); got != tc.want {
 				t.Errorf("X-Forwarded-For %q, want %q", got, tc.want)
 			}
 		})
