@@ -269,19 +269,7 @@ func jsonKind(raw json.RawMessage) string {
 	if len(raw) == 0 {
 		return "nothing"
 	}
-	switch raw[0] {
-	case '{':
-		return "an object"
-	case '[':
-		return "an array"
-	case '"':
-		return "a string"
-	case 't', 'f':
-		return "a boolean"
-	case 'n':
-		return "null"
-	}
-	return "a number"
+	return kindOf(raw[0])
 }
 
 // decodeStop reads stop as a string or an array of strings.

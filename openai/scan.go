@@ -328,7 +328,7 @@ func (s *scanner) str() (esc, ok bool) {
 	}
 }
 
-// kindOf names the JSON type of a value from its first byte, as jsonKind does.
+// kindOf names the JSON type of a value from its first byte (jsonKind uses it too).
 func kindOf(c byte) string {
 	switch c {
 	case '{':
