@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -39,11 +39,14 @@ type envoyCall struct {
 	hold bool
 	// picked, when set, is called once the router has picked.
 	picked func()
+	// streaming, when set, is called with +1 once the engine's body has begun to arrive
+	// and -1 when it ends, with the engine's address.
+	streaming func(addr string, delta int)
 }
 
 // do runs the call: the request goes through the stream; the pick is sent to the engine,
-// trying the destinations in order on a connection failure as Envoy's ORIGINAL_DST cluster
-// with retries does (reporting the one used as served); the engine's response goes back
+// trying the destinations in order on a failure before the response headers (a refused
+// connection or a reset), as Envoy's ORIGINAL_DST cluster with kvgate's retry policy does (reporting the one used as served); the engine's response goes back
 // through ext_proc as it arrives, and an upstream failure resets the ext_proc stream, as
 // Envoy does when the upstream resets. It returns what the client would see and the
 // number of fallbacks tried.
@@ -121,8 +124,9 @@ func (e envoyCall) do(ctx context.Context) (seen, int) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+d+"/v1/chat/completions", bytes.NewReader(routed))
 		req.Header.Set("Content-Type", "application/json")
 		resp, err = http.DefaultClient.Do(req)
-		var op *net.OpError
-		if err == nil || !errors.As(err, &op) || op.Op != "dial" || i == len(dests)-1 {
+		// Envoy's route retries on connect-failure, refused-stream and reset (xds/route.go):
+		// any failure before the response headers moves on to the next destination.
+		if err == nil || ctx.Err() != nil || i == len(dests)-1 {
 			used = d
 			break
 		}
@@ -155,8 +159,13 @@ func (e envoyCall) do(ctx context.Context) (seen, int) {
 	}
 	buf := make([]byte, 16<<10)
 	var upErr error
-	for {
+	for began := false; ; {
 		n, err := resp.Body.Read(buf)
+		if n > 0 && !began && e.streaming != nil {
+			began = true
+			e.streaming(used, 1)
+			defer e.streaming(used, -1)
+		}
 		if n > 0 {
 			if err := chunk(append([]byte(nil), buf[:n]...), false); err != nil {
 				upErr = err
@@ -220,16 +229,22 @@ func TestFaultEngineKillExtProc(t *testing.T) {
 	retried := 0
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	var onVictim atomic.Int32 // streams whose body the victim has begun to send
+	streaming := func(addr string, d int) {
+		if addr == victim.addr {
+			onVictim.Add(int32(d))
+		}
+	}
 	load := startStreamLoad(ctx, f, 6, 30*time.Second, func(ctx context.Context, i int) seen {
-		o, n := envoyCall{c: c, prompt: faultPrompt(i), tokens: 100}.do(ctx)
+		o, n := envoyCall{c: c, prompt: faultPrompt(i), tokens: 100, streaming: streaming}.do(ctx)
 		mu.Lock()
 		retried += n
 		mu.Unlock()
 		return o
 	})
-	waitUntil(t, "two streams in flight on the victim", func() bool {
-		return metric(t, rt.base, router.MetricInflight, `address="`+victim.addr+`"`) >= 2
-	})
+	// Kill it while it is streaming to a client: a stream still waiting for its headers is
+	// retried on a fallback (Envoy's reset retry), one past them can only be cut.
+	waitUntil(t, "a stream receiving the victim's body", func() bool { return onVictim.Load() >= 1 })
 	if err := victim.p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
