@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -126,6 +127,13 @@ func (o seen) String() string {
 
 // streamChat sends one streamed chat to the gateway at base and reads it to its end.
 func streamChat(ctx context.Context, base, prompt string, maxTokens int) seen {
+	return streamChatWatched(ctx, base, prompt, maxTokens, nil)
+}
+
+// streamChatWatched is streamChat that calls streaming(endpoint, +1) once a 200 answer's
+// headers arrive (the gateway sends them with the engine's first body bytes) and
+// streaming(endpoint, -1) when the stream ends.
+func streamChatWatched(ctx context.Context, base, prompt string, maxTokens int, streaming func(endpoint string, delta int)) seen {
 	body, _ := json.Marshal(map[string]any{
 		"model": model, "stream": true, "max_tokens": maxTokens, "ignore_eos": true,
 		"messages": []map[string]string{{"role": "user", "content": prompt}},
@@ -145,6 +153,10 @@ func streamChat(ctx context.Context, base, prompt string, maxTokens int) seen {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		o.err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, b)
 		return o
+	}
+	if streaming != nil {
+		streaming(o.endpoint, 1)
+		defer streaming(o.endpoint, -1)
 	}
 	o.readSSE(resp.Body)
 	return o
@@ -352,12 +364,18 @@ func TestFaultEngineKill(t *testing.T) {
 	f := &figures{}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	var onVictim atomic.Int32 // streams whose body the victim has begun to send
+	streaming := func(endpoint string, d int) {
+		if endpoint == victim.addr {
+			onVictim.Add(int32(d))
+		}
+	}
 	load := startStreamLoad(ctx, f, 6, 30*time.Second, func(ctx context.Context, i int) seen {
-		return streamChat(ctx, rt.base, faultPrompt(i), 100)
+		return streamChatWatched(ctx, rt.base, faultPrompt(i), 100, streaming)
 	})
-	waitUntil(t, "two streams in flight on the victim", func() bool {
-		return metric(t, rt.base, router.MetricInflight, `address="`+victim.addr+`"`) >= 2
-	})
+	// Kill it while it is streaming to a client: a request still waiting for its first byte
+	// is retried on a fallback by the gateway, one past it can only be cut.
+	waitUntil(t, "a stream receiving the victim's body", func() bool { return onVictim.Load() >= 1 })
 	if err := victim.p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

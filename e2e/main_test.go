@@ -3,8 +3,6 @@
 package e2e
 
 import (
-	"github.com/kvgate/kvgate/polltest"
-
 	"bufio"
 	"context"
 	"fmt"
@@ -18,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kvgate/kvgate/polltest"
 )
 
 // kvgateBin is the binary built once by TestMain (or named by $KVGATE_BIN).
