@@ -25,6 +25,7 @@ import (
 	"github.com/kvgate/kvgate/discovery/consultest"
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/gpu"
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/relay"
 	"github.com/kvgate/kvgate/relay/relaytest"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -182,6 +183,8 @@ func TestWorkerdEndToEnd(t *testing.T) {
 		}
 		return false
 	})
+	// Consul's own check can pass before the supervisor's next health probe marks it running.
+	polltest.Until(t, 30*time.Second, "the engine running in workerd", func() bool { return w.Engines()[0].State == StateRunning })
 	st := w.Engines()[0]
 	if ep.Name != "n1-a" || ep.Address != st.Address || ep.Workerd != w.Advertise() || ep.KVEvents != st.KVEvents ||
 		ep.BlockSize != tokenizer.DefaultBlockSize || !slices.Equal(ep.Models, []string{"sim-model"}) || ep.Meta[discovery.MetaEngine] != KindSim {
