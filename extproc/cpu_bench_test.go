@@ -67,7 +67,7 @@ func TestCPUServer(t *testing.T) {
 	for in.Scan() {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		fmt.Println(processCPU().Nanoseconds(), ms.Mallocs)
+		fmt.Println(processCPU().Nanoseconds(), ms.Mallocs, ms.TotalAlloc)
 	}
 }
 
@@ -75,7 +75,7 @@ func TestCPUServer(t *testing.T) {
 // through ext_proc, and checks its reports: CPU time and allocations both grow.
 func checkCPUServer(t *testing.T) {
 	srv := startCPUServer(t)
-	cpu0, mallocs0 := srv.stats(t)
+	cpu0, mallocs0, _ := srv.stats(t)
 	c, err := extproctest.Dial(srv.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +89,7 @@ func checkCPUServer(t *testing.T) {
 	if err != nil || res.Immediate != nil {
 		t.Fatalf("the child did not route the request: %v %+v", err, res)
 	}
-	cpu1, mallocs1 := srv.stats(t)
+	cpu1, mallocs1, _ := srv.stats(t)
 	if cpu1 < cpu0 || mallocs1 <= mallocs0 { // CPU time may advance in ticks coarser than one request
 		t.Errorf("the child's reports did not follow a request: CPU %v -> %v, allocations %d -> %d", cpu0, cpu1, mallocs0, mallocs1)
 	}
@@ -138,7 +138,7 @@ func startCPUServer(b testing.TB) *cpuServer {
 }
 
 // stats returns the server process's CPU time and allocation count so far.
-func (s *cpuServer) stats(b testing.TB) (cpu time.Duration, mallocs uint64) {
+func (s *cpuServer) stats(b testing.TB) (cpu time.Duration, mallocs, bytes uint64) {
 	b.Helper()
 	if _, err := io.WriteString(s.in, "\n"); err != nil {
 		b.Fatal(err)
@@ -147,10 +147,10 @@ func (s *cpuServer) stats(b testing.TB) (cpu time.Duration, mallocs uint64) {
 		b.Fatalf("the server process did not answer: %v", s.out.Err())
 	}
 	var ns int64
-	if _, err := fmt.Sscan(s.out.Text(), &ns, &mallocs); err != nil {
+	if _, err := fmt.Sscan(s.out.Text(), &ns, &mallocs, &bytes); err != nil {
 		b.Fatalf("server stats %q: %v", s.out.Text(), err)
 	}
-	return time.Duration(ns), mallocs
+	return time.Duration(ns), mallocs, bytes
 }
 
 // prose4k returns n different chat bodies of about 4,096 prompt tokens each: real prose from
@@ -227,23 +227,24 @@ func BenchmarkExtProcCPU(b *testing.B) {
 				do(i + len(bodies)/2)
 			}
 			// The server's idle cost, measured over a quiet half second, is taken off.
-			idle0, _ := srv.stats(b)
+			idle0, _, _ := srv.stats(b)
 			time.Sleep(500 * time.Millisecond)
-			idle1, _ := srv.stats(b)
+			idle1, _, _ := srv.stats(b)
 			idlePerSec := float64(idle1-idle0) / 0.5
 			b.ReportMetric(idlePerSec/1e3, "server-idle-µs-cpu/s")
-			cpu0, mallocs0 := srv.stats(b)
+			cpu0, mallocs0, bytes0 := srv.stats(b)
 			t0 := time.Now()
 			n := 0
 			for b.Loop() {
 				do(n)
 				n++
 			}
-			cpu1, mallocs1 := srv.stats(b)
+			cpu1, mallocs1, bytes1 := srv.stats(b)
 			idle := idlePerSec * time.Since(t0).Seconds()
 			server := (float64(cpu1-cpu0) - idle) / 1e3 / float64(n)
 			b.ReportMetric(server, "server-µs-cpu/req")
 			b.ReportMetric(float64(mallocs1-mallocs0)/float64(n), "server-allocs/req")
+			b.ReportMetric(float64(bytes1-bytes0)/float64(n), "server-B/req")
 
 			// The decision alone, on the same bodies, in this process.
 			rt := newDecisionRouter(b)

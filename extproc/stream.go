@@ -247,12 +247,30 @@ func (st *stream) requestBody(ctx context.Context, b *extprocv3.HttpBody) ([]*ex
 		st.s.metrics.bufferFull.Inc()
 		return st.reject(openai.Unavailable("The router is buffering too many request bodies; retry later.")), true
 	}
-	st.body = append(st.body, b.GetBody()...)
+	st.appendBody(b.GetBody(), b.GetEndOfStream())
 	full := st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED
 	if !b.GetEndOfStream() && full {
 		return nil, false
 	}
 	return st.pick(ctx, true)
+}
+
+// appendBody adds one chunk of the request body. A body that comes whole (BUFFERED, or one
+// streamed chunk) is kept as received, without a copy: the message is this stream's alone. A
+// body in pieces is gathered in one buffer sized from content-length when the client gave it.
+func (st *stream) appendBody(chunk []byte, end bool) {
+	if st.body == nil && end {
+		st.body = chunk
+		return
+	}
+	if st.body == nil {
+		want, _ := strconv.Atoi(st.headers.Get("Content-Length"))
+		if want < len(chunk) || want > st.s.cfg.MaxBodyBytes {
+			want = len(chunk)
+		}
+		st.body = make([]byte, 0, want)
+	}
+	st.body = append(st.body, chunk...)
 }
 
 // pick routes the accumulated body and answers with the pick: on the buffered body response,

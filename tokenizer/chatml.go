@@ -8,6 +8,7 @@ import (
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // qwen3TemplateSHA256 is the digest of the Qwen3 chat template (Qwen3-8B's
@@ -143,11 +144,12 @@ func plainString(s *jsonScanner) (string, bool) {
 		s.pos = i + 1
 		return string(s.data[start:i]), true
 	}
-	end := bytes.IndexByte(s.data[i:], '"')
+	end := closingQuote(s.data, i)
 	if end < 0 {
 		return "", false
 	}
-	b := make([]byte, 0, i-start+end+8) // the usual case: escapes shrink the text
+	// Escapes only shrink the text (an invalid byte, 1 -> 3, may grow it: append copes).
+	b := make([]byte, 0, end-start)
 	b = append(b, s.data[start:i]...)
 	for i < len(s.data) {
 		// A run of plain ASCII in one copy.
@@ -163,7 +165,9 @@ func plainString(s *jsonScanner) (string, bool) {
 		switch {
 		case c == '"':
 			s.pos = i + 1
-			return string(b), true
+			// b is never written again: the string shares its bytes instead of copying
+			// them (a chat message can be most of a large body).
+			return unsafe.String(unsafe.SliceData(b), len(b)), true
 		case c < 0x20:
 			return "", false
 		case c == '\\':
@@ -221,6 +225,26 @@ func plainString(s *jsonScanner) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// closingQuote returns the index of the quote that ends the JSON string whose body continues
+// at from (a quote not escaped by an odd run of backslashes), or -1.
+func closingQuote(data []byte, from int) int {
+	for {
+		k := bytes.IndexByte(data[from:], '"')
+		if k < 0 {
+			return -1
+		}
+		q := from + k
+		n := 0
+		for p := q - 1; p >= 0 && data[p] == '\\'; p-- {
+			n++
+		}
+		if n%2 == 0 {
+			return q
+		}
+		from = q + 1
+	}
 }
 
 // hex4 decodes the 4 hex digits at the start of b, or returns -1.
