@@ -37,6 +37,7 @@ type upOptions struct {
 	eps       endpointFlags
 	rt        routerFlags
 	pd        pdUpFlags
+	tiers     tierUpFlags
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -51,6 +52,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 		Example: `  kvgate up
   kvgate up --engines 8 --policy round-robin
   kvgate up --prefill-engines 1 --decode-engines 2
+  kvgate up --cpu-cache-gib 64 --disk-cache-gib 512
   kvgate up --endpoint http://10.0.0.5:8000 --kv-events tcp://10.0.0.5:5557 \
             --endpoint http://10.0.0.6:8000 --kv-events tcp://10.0.0.6:5557`,
 		Args: cobra.NoArgs,
@@ -72,6 +74,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	o.eps.add(cmd, false)
 	o.rt.add(cmd)
 	o.pd.add(cmd)
+	o.tiers.add(cmd)
 	return cmd
 }
 
@@ -188,6 +191,7 @@ func startSim(ctx context.Context, grp *errgroup.Group, log *slog.Logger, o *upO
 	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = o.simSpeed
 	cfg.Engine.NumBlocks = o.simBlocks
+	o.tiers.apply(&cfg.Engine)
 	s, err := sim.NewServer(cfg, log.With("engine", name), nil)
 	if err != nil {
 		return nil, router.Endpoint{}, fmt.Errorf("engine %s: %w", name, err)
