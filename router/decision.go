@@ -28,7 +28,11 @@ type Decision struct {
 	PromptTokens  int // tokens of the rendered prompt
 	RequestBlocks int // full prompt blocks
 	CachedBlocks  int // leading blocks the router saw cached on the target
-	Cost          float64
+	// Pull, when not nil, tells the target to fetch the prompt's first Pull.Blocks blocks
+	// from another endpoint's cache instead of prefilling them (Config.P2P); the front door
+	// turns it into the engine's form (kv_transfer_params, x-kv-cache-source-host-port).
+	Pull *Pull
+	Cost float64
 	// Body is the body to forward: the client's bytes, or rewritten (UsageForced).
 	Body    []byte
 	Elapsed time.Duration // time spent routing
