@@ -51,8 +51,8 @@ type Decision struct {
 }
 
 // Header returns the headers to set on the upstream request: HeaderDestination (target, then
-// fallbacks, comma-separated), HeaderEndpoint, HeaderCachedBlocks, and for disaggregation
-// HeaderPrefiller and HeaderPrefillEndpoint.
+// fallbacks, comma-separated), HeaderEndpoint, HeaderCachedBlocks, for disaggregation
+// HeaderPrefiller and HeaderPrefillEndpoint, and for a P2P pull HeaderKVCacheSource.
 func (d *Decision) Header() http.Header {
 	h := http.Header{}
 	addrs := make([]string, 0, 1+len(d.Fallbacks))
@@ -66,6 +66,9 @@ func (d *Decision) Header() http.Header {
 	if d.Prefill != nil {
 		h.Set(HeaderPrefiller, d.Prefill.Address)
 		h.Set(HeaderPrefillEndpoint, d.Prefill.Address)
+	}
+	if d.Pull != nil {
+		h.Set(HeaderKVCacheSource, d.Pull.From.Address)
 	}
 	return h
 }

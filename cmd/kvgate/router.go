@@ -172,6 +172,7 @@ docs/DISCOVERY.md.`,
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
 	addMetricsFlag(f, &o.metrics, "router, ext_proc and gateway")
 	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
+	addP2PPortFlag(f, &o.extproc.P2PTransferPort)
 	o.eps.add(cmd, true)
 	o.rt.add(cmd)
 	o.consul.add(cmd)
@@ -225,7 +226,8 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		if err != nil {
 			return fmt.Errorf("--http-tls-*: %w", err)
 		}
-		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
+		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
+			P2PTransferPort: o.extproc.P2PTransferPort}, rt, log, reg)
 		if err != nil {
 			return err
 		}

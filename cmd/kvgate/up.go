@@ -37,7 +37,8 @@ type upOptions struct {
 	eps       endpointFlags
 	rt        routerFlags
 	pd        pdUpFlags
-	tiers     tierUpFlags
+	simTiers  tierUpFlags
+	p2pPort   int
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -74,7 +75,8 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	o.eps.add(cmd, false)
 	o.rt.add(cmd)
 	o.pd.add(cmd)
-	o.tiers.add(cmd)
+	o.simTiers.add(cmd)
+	addP2PPortFlag(f, &o.p2pPort)
 	return cmd
 }
 
@@ -130,14 +132,15 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if err != nil {
 		return fmt.Errorf("--http-tls-*: %w", err)
 	}
-	gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
+	gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
+		P2PTransferPort: o.p2pPort}, rt, log, reg)
 	if err != nil {
 		return err
 	}
 	grp.Go(func() error { return gw.Run(ctx) })
 	var xp *extproc.Server
 	if o.extProc != "" {
-		xc := extproc.Config{Addr: o.extProc, MaxBodyBytes: o.maxBody}
+		xc := extproc.Config{Addr: o.extProc, MaxBodyBytes: o.maxBody, P2PTransferPort: o.p2pPort}
 		if xc.TLS, err = o.extTLS.Server(); err != nil {
 			return fmt.Errorf("--ext-proc-tls-*: %w", err)
 		}
@@ -191,7 +194,7 @@ func startSim(ctx context.Context, grp *errgroup.Group, log *slog.Logger, o *upO
 	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = o.simSpeed
 	cfg.Engine.NumBlocks = o.simBlocks
-	o.tiers.apply(&cfg.Engine)
+	o.simTiers.apply(&cfg.Engine)
 	s, err := sim.NewServer(cfg, log.With("engine", name), nil)
 	if err != nil {
 		return nil, router.Endpoint{}, fmt.Errorf("engine %s: %w", name, err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/kvgate/kvgate/engine/sim"
 )
@@ -25,4 +26,9 @@ func (t *tierUpFlags) add(cmd *cobra.Command) {
 func (t *tierUpFlags) apply(c *sim.Config) {
 	c.CPUBlocks, c.CPUCacheGiB = t.cpuBlocks, t.cpuGiB
 	c.DiskBlocks, c.DiskCacheGiB = t.diskBlocks, t.diskGiB
+}
+
+// addP2PPortFlag registers --p2p-transfer-port, the front doors' P2PTransferPort.
+func addP2PPortFlag(f *pflag.FlagSet, port *int) {
+	f.IntVar(port, "p2p-transfer-port", 0, "with --p2p: the port engines serve KV block pulls on (as llm-d's --p2p-connector-port); a pulled request then also carries kv_transfer_params.remote_kv_source (0: the x-kv-cache-source-host-port header alone names the source)")
 }
