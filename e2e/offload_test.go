@@ -150,3 +150,68 @@ func TestP2PPullBetweenSimProcesses(t *testing.T) {
 		t.Errorf("%s{resolve} = %v, want 1", simP2PFailures, got)
 	}
 }
+
+// TestUpP2PThroughTheGateway: `kvgate up --engines 2 --p2p`. A long prompt lands on one
+// engine; then four requests extending it arrive at once, so that engine is busy prefilling
+// their new parts. The router sends some of them to the idle engine, told by the gateway (the
+// x-kv-cache-source-host-port header) to pull the shared prefix from the busy one: the idle
+// engine pulls real bytes from the other and reports the prefix as cached tokens.
+func TestUpP2PThroughTheGateway(t *testing.T) {
+	base, p := up(t, "--engines", "2", "--p2p", "--sim-speed", "0.2", "--pending-ttl=-1s")
+	engines := upEngines(t, p, 2)
+	shared := longPrompt("p2p-up", offloadWords)
+	h, promptTokens, _ := chatRaw(t, base, nil, shared)
+	holder := h.Get("x-kvgate-endpoint")
+	other := engines["sim-0"]
+	if other == holder {
+		other = engines["sim-1"]
+	}
+	blocks := (promptTokens - 1) / 16
+	waitIndexed(t, base, holder, float64(blocks))
+
+	type result struct {
+		endpoint string
+		cached   int
+	}
+	results := make(chan result, 4)
+	for i := range 4 {
+		go func() {
+			// The same first message, then a long new one: a shared prefix of about the
+			// first prompt's blocks and 2,000 new tokens to prefill.
+			b, _ := json.Marshal(map[string]any{"model": model, "max_tokens": 2, "messages": []map[string]string{
+				{"role": "user", "content": shared}, {"role": "assistant", "content": "ok"},
+				{"role": "user", "content": longPrompt(fmt.Sprint("p2p-up-turn-", i), offloadWords)}}})
+			resp, err := http.Post(base+"/v1/chat/completions", "application/json", bytes.NewReader(b))
+			if err != nil {
+				results <- result{}
+				return
+			}
+			defer resp.Body.Close()
+			var r struct {
+				Usage struct {
+					Details struct {
+						Cached int `json:"cached_tokens"`
+					} `json:"prompt_tokens_details"`
+				} `json:"usage"`
+			}
+			_ = json.NewDecoder(resp.Body).Decode(&r)
+			results <- result{resp.Header.Get("x-kvgate-endpoint"), r.Usage.Details.Cached}
+		}()
+	}
+	pulledOn := 0
+	for range 4 {
+		r := <-results
+		if r.endpoint == "" {
+			t.Fatal("a request failed")
+		}
+		if r.endpoint == other && r.cached >= (blocks-2)*16 {
+			pulledOn++
+		}
+	}
+	pulled, served := metric(t, "http://"+other, simP2PPulledBytes), metric(t, "http://"+holder, simP2PServedBytes)
+	if pulledOn == 0 || pulled == 0 || pulled != served {
+		t.Fatalf("%d requests served with the prefix pulled by %s; it pulled %.0f bytes, %s served %.0f; router pulls %v",
+			pulledOn, other, pulled, holder, served, metric(t, base, "kvgate_router_pulls_total"))
+	}
+	t.Logf("%d of 4 requests pulled the %d-block prefix (%.0f bytes)", pulledOn, blocks, pulled)
+}
