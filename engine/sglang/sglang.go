@@ -10,18 +10,20 @@ import (
 
 // Options is one SGLang server.
 type Options struct {
-	Python       string  // interpreter; "" = "python3" (runs -m sglang.launch_server)
-	Model        string  // --model-path (required)
-	ServedName   string  // --served-model-name; "" = the model path
-	Host         string  // "" = 127.0.0.1
-	Port         int     // required
-	PageSize     int     // --page-size, SGLang's KV block size in tokens; 0 = SGLang's default (1)
-	KVEventsPort int     // ZMQ PUB port (tcp://*:PORT); 0 = no KV events
-	ReplayPort   int     // ZMQ replay port (tcp://*:PORT); 0 = none
-	Topic        string  // "" = vllm.DefaultTopic
-	Role         string  // "prefill" or "decode" set --disaggregation-mode
-	HiCache      HiCache // host and disk KV tiers (HiCache.Args; its environment is HiCache.Env)
+	Python       string // interpreter; "" = "python3" (runs -m sglang.launch_server)
+	Model        string // --model-path (required)
+	ServedName   string // --served-model-name; "" = the model path
+	Host         string // "" = 127.0.0.1
+	Port         int    // required
+	PageSize     int    // --page-size, SGLang's KV block size in tokens; 0 = SGLang's default (1)
+	KVEventsPort int    // ZMQ PUB port (tcp://*:PORT); 0 = no KV events
+	ReplayPort   int    // ZMQ replay port (tcp://*:PORT); 0 = none
+	Topic        string // "" = vllm.DefaultTopic
+	Role         string // "prefill" or "decode" set --disaggregation-mode
 	Extra        []string
+
+	// HiCache is the host and disk KV tiers (HiCache.Args; its environment is HiCache.Env).
+	HiCache HiCache
 }
 
 // Command returns argv for `python3 -m sglang.launch_server`. SGLang keeps its radix cache
