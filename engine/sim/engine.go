@@ -375,11 +375,13 @@ func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) 
 			hits = e.kv.match(s.hashes[:(len(s.tokens)-1)/bs])
 		}
 		var onb onboard
-		if s.computed == 0 && s.remote == 0 && e.kv.lower != nil {
+		if s.computed == 0 && e.kv.lower != nil {
+			// Blocks this engine holds on its own lower tiers load from there, also when the
+			// rest of a remote prefix arrives from another engine.
 			onb = e.planOnboard(s, len(hits), now)
 		}
 		start := (len(hits) + onb.blocks) * bs
-		remote := max(s.remote-len(hits), 0)
+		remote := max(s.remote-len(hits)-onb.blocks, 0)
 		n := len(s.tokens) - start - remote*bs
 		if n > budget {
 			if e.cfg.NoChunkedPrefill {

@@ -228,3 +228,32 @@ func FuzzPullRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestRemoteBlocksOnboardLocalTierFirst: a request whose prefix arrives from another engine
+// (RemoteBlocks) while this engine holds the first part of it on its host tier loads that
+// part from the host tier, with its host-to-device time, and installs only the rest as
+// received: a P2P pull skips the blocks the puller holds itself.
+func TestRemoteBlocksOnboardLocalTierFirst(t *testing.T) {
+	r := newTierRun(t, Config{NumBlocks: 200, CPUBlocks: 1000})
+	a, _, _ := r.evictA()
+	// A's blocks went to the host tier; a request extending A receives its prefix plus two
+	// more blocks: the ones on the host tier load from there, the two are installed.
+	ext := append(append([]uint32(nil), a...), prompt(9, 64)...)
+	local := r.has(MediumCPU, hashesOf(r.e, ext))
+	if local < 124 {
+		t.Fatalf("%d of the prompt's blocks on the host tier", local)
+	}
+	if err := r.e.Add(Request{ID: "pulled", Prompt: ext, MaxTokens: 1, RemoteBlocks: local + 2}); err != nil {
+		t.Fatal(err)
+	}
+	res := r.e.Step(r.now)
+	if res.Onboarded != local || res.Onboard <= 0 {
+		t.Fatalf("onboarded %d blocks from the host tier in %v, want %d (the ones this engine holds)", res.Onboarded, res.Onboard, local)
+	}
+	for r.e.Busy() {
+		res = r.e.Step(res.End)
+	}
+	if len(res.Outputs) != 1 || res.Outputs[0].CachedTokens != (local+2)*16 {
+		t.Fatalf("outputs %+v: want %d cached tokens (onboarded and received)", res.Outputs, (local+2)*16)
+	}
+}
