@@ -135,34 +135,39 @@ func (s *Server) pullPrefix(ctx context.Context, r *http.Request, g generation) 
 		return 0
 	}
 	addr, err := s.pullSource(ctx, r, g)
-	if err == nil && addr == "" {
+	if err != nil {
+		s.pullFailed(r, addr, err)
+		return 0
+	}
+	if addr == "" {
 		return 0
 	}
 	hs, local := s.drv.holds(g.prompts[0], g.lora, g.cacheSalt)
-	if err == nil && local.Blocks >= len(hs) {
+	if local.Blocks >= len(hs) {
 		return 0 // everything is here already
 	}
 	start := time.Now()
-	var n int
-	var bytes int64
-	if err == nil {
-		n, bytes, err = pullHashes(ctx, addr, s.cfg.Engine.BlockSize, hs[local.Blocks:])
-	}
+	n, bytes, err := pullHashes(ctx, addr, s.cfg.Engine.BlockSize, hs[local.Blocks:])
 	s.metrics.p2pBytes.Add(float64(bytes))
 	if err != nil {
-		reason := p2pProtocol
-		var pe *p2pError
-		if errors.As(err, &pe) {
-			reason = pe.reason
-		}
-		s.metrics.p2pFails.WithLabelValues(reason).Inc()
-		s.log.Warn("p2p prefix pull failed, recomputing", "source", addr, "header", r.Header.Get(HeaderKVCacheSource), "reason", reason, "err", err)
+		s.pullFailed(r, addr, err)
 		return 0
 	}
 	s.metrics.p2pBlocks.Add(float64(n))
 	s.metrics.p2pSeconds.Observe(time.Since(start).Seconds())
 	s.log.Debug("p2p prefix pulled", "source", addr, "blocks", n, "bytes", bytes, "local_blocks", local.Blocks)
 	return local.Blocks + n
+}
+
+// pullFailed counts and logs a pull that got nothing.
+func (s *Server) pullFailed(r *http.Request, addr string, err error) {
+	reason := p2pProtocol
+	var pe *p2pError
+	if errors.As(err, &pe) {
+		reason = pe.reason
+	}
+	s.metrics.p2pFails.WithLabelValues(reason).Inc()
+	s.log.Warn("p2p prefix pull failed, recomputing", "source", addr, "header", r.Header.Get(HeaderKVCacheSource), "reason", reason, "err", err)
 }
 
 // pullHashes runs the puller's side of a P2P pull: it asks addr for hs and reads the leading
