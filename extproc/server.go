@@ -75,6 +75,11 @@ type Config struct {
 	DrainTimeout time.Duration
 	// TLS, when non-nil, serves gRPC over TLS (with ClientCAs set: mutual TLS).
 	TLS *tls.Config
+	// P2PTransferPort, when set, is the port engines serve KV block pulls on: a request the
+	// router tells to pull its prefix from another engine also gets
+	// kv_transfer_params.remote_kv_source (a body mutation). Zero: the header
+	// router.HeaderKVCacheSource alone names the source (docs/OFFLOAD.md).
+	P2PTransferPort int
 }
 
 // Defaults for Config's zero values.

@@ -290,6 +290,14 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	if d.Body != nil {
 		body = d.Body
 	}
+	mutated := d.Body != nil
+	if d.Pull != nil && st.s.cfg.P2PTransferPort > 0 {
+		if b, err := d.PullBody(body, st.s.cfg.P2PTransferPort); err != nil {
+			st.s.log.Warn("P2P pull: kv_transfer_params not added", "source", d.Pull.From.Address, "error", err)
+		} else {
+			body, mutated = b, true
+		}
+	}
 	st.freeBody() // body is answered below; the stream keeps no copy
 	hdr := pickHeaders(d, len(body))
 	md := pickMetadata(hdr.Get(router.HeaderDestination))
@@ -302,13 +310,17 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 		// sidecar post the prompt wherever it says.
 		mut.RemoveHeaders = append(mut.RemoveHeaders, router.HeaderPrefiller)
 	}
+	if d.Pull == nil && st.headers.Get(router.HeaderKVCacheSource) != "" {
+		// Nor pull sources: an engine would fetch blocks from wherever a client says.
+		mut.RemoveHeaders = append(mut.RemoveHeaders, router.HeaderKVCacheSource)
+	}
 	if st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
 		hr := continueHeaders(false, mut, true)
 		hr.DynamicMetadata = md
 		return append([]*extprocv3.ProcessingResponse{hr}, streamedBody(false, body, endOfStream)...), false
 	}
 	cr := &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: true}
-	if d.Body != nil {
+	if mutated {
 		cr.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
 	}
 	br := bodyResponse(false, cr)

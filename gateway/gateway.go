@@ -65,6 +65,11 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Transport overrides the upstream transport (tests).
 	Transport http.RoundTripper
+	// P2PTransferPort, when set, is the port engines serve KV block pulls on (as llm-d's
+	// sidecar --p2p-connector-port): a request the router tells to pull its prefix from
+	// another engine then also carries kv_transfer_params.remote_kv_source for that engine at
+	// this port. Zero: router.HeaderKVCacheSource alone names the source (docs/OFFLOAD.md).
+	P2PTransferPort int
 }
 
 // Defaults for Config's zero values.

@@ -46,6 +46,7 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) (code int, 
 	if d.Body != nil {
 		body = d.Body
 	}
+	body = g.pullBody(d, body)
 	picked := time.Now()
 	buf := g.bufs.Get().(*[]byte)
 	defer g.bufs.Put(buf)
@@ -101,4 +102,16 @@ func writeErr(w http.ResponseWriter, err error) int {
 	e := openai.AsError(err)
 	openai.WriteError(w, e)
 	return e.Status
+}
+
+// pullBody adds the router's P2P pull source to body as kv_transfer_params when
+// cfg.P2PTransferPort is set. A body it cannot rewrite goes as it is (the header still names
+// the source): the engine then recomputes at worst.
+func (g *Gateway) pullBody(d *router.Decision, body []byte) []byte {
+	b, err := d.PullBody(body, g.cfg.P2PTransferPort)
+	if err != nil {
+		g.log.Warn("P2P pull: kv_transfer_params not added", "source", d.Pull.From.Address, "error", err)
+		return body
+	}
+	return b
 }

@@ -115,6 +115,8 @@ func upstreamRequest(ctx context.Context, r *http.Request, ep router.Endpoint, b
 	// Only the router names prefill endpoints: a client's header would make the decode
 	// sidecar post the prompt wherever it says.
 	req.Header.Del(router.HeaderPrefiller)
+	// Nor pull sources: an engine would fetch blocks from wherever a client says.
+	req.Header.Del(router.HeaderKVCacheSource)
 	httpproxy.AddForwardedFor(req.Header, r.RemoteAddr)
 	for k, vs := range extra {
 		req.Header[http.CanonicalHeaderKey(k)] = vs

@@ -48,3 +48,42 @@ func TestBoundHitRatio(t *testing.T) {
 		t.Fatalf("one-prompt cache: %v, want %v", got, 32.0/190)
 	}
 }
+
+func TestInfiniteHitRatio(t *testing.T) {
+	in := `{"timestamp": 0, "input_length": 1536, "output_length": 1, "hash_ids": [1, 2, 3]}
+{"timestamp": 1, "input_length": 1536, "output_length": 1, "hash_ids": [1, 4, 5]}
+{"timestamp": 2, "input_length": 1024, "output_length": 1, "hash_ids": [1, 2]}
+`
+	tr, err := workload.ReadMooncake(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 95 + 95 + 63 cacheable blocks; the second shares its first 32, the third all 63.
+	if got, want := InfiniteHitRatio(tr, 16), (32.0+63)/(95+95+63); got != want {
+		t.Fatalf("infinite: %v, want %v", got, want)
+	}
+	if got, want := BoundHitRatio(tr, 16, 1<<20), InfiniteHitRatio(tr, 16); got != want {
+		t.Fatalf("bound with room for everything %v, infinite %v", got, want)
+	}
+}
+
+// TestBoundCachesLastFullBlock: a prompt of whole blocks computes its last block too (only
+// its last token is never served from cache), and the engine keeps that block for the next
+// turn; the bound did not, so an engine could beat it.
+func TestBoundCachesLastFullBlock(t *testing.T) {
+	in := `{"timestamp": 0, "input_length": 1024, "output_length": 1, "hash_ids": [1, 2]}
+{"timestamp": 1, "input_length": 1536, "output_length": 1, "hash_ids": [1, 2, 3]}
+`
+	tr, err := workload.ReadMooncake(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 63 + 95 cacheable blocks; the second prompt finds all 64 full blocks of the first.
+	want := 64.0 / (63 + 95)
+	if got := BoundHitRatio(tr, 16, 1<<20); got != want {
+		t.Fatalf("bound: %v, want %v", got, want)
+	}
+	if got := InfiniteHitRatio(tr, 16); got != want {
+		t.Fatalf("infinite: %v, want %v", got, want)
+	}
+}

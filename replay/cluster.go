@@ -16,6 +16,7 @@ const (
 	evStepEnd  = iota // an engine's step finished: deliver its outputs
 	evKV              // an engine's KV events reach the router
 	evTransfer        // a remote prefill's blocks reached the decode engine
+	evPull            // a P2P pull's blocks reached the target engine
 	evArrival         // a request arrives
 )
 
@@ -62,6 +63,8 @@ type reqState struct {
 	got           bool
 	prompt        int
 	cached        int
+	tierTok       [3]int // of cached: from the host tier, the disk tier, remote (sim.Output)
+	pull          int    // P2P: leading blocks pulled from another engine
 	output        int
 	done          bool
 	cacheableBlks int
@@ -108,6 +111,8 @@ type cluster struct {
 	itl              []time.Duration
 	transferred      int64
 	rejected, disagg int
+	pulls            int
+	pulled           int64
 }
 
 func newCluster(cfg Config, tr *workload.Trace) (*cluster, error) {
@@ -150,6 +155,8 @@ func (c *cluster) run(ctx context.Context) error {
 			c.p.apply(ev.at, ev.eng, ev.kv)
 		case evTransfer:
 			c.transfer(ev.at, ev.eng, ev.req)
+		case evPull:
+			c.add(ev.at, ev.eng, ev.req, c.serveRequest(ev.req, c.tr.Requests[ev.req].Tokens()))
 		}
 	}
 	return nil
@@ -192,19 +199,34 @@ func (c *cluster) arrive(now time.Duration, i int) {
 	st := &c.reqs[i]
 	st.arrival, st.prompt = r.Arrival, len(tokens)
 	st.cacheableBlks = cacheableBlocks(len(tokens), c.ecfg.BlockSize)
-	eng, pre, tk, err := c.p.pick(now, tokens)
+	pk, err := c.p.pick(now, tokens)
 	if err != nil {
 		c.rejected++
 		st.done = true
 		return
 	}
-	st.eng, st.prefill, st.ticket = eng, pre, tk
-	if pre >= 0 {
+	st.eng, st.prefill, st.ticket, st.pull = pk.eng, pk.prefill, pk.ticket, pk.pull
+	if pk.prefill >= 0 {
 		c.disagg++
-		c.add(now, pre, i, sim.Request{ID: simRequest(legPrefill, i), Prompt: tokens, MaxTokens: 1, Hold: true})
+		c.add(now, pk.prefill, i, sim.Request{ID: simRequest(legPrefill, i), Prompt: tokens, MaxTokens: 1, Hold: true})
 		return
 	}
-	c.add(now, eng, i, sim.Request{ID: simRequest(legServe, i), Prompt: tokens, MaxTokens: max(1, r.OutputLength)})
+	if pk.pull > 0 {
+		// The target waits for the source's blocks to cross the network (the source's own
+		// engine is not slowed: the copy reads its cache, not its compute).
+		bytes := int64(pk.pull) * int64(c.ecfg.BlockBytes())
+		c.pulls++
+		c.pulled += bytes
+		xfer := c.cfg.TransferLatency + time.Duration(float64(bytes)/c.cfg.TransferBandwidth*float64(time.Second))
+		c.push(&event{at: now + xfer, kind: evPull, eng: pk.eng, req: i})
+		return
+	}
+	c.add(now, pk.eng, i, c.serveRequest(i, tokens))
+}
+
+// serveRequest is the engine request serving trace request i (with its pulled blocks).
+func (c *cluster) serveRequest(i int, tokens []uint32) sim.Request {
+	return sim.Request{ID: simRequest(legServe, i), Prompt: tokens, MaxTokens: max(1, c.tr.Requests[i].OutputLength), RemoteBlocks: c.reqs[i].pull}
 }
 
 // stepEnd delivers a finished step's outputs: tokens to their requests, finished remote
@@ -215,6 +237,7 @@ func (c *cluster) stepEnd(now time.Duration, eng int, step *sim.StepResult) {
 		st := &c.reqs[i]
 		if l == legPrefill {
 			st.cached, st.remote = o.CachedTokens, len(o.BlockIDs)
+			st.tierTok = [3]int{o.CPUTokens, o.DiskTokens, o.RemoteTokens}
 			bytes := int64(st.remote) * int64(c.ecfg.BlockBytes())
 			c.transferred += bytes
 			xfer := c.cfg.TransferLatency + time.Duration(float64(bytes)/c.cfg.TransferBandwidth*float64(time.Second))
@@ -225,6 +248,7 @@ func (c *cluster) stepEnd(now time.Duration, eng int, step *sim.StepResult) {
 			st.got, st.first = true, now
 			if st.prefill < 0 {
 				st.cached = o.CachedTokens
+				st.tierTok = [3]int{o.CPUTokens, o.DiskTokens, o.RemoteTokens}
 			}
 			c.p.firstToken(st.ticket)
 		} else {

@@ -43,6 +43,17 @@ type Config struct {
 	TransferLatency   time.Duration // fixed cost per transfer (default 1 ms)
 	// Disagg, when set, replaces the router's conditional-disaggregation thresholds.
 	Disagg *DisaggThresholds
+
+	// TierCredits is the router's tier-credit mode (router.TierCreditsFixed or Derived; ""
+	// keeps the router's default). Derived credits and P2P read the engines' own timing
+	// model (Engine.Timing, Engine.Tiers) and TransferBandwidth/TransferLatency.
+	TierCredits string
+	// P2P turns the router's cluster-wide cache on: a request the router tells to pull its
+	// prefix from another engine reaches its engine after TransferLatency +
+	// blocks*block_bytes/TransferBandwidth of virtual time, with the pulled blocks installed
+	// (they count as remote hits). P2PMinTokens replaces the router's crossover when > 0.
+	P2P          bool
+	P2PMinTokens int
 }
 
 // Disaggregated reports whether the replay runs prefill and decode pools.
@@ -67,7 +78,18 @@ type Result struct {
 	Requests         int     `json:"requests"`
 	Rejected         int     `json:"rejected"`
 	HitRatio         float64 `json:"hit_ratio"`
+	// The hit ratio by where the hits came from: the GPU prefix cache, the host and disk
+	// tiers, and pulls from other engines (P2P) or remote prefills; they sum to HitRatio.
+	HitRatioGPU    float64 `json:"hit_ratio_gpu"`
+	HitRatioCPU    float64 `json:"hit_ratio_cpu"`
+	HitRatioDisk   float64 `json:"hit_ratio_disk"`
+	HitRatioRemote float64 `json:"hit_ratio_remote"`
+	// BoundHitRatio is the trace through one pooled LRU cache of every engine's capacity in
+	// all its tiers; InfiniteHitRatio through an unbounded one (the trace's own reuse).
 	BoundHitRatio    float64 `json:"bound_hit_ratio"`
+	InfiniteHitRatio float64 `json:"infinite_hit_ratio"`
+	Pulls            int     `json:"pulls,omitempty"` // P2P: requests that pulled a prefix
+	PulledBytes      int64   `json:"pulled_bytes,omitempty"`
 	TTFTP50          float64 `json:"ttft_p50_ms"`
 	TTFTP90          float64 `json:"ttft_p90_ms"`
 	TTFTP99          float64 `json:"ttft_p99_ms"`
@@ -128,6 +150,7 @@ func Run(ctx context.Context, cfg Config, tr *workload.Trace) (*Result, error) {
 	}
 	res := summarize(cfg, c.ecfg, tr, c.reqs, c.engines, c.itl, c.rejected, time.Since(wall))
 	res.Disaggregated, res.TransferredBytes = c.disagg, c.transferred
+	res.Pulls, res.PulledBytes = c.pulls, c.pulled
 	return res, nil
 }
 
@@ -138,13 +161,23 @@ func summarize(cfg Config, ecfg sim.Config, tr *workload.Trace, reqs []reqState,
 	}
 	var ttft []time.Duration
 	var cachedBlks, cacheable, tokens, outTokens int64
+	var tierBlks [4]int64 // GPU, CPU, disk, remote
 	var start, end time.Duration = -1, 0
 	for _, st := range reqs {
 		if !st.got {
 			continue
 		}
 		ttft = append(ttft, st.first-st.arrival)
-		cachedBlks += int64(min(st.cached/ecfg.BlockSize, st.cacheableBlks))
+		hit := min(st.cached/ecfg.BlockSize, st.cacheableBlks)
+		cachedBlks += int64(hit)
+		// Each lower tier's share, in that order, within the request's hits; the GPU the rest.
+		rest := hit
+		for t, n := range st.tierTok {
+			b := min(n/ecfg.BlockSize, rest)
+			tierBlks[t+1] += int64(b)
+			rest -= b
+		}
+		tierBlks[0] += int64(rest)
 		cacheable += int64(st.cacheableBlks)
 		tokens += int64(st.prompt + st.output)
 		outTokens += int64(st.output)
@@ -162,6 +195,10 @@ func summarize(cfg Config, ecfg sim.Config, tr *workload.Trace, reqs []reqState,
 	res.ITLP50, res.ITLP90 = il.P50, il.P90
 	if cacheable > 0 {
 		res.HitRatio = round4(float64(cachedBlks) / float64(cacheable))
+		res.HitRatioGPU = round4(float64(tierBlks[0]) / float64(cacheable))
+		res.HitRatioCPU = round4(float64(tierBlks[1]) / float64(cacheable))
+		res.HitRatioDisk = round4(float64(tierBlks[2]) / float64(cacheable))
+		res.HitRatioRemote = round4(float64(tierBlks[3]) / float64(cacheable))
 	}
 	if span := (end - max(start, 0)).Seconds(); span > 0 {
 		res.Throughput = round4(float64(tokens) / span)
@@ -178,7 +215,8 @@ func summarize(cfg Config, ecfg sim.Config, tr *workload.Trace, reqs []reqState,
 	if sum > 0 {
 		res.MaxLoadImbalance = round4(float64(mx) / (float64(sum) / float64(len(engines))))
 	}
-	res.BoundHitRatio = round4(BoundHitRatio(tr, ecfg.BlockSize, ecfg.NumBlocks*len(engines)))
+	res.BoundHitRatio = round4(BoundHitRatio(tr, ecfg.BlockSize, (ecfg.NumBlocks+ecfg.CPUBlocks+ecfg.DiskBlocks)*len(engines)))
+	res.InfiniteHitRatio = round4(InfiniteHitRatio(tr, ecfg.BlockSize))
 	return res
 }
 

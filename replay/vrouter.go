@@ -64,6 +64,8 @@ func newVirtualRouter(cfg Config, ecfg sim.Config) (*virtualRouter, error) {
 	if cfg.MissWeight > 0 {
 		rc.Scoring.MissWeight = cfg.MissWeight
 	}
+	rc.TierCredits, rc.P2P, rc.P2PMinTokens = cfg.TierCredits, cfg.P2P, cfg.P2PMinTokens
+	rc.Tiers = tierModel(cfg, ecfg)
 	for i := range p.names {
 		p.names[i] = "engine-" + strconv.Itoa(i)
 		role := router.RoleAggregated
@@ -94,23 +96,33 @@ func newVirtualRouter(cfg Config, ecfg sim.Config) (*virtualRouter, error) {
 	return p, nil
 }
 
-// pick asks the router; it returns the target engine and the prefill engine (-1 when the
-// request is not disaggregated).
-func (p *virtualRouter) pick(now time.Duration, tokens []uint32) (int, int, ticket, error) {
+// routed is one routing decision in engine indexes.
+type routed struct {
+	eng     int // the target
+	prefill int // the prefill engine when disaggregated, else -1
+	pull    int // leading blocks to pull from another engine (P2P), else 0
+	ticket  ticket
+}
+
+// pick asks the router.
+func (p *virtualRouter) pick(now time.Duration, tokens []uint32) (routed, error) {
 	p.now = now
 	d, err := p.r.Pick(router.Prompt{Model: replayModel, Tokens: tokens})
 	if err != nil {
-		return 0, -1, nil, err
+		return routed{}, err
 	}
-	i, pre := slices.Index(p.names, d.Endpoint.Name), -1
+	pk := routed{eng: slices.Index(p.names, d.Endpoint.Name), prefill: -1, ticket: d}
 	if d.Prefill != nil {
-		pre = slices.Index(p.names, d.Prefill.Name)
+		pk.prefill = slices.Index(p.names, d.Prefill.Name)
 	}
-	if i < 0 || (d.Prefill != nil && pre < 0) {
+	if d.Pull != nil {
+		pk.pull = d.Pull.Blocks
+	}
+	if pk.eng < 0 || (d.Prefill != nil && pk.prefill < 0) {
 		d.Done(nil, nil)
-		return 0, -1, nil, fmt.Errorf("router picked an unknown endpoint: %+v", d.Endpoint)
+		return routed{}, fmt.Errorf("router picked an unknown endpoint: %+v", d.Endpoint)
 	}
-	return i, pre, d, nil
+	return pk, nil
 }
 
 func (p *virtualRouter) firstToken(t ticket) {
@@ -142,4 +154,22 @@ func (p *virtualRouter) load(now time.Duration, eng int, st sim.Stats) {
 	}
 	p.now, p.lastLoad[eng] = now, now
 	p.r.SetLoad(p.names[eng], engine.Load{Running: float64(st.Running), Waiting: float64(st.Waiting), KVUsage: st.KVUsage})
+}
+
+// tierModel is what the router knows of the simulated engines' speeds: their own timing
+// model's prefill time per token (the attention term aside) and tier bandwidths, and the
+// replay's transfer network.
+func tierModel(cfg Config, ecfg sim.Config) router.TierModel {
+	speed := ecfg.Timing.Speed
+	if speed <= 0 {
+		speed = 1
+	}
+	return router.TierModel{
+		PrefillTokenTime: time.Duration(float64(ecfg.Timing.PerToken) / speed),
+		KVBytesPerToken:  ecfg.Shape.KVBytesPerToken(),
+		HostToDevice:     ecfg.Tiers.HostToDevice * speed,
+		DiskRead:         ecfg.Tiers.DiskRead * speed,
+		Network:          cfg.TransferBandwidth,
+		NetworkLatency:   cfg.TransferLatency,
+	}
 }

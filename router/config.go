@@ -26,6 +26,22 @@ type Config struct {
 
 	// Scoring weights the kv cost (tier credit, overlap weight, temperature).
 	Scoring Scoring
+	// TierCredits is how cached blocks in the lower tiers are credited: "fixed" (default)
+	// uses Scoring.TierCredit as given; "derived" replaces it with Tiers.Credits(), the
+	// prefill time a block there saves net of loading it.
+	TierCredits string
+	// Tiers is the engines' prefill speed and the tiers' and network's bandwidths, for
+	// derived credits and P2P pulls; the zero value means DefaultTierModel().
+	Tiers TierModel
+	// P2P turns the cluster-wide cache on (kv policy, aggregated targets): when another
+	// endpoint holds a longer prefix of the prompt (in any tier) than a candidate, the
+	// candidate is credited with pulling it (Tiers.RemoteCredit per block, scaled by the
+	// fixed CPU credit over the derived one under fixed credits), so a busy holder
+	// can hand its prefix to a less-loaded endpoint; Decision.Pull then names the source.
+	// Only pulls of at least P2PMinTokens more than the target holds are considered; 0 takes
+	// Tiers.PullCrossover(), where pulling starts to beat recomputing.
+	P2P          bool
+	P2PMinTokens int
 	// MaxFallbacks bounds the ordered alternatives returned with a pick.
 	MaxFallbacks int
 	// MaxModelLen maps model names to their context length (prompt plus output tokens);
@@ -162,6 +178,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Scoring == (Scoring{}) {
 		c.Scoring = d.Scoring
+	}
+	if err := c.applyTiers(); err != nil {
+		return c, err
 	}
 	if c.MaxFallbacks < 0 {
 		c.MaxFallbacks = 0

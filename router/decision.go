@@ -28,7 +28,11 @@ type Decision struct {
 	PromptTokens  int // tokens of the rendered prompt
 	RequestBlocks int // full prompt blocks
 	CachedBlocks  int // leading blocks the router saw cached on the target
-	Cost          float64
+	// Pull, when not nil, tells the target to fetch the prompt's first Pull.Blocks blocks
+	// from another endpoint's cache instead of prefilling them (Config.P2P); the front door
+	// turns it into the engine's form (kv_transfer_params, x-kv-cache-source-host-port).
+	Pull *Pull
+	Cost float64
 	// Body is the body to forward: the client's bytes, or rewritten (UsageForced).
 	Body    []byte
 	Elapsed time.Duration // time spent routing
@@ -47,8 +51,8 @@ type Decision struct {
 }
 
 // Header returns the headers to set on the upstream request: HeaderDestination (target, then
-// fallbacks, comma-separated), HeaderEndpoint, HeaderCachedBlocks, and for disaggregation
-// HeaderPrefiller and HeaderPrefillEndpoint.
+// fallbacks, comma-separated), HeaderEndpoint, HeaderCachedBlocks, for disaggregation
+// HeaderPrefiller and HeaderPrefillEndpoint, and for a P2P pull HeaderKVCacheSource.
 func (d *Decision) Header() http.Header {
 	h := http.Header{}
 	addrs := make([]string, 0, 1+len(d.Fallbacks))
@@ -62,6 +66,9 @@ func (d *Decision) Header() http.Header {
 	if d.Prefill != nil {
 		h.Set(HeaderPrefiller, d.Prefill.Address)
 		h.Set(HeaderPrefillEndpoint, d.Prefill.Address)
+	}
+	if d.Pull != nil {
+		h.Set(HeaderKVCacheSource, d.Pull.From.Address)
 	}
 	return h
 }

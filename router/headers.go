@@ -29,4 +29,8 @@ const (
 	// the prefill endpoint and prefilled locally (the value is why); front doors then do not
 	// echo HeaderPrefillEndpoint.
 	HeaderPrefillFallback = "x-kvgate-prefill-fallback"
+	// HeaderKVCacheSource names the endpoint (ip:port of its OpenAI server) the target should
+	// pull the prompt's cached prefix from (Decision.Pull): llm-d's header, which its routing
+	// sidecar turns into kv_transfer_params.remote_kv_source and kvgate's sim reads itself.
+	HeaderKVCacheSource = "x-kv-cache-source-host-port"
 )

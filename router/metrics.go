@@ -33,6 +33,10 @@ const (
 	// MetricServedUnknown counts served reports naming an endpoint that was not among the
 	// request's candidates (ignored).
 	MetricServedUnknown = "kvgate_router_served_unknown_total"
+	// MetricPulls counts decisions that told the target to pull its prefix from another
+	// endpoint (P2P), MetricPulledBlocks the blocks beyond the target's own cache.
+	MetricPulls        = "kvgate_router_pulls_total"
+	MetricPulledBlocks = "kvgate_router_pulled_blocks_total"
 )
 
 // Outcomes of a Route, the outcome label of MetricRequests.
@@ -61,6 +65,8 @@ type metrics struct {
 	paths          *prometheus.CounterVec
 	aggregated     *prometheus.CounterVec
 	servedUnknown  prometheus.Counter
+	pulls          prometheus.Counter
+	pulledBlocks   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
@@ -95,11 +101,15 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 			Help: "Picks that stayed aggregated, by reason."}, []string{"reason"}),
 		servedUnknown: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricServedUnknown,
 			Help: "Served reports ignored because they named an endpoint that was not among the request's candidates."}),
+		pulls: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricPulls,
+			Help: "Picks that told the target to pull its prompt prefix from another endpoint's cache (P2P)."}),
+		pulledBlocks: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricPulledBlocks,
+			Help: "Prompt blocks those pulls fetch beyond what the target already held."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.decision, m.overlap, m.promptBlocks, m.cachedBlocks,
 			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated,
-			m.servedUnknown, m.staleEvents, newLoadCollector(r))
+			m.servedUnknown, m.staleEvents, m.pulls, m.pulledBlocks, newLoadCollector(r))
 	}
 	return m
 }

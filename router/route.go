@@ -52,6 +52,13 @@ type scratch struct {
 	costs   []float64
 	text    []kvindex.BlockHash
 	seed    uint64
+	pulls   []pullSource // per candidate: where its Remote blocks would come from (P2P)
+}
+
+// pullSource is the endpoint a candidate would pull its Remote blocks from, and what it holds.
+type pullSource struct {
+	s *epState
+	m kvindex.Match
 }
 
 // Route parses and validates the body, renders and tokenizes the prompt, matches it against
@@ -285,6 +292,12 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 	}
 	d.AggregatedReason = why
 	r.countPath(why)
+	if t.pull != nil && pf == nil {
+		d.Pull = &Pull{From: t.pull.s.ep, Blocks: t.pull.m.Blocks, Tokens: t.pull.m.Blocks * bs, Tiers: t.pull.m.Tiers}
+		cached = t.pull.m.Blocks
+		r.m.pulls.Inc()
+		r.m.pulledBlocks.Add(float64(t.cand.Remote))
+	}
 	d.prefillLeft = int64(max(d.PromptTokens-cached*prefillOn.bs(), 0))
 	prefillOn.addLoad(d.prefillLeft, 0, 0)
 	t.s.addLoad(0, d.decodeBlocks, 1)
@@ -305,6 +318,7 @@ type picked struct {
 	cost      float64
 	order     []int
 	fallbacks []Endpoint
+	pull      *pullSource // the target's pull source when its cost counted one (P2P)
 }
 
 // pickAmong filters states by model, role, subset, health and saturation, computes each
@@ -381,12 +395,22 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 		}
 	}
 
+	if r.cfg.P2P && r.cfg.Policy == PolicyKV {
+		sc.pulls = slices.Grow(sc.pulls[:0], n)[:n]
+		clear(sc.pulls)
+		r.findPulls(sc, states, p.Model, now)
+	}
+
 	sc.costs = slices.Grow(sc.costs[:0], n)[:n]
 	r.pickMu.Lock()
 	order := r.ranker.Rank(sc.cands, requestBlocks, sc.costs)
 	r.pickMu.Unlock()
 
 	out := &picked{s: sc.states[order[0]], cand: sc.cands[order[0]], cost: sc.costs[order[0]], order: order}
+	if out.cand.Remote > 0 {
+		src := sc.pulls[order[0]]
+		out.pull = &src
+	}
 	for _, i := range order[1:min(len(order), 1+r.cfg.MaxFallbacks)] {
 		out.fallbacks = append(out.fallbacks, sc.states[i].ep)
 	}
@@ -433,6 +457,9 @@ func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time
 		return a - b
 	})
 	for _, bs := range sizes {
+		if bs == first { // findPulls reads the first block size's matches: nothing stale
+			sc.matches.Endpoints = sc.matches.Endpoints[:0]
+		}
 		sc.hashes = kvindex.HashBlocks(sc.hashes[:0], seed, tokens, bs)
 		if len(sc.hashes) == 0 {
 			continue
@@ -445,7 +472,7 @@ func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time
 				without = without || !s.hasEvents()
 			}
 		}
-		if withEvents {
+		if withEvents || (r.cfg.P2P && bs == first) { // P2P sources report events
 			r.index.FindMatches(sc.hashes, &sc.matches)
 			if r.cfg.PendingTTL > 0 {
 				r.pending.FindMatches(sc.hashes, now, &sc.pending)
@@ -474,6 +501,58 @@ func (r *Router) matchBlocks(sc *scratch, seed uint64, tokens []uint32, now time
 					c.Cached[kvindex.TierGPU] += extra
 				}
 			}
+		}
+	}
+}
+
+// findPulls credits each candidate with the blocks it could pull from the endpoint holding the
+// longest prefix of the prompt (the second longest for that endpoint itself), when that is at
+// least P2PMinTokens more than it holds. Any candidate of the first block size may pull;
+// sources are endpoints with KV events, healthy, serving the model, with that block size,
+// busy or saturated ones included: a pull reads their cache, not their compute. sc.matches must hold the index's matches of the first
+// candidate's block size (matchBlocks leaves them there).
+func (r *Router) findPulls(sc *scratch, states []*epState, model string, now time.Time) {
+	bs := sc.states[0].bs()
+	var best, second pullSource
+	for _, m := range sc.matches.Endpoints {
+		if m.Blocks <= second.m.Blocks {
+			continue
+		}
+		var s *epState
+		for _, x := range states {
+			if x.id == m.Endpoint {
+				s = x
+				break
+			}
+		}
+		if s == nil || !s.hasEvents() || s.bs() != bs || !s.ep.Serves(model) || !s.healthy(now) {
+			continue
+		}
+		if m.Blocks > best.m.Blocks {
+			best, second = pullSource{s, m}, best
+		} else {
+			second = pullSource{s, m}
+		}
+	}
+	if best.s == nil {
+		return
+	}
+	minBlocks := (r.cfg.P2PMinTokens + bs - 1) / bs
+	for i, s := range sc.states {
+		if s.bs() != bs {
+			continue
+		}
+		src := best
+		if s == best.s {
+			src = second
+		}
+		c := &sc.cands[i]
+		if src.s == nil {
+			continue
+		}
+		if extra := src.m.Blocks - c.CachedBlocks(); extra > 0 && extra >= minBlocks {
+			c.Remote = extra
+			sc.pulls[i] = src
 		}
 	}
 }
@@ -534,8 +613,8 @@ func (r *Router) explain(d *Decision, sc *scratch, order []int) {
 	alts := make([]string, 0, len(order))
 	for _, i := range order {
 		c := &sc.cands[i]
-		alts = append(alts, fmt.Sprintf("%s(cost=%.1f cached=%v prefill=%.1f decode=%.0f waiting=%.0f matched=%d)",
-			sc.states[i].ep.Name, sc.costs[i], c.Cached, c.PrefillBlocks, c.DecodeBlocks, c.Waiting, c.Matched))
+		alts = append(alts, fmt.Sprintf("%s(cost=%.1f cached=%v remote=%d prefill=%.1f decode=%.0f waiting=%.0f matched=%d)",
+			sc.states[i].ep.Name, sc.costs[i], c.Cached, c.Remote, c.PrefillBlocks, c.DecodeBlocks, c.Waiting, c.Matched))
 	}
 	r.log.Debug("route", "policy", d.Policy, "model", d.Model, "endpoint", d.Endpoint.Name, "address", d.Endpoint.Address,
 		"prompt_tokens", d.PromptTokens, "prompt_blocks", d.RequestBlocks, "cached_blocks", d.CachedBlocks, "candidates", alts)

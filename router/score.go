@@ -37,6 +37,9 @@ type Candidate struct {
 	DecodeBlocks float64
 	// Waiting is the engine-reported queue length.
 	Waiting float64
+	// Remote is how many prompt blocks beyond Cached the endpoint could pull from another
+	// endpoint's cache (P2P); they are credited at Scoring.RemoteCredit.
+	Remote int
 }
 
 // CachedBlocks is the total overlap over all tiers.
@@ -52,6 +55,9 @@ func (c *Candidate) CachedBlocks() int {
 type Scoring struct {
 	// TierCredit is how much of a prefill a cached block saves, by tier (GPU, CPU, disk).
 	TierCredit [kvindex.NumTiers]float64
+	// RemoteCredit is how much of a prefill a block pulled from another endpoint saves
+	// (Candidate.Remote); 0 unless the router's P2P is on.
+	RemoteCredit float64
 	// OverlapWeight scales the prefill term against the decode term (Dynamo's
 	// overlap_score_weight, 1 there); 2 by default.
 	OverlapWeight float64
@@ -95,7 +101,7 @@ func (s *Scoring) Credit(c *Candidate) float64 {
 	for t, b := range c.Cached {
 		x += float64(b) * s.TierCredit[t]
 	}
-	return x
+	return x + float64(c.Remote)*s.RemoteCredit
 }
 
 // Cost is the logit of sending a request of requestBlocks prompt blocks to c (lower is
@@ -129,7 +135,7 @@ func NewRanker(policy string, s Scoring, rng *rand.Rand) (*Ranker, error) {
 	if !slices.Contains(Policies(), policy) {
 		return nil, fmt.Errorf("router: unknown policy %q (want one of %v)", policy, Policies())
 	}
-	if s.OverlapWeight < 0 || s.Temperature < 0 || s.QueueWeight < 0 || s.MissWeight < 0 {
+	if s.OverlapWeight < 0 || s.Temperature < 0 || s.QueueWeight < 0 || s.MissWeight < 0 || s.RemoteCredit < 0 {
 		return nil, fmt.Errorf("router: scoring weights must not be negative: %+v", s)
 	}
 	if rng == nil {
@@ -209,6 +215,7 @@ func (p *Ranker) cost(c *Candidate, requestBlocks int) float64 {
 	case PolicyLeastLoad, PolicyApproxPrefix:
 		nc := *c
 		nc.Cached = [kvindex.NumTiers]int{}
+		nc.Remote = 0
 		return p.s.Cost(&nc, requestBlocks)
 	}
 	return 0

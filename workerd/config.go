@@ -116,6 +116,13 @@ type EngineSpec struct {
 	NoSidecar   bool `json:"no_sidecar,omitempty"`
 	// NixlPort is a vLLM P/D engine's NIXL side-channel port (0 = a free port).
 	NixlPort int `json:"nixl_port,omitempty"`
+	// KV offloading below the GPU (docs/OFFLOAD.md): a host tier of CPUOffloadGiB and a disk
+	// tier of DiskOffloadGiB at DiskOffloadPath; Offload picks vLLM's backend (native, the
+	// default, or lmcache). SGLang runs HiCache, the simulator its modelled tiers.
+	CPUOffloadGiB   float64 `json:"cpu_offload_gib,omitempty"`
+	DiskOffloadPath string  `json:"disk_offload_path,omitempty"`
+	DiskOffloadGiB  float64 `json:"disk_offload_gib,omitempty"`
+	Offload         string  `json:"offload,omitempty"`
 }
 
 // LoadConfig reads a YAML (or JSON) config file, as ParseConfig.
@@ -172,6 +179,9 @@ func (c *Config) Validate() error {
 		if e.GPUs < 0 || e.BlockSize < 0 {
 			errs = append(errs, fmt.Errorf("%s: negative gpus or block_size", where))
 		}
+		if err := e.validateOffload(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+		}
 		for _, p := range []int{e.Port, e.KVEventsPort, e.SidecarPort, e.NixlPort} {
 			if p < 0 || p > 65535 {
 				errs = append(errs, fmt.Errorf("%s: port %d out of range", where, p))
@@ -198,7 +208,8 @@ func (c *Config) Validate() error {
 
 // ParseEngineFlag parses the --engine flag: comma-separated key=value pairs with the keys of
 // EngineSpec (kind, model, name, role, gpus, port, kv_events_port, block_size, binary,
-// sidecar_port, nixl_port, no_sidecar=true), e.g. "kind=sim,model=Qwen/Qwen3-0.6B,port=8001".
+// sidecar_port, nixl_port, no_sidecar=true, cpu_offload_gib, disk_offload_gib,
+// disk_offload_path, offload), e.g. "kind=sim,model=Qwen/Qwen3-0.6B,port=8001".
 func ParseEngineFlag(s string) (EngineSpec, error) {
 	var e EngineSpec
 	if strings.TrimSpace(s) == "" {
@@ -241,6 +252,19 @@ func ParseEngineFlag(s string) (EngineSpec, error) {
 			e.SidecarPort, err = num()
 		case "nixl_port":
 			e.NixlPort, err = num()
+		case "cpu_offload_gib", "disk_offload_gib":
+			g, perr := strconv.ParseFloat(v, 64)
+			if perr != nil || g < 0 {
+				err = fmt.Errorf("--engine %q: %s=%q is not a non-negative number of GiB", s, k, v)
+			} else if k == "cpu_offload_gib" {
+				e.CPUOffloadGiB = g
+			} else {
+				e.DiskOffloadGiB = g
+			}
+		case "disk_offload_path":
+			e.DiskOffloadPath = v
+		case "offload":
+			e.Offload = v
 		case "no_sidecar":
 			e.NoSidecar, err = strconv.ParseBool(v)
 			if err != nil {

@@ -179,7 +179,9 @@ func (p *plan) command(ctx context.Context, host string, ep enginePorts, simCmd 
 		p.argv = vllm.Command(vllm.Options{
 			Binary: s.Binary, Model: s.Model, ServedNames: s.ServedNames, Host: host, Port: ep.http,
 			BlockSize: p.blockSize, KVEventsPort: ep.kvEvents, ReplayPort: ep.replay, Role: s.Role, Extra: s.Args,
+			Offload: s.vllmOffload(),
 		})
+		p.env = append(p.env, vllm.OffloadEnv(s.vllmOffload())...)
 		if err := lookPath(p.argv[0]); err != nil {
 			errs = append(errs, fmt.Errorf("vLLM executable %q not found (%v): install vLLM or set binary", p.argv[0], err))
 		}
@@ -198,7 +200,9 @@ func (p *plan) command(ctx context.Context, host string, ep enginePorts, simCmd 
 		p.argv = sglang.Command(sglang.Options{
 			Python: s.Binary, Model: s.Model, ServedName: served, Host: host, Port: ep.http,
 			PageSize: p.blockSize, KVEventsPort: ep.kvEvents, ReplayPort: ep.replay, Role: s.Role, Extra: s.Args,
+			HiCache: s.hiCache(),
 		})
+		p.env = append(p.env, s.hiCache().Env()...)
 		if err := lookPath(p.argv[0]); err != nil {
 			errs = append(errs, fmt.Errorf("python %q not found (%v): install SGLang or set binary", p.argv[0], err))
 		} else if err := hasPythonModule(ctx, p.argv[0], "sglang"); err != nil {
@@ -213,6 +217,7 @@ func (p *plan) command(ctx context.Context, host string, ep enginePorts, simCmd 
 			return append(errs, errors.New("no simulator command"))
 		}
 		p.argv = append(slices.Clone(base), SimArgs(host, ep.http, s.Model, p.kvEvents, p.kvReplay, p.blockSize)...)
+		p.argv = append(p.argv, simOffloadArgs(s)...)
 		p.argv = append(p.argv, s.Args...)
 		if err := lookPath(p.argv[0]); err != nil {
 			errs = append(errs, fmt.Errorf("simulator %q not found: %v", p.argv[0], err))

@@ -32,12 +32,15 @@ func newReplayCmd(g *globals) *cobra.Command {
 clock) behind the router's own code (kvindex, scoring, load accounting, KV events delivered after
 --event-delay) and replays a trace as fast as the CPU allows. The same seed gives the same result.
 
-It reports the prompt cache hit ratio next to bound_hit_ratio (the same trace through one pooled
-LRU cache of all engines' capacity: the ceiling any router can reach), TTFT and ITL percentiles,
+It reports the prompt cache hit ratio (and, with --json, its split by where hits came from:
+hit_ratio_gpu, hit_ratio_cpu, hit_ratio_disk, hit_ratio_remote) next to bound_hit_ratio (the same
+trace through one pooled LRU cache of all engines' capacity in all tiers: the ceiling any router
+can reach) and infinite_hit_ratio (the trace's own reuse), TTFT and ITL percentiles,
 throughput and load imbalance (busiest engine's busy time over the mean). --policy all runs every
 policy on the same trace; --plot draws their TTFT CDFs.`,
 		Example: `  kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --engines 8 --policy all
-  kvgate replay --synthetic --engines 4 --policy kv --json`,
+  kvgate replay --synthetic --engines 4 --policy kv --json
+  kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --cpu-cache-gib 230 --p2p --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tr, err := wf.load()
@@ -91,8 +94,8 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.IntVar(&cfg.Engines, "engines", 8, "simulated engines (aggregated)")
 	f.IntVar(&cfg.Prefill, "prefill-engines", 0, "disaggregated: prefill engines (with --decode-engines; replaces --engines)")
 	f.IntVar(&cfg.Decode, "decode-engines", 0, "disaggregated: decode engines (with --prefill-engines)")
-	f.Float64Var(&cfg.TransferBandwidth, "transfer-bandwidth", 25e9, "disaggregated: KV transfer bandwidth, bytes/s")
-	f.DurationVar(&cfg.TransferLatency, "transfer-latency", time.Millisecond, "disaggregated: fixed cost of one KV transfer")
+	f.Float64Var(&cfg.TransferBandwidth, "transfer-bandwidth", 25e9, "disaggregated and P2P: KV transfer bandwidth, bytes/s")
+	f.DurationVar(&cfg.TransferLatency, "transfer-latency", time.Millisecond, "disaggregated and P2P: fixed cost of one KV transfer")
 	dg.add(cmd)
 	f.StringVar(&cfg.Policy, "policy", "kv", "routing policy: "+strings.Join(replay.Policies(), ", ")+", or all")
 	f.DurationVar(&cfg.EventDelay, "event-delay", 5*time.Millisecond, "delay from an engine's step to its KV events reaching the router")
@@ -105,6 +108,13 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.Float64Var(&cfg.OverlapWeight, "overlap-weight", 0, "kv policy: weight of prefill blocks against decode blocks (0 = the router's default)")
 	f.Float64Var(&cfg.MissWeight, "miss-weight", 0, "kv policy: weight of the request's own uncached blocks against queued prefill (0 = the router's default)")
 	f.DurationVar(&cfg.PendingTTL, "pending-ttl", 0, "kv policy: how long a prefix just routed counts as cached before its events arrive (0 = the router's default, negative = off)")
+	f.Float64Var(&cfg.Engine.CPUCacheGiB, "cpu-cache-gib", 0, "host (CPU) KV tier per engine, GiB (0: none); GPU evictions are offloaded there")
+	f.IntVar(&cfg.Engine.CPUBlocks, "cpu-cache-blocks", 0, "host KV tier per engine in blocks (replaces --cpu-cache-gib)")
+	f.Float64Var(&cfg.Engine.DiskCacheGiB, "disk-cache-gib", 0, "disk KV tier per engine, GiB (0: none); host-tier evictions go there")
+	f.IntVar(&cfg.Engine.DiskBlocks, "disk-cache-blocks", 0, "disk KV tier per engine in blocks (replaces --disk-cache-gib)")
+	f.StringVar(&cfg.TierCredits, "tier-credits", "", "kv policy: credit for CPU and disk hits, fixed (1, 0.75, 0.25) or derived (from the engines' timing model); empty: the router's default")
+	f.BoolVar(&cfg.P2P, "p2p", false, "cluster-wide cache: the router may have an engine pull a long prefix from a busy engine's cache (over --transfer-bandwidth/--transfer-latency)")
+	f.IntVar(&cfg.P2PMinTokens, "p2p-min-tokens", 0, "P2P: pull only this many tokens more than the target holds, at least (0: the router's crossover)")
 	f.BoolVar(&asJSON, "json", false, "print JSON (one object, or an array for --policy all)")
 	f.StringVar(&plot, "plot", "", "write the TTFT CDFs of the policies to this SVG file")
 	cmd.Flags().Lookup("seed").Usage = "random seed (synthetic workload and random tie-breaks)"
@@ -114,14 +124,14 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 
 func printReplay(w io.Writer, rs []*replay.Result) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "policy\tengines\trequests\thit ratio\tbound\tTTFT p50 ms\tTTFT p90 ms\tITL p50 ms\tITL p90 ms\ttokens/s\tper engine\timbalance\tdisagg\trejected\t")
+	fmt.Fprintln(tw, "policy\tengines\trequests\thit ratio\tgpu/cpu/disk/remote\tbound\tinfinite\tTTFT p50 ms\tTTFT p90 ms\tITL p50 ms\tITL p90 ms\ttokens/s\tper engine\timbalance\tdisagg\trejected\t")
 	for _, r := range rs {
 		engines := fmt.Sprint(r.Engines)
 		if r.Prefill > 0 {
 			engines = fmt.Sprintf("%dP+%dD", r.Prefill, r.Decode)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.3f\t%.3f\t%.1f\t%.1f\t%.2f\t%.2f\t%.0f\t%.0f\t%.2f\t%d\t%d\t\n",
-			r.Policy, engines, r.Requests, r.HitRatio, r.BoundHitRatio, r.TTFTP50, r.TTFTP90, r.ITLP50, r.ITLP90, r.Throughput, r.PerEngine, r.MaxLoadImbalance, r.Disaggregated, r.Rejected)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.3f\t%.2f/%.2f/%.2f/%.2f\t%.3f\t%.3f\t%.1f\t%.1f\t%.2f\t%.2f\t%.0f\t%.0f\t%.2f\t%d\t%d\t\n",
+			r.Policy, engines, r.Requests, r.HitRatio, r.HitRatioGPU, r.HitRatioCPU, r.HitRatioDisk, r.HitRatioRemote, r.BoundHitRatio, r.InfiniteHitRatio, r.TTFTP50, r.TTFTP90, r.ITLP50, r.ITLP90, r.Throughput, r.PerEngine, r.MaxLoadImbalance, r.Disaggregated, r.Rejected)
 	}
 	tw.Flush()
 }

@@ -92,6 +92,7 @@ type routerFlags struct {
 	maxLens      map[string]int
 	kvMaxMessage int64
 	disagg       disaggFlags
+	tiers        tierFlags
 }
 
 func (r *routerFlags) add(cmd *cobra.Command) {
@@ -102,6 +103,7 @@ func (r *routerFlags) add(cmd *cobra.Command) {
 	f.DurationVar(&r.pendingTTL, "pending-ttl", 0, "kv policy: how long a prefix just routed counts as cached before its KV events arrive (0 = 30s, negative = off)")
 	f.Int64Var(&r.kvMaxMessage, "kv-events-max-message", engine.DefaultMaxZMQMessage, "largest ZMQ message (and frame) an engine's KV-event socket may send, in bytes; a peer sending more is disconnected and counted")
 	r.disagg.add(cmd)
+	r.tiers.add(cmd)
 }
 
 func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Config, error) {
@@ -112,6 +114,7 @@ func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Co
 	cfg.MaxModelLen = r.maxLens
 	cfg.KVEventLimits.MaxMessage = r.kvMaxMessage
 	r.disagg.apply(&cfg)
+	r.tiers.apply(&cfg)
 	if r.modelsFile != "" {
 		m, warnings, err := tokenizer.LoadModelMap(r.modelsFile)
 		if err != nil {
@@ -169,6 +172,7 @@ docs/DISCOVERY.md.`,
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
 	addMetricsFlag(f, &o.metrics, "router, ext_proc and gateway")
 	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
+	addP2PPortFlag(f, &o.extproc.P2PTransferPort)
 	o.eps.add(cmd, true)
 	o.rt.add(cmd)
 	o.consul.add(cmd)
@@ -222,7 +226,8 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		if err != nil {
 			return fmt.Errorf("--http-tls-*: %w", err)
 		}
-		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
+		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
+			P2PTransferPort: o.extproc.P2PTransferPort}, rt, log, reg)
 		if err != nil {
 			return err
 		}

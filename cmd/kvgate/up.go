@@ -37,6 +37,8 @@ type upOptions struct {
 	eps       endpointFlags
 	rt        routerFlags
 	pd        pdUpFlags
+	simTiers  tierUpFlags
+	p2pPort   int
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -51,6 +53,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 		Example: `  kvgate up
   kvgate up --engines 8 --policy round-robin
   kvgate up --prefill-engines 1 --decode-engines 2
+  kvgate up --cpu-cache-gib 64 --disk-cache-gib 512
   kvgate up --endpoint http://10.0.0.5:8000 --kv-events tcp://10.0.0.5:5557 \
             --endpoint http://10.0.0.6:8000 --kv-events tcp://10.0.0.6:5557`,
 		Args: cobra.NoArgs,
@@ -72,6 +75,8 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	o.eps.add(cmd, false)
 	o.rt.add(cmd)
 	o.pd.add(cmd)
+	o.simTiers.add(cmd)
+	addP2PPortFlag(f, &o.p2pPort)
 	return cmd
 }
 
@@ -127,14 +132,15 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if err != nil {
 		return fmt.Errorf("--http-tls-*: %w", err)
 	}
-	gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
+	gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
+		P2PTransferPort: o.p2pPort}, rt, log, reg)
 	if err != nil {
 		return err
 	}
 	grp.Go(func() error { return gw.Run(ctx) })
 	var xp *extproc.Server
 	if o.extProc != "" {
-		xc := extproc.Config{Addr: o.extProc, MaxBodyBytes: o.maxBody}
+		xc := extproc.Config{Addr: o.extProc, MaxBodyBytes: o.maxBody, P2PTransferPort: o.p2pPort}
 		if xc.TLS, err = o.extTLS.Server(); err != nil {
 			return fmt.Errorf("--ext-proc-tls-*: %w", err)
 		}
@@ -188,6 +194,7 @@ func startSim(ctx context.Context, grp *errgroup.Group, log *slog.Logger, o *upO
 	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = o.simSpeed
 	cfg.Engine.NumBlocks = o.simBlocks
+	o.simTiers.apply(&cfg.Engine)
 	s, err := sim.NewServer(cfg, log.With("engine", name), nil)
 	if err != nil {
 		return nil, router.Endpoint{}, fmt.Errorf("engine %s: %w", name, err)

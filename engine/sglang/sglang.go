@@ -21,6 +21,9 @@ type Options struct {
 	Topic        string // "" = vllm.DefaultTopic
 	Role         string // "prefill" or "decode" set --disaggregation-mode
 	Extra        []string
+
+	// HiCache is the host and disk KV tiers (HiCache.Args; its environment is HiCache.Env).
+	HiCache HiCache
 }
 
 // Command returns argv for `python3 -m sglang.launch_server`. SGLang keeps its radix cache
@@ -58,5 +61,6 @@ func Command(o Options) []string {
 	case "prefill", "decode":
 		args = append(args, "--disaggregation-mode", o.Role)
 	}
+	args = append(args, o.HiCache.Args()...)
 	return append(args, o.Extra...)
 }

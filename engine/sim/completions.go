@@ -163,9 +163,12 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, g generation) 
 		return
 	}
 	// Decode side of P/D: pull the prefilled blocks before queueing.
+	// Or a peer's cached prefix (P2P): pull what this engine does not hold itself.
 	remote := 0
 	if g.kv != nil && g.kv.DoRemotePrefill && len(g.kv.blockIDs) > 0 {
 		remote = s.pull(r.Context(), g.kv)
+	} else {
+		remote = s.pullPrefix(r.Context(), r, g)
 	}
 	base := "sim-" + strconv.FormatUint(s.seq.Add(1), 36)
 	choices, reqs := s.requests(g, base, maxLen, remote, arrival)

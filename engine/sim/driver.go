@@ -230,3 +230,19 @@ func (d *driver) deliver(outs []Output) {
 		}
 	}
 }
+
+// holds returns the hashes of the prompt's reusable full blocks and how many of them, from
+// the first, this engine holds (Engine.PromptHashes, Engine.Holds).
+func (d *driver) holds(prompt []uint32, lora, salt string) ([]BlockHash, Holdings) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	hs := d.eng.PromptHashes(prompt, lora, salt)
+	return hs, d.eng.Holds(hs, time.Since(d.start))
+}
+
+// holdsHashes is Engine.Holds at the current time.
+func (d *driver) holdsHashes(hs []BlockHash) Holdings {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.eng.Holds(hs, time.Since(d.start))
+}

@@ -60,6 +60,10 @@ type Output struct {
 	// hits, blocks onboarded from the host or disk tier, and remote blocks, as vLLM counts
 	// num_cached_tokens) are set on every output.
 	PromptTokens, CachedTokens int
+	// CPUTokens, DiskTokens and RemoteTokens are the parts of CachedTokens onboarded from the
+	// host tier, from the disk tier, and received from another engine (RemoteBlocks); the
+	// rest were GPU prefix-cache hits.
+	CPUTokens, DiskTokens, RemoteTokens int
 	// BlockIDs are the held full prompt blocks of a finished Hold request.
 	BlockIDs []int
 	// Admitted is when the request was first scheduled (the Start of that step): its queueing
@@ -112,6 +116,7 @@ type seq struct {
 	stored     int         // leading blocks known to be in the prefix cache
 	admitted   bool
 	cachedTok  int
+	tierTok    [3]int // of cachedTok: onboarded from the host tier, the disk tier, received remotely
 	admittedAt time.Duration
 	remote     int    // remote blocks still to be installed on the next admission
 	seed       uint64 // for made-up output tokens
@@ -375,11 +380,13 @@ func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) 
 			hits = e.kv.match(s.hashes[:(len(s.tokens)-1)/bs])
 		}
 		var onb onboard
-		if s.computed == 0 && s.remote == 0 && e.kv.lower != nil {
+		if s.computed == 0 && e.kv.lower != nil {
+			// Blocks this engine holds on its own lower tiers load from there, also when the
+			// rest of a remote prefix arrives from another engine.
 			onb = e.planOnboard(s, len(hits), now)
 		}
 		start := (len(hits) + onb.blocks) * bs
-		remote := max(s.remote-len(hits), 0)
+		remote := max(s.remote-len(hits)-onb.blocks, 0)
 		n := len(s.tokens) - start - remote*bs
 		if n > budget {
 			if e.cfg.NoChunkedPrefill {
@@ -405,6 +412,9 @@ func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) 
 			e.nload += onb.blocks
 			e.stats.CPUHitTokens += uint64(onb.cpu * bs)
 			e.stats.DiskHitTokens += uint64(onb.disk * bs)
+		}
+		if !s.admitted {
+			s.tierTok = [3]int{onb.cpu * bs, onb.disk * bs, remote * bs}
 		}
 		if remote > 0 {
 			s.blocks = e.kv.allocate(s.blocks, remote)
@@ -465,7 +475,8 @@ func (e *Engine) advance(sched []scheduled, res *StepResult) {
 		tok := e.outputToken(s, idx)
 		s.tokens = append(s.tokens, tok)
 		e.stats.GenerationTokens++
-		out := Output{ID: s.req.ID, Index: idx, Token: tok, PromptTokens: s.numPrompt, CachedTokens: s.cachedTok, Admitted: s.admittedAt}
+		out := Output{ID: s.req.ID, Index: idx, Token: tok, PromptTokens: s.numPrompt, CachedTokens: s.cachedTok, Admitted: s.admittedAt,
+			CPUTokens: s.tierTok[0], DiskTokens: s.tierTok[1], RemoteTokens: s.tierTok[2]}
 		switch n := idx + 1; {
 		case s.req.EOS > 0 && n >= s.req.EOS:
 			out.Finish = FinishStop

@@ -33,6 +33,13 @@ const (
 	MetricTransferSeconds  = "kvgate_sim_kv_transfer_seconds"
 	MetricTransferFailures = "kvgate_sim_kv_transfer_failures_total"
 	MetricTransferServed   = "kvgate_sim_kv_transfer_served_bytes_total"
+	// Peer-to-peer prefix pulls (docs/OFFLOAD.md): the puller's side, then the source's.
+	MetricP2PPulledBytes  = "kvgate_sim_kv_p2p_pulled_bytes_total"
+	MetricP2PPulledBlocks = "kvgate_sim_kv_p2p_pulled_blocks_total"
+	MetricP2PFailures     = "kvgate_sim_kv_p2p_failures_total" // label reason
+	MetricP2PSeconds      = "kvgate_sim_kv_p2p_seconds"
+	MetricP2PServedBytes  = "kvgate_sim_kv_p2p_served_bytes_total"
+	MetricP2PServedBlocks = "kvgate_sim_kv_p2p_served_blocks_total" // label medium
 )
 
 // metrics are one server's collectors, registered on the registerer it was given.
@@ -46,6 +53,9 @@ type metrics struct {
 	xferBytes, xferBlocks, xferFails prometheus.Counter
 	xferServed                       prometheus.Counter
 	xferSeconds                      prometheus.Observer
+	p2pBytes, p2pBlocks, p2pServed   prometheus.Counter
+	p2pFails, p2pServedBlocks        *prometheus.CounterVec
+	p2pSeconds                       prometheus.Observer
 
 	last Stats // counters already added
 }
@@ -86,6 +96,14 @@ func newMetrics(reg prometheus.Registerer, model string, cfg Config) (*metrics, 
 		xferFails:   counter(MetricTransferFailures, "KV pulls that failed and fell back to local prefill."),
 		xferServed:  counter(MetricTransferServed, "KV bytes served to decode engines."),
 		xferSeconds: hist(MetricTransferSeconds, "Time to pull one request's KV blocks.", latencyBuckets),
+		p2pBytes:    counter(MetricP2PPulledBytes, "KV bytes of cached prefixes pulled from peer engines."),
+		p2pBlocks:   counter(MetricP2PPulledBlocks, "KV blocks of cached prefixes pulled from peer engines."),
+		p2pFails: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricP2PFailures,
+			Help: "Peer prefix pulls that got nothing and fell back to recomputing, by reason.", ConstLabels: labels}, []string{"reason"}),
+		p2pSeconds: hist(MetricP2PSeconds, "Time to pull one request's cached prefix from a peer engine.", latencyBuckets),
+		p2pServed:  counter(MetricP2PServedBytes, "KV bytes of cached prefixes served to peer engines."),
+		p2pServedBlocks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricP2PServedBlocks,
+			Help: "KV blocks of cached prefixes served to peer engines, by the medium they were read from.", ConstLabels: labels}, []string{"medium"}),
 	}
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricCacheConfig, Help: "Information of the LLMEngine CacheConfig",
 		ConstLabels: prometheus.Labels{"block_size": strconv.Itoa(cfg.BlockSize), "num_gpu_blocks": strconv.Itoa(cfg.NumBlocks),
@@ -94,13 +112,20 @@ func newMetrics(reg prometheus.Registerer, model string, cfg Config) (*metrics, 
 	for _, c := range []prometheus.Collector{m.running, m.waiting, m.kvUsage, m.prefixQueries, m.prefixHits, m.preemptions,
 		m.promptTok, m.genTok, m.success, m.ttft.(prometheus.Collector), m.itl.(prometheus.Collector), m.e2e.(prometheus.Collector),
 		m.queue.(prometheus.Collector), m.reqPrompt.(prometheus.Collector), m.reqGen.(prometheus.Collector), m.xferBytes,
-		m.xferBlocks, m.xferFails, m.xferServed, m.xferSeconds.(prometheus.Collector), info} {
+		m.xferBlocks, m.xferFails, m.xferServed, m.xferSeconds.(prometheus.Collector), m.p2pBytes, m.p2pBlocks, m.p2pFails,
+		m.p2pSeconds.(prometheus.Collector), m.p2pServed, m.p2pServedBlocks, info} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	for _, r := range []string{"stop", "length", "abort"} {
 		m.success.WithLabelValues(r)
+	}
+	for _, r := range p2pReasons {
+		m.p2pFails.WithLabelValues(r)
+	}
+	for _, md := range []Medium{MediumGPU, MediumCPU, MediumDisk} {
+		m.p2pServedBlocks.WithLabelValues(md.String())
 	}
 	return m, nil
 }

@@ -68,6 +68,7 @@ type Server struct {
 	xferLn  net.Listener
 	seq     atomic.Uint64
 	created int64
+	peers   *http.Client // asks P2P sources for their transfer address
 
 	mu      sync.Mutex
 	running bool
@@ -154,7 +155,8 @@ func NewServer(cfg ServerConfig, log *slog.Logger, reg *prometheus.Registry) (*S
 	if err != nil {
 		return nil, fmt.Errorf("sim: metrics: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, tok: tok, reg: reg, metrics: m, created: time.Now().Unix()}
+	s := &Server{cfg: cfg, log: log, tok: tok, reg: reg, metrics: m, created: time.Now().Unix(),
+		peers: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}}
 	s.vocab = newVocabulary(tok.Encode)
 	s.text = make(map[uint32]string, len(s.vocab.ids))
 	for i, id := range s.vocab.ids {
@@ -314,13 +316,14 @@ func toWire(ev KVEvent, f engine.HashFormat) engine.Event {
 }
 
 // Handler is the HTTP API: /v1/chat/completions, /v1/completions, /v1/models, /tokenize,
-// /health, /metrics.
+// /health, /metrics, and PathKVTransferSource.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/chat/completions", s.handleChat)
 	mux.HandleFunc("POST /v1/completions", s.handleCompletion)
 	mux.HandleFunc("GET /v1/models", s.handleModels)
 	mux.HandleFunc("POST /tokenize", s.handleTokenize)
+	mux.HandleFunc("GET "+PathKVTransferSource, s.handleTransferSource)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

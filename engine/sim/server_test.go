@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 
 // testServer starts a server on loopback port 0 with KV events and replay on, and stops it
 // when the test ends.
-func testServer(t *testing.T, cfg ServerConfig) *Server {
+func testServer(t testing.TB, cfg ServerConfig) *Server {
 	t.Helper()
 	if cfg.KVEvents == "" {
 		cfg.KVEvents = "tcp://127.0.0.1:0"

@@ -3,6 +3,7 @@ package sim
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,6 +28,10 @@ type kvTransferParams struct {
 	RemoteHost      string          `json:"remote_host,omitempty"`
 	RemotePort      int             `json:"remote_port,omitempty"`
 	TPSize          int             `json:"tp_size,omitempty"`
+	// RemoteKVSource asks for a peer-to-peer pull of the prompt's cached prefix from another
+	// engine's transfer port (llm-d's name for the block; P2P is its earlier name).
+	RemoteKVSource *kvSource `json:"remote_kv_source,omitempty"`
+	P2P            *kvSource `json:"p2p,omitempty"`
 
 	blockIDs []int
 }
@@ -54,6 +59,12 @@ func parseKVTransferParams(raw json.RawMessage) (*kvTransferParams, error) {
 	}
 	if p.DoRemotePrefill && len(p.blockIDs) > 0 && (p.RemoteHost == "" || p.RemotePort <= 0 || p.RemotePort > 65535) {
 		return nil, openai.BadRequest("kv_transfer_params", "kv_transfer_params with do_remote_prefill need remote_host and remote_port.")
+	}
+	if p.RemoteKVSource == nil {
+		p.RemoteKVSource = p.P2P
+	}
+	if src := p.RemoteKVSource; src != nil && (src.RemoteHost == "" || src.RemotePort <= 0 || src.RemotePort > 65535) {
+		return nil, openai.BadRequest("kv_transfer_params", "kv_transfer_params.remote_kv_source needs remote_host and remote_port (1-65535).")
 	}
 	return p, nil
 }
@@ -91,9 +102,54 @@ func (s *Server) transferParams(choices []*choice) json.RawMessage {
 //	prefill -> decode: {"blocks": k, "block_bytes": b}\n then k*b bytes, or {"error": "..."}\n
 //
 // after which the prefill engine frees the request's blocks (they stay in its prefix cache).
+//
+// A peer-to-peer prefix pull (p2p.go) asks for blocks by hash instead:
+//
+//	puller -> source: {"block_hashes": ["<64 hex digits>", ...], "block_size": 16}\n
+//	source -> puller: {"blocks": k, "block_bytes": b}\n then k*b bytes
+//
+// where k is how many of the hashes, from the first, the source holds on any medium (0 is a
+// miss), and each block's bytes start with its hash.
 type pullRequest struct {
-	RequestID string `json:"request_id"`
-	BlockIDs  []int  `json:"block_ids"`
+	RequestID   string   `json:"request_id"`
+	BlockIDs    []int    `json:"block_ids"`
+	BlockHashes []string `json:"block_hashes,omitempty"`
+	BlockSize   int      `json:"block_size,omitempty"`
+
+	hashes []BlockHash
+}
+
+// maxPullBlocks bounds one pull request (a 256k-token prompt of 16-token blocks).
+const maxPullBlocks = 1 << 14
+
+// parsePullRequest reads one pull request line: block ids (P/D) or block hashes (P2P).
+func parsePullRequest(line []byte) (pullRequest, error) {
+	var req pullRequest
+	if err := json.Unmarshal(line, &req); err != nil {
+		return req, fmt.Errorf("bad pull request: %v", err)
+	}
+	switch {
+	case len(req.BlockIDs) > 0 && len(req.BlockHashes) > 0:
+		return req, errors.New("bad pull request: block_ids and block_hashes together")
+	case len(req.BlockIDs) > maxPullBlocks || len(req.BlockHashes) > maxPullBlocks:
+		return req, fmt.Errorf("bad pull request: more than %d blocks", maxPullBlocks)
+	case len(req.BlockHashes) > 0:
+		req.hashes = make([]BlockHash, len(req.BlockHashes))
+		for i, h := range req.BlockHashes {
+			if len(h) != 2*len(BlockHash{}) {
+				return req, fmt.Errorf("bad pull request: block hash %d is not %d hex digits", i, 2*len(BlockHash{}))
+			}
+			if _, err := hex.Decode(req.hashes[i][:], []byte(h)); err != nil {
+				return req, fmt.Errorf("bad pull request: block hash %d: %v", i, err)
+			}
+		}
+		if req.BlockSize < 0 {
+			return req, errors.New("bad pull request: negative block_size")
+		}
+	case len(req.BlockIDs) == 0:
+		return req, errors.New("bad pull request: no blocks")
+	}
+	return req, nil
 }
 
 type pullReply struct {
@@ -133,14 +189,18 @@ func (s *Server) serveOne(ctx context.Context, conn net.Conn) {
 	if err != nil {
 		return
 	}
-	var req pullRequest
 	reply := func(r pullReply) error {
 		b, _ := json.Marshal(r)
 		_, err := conn.Write(append(b, '\n'))
 		return err
 	}
-	if err := json.Unmarshal(line, &req); err != nil || len(req.BlockIDs) == 0 {
-		_ = reply(pullReply{Error: "bad pull request"})
+	req, err := parsePullRequest(line)
+	if err != nil {
+		_ = reply(pullReply{Error: err.Error()})
+		return
+	}
+	if len(req.hashes) > 0 {
+		s.servePrefix(conn, req, reply)
 		return
 	}
 	id := req.RequestID

@@ -22,6 +22,7 @@ type Options struct {
 	ReplayPort   int      // ZMQ ROUTER port resending recent batches (tcp://*:PORT); 0 = none
 	Topic        string   // "" = DefaultTopic
 	Role         string   // "prefill" or "decode" add a NIXL --kv-transfer-config; "" or "aggregated" none
+	Offload      Offload  // KV offloading below the GPU (OffloadArgs; its environment is OffloadEnv)
 	Extra        []string // appended last, so they can override anything above
 }
 
@@ -76,5 +77,6 @@ func Command(o Options) []string {
 	case "prefill", "decode":
 		args = append(args, "--kv-transfer-config", `{"kv_connector":"NixlConnector","kv_role":"kv_both"}`)
 	}
+	args = append(args, OffloadArgs(o.Offload)...)
 	return append(args, o.Extra...)
 }
