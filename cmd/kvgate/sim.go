@@ -75,6 +75,7 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 	f.IntVar(&port, "port", 8100, "HTTP listen port (0 picks a free one)")
 	f.StringVar(&cfg.Model, "model", tokenizer.DefaultModel, "served model name")
 	f.StringSliceVar(&loras, "lora-modules", nil, "LoRA adapters served beside --model, as name or name=path (comma-separated)")
+	f.BoolVar(&cfg.ChainOutput, "chain-output", false, "answer with the output words in a fixed cyclic order, continuing after the prompt's last word: a request continued elsewhere gets the rest of the same answer, so a repeated or lost token is visible (tests of request migration)")
 	f.StringVar(&cfg.TokenizerDir, "tokenizer", "", "directory with tokenizer.json (default: the embedded Qwen3 tokenizer)")
 	f.StringVar(&cfg.KVEvents, "kv-events", engine.DefaultEndpoint, "ZMQ endpoint of the KV-event PUB socket, loopback by default (tcp://*:5557 binds every interface; \"\" disables events)")
 	f.BoolVar(&cfg.KVEventsDial, "kv-events-dial", false, "connect the PUB socket to --kv-events instead of binding it")

@@ -31,6 +31,11 @@ type ServerConfig struct {
 	// one runs with that adapter, whose name is part of its block hashes and events.
 	LoRAs  []string
 	Engine Config
+	// ChainOutput makes every answer a run of the output words in a fixed cyclic order,
+	// continuing after the prompt's last word when it is one of them: a request continued
+	// on another engine (prompt plus what was generated) gets exactly the rest of the
+	// answer, and a repeated or missing token shows as a break in the order.
+	ChainOutput bool
 
 	// KV events, as vLLM's --kv-events-config: a ZMQ PUB socket bound at (or, with
 	// KVEventsDial, connecting to) KVEvents; "" publishes nothing.
