@@ -136,6 +136,7 @@ type routerOptions struct {
 	eps                 endpointFlags
 	rt                  routerFlags
 	consul              consulFlags
+	mig                 migrationFlags
 }
 
 func newRouterCmd(g *globals) *cobra.Command {
@@ -167,6 +168,7 @@ docs/DISCOVERY.md.`,
 	f.Int64Var(&o.extproc.MaxBufferedBytes, "max-buffered-bytes", extproc.DefaultMaxBufferedBytes, "request body bytes buffered across all ext_proc streams; past it, 503")
 	f.StringVar(&o.http, "http", "", "also serve the OpenAI gateway on this address (e.g. 127.0.0.1:8000)")
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
+	o.mig.add(f)
 	addMetricsFlag(f, &o.metrics, "router, ext_proc and gateway")
 	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
 	o.eps.add(cmd, true)
@@ -222,7 +224,7 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		if err != nil {
 			return fmt.Errorf("--http-tls-*: %w", err)
 		}
-		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
+		gw, err := gateway.New(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}), rt, log, reg)
 		if err != nil {
 			return err
 		}

@@ -37,6 +37,7 @@ type upOptions struct {
 	eps       endpointFlags
 	rt        routerFlags
 	pd        pdUpFlags
+	mig       migrationFlags
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -68,6 +69,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	f.StringVar(&o.kvHost, "kv-host", "127.0.0.1", "host the simulated engines bind their KV-event publishers on (each on a free port)")
 	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
+	o.mig.add(f)
 	o.extTLS.AddServerFlags(f, "ext-proc-", "ext_proc")
 	o.eps.add(cmd, false)
 	o.rt.add(cmd)
@@ -127,7 +129,7 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if err != nil {
 		return fmt.Errorf("--http-tls-*: %w", err)
 	}
-	gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
+	gw, err := gateway.New(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}), rt, log, reg)
 	if err != nil {
 		return err
 	}
