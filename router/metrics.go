@@ -33,6 +33,10 @@ const (
 	// MetricServedUnknown counts served reports naming an endpoint that was not among the
 	// request's candidates (ignored).
 	MetricServedUnknown = "kvgate_router_served_unknown_total"
+	// MetricLoRALoads counts LoRA adapter loads the router made on engines, by outcome
+	// (loaded, failed); MetricLoRAUnloads the idle adapters it unloaded to make room.
+	MetricLoRALoads   = "kvgate_router_lora_loads_total"
+	MetricLoRAUnloads = "kvgate_router_lora_unloads_total"
 )
 
 // Outcomes of a Route, the outcome label of MetricRequests.
@@ -61,6 +65,8 @@ type metrics struct {
 	paths          *prometheus.CounterVec
 	aggregated     *prometheus.CounterVec
 	servedUnknown  prometheus.Counter
+	loraLoads      *prometheus.CounterVec
+	loraUnloads    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
@@ -95,11 +101,15 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 			Help: "Picks that stayed aggregated, by reason."}, []string{"reason"}),
 		servedUnknown: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricServedUnknown,
 			Help: "Served reports ignored because they named an endpoint that was not among the request's candidates."}),
+		loraLoads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricLoRALoads,
+			Help: "LoRA adapter loads the router made on engines (/v1/load_lora_adapter), by outcome."}, []string{"outcome"}),
+		loraUnloads: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricLoRAUnloads,
+			Help: "Idle LoRA adapters the router unloaded to stay within an engine's max_lora."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.decision, m.overlap, m.promptBlocks, m.cachedBlocks,
 			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated,
-			m.servedUnknown, m.staleEvents, newLoadCollector(r))
+			m.servedUnknown, m.staleEvents, m.loraLoads, m.loraUnloads, newLoadCollector(r))
 	}
 	return m
 }

@@ -92,6 +92,7 @@ type routerFlags struct {
 	maxLens      map[string]int
 	kvMaxMessage int64
 	disagg       disaggFlags
+	lora         loraFlags
 }
 
 func (r *routerFlags) add(cmd *cobra.Command) {
@@ -102,6 +103,7 @@ func (r *routerFlags) add(cmd *cobra.Command) {
 	f.DurationVar(&r.pendingTTL, "pending-ttl", 0, "kv policy: how long a prefix just routed counts as cached before its KV events arrive (0 = 30s, negative = off)")
 	f.Int64Var(&r.kvMaxMessage, "kv-events-max-message", engine.DefaultMaxZMQMessage, "largest ZMQ message (and frame) an engine's KV-event socket may send, in bytes; a peer sending more is disconnected and counted")
 	r.disagg.add(cmd)
+	r.lora.add(cmd)
 }
 
 func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Config, error) {
@@ -124,7 +126,7 @@ func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Co
 	} else {
 		cfg.Models = tokenizer.DefaultModelMap()
 	}
-	return cfg, nil
+	return cfg, r.lora.apply(&cfg)
 }
 
 type routerOptions struct {

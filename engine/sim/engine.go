@@ -96,6 +96,10 @@ type Stats struct {
 	CPUBlocks, DiskBlocks  int    // blocks held in the host and disk tiers
 	CPUHitTokens           uint64 // prompt tokens onboarded from the host tier
 	DiskHitTokens          uint64 // prompt tokens onboarded from the disk tier
+	LoRALoads              uint64 // adapters moved into a GPU slot
+	// RunningLoRAs and WaitingLoRAs are the adapters of the running and waiting requests,
+	// sorted (vLLM's lora_requests_info labels).
+	RunningLoRAs, WaitingLoRAs []string
 }
 
 // ErrDuplicate is returned by Add for an ID the engine already has.
@@ -138,6 +142,8 @@ type Engine struct {
 	disk  *tier       // disk tier, nil when off
 	load  time.Duration
 	nload int
+
+	loraSlots []string // adapters in GPU slots, least recently used first
 }
 
 type scheduled struct {
@@ -284,6 +290,7 @@ func (e *Engine) Stats() Stats {
 	if e.disk != nil {
 		st.DiskBlocks = len(e.disk.entries)
 	}
+	e.loraStats(&st)
 	return st
 }
 
@@ -367,8 +374,12 @@ func (e *Engine) scheduleRunning(sched []scheduled, budget int, res *StepResult)
 // and room in the cache, reusing their cached prefix (and remotely prefilled blocks).
 func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) []scheduled {
 	bs := e.cfg.BlockSize
-	for len(e.waiting) > 0 && len(e.running) < e.cfg.MaxNumSeqs && budget > 0 {
-		s := e.waiting[0]
+	for i := 0; i < len(e.waiting) && len(e.running) < e.cfg.MaxNumSeqs && budget > 0; {
+		s := e.waiting[i]
+		if !e.loraFits(s) { // vLLM skips it: its adapter would exceed max_loras in this batch
+			i++
+			continue
+		}
 		var hits []*block
 		if s.computed == 0 {
 			e.ensureHashes(s, (len(s.tokens)-1)/bs)
@@ -391,7 +402,12 @@ func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) 
 		if need > e.kv.freeAfterTouch(hits) {
 			break
 		}
-		e.waiting = e.waiting[1:]
+		if i == 0 {
+			e.waiting = e.waiting[1:]
+		} else {
+			e.waiting = slices.Delete(e.waiting, i, i+1)
+		}
+		e.activateLoRA(s)
 		e.kv.touch(hits)
 		s.blocks = append(s.blocks[:0], hits...)
 		s.stored = len(hits)

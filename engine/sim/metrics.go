@@ -46,6 +46,7 @@ type metrics struct {
 	xferBytes, xferBlocks, xferFails prometheus.Counter
 	xferServed                       prometheus.Counter
 	xferSeconds                      prometheus.Observer
+	lora                             *loraInfo // nil without LoRA
 
 	last Stats // counters already added
 }
@@ -115,5 +116,6 @@ func (m *metrics) observe(st Stats) {
 	m.preemptions.Add(float64(st.Preemptions - m.last.Preemptions))
 	m.promptTok.Add(float64(st.PromptTokens - m.last.PromptTokens))
 	m.genTok.Add(float64(st.GenerationTokens - m.last.GenerationTokens))
+	m.lora.observe(st)
 	m.last = st
 }
