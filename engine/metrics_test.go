@@ -93,7 +93,8 @@ func TestParseLoad(t *testing.T) {
 }
 
 func FuzzParseLoad(f *testing.F) {
-	for _, s := range []string{vllmMetrics, vllmOldMetrics, sglangMetrics, "vllm:kv_cache_usage_perc 1.5\n"} {
+	for _, s := range []string{vllmMetrics, vllmOldMetrics, sglangMetrics, "vllm:kv_cache_usage_perc 1.5\n",
+		"vllm:num_requests_running 1\nvllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"a,b\",waiting_lora_adapters=\"\"} 5\n"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, text string) {
