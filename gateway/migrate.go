@@ -410,6 +410,9 @@ func (g *Gateway) relay(r *http.Request, d *router.Decision, up *upstream, cance
 
 // chunk is what the gateway reads of a streamed chunk.
 type chunk struct {
+	ID      json.RawMessage `json:"id"`
+	Created json.RawMessage `json:"created"`
+	Model   json.RawMessage `json:"model"`
 	Choices []struct {
 		Delta *struct {
 			Role             string          `json:"role"`
@@ -425,16 +428,15 @@ type chunk struct {
 	Error json.RawMessage `json:"error"`
 }
 
+var jsonNull = json.RawMessage("null")
+
 // rewrite accounts one chunk of the current attempt and returns the event to send the
 // client (nil for none): the first attempt's id, created and model; the role chunk of a
-// continuation dropped; usage only where the client asked for it, with the true totals. tok
-// says the chunk carried generated text.
+// continuation dropped; usage only where the client asked for it, with the true totals
+// (null elsewhere, as vLLM writes it with include_usage). Every other byte of the chunk is
+// kept. tok says the chunk carried generated text.
 func (m *migration) rewrite(data []byte) (out []byte, tok bool, usage *openai.Usage, err error) {
 	var ch chunk
-	var f map[string]json.RawMessage
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, false, nil, fmt.Errorf("a stream event that is not a JSON object: %w", err)
-	}
 	if err := json.Unmarshal(data, &ch); err != nil {
 		return nil, false, nil, fmt.Errorf("a stream event that is not a chunk: %w", err)
 	}
@@ -442,7 +444,7 @@ func (m *migration) rewrite(data []byte) (out []byte, tok bool, usage *openai.Us
 		return nil, false, nil, fmt.Errorf("%w: %s", errEngineEvent, ch.Error)
 	}
 	if m.id == nil {
-		m.id, m.created, m.model = f["id"], f["created"], f["model"]
+		m.id, m.created, m.model = ch.ID, ch.Created, ch.Model
 	}
 	roleOnly := len(ch.Choices) > 0
 	for _, c := range ch.Choices {
@@ -477,28 +479,36 @@ func (m *migration) rewrite(data []byte) (out []byte, tok bool, usage *openai.Us
 	if m.attempts > 0 && roleOnly {
 		return nil, tok, usage, nil
 	}
-	if len(ch.Choices) == 0 { // the final usage chunk
-		if !m.usage || ch.Usage == nil {
-			return nil, tok, usage, nil
+	final := len(ch.Choices) == 0
+	if final && (!m.usage || ch.Usage == nil) {
+		return nil, tok, usage, nil
+	}
+	out = data
+	if ch.Usage != nil {
+		u := jsonNull
+		if m.contUsage || final {
+			if u, err = json.Marshal(m.totals(ch.Usage)); err != nil {
+				return nil, tok, usage, err
+			}
+			m.usageSent = m.usageSent || final
 		}
-		m.usageSent = true
+		if out, err = openai.SetField(out, "usage", u); err != nil {
+			return nil, tok, usage, err
+		}
 	}
 	if m.attempts > 0 {
-		for k, v := range map[string]json.RawMessage{"id": m.id, "created": m.created, "model": m.model} {
-			if v != nil {
-				f[k] = v
+		for _, f := range [...]struct {
+			key string
+			v   json.RawMessage
+		}{{"id", m.id}, {"created", m.created}, {"model", m.model}} {
+			if f.v != nil {
+				if out, err = openai.SetField(out, f.key, f.v); err != nil {
+					return nil, tok, usage, err
+				}
 			}
 		}
 	}
-	delete(f, "usage")
-	if ch.Usage != nil && (m.contUsage || len(ch.Choices) == 0 && m.usage) {
-		f["usage"], _ = json.Marshal(m.totals(ch.Usage))
-	}
-	b, err := json.Marshal(f)
-	if err != nil {
-		return nil, tok, usage, err
-	}
-	return sseEvent(b), tok, usage, nil
+	return sseEvent(out), tok, usage, nil
 }
 
 // finish ends the stitched stream: a finish chunk when reason is set (the engine failed
