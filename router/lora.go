@@ -184,7 +184,9 @@ func (r *Router) reserveAdapter(s *epState, model string, now time.Time) *adapte
 		return &adapterWait{load: l, name: model, s: s}
 	}
 	if r.hasAdapterLocked(s, model, now) {
-		e.used[model] = now
+		if !s.ep.Serves(model) { // the engine's own adapters are never unloaded
+			e.used[model] = now
+		}
 		return nil
 	}
 	l := &adapterLoad{done: make(chan struct{})}
