@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/kvgate/kvgate/engine/sim"
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/metricstest"
@@ -328,5 +330,45 @@ func TestMigrationBounded(t *testing.T) {
 	}
 	if hits := engines[0].hits.Load() + engines[1].hits.Load() + engines[2].hits.Load() + engines[3].hits.Load(); hits != 3 {
 		t.Errorf("engines saw %d attempts, want 3 (the first and 2 migrations)", hits)
+	}
+}
+
+// TestMigratedClientLeaves: a client that leaves a stream after it was migrated releases
+// the router's load and leaves no goroutine behind.
+func TestMigratedClientLeaves(t *testing.T) {
+	a, b := chainSim(t), chainSim(t)
+	pa, pb := newFaultProxy(t, a.Addr()), newFaultProxy(t, b.Addr())
+	f := start(t, gateway.Config{}, pa.addr(), pb.addr())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), goleak.IgnoreAnyFunction("github.com/kvgate/kvgate/gateway.(*Gateway).Serve.func1"))
+	body := `{"model":"` + model + `","stream":true,"max_tokens":200,"ignore_eos":true,"prompt":"Leave early."}`
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.url+"/v1/completions", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := map[string]*faultProxy{pa.addr(): pa, pb.addr(): pb}[resp.Header.Get(router.HeaderEndpoint)]
+	sc := bufio.NewScanner(resp.Body)
+	n := 0
+	for sc.Scan() && n < 15 {
+		if strings.HasPrefix(sc.Text(), "data: {") {
+			n++
+			if n == 5 {
+				victim.kill()
+			}
+		}
+	}
+	cancel()
+	resp.Body.Close()
+	waitReleased(t, f)
+	if got := metricstest.Value(f.reg, gateway.MetricMigrations); got != 1 {
+		t.Errorf("%s = %v, want 1", gateway.MetricMigrations, got)
+	}
+	if got := metricstest.Value(f.reg, gateway.MetricMigratedRequests, "outcome", "client_gone"); got != 1 {
+		t.Errorf("%s{outcome=client_gone} = %v, want 1", gateway.MetricMigratedRequests, got)
 	}
 }
