@@ -190,6 +190,7 @@ func startSim(ctx context.Context, grp *errgroup.Group, log *slog.Logger, o *upO
 	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = o.simSpeed
 	cfg.Engine.NumBlocks = o.simBlocks
+	cfg.RuntimeLoRA = len(o.rt.lora.adapters) > 0 // the router loads --lora-adapter adapters onto them
 	s, err := sim.NewServer(cfg, log.With("engine", name), nil)
 	if err != nil {
 		return nil, router.Endpoint{}, fmt.Errorf("engine %s: %w", name, err)
