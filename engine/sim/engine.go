@@ -144,6 +144,7 @@ type Engine struct {
 	nload int
 
 	loraSlots []string // adapters in GPU slots, least recently used first
+	sawLoRA   bool     // some request named an adapter (else Stats skips the adapter lists)
 }
 
 type scheduled struct {
@@ -189,6 +190,7 @@ func (e *Engine) MaxModelLen() int { return e.cfg.MaxModelLen }
 // Add queues a request at the back of the waiting queue. The engine keeps req's slices;
 // the caller must not change them afterwards.
 func (e *Engine) Add(req Request) error {
+	e.sawLoRA = e.sawLoRA || req.LoRAName != ""
 	switch {
 	case req.ID == "":
 		return errors.New("sim: empty request id")

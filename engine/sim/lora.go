@@ -66,6 +66,9 @@ func (e *Engine) activateLoRA(s *seq) {
 
 // loraStats fills the adapters of the running and waiting requests, sorted.
 func (e *Engine) loraStats(st *Stats) {
+	if !e.sawLoRA {
+		return
+	}
 	st.RunningLoRAs, st.WaitingLoRAs = adapters(e.running), adapters(e.waiting)
 }
 
