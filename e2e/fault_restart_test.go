@@ -41,7 +41,7 @@ func TestFaultRestarts(t *testing.T) {
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	base := "http://" + httpAddr
 	startRouter := func() *proc {
-		p := startProc(t, kvgateBin, "router", "--consul", agent.Addr, "--grpc", grpcAddr, "--http", httpAddr)
+		p := startProc(t, kvgateBin, "router", "--consul", agent.Addr, "--grpc", grpcAddr, "--http", httpAddr, "--migration-limit", "0") // cuts, not migrations
 		waitHTTP(t, p, base+"/health", 30*time.Second)
 		waitUntil(t, "the router to count both engines healthy", func() bool {
 			return metric(t, base, router.MetricHealthy) == 2

@@ -359,7 +359,7 @@ func faultPrompt(i int) string {
 // requests routed to it afterwards go to a fallback, and the router is left with no load.
 func TestFaultEngineKill(t *testing.T) {
 	sims := startSims(t, 3)
-	rt := startRouter(t, sims, nil)
+	rt := startRouter(t, sims, nil, "--migration-limit", "0") // the cut streams; migration_test.go migrates them
 	victim := sims[0]
 	f := &figures{}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

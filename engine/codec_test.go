@@ -82,6 +82,14 @@ func bytesBatch(dp *int) engine.EventBatch {
 	}
 }
 
+// loraBatch is the batch of vllm_lora_map.hex and vllm_lora_array.hex: an adapter's blocks,
+// named in lora_id/lora_name and in every block's extra_keys, as vLLM writes them.
+var loraBatch = engine.EventBatch{TS: 1.5, Events: []engine.Event{{
+	Kind: engine.BlockStored, BlockHashes: []engine.BlockHash{h(7), h(8)}, TokenIDs: []uint32{1, 2, 3, 4}, BlockSize: 2,
+	LoRAID: intp(1), LoRAName: "sql", Medium: "GPU",
+	ExtraKeys: []string{"sql", "sql"}, BlockExtraKeys: [][]string{{"sql"}, {"sql"}},
+}}}
+
 func TestGolden(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -104,6 +112,8 @@ func TestGolden(t *testing.T) {
 		{"llm-d-inference-sim", "llmd_sim_array.hex", engine.EventBatch{TS: 1.5, DPRank: intp(0), Events: []engine.Event{
 			{Kind: engine.BlockStored, BlockHashes: []engine.BlockHash{h(10)}, TokenIDs: []uint32{1, 2}, BlockSize: 2, Medium: "GPU"},
 		}}, 0, 0},
+		{"vllm lora map", "vllm_lora_map.hex", loraBatch, engine.ShapeMap, engine.HashInt},
+		{"vllm lora array", "vllm_lora_array.hex", loraBatch, engine.ShapeArray, engine.HashInt},
 		{"oddities", "oddities.hex", engine.EventBatch{TS: 1.5, Events: []engine.Event{
 			{Kind: engine.BlockStored, BlockHashes: []engine.BlockHash{h(1)}, TokenIDs: []uint32{5, 6}, BlockSize: 2, Medium: "GPU"},
 			{Kind: engine.BlockRemoved, BlockHashes: []engine.BlockHash{h(0xffffffffffffffff)}, Medium: "GPU"},
@@ -287,7 +297,7 @@ func TestDecodeErrors(t *testing.T) {
 
 func FuzzDecodeBatch(f *testing.F) {
 	for _, name := range []string{"vllm_main_map_int.hex", "vllm_array_int.hex", "vllm_array_bytes.hex",
-		"vllm_main_map_bytes.hex", "vllm_map_events.hex", "sglang_array.hex", "llmd_sim_array.hex", "oddities.hex"} {
+		"vllm_main_map_bytes.hex", "vllm_map_events.hex", "sglang_array.hex", "llmd_sim_array.hex", "oddities.hex", "vllm_lora_map.hex", "vllm_lora_array.hex"} {
 		f.Add(readHex(f, name))
 	}
 	f.Fuzz(func(t *testing.T, payload []byte) {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strconv"
+	"strings"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -42,6 +44,9 @@ const (
 	VLLMRequestPromptTokens     = "vllm:request_prompt_tokens"     // histogram
 	VLLMRequestGenerationTokens = "vllm:request_generation_tokens" // histogram
 	VLLMCacheConfigInfo         = "vllm:cache_config_info"         // gauge 1, labels block_size, num_gpu_blocks, ...
+	// VLLMLoRARequestsInfo is set to the current time, labelled max_lora and the
+	// comma-separated running_lora_adapters and waiting_lora_adapters (with LoRA enabled).
+	VLLMLoRARequestsInfo = "vllm:lora_requests_info"
 )
 
 // Metric names of SGLang's /metrics (--enable-metrics).
@@ -65,6 +70,12 @@ type Load struct {
 	Running float64 // requests running (summed over label sets, e.g. DP engines)
 	Waiting float64 // requests queued (summed)
 	KVUsage float64 // fraction of the KV cache in use, 0..1 (the highest over label sets)
+	// LoRA, from vllm:lora_requests_info's newest series (the one with the largest value,
+	// a timestamp): max_lora and the adapters of the running and waiting requests. LoRA is
+	// false when the engine exports no such series.
+	LoRA                       bool
+	MaxLoRA                    int
+	RunningLoRAs, WaitingLoRAs []string
 }
 
 // MaxLoadBytes bounds the metrics page read from an engine for ParseLoad.
@@ -109,7 +120,49 @@ func ParseLoad(r io.Reader) (Load, error) {
 	if !found {
 		return Load{}, errors.New("engine: metrics carry no vLLM or SGLang load gauges")
 	}
+	loraInfo(fams[VLLMLoRARequestsInfo], &l)
 	return l, nil
+}
+
+// loraInfo fills l's LoRA fields from the newest series of vllm:lora_requests_info.
+func loraInfo(f *dto.MetricFamily, l *Load) {
+	if f == nil {
+		return
+	}
+	best := math.Inf(-1)
+	for _, m := range f.GetMetric() {
+		v := m.GetGauge().GetValue()
+		if m.GetGauge() == nil {
+			v = m.GetUntyped().GetValue()
+		}
+		if math.IsNaN(v) || v < best {
+			continue
+		}
+		best, l.LoRA = v, true
+		l.MaxLoRA, l.RunningLoRAs, l.WaitingLoRAs = 0, nil, nil
+		for _, lp := range m.GetLabel() {
+			switch lp.GetName() {
+			case "max_lora":
+				if n, err := strconv.Atoi(lp.GetValue()); err == nil && n > 0 {
+					l.MaxLoRA = n
+				}
+			case "running_lora_adapters":
+				l.RunningLoRAs = splitNames(lp.GetValue())
+			case "waiting_lora_adapters":
+				l.WaitingLoRAs = splitNames(lp.GetValue())
+			}
+		}
+	}
+}
+
+func splitNames(s string) []string {
+	var out []string
+	for _, n := range strings.Split(s, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // values returns the finite, non-negative gauge (or untyped) values of a

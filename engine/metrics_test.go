@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 
@@ -64,6 +65,10 @@ func TestParseLoad(t *testing.T) {
 		{"sglang", sglangMetrics, engine.Load{Running: 162, Waiting: 2826, KVUsage: 0.28}, ""},
 		{"usage clamped, NaN ignored", "vllm:kv_cache_usage_perc 1.5\nvllm:num_requests_running NaN\n",
 			engine.Load{KVUsage: 1}, ""},
+		{"vllm with LoRA: the newest series", "vllm:num_requests_running 2\n" +
+			"vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"old\",waiting_lora_adapters=\"\"} 1.7e9\n" +
+			"vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"sql,chat\",waiting_lora_adapters=\"code\"} 1.8e9\n",
+			engine.Load{Running: 2, LoRA: true, MaxLoRA: 2, RunningLoRAs: []string{"sql", "chat"}, WaitingLoRAs: []string{"code"}}, ""},
 		{"unrelated metrics", "# TYPE up gauge\nup 1\n", engine.Load{}, "no vLLM or SGLang"},
 		{"empty", "", engine.Load{}, "no vLLM or SGLang"},
 		{"malformed", "vllm:num_requests_running{ 1\n", engine.Load{}, "parse metrics"},
@@ -80,7 +85,7 @@ func TestParseLoad(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tc.want {
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("ParseLoad = %+v, want %+v", got, tc.want)
 			}
 		})
@@ -88,7 +93,8 @@ func TestParseLoad(t *testing.T) {
 }
 
 func FuzzParseLoad(f *testing.F) {
-	for _, s := range []string{vllmMetrics, vllmOldMetrics, sglangMetrics, "vllm:kv_cache_usage_perc 1.5\n"} {
+	for _, s := range []string{vllmMetrics, vllmOldMetrics, sglangMetrics, "vllm:kv_cache_usage_perc 1.5\n",
+		"vllm:num_requests_running 1\nvllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"a,b\",waiting_lora_adapters=\"\"} 5\n"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, text string) {

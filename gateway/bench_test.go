@@ -68,3 +68,59 @@ func BenchmarkGatewayOverhead(b *testing.B) {
 	b.ReportMetric(mg/md, "ratio")
 	b.ReportMetric(mg-md, "added-µs")
 }
+
+// BenchmarkMigrationOverhead streams the same chat through two gateways in front of one
+// simulated engine, alternately: one with migration on (every chunk parsed, rewritten and
+// accounted so that the stream could move), one with it off (bytes copied through). It
+// reports both medians and their ratio. The engine runs 1000x faster than its modelled H100
+// so that its own time does not hide the gateways'.
+func BenchmarkMigrationOverhead(b *testing.B) {
+	cfg := sim.ServerConfig{Addr: "127.0.0.1:0"}
+	cfg.Engine.Timing = sim.DefaultTiming()
+	cfg.Engine.Timing.Speed = 1000
+	s, err := sim.NewServer(cfg, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	on := startPolicy(b, "kv", gateway.Config{}, s.Addr())
+	off := startPolicy(b, "kv", gateway.Config{MigrationLimit: -1}, s.Addr())
+	body := chat("Write a haiku about caches.", true)
+	body = strings.Replace(body, `"stream":true`, `"stream":true,"max_tokens":64,"ignore_eos":true`, 1)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	do := func(url string) time.Duration {
+		t0 := time.Now()
+		resp, err := client.Post(url, "application/json", strings.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			b.Fatal(resp.StatusCode, err)
+		}
+		return time.Since(t0)
+	}
+	urlOn, urlOff := on.url+"/v1/chat/completions", off.url+"/v1/chat/completions"
+	do(urlOn)
+	do(urlOff)
+	var a, o []time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		a = append(a, do(urlOn))
+		o = append(o, do(urlOff))
+	}
+	b.StopTimer()
+	med := func(x []time.Duration) float64 {
+		slices.Sort(x)
+		return float64(x[len(x)/2].Microseconds())
+	}
+	mOn, mOff := med(a), med(o)
+	b.ReportMetric(mOff, "off-p50-µs")
+	b.ReportMetric(mOn, "on-p50-µs")
+	b.ReportMetric(mOn/mOff, "ratio")
+	b.ReportMetric((mOn-mOff)/64, "added-µs/token")
+}

@@ -58,6 +58,17 @@ type Config struct {
 	// MaxAttempts bounds the endpoints one request is sent to: the target, then fallbacks
 	// while an attempt fails before its first response byte. Zero: DefaultMaxAttempts.
 	MaxAttempts int
+	// MigrationLimit bounds how often one streamed request moves to another engine after
+	// its first token, when its engine fails or stalls: the gateway re-issues it with what
+	// was generated so far and stitches the answers into one stream. Zero:
+	// DefaultMigrationLimit; negative: never (the stream is cut, as without migration).
+	MigrationLimit int
+	// MigrationStall is how long a stream may go without an event after its first token
+	// before it is migrated. Zero: DefaultMigrationStall; negative: only failures migrate.
+	MigrationStall time.Duration
+	// MigrationMaxTokens is the most generated tokens a request may have and still be
+	// migrated (the continuation's prompt grows by them). Zero: DefaultMigrationMaxTokens.
+	MigrationMaxTokens int
 	// TLS, when set, makes Run and Serve speak HTTPS (HTTP/2 and HTTP/1.1); with ClientCAs
 	// and RequireAndVerifyClientCert, mutual TLS. See tlsconfig.Files.Server.
 	TLS *tls.Config
@@ -80,6 +91,9 @@ const (
 	DefaultMaxAttempts           = 3
 	DefaultDialTimeout           = 5 * time.Second
 	DefaultResponseHeaderTimeout = 10 * time.Minute
+	DefaultMigrationLimit        = 3
+	DefaultMigrationStall        = 30 * time.Second
+	DefaultMigrationMaxTokens    = 32768
 )
 
 // Gateway is the OpenAI front door; it is an http.Handler and, with Run, a server.
@@ -128,6 +142,15 @@ func New(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Registerer
 	}
 	if cfg.ResponseHeaderTimeout <= 0 {
 		cfg.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	}
+	if cfg.MigrationLimit == 0 {
+		cfg.MigrationLimit = DefaultMigrationLimit
+	}
+	if cfg.MigrationStall == 0 {
+		cfg.MigrationStall = DefaultMigrationStall
+	}
+	if cfg.MigrationMaxTokens <= 0 {
+		cfg.MigrationMaxTokens = DefaultMigrationMaxTokens
 	}
 	m, err := newMetrics(reg)
 	if err != nil {

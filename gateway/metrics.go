@@ -16,6 +16,12 @@ const (
 	// MetricStreamsCut counts responses whose engine failed after their first byte: the
 	// client got an aborted response (and, for SSE, an error event).
 	MetricStreamsCut = "kvgate_gateway_streams_cut_total"
+	// MetricMigrations counts streams moved to another engine after their first token, by
+	// reason (engine_failed, stall, engine_error).
+	MetricMigrations = "kvgate_gateway_migrations_total"
+	// MetricMigratedRequests counts requests that needed migration, by outcome (completed,
+	// limit, too_long, unsupported, no_endpoint, client_gone).
+	MetricMigratedRequests = "kvgate_gateway_migrated_requests_total"
 	// MetricBodyTimeouts counts requests answered 408 because their body was too slow.
 	MetricBodyTimeouts = "kvgate_gateway_body_timeouts_total"
 )
@@ -28,6 +34,8 @@ type metrics struct {
 	retries      *prometheus.CounterVec
 	streamsCut   prometheus.Counter
 	bodyTimeouts prometheus.Counter
+	migrations   *prometheus.CounterVec
+	migrated     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -53,11 +61,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		bodyTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: MetricBodyTimeouts, Help: "Requests answered 408 because their body did not arrive in time.",
 		}),
+		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricMigrations, Help: "Streams re-issued to another engine with the tokens generated so far, by reason (engine_failed, stall, engine_error).",
+		}, []string{"reason"}),
+		migrated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricMigratedRequests, Help: "Requests whose engine failed mid-stream, by outcome (completed, limit, too_long, unsupported, no_endpoint, client_gone).",
+		}, []string{"outcome"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.inflight, m.retries, m.streamsCut, m.bodyTimeouts} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.inflight, m.retries, m.streamsCut, m.bodyTimeouts, m.migrations, m.migrated} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway: register metrics: %w", err)
 		}

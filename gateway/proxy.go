@@ -2,11 +2,13 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kvgate/kvgate/openai"
@@ -46,11 +48,28 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) (code int, 
 	if d.Body != nil {
 		body = d.Body
 	}
+	var mig *migration
+	if g.cfg.MigrationLimit > 0 && d.Stream {
+		if mig = newMigration(r.URL.Path, body); mig != nil {
+			if d.UsageForced { // the router asked for usage, not the client
+				mig.usage, mig.contUsage = false, false
+			}
+			if b, err := mig.firstBody(body); err == nil {
+				body = b
+			} else {
+				mig = nil
+			}
+		}
+	}
+	// The pull source is for this first engine only: a migration re-issues the body as the
+	// client sent it (newMigration above kept it), to another engine.
 	body = g.pullBody(d, body)
 	picked := time.Now()
 	buf := g.bufs.Get().(*[]byte)
 	defer g.bufs.Put(buf)
-	up, err := g.dial(ctx, r, d, body, *buf)
+	actx, cancel := context.WithCancel(ctx) // a migration cancels a stalled attempt
+	defer cancel()
+	up, err := g.dial(actx, r, d, body, *buf)
 	if err != nil {
 		d.Done(nil, err)
 		if ctx.Err() != nil {
@@ -58,7 +77,10 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) (code int, 
 		}
 		return writeErr(w, upstreamFailed()), false
 	}
-	defer up.resp.Body.Close()
+	defer func() { up.resp.Body.Close() }()
+	if mig != nil && up.resp.StatusCode == http.StatusOK && strings.HasPrefix(up.resp.Header.Get("Content-Type"), "text/event-stream") {
+		return g.migrateStream(w, r, d, up, cancel, mig, *buf, picked)
+	}
 	return g.stream(w, r, d, up, *buf, picked)
 }
 

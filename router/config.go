@@ -21,6 +21,8 @@ type Config struct {
 	// Adapters maps LoRA adapter names (requested as the model) to their base model in
 	// Models; an adapter's blocks hash under its own seed, as vLLM's do.
 	Adapters map[string]string
+	// LoRA lets the router load adapters of Adapters onto engines at run time (lora.go).
+	LoRA LoRAConfig
 	// Endpoints is the initial endpoint set (SetEndpoints replaces it).
 	Endpoints []Endpoint
 
@@ -233,6 +235,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DisaggMinUncachedTokens < 0 || c.DisaggMinUncachedRatio < 0 || c.DisaggMinUncachedRatio > 1 ||
 		c.DisaggMaxPrefillTokens < 0 || c.DisaggMaxPrefillQueue < 0 {
 		return c, errors.New("router: disaggregation thresholds must not be negative (and the ratio at most 1)")
+	}
+	if c.LoRA.LoadTimeout <= 0 {
+		c.LoRA.LoadTimeout = DefaultLoRALoadTimeout
+	}
+	if c.LoRA.MissBlocks <= 0 {
+		c.LoRA.MissBlocks = DefaultLoRAMissBlocks
+	}
+	for a := range c.LoRA.Paths {
+		if _, ok := c.Adapters[a]; !ok {
+			return c, fmt.Errorf("router: adapter %q has a load path but no base model in Adapters", a)
+		}
 	}
 	for a, base := range c.Adapters {
 		if _, _, err := c.Models.Lookup(base); err != nil {

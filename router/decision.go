@@ -48,6 +48,7 @@ type Decision struct {
 	decodeBlocks int64
 	served       bool // a served report was taken
 	done         bool
+	adapter      *adapterWait // the LoRA adapter load the request waits for, if any
 }
 
 // Header returns the headers to set on the upstream request: HeaderDestination (target, then

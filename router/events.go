@@ -150,7 +150,7 @@ func (r *Router) applyStored(s *epState, ev *engine.Event) {
 		HasParent: ev.Parent != "",
 		Blocks:    make([]kvindex.Block, n),
 		Tier:      kvindex.TierFromMedium(ev.Medium),
-		Seed:      kvindex.Seed(ev.LoRAName, ev.ExtraKeys...),
+		Seed:      eventSeed(ev),
 	}
 	if st.HasParent {
 		st.Parent = kvindex.ExternalHash(ev.Parent.Uint64())

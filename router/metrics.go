@@ -37,6 +37,10 @@ const (
 	// endpoint (P2P), MetricPulledBlocks the blocks beyond the target's own cache.
 	MetricPulls        = "kvgate_router_pulls_total"
 	MetricPulledBlocks = "kvgate_router_pulled_blocks_total"
+	// MetricLoRALoads counts LoRA adapter loads the router made on engines, by outcome
+	// (loaded, failed); MetricLoRAUnloads the idle adapters it unloaded to make room.
+	MetricLoRALoads   = "kvgate_router_lora_loads_total"
+	MetricLoRAUnloads = "kvgate_router_lora_unloads_total"
 )
 
 // Outcomes of a Route, the outcome label of MetricRequests.
@@ -67,6 +71,8 @@ type metrics struct {
 	servedUnknown  prometheus.Counter
 	pulls          prometheus.Counter
 	pulledBlocks   prometheus.Counter
+	loraLoads      *prometheus.CounterVec
+	loraUnloads    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
@@ -105,11 +111,15 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 			Help: "Picks that told the target to pull its prompt prefix from another endpoint's cache (P2P)."}),
 		pulledBlocks: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricPulledBlocks,
 			Help: "Prompt blocks those pulls fetch beyond what the target already held."}),
+		loraLoads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricLoRALoads,
+			Help: "LoRA adapter loads the router made on engines (/v1/load_lora_adapter), by outcome."}, []string{"outcome"}),
+		loraUnloads: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricLoRAUnloads,
+			Help: "Idle LoRA adapters the router unloaded to stay within an engine's max_lora."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.decision, m.overlap, m.promptBlocks, m.cachedBlocks,
 			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated,
-			m.servedUnknown, m.staleEvents, m.pulls, m.pulledBlocks, newLoadCollector(r))
+			m.servedUnknown, m.staleEvents, m.pulls, m.pulledBlocks, m.loraLoads, m.loraUnloads, newLoadCollector(r))
 	}
 	return m
 }

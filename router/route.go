@@ -67,6 +67,12 @@ type pullSource struct {
 func (r *Router) Route(ctx context.Context, req Request) (*Decision, error) {
 	start := time.Now()
 	d, err := r.route(ctx, req)
+	if err == nil && d.adapter != nil { // the pick's LoRA adapter is loading there (lora.go)
+		if err = r.awaitAdapter(ctx, d.adapter); err != nil {
+			d.Done(nil, err)
+			d = nil
+		}
+	}
 	r.finish(d, err, start)
 	return d, err
 }
@@ -256,6 +262,7 @@ func (r *Router) tokenizer(model string) *tokenizer.Tokenizer {
 // (uncached prompt long enough, prefill pool not saturated): Decision.Prefill is then picked
 // among the prefill endpoints with its own cache overlap, and the prefill load sits on it.
 func (r *Router) Pick(p Prompt) (*Decision, error) {
+	defer r.lockAdapter(p.Model)()
 	now := r.cfg.Now()
 	states := r.states()
 	sc := r.pool.Get().(*scratch)
@@ -275,6 +282,7 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 		Fallbacks:     t.fallbacks,
 		r:             r,
 		cur:           t.s,
+		adapter:       r.reserveAdapter(t.s, p.Model, now),
 	}
 	// Load: the uncached prompt is prefill until the first token; the whole prompt's blocks
 	// are decode load until the end: every decode step reads each sequence's whole context,
@@ -328,7 +336,7 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 	var saturated []*epState
 	anyRole, serving, inSubset, healthy := 0, 0, 0, 0
 	for _, s := range states {
-		if !s.ep.Serves(p.Model) {
+		if !r.canServe(s, p.Model) {
 			continue
 		}
 		anyRole++
@@ -373,6 +381,7 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 		c := &sc.cands[i]
 		c.PrefillBlocks = float64(s.prefillTokens.Load()) / float64(s.bs())
 		c.DecodeBlocks = float64(s.decodeBlocks.Load())
+		c.PrefillBlocks += r.adapterMiss(s, p.Model, now) // an adapter to load first (lora.go)
 		if l, ok := s.load(now, r.cfg.MetricsStaleAfter); ok {
 			c.Waiting = l.Waiting
 		}

@@ -39,6 +39,9 @@ type Router struct {
 	pickMu sync.Mutex
 	ranker *Ranker
 
+	lora     loraState  // adapters loaded by the router (lora.go)
+	loraPick sync.Mutex // serialises picks of loadable adapters
+
 	mu   sync.RWMutex
 	eps  map[string]*epState
 	list []*epState // sorted by name
@@ -264,6 +267,7 @@ func (r *Router) Models() []string {
 			}
 		}
 	}
+	out = r.loadableModels(out)
 	slices.Sort(out)
 	return out
 }

@@ -93,6 +93,7 @@ type routerFlags struct {
 	kvMaxMessage int64
 	disagg       disaggFlags
 	tiers        tierFlags
+	lora         loraFlags
 }
 
 func (r *routerFlags) add(cmd *cobra.Command) {
@@ -104,6 +105,7 @@ func (r *routerFlags) add(cmd *cobra.Command) {
 	f.Int64Var(&r.kvMaxMessage, "kv-events-max-message", engine.DefaultMaxZMQMessage, "largest ZMQ message (and frame) an engine's KV-event socket may send, in bytes; a peer sending more is disconnected and counted")
 	r.disagg.add(cmd)
 	r.tiers.add(cmd)
+	r.lora.add(cmd)
 }
 
 func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Config, error) {
@@ -127,7 +129,7 @@ func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Co
 	} else {
 		cfg.Models = tokenizer.DefaultModelMap()
 	}
-	return cfg, nil
+	return cfg, r.lora.apply(&cfg)
 }
 
 type routerOptions struct {
@@ -139,6 +141,7 @@ type routerOptions struct {
 	eps                 endpointFlags
 	rt                  routerFlags
 	consul              consulFlags
+	mig                 migrationFlags
 }
 
 func newRouterCmd(g *globals) *cobra.Command {
@@ -170,6 +173,7 @@ docs/DISCOVERY.md.`,
 	f.Int64Var(&o.extproc.MaxBufferedBytes, "max-buffered-bytes", extproc.DefaultMaxBufferedBytes, "request body bytes buffered across all ext_proc streams; past it, 503")
 	f.StringVar(&o.http, "http", "", "also serve the OpenAI gateway on this address (e.g. 127.0.0.1:8000)")
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
+	o.mig.add(f)
 	addMetricsFlag(f, &o.metrics, "router, ext_proc and gateway")
 	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
 	addP2PPortFlag(f, &o.extproc.P2PTransferPort)
@@ -226,8 +230,8 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		if err != nil {
 			return fmt.Errorf("--http-tls-*: %w", err)
 		}
-		gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
-			P2PTransferPort: o.extproc.P2PTransferPort}, rt, log, reg)
+		gw, err := gateway.New(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
+			P2PTransferPort: o.extproc.P2PTransferPort}), rt, log, reg)
 		if err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,12 @@ import (
 )
 
 func init() { register(newSimCmd) }
+
+// runtimeLoRAEnv reads vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING.
+func runtimeLoRAEnv() bool {
+	v := strings.ToLower(os.Getenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING"))
+	return v == "true" || v == "1"
+}
 
 // newSimCmd serves one simulated vLLM engine.
 func newSimCmd(g *globals) *cobra.Command {
@@ -75,6 +82,10 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 	f.IntVar(&port, "port", 8100, "HTTP listen port (0 picks a free one)")
 	f.StringVar(&cfg.Model, "model", tokenizer.DefaultModel, "served model name")
 	f.StringSliceVar(&loras, "lora-modules", nil, "LoRA adapters served beside --model, as name or name=path (comma-separated)")
+	f.BoolVar(&cfg.ChainOutput, "chain-output", false, "answer with the output words in a fixed cyclic order, continuing after the prompt's last word: a request continued elsewhere gets the rest of the same answer, so a repeated or lost token is visible (tests of request migration)")
+	f.BoolVar(&cfg.RuntimeLoRA, "allow-runtime-lora-updating", runtimeLoRAEnv(), "serve vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter (default: true when VLLM_ALLOW_RUNTIME_LORA_UPDATING is true or 1, as vLLM)")
+	f.IntVar(&cfg.Engine.MaxLoRAs, "max-loras", 0, "distinct LoRA adapters in one batch (and GPU slots), as vLLM's --max-loras; a request whose adapter would exceed it waits (0: no limit)")
+	f.DurationVar(&cfg.Engine.LoRALoad, "lora-load-time", sim.DefaultLoRALoad, "time to read an adapter on /v1/load_lora_adapter, and to move one into a GPU slot on its first request there")
 	f.StringVar(&cfg.TokenizerDir, "tokenizer", "", "directory with tokenizer.json (default: the embedded Qwen3 tokenizer)")
 	f.StringVar(&cfg.KVEvents, "kv-events", engine.DefaultEndpoint, "ZMQ endpoint of the KV-event PUB socket, loopback by default (tcp://*:5557 binds every interface; \"\" disables events)")
 	f.BoolVar(&cfg.KVEventsDial, "kv-events-dial", false, "connect the PUB socket to --kv-events instead of binding it")

@@ -39,6 +39,7 @@ type upOptions struct {
 	pd        pdUpFlags
 	simTiers  tierUpFlags
 	p2pPort   int
+	mig       migrationFlags
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -71,6 +72,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	f.StringVar(&o.kvHost, "kv-host", "127.0.0.1", "host the simulated engines bind their KV-event publishers on (each on a free port)")
 	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
+	o.mig.add(f)
 	o.extTLS.AddServerFlags(f, "ext-proc-", "ext_proc")
 	o.eps.add(cmd, false)
 	o.rt.add(cmd)
@@ -132,8 +134,8 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if err != nil {
 		return fmt.Errorf("--http-tls-*: %w", err)
 	}
-	gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
-		P2PTransferPort: o.p2pPort}, rt, log, reg)
+	gw, err := gateway.New(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
+		P2PTransferPort: o.p2pPort}), rt, log, reg)
 	if err != nil {
 		return err
 	}
@@ -195,6 +197,7 @@ func startSim(ctx context.Context, grp *errgroup.Group, log *slog.Logger, o *upO
 	cfg.Engine.Timing.Speed = o.simSpeed
 	cfg.Engine.NumBlocks = o.simBlocks
 	o.simTiers.apply(&cfg.Engine)
+	cfg.RuntimeLoRA = len(o.rt.lora.adapters) > 0 // the router loads --lora-adapter adapters onto them
 	s, err := sim.NewServer(cfg, log.With("engine", name), nil)
 	if err != nil {
 		return nil, router.Endpoint{}, fmt.Errorf("engine %s: %w", name, err)

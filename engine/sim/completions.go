@@ -73,6 +73,12 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		openai.WriteError(w, err)
 		return
 	}
+	if req.ContinueFinalMessage {
+		if text, err = continueFinal(text, req.Messages); err != nil {
+			openai.WriteError(w, err)
+			return
+		}
+	}
 	g := generation{chat: true, model: s.responseModel(req.Model), lora: lora, prompts: [][]uint32{s.tok.Encode(text)}, n: 1, ignoreEOS: req.IgnoreEOS,
 		stop: req.Stop, includeStop: req.IncludeStopStrInOutput, stream: req.Stream, includeUsage: req.IncludeUsage(),
 		contUsage: req.IncludeUsage() && req.StreamOptions.ContinuousUsageStats}
@@ -295,7 +301,11 @@ func (s *Server) requests(g generation, base string, maxLen, remote int, arrival
 				req.EOS = max(eosPoint(seed), g.minTokens)
 				scripted = min(scripted, req.EOS)
 			}
-			req.Output = s.vocab.completion(seed, scripted)
+			if s.cfg.ChainOutput {
+				req.Output = s.vocab.chain(p, seed, scripted)
+			} else {
+				req.Output = s.vocab.completion(seed, scripted)
+			}
 			if c.index == 0 && g.kv != nil && g.kv.DoRemoteDecode {
 				req.Hold, c.held = true, true
 			}
@@ -494,4 +504,46 @@ func (sw *streamWriter) whole(choices []*choice) {
 			FinishReason: &fin, StopReason: c.stopReason})
 	}
 	writeJSON(sw.w, http.StatusOK, resp)
+}
+
+// continueFinal cuts a rendered chat right after the final message's content, so the model
+// continues that message (vLLM's continue_final_message, which renders the conversation
+// without a generation prompt and truncates it the way transformers' apply_chat_template
+// does: after the last occurrence of the final message's content, stripped).
+func continueFinal(rendered string, messages json.RawMessage) (string, error) {
+	var msgs []struct {
+		Content json.RawMessage `json:"content"`
+	}
+	if err := json.Unmarshal(messages, &msgs); err != nil || len(msgs) == 0 {
+		return "", openai.BadRequest("messages", "continue_final_message needs a final message to continue.")
+	}
+	content := messageText(msgs[len(msgs)-1].Content)
+	final := strings.TrimSpace(content)
+	at := strings.LastIndex(rendered, final)
+	if final == "" || at < 0 {
+		return "", openai.BadRequest("messages", "continue_final_message is set but the final message does not appear in the chat after applying the chat template.")
+	}
+	return rendered[:at+len(final)], nil
+}
+
+// messageText is a message's content as text: a string, or the text parts of a list.
+func messageText(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var parts []struct {
+		Type string `json:"type"`
+		Text string `json:"text"`
+	}
+	if json.Unmarshal(raw, &parts) != nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, p := range parts {
+		if p.Type == "text" {
+			b.WriteString(p.Text)
+		}
+	}
+	return b.String()
 }

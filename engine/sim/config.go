@@ -40,6 +40,8 @@ type Config struct {
 	GPUMemoryGiB        float64 // simulated GPU memory (80)
 	GPUMemoryUtil       float64 // fraction vLLM may use (0.9)
 	Timing              Timing
+	MaxLoRAs            int           // distinct adapters in one batch and GPU slots, vLLM's --max-loras (0: no limit)
+	LoRALoad            time.Duration // moving an adapter into a GPU slot (DefaultLoRALoad), divided by Timing.Speed
 
 	// Lower KV tiers, off by default. A block evicted from the GPU cache is offloaded to the
 	// host (CPU) tier, the host tier's evictions go to the disk tier; a prompt whose prefix
@@ -124,6 +126,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.NumBlocks == 0 {
 		c.NumBlocks = c.derivedBlocks()
+	}
+	if c.LoRALoad == 0 {
+		c.LoRALoad = DefaultLoRALoad
 	}
 	if bb := float64(c.BlockBytes()); bb > 0 {
 		if c.CPUBlocks == 0 && c.CPUCacheGiB > 0 {

@@ -100,6 +100,10 @@ type Stats struct {
 	CPUBlocks, DiskBlocks  int    // blocks held in the host and disk tiers
 	CPUHitTokens           uint64 // prompt tokens onboarded from the host tier
 	DiskHitTokens          uint64 // prompt tokens onboarded from the disk tier
+	LoRALoads              uint64 // adapters moved into a GPU slot
+	// RunningLoRAs and WaitingLoRAs are the adapters of the running and waiting requests,
+	// sorted (vLLM's lora_requests_info labels).
+	RunningLoRAs, WaitingLoRAs []string
 }
 
 // ErrDuplicate is returned by Add for an ID the engine already has.
@@ -143,6 +147,9 @@ type Engine struct {
 	disk  *tier       // disk tier, nil when off
 	load  time.Duration
 	nload int
+
+	loraSlots []string // adapters in GPU slots, least recently used first
+	sawLoRA   bool     // some request named an adapter (else Stats skips the adapter lists)
 }
 
 type scheduled struct {
@@ -188,6 +195,7 @@ func (e *Engine) MaxModelLen() int { return e.cfg.MaxModelLen }
 // Add queues a request at the back of the waiting queue. The engine keeps req's slices;
 // the caller must not change them afterwards.
 func (e *Engine) Add(req Request) error {
+	e.sawLoRA = e.sawLoRA || req.LoRAName != ""
 	switch {
 	case req.ID == "":
 		return errors.New("sim: empty request id")
@@ -289,6 +297,7 @@ func (e *Engine) Stats() Stats {
 	if e.disk != nil {
 		st.DiskBlocks = len(e.disk.entries)
 	}
+	e.loraStats(&st)
 	return st
 }
 
@@ -372,8 +381,12 @@ func (e *Engine) scheduleRunning(sched []scheduled, budget int, res *StepResult)
 // and room in the cache, reusing their cached prefix (and remotely prefilled blocks).
 func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) []scheduled {
 	bs := e.cfg.BlockSize
-	for len(e.waiting) > 0 && len(e.running) < e.cfg.MaxNumSeqs && budget > 0 {
-		s := e.waiting[0]
+	for i := 0; i < len(e.waiting) && len(e.running) < e.cfg.MaxNumSeqs && budget > 0; {
+		s := e.waiting[i]
+		if !e.loraFits(s) { // vLLM skips it: its adapter would exceed max_loras in this batch
+			i++
+			continue
+		}
 		var hits []*block
 		if s.computed == 0 {
 			e.ensureHashes(s, (len(s.tokens)-1)/bs)
@@ -398,7 +411,12 @@ func (e *Engine) admitWaiting(sched []scheduled, budget int, now time.Duration) 
 		if need > e.kv.freeAfterTouch(hits) {
 			break
 		}
-		e.waiting = e.waiting[1:]
+		if i == 0 {
+			e.waiting = e.waiting[1:]
+		} else {
+			e.waiting = slices.Delete(e.waiting, i, i+1)
+		}
+		e.activateLoRA(s)
 		e.kv.touch(hits)
 		s.blocks = append(s.blocks[:0], hits...)
 		s.stored = len(hits)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
@@ -22,11 +23,14 @@ func FuzzHTTPRequest(f *testing.F) {
 		`{"prompt":"x","kv_transfer_params":{"do_remote_decode":true}}`,
 		`{"prompt":"x","kv_transfer_params":{"do_remote_prefill":true,"remote_block_ids":[[1]],"remote_host":"127.0.0.1","remote_port":1}}`,
 		`{"messages":"nope"}`, `{"prompt":""}`, `[]`, `{`, `{"prompt":[]}`, `{"model":"m","messages":[]}`,
+		`{"lora_name":"a","lora_path":"/x"}`, `{"lora_name":"a"}`, `{"model":"a","prompt":"x","max_tokens":2}`,
+		`{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":" the of"}],"continue_final_message":true,"add_generation_prompt":false,"max_tokens":2}`,
 	}
 	for i, s := range seeds {
 		f.Add(uint8(i), []byte(s))
 	}
-	s, err := NewServer(ServerConfig{Engine: Config{NumBlocks: 64, Timing: Timing{Speed: 1000}}, BlockBytes: 64}, nil, nil)
+	s, err := NewServer(ServerConfig{Engine: Config{NumBlocks: 64, Timing: Timing{Speed: 1000}, MaxLoRAs: 1}, BlockBytes: 64,
+		RuntimeLoRA: true, ChainOutput: true}, nil, nil)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -38,7 +42,7 @@ func FuzzHTTPRequest(f *testing.F) {
 		<-done
 	})
 	h := s.Handler()
-	paths := []string{"/v1/completions", "/v1/chat/completions", "/tokenize"}
+	paths := []string{"/v1/completions", "/v1/chat/completions", "/tokenize", "/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
 	f.Fuzz(func(t *testing.T, which uint8, body []byte) {
 		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer rcancel()
@@ -50,6 +54,10 @@ func FuzzHTTPRequest(f *testing.F) {
 		case rctx.Err() != nil:
 			// The client gave up (a pull from an unreachable remote_host can take that long):
 			// the handler returns without an answer, as to a client that went away.
+		case strings.HasPrefix(ct, "text/plain"):
+			if rec.Code != http.StatusOK || !bytes.HasPrefix(out, []byte("Success: ")) {
+				t.Fatalf("text answer %d %q", rec.Code, out)
+			}
 		case ct == "text/event-stream":
 			if !bytes.HasSuffix(out, []byte("data: [DONE]\n\n")) && rctx.Err() == nil {
 				t.Fatalf("stream without [DONE]: %q", out)

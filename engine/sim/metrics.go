@@ -56,6 +56,7 @@ type metrics struct {
 	p2pBytes, p2pBlocks, p2pServed   prometheus.Counter
 	p2pFails, p2pServedBlocks        *prometheus.CounterVec
 	p2pSeconds                       prometheus.Observer
+	lora                             *loraInfo // nil without LoRA
 
 	last Stats // counters already added
 }
@@ -140,5 +141,6 @@ func (m *metrics) observe(st Stats) {
 	m.preemptions.Add(float64(st.Preemptions - m.last.Preemptions))
 	m.promptTok.Add(float64(st.PromptTokens - m.last.PromptTokens))
 	m.genTok.Add(float64(st.GenerationTokens - m.last.GenerationTokens))
+	m.lora.observe(st)
 	m.last = st
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -31,6 +30,15 @@ type ServerConfig struct {
 	// one runs with that adapter, whose name is part of its block hashes and events.
 	LoRAs  []string
 	Engine Config
+	// ChainOutput makes every answer a run of the output words in a fixed cyclic order,
+	// continuing after the prompt's last word when it is one of them: a request continued
+	// on another engine (prompt plus what was generated) gets exactly the rest of the
+	// answer, and a repeated or missing token shows as a break in the order.
+	ChainOutput bool
+	// RuntimeLoRA serves vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter, which
+	// vLLM serves only with VLLM_ALLOW_RUNTIME_LORA_UPDATING set. LoRA is on (adapters
+	// accepted, vllm:lora_requests_info exported) with RuntimeLoRA, LoRAs or Engine.MaxLoRAs.
+	RuntimeLoRA bool
 
 	// KV events, as vLLM's --kv-events-config: a ZMQ PUB socket bound at (or, with
 	// KVEventsDial, connecting to) KVEvents; "" publishes nothing.
@@ -69,6 +77,9 @@ type Server struct {
 	seq     atomic.Uint64
 	created int64
 	peers   *http.Client // asks P2P sources for their transfer address
+	loras   *loraRegistry
+	// loraLoads counts runtime adapter loads.
+	loraLoads atomic.Int64
 
 	mu      sync.Mutex
 	running bool
@@ -155,7 +166,12 @@ func NewServer(cfg ServerConfig, log *slog.Logger, reg *prometheus.Registry) (*S
 	if err != nil {
 		return nil, fmt.Errorf("sim: metrics: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, tok: tok, reg: reg, metrics: m, created: time.Now().Unix(),
+	if cfg.RuntimeLoRA || len(cfg.LoRAs) > 0 || cfg.Engine.MaxLoRAs > 0 {
+		if m.lora, err = newLoRAInfo(reg, cfg.Engine.MaxLoRAs); err != nil {
+			return nil, fmt.Errorf("sim: metrics: %w", err)
+		}
+	}
+	s := &Server{cfg: cfg, log: log, tok: tok, reg: reg, metrics: m, created: time.Now().Unix(), loras: newLoRARegistry(cfg.LoRAs),
 		peers: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}}
 	s.vocab = newVocabulary(tok.Encode)
 	s.text = make(map[uint32]string, len(s.vocab.ids))
@@ -271,6 +287,15 @@ func (s *Server) publish(evs []KVEvent) {
 		b.Events[i] = toWire(ev, s.cfg.HashFormat)
 		if ev.LoRAName != "" {
 			b.Events[i].LoRAID = s.loraID(ev.LoRAName)
+			if ev.Kind == BlockStored {
+				// vLLM's extra_keys: per block, the adapter's name first (then multimodal
+				// hashes and, on a request's first block, its cache_salt).
+				keys := make([][]string, len(ev.Hashes))
+				for j := range keys {
+					keys[j] = []string{ev.LoRAName}
+				}
+				b.Events[i].BlockExtraKeys = keys
+			}
 		}
 	}
 	if _, err := s.pub.Publish(b); err != nil {
@@ -324,6 +349,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/models", s.handleModels)
 	mux.HandleFunc("POST /tokenize", s.handleTokenize)
 	mux.HandleFunc("GET "+PathKVTransferSource, s.handleTransferSource)
+	if s.cfg.RuntimeLoRA {
+		mux.HandleFunc("POST /v1/load_lora_adapter", s.handleLoadLoRA)
+		mux.HandleFunc("POST /v1/unload_lora_adapter", s.handleUnloadLoRA)
+	}
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -337,7 +366,7 @@ func (s *Server) handleModels(w http.ResponseWriter, _ *http.Request) {
 		ID: s.cfg.Model, Object: openai.ObjectModel, Created: s.created, OwnedBy: "vllm", Root: s.cfg.Model,
 		MaxModelLen: s.maxModelLen(),
 	}}}
-	for _, l := range s.cfg.LoRAs {
+	for _, l := range s.loras.names() {
 		parent := s.cfg.Model
 		list.Data = append(list.Data, openai.Model{ID: l, Object: openai.ObjectModel, Created: s.created, OwnedBy: "vllm",
 			Root: l, Parent: &parent, MaxModelLen: s.maxModelLen()})
@@ -400,16 +429,15 @@ func (s *Server) checkModel(model string) (string, error) {
 	if model == "" || model == s.cfg.Model {
 		return "", nil
 	}
-	if slices.Contains(s.cfg.LoRAs, model) {
+	if _, ok := s.loras.id(model); ok {
 		return model, nil
 	}
 	return "", openai.ModelNotFound(model)
 }
 
-// loraID is vLLM's integer id of an adapter: its position among the served ones, from 1.
+// loraID is vLLM's integer id of an adapter: 1 for the first added, counting up.
 func (s *Server) loraID(name string) *int {
-	if i := slices.Index(s.cfg.LoRAs, name); i >= 0 {
-		id := i + 1
+	if id, ok := s.loras.id(name); ok {
 		return &id
 	}
 	return nil

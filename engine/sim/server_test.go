@@ -1038,6 +1038,9 @@ func TestLoRAAdapters(t *testing.T) {
 		}
 		switch {
 		case ev.LoRAName == "sql-adapter" && ev.LoRAID != nil && *ev.LoRAID == 1:
+			if len(ev.BlockExtraKeys) != len(ev.BlockHashes) || ev.BlockExtraKeys[0][0] != "sql-adapter" {
+				t.Fatalf("adapter blocks with extra_keys %q, want the adapter's name first for each of %d blocks", ev.BlockExtraKeys, len(ev.BlockHashes))
+			}
 			lora++
 		case ev.LoRAName == "" && ev.LoRAID == nil:
 			base++

@@ -29,6 +29,7 @@ leave color red friends easy music open`)
 type vocabulary struct {
 	text []string // " word"
 	ids  []uint32
+	pos  map[uint32]int // id -> index in ids
 }
 
 // newVocabulary keeps the words encode turns into exactly one token.
@@ -46,6 +47,10 @@ func newVocabulary(encode func(string) []uint32) vocabulary {
 			v.text = append(v.text, " w"+string(rune('a'+i%26))+string(rune('a'+i/26)))
 			v.ids = append(v.ids, uint32(1000+i))
 		}
+	}
+	v.pos = make(map[uint32]int, len(v.ids))
+	for i, id := range v.ids {
+		v.pos[id] = i
 	}
 	return v
 }
@@ -72,3 +77,22 @@ func promptSeed(prompt []uint32, choice int) uint64 {
 // eosPoint is where a request without ignore_eos "samples" its end of sequence: between 8 and
 // 256 tokens, fixed by the seed.
 func eosPoint(seed uint64) int { return 8 + int(splitmix(seed^0x5bd1e995)%249) }
+
+// chain is the answer of chained output: the words in vocabulary order, cyclically, starting
+// after the prompt's last token when that is one of the words, else at a word drawn from
+// seed. A prompt that ends with part of such an answer (a request continued elsewhere)
+// gets the rest of the same answer, so a repeated or skipped word is visible as a break in
+// the order.
+func (v vocabulary) chain(prompt []uint32, seed uint64, n int) []uint32 {
+	at := int(seed % uint64(len(v.ids)))
+	if len(prompt) > 0 {
+		if i, ok := v.pos[prompt[len(prompt)-1]]; ok {
+			at = i + 1
+		}
+	}
+	ids := make([]uint32, n)
+	for i := range n {
+		ids[i] = v.ids[(at+i)%len(v.ids)]
+	}
+	return ids
+}
