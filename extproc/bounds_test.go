@@ -47,7 +47,7 @@ func openPicked(t *testing.T, ctx context.Context, f *fixture, content string) e
 // endpoints' load until they closed and steered real traffic away.
 func TestPhantomLoadReleased(t *testing.T) {
 	f := start(t, extproc.Config{ResponseTimeout: 300 * time.Millisecond, IdleTimeout: -1})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for i := range 3 {
 		openPicked(t, ctx, f, "phantom "+string(rune('a'+i)))
@@ -72,7 +72,7 @@ func TestPhantomLoadReleased(t *testing.T) {
 // its load until it ends (the bound does not cut live requests' accounting).
 func TestResponseInTimeKeepsLoad(t *testing.T) {
 	f := start(t, extproc.Config{ResponseTimeout: 200 * time.Millisecond})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st := openPicked(t, ctx, f, "live")
 	for _, m := range extproctest.ResponseMessages(fullDuplex, extproctest.Upstream{Chunks: sseChunks(usageJSON)[:1]}, false) {
@@ -129,7 +129,7 @@ func TestIdleStreamClosed(t *testing.T) {
 func TestBufferedTotalBounded(t *testing.T) {
 	const piece = 400 << 10
 	f := start(t, extproc.Config{MaxBufferedBytes: 1 << 20, IdleTimeout: -1})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	hdr := extproctest.RequestMessages(fullDuplex, extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Body: []byte("x")})[0]
 	body := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{

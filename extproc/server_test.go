@@ -232,7 +232,7 @@ func TestLargeBodyChunks(t *testing.T) {
 	f := start(t, extproc.Config{})
 	body := chatBody(t, strings.Repeat("All work and no play makes Jack a dull boy. ", 6000), false)
 	mode := extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, RequestChunk: 16 << 10}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	res, err := f.client.Do(ctx, mode, extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Body: body},
 		func(*extproctest.Result) extproctest.Upstream {

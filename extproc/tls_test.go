@@ -22,7 +22,7 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := start(t, extproc.Config{TLS: stc})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	addr, err := f.server.Addr(ctx)
 	if err != nil {
