@@ -204,6 +204,7 @@ func (rs *eppResponse) writeHeader(h http.Header) {
 	httpproxy.RemoveHopByHop(dst)
 	dst.Del("Content-Length") // the EPP may change the body
 	dst.Del(router.HeaderDestinationServed)
+	dst.Set(router.HeaderEndpoint, rs.up.ep.Address) // the endpoint that served, as in-process
 	rs.status = rs.up.resp.StatusCode
 	rs.w.WriteHeader(rs.status)
 }
