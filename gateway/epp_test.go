@@ -169,6 +169,10 @@ type fakeEPP struct {
 func (f *fakeEPP) Process(s extprocv3.ExternalProcessor_ProcessServer) error { return f.handle(s) }
 
 func startFake(t *testing.T, handle func(s extprocv3.ExternalProcessor_ProcessServer) error) string {
+	return startFakeTB(t, handle)
+}
+
+func startFakeTB(t testing.TB, handle func(s extprocv3.ExternalProcessor_ProcessServer) error) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

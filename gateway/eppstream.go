@@ -12,6 +12,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/kvgate/kvgate/router"
@@ -292,7 +293,8 @@ func (p *eppPick) destinations() string {
 }
 
 // applyMutation applies an ext_proc header mutation to h. Pseudo-headers and hop-by-hop
-// headers are not the EPP's to change and are skipped.
+// headers are not the EPP's to change, and names or values HTTP cannot carry would corrupt
+// the message: all are skipped.
 func applyMutation(h http.Header, hm *extprocv3.HeaderMutation) {
 	for _, k := range hm.GetRemoveHeaders() {
 		if !strings.HasPrefix(k, ":") {
@@ -301,12 +303,15 @@ func applyMutation(h http.Header, hm *extprocv3.HeaderMutation) {
 	}
 	for _, o := range hm.GetSetHeaders() {
 		k := o.GetHeader().GetKey()
-		if k == "" || strings.HasPrefix(k, ":") || isHopByHop(k) {
+		if !httpguts.ValidHeaderFieldName(k) || isHopByHop(k) {
 			continue
 		}
 		v := string(o.GetHeader().GetRawValue())
 		if len(o.GetHeader().GetRawValue()) == 0 {
 			v = o.GetHeader().GetValue()
+		}
+		if !httpguts.ValidHeaderFieldValue(v) {
+			continue
 		}
 		appendIt := false
 		if a := o.GetAppend(); a != nil {
