@@ -457,3 +457,25 @@ func TestEPPTLS(t *testing.T) {
 	resp, body := post(t, plain+"/v1/chat/completions", chat("plaintext", false))
 	checkOpenAIError(t, resp, body, 503)
 }
+
+// TestEPPStalledBody checks an EPP that stops reading cannot hold a large streamed body
+// past the timeout: the send is abandoned and FailClose answers 503.
+func TestEPPStalledBody(t *testing.T) {
+	a := jsonEngine(t, "A")
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	stalled := startFake(t, func(s extprocv3.ExternalProcessor_ProcessServer) error {
+		select { // never reads: flow control stops the sender
+		case <-release:
+		case <-s.Context().Done():
+		}
+		return nil
+	})
+	url, _ := startEPPGateway(t, gateway.EPPConfig{Addr: stalled, Timeout: 300 * time.Millisecond}, a.addr())
+	began := time.Now()
+	resp, body := post(t, url+"/v1/chat/completions", chat(strings.Repeat("stall ", 1<<20), false))
+	checkOpenAIError(t, resp, body, 503)
+	if d := time.Since(began); d > 5*time.Second {
+		t.Errorf("took %s", d)
+	}
+}

@@ -29,6 +29,10 @@ type eppStream struct {
 	done    chan struct{} // closed when the reader returns
 	sent    bool          // protocol_config went out
 	maxBody int64
+	// unlink stops the request's cancellation from cancelling the stream; detached says
+	// finish has handed the stream's end to a goroutine of its own.
+	unlink   func() bool
+	detached bool
 }
 
 type eppRecv struct {
@@ -45,16 +49,18 @@ func (e errEPP) Unwrap() error { return e.err }
 
 func eppFailed(format string, args ...any) error { return errEPP{fmt.Errorf(format, args...)} }
 
-// open starts a stream whose life is bounded by ctx; close must be called.
+// open starts a stream that ctx's end cancels (until finish); close must be called.
 func (e *epp) open(ctx context.Context, maxBody int64) (*eppStream, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	s, err := e.client.Process(ctx)
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	unlink := context.AfterFunc(ctx, cancel)
+	s, err := e.client.Process(sctx)
 	if err != nil {
+		unlink()
 		cancel()
 		return nil, errEPP{err}
 	}
-	x := &eppStream{e: e, s: s, cancel: cancel, recv: make(chan eppRecv, 16), done: make(chan struct{}), maxBody: maxBody}
-	go x.read(ctx)
+	x := &eppStream{e: e, s: s, cancel: cancel, unlink: unlink, recv: make(chan eppRecv, 16), done: make(chan struct{}), maxBody: maxBody}
+	go x.read(sctx)
 	return x, nil
 }
 
@@ -73,31 +79,41 @@ func (x *eppStream) read(ctx context.Context) {
 	}
 }
 
-// close ends the stream and waits for the reader.
+// close ends the stream and waits for the reader, unless finish took the stream over.
 func (x *eppStream) close() {
+	if x.detached {
+		return
+	}
+	x.unlink()
 	x.cancel()
 	<-x.done
 }
 
-// finish half-closes the stream and waits (up to the timeout) for the EPP to end it, so
-// that it sees a completed exchange rather than a cancellation; then closes it.
+// finish half-closes the stream after a complete exchange and lets the EPP end it, so that
+// it records a completed request rather than a cancellation. The wait (at most the
+// timeout) runs in a goroutine of its own: the client's response ends now.
 func (x *eppStream) finish() {
-	if x.s.CloseSend() == nil {
+	if x.s.CloseSend() != nil {
+		x.close()
+		return
+	}
+	x.unlink()
+	x.detached = true
+	go func() {
+		defer func() { x.cancel(); <-x.done }()
 		t := time.NewTimer(x.e.cfg.Timeout)
 		defer t.Stop()
-	wait:
 		for {
 			select {
 			case r := <-x.recv:
 				if r.err != nil {
-					break wait
+					return
 				}
 			case <-t.C:
-				break wait
+				return
 			}
 		}
-	}
-	x.close()
+	}()
 }
 
 // next returns the next message, waiting at most wait (0: no limit).
@@ -208,7 +224,9 @@ func (x *eppStream) pick(ctx context.Context, r *http.Request, body []byte) (*ep
 	}
 
 	// FULL_DUPLEX_STREAMED: the body goes out without waiting; the headers answer comes
-	// after, then the body again in pieces.
+	// after, then the body again in pieces. An EPP that stops reading cannot hold the sends
+	// past the timeout.
+	watchdog := time.AfterFunc(timeout, x.cancel)
 	for off := 0; off < len(body); off += eppChunk {
 		end := min(off+eppChunk, len(body))
 		if err := x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{
@@ -217,8 +235,12 @@ func (x *eppStream) pick(ctx context.Context, r *http.Request, body []byte) (*ep
 			if errors.Is(err, io.EOF) {
 				break // the EPP ended the stream: next says why
 			}
+			watchdog.Stop()
 			return nil, err
 		}
+	}
+	if !watchdog.Stop() {
+		return nil, eppFailed("the request body was not taken within %s", timeout)
 	}
 	m, err := x.next(ctx, timeout)
 	if err != nil {
