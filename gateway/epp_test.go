@@ -34,11 +34,15 @@ func startRouterEPP(t *testing.T, engines ...string) (string, *router.Router, *p
 	return startRouterEPPConfig(t, extproc.Config{}, engines...)
 }
 
-func startRouterEPPConfig(t *testing.T, xc extproc.Config, engines ...string) (string, *router.Router, *prometheus.Registry) {
+func startRouterEPPConfig(t testing.TB, xc extproc.Config, engines ...string) (string, *router.Router, *prometheus.Registry) {
+	return startRouterEPPPolicy(t, "round-robin", xc, engines...)
+}
+
+func startRouterEPPPolicy(t testing.TB, policy string, xc extproc.Config, engines ...string) (string, *router.Router, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	rc := router.DefaultConfig()
-	rc.Policy = "round-robin"
+	rc.Policy = policy
 	rc.Models = tokenizer.DefaultModelMap()
 	for i, a := range engines {
 		rc.Endpoints = append(rc.Endpoints, router.Endpoint{Name: fmt.Sprint("e", i), Address: a, Models: []string{model}, Role: router.RoleAggregated, BlockSize: 16})
@@ -66,7 +70,7 @@ func startRouterEPPConfig(t *testing.T, xc extproc.Config, engines ...string) (s
 }
 
 // startEPPGateway starts kvgate's gateway driven by the EPP at epp, with pool as its pool.
-func startEPPGateway(t *testing.T, ec gateway.EPPConfig, pool ...string) (string, *prometheus.Registry) {
+func startEPPGateway(t testing.TB, ec gateway.EPPConfig, pool ...string) (string, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	for _, a := range pool {
