@@ -78,3 +78,19 @@ func eppChat(t *testing.T, base, content string) (string, int) {
 	}
 	return ep, out.Usage.PromptTokensDetails.CachedTokens
 }
+
+// TestUpRemoteEPP runs `kvgate up` with its gateway asking its own router's ext_proc server
+// over gRPC (--ext-proc X --epp X): requests are served, and the gateway counts them as
+// picked by the EPP.
+func TestUpRemoteEPP(t *testing.T) {
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	base, _ := up(t, "--engines", "2", "--sim-speed", "50", "--ext-proc", grpcAddr, "--epp", grpcAddr)
+	for i := range 3 {
+		if ep, _ := eppChat(t, base, fmt.Sprintf("up through the remote EPP %d", i)); ep == "" {
+			t.Fatal("no serving endpoint named")
+		}
+	}
+	if n := metric(t, base, "kvgate_gateway_epp_requests_total", `outcome="picked"`); n != 3 {
+		t.Errorf("kvgate_gateway_epp_requests_total{outcome=\"picked\"} = %v, want 3", n)
+	}
+}

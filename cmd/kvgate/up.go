@@ -158,6 +158,9 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "kvgate is up: %d engine(s), policy %s\n", len(eps), o.rt.policy)
+		if o.epp.addr != "" {
+			fmt.Fprintf(&b, "  picks from the EPP at %s (%s, %s)\n", o.epp.addr, o.epp.mode, o.epp.failureMode)
+		}
 		for _, e := range eps {
 			fmt.Fprintf(&b, "  engine %-8s http://%s  kv-events %s\n", e.Name, e.Address, orDash(e.KVEvents))
 		}
