@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -77,8 +78,8 @@ func (g *Gateway) serveEPP(w http.ResponseWriter, r *http.Request) (code int, cu
 	default:
 		var dropped []string
 		cands, dropped = e.candidates(p)
-		if len(dropped) > 0 || (p.meta != "" && p.header2 != "" && p.meta != p.header2) {
-			e.log.Warn("endpoint picker named unusable destinations", "header", p.header2, "metadata", p.meta, "dropped", dropped)
+		if len(dropped) > 0 || (p.meta != "" && p.destHeader != "" && p.meta != p.destHeader) {
+			e.log.Warn("endpoint picker named unusable destinations", "header", p.destHeader, "metadata", p.meta, "dropped", dropped)
 		}
 		if len(cands) == 0 {
 			e.m.requests.WithLabelValues(eppBadPick).Inc()
@@ -134,20 +135,11 @@ func (e *epp) candidates(p *eppPick) (cands, dropped []string) {
 			dropped = append(dropped, a)
 			continue
 		}
-		if !containsString(cands, hp) {
+		if !slices.Contains(cands, hp) {
 			cands = append(cands, hp)
 		}
 	}
 	return cands, dropped
-}
-
-func containsString(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // dialAddrs sends the request to the candidates in order until one answers, trying at most

@@ -154,11 +154,11 @@ func (x *eppStream) send(m *extprocv3.ProcessingRequest) error {
 
 // eppPick is what the request path of the stream decided.
 type eppPick struct {
-	immediate *extprocv3.ImmediateResponse
-	header    http.Header // the request headers after the EPP's mutations
-	body      []byte      // the request body after the EPP's mutations
-	header2   string      // the destination header the EPP set
-	meta      string      // the destination in envoy.lb dynamic metadata
+	immediate  *extprocv3.ImmediateResponse
+	header     http.Header // the request headers after the EPP's mutations
+	body       []byte      // the request body after the EPP's mutations
+	destHeader string      // the destination header the EPP set
+	meta       string      // the destination in envoy.lb dynamic metadata
 }
 
 // pick runs the request path: headers and body to the EPP, its mutations and pick back.
@@ -286,7 +286,7 @@ func (x *eppStream) pick(ctx context.Context, r *http.Request, body []byte) (*ep
 func (p *eppPick) apply(m *extprocv3.ProcessingResponse, cr *extprocv3.CommonResponse) {
 	applyMutation(p.header, cr.GetHeaderMutation())
 	if v := p.header.Get(router.HeaderDestination); v != "" {
-		p.header2 = v
+		p.destHeader = v
 	}
 	if v := m.GetDynamicMetadata().GetFields()[router.MetadataNamespace].GetStructValue().GetFields()[router.HeaderDestination]; v != nil {
 		p.meta = metaString(v)
@@ -311,7 +311,7 @@ func (p *eppPick) destinations() string {
 	if p.meta != "" {
 		return p.meta
 	}
-	return p.header2
+	return p.destHeader
 }
 
 // applyMutation applies an ext_proc header mutation to h. Pseudo-headers and hop-by-hop
