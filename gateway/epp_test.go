@@ -17,6 +17,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -400,14 +401,19 @@ func TestEPPFailureMode(t *testing.T) {
 }
 
 // TestEPPClientGone checks that a client going away mid-stream cancels the engine's request
-// and ends the EPP's stream (the router releases the load), in both modes.
+// and ends the EPP's stream (the router releases the load), in both modes, and leaves no
+// goroutine behind.
 func TestEPPClientGone(t *testing.T) {
 	cancelled := make(chan struct{}, 4)
 	e := newEngine(t, func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		b, _ := io.ReadAll(r.Body)
 		w.Header().Set("Content-Type", "text/event-stream")
 		fmt.Fprint(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"t\"}}]}\n\n")
 		w.(http.Flusher).Flush()
+		if strings.Contains(string(b), "warm up") {
+			fmt.Fprint(w, "data: [DONE]\n\n")
+			return
+		}
 		<-r.Context().Done() // streams until the client goes
 		cancelled <- struct{}{}
 	})
@@ -415,6 +421,13 @@ func TestEPPClientGone(t *testing.T) {
 	for _, mode := range eppModes {
 		t.Run(string(mode), func(t *testing.T) {
 			url, reg := startEPPGateway(t, gateway.EPPConfig{Addr: eppAddr, Mode: mode, Timeout: time.Minute}, e.addr())
+			// A whole request first: the gateway's connections to the EPP and the engine exist.
+			if resp, body := post(t, url+"/v1/chat/completions", chat("warm up", true)); resp.StatusCode != 200 {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			routertest.WaitReleased(t, rt, "the warm-up", func() float64 { return metricstest.Value(rreg, extproc.MetricStreamsActive) })
+			http.DefaultClient.CloseIdleConnections()
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 			ctx, cancel := context.WithCancel(context.Background())
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/chat/completions", strings.NewReader(chat("go away", true)))
 			resp, err := http.DefaultClient.Do(req)
@@ -435,6 +448,7 @@ func TestEPPClientGone(t *testing.T) {
 			routertest.WaitReleased(t, rt, "ext_proc streams and gateway requests", func() float64 {
 				return metricstest.Value(rreg, extproc.MetricStreamsActive) + metricstest.Value(reg, gateway.MetricInflight)
 			})
+			http.DefaultClient.CloseIdleConnections()
 		})
 	}
 }
