@@ -87,6 +87,10 @@ func (x *stream) recv(wait time.Duration) (*extprocv3.ProcessingResponse, error)
 	}
 }
 
+// earlyWait is how long, before the last body piece of a request sent in several, the
+// driver watches for an answer that came too early.
+const earlyWait = 250 * time.Millisecond
+
 // exchange is what the request path of one stream produced.
 type exchange struct {
 	immediate   *extprocv3.ImmediateResponse
@@ -147,7 +151,7 @@ func (x *stream) requestPath(r request, wait time.Duration) (*exchange, error) {
 	}
 	for off := 0; off < len(r.body); off += chunk {
 		end := min(off+chunk, len(r.body))
-		if end == len(r.body) {
+		if end == len(r.body) && off > 0 {
 			// Before the last piece: nothing may have come back yet (a pick needs the body).
 			select {
 			case rv := <-x.recvc:
@@ -155,7 +159,7 @@ func (x *stream) requestPath(r request, wait time.Duration) (*exchange, error) {
 				if rv.err == nil && rv.m.GetImmediateResponse() == nil {
 					ex.early = true
 				}
-			case <-time.After(20 * time.Millisecond):
+			case <-time.After(earlyWait):
 			}
 		}
 		if err := x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{
