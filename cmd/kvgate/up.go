@@ -40,6 +40,7 @@ type upOptions struct {
 	simTiers  tierUpFlags
 	p2pPort   int
 	mig       migrationFlags
+	epp       eppFlags
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -79,6 +80,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	o.pd.add(cmd)
 	o.simTiers.add(cmd)
 	addP2PPortFlag(f, &o.p2pPort)
+	o.epp.add(cmd, false)
 	return cmd
 }
 
@@ -134,11 +136,12 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if err != nil {
 		return fmt.Errorf("--http-tls-*: %w", err)
 	}
-	gw, err := gateway.New(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
-		P2PTransferPort: o.p2pPort}), rt, log, reg)
+	gw, err := upGateway(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
+		P2PTransferPort: o.p2pPort}), rt, eps, &o.epp, log, reg)
 	if err != nil {
 		return err
 	}
+	defer gw.Close()
 	grp.Go(func() error { return gw.Run(ctx) })
 	var xp *extproc.Server
 	if o.extProc != "" {
@@ -163,6 +166,9 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "kvgate is up: %d engine(s), policy %s\n", len(eps), o.rt.policy)
+		if o.epp.addr != "" {
+			fmt.Fprintf(&b, "  picks from the EPP at %s (%s, %s)\n", o.epp.addr, o.epp.mode, o.epp.failureMode)
+		}
 		for _, e := range eps {
 			fmt.Fprintf(&b, "  engine %-8s http://%s  kv-events %s\n", e.Name, e.Address, orDash(e.KVEvents))
 		}

@@ -1,0 +1,232 @@
+package conformance_test
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/kvgate/kvgate/conformance"
+)
+
+// fault is the one rule a scripted EPP breaks ("" breaks none).
+type fault string
+
+const (
+	faultNone      fault = ""
+	faultDisagree  fault = "header and metadata differ"
+	faultOutside   fault = "picks outside the pool"
+	faultSubset    fault = "ignores the subset"
+	faultEarly     fault = "answers before the body"
+	faultNo503     fault = "picks when the subset leaves nothing"
+	faultBigChunks fault = "sends the body back in one piece"
+	faultNoHealth  fault = "readiness NOT_SERVING"
+)
+
+var pool = []string{"127.0.0.1:1001", "127.0.0.1:1002"}
+
+// scripted is an EPP that follows the protocol except for its fault.
+type scripted struct {
+	extprocv3.UnimplementedExternalProcessorServer
+	f fault
+}
+
+func (e *scripted) Process(s extprocv3.ExternalProcessor_ProcessServer) error {
+	var body []byte
+	eligible := pool
+	for {
+		m, err := s.Recv()
+		if err != nil {
+			return nil
+		}
+		switch {
+		case m.GetRequestHeaders() != nil:
+			if v := m.GetMetadataContext().GetFilterMetadata()["envoy.lb.subset_hint"].GetFields()["x-gateway-destination-endpoint-subset"]; v != nil && e.f != faultSubset {
+				eligible = nil
+				if l := v.GetListValue(); l != nil {
+					for _, x := range l.GetValues() {
+						eligible = append(eligible, x.GetStringValue())
+					}
+				} else {
+					eligible = strings.Split(v.GetStringValue(), ",")
+				}
+				var in []string
+				for _, a := range eligible {
+					for _, p := range pool {
+						if a == p {
+							in = append(in, a)
+						}
+					}
+				}
+				eligible = in
+				if len(eligible) == 0 && e.f == faultNo503 {
+					eligible = pool
+				}
+			}
+			if e.f == faultEarly && len(eligible) > 0 {
+				if err := s.Send(pick(eligible[0], eligible[0])); err != nil {
+					return err
+				}
+			}
+		case m.GetRequestBody() != nil:
+			body = append(body, m.GetRequestBody().GetBody()...)
+			if !m.GetRequestBody().GetEndOfStream() {
+				continue
+			}
+			if len(eligible) == 0 {
+				return s.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+					ImmediateResponse: &extprocv3.ImmediateResponse{Status: &typev3.HttpStatus{Code: 503}},
+				}})
+			}
+			dest := strings.Join(eligible, ",")
+			header := dest
+			switch e.f {
+			case faultDisagree:
+				header = eligible[len(eligible)-1]
+			case faultOutside:
+				dest, header = "10.9.9.9:80,"+dest, "10.9.9.9:80,"+dest
+			}
+			if e.f != faultEarly || len(eligible) == 0 {
+				if err := s.Send(pick(header, dest)); err != nil {
+					return err
+				}
+			}
+			piece := 62000
+			if e.f == faultBigChunks {
+				piece = len(body)
+			}
+			for off := 0; off < len(body); off += piece {
+				end := min(off+piece, len(body))
+				if err := s.Send(streamed(false, body[off:end], end == len(body))); err != nil {
+					return err
+				}
+			}
+		case m.GetResponseHeaders() != nil:
+			if err := s.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}); err != nil {
+				return err
+			}
+		case m.GetResponseBody() != nil:
+			if err := s.Send(streamed(true, m.GetResponseBody().GetBody(), m.GetResponseBody().GetEndOfStream())); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func pick(header, meta string) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{
+		Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{
+			HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-gateway-destination-endpoint", RawValue: []byte(header)}}}},
+		}}},
+		DynamicMetadata: &structpb.Struct{Fields: map[string]*structpb.Value{"envoy.lb": structpb.NewStructValue(&structpb.Struct{
+			Fields: map[string]*structpb.Value{"x-gateway-destination-endpoint": structpb.NewStringValue(meta)},
+		})}},
+	}
+}
+
+func streamed(response bool, b []byte, eos bool) *extprocv3.ProcessingResponse {
+	br := &extprocv3.BodyResponse{Response: &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{
+		Mutation: &extprocv3.BodyMutation_StreamedResponse{StreamedResponse: &extprocv3.StreamedBodyResponse{Body: b, EndOfStream: eos}},
+	}}}
+	if response {
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: br}}
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: br}}
+}
+
+func startScripted(t *testing.T, f fault) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	extprocv3.RegisterExternalProcessorServer(g, &scripted{f: f})
+	hs := health.NewServer()
+	for _, svc := range []string{"liveness", "readiness", "envoy.service.ext_proc.v3.ExternalProcessor"} {
+		hs.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+	if f == faultNoHealth {
+		hs.SetServingStatus("readiness", healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+	healthpb.RegisterHealthServer(g, hs)
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	return lis.Addr().String()
+}
+
+// protocolChecks are the checks a scripted EPP (no engines behind it) can pass.
+var protocolChecks = []string{"health/liveness", "health/readiness", "health/ext_proc", "streaming-mode",
+	"destination/header-metadata-agree", "destination/fallbacks-in-pool", "subset/list", "subset/string",
+	"subset/empty-503", "subset/unsatisfiable-503", "served-accepted", "body/chunked-within-limits", "client-gone"}
+
+// TestSuiteCatchesEachFault runs the suite against an EPP that breaks one rule at a time:
+// the check for that rule fails (and says why), and the well-behaved EPP passes them all.
+func TestSuiteCatchesEachFault(t *testing.T) {
+	cases := []struct {
+		f     fault
+		fails []string
+	}{
+		{faultNone, nil},
+		{faultDisagree, []string{"destination/header-metadata-agree"}},
+		{faultOutside, []string{"destination/fallbacks-in-pool", "subset/list", "subset/string"}},
+		{faultSubset, []string{"subset/list", "subset/string", "subset/empty-503", "subset/unsatisfiable-503"}},
+		{faultEarly, []string{"streaming-mode"}},
+		{faultNo503, []string{"subset/empty-503", "subset/unsatisfiable-503"}},
+		{faultBigChunks, []string{"body/chunked-within-limits"}},
+		{faultNoHealth, []string{"health/readiness"}},
+	}
+	for _, c := range cases {
+		name := string(c.f)
+		if name == "" {
+			name = "well behaved"
+		}
+		t.Run(name, func(t *testing.T) {
+			addr := startScripted(t, c.f)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			rep, err := conformance.Run(ctx, conformance.Config{EPP: addr, Endpoints: pool, Model: "m", Timeout: 2 * time.Second}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]conformance.Result{}
+			for _, r := range rep.Checks {
+				got[r.Name] = r
+			}
+			for _, name := range protocolChecks {
+				r := got[name]
+				wantFail := false
+				for _, f := range c.fails {
+					wantFail = wantFail || f == name
+				}
+				switch {
+				case wantFail && r.Pass:
+					t.Errorf("%s passed against an EPP that %s: %s", name, c.f, r.Detail)
+				case wantFail && r.Detail == "":
+					t.Errorf("%s failed without saying why", name)
+				case !wantFail && !r.Pass && name != "health/readiness" && name != "client-gone":
+					t.Errorf("%s failed: %s", name, r.Detail)
+				}
+			}
+			if c.f == faultNone {
+				for _, name := range []string{"health/readiness", "client-gone"} {
+					if !got[name].Pass {
+						t.Errorf("%s failed: %s", name, got[name].Detail)
+					}
+				}
+			}
+			if r := got["no-ready-endpoint-503"]; !r.Skipped {
+				t.Errorf("no-ready-endpoint-503 ran without --unready-endpoint: %+v", r)
+			}
+		})
+	}
+}
