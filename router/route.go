@@ -395,7 +395,7 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 		}
 	}
 
-	if r.cfg.P2P && r.cfg.Policy == PolicyKV {
+	if r.cfg.P2P && r.cfg.Policy == PolicyKV && role(RoleAggregated) { // targets, not prefill picks
 		sc.pulls = slices.Grow(sc.pulls[:0], n)[:n]
 		clear(sc.pulls)
 		r.findPulls(sc, states, p.Model, now)
