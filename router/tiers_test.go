@@ -2,6 +2,7 @@ package router_test
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -271,5 +272,39 @@ func TestP2PDisaggregated(t *testing.T) {
 	}
 	if got := gatheredCounter(t, reg, router.MetricPulls, nil); got != 0 {
 		t.Errorf("%s = %v with no pull", router.MetricPulls, got)
+	}
+}
+
+// BenchmarkPickTiers: the scoring core with the prompt's prefix spread over the tiers of 8 of
+// 64 endpoints (the longest holder saturated), P2P off and on, in one run; no in-flight
+// credit, so that every pick decides a pull again.
+func BenchmarkPickTiers(b *testing.B) {
+	_, tokens := benchChat(b, 4096)
+	for _, p2p := range []bool{false, true} {
+		name := "p2p=off"
+		if p2p {
+			name = "p2p=on"
+		}
+		b.Run(name, func(b *testing.B) {
+			r, _ := newRouter(b, endpoints(64), func(c *router.Config) { c.P2P, c.PendingTTL = p2p, -1 })
+			for i := range 8 {
+				r.ApplyEvents(fmt.Sprint("e", i*8), stored(tokens[:(i+1)*480], 16, 1, []string{"GPU", mediumCPU, mediumDisk}[i%3]))
+			}
+			r.SetLoad("e56", loadFull())
+			p := router.Prompt{Model: model, Tokens: tokens}
+			pulls := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				d, err := r.Pick(p)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if d.Pull != nil {
+					pulls++
+				}
+				d.Done(nil, nil)
+			}
+			b.ReportMetric(float64(pulls)/float64(b.N), "pulls/op")
+		})
 	}
 }
