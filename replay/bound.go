@@ -6,70 +6,71 @@ import (
 )
 
 // BoundHitRatio replays the trace through one pooled LRU prefix cache of capacity blocks of
-// blockSize tokens (all engines' capacity together, in all their tiers) and returns the share of prompt blocks
-// served from it: the ceiling any router can reach on this trace with this much memory.
-// Blocks count as hits only as a leading prefix, as an engine's prefix cache serves them;
-// a request's blocks are refreshed tail first, so the head of a prompt is the last to go.
+// blockSize tokens (all engines' capacity together, in all their tiers) and returns the share
+// of prompt blocks served from it: the ceiling any router can reach on this trace with this
+// much memory. Blocks count as hits only as a leading prefix, as an engine's prefix cache
+// serves them; a request's blocks are refreshed tail first, so the head of a prompt is the
+// last to go.
 func BoundHitRatio(tr *workload.Trace, blockSize, capacity int) float64 {
+	b, _ := bounds(tr, blockSize, capacity, false)
+	return b
+}
+
+// InfiniteHitRatio is BoundHitRatio with a cache that never evicts: the share of prompt
+// blocks the trace itself repeats as a leading prefix of an earlier prompt.
+func InfiniteHitRatio(tr *workload.Trace, blockSize int) float64 {
+	_, inf := bounds(tr, blockSize, 0, true)
+	return inf
+}
+
+// bounds returns BoundHitRatio for capacity and, when infinite is set, InfiniteHitRatio, in
+// one pass over the trace's blocks.
+func bounds(tr *workload.Trace, blockSize, capacity int, infinite bool) (bound, inf float64) {
 	lru := newLRU(capacity)
+	var seen map[uint64]struct{}
+	if infinite {
+		seen = map[uint64]struct{}{}
+	}
 	var tokens []uint32
 	var hashes []kvindex.BlockHash
 	var keys []uint64
-	var hits, total int64
+	var hits, infHits, total int64
 	for i := range tr.Requests {
-		r := &tr.Requests[i]
-		tokens = r.AppendTokens(tokens[:0])
+		tokens = tr.Requests[i].AppendTokens(tokens[:0])
 		n := cacheableBlocks(len(tokens), blockSize)
 		// Every full block is cached after the request (a prompt of whole blocks leaves its
 		// last one, which it had to compute, for the next turn), hits only among the first n.
 		hashes = kvindex.HashBlocks(hashes[:0], 0, tokens, blockSize)
 		keys = chain(keys[:0], hashes)
 		total += int64(n)
-		for _, k := range keys[:n] {
-			if !lru.has(k) {
-				break
+		if capacity > 0 {
+			for _, k := range keys[:n] {
+				if !lru.has(k) {
+					break
+				}
+				hits++
 			}
-			hits++
+			for j := len(keys) - 1; j >= 0; j-- {
+				lru.touch(keys[j])
+			}
 		}
-		for j := len(keys) - 1; j >= 0; j-- {
-			lru.touch(keys[j])
+		if infinite {
+			j := 0
+			for ; j < n; j++ {
+				if _, ok := seen[keys[j]]; !ok {
+					break
+				}
+			}
+			infHits += int64(j)
+			for _, k := range keys[j:] {
+				seen[k] = struct{}{}
+			}
 		}
 	}
 	if total == 0 {
-		return 0
+		return 0, 0
 	}
-	return float64(hits) / float64(total)
-}
-
-// InfiniteHitRatio is BoundHitRatio with a cache that never evicts: the share of prompt
-// blocks the trace itself repeats as a leading prefix of an earlier prompt.
-func InfiniteHitRatio(tr *workload.Trace, blockSize int) float64 {
-	seen := map[uint64]struct{}{}
-	var tokens []uint32
-	var hashes []kvindex.BlockHash
-	var keys []uint64
-	var hits, total int64
-	for i := range tr.Requests {
-		tokens = tr.Requests[i].AppendTokens(tokens[:0])
-		n := cacheableBlocks(len(tokens), blockSize)
-		hashes = kvindex.HashBlocks(hashes[:0], 0, tokens, blockSize)
-		keys = chain(keys[:0], hashes)
-		total += int64(n)
-		j := 0
-		for ; j < n; j++ {
-			if _, ok := seen[keys[j]]; !ok {
-				break
-			}
-		}
-		hits += int64(j)
-		for _, k := range keys[j:] {
-			seen[k] = struct{}{}
-		}
-	}
-	if total == 0 {
-		return 0
-	}
-	return float64(hits) / float64(total)
+	return float64(hits) / float64(total), float64(infHits) / float64(total)
 }
 
 // cacheableBlocks is how many leading full blocks of a prompt an engine can serve from its

@@ -215,8 +215,8 @@ func summarize(cfg Config, ecfg sim.Config, tr *workload.Trace, reqs []reqState,
 	if sum > 0 {
 		res.MaxLoadImbalance = round4(float64(mx) / (float64(sum) / float64(len(engines))))
 	}
-	res.BoundHitRatio = round4(BoundHitRatio(tr, ecfg.BlockSize, (ecfg.NumBlocks+ecfg.CPUBlocks+ecfg.DiskBlocks)*len(engines)))
-	res.InfiniteHitRatio = round4(InfiniteHitRatio(tr, ecfg.BlockSize))
+	bound, inf := bounds(tr, ecfg.BlockSize, (ecfg.NumBlocks+ecfg.CPUBlocks+ecfg.DiskBlocks)*len(engines), true)
+	res.BoundHitRatio, res.InfiniteHitRatio = round4(bound), round4(inf)
 	return res
 }
 

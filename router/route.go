@@ -300,7 +300,7 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 	}
 	d.AggregatedReason = why
 	r.countPath(why)
-	if t.pull != nil && pf == nil {
+	if t.pull.s != nil && pf == nil {
 		d.Pull = &Pull{From: t.pull.s.ep, Blocks: t.pull.m.Blocks, Tokens: t.pull.m.Blocks * bs, Tiers: t.pull.m.Tiers}
 		cached = t.pull.m.Blocks
 		r.m.pulls.Inc()
@@ -326,7 +326,7 @@ type picked struct {
 	cost      float64
 	order     []int
 	fallbacks []Endpoint
-	pull      *pullSource // the target's pull source when its cost counted one (P2P)
+	pull      pullSource // the target's pull source when its cost counted one (P2P); s nil if none
 }
 
 // pickAmong filters states by model, role, subset, health and saturation, computes each
@@ -404,7 +404,7 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 		}
 	}
 
-	if r.cfg.P2P && r.cfg.Policy == PolicyKV {
+	if r.cfg.P2P && r.cfg.Policy == PolicyKV && role(RoleAggregated) { // targets, not prefill picks
 		sc.pulls = slices.Grow(sc.pulls[:0], n)[:n]
 		clear(sc.pulls)
 		r.findPulls(sc, states, p.Model, now)
@@ -417,8 +417,7 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 
 	out := &picked{s: sc.states[order[0]], cand: sc.cands[order[0]], cost: sc.costs[order[0]], order: order}
 	if out.cand.Remote > 0 {
-		src := sc.pulls[order[0]]
-		out.pull = &src
+		out.pull = sc.pulls[order[0]]
 	}
 	for _, i := range order[1:min(len(order), 1+r.cfg.MaxFallbacks)] {
 		out.fallbacks = append(out.fallbacks, sc.states[i].ep)

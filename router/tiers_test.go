@@ -2,6 +2,7 @@ package router_test
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -223,5 +224,87 @@ func TestP2PPullSourceOwnPrefix(t *testing.T) {
 	}
 	if d.CachedBlocks != 10 || d.Pull.Blocks != n {
 		t.Errorf("cached %d, pull %d blocks; want 10 and %d", d.CachedBlocks, d.Pull.Blocks, n)
+	}
+}
+
+func TestRemoteCredit(t *testing.T) {
+	s := router.DynamoScoring()
+	s.RemoteCredit = 0.5
+	// 10 prompt blocks: 2 on the GPU, 4 more to pull at half credit: 10 - 2 - 2 uncached.
+	c := router.Candidate{Cached: [kvindex.NumTiers]int{2}, Remote: 4}
+	if got, want := s.Cost(&c, 10), (10-2-2)+10.0; got != want {
+		t.Errorf("Cost = %v, want %v", got, want)
+	}
+	// least-load ignores every cache, pulls included.
+	p := newRanker(t, router.PolicyLeastLoad, s, 1)
+	costs := make([]float64, 2)
+	p.Rank([]router.Candidate{c, {}}, 10, costs)
+	if costs[0] != costs[1] {
+		t.Errorf("least-load costs %v differ by cache", costs)
+	}
+	if _, err := router.NewRanker(router.PolicyKV, router.Scoring{RemoteCredit: -1}, nil); err == nil {
+		t.Error("negative remote credit accepted")
+	}
+}
+
+// TestP2PDisaggregated: a disaggregated request gets its KV from the prefill endpoint, never
+// a pull as well.
+func TestP2PDisaggregated(t *testing.T) {
+	r, reg := newRouter(t, pdEndpoints(), func(c *router.Config) {
+		c.DisaggMinUncachedTokens, c.DisaggMinUncachedRatio = 0, 0
+		c.P2P = true
+	})
+	content := longText("pd-p2p", 600)
+	tokens := chatTokens(t, content)
+	held := tokens[:(len(tokens)-1)/16*16]
+	// A decode endpoint holds the whole prompt on its host tier and is saturated; the other
+	// decode endpoint holds nothing.
+	r.ApplyEvents("e2", stored(held, 16, 1, mediumCPU))
+	r.SetLoad("e2", loadFull())
+	r.ApplyEvents("e3", stored(tokens[:16], 16, 99, ""))
+	d := route(t, r, "/v1/chat/completions", chatBody(content, false))
+	defer d.Done(nil, nil)
+	if d.Prefill == nil {
+		t.Fatalf("not disaggregated: target %s, reason %s", d.Endpoint.Name, d.AggregatedReason)
+	}
+	if d.Pull != nil {
+		t.Fatalf("disaggregated (prefill %s) and a pull %+v", d.Prefill.Name, d.Pull)
+	}
+	if got := gatheredCounter(t, reg, router.MetricPulls, nil); got != 0 {
+		t.Errorf("%s = %v with no pull", router.MetricPulls, got)
+	}
+}
+
+// BenchmarkPickTiers: the scoring core with the prompt's prefix spread over the tiers of 8 of
+// 64 endpoints (the longest holder saturated), P2P off and on, in one run; no in-flight
+// credit, so that every pick decides a pull again.
+func BenchmarkPickTiers(b *testing.B) {
+	_, tokens := benchChat(b, 4096)
+	for _, p2p := range []bool{false, true} {
+		name := "p2p=off"
+		if p2p {
+			name = "p2p=on"
+		}
+		b.Run(name, func(b *testing.B) {
+			r, _ := newRouter(b, endpoints(64), func(c *router.Config) { c.P2P, c.PendingTTL = p2p, -1 })
+			for i := range 8 {
+				r.ApplyEvents(fmt.Sprint("e", i*8), stored(tokens[:(i+1)*480], 16, 1, []string{"GPU", mediumCPU, mediumDisk}[i%3]))
+			}
+			r.SetLoad("e56", loadFull())
+			p := router.Prompt{Model: model, Tokens: tokens}
+			pulls := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				d, err := r.Pick(p)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if d.Pull != nil {
+					pulls++
+				}
+				d.Done(nil, nil)
+			}
+			b.ReportMetric(float64(pulls)/float64(b.N), "pulls/op")
+		})
 	}
 }

@@ -319,6 +319,9 @@ func TestHoldReleaseAndRemoteBlocks(t *testing.T) {
 	if outs[0].CachedTokens != 64 {
 		t.Fatalf("cached tokens %d, want 64", outs[0].CachedTokens)
 	}
+	if o := outs[0]; o.RemoteTokens != 64 || o.CPUTokens != 0 || o.DiskTokens != 0 {
+		t.Fatalf("output says %d remote, %d CPU, %d disk tokens; want 64 remote", o.RemoteTokens, o.CPUTokens, o.DiskTokens)
+	}
 	if st := dec.Stats(); st.PrefixHits != 0 {
 		t.Fatalf("remote blocks counted as local hits: %+v", st)
 	}

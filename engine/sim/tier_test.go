@@ -14,6 +14,7 @@ type tierRun struct {
 	events []KVEvent
 	media  map[Medium]map[BlockHash]bool // the model the events build, per medium
 	n      int
+	first  Output // the last served request's first output
 }
 
 func newTierRun(t *testing.T, cfg Config) *tierRun {
@@ -37,6 +38,7 @@ func (r *tierRun) serve(p []uint32) (ttft time.Duration, cached int) {
 		for _, o := range res.Outputs {
 			if o.Index == 0 {
 				ttft, cached = r.now-at, o.CachedTokens
+				r.first = o
 			}
 		}
 		r.apply(res.Events)
@@ -148,9 +150,15 @@ func TestCPUTierOnboardsEvictedPrefix(t *testing.T) {
 	if cached != fullHit {
 		t.Fatalf("CPU hit reported %d cached tokens, want %d (vLLM counts connector-loaded tokens)", cached, fullHit)
 	}
+	if o := r.first; o.CPUTokens != fullHit || o.DiskTokens != 0 || o.RemoteTokens != 0 {
+		t.Fatalf("CPU hit: output says %d CPU, %d disk, %d remote tokens; want %d from CPU", o.CPUTokens, o.DiskTokens, o.RemoteTokens, fullHit)
+	}
 	gpu, cached := r.serve(a)
 	if cached != fullHit {
 		t.Fatalf("GPU hit reported %d cached tokens, want %d", cached, fullHit)
+	}
+	if o := r.first; o.CPUTokens != 0 || o.DiskTokens != 0 || o.RemoteTokens != 0 {
+		t.Fatalf("GPU hit: output says %d CPU, %d disk, %d remote tokens; want none", o.CPUTokens, o.DiskTokens, o.RemoteTokens)
 	}
 	if !(gpu < fromCPU && fromCPU < cold) {
 		t.Fatalf("TTFT GPU hit %v, CPU hit %v, cold %v: want GPU < CPU < cold", gpu, fromCPU, cold)
@@ -191,6 +199,9 @@ func TestDiskTierOnboardsEvictedPrefix(t *testing.T) {
 	t.Logf("TTFT of a 2000-token prompt: CPU hit %v, %d blocks from disk and %d from CPU %v, cold %v", fromCPU, onDisk, onCPU, fromDisk, cold)
 	if st := r.e.Stats(); st.DiskHitTokens != uint64(onDisk*16) || st.CPUHitTokens != uint64(onCPU*16) {
 		t.Fatalf("stats %+v: want %d disk and %d CPU hit tokens", st, onDisk*16, onCPU*16)
+	}
+	if o := r.first; o.DiskTokens != onDisk*16 || o.CPUTokens != onCPU*16 || o.RemoteTokens != 0 {
+		t.Fatalf("disk hit: output says %d CPU, %d disk tokens; want %d and %d", o.CPUTokens, o.DiskTokens, onCPU*16, onDisk*16)
 	}
 	var cpuRemoved, diskStored bool
 	for _, ev := range r.events {
