@@ -33,6 +33,14 @@ const (
 	// MetricServedUnknown counts served reports naming an endpoint that was not among the
 	// request's candidates (ignored).
 	MetricServedUnknown = "kvgate_router_served_unknown_total"
+
+	// Admission queue, by model, band (priority) and fairness ID (docs/TRAFFIC.md).
+	MetricQueued        = "kvgate_router_queue_requests"
+	MetricQueueWait     = "kvgate_router_queue_wait_seconds"
+	MetricQueueDispatch = "kvgate_router_queue_dispatched_total"
+	MetricQueueRejected = "kvgate_router_queue_rejected_total"
+	MetricSessions      = "kvgate_router_sessions"
+	MetricSessionPicks  = "kvgate_router_session_picks_total"
 )
 
 // Outcomes of a Route, the outcome label of MetricRequests.

@@ -92,6 +92,7 @@ type routerFlags struct {
 	maxLens      map[string]int
 	kvMaxMessage int64
 	disagg       disaggFlags
+	traffic      trafficFlags
 }
 
 func (r *routerFlags) add(cmd *cobra.Command) {
@@ -102,6 +103,7 @@ func (r *routerFlags) add(cmd *cobra.Command) {
 	f.DurationVar(&r.pendingTTL, "pending-ttl", 0, "kv policy: how long a prefix just routed counts as cached before its KV events arrive (0 = 30s, negative = off)")
 	f.Int64Var(&r.kvMaxMessage, "kv-events-max-message", engine.DefaultMaxZMQMessage, "largest ZMQ message (and frame) an engine's KV-event socket may send, in bytes; a peer sending more is disconnected and counted")
 	r.disagg.add(cmd)
+	r.traffic.add(cmd)
 }
 
 func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Config, error) {
@@ -112,6 +114,7 @@ func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Co
 	cfg.MaxModelLen = r.maxLens
 	cfg.KVEventLimits.MaxMessage = r.kvMaxMessage
 	r.disagg.apply(&cfg)
+	r.traffic.apply(&cfg)
 	if r.modelsFile != "" {
 		m, warnings, err := tokenizer.LoadModelMap(r.modelsFile)
 		if err != nil {
