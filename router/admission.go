@@ -23,7 +23,7 @@ import (
 const (
 	DefaultQueueSize       = 1024
 	DefaultQueueTTL        = 30 * time.Second
-	DefaultFairnessQuantum = 2048 // uncached prompt tokens a flow may take per round
+	DefaultFairnessQuantum = 256 // uncached prompt tokens a flow may take per round
 	DefaultSessionTTL      = 30 * time.Minute
 
 	// MinPriority and MaxPriority bound HeaderPriority (and the band label's cardinality).
@@ -582,3 +582,6 @@ func (m *admissionMetrics) left(w *waiter) {
 	m.wait.WithLabelValues(l...).Observe(time.Since(w.enqueued).Seconds())
 	m.rejected.WithLabelValues(append(l, "left")...).Inc()
 }
+
+// Queued is the number of requests waiting in the admission queue.
+func (r *Router) Queued() int { return int(r.adm.len.Load()) }
