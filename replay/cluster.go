@@ -108,6 +108,7 @@ type cluster struct {
 	itl              []time.Duration
 	transferred      int64
 	rejected, disagg int
+	traffic          traffic // admission: waiting tickets and outcomes
 }
 
 func newCluster(cfg Config, tr *workload.Trace) (*cluster, error) {
@@ -192,12 +193,21 @@ func (c *cluster) arrive(now time.Duration, i int) {
 	st := &c.reqs[i]
 	st.arrival, st.prompt = r.Arrival, len(tokens)
 	st.cacheableBlks = cacheableBlocks(len(tokens), c.ecfg.BlockSize)
-	eng, pre, tk, err := c.p.pick(now, tokens)
+	eng, pre, tk, err := c.pick(now, i, tokens)
+	if err == errQueued {
+		return // start runs it when the admission queue dispatches it
+	}
 	if err != nil {
-		c.rejected++
-		st.done = true
+		c.reject(i, err)
 		return
 	}
+	c.start(now, i, eng, pre, tk, tokens)
+}
+
+// start queues trace request i (or its remote prefill) on the engines the router chose.
+func (c *cluster) start(now time.Duration, i, eng, pre int, tk ticket, tokens []uint32) {
+	r := &c.tr.Requests[i]
+	st := &c.reqs[i]
 	st.eng, st.prefill, st.ticket = eng, pre, tk
 	if pre >= 0 {
 		c.disagg++
@@ -239,6 +249,7 @@ func (c *cluster) stepEnd(now time.Duration, eng int, step *sim.StepResult) {
 	}
 	c.kick(eng, now)
 	c.p.load(now, eng, c.engines[eng].sim.Stats())
+	c.dispatched(now)
 }
 
 // transfer: request i's prefilled blocks reached its decode engine; the prefill engine frees

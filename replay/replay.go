@@ -43,6 +43,9 @@ type Config struct {
 	TransferLatency   time.Duration // fixed cost per transfer (default 1 ms)
 	// Disagg, when set, replaces the router's conditional-disaggregation thresholds.
 	Disagg *DisaggThresholds
+	// Admission, when set, turns the router's admission queue and session affinity on, fed
+	// with the trace's tenants, priorities and sessions (admission.go).
+	Admission *Admission
 }
 
 // Disaggregated reports whether the replay runs prefill and decode pools.
@@ -82,6 +85,10 @@ type Result struct {
 	WallSeconds      float64 `json:"wall_s"`
 	// TTFTs are every request's TTFT in milliseconds, sorted (for CDF plots).
 	TTFTs []float64 `json:"-"`
+	// Bands and Tenants, with Admission: TTFT and outcomes per priority band, service share
+	// per tenant.
+	Bands   []BandResult   `json:"bands,omitempty"`
+	Tenants []TenantResult `json:"tenants,omitempty"`
 }
 
 // Validate reports the first configuration error.
@@ -128,6 +135,9 @@ func Run(ctx context.Context, cfg Config, tr *workload.Trace) (*Result, error) {
 	}
 	res := summarize(cfg, c.ecfg, tr, c.reqs, c.engines, c.itl, c.rejected, time.Since(wall))
 	res.Disaggregated, res.TransferredBytes = c.disagg, c.transferred
+	if cfg.Admission != nil {
+		res.Bands, res.Tenants = c.trafficSummary()
+	}
 	return res, nil
 }
 

@@ -57,6 +57,9 @@ func newVirtualRouter(cfg Config, ecfg sim.Config) (*virtualRouter, error) {
 	if cfg.Disagg != nil {
 		cfg.Disagg.apply(&rc)
 	}
+	if cfg.Admission != nil {
+		cfg.Admission.apply(&rc)
+	}
 	if cfg.OverlapWeight > 0 {
 		rc.Scoring.OverlapWeight = cfg.OverlapWeight
 	}
@@ -102,6 +105,12 @@ func (p *virtualRouter) pick(now time.Duration, tokens []uint32) (int, int, tick
 	if err != nil {
 		return 0, -1, nil, err
 	}
+	return p.placed(d)
+}
+
+// placed maps a decision to engine indexes: the target and the prefill engine (-1 when the
+// request is not disaggregated).
+func (p *virtualRouter) placed(d *router.Decision) (int, int, ticket, error) {
 	i, pre := slices.Index(p.names, d.Endpoint.Name), -1
 	if d.Prefill != nil {
 		pre = slices.Index(p.names, d.Prefill.Name)

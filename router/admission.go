@@ -255,17 +255,29 @@ func (r *Router) Submit(p Prompt, c Class) (*Decision, *Ticket, error) {
 			"Every endpoint serving %q is saturated and the request is sheddable (priority %d); retry later.", p.Model, c.Priority)
 	}
 	b := a.band(p.Model, c.Priority)
+	var evicted *waiter
 	if b.n >= r.cfg.QueueSize {
-		a.mu.Unlock()
-		a.m.reject(p.Model, c, RejectedQueueFull)
-		return nil, nil, rejection(http.StatusTooManyRequests, RejectedQueueFull, time.Second,
-			"The queue of priority %d for %q is full (%d requests); retry later.", c.Priority, p.Model, r.cfg.QueueSize)
+		// Full: the longest flow gives up its newest request, unless it is the newcomer's
+		// own (longest-queue drop), so that a heavy tenant cannot fill the band for all.
+		evicted = b.longestTail(c.FairnessID)
+		if evicted == nil {
+			a.drop(p.Model)
+			a.mu.Unlock()
+			a.m.reject(p.Model, c, RejectedQueueFull)
+			return nil, nil, queueFull(c.Priority, p.Model, r.cfg.QueueSize)
+		}
+		a.remove(evicted)
+		evicted.answered, evicted.err = true, queueFull(c.Priority, p.Model, r.cfg.QueueSize)
 	}
 	w := &waiter{p: p, class: c, cost: max(cost, 1), enqueued: r.cfg.Now(), ready: make(chan struct{})}
 	b.push(w)
 	a.len.Add(1)
 	a.mu.Unlock()
 	a.m.enqueue(p.Model, c)
+	if evicted != nil {
+		close(evicted.ready)
+		a.m.answered(evicted, r.cfg.Now())
+	}
 	r.Dispatch()
 	return nil, &Ticket{r: r, w: w}, nil
 }
@@ -349,6 +361,30 @@ func (r *Router) Dispatch() {
 		close(w.ready)
 		a.m.answered(w, now)
 	}
+}
+
+func queueFull(prio int, model string, size int) *openai.Error {
+	return rejection(http.StatusTooManyRequests, RejectedQueueFull, time.Second,
+		"The queue of priority %d for %q is full (%d requests); retry later.", prio, model, size)
+}
+
+// longestTail is the newest request of the band's longest flow, nil when that flow is id's
+// own or no longer than it would be with the newcomer.
+func (b *band) longestTail(id string) *waiter {
+	var longest *flow
+	for _, f := range b.active {
+		if longest == nil || len(f.items) > len(longest.items) {
+			longest = f
+		}
+	}
+	own := 0
+	if f := b.flows[id]; f != nil {
+		own = len(f.items)
+	}
+	if longest == nil || longest.id == id || len(longest.items) <= own+1 {
+		return nil
+	}
+	return longest.items[len(longest.items)-1]
 }
 
 // expire rejects w if it is still waiting (its TTL timer fired).

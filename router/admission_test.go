@@ -303,3 +303,34 @@ func TestQueueFairnessChargesTokens(t *testing.T) {
 		t.Fatalf("requests %v tokens %v: want equal tokens, not equal requests", reqs, toks)
 	}
 }
+
+// TestQueueFullDropsLongestFlow: a full band makes room for a newcomer of a short flow by
+// refusing the newest request of the longest flow (longest-queue drop); a newcomer of the
+// longest flow itself is refused.
+func TestQueueFullDropsLongestFlow(t *testing.T) {
+	r, _ := oneSlot(t, func(c *router.Config) { c.QueueSize = 2 })
+	hold, _, _ := r.Submit(router.Prompt{Model: model, Tokens: make([]uint32, 64)}, router.Class{})
+	defer hold.Done(nil, nil)
+	tickets := submitFlows(t, r, map[string][2]int{"big": {2, 64}})
+	_, _, err := r.Submit(router.Prompt{Model: model, Tokens: make([]uint32, 64)}, router.Class{FairnessID: "big"})
+	rejectedAs(t, err, http.StatusTooManyRequests, router.RejectedQueueFull)
+	_, small, err := r.Submit(router.Prompt{Model: model, Tokens: make([]uint32, 64)}, router.Class{FairnessID: "small"})
+	if err != nil || small == nil {
+		t.Fatalf("the small tenant was refused: %v", err)
+	}
+	refused := 0
+	for tk := range tickets {
+		select {
+		case <-tk.Ready():
+			_, err := tk.Result()
+			rejectedAs(t, err, http.StatusTooManyRequests, router.RejectedQueueFull)
+			refused++
+		default:
+			tk.Cancel()
+		}
+	}
+	small.Cancel()
+	if refused != 1 {
+		t.Fatalf("%d of the big tenant's queued requests refused, want 1", refused)
+	}
+}

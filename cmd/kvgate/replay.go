@@ -22,6 +22,7 @@ func newReplayCmd(g *globals) *cobra.Command {
 		wf     workloadFlags
 		cfg    replay.Config
 		dg     disaggFlags
+		tf     replayTrafficFlags
 		asJSON bool
 		plot   string
 	)
@@ -40,6 +41,9 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
   kvgate replay --synthetic --engines 4 --policy kv --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := tf.apply(&wf.syn, &cfg); err != nil {
+				return err
+			}
 			tr, err := wf.load()
 			if err != nil {
 				return err
@@ -94,6 +98,7 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.Float64Var(&cfg.TransferBandwidth, "transfer-bandwidth", 25e9, "disaggregated: KV transfer bandwidth, bytes/s")
 	f.DurationVar(&cfg.TransferLatency, "transfer-latency", time.Millisecond, "disaggregated: fixed cost of one KV transfer")
 	dg.add(cmd)
+	tf.add(cmd)
 	f.StringVar(&cfg.Policy, "policy", "kv", "routing policy: "+strings.Join(replay.Policies(), ", ")+", or all")
 	f.DurationVar(&cfg.EventDelay, "event-delay", 5*time.Millisecond, "delay from an engine's step to its KV events reaching the router")
 	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache blocks per engine (0 derives it from --gpu-memory and an 8B model)")

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/kvgate/kvgate/replay"
 	"github.com/kvgate/kvgate/router"
+	"github.com/kvgate/kvgate/workload"
 )
 
 // trafficFlags are the router's admission queue and session affinity (kvgate router, up).
@@ -58,4 +63,44 @@ func (t *trafficFlags) apply(cfg *router.Config) {
 	cfg.KVUsageThreshold = t.kvThreshold
 	cfg.SessionAffinity = t.sessions
 	cfg.SessionTTL = t.sessionTTL
+}
+
+// replayTrafficFlags add tenants, priorities and sessions to kvgate replay's synthetic
+// workload and turn the router's admission queue on.
+type replayTrafficFlags struct {
+	on         bool
+	adm        replay.Admission
+	tenants    []float64
+	priorities []string
+}
+
+func (r *replayTrafficFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.BoolVar(&r.on, "admission", false, "turn the router's admission queue on (with the trace's tenants, priorities and sessions); reports TTFT per band and service per tenant")
+	f.IntVar(&r.adm.MaxInflight, "admission-max-inflight", 64, "admission: requests per engine before it is saturated")
+	f.IntVar(&r.adm.QueueSize, "admission-queue-size", router.DefaultQueueSize, "admission: waiting requests per priority band at most")
+	f.DurationVar(&r.adm.QueueTTL, "admission-queue-ttl", router.DefaultQueueTTL, "admission: longest wait in the queue (virtual time)")
+	f.StringVar(&r.adm.Sessions, "admission-sessions", router.SessionSoft, "admission: session affinity of conversations: soft, hard or off")
+	f.Float64SliceVar(&r.tenants, "syn-tenants", nil, "synthetic: tenants' relative shares of the conversations, e.g. 10,1")
+	f.StringSliceVar(&r.priorities, "syn-priorities", nil, "synthetic: priority bands and their shares of the conversations, e.g. 10=1,0=2,-1=1")
+}
+
+// apply sets the workload's tenants and priorities and the replay's admission.
+func (r *replayTrafficFlags) apply(syn *workload.Synthetic, cfg *replay.Config) error {
+	syn.TenantWeights = r.tenants
+	syn.PriorityShares = nil
+	for _, p := range r.priorities {
+		band, share, ok := strings.Cut(p, "=")
+		prio, err1 := strconv.Atoi(band)
+		sh, err2 := strconv.ParseFloat(share, 64)
+		if !ok || err1 != nil || err2 != nil {
+			return fmt.Errorf("--syn-priorities %q: want BAND=SHARE, e.g. 10=1", p)
+		}
+		syn.PriorityShares = append(syn.PriorityShares, workload.PriorityShare{Priority: prio, Share: sh})
+	}
+	if r.on {
+		a := r.adm
+		cfg.Admission = &a
+	}
+	return nil
 }
