@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/bench"
-	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -98,10 +97,9 @@ func (c *cluster) reject(i int, err error) {
 	if c.traffic.reasons == nil {
 		c.traffic.reasons = map[int]string{}
 	}
-	reason := "error"
-	var e *openai.Error
-	if errors.As(err, &e) && e.Header.Get(router.HeaderRejectedReason) != "" {
-		reason = e.Header.Get(router.HeaderRejectedReason)
+	reason := router.RejectedReason(err)
+	if reason == "" {
+		reason = "error"
 	}
 	c.traffic.reasons[i] = reason
 }

@@ -621,3 +621,13 @@ func (m *admissionMetrics) left(w *waiter) {
 
 // Queued is the number of requests waiting in the admission queue.
 func (r *Router) Queued() int { return int(r.adm.len.Load()) }
+
+// RejectedReason is the HeaderRejectedReason of a refusal (a Rejected* value), "" for any
+// other error.
+func RejectedReason(err error) string {
+	var e *openai.Error
+	if errors.As(err, &e) {
+		return e.Header.Get(HeaderRejectedReason)
+	}
+	return ""
+}
