@@ -117,7 +117,8 @@ func (r *Router) ClassOf(model string, h http.Header) (Class, error) {
 		c.FairnessID = "id-" + strconv.FormatUint(xxh3.HashString(id), 16)
 	case key != "":
 		// The key itself never becomes a label or a log line: its hash does.
-		c.FairnessID = "key-" + strconv.FormatUint(xxh3.HashString(key), 16)
+		var buf [20]byte
+		c.FairnessID = string(strconv.AppendUint(append(buf[:0], "key-"...), xxh3.HashString(key), 16))
 	}
 	return c, nil
 }
@@ -236,10 +237,14 @@ func (r *Router) Submit(p Prompt, c Class) (*Decision, *Ticket, error) {
 	var cost int64
 	if q := a.models[p.Model]; q == nil || len(q.bands) == 0 {
 		d, err := r.pick(p, true)
-		var sat saturatedError
-		if !errors.As(err, &sat) {
+		if err == nil {
 			a.mu.Unlock()
-			return d, nil, tagNoEndpoints(err)
+			return d, nil, nil
+		}
+		sat, ok := err.(saturatedError)
+		if !ok {
+			a.mu.Unlock()
+			return nil, nil, tagNoEndpoints(err)
 		}
 		cost = sat.uncached
 	} else {
@@ -342,7 +347,7 @@ func (r *Router) Dispatch() {
 				break
 			}
 			d, err := r.pick(w.p, true)
-			if errors.As(err, new(saturatedError)) {
+			if _, sat := err.(saturatedError); sat {
 				break
 			}
 			actual := w.cost
@@ -430,6 +435,9 @@ func rejection(status int, reason string, retry time.Duration, format string, ar
 
 // tagNoEndpoints marks a 503 (no endpoint serves the model now) as rejected-no-endpoints.
 func tagNoEndpoints(err error) error {
+	if err == nil {
+		return nil
+	}
 	var e *openai.Error
 	if errors.As(err, &e) && e.Status == http.StatusServiceUnavailable && e.Header.Get(HeaderRejectedReason) == "" {
 		if e.Header == nil {
