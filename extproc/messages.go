@@ -125,14 +125,23 @@ func servedEndpoint(md *corev3.Metadata, h http.Header) string {
 func immediate(err *openai.Error) *extprocv3.ProcessingResponse {
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
 		ImmediateResponse: &extprocv3.ImmediateResponse{
-			Status: &typev3.HttpStatus{Code: typev3.StatusCode(err.Status)},
-			Headers: setHeaders(http.Header{
-				"content-type": {"application/json"},
-			}),
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(err.Status)},
+			Headers: setHeaders(errorHeaders(err)),
 			Body:    err.Body(),
 			Details: err.Message,
 		},
 	}}
+}
+
+// errorHeaders are the headers of an error answer: err's own (Retry-After, a rejection
+// reason) and the JSON content type.
+func errorHeaders(err *openai.Error) http.Header {
+	h := http.Header{}
+	for k, v := range err.Header {
+		h[strings.ToLower(k)] = v
+	}
+	h["content-type"] = []string{"application/json"}
+	return h
 }
 
 // continueHeaders answers a request or response headers message, applying mut.

@@ -38,6 +38,9 @@ type Error struct {
 	Type    string
 	Param   string // the offending request field, "" when none
 	Code    string // machine-readable code, "" when none
+	// Header holds extra response headers (Retry-After, a rejection reason); nil when none.
+	// WriteError and the ext_proc server's immediate responses send them.
+	Header http.Header
 }
 
 // Error returns the message.
@@ -126,6 +129,9 @@ func WriteError(w http.ResponseWriter, err error) {
 	e := AsError(err)
 	body := e.Body()
 	h := w.Header()
+	for k, v := range e.Header {
+		h[http.CanonicalHeaderKey(k)] = v
+	}
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(e.Status)

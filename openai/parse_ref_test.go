@@ -172,7 +172,7 @@ func sameOutcome(t *testing.T, body []byte, got, want any, gotErr, wantErr error
 		if !errors.As(gotErr, &g) || !errors.As(wantErr, &w) {
 			t.Fatalf("body %q: errors %T %T", body, gotErr, wantErr)
 		}
-		if *g != *w {
+		if !reflect.DeepEqual(*g, *w) {
 			t.Fatalf("body %q:\n error     %+v\n reference %+v", body, *g, *w)
 		}
 		return

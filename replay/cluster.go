@@ -113,6 +113,7 @@ type cluster struct {
 	rejected, disagg int
 	pulls            int
 	pulled           int64
+	traffic          traffic // admission: waiting tickets and outcomes
 }
 
 func newCluster(cfg Config, tr *workload.Trace) (*cluster, error) {
@@ -199,12 +200,20 @@ func (c *cluster) arrive(now time.Duration, i int) {
 	st := &c.reqs[i]
 	st.arrival, st.prompt = r.Arrival, len(tokens)
 	st.cacheableBlks = cacheableBlocks(len(tokens), c.ecfg.BlockSize)
-	pk, err := c.p.pick(now, tokens)
+	pk, err := c.pick(now, i, tokens)
+	if err == errQueued {
+		return // start runs it when the admission queue dispatches it
+	}
 	if err != nil {
-		c.rejected++
-		st.done = true
+		c.reject(i, err)
 		return
 	}
+	c.start(now, i, pk, tokens)
+}
+
+// start queues trace request i (or its remote prefill) on the engines the router chose.
+func (c *cluster) start(now time.Duration, i int, pk routed, tokens []uint32) {
+	st := &c.reqs[i]
 	st.eng, st.prefill, st.ticket, st.pull = pk.eng, pk.prefill, pk.ticket, pk.pull
 	if pk.prefill >= 0 {
 		c.disagg++
@@ -263,6 +272,7 @@ func (c *cluster) stepEnd(now time.Duration, eng int, step *sim.StepResult) {
 	}
 	c.kick(eng, now)
 	c.p.load(now, eng, c.engines[eng].sim.Stats())
+	c.dispatched(now)
 }
 
 // transfer: request i's prefilled blocks reached its decode engine; the prefill engine frees

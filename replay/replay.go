@@ -54,6 +54,9 @@ type Config struct {
 	// (they count as remote hits). P2PMinTokens replaces the router's crossover when > 0.
 	P2P          bool
 	P2PMinTokens int
+	// Admission, when set, turns the router's admission queue and session affinity on, fed
+	// with the trace's tenants, priorities and sessions (admission.go).
+	Admission *Admission
 }
 
 // Disaggregated reports whether the replay runs prefill and decode pools.
@@ -104,6 +107,10 @@ type Result struct {
 	WallSeconds      float64 `json:"wall_s"`
 	// TTFTs are every request's TTFT in milliseconds, sorted (for CDF plots).
 	TTFTs []float64 `json:"-"`
+	// Bands and Tenants, with Admission: TTFT and outcomes per priority band, service share
+	// per tenant.
+	Bands   []BandResult   `json:"bands,omitempty"`
+	Tenants []TenantResult `json:"tenants,omitempty"`
 }
 
 // Validate reports the first configuration error.
@@ -151,6 +158,9 @@ func Run(ctx context.Context, cfg Config, tr *workload.Trace) (*Result, error) {
 	res := summarize(cfg, c.ecfg, tr, c.reqs, c.engines, c.itl, c.rejected, time.Since(wall))
 	res.Disaggregated, res.TransferredBytes = c.disagg, c.transferred
 	res.Pulls, res.PulledBytes = c.pulls, c.pulled
+	if cfg.Admission != nil {
+		res.Bands, res.Tenants = c.trafficSummary()
+	}
 	return res, nil
 }
 

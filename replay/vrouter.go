@@ -57,6 +57,9 @@ func newVirtualRouter(cfg Config, ecfg sim.Config) (*virtualRouter, error) {
 	if cfg.Disagg != nil {
 		cfg.Disagg.apply(&rc)
 	}
+	if cfg.Admission != nil {
+		cfg.Admission.apply(&rc)
+	}
 	if cfg.OverlapWeight > 0 {
 		rc.Scoring.OverlapWeight = cfg.OverlapWeight
 	}
@@ -111,6 +114,12 @@ func (p *virtualRouter) pick(now time.Duration, tokens []uint32) (routed, error)
 	if err != nil {
 		return routed{}, err
 	}
+	return p.placed(d)
+}
+
+// placed maps a decision to engine indexes: the target, the prefill engine (-1 when the
+// request is not disaggregated) and the blocks to pull.
+func (p *virtualRouter) placed(d *router.Decision) (routed, error) {
 	pk := routed{eng: slices.Index(p.names, d.Endpoint.Name), prefill: -1, ticket: d}
 	if d.Prefill != nil {
 		pk.prefill = slices.Index(p.names, d.Prefill.Name)

@@ -64,6 +64,28 @@ type Config struct {
 	QueueThreshold   float64
 	KVUsageThreshold float64
 	Shed             bool
+	// MaxInflight saturates an endpoint holding this many requests the router routed and
+	// that have not ended (0: no limit). Unlike the engine's reports, it is exact at once.
+	MaxInflight int
+
+	// Admission queue (docs/TRAFFIC.md): when every eligible endpoint is saturated, requests
+	// wait, per model, in priority bands, fair-queued by fairness ID within a band by deficit
+	// round robin charged in uncached prompt tokens (FairnessQuantum tokens per round).
+	// QueueSize bounds each band (0: DefaultQueueSize; negative: no queue, saturated
+	// endpoints are picked as before) and QueueTTL the wait (0: DefaultQueueTTL).
+	// DefaultPriority is the band of requests without HeaderPriority, unless ModelPriority
+	// names their model; negative bands are sheddable (rejected at once under saturation).
+	QueueSize       int
+	QueueTTL        time.Duration
+	DefaultPriority int
+	ModelPriority   map[string]int
+	FairnessQuantum int
+
+	// Session affinity (docs/TRAFFIC.md): SessionAffinity is soft (default: the session's
+	// endpoint is preferred until it is saturated), hard (always, waiting for it) or off.
+	// Bindings are forgotten after SessionTTL idle (0: DefaultSessionTTL).
+	SessionAffinity string
+	SessionTTL      time.Duration
 
 	// ScrapeInterval is how often each engine's /metrics is read (negative: never);
 	// readings older than MetricsStaleAfter are ignored.
@@ -225,6 +247,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if err := c.trafficDefaults(); err != nil {
+		return c, err
 	}
 	if c.HTTPClient == nil {
 		c.HTTPClient = &http.Client{Timeout: c.ScrapeTimeout}

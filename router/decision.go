@@ -165,6 +165,7 @@ func (d *Decision) Done(usage *openai.Usage, err error) {
 	if cur != nil && isConnError(err) {
 		d.r.markDown(cur.ep.Address, err)
 	}
+	d.r.Dispatch() // the load just released may make room for a queued request
 }
 
 type fallbackError struct{}

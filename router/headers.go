@@ -34,3 +34,27 @@ const (
 	// sidecar turns into kv_transfer_params.remote_kv_source and kvgate's sim reads itself.
 	HeaderKVCacheSource = "x-kv-cache-source-host-port"
 )
+
+// Traffic-management request headers (docs/TRAFFIC.md) and the rejection answers.
+const (
+	// HeaderPriority is the request's priority band, an integer in [MinPriority, MaxPriority];
+	// higher is served first, negative is sheddable.
+	HeaderPriority = "x-kvgate-priority"
+	// HeaderFairnessID names the flow the request is fair-queued in within its band (a
+	// tenant); without it the API key's hash is used, else one shared ID.
+	HeaderFairnessID = "x-kvgate-fairness-id"
+	// HeaderSessionID binds the request's session to one endpoint (session affinity).
+	HeaderSessionID = "x-kvgate-session-id"
+	// HeaderRejectedReason, on an answer the router refused, says why (a Rejected* value).
+	HeaderRejectedReason = "x-kvgate-rejected-reason"
+	// HeaderRetryAfter is the standard Retry-After, in seconds, on admission's 429s.
+	HeaderRetryAfter = "Retry-After"
+)
+
+// Values of HeaderRejectedReason, llm-d's names.
+const (
+	RejectedSheddable   = "rejected-sheddable"    // 429: sheddable request under saturation
+	RejectedQueueFull   = "rejected-queue-full"   // 429: its band's queue is full
+	RejectedTTL         = "rejected-ttl"          // 429: waited its band's TTL without room
+	RejectedNoEndpoints = "rejected-no-endpoints" // 503: no endpoint can serve the model now
+)

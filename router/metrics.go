@@ -41,6 +41,14 @@ const (
 	// (loaded, failed); MetricLoRAUnloads the idle adapters it unloaded to make room.
 	MetricLoRALoads   = "kvgate_router_lora_loads_total"
 	MetricLoRAUnloads = "kvgate_router_lora_unloads_total"
+
+	// Admission queue, by model, band (priority) and fairness ID (docs/TRAFFIC.md).
+	MetricQueued        = "kvgate_router_queue_requests"
+	MetricQueueWait     = "kvgate_router_queue_wait_seconds"
+	MetricQueueDispatch = "kvgate_router_queue_dispatched_total"
+	MetricQueueRejected = "kvgate_router_queue_rejected_total"
+	MetricSessions      = "kvgate_router_sessions"
+	MetricSessionPicks  = "kvgate_router_session_picks_total"
 )
 
 // Outcomes of a Route, the outcome label of MetricRequests.

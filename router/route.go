@@ -39,6 +39,9 @@ type Prompt struct {
 	// prompts): they count as load, not for matching.
 	ExtraTokens int
 	Subset      []string // only these addresses may be picked (nil = any)
+	// Session is the request's session ID (HeaderSessionID): its turns go to one endpoint
+	// under Config.SessionAffinity. "" means none.
+	Session string
 }
 
 // scratch is per-call working memory, pooled.
@@ -53,6 +56,7 @@ type scratch struct {
 	text    []kvindex.BlockHash
 	seed    uint64
 	pulls   []pullSource // per candidate: where its Remote blocks would come from (P2P)
+	homes   []*epState   // session affinity's candidates
 }
 
 // pullSource is the endpoint a candidate would pull its Remote blocks from, and what it holds.
@@ -73,11 +77,12 @@ func (r *Router) Route(ctx context.Context, req Request) (*Decision, error) {
 			d = nil
 		}
 	}
+	err = tagNoEndpoints(err)
 	r.finish(d, err, start)
 	return d, err
 }
 
-func (r *Router) route(_ context.Context, req Request) (*Decision, error) {
+func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 	if int64(len(req.Body)) > r.cfg.MaxBodyBytes {
 		return nil, openai.TooLarge(r.cfg.MaxBodyBytes)
 	}
@@ -167,7 +172,12 @@ func (r *Router) route(_ context.Context, req Request) (*Decision, error) {
 	default:
 		return nil, openai.Errorf(http.StatusNotFound, openai.TypeInvalidRequest, "", "The router does not route %q.", req.Path)
 	}
-	d, err := r.Pick(p)
+	cls, err := r.ClassOf(p.Model, req.Headers)
+	if err != nil {
+		return nil, err
+	}
+	p.Session = req.Headers.Get(HeaderSessionID)
+	d, err := r.admit(ctx, p, cls)
 	if err != nil {
 		return nil, err
 	}
@@ -261,7 +271,11 @@ func (r *Router) tokenizer(model string) *tokenizer.Tokenizer {
 // aggregated) endpoints, and the request is disaggregated when prefillFor's conditions hold
 // (uncached prompt long enough, prefill pool not saturated): Decision.Prefill is then picked
 // among the prefill endpoints with its own cache overlap, and the prefill load sits on it.
-func (r *Router) Pick(p Prompt) (*Decision, error) {
+func (r *Router) Pick(p Prompt) (*Decision, error) { return r.pick(p, false) }
+
+// pick is Pick; admitting (the admission queue is asking) answers saturatedError instead of
+// picking a saturated endpoint.
+func (r *Router) pick(p Prompt, admitting bool) (*Decision, error) {
 	defer r.lockAdapter(p.Model)()
 	now := r.cfg.Now()
 	states := r.states()
@@ -270,6 +284,13 @@ func (r *Router) Pick(p Prompt) (*Decision, error) {
 	t, err := r.pickAmong(sc, states, p, p.Subset, isTargetRole, now)
 	if err != nil {
 		return nil, err
+	}
+	if t.saturated && admitting {
+		uncached := len(p.Tokens) + p.ExtraTokens - t.cand.CachedBlocks()*t.s.bs()
+		if len(p.Tokens) == 0 {
+			uncached = len(p.Text)/4 + 1
+		}
+		return nil, saturatedError{uncached: int64(max(uncached, 1))}
 	}
 	d := &Decision{
 		Endpoint:      t.s.ep,
@@ -327,6 +348,9 @@ type picked struct {
 	order     []int
 	fallbacks []Endpoint
 	pull      pullSource // the target's pull source when its cost counted one (P2P); s nil if none
+	// saturated: every eligible endpoint was saturated (or, under hard session affinity, the
+	// session's own), and s is one of them.
+	saturated bool
 }
 
 // pickAmong filters states by model, role, subset, health and saturation, computes each
@@ -370,10 +394,42 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 		return nil, openai.Unavailable("No healthy endpoint serves %q.", p.Model)
 	case len(sc.states) == 0 && r.cfg.Shed:
 		return nil, openai.Overloaded("Every endpoint serving %q is saturated; retry later.", p.Model)
-	case len(sc.states) == 0:
-		sc.states = append(sc.states, saturated...)
 	}
+	home := -1 // the session's endpoint in sc.states
+	if p.Session != "" && r.cfg.SessionAffinity != SessionOff && role(RoleAggregated) {
+		sc.homes = append(append(sc.homes[:0], sc.states...), saturated...)
+		h := r.sessions.home(p.Session, p.Model, sc.homes, now)
+		switch {
+		case h < len(sc.states):
+			home = h
+			r.sessions.picks.WithLabelValues(SessionHome).Inc()
+		case r.cfg.SessionAffinity == SessionHard:
+			// Its endpoint is saturated: wait for it (admitting) or go there anyway.
+			sc.states = append(sc.states[:0], sc.homes[h])
+			saturated, home = nil, 0
+			r.sessions.picks.WithLabelValues(SessionWait).Inc()
+			sat := r.pickAmongRest(sc, p, now, home, role, states)
+			sat.saturated = true
+			return sat, nil
+		default:
+			r.sessions.picks.WithLabelValues(SessionSpill).Inc()
+		}
+		clear(sc.homes)
+	}
+	allSaturated := false
+	if len(sc.states) == 0 {
+		sc.states = append(sc.states, saturated...)
+		allSaturated = true
+	}
+	out := r.pickAmongRest(sc, p, now, home, role, states)
+	out.saturated = allSaturated
+	return out, nil
+}
 
+// pickAmongRest computes the overlap and load of sc.states and orders them under the
+// policy, home (the session's endpoint, -1 for none) first. role and states (every endpoint)
+// are for P2P: whether the pick is a target, and where a pulled prefix may come from.
+func (r *Router) pickAmongRest(sc *scratch, p Prompt, now time.Time, home int, role func(Role) bool, states []*epState) *picked {
 	n := len(sc.states)
 	sc.cands = slices.Grow(sc.cands[:0], n)[:n]
 	clear(sc.cands)
@@ -414,6 +470,11 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 	r.pickMu.Lock()
 	order := r.ranker.Rank(sc.cands, requestBlocks, sc.costs)
 	r.pickMu.Unlock()
+	if home >= 0 {
+		i := slices.Index(order, home)
+		copy(order[1:i+1], order[:i])
+		order[0] = home
+	}
 
 	out := &picked{s: sc.states[order[0]], cand: sc.cands[order[0]], cost: sc.costs[order[0]], order: order}
 	if out.cand.Remote > 0 {
@@ -422,7 +483,7 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 	for _, i := range order[1:min(len(order), 1+r.cfg.MaxFallbacks)] {
 		out.fallbacks = append(out.fallbacks, sc.states[i].ep)
 	}
-	return out, nil
+	return out
 }
 
 // remember records what was sent to s where no KV events will tell: approx-prefix's text
@@ -609,6 +670,9 @@ func (r *Router) textHashes(dst []kvindex.BlockHash, p Prompt) []kvindex.BlockHa
 }
 
 func (r *Router) saturated(s *epState, now time.Time) bool {
+	if r.cfg.MaxInflight > 0 && s.requests.Load() >= int64(r.cfg.MaxInflight) {
+		return true
+	}
 	l, ok := s.load(now, r.cfg.MetricsStaleAfter)
 	if !ok {
 		return false

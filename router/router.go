@@ -50,6 +50,9 @@ type Router struct {
 	runCtx context.Context
 	runWG  *sync.WaitGroup // goroutines of the running Run
 
+	adm      *admission // requests waiting for room
+	sessions *sessions  // session affinity's bindings
+
 	pool     sync.Pool // *scratch
 	tokBytes sync.Map  // *tokenizer.Tokenizer -> the most bytes one of its tokens stands for
 }
@@ -83,6 +86,8 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Router, erro
 	}
 	r.index = kvindex.New(reg)
 	r.m = newMetrics(reg, r)
+	r.adm = newAdmission(reg)
+	r.sessions = newSessions(cfg.SessionTTL, reg)
 	r.zmq = engine.NewZMQMetrics(reg)
 	r.pool.New = func() any { return &scratch{} }
 	if err := r.setEndpoints(cfg.Endpoints); err != nil {

@@ -22,6 +22,33 @@ type Synthetic struct {
 	Rate          float64       // new conversations per second (Poisson)
 	ThinkTime     time.Duration // gap between a turn's arrival and the next turn of the same conversation
 	Seed          uint64
+	// TenantWeights, when set, assigns each conversation a tenant (Request.Tenant, the index)
+	// with these relative weights, e.g. {10, 1}; PriorityShares a priority band with these
+	// shares. Both draw from their own random stream: traces without them do not change.
+	TenantWeights  []float64
+	PriorityShares []PriorityShare
+}
+
+// PriorityShare is the share (a relative weight) of conversations in one priority band.
+type PriorityShare struct {
+	Priority int
+	Share    float64
+}
+
+// pickWeighted draws an index with the given relative weights.
+func pickWeighted(rng *rand.Rand, weights []float64) int {
+	total := 0.0
+	for _, w := range weights {
+		total += w
+	}
+	x := rng.Float64() * total
+	for i, w := range weights {
+		if x < w {
+			return i
+		}
+		x -= w
+	}
+	return len(weights) - 1
 }
 
 // DefaultSynthetic is a chat-assistant-like workload: a few long shared system prompts and
@@ -51,6 +78,16 @@ func (s Synthetic) Validate() error {
 	case s.ThinkTime < 0:
 		return fmt.Errorf("think time must be >= 0")
 	}
+	for _, w := range s.TenantWeights {
+		if !(w > 0) {
+			return fmt.Errorf("tenant weights must be > 0")
+		}
+	}
+	for _, p := range s.PriorityShares {
+		if !(p.Share > 0) {
+			return fmt.Errorf("priority shares must be > 0")
+		}
+	}
 	return nil
 }
 
@@ -68,9 +105,21 @@ func (s Synthetic) Generate() (*Trace, error) {
 		return max(1, int(math.Round(float64(n)*f)))
 	}
 	t := &Trace{Name: "synthetic"}
+	classes := rand.New(rand.NewPCG(s.Seed, 0x636c61737365))
+	shares := make([]float64, len(s.PriorityShares))
+	for i, p := range s.PriorityShares {
+		shares[i] = p.Share
+	}
 	var start time.Duration
 	for c := 0; c < s.Conversations; c++ {
 		start += time.Duration(rng.ExpFloat64() / s.Rate * float64(time.Second))
+		tenant, prio := 0, 0
+		if len(s.TenantWeights) > 0 {
+			tenant = pickWeighted(classes, s.TenantWeights)
+		}
+		if len(shares) > 0 {
+			prio = s.PriorityShares[pickWeighted(classes, shares)].Priority
+		}
 		sys := rng.IntN(s.SystemPrompts)
 		history := []segment{{seed: syntheticSeed(0, uint64(sys), 0), n: s.SystemTokens}}
 		if s.SystemTokens == 0 {
@@ -88,7 +137,7 @@ func (s Synthetic) Generate() (*Trace, error) {
 			out := jit(s.OutputTokens)
 			t.Requests = append(t.Requests, Request{
 				Arrival: at, InputLength: n, OutputLength: out,
-				Session: c, Turn: turn, segments: segs,
+				Session: c, Turn: turn, Tenant: tenant, Priority: prio, segments: segs,
 			})
 			// The answer becomes part of the next turn's prompt.
 			history = append(history, segment{seed: syntheticSeed(2, uint64(c), uint64(turn)), n: out})

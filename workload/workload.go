@@ -18,6 +18,8 @@ type Request struct {
 	OutputLength int           // completion tokens wanted
 	Session      int           // conversation id; -1 when the trace has none
 	Turn         int
+	Tenant       int // tenant (fairness ID) index; 0 when the trace has none
+	Priority     int // priority band (x-kvgate-priority); negative is sheddable
 	// HashIDs are the trace's prefix block ids (Mooncake), kept for analysis.
 	HashIDs  []int
 	segments []segment

@@ -22,6 +22,7 @@ func newReplayCmd(g *globals) *cobra.Command {
 		wf     workloadFlags
 		cfg    replay.Config
 		dg     disaggFlags
+		tf     replayTrafficFlags
 		asJSON bool
 		plot   string
 	)
@@ -43,6 +44,9 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
   kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --cpu-cache-gib 230 --p2p --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := tf.apply(&wf.syn, &cfg); err != nil {
+				return err
+			}
 			tr, err := wf.load()
 			if err != nil {
 				return err
@@ -97,6 +101,7 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.Float64Var(&cfg.TransferBandwidth, "transfer-bandwidth", 25e9, "disaggregated and P2P: KV transfer bandwidth, bytes/s")
 	f.DurationVar(&cfg.TransferLatency, "transfer-latency", time.Millisecond, "disaggregated and P2P: fixed cost of one KV transfer")
 	dg.add(cmd)
+	tf.add(cmd)
 	f.StringVar(&cfg.Policy, "policy", "kv", "routing policy: "+strings.Join(replay.Policies(), ", ")+", or all")
 	f.DurationVar(&cfg.EventDelay, "event-delay", 5*time.Millisecond, "delay from an engine's step to its KV events reaching the router")
 	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache blocks per engine (0 derives it from --gpu-memory and an 8B model)")

@@ -94,6 +94,7 @@ type routerFlags struct {
 	disagg       disaggFlags
 	tiers        tierFlags
 	lora         loraFlags
+	traffic      trafficFlags
 }
 
 func (r *routerFlags) add(cmd *cobra.Command) {
@@ -106,6 +107,7 @@ func (r *routerFlags) add(cmd *cobra.Command) {
 	r.disagg.add(cmd)
 	r.tiers.add(cmd)
 	r.lora.add(cmd)
+	r.traffic.add(cmd)
 }
 
 func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Config, error) {
@@ -117,6 +119,7 @@ func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Co
 	cfg.KVEventLimits.MaxMessage = r.kvMaxMessage
 	r.disagg.apply(&cfg)
 	r.tiers.apply(&cfg)
+	r.traffic.apply(&cfg)
 	if r.modelsFile != "" {
 		m, warnings, err := tokenizer.LoadModelMap(r.modelsFile)
 		if err != nil {
