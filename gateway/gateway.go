@@ -81,6 +81,7 @@ const (
 type Gateway struct {
 	cfg       Config
 	router    ModelRouter
+	epp       *epp // the remote EPP; nil when router picks in-process
 	log       *slog.Logger
 	metrics   *metrics
 	transport http.RoundTripper
@@ -97,6 +98,11 @@ var _ http.Handler = (*Gateway)(nil)
 
 // New returns a Gateway routing with rt. reg receives its metrics (nil: none).
 func New(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Registerer) (*Gateway, error) {
+	return newGateway(cfg, rt, log, reg, nil)
+}
+
+// newGateway builds a Gateway that routes with rt or, when e is set, asks the remote EPP e.
+func newGateway(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Registerer, e *epp) (*Gateway, error) {
 	if rt == nil {
 		return nil, errors.New("gateway: nil router")
 	}
@@ -128,7 +134,7 @@ func New(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Registerer
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{cfg: cfg, router: rt, log: log, metrics: m, created: time.Now().Unix(), up: make(chan struct{})}
+	g := &Gateway{cfg: cfg, router: rt, epp: e, log: log, metrics: m, created: time.Now().Unix(), up: make(chan struct{})}
 	g.bufs.New = func() any { b := make([]byte, copyBuffer); return &b }
 	g.transport = cfg.Transport
 	if g.transport == nil {
@@ -143,8 +149,12 @@ func New(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Registerer
 		}
 	}
 	g.mux = http.NewServeMux()
-	g.mux.HandleFunc("POST /v1/chat/completions", g.proxy)
-	g.mux.HandleFunc("POST /v1/completions", g.proxy)
+	complete := g.proxy
+	if e != nil {
+		complete = g.proxyEPP
+	}
+	g.mux.HandleFunc("POST /v1/chat/completions", complete)
+	g.mux.HandleFunc("POST /v1/completions", complete)
 	g.mux.HandleFunc("GET /v1/models", g.models)
 	g.mux.HandleFunc("GET /health", g.health)
 	if cfg.Gatherer != nil {

@@ -20,6 +20,41 @@ const (
 	MetricBodyTimeouts = "kvgate_gateway_body_timeouts_total"
 )
 
+// Metric names of the remote-EPP data plane (kvgate gateway --epp).
+const (
+	// MetricEPPRequests counts requests by what the EPP did: picked, immediate, failed_open,
+	// failed_close, bad_destination.
+	MetricEPPRequests = "kvgate_gateway_epp_requests_total"
+	// MetricEPPPickDuration is the time from opening the EPP's stream to its pick.
+	MetricEPPPickDuration = "kvgate_gateway_epp_pick_duration_seconds"
+)
+
+type eppMetrics struct {
+	requests     *prometheus.CounterVec
+	pickDuration prometheus.Histogram
+}
+
+func newEPPMetrics(reg prometheus.Registerer) (*eppMetrics, error) {
+	m := &eppMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricEPPRequests, Help: "Requests by what the remote endpoint picker did: picked, immediate, failed_open, failed_close, bad_destination.",
+		}, []string{"outcome"}),
+		pickDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: MetricEPPPickDuration, Help: "Time from opening the endpoint picker's stream to its pick (or failure).",
+			Buckets: prometheus.ExponentialBuckets(1e-4, 2, 18),
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.pickDuration} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("gateway: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
 type metrics struct {
 	requests     *prometheus.CounterVec
 	duration     *prometheus.HistogramVec

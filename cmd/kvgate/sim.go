@@ -82,6 +82,7 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 	f.StringVar(&cfg.KVEventsReplay, "kv-events-replay", engine.DefaultReplayEndpoint, "ZMQ ROUTER endpoint that replays buffered batches (\"\" disables)")
 	f.Int64Var(&cfg.KVEventsLimits.MaxMessage, "kv-events-max-message", engine.DefaultMaxZMQMessage, "largest ZMQ message (and frame) a KV-event peer may send, in bytes; a peer sending more is disconnected")
 	f.StringVar(&hashFormat, "hash-format", "int", "block hashes in events: int (64-bit) or bytes (32-byte sha256)")
+	f.IntVar(&cfg.DataParallelRank, "data-parallel-rank", 0, "data-parallel rank stamped on every KV-event batch, as vLLM's publisher does")
 	f.StringVar(&shape, "event-shape", "map", "event encoding: map (current vLLM) or array (positional, older vLLM and SGLang)")
 	f.IntVar(&cfg.Engine.BlockSize, "block-size", tokenizer.DefaultBlockSize, "tokens per KV block")
 	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache capacity in blocks (0: derived from --gpu-memory-gib and the model shape)")

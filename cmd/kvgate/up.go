@@ -37,6 +37,7 @@ type upOptions struct {
 	eps       endpointFlags
 	rt        routerFlags
 	pd        pdUpFlags
+	epp       eppFlags
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -72,6 +73,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	o.eps.add(cmd, false)
 	o.rt.add(cmd)
 	o.pd.add(cmd)
+	o.epp.add(cmd, false)
 	return cmd
 }
 
@@ -127,10 +129,11 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if err != nil {
 		return fmt.Errorf("--http-tls-*: %w", err)
 	}
-	gw, err := gateway.New(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, log, reg)
+	gw, err := upGateway(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, rt, eps, &o.epp, log, reg)
 	if err != nil {
 		return err
 	}
+	defer gw.Close()
 	grp.Go(func() error { return gw.Run(ctx) })
 	var xp *extproc.Server
 	if o.extProc != "" {

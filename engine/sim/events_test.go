@@ -50,7 +50,8 @@ func TestEventsGolden(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			batch := engine.EventBatch{TS: 1700000000.5}
+			rank := 0 // the server stamps its data-parallel rank, 0 by default, as vLLM does
+			batch := engine.EventBatch{TS: 1700000000.5, DPRank: &rank}
 			for _, ev := range evs {
 				batch.Events = append(batch.Events, toWire(ev, tc.hash))
 			}

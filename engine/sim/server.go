@@ -41,6 +41,9 @@ type ServerConfig struct {
 	KVEventsLimits engine.ZMQLimits  // what a subscriber or replay client may send (engine's defaults)
 	HashFormat     engine.HashFormat // engine.HashInt (vLLM's default) when 0
 	EventShape     engine.Shape      // engine.ShapeMap (current vLLM) when 0
+	// DataParallelRank is stamped on every batch, as vLLM's publisher stamps its
+	// data-parallel rank (0 by default): [ts, events, 0] in the array shape.
+	DataParallelRank int
 
 	// P/D block transfer.
 	TransferAddr  string        // block-transfer listen address (HTTP host, port 0)
@@ -87,6 +90,7 @@ func newPublisher(cfg ServerConfig, log *slog.Logger, reg prometheus.Registerer)
 	return engine.NewPublisher(engine.PublisherConfig{
 		Endpoint: cfg.KVEvents, Dial: cfg.KVEventsDial, Topic: cfg.KVEventsTopic,
 		ReplayEndpoint: cfg.KVEventsReplay, Shape: cfg.EventShape, HashFormat: cfg.HashFormat, Logger: log,
+		DPRank: &cfg.DataParallelRank,
 		Limits: cfg.KVEventsLimits, Metrics: engine.NewZMQMetrics(reg),
 	})
 }
