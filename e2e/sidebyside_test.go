@@ -56,9 +56,10 @@ type sideResult struct {
 }
 
 type benchReport struct {
-	Requests int     `json:"requests"`
-	Errors   int     `json:"errors"`
-	HitRatio float64 `json:"hit_ratio"`
+	Requests int            `json:"requests"`
+	Errors   int            `json:"errors"`
+	ByKind   map[string]int `json:"errors_by_kind"`
+	HitRatio float64        `json:"hit_ratio"`
 	TTFT     struct {
 		P50 float64 `json:"p50_ms"`
 		P90 float64 `json:"p90_ms"`
