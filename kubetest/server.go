@@ -176,7 +176,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	path := strings.TrimSuffix(r.URL.Path, "/")
-	if doc, ok := discovery(path, s.lis.Addr().String()); ok {
+	if doc, ok := discovery(path, r.Host); ok {
 		writeJSON(w, http.StatusOK, doc)
 		return
 	}
