@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -33,7 +34,8 @@ const (
 
 // llmd metric names read from its /metrics.
 const (
-	llmdIndexAdmissions = "kvcache_index_admissions_total" // blocks its KV-event index took in
+	llmdIndexAdmissions = "kvcache_index_admissions_total"  // blocks its KV-event index took in
+	llmdIndexHits       = "kvcache_index_lookup_hits_total" // prompt blocks found in that index
 	llmdReadyPods       = "inference_pool_ready_pods"
 	llmdSchedulerTime   = "inference_extension_scheduler_e2e_duration_seconds"
 	llmdPool            = "kvgate"
@@ -173,7 +175,7 @@ func startLLMDEPP(t *testing.T, f *llmdFleet, profile string) llmdEPP {
 	if err := os.WriteFile(cfg, []byte(llmdConfig(profile, f.zmq, f.socket)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	grpcPort, healthPort, metricsPort := freePort(t), freePort(t), freePort(t)
+	grpcPort, healthPort, metricsPort := freeWildcardPort(t), freeWildcardPort(t), freeWildcardPort(t)
 	e := llmdEPP{grpc: fmt.Sprintf("127.0.0.1:%d", grpcPort), metrics: fmt.Sprintf("http://127.0.0.1:%d", metricsPort)}
 	e.p = startProcEnv(t, []string{"KUBECONFIG=" + f.kubeconfig}, bin,
 		"--pool-name", llmdPool, "--pool-namespace", llmdNamespace, "--config-file", cfg,
@@ -227,12 +229,16 @@ func TestLLMDEPP(t *testing.T) {
 			f := startLLMDFleet(t, 3, "--speed", "50")
 			e := startLLMDEPP(t, f, profile)
 			base := startEPPGateway(t, e.grpc, f.sims)
+			if profile == llmdPrecise {
+				primeLLMDEvents(t, base, f.sims, e.metrics)
+			}
 			prompt := strings.Repeat(fmt.Sprintf("llm-d's picker (%s) sees this long shared prefix again. ", profile), 40)
+			admitted := metric(t, e.metrics, llmdIndexAdmissions)
 			first := llmdChat(t, base, f.sims, prompt)
 			if profile == llmdPrecise {
 				// 40 sentences are well over 20 blocks of 16 tokens.
 				waitUntil(t, "llm-d's index to take in the first answer's blocks", func() bool {
-					return metric(t, e.metrics, llmdIndexAdmissions) >= 20
+					return metric(t, e.metrics, llmdIndexAdmissions) >= admitted+20
 				})
 			}
 			second := llmdChat(t, base, f.sims, prompt)
@@ -241,6 +247,11 @@ func TestLLMDEPP(t *testing.T) {
 			}
 			if second.cached == 0 {
 				t.Errorf("the repeat reused no cached tokens (%+v)", second)
+			}
+			// The precise scorer found the prompt's blocks: the ids kvgate tokenserver gave it
+			// are the ones the engine's events carry.
+			if profile == llmdPrecise && metric(t, e.metrics, llmdIndexHits) == 0 {
+				t.Errorf("llm-d's index found none of the repeated prompt's blocks (%s = 0)", llmdIndexHits)
 			}
 			// Different prompts spread: not every one lands on one engine.
 			seen := map[string]bool{}
@@ -309,4 +320,46 @@ func simsServed(t *testing.T, sims []simProc) []float64 {
 		out[i] = metric(t, "http://"+s.addr, engine.VLLMRequestSuccess)
 	}
 	return out
+}
+
+// primeLLMDEvents sends distinct prompts until each sim's KV events have reached llm-d's index
+// at least once. A sim dials the EPP's socket and ZMQ drops what it publishes before the
+// subscription is through, so the first batches of a sim may be lost; a batch lost under a
+// repeated prompt would leave its later blocks without their parents in llm-d's index.
+func primeLLMDEvents(t *testing.T, base string, sims []simProc, metrics string) {
+	t.Helper()
+	primed := map[string]bool{}
+	deadline := time.Now().Add(90 * time.Second)
+	for i := 0; len(primed) < len(sims); i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("the KV events of only %v reached llm-d's index after 90s", primed)
+		}
+		before := metric(t, metrics, llmdIndexAdmissions)
+		a := llmdChat(t, base, sims, longPrompt(fmt.Sprint("prime", i), 60))
+		if polltest.Wait(3*time.Second, func() bool { return metric(t, metrics, llmdIndexAdmissions) > before }) {
+			primed[a.endpoint] = true
+		}
+	}
+}
+
+// freeWildcardPort is freePort for a program that binds every interface (llm-d's EPP): the port
+// must be free on every address, not only on 127.0.0.1 (a sim on 127.0.0.2 may hold it).
+func freeWildcardPort(t *testing.T) int {
+	t.Helper()
+	givenMu.Lock()
+	defer givenMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", ":0") // closed at once: only asks the kernel for a port free everywhere
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !given[port] {
+			given[port] = true
+			return port
+		}
+	}
+	t.Fatal("no fresh port")
+	return 0
 }
