@@ -23,7 +23,7 @@ import (
 const model = tokenizer.DefaultModel
 
 // serve starts the service on listen and returns a client of it.
-func serve(t *testing.T, cfg tokenserver.Config, target string, creds credentials.TransportCredentials) tokenizationv1.TokenizationServiceClient {
+func serve(t testing.TB, cfg tokenserver.Config, target string, creds credentials.TransportCredentials) tokenizationv1.TokenizationServiceClient {
 	t.Helper()
 	s, err := tokenserver.New(cfg, nil)
 	if err != nil {
@@ -52,6 +52,11 @@ func serve(t *testing.T, cfg tokenserver.Config, target string, creds credential
 		t.Fatal(err)
 	}
 	return c
+}
+
+// serveB is serve on a Unix socket for benchmarks.
+func serveB(b *testing.B, sock string) tokenizationv1.TokenizationServiceClient {
+	return serve(b, tokenserver.Config{Listen: "unix://" + sock}, "unix://"+sock, nil)
 }
 
 func unixClient(t *testing.T, models ...string) tokenizationv1.TokenizationServiceClient {
