@@ -4,6 +4,8 @@
 # clone (CI's) finds it again without rebuilding.
 #   consul               HashiCorp Consul v1.22.7 (discovery tests run `consul agent -dev`)
 #   llm-d-inference-sim  llm-d's vLLM simulator v0.10.2 (a foreign engine for routing tests)
+#   llm-d-epp            llm-d's Endpoint Picker (llm-d-inference-scheduler v0.7.1 cmd/epp), a
+#                        foreign EPP for the side-by-side measurement (e2e/llmd)
 # Neither has a Debian package and `go install` fails on their replace directives, so each
 # module is downloaded, copied somewhere writable, its replaces dropped, and built.
 #
@@ -16,7 +18,7 @@ set -euo pipefail
 out=${KVGATE_PEERS:-${XDG_CACHE_HOME:-$HOME/.cache}/kvgate/peers}
 mkdir -p "$out"
 
-declare -A version=([consul]=v1.22.7 [llm-d-inference-sim]=v0.10.2)
+declare -A version=([consul]=v1.22.7 [llm-d-inference-sim]=v0.10.2 [llm-d-epp]=v0.7.1)
 
 work=""
 cleanup() { [ -z "$work" ] || { chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"; }; }
@@ -50,6 +52,23 @@ build_llm-d-inference-sim() { # $1: output binary
   (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$1" ./cmd/llm-d-inference-sim)
 }
 
+build_llm-d-epp() { # $1: output binary
+  # Built from a throwaway main module that requires the scheduler, with the Gateway API Inference
+  # Extension and llm-d-kv-cache raised to the versions it works with (it asks for older ones).
+  [ -n "$work" ] || work=$(mktemp -d)
+  local mod="$work/llm-d-epp"
+  mkdir -p "$mod"
+  (
+    cd "$mod"
+    go mod init kvgate.local/llm-d-epp >/dev/null 2>&1
+    go mod edit \
+      -require="github.com/llm-d/llm-d-inference-scheduler@${version[llm-d-epp]}" \
+      -require=sigs.k8s.io/gateway-api-inference-extension@v1.4.0 \
+      -require=github.com/llm-d/llm-d-kv-cache@v0.8.1
+    GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$1" github.com/llm-d/llm-d-inference-scheduler/cmd/epp
+  )
+}
+
 ensure() { # name -> prints the binary's path, building it if missing
   local name=$1 v=${version[$1]:-}
   [ -n "$v" ] || { echo "peers: unknown peer $name (known: ${!version[*]})" >&2; exit 2; }
@@ -70,7 +89,7 @@ ensure() { # name -> prints the binary's path, building it if missing
 }
 
 if [ $# -eq 0 ]; then
-  for name in consul llm-d-inference-sim; do ensure "$name" >/dev/null; done
+  for name in consul llm-d-inference-sim llm-d-epp; do ensure "$name" >/dev/null; done
   echo "$out"
 else
   for name in "$@"; do ensure "$name"; done
