@@ -18,11 +18,18 @@ func (s *series) add(x float64) {
 	s.xs = append(s.xs, x)
 }
 
-func (s *series) last() float64 {
-	if len(s.xs) == 0 {
+// held is the level the last k values all reach (their minimum): a level that held for k
+// intervals, where one noisy interval does not count.
+func (s *series) held(k int) float64 {
+	n := len(s.xs)
+	if n == 0 {
 		return 0
 	}
-	return s.xs[len(s.xs)-1]
+	m := s.xs[n-1]
+	for _, x := range s.xs[max(0, n-k):] {
+		m = math.Min(m, x)
+	}
+	return m
 }
 
 func (s *series) mean() float64 {

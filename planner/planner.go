@@ -228,7 +228,7 @@ func (p *Planner) Decide(now time.Time, pools []PoolState) []Decision {
 			d = p.decideLoad(st)
 			needs[i] = float64(d.Desired)
 		case ModeSLA:
-			d, needs[i] = p.decideSLA(st, m)
+			d, needs[i] = p.decideSLA(now, st, m)
 		}
 		d.Pool, d.Current = st.Pool, cur
 		d = p.bound(now, d, m)

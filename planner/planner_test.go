@@ -164,7 +164,7 @@ func TestSLAMissRaisesCorrection(t *testing.T) {
 	st.Ready = p.Decide(t0, []planner.PoolState{st})[0].Desired
 	st.TTFTP90 = 10 * time.Second
 	var d planner.Decision
-	for i := 1; i <= 5; i++ {
+	for i := 1; i <= 12; i++ {
 		d = p.Decide(t0.Add(time.Duration(i)*30*time.Second), []planner.PoolState{st})[0]
 		if d.Desired > st.Ready {
 			break

@@ -1,6 +1,9 @@
 package planner
 
-import "math"
+import (
+	"math"
+	"time"
+)
 
 // Bounds of the sla mode's latency correction: the factor by which a pool's demand is scaled
 // after its observed latency missed the target at the capacity the profile asked for.
@@ -13,15 +16,17 @@ const (
 // decideSLA sizes the pool from the profile: prefill engines from the prompt tokens to
 // compute per second (after prefix hits) against one engine's throughput at the TTFT target,
 // decode engines from output tokens per second at the ITL target, aggregated engines from the
-// sum of both fractions. Demand is the larger of the last interval and the forecast at the
-// end of an engine's start-up. It returns the decision and the fractional engines needed.
-func (p *Planner) decideSLA(st PoolState, m *poolMemory) (Decision, float64) {
+// sum of both fractions. Demand is the larger of the level of the last two intervals and the
+// forecast at the end of an engine's start-up. It returns the decision and the fractional engines needed.
+func (p *Planner) decideSLA(now time.Time, st PoolState, m *poolMemory) (Decision, float64) {
 	cur := st.current()
 	h := float64(p.cfg.Startup+p.cfg.Interval) / float64(p.cfg.Interval)
-	rate := math.Max(m.rate.last(), m.rate.forecast(h))
+	// A new level counts once it held two intervals (a step is sized in full by the second
+	// decision after it); one noisy interval moves only the three-interval mean.
+	rate := math.Max(m.rate.held(2), m.rate.forecast(h))
 	prompt, output, hit := m.prompt.mean(), m.output.mean(), m.hit.mean()
 
-	missed := p.learn(st, m)
+	missed := p.learn(now, st, m)
 	var prefill, decode float64
 	if st.Pool.Role != RoleDecode && rate > 0 {
 		prefill = rate * prompt * (1 - hit) / p.cfg.Profile.PrefillThroughput(prompt, p.cfg.TTFT)
@@ -49,10 +54,13 @@ func (p *Planner) decideSLA(st PoolState, m *poolMemory) (Decision, float64) {
 }
 
 // learn adjusts the pool's correction: up when an observed p90 missed its target in two
-// intervals in a row while every engine was ready (the profile was optimistic, not one noisy
-// interval), slowly back towards 1 while both are well within target.
-func (p *Planner) learn(st PoolState, m *poolMemory) (missed bool) {
-	if st.Ready == 0 || st.Pending > 0 {
+// intervals in a row while the pool was settled (every engine ready, no change for start-up
+// plus two intervals: a miss right after a change is the backlog of the change, not an
+// optimistic profile), slowly back towards 1 while both are within target.
+func (p *Planner) learn(now time.Time, st PoolState, m *poolMemory) (missed bool) {
+	settled := !m.changed || now.Sub(m.lastChange) >= p.cfg.Startup+2*p.cfg.Interval
+	if st.Ready == 0 || st.Pending > 0 || !settled {
+		m.misses = 0
 		return false
 	}
 	ttftMiss := st.Pool.Role != RoleDecode && st.TTFTP90 > p.cfg.TTFT

@@ -31,6 +31,7 @@ type Point struct {
 	Ready      int     `json:"ready"`
 	Starting   int     `json:"starting"`
 	Draining   int     `json:"draining"`
+	Current    int     `json:"current"` // serving + starting when the planner decided
 	Desired    int     `json:"desired"`
 	TTFTP90    float64 `json:"ttft_p90_ms"`
 	Attainment float64 `json:"attainment"` // of the requests that finished in the interval
@@ -161,7 +162,7 @@ func (l *planLoop) observe(c *cluster, now time.Duration) planner.PoolState {
 func (l *planLoop) tick(c *cluster, now time.Duration) {
 	st := l.observe(c, now)
 	d := l.p.Decide(epoch.Add(now), []planner.PoolState{st})[0]
-	pt := Point{At: now.Seconds(), Rate: st.ArrivalRate, Desired: d.Desired, TTFTP90: ms(st.TTFTP90), Reason: d.Reason}
+	pt := Point{At: now.Seconds(), Rate: st.ArrivalRate, Current: d.Current, Desired: d.Desired, TTFTP90: ms(st.TTFTP90), Reason: d.Reason}
 	if l.finished > 0 {
 		pt.Attainment = float64(l.met) / float64(l.finished)
 	}

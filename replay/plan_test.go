@@ -137,3 +137,35 @@ func TestPlannerConfigErrors(t *testing.T) {
 		t.Fatalf("disaggregated: %v", err)
 	}
 }
+
+// In steady load the sla and load planners change direction at most once per ten intervals.
+func TestPlannerSteadyLoadDoesNotFlap(t *testing.T) {
+	s := workload.DefaultSynthetic()
+	s.Conversations, s.Turns, s.SystemPrompts, s.SystemTokens = 1500, 1, 4, 512
+	s.UserTokens, s.OutputTokens, s.Rate = 512, 32, 3
+	tr, err := s.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{planner.ModeSLA, planner.ModeLoad} {
+		cfg := plannerConfig(mode, 20, 60*time.Second)
+		cfg.Planner.Planner.Interval = 10 * time.Second
+		r := run(t, cfg, tr)
+		changes, last := 0, 0
+		for _, p := range r.Timeline[min(len(r.Timeline), 12):] { // after the first two minutes
+			if d := p.Desired - p.Current; d != 0 {
+				dir := 1
+				if d < 0 {
+					dir = -1
+				}
+				if last != 0 && dir != last {
+					changes++
+				}
+				last = dir
+			}
+		}
+		if intervals := len(r.Timeline); changes*10 > intervals {
+			t.Errorf("%s: %d direction changes in %d intervals\n%+v", mode, changes, intervals, r.Timeline)
+		}
+	}
+}
