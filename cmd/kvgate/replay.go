@@ -36,9 +36,15 @@ clock) behind the router's own code (kvindex, scoring, load accounting, KV event
 It reports the prompt cache hit ratio next to bound_hit_ratio (the same trace through one pooled
 LRU cache of all engines' capacity: the ceiling any router can reach), TTFT and ITL percentiles,
 throughput and load imbalance (busiest engine's busy time over the mean). --policy all runs every
-policy on the same trace; --plot draws their TTFT CDFs.`,
+policy on the same trace; --plot draws their TTFT CDFs.
+
+--planner sla|load|static|all puts a planner in the loop: engines start (--startup-s) and drain
+as it decides, --engines is the GPU budget, --rate-profile changes the arrival rate in steps,
+and results add sla_attainment, gpu_hours, max_engines_used and scale_events (docs/PLANNER.md).`,
 		Example: `  kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --engines 8 --policy all
-  kvgate replay --synthetic --engines 4 --policy kv --json`,
+  kvgate replay --synthetic --engines 4 --policy kv --json
+  kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --rate-scale 0.4 \
+      --rate-profile 0:1,600:3,900:1 --engines 16 --planner all --startup-s 15 --plot fleet.svg`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tr, err := wf.load()
