@@ -94,6 +94,7 @@ func (c *cluster) pick(now time.Duration, i int, tokens []uint32) (routed, error
 func (c *cluster) reject(i int, err error) {
 	c.rejected++
 	c.reqs[i].done = true
+	c.finish(&c.reqs[i])
 	if c.traffic.reasons == nil {
 		c.traffic.reasons = map[int]string{}
 	}

@@ -17,6 +17,8 @@ const (
 	evKV              // an engine's KV events reach the router
 	evTransfer        // a remote prefill's blocks reached the decode engine
 	evPull            // a P2P pull's blocks reached the target engine
+	evReady           // a started engine finished loading (planner runs)
+	evTick            // the planner decides (planner runs)
 	evArrival         // a request arrives
 )
 
@@ -51,7 +53,20 @@ type engineState struct {
 	sim      *sim.Engine
 	stepping bool
 	busy     time.Duration
+	phase    phase
+	// launched and stopped bound the engine's GPU time (stopped is -1 while it holds one).
+	launched, stopped time.Duration
 }
+
+// phase is an engine's place in its life; a fixed cluster's engines are all phaseReady.
+type phase uint8
+
+const (
+	phaseReady    phase = iota // serving
+	phaseStarting              // loading the model: holds a GPU, serves nothing
+	phaseDraining              // out of the router's set, finishing its requests
+	phaseStopped               // gone
+)
 
 type reqState struct {
 	eng           int
@@ -114,6 +129,8 @@ type cluster struct {
 	pulls            int
 	pulled           int64
 	traffic          traffic // admission: waiting tickets and outcomes
+
+	plan *planLoop // nil without a planner
 }
 
 func newCluster(cfg Config, tr *workload.Trace) (*cluster, error) {
@@ -129,7 +146,7 @@ func newCluster(cfg Config, tr *workload.Trace) (*cluster, error) {
 		if err != nil {
 			return nil, err
 		}
-		c.engines[i].sim = e
+		c.engines[i] = engineState{sim: e, stopped: -1}
 	}
 	c.reqs = make([]reqState, len(tr.Requests))
 	for i := range tr.Requests {
@@ -158,6 +175,10 @@ func (c *cluster) run(ctx context.Context) error {
 			c.transfer(ev.at, ev.eng, ev.req)
 		case evPull:
 			c.add(ev.at, ev.eng, ev.req, c.serveRequest(ev.req, c.tr.Requests[ev.req].Tokens()))
+		case evReady:
+			c.plan.ready(c, ev.at, ev.eng)
+		case evTick:
+			c.plan.tick(c, ev.at)
 		}
 	}
 	return nil
@@ -186,6 +207,7 @@ func (c *cluster) add(now time.Duration, eng, i int, req sim.Request) {
 		c.p.done(st.ticket)
 		c.rejected++
 		st.done = true
+		c.finish(st)
 		return
 	}
 	if !c.engines[eng].stepping {
@@ -200,6 +222,9 @@ func (c *cluster) arrive(now time.Duration, i int) {
 	st := &c.reqs[i]
 	st.arrival, st.prompt = r.Arrival, len(tokens)
 	st.cacheableBlks = cacheableBlocks(len(tokens), c.ecfg.BlockSize)
+	if c.plan != nil {
+		c.plan.arrived(st, r.OutputLength)
+	}
 	pk, err := c.pick(now, i, tokens)
 	if err == errQueued {
 		return // start runs it when the admission queue dispatches it
@@ -260,6 +285,9 @@ func (c *cluster) stepEnd(now time.Duration, eng int, step *sim.StepResult) {
 				st.tierTok = [3]int{o.CPUTokens, o.DiskTokens, o.RemoteTokens}
 			}
 			c.p.firstToken(st.ticket)
+			if c.plan != nil {
+				c.plan.firstToken(now, st)
+			}
 		} else {
 			c.itl = append(c.itl, now-st.last)
 		}
@@ -268,9 +296,14 @@ func (c *cluster) stepEnd(now time.Duration, eng int, step *sim.StepResult) {
 		if o.Finish != sim.NotFinished {
 			st.done = true
 			c.p.done(st.ticket)
+			c.finish(st)
 		}
 	}
 	c.kick(eng, now)
+	if c.engines[eng].phase == phaseDraining {
+		c.plan.drained(c, now, eng)
+		return
+	}
 	c.p.load(now, eng, c.engines[eng].sim.Stats())
 	c.dispatched(now)
 }

@@ -23,6 +23,7 @@ func newReplayCmd(g *globals) *cobra.Command {
 		cfg    replay.Config
 		dg     disaggFlags
 		tf     replayTrafficFlags
+		pf     replayPlannerFlags
 		asJSON bool
 		plot   string
 	)
@@ -38,10 +39,16 @@ hit_ratio_gpu, hit_ratio_cpu, hit_ratio_disk, hit_ratio_remote) next to bound_hi
 trace through one pooled LRU cache of all engines' capacity in all tiers: the ceiling any router
 can reach) and infinite_hit_ratio (the trace's own reuse), TTFT and ITL percentiles,
 throughput and load imbalance (busiest engine's busy time over the mean). --policy all runs every
-policy on the same trace; --plot draws their TTFT CDFs.`,
+policy on the same trace; --plot draws their TTFT CDFs.
+
+--planner sla|load|static|all puts a planner in the loop: engines start (--startup-s) and drain
+as it decides, --engines is the GPU budget, --rate-profile changes the arrival rate in steps,
+and results add sla_attainment, gpu_hours, max_engines_used and scale_events (docs/PLANNER.md).`,
 		Example: `  kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --engines 8 --policy all
   kvgate replay --synthetic --engines 4 --policy kv --json
-  kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --cpu-cache-gib 230 --p2p --json`,
+  kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --cpu-cache-gib 230 --p2p --json
+  kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --rate-scale 0.4 \
+      --rate-profile 0:1,600:3,900:1 --engines 16 --planner all --startup-s 15 --plot fleet.svg`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := tf.apply(&wf.syn, &cfg); err != nil {
@@ -52,6 +59,12 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 				return err
 			}
 			cfg.Disagg = dg.replayThresholds()
+			if err := pf.prepare(&cfg, tr); err != nil {
+				return err
+			}
+			if cfg.Planner != nil {
+				return replayPlanners(cmd, &pf, cfg, tr, plot, asJSON)
+			}
 			policies := []string{cfg.Policy}
 			if cfg.Policy == "all" {
 				policies = replay.Policies()
@@ -102,6 +115,7 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.DurationVar(&cfg.TransferLatency, "transfer-latency", time.Millisecond, "disaggregated and P2P: fixed cost of one KV transfer")
 	dg.add(cmd)
 	tf.add(cmd)
+	pf.add(cmd)
 	f.StringVar(&cfg.Policy, "policy", "kv", "routing policy: "+strings.Join(replay.Policies(), ", ")+", or all")
 	f.DurationVar(&cfg.EventDelay, "event-delay", 5*time.Millisecond, "delay from an engine's step to its KV events reaching the router")
 	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache blocks per engine (0 derives it from --gpu-memory and an 8B model)")
@@ -121,7 +135,7 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.BoolVar(&cfg.P2P, "p2p", false, "cluster-wide cache: the router may have an engine pull a long prefix from a busy engine's cache (over --transfer-bandwidth/--transfer-latency)")
 	f.IntVar(&cfg.P2PMinTokens, "p2p-min-tokens", 0, "P2P: pull only this many tokens more than the target holds, at least (0: the router's crossover)")
 	f.BoolVar(&asJSON, "json", false, "print JSON (one object, or an array for --policy all)")
-	f.StringVar(&plot, "plot", "", "write the TTFT CDFs of the policies to this SVG file")
+	f.StringVar(&plot, "plot", "", "write the TTFT CDFs of the policies to this SVG file (with --planner: replicas and TTFT over time)")
 	cmd.Flags().Lookup("seed").Usage = "random seed (synthetic workload and random tie-breaks)"
 	cmd.PreRun = func(*cobra.Command, []string) { cfg.Seed = wf.syn.Seed }
 	return cmd
