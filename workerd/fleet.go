@@ -415,7 +415,7 @@ func (s *fleetServer) Node(context.Context, *fleetv1.NodeRequest) (*fleetv1.Node
 	resp := &fleetv1.NodeResponse{Node: w.cfg.Node, GpusTotal: int32(w.usableGPUs()), GpusFree: int32(free)}
 	for _, t := range w.cfg.Templates {
 		resp.Templates = append(resp.Templates, &fleetv1.Template{
-			Name: t.Name, Kind: t.Kind, Model: t.Model, Role: t.role(), GpusPerEngine: int32(t.gpusPerEngine()),
+			Name: t.Name, Kind: t.Kind, Model: t.servedModel(), Role: t.role(), GpusPerEngine: int32(t.gpusPerEngine()),
 			MinReplicas: int32(t.MinReplicas), MaxReplicas: int32(t.MaxReplicas), Replicas: int32(reps[t.Name]),
 		})
 	}

@@ -45,6 +45,15 @@ func (t Template) gpusPerEngine() int {
 	return t.GPUs
 }
 
+// servedModel is the model name routers know the engines by (their pool's model): the
+// first served name, else the model.
+func (t Template) servedModel() string {
+	if len(t.ServedNames) > 0 {
+		return t.ServedNames[0]
+	}
+	return t.Model
+}
+
 func (t Template) role() string {
 	if t.Role == "" {
 		return discovery.RoleAggregated

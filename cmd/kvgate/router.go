@@ -229,7 +229,12 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		grp.Go(func() error { return gw.Run(ctx) })
 	}
 	if o.metrics != "" {
-		grp.Go(func() error { return serveMetrics(ctx, o.metrics, reg, log) })
+		ms, err := listenMetrics(o.metrics, reg, log)
+		if err != nil {
+			return err
+		}
+		ms.Handle(router.PoolsPath, rt.PoolsHandler()) // what `kvgate planner --router` reads
+		grp.Go(func() error { return ms.Serve(ctx) })
 	}
 	err = grp.Wait()
 	if errors.Is(err, context.Canceled) {

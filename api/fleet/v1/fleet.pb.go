@@ -146,9 +146,9 @@ func (x *NodeResponse) GetEngines() []*Engine {
 type Template struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"` // vllm, sglang, sim
-	Model         string                 `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
-	Role          string                 `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"` // aggregated, prefill, decode
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`   // vllm, sglang, sim
+	Model         string                 `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"` // the model routers know its engines by (first served name)
+	Role          string                 `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`   // aggregated, prefill, decode
 	GpusPerEngine int32                  `protobuf:"varint,5,opt,name=gpus_per_engine,json=gpusPerEngine,proto3" json:"gpus_per_engine,omitempty"`
 	MinReplicas   int32                  `protobuf:"varint,6,opt,name=min_replicas,json=minReplicas,proto3" json:"min_replicas,omitempty"`
 	MaxReplicas   int32                  `protobuf:"varint,7,opt,name=max_replicas,json=maxReplicas,proto3" json:"max_replicas,omitempty"` // 0 = bounded only by GPUs
