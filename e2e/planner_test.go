@@ -161,12 +161,18 @@ templates:
 
 // startTrickle sends a chat of 10 output tokens, then pauses 500ms, and again.
 func startTrickle(ctx context.Context, c openai.Client) *requestLoop {
+	return startChatLoop(ctx, c, 1, func(w, i int) string { return fmt.Sprintf("Trickle %d from worker %d.", i, w) }, 10, 500*time.Millisecond)
+}
+
+// startChatLoop runs workers that each send prompt(worker, i) for maxTokens, then pause, and
+// again, recording every outcome.
+func startChatLoop(ctx context.Context, c openai.Client, workers int, prompt func(w, i int) string, maxTokens int64, pause time.Duration) *requestLoop {
 	ctx, cancel := context.WithCancel(ctx)
 	l := &requestLoop{cancel: cancel}
-	for w := range 1 {
+	for w := range workers {
 		l.wg.Go(func() {
 			for i := 0; ctx.Err() == nil; i++ {
-				r, err := tryChat(ctx, c, fmt.Sprintf("Trickle %d from worker %d.", i, w), 10)
+				r, err := tryChat(ctx, c, prompt(w, i), maxTokens)
 				if ctx.Err() != nil {
 					return
 				}
@@ -180,12 +186,60 @@ func startTrickle(ctx context.Context, c openai.Client) *requestLoop {
 				l.mu.Unlock()
 				select {
 				case <-ctx.Done():
-				case <-time.After(500 * time.Millisecond):
+				case <-time.After(pause):
 				}
 			}
 		})
 	}
 	return l
+}
+
+// kvgate up --planner: simulated engines start in-process when load rises, within the
+// virtual GPU budget, serve, and stop when it falls, with the planner in the banner and its
+// metrics on /metrics, and no failed request.
+func TestUpPlanner(t *testing.T) {
+	base, p := up(t, "--planner", "sla", "--sim-speed", "0.05", "--gpu-budget", "3", "--planner-interval", "500ms")
+	if out := p.output(); !strings.Contains(out, "planner     sla, virtual GPU budget 3") {
+		t.Fatalf("banner without the planner:\n%s", out)
+	}
+	if v := metric(t, base, fleet.MetricGPUBudget); v != 3 {
+		t.Fatalf("%s = %v", fleet.MetricGPUBudget, v)
+	}
+	ready := func() float64 { return metric(t, base, fleet.MetricReplicas, `state="ready"`) }
+	waitUntil(t, "the planner's first interval", func() bool { return ready() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := client(base)
+	load := startChatLoop(ctx, c, 8, func(w, i int) string { return longPrompt(fmt.Sprintf("up-planner-%d-%d", w, i), 60) }, 8, 0)
+	waitUntil(t, "engines started for the load", func() bool {
+		return ready() >= 2 && metric(t, base, router.MetricPoolHealthy) >= 2
+	})
+	first := load.mark().done
+	seen := map[string]bool{}
+	for _, r := range first {
+		seen[r.endpoint] = true
+	}
+	waitUntil(t, "requests on a started engine", func() bool {
+		for _, r := range load.mark().done[len(first):] {
+			if !seen[r.endpoint] {
+				return true
+			}
+		}
+		return false
+	})
+	if v := metric(t, base, fleet.MetricGPUsUsed); v > 3 {
+		t.Fatalf("%v GPUs used over the budget of 3", v)
+	}
+	peak := load.stop()
+	waitUntil(t, "the engines stopped after the load", func() bool {
+		return ready() == 1 && metric(t, base, router.MetricPoolEndpoints) == 1
+	})
+	if v := metric(t, base, fleet.MetricActions, `action="drain"`, `outcome="ok"`); v < 1 {
+		t.Fatalf("drains %v", v)
+	}
+	if len(peak.errs) > 0 {
+		t.Fatalf("%d of %d requests failed: %v", len(peak.errs), peak.served+len(peak.errs), peak.errs)
+	}
 }
 
 func keys(m map[string]*api.ServiceEntry) string {

@@ -37,6 +37,7 @@ type upOptions struct {
 	eps       endpointFlags
 	rt        routerFlags
 	pd        pdUpFlags
+	plan      upPlannerFlags
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -72,6 +73,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	o.eps.add(cmd, false)
 	o.rt.add(cmd)
 	o.pd.add(cmd)
+	o.plan.add(cmd)
 	return cmd
 }
 
@@ -85,6 +87,11 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if len(o.eps.urls) > 0 {
 		var err error
 		if eps, err = o.eps.endpoints(ctx, log); err != nil {
+			return err
+		}
+	} else if o.plan.on() {
+		var err error
+		if eps, err = o.plan.startNode(ctx, log, o); err != nil {
 			return err
 		}
 	} else if o.pd.on() {
@@ -122,6 +129,11 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		return err
 	}
 	grp.Go(func() error { return rt.Run(ctx) })
+	if o.plan.on() {
+		if err := o.plan.run(ctx, grp, log, reg, rt, o); err != nil {
+			return err
+		}
+	}
 
 	gwTLS, err := o.httpTLS.Server()
 	if err != nil {
@@ -157,6 +169,9 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		fmt.Fprintf(&b, "kvgate is up: %d engine(s), policy %s\n", len(eps), o.rt.policy)
 		for _, e := range eps {
 			fmt.Fprintf(&b, "  engine %-8s http://%s  kv-events %s\n", e.Name, e.Address, orDash(e.KVEvents))
+		}
+		if o.plan.on() {
+			o.plan.banner(&b)
 		}
 		scheme := "http"
 		if gwTLS != nil {
