@@ -249,4 +249,3 @@ func keys(m map[string]*api.ServiceEntry) string {
 	}
 	return strings.Join(out, ",")
 }
-
