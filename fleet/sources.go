@@ -201,9 +201,25 @@ func readPools(ctx context.Context, hc *http.Client, url string) ([]router.PoolS
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("router %s: %s: %.200s", url, resp.Status, body)
 	}
+	pools, err := decodePools(body)
+	if err != nil {
+		return nil, fmt.Errorf("router %s: %w", url, err)
+	}
+	return pools, nil
+}
+
+// decodePools reads a /v1/pools body, refusing numbers a router cannot have sent (negative
+// gauges, KV usage outside 0..1) so that a broken or hostile answer cannot steer the planner.
+func decodePools(body []byte) ([]router.PoolStats, error) {
 	var pr router.PoolsResponse
 	if err := json.Unmarshal(body, &pr); err != nil {
-		return nil, fmt.Errorf("router %s: %w", url, err)
+		return nil, err
+	}
+	for _, p := range pr.Pools {
+		if p.Endpoints < 0 || p.Healthy < 0 || p.QueuedPrefillTokens < 0 || p.RunningRequests < 0 || p.KVReporting < 0 ||
+			!(p.WaitingRequests >= 0) || !(p.KVUsage >= 0 && p.KVUsage <= 1) {
+			return nil, fmt.Errorf("pool %s/%s: impossible values %+v", p.Model, p.Role, p)
+		}
 	}
 	return pr.Pools, nil
 }

@@ -130,11 +130,10 @@ func (r *Router) PoolsHandler() http.Handler {
 }
 
 // countPools adds a routed request to its pools' counters: the target's, and the prefill
-// endpoint's when disaggregated (its prompt tokens go there).
+// endpoint's when disaggregated (its prompt tokens go there). Route calls it before it
+// returns the Decision, so no other goroutine holds d yet.
 func (d *Decision) countPools() {
-	d.mu.Lock()
 	cur, pre := d.cur, d.pre
-	d.mu.Unlock()
 	if cur == nil {
 		return
 	}

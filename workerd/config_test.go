@@ -139,6 +139,9 @@ func TestParseEngineFlag(t *testing.T) {
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("engines: [{kind: sim, port: 1}]"))
 	f.Add([]byte("drain_timeout: 3s\nconsul: {address: x}\nengines: []"))
+	f.Add([]byte("templates:\n  - name: t\n    kind: sim\n    gpus: 1\n    min_replicas: 1\n    max_replicas: 2\n"))
+	f.Add([]byte("gpus: 4\nengines: [{kind: sim}]\ntemplates: [{name: t-0, kind: vllm, model: m}]\n"))
+	f.Add([]byte("templates: [{name: t, kind: sim, min_replicas: 3, max_replicas: 1}]"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, _, err := ParseConfig(b)
 		if err != nil {
@@ -146,6 +149,11 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if err := c.Validate(); err != nil {
 			t.Fatalf("parsed config fails validation: %v", err)
+		}
+		for _, tp := range c.Templates {
+			if tp.Name == "" || tp.MinReplicas < 0 || (tp.MaxReplicas > 0 && tp.MinReplicas > tp.MaxReplicas) {
+				t.Fatalf("accepted template %+v", tp)
+			}
 		}
 	})
 }
