@@ -36,32 +36,36 @@ func (s *series) mean() float64 {
 	return sum / float64(len(s.xs))
 }
 
-// forecast is the value h intervals after the last one: the window's mean plus its linear
-// trend, when the trend is significant (its slope more than twice its standard error, so
-// noise around a steady level does not extrapolate), else the mean. Never negative.
+// forecast is the value h intervals after the last one: the mean of the last three values
+// plus their trend, when the last three changes all go the same way (a ramp: the smallest of
+// them per interval); a single jump (a step) or noise around a level adds no trend. Never
+// negative.
 func (s *series) forecast(h float64) float64 {
 	n := len(s.xs)
-	mean := s.mean()
-	if n < 3 {
-		return mean
+	k := min(n, 3)
+	if k == 0 {
+		return 0
 	}
-	// least squares over x = 0..n-1
-	xm := float64(n-1) / 2
-	var sxx, sxy float64
-	for i, y := range s.xs {
-		dx := float64(i) - xm
-		sxx += dx * dx
-		sxy += dx * (y - mean)
+	var level float64
+	for _, x := range s.xs[n-k:] {
+		level += x
 	}
-	slope := sxy / sxx
-	var sse float64
-	for i, y := range s.xs {
-		r := y - (mean + slope*(float64(i)-xm))
-		sse += r * r
+	level /= float64(k)
+	if n < 4 {
+		return level
 	}
-	se := math.Sqrt(sse/float64(n-2)) / math.Sqrt(sxx)
-	if math.Abs(slope) <= 2*se {
-		return mean
+	slope := math.Inf(1)
+	up, down := true, true
+	for i := n - 3; i < n; i++ {
+		d := s.xs[i] - s.xs[i-1]
+		up, down = up && d > 0, down && d < 0
+		if math.Abs(d) < math.Abs(slope) {
+			slope = d
+		}
 	}
-	return math.Max(0, mean+slope*(float64(n-1)-xm+h))
+	if !up && !down {
+		return level
+	}
+	// the level sits at the middle of the last three values, one interval before the last
+	return math.Max(0, level+slope*(1+h))
 }

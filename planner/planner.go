@@ -167,6 +167,7 @@ type poolMemory struct {
 	lastChange                time.Time
 	changed                   bool
 	correction                float64 // sla: multiplies the profile's demand, learnt from missed targets
+	misses                    int     // sla: intervals in a row with a missed target
 }
 
 // New returns a Planner for cfg (after WithDefaults).

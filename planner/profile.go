@@ -80,8 +80,8 @@ func (p *Profile) Validate() error {
 	return errors.Join(errs...)
 }
 
-// normalize sorts the curves by length and their points by latency.
-func (p *Profile) normalize() {
+// Sort sorts the curves by length and their points by latency, as the lookups need.
+func (p *Profile) Sort() {
 	slices.SortFunc(p.Prefill, func(a, b PrefillCurve) int { return a.PromptTokens - b.PromptTokens })
 	slices.SortFunc(p.Decode, func(a, b DecodeCurve) int { return a.ContextTokens - b.ContextTokens })
 	for _, c := range p.Prefill {
@@ -111,7 +111,7 @@ func ParseProfile(data []byte) (*Profile, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	p.normalize()
+	p.Sort()
 	return &p, nil
 }
 

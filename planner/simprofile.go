@@ -66,7 +66,7 @@ func ProfileFromSim(cfg sim.Config) *Profile {
 			p.Decode = append(p.Decode, d)
 		}
 	}
-	p.normalize()
+	p.Sort()
 	return p
 }
 

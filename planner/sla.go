@@ -48,17 +48,23 @@ func (p *Planner) decideSLA(st PoolState, m *poolMemory) (Decision, float64) {
 	return Decision{Desired: cur, Reason: ReasonSteady}, need
 }
 
-// learn adjusts the pool's correction: up when an observed p90 missed its target while every
-// engine was ready (the profile was optimistic), slowly back towards 1 while both are well
-// within target.
+// learn adjusts the pool's correction: up when an observed p90 missed its target in two
+// intervals in a row while every engine was ready (the profile was optimistic, not one noisy
+// interval), slowly back towards 1 while both are well within target.
 func (p *Planner) learn(st PoolState, m *poolMemory) (missed bool) {
 	if st.Ready == 0 || st.Pending > 0 {
 		return false
 	}
 	ttftMiss := st.Pool.Role != RoleDecode && st.TTFTP90 > p.cfg.TTFT
 	itlMiss := st.Pool.Role != RolePrefill && st.ITLP90 > p.cfg.ITL
+	if !ttftMiss && !itlMiss {
+		m.misses = 0
+	}
 	switch {
 	case ttftMiss || itlMiss:
+		if m.misses++; m.misses < 2 {
+			return false
+		}
 		m.correction = math.Min(correctionMax, m.correction*correctionUp)
 		return true
 	case st.TTFTP90 < p.cfg.TTFT/2 && st.ITLP90 < p.cfg.ITL/2:

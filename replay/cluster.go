@@ -16,6 +16,8 @@ const (
 	evStepEnd  = iota // an engine's step finished: deliver its outputs
 	evKV              // an engine's KV events reach the router
 	evTransfer        // a remote prefill's blocks reached the decode engine
+	evReady           // a started engine finished loading (planner runs)
+	evTick            // the planner decides (planner runs)
 	evArrival         // a request arrives
 )
 
@@ -50,7 +52,20 @@ type engineState struct {
 	sim      *sim.Engine
 	stepping bool
 	busy     time.Duration
+	phase    phase
+	// launched and stopped bound the engine's GPU time (stopped is -1 while it holds one).
+	launched, stopped time.Duration
 }
+
+// phase is an engine's place in its life; a fixed cluster's engines are all phaseReady.
+type phase uint8
+
+const (
+	phaseReady    phase = iota // serving
+	phaseStarting              // loading the model: holds a GPU, serves nothing
+	phaseDraining              // out of the router's set, finishing its requests
+	phaseStopped               // gone
+)
 
 type reqState struct {
 	eng           int
@@ -108,6 +123,8 @@ type cluster struct {
 	itl              []time.Duration
 	transferred      int64
 	rejected, disagg int
+
+	plan *planLoop // nil without a planner
 }
 
 func newCluster(cfg Config, tr *workload.Trace) (*cluster, error) {
@@ -123,7 +140,7 @@ func newCluster(cfg Config, tr *workload.Trace) (*cluster, error) {
 		if err != nil {
 			return nil, err
 		}
-		c.engines[i].sim = e
+		c.engines[i] = engineState{sim: e, stopped: -1}
 	}
 	c.reqs = make([]reqState, len(tr.Requests))
 	for i := range tr.Requests {
@@ -150,6 +167,10 @@ func (c *cluster) run(ctx context.Context) error {
 			c.p.apply(ev.at, ev.eng, ev.kv)
 		case evTransfer:
 			c.transfer(ev.at, ev.eng, ev.req)
+		case evReady:
+			c.plan.ready(c, ev.at, ev.eng)
+		case evTick:
+			c.plan.tick(c, ev.at)
 		}
 	}
 	return nil
@@ -178,6 +199,7 @@ func (c *cluster) add(now time.Duration, eng, i int, req sim.Request) {
 		c.p.done(st.ticket)
 		c.rejected++
 		st.done = true
+		c.finish(st)
 		return
 	}
 	if !c.engines[eng].stepping {
@@ -192,10 +214,14 @@ func (c *cluster) arrive(now time.Duration, i int) {
 	st := &c.reqs[i]
 	st.arrival, st.prompt = r.Arrival, len(tokens)
 	st.cacheableBlks = cacheableBlocks(len(tokens), c.ecfg.BlockSize)
+	if c.plan != nil {
+		c.plan.arrived(st, r.OutputLength)
+	}
 	eng, pre, tk, err := c.p.pick(now, tokens)
 	if err != nil {
 		c.rejected++
 		st.done = true
+		c.finish(st)
 		return
 	}
 	st.eng, st.prefill, st.ticket = eng, pre, tk
@@ -227,6 +253,9 @@ func (c *cluster) stepEnd(now time.Duration, eng int, step *sim.StepResult) {
 				st.cached = o.CachedTokens
 			}
 			c.p.firstToken(st.ticket)
+			if c.plan != nil {
+				c.plan.firstToken(now, st)
+			}
 		} else {
 			c.itl = append(c.itl, now-st.last)
 		}
@@ -235,9 +264,14 @@ func (c *cluster) stepEnd(now time.Duration, eng int, step *sim.StepResult) {
 		if o.Finish != sim.NotFinished {
 			st.done = true
 			c.p.done(st.ticket)
+			c.finish(st)
 		}
 	}
 	c.kick(eng, now)
+	if c.engines[eng].phase == phaseDraining {
+		c.plan.drained(c, now, eng)
+		return
+	}
 	c.p.load(now, eng, c.engines[eng].sim.Stats())
 }
 

@@ -43,6 +43,13 @@ type Config struct {
 	TransferLatency   time.Duration // fixed cost per transfer (default 1 ms)
 	// Disagg, when set, replaces the router's conditional-disaggregation thresholds.
 	Disagg *DisaggThresholds
+
+	// SLATTFT and SLAITL are the targets of Result.SLAAttainment: a request meets them when
+	// its TTFT is at most SLATTFT and its mean ITL at most SLAITL (0: no target).
+	SLATTFT, SLAITL time.Duration
+	// Planner, when set, scales the (aggregated) engines with a planner in the loop; Engines
+	// is then the GPU budget.
+	Planner *PlannerRun
 }
 
 // Disaggregated reports whether the replay runs prefill and decode pools.
@@ -80,6 +87,17 @@ type Result struct {
 	Preemptions      uint64  `json:"preemptions"`
 	VirtualSeconds   float64 `json:"virtual_s"`
 	WallSeconds      float64 `json:"wall_s"`
+	// Fleet: the fraction of requests within the SLA targets, GPU time (one GPU per engine,
+	// from launch to stop, start-up and draining included), the most engines held at once and
+	// the planner decisions that changed the count.
+	Planner        string  `json:"planner,omitempty"`
+	StartupSeconds float64 `json:"startup_s,omitempty"`
+	SLAAttainment  float64 `json:"sla_attainment"`
+	GPUHours       float64 `json:"gpu_hours"`
+	MaxEnginesUsed int     `json:"max_engines_used"`
+	ScaleEvents    int     `json:"scale_events"`
+	// Timeline is the fleet at every planner decision.
+	Timeline []Point `json:"timeline,omitempty"`
 	// TTFTs are every request's TTFT in milliseconds, sorted (for CDF plots).
 	TTFTs []float64 `json:"-"`
 }
@@ -97,6 +115,17 @@ func (c Config) Validate() error {
 	}
 	if c.EventDelay < 0 {
 		return errors.New("replay: event delay must be >= 0")
+	}
+	if c.SLATTFT < 0 || c.SLAITL < 0 {
+		return errors.New("replay: SLA targets must be >= 0")
+	}
+	if p := c.Planner; p != nil {
+		if c.Disaggregated() {
+			return errors.New("replay: a planner scales aggregated engines only")
+		}
+		if p.Startup < 0 || p.Initial < 0 || p.Initial > c.Engines {
+			return fmt.Errorf("replay: planner start-up %v must be >= 0, initial engines %d within 0..%d", p.Startup, p.Initial, c.Engines)
+		}
 	}
 	return c.Engine.WithDefaults().Validate()
 }
@@ -119,15 +148,27 @@ func Run(ctx context.Context, cfg Config, tr *workload.Trace) (*Result, error) {
 	if cfg.TransferLatency == 0 {
 		cfg.TransferLatency = time.Millisecond
 	}
-	c, err := newCluster(cfg, tr)
+	ccfg := cfg
+	if cfg.Planner != nil && cfg.Planner.Initial > 0 {
+		ccfg.Engines = cfg.Planner.Initial
+	}
+	c, err := newCluster(ccfg, tr)
 	if err != nil {
 		return nil, err
+	}
+	c.cfg = cfg
+	if cfg.Planner != nil {
+		if c.plan, err = newPlanLoop(c, *cfg.Planner); err != nil {
+			return nil, err
+		}
+		c.plan.start(c)
 	}
 	if err := c.run(ctx); err != nil {
 		return nil, err
 	}
 	res := summarize(cfg, c.ecfg, tr, c.reqs, c.engines, c.itl, c.rejected, time.Since(wall))
 	res.Disaggregated, res.TransferredBytes = c.disagg, c.transferred
+	c.fleet(res)
 	return res, nil
 }
 
@@ -183,3 +224,38 @@ func summarize(cfg Config, ecfg sim.Config, tr *workload.Trace, reqs []reqState,
 }
 
 func round4(x float64) float64 { return float64(int64(x*10000+0.5)) / 10000 }
+
+// fleet fills the result's SLA attainment and GPU use.
+func (c *cluster) fleet(res *Result) {
+	met := 0
+	for i := range c.reqs {
+		if c.meetsSLA(&c.reqs[i]) {
+			met++
+		}
+	}
+	if len(c.reqs) > 0 {
+		res.SLAAttainment = round4(float64(met) / float64(len(c.reqs)))
+	}
+	var end time.Duration
+	for i := range c.reqs {
+		end = max(end, c.reqs[i].last)
+	}
+	var gpu time.Duration
+	for _, e := range c.engines {
+		stop := e.stopped
+		if stop < 0 {
+			stop = end
+		}
+		gpu += max(0, stop-e.launched)
+	}
+	res.GPUHours = round4(gpu.Hours())
+	res.MaxEnginesUsed = len(c.engines)
+	if c.plan != nil {
+		res.Engines = c.cfg.Engines
+		res.MaxEnginesUsed, res.ScaleEvents, res.Timeline = c.plan.maxHeld, c.plan.scaleEvents, c.plan.timeline
+		res.Planner, res.StartupSeconds = c.cfg.Planner.Planner.Mode, c.cfg.Planner.Startup.Seconds()
+		if span := res.VirtualSeconds; span > 0 && gpu > 0 {
+			res.PerEngine = round4(res.Throughput / (gpu.Seconds() / span))
+		}
+	}
+}

@@ -34,10 +34,11 @@ type ticket = *router.Decision
 // virtualRouter is the real router driven in virtual time: no sockets, no scraping; the replay
 // delivers KV events and load readings itself.
 type virtualRouter struct {
-	r        *router.Router
-	now      time.Duration
-	names    []string
-	lastLoad []time.Duration
+	r         *router.Router
+	now       time.Duration
+	names     []string
+	lastLoad  []time.Duration
+	blockSize int
 }
 
 func newVirtualRouter(cfg Config, ecfg sim.Config) (*virtualRouter, error) {
@@ -46,7 +47,7 @@ func newVirtualRouter(cfg Config, ecfg sim.Config) (*virtualRouter, error) {
 		return nil, err
 	}
 	n := cfg.engines()
-	p := &virtualRouter{names: make([]string, n), lastLoad: make([]time.Duration, n)}
+	p := &virtualRouter{names: make([]string, n), lastLoad: make([]time.Duration, n), blockSize: ecfg.BlockSize}
 	rc := router.DefaultConfig()
 	rc.Policy = cfg.Policy
 	rc.Models = models
@@ -76,15 +77,7 @@ func newVirtualRouter(cfg Config, ecfg sim.Config) (*virtualRouter, error) {
 				p.names[i] = "decode-" + strconv.Itoa(i-cfg.Prefill)
 			}
 		}
-		rc.Endpoints = append(rc.Endpoints, router.Endpoint{
-			Role:      role,
-			Name:      p.names[i],
-			Address:   fmt.Sprintf("10.0.%d.%d:8000", i/250, i%250+1),
-			Models:    []string{replayModel},
-			BlockSize: ecfg.BlockSize,
-			// A named event source without a subscription: the replay delivers the events.
-			KVEvents: "replay://" + p.names[i],
-		})
+		rc.Endpoints = append(rc.Endpoints, p.endpoint(i, role))
 	}
 	r, err := router.New(rc, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
@@ -92,6 +85,37 @@ func newVirtualRouter(cfg Config, ecfg sim.Config) (*virtualRouter, error) {
 	}
 	p.r = r
 	return p, nil
+}
+
+// endpoint is engine i as the router sees it.
+func (p *virtualRouter) endpoint(i int, role router.Role) router.Endpoint {
+	return router.Endpoint{
+		Role:      role,
+		Name:      p.names[i],
+		Address:   fmt.Sprintf("10.%d.%d.%d:8000", i/62500, i/250%250, i%250+1),
+		Models:    []string{replayModel},
+		BlockSize: p.blockSize,
+		// A named event source without a subscription: the replay delivers the events.
+		KVEvents: "replay://" + p.names[i],
+	}
+}
+
+// addEngine names a new aggregated engine; it serves once setServing lists it.
+func (p *virtualRouter) addEngine() int {
+	i := len(p.names)
+	p.names = append(p.names, "engine-"+strconv.Itoa(i))
+	p.lastLoad = append(p.lastLoad, 0)
+	return i
+}
+
+// setServing makes the aggregated engines in serving the router's endpoint set.
+func (p *virtualRouter) setServing(now time.Duration, serving []int) {
+	p.now = now
+	eps := make([]router.Endpoint, len(serving))
+	for j, i := range serving {
+		eps[j] = p.endpoint(i, router.RoleAggregated)
+	}
+	p.r.SetEndpoints(eps)
 }
 
 // pick asks the router; it returns the target engine and the prefill engine (-1 when the

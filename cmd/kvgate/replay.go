@@ -22,6 +22,7 @@ func newReplayCmd(g *globals) *cobra.Command {
 		wf     workloadFlags
 		cfg    replay.Config
 		dg     disaggFlags
+		pf     replayPlannerFlags
 		asJSON bool
 		plot   string
 	)
@@ -45,6 +46,12 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 				return err
 			}
 			cfg.Disagg = dg.replayThresholds()
+			if err := pf.prepare(&cfg, tr); err != nil {
+				return err
+			}
+			if cfg.Planner != nil {
+				return replayPlanners(cmd, &pf, cfg, tr, plot, asJSON)
+			}
 			policies := []string{cfg.Policy}
 			if cfg.Policy == "all" {
 				policies = replay.Policies()
@@ -94,6 +101,7 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.Float64Var(&cfg.TransferBandwidth, "transfer-bandwidth", 25e9, "disaggregated: KV transfer bandwidth, bytes/s")
 	f.DurationVar(&cfg.TransferLatency, "transfer-latency", time.Millisecond, "disaggregated: fixed cost of one KV transfer")
 	dg.add(cmd)
+	pf.add(cmd)
 	f.StringVar(&cfg.Policy, "policy", "kv", "routing policy: "+strings.Join(replay.Policies(), ", ")+", or all")
 	f.DurationVar(&cfg.EventDelay, "event-delay", 5*time.Millisecond, "delay from an engine's step to its KV events reaching the router")
 	f.IntVar(&cfg.Engine.NumBlocks, "num-blocks", 0, "KV cache blocks per engine (0 derives it from --gpu-memory and an 8B model)")
@@ -106,7 +114,7 @@ policy on the same trace; --plot draws their TTFT CDFs.`,
 	f.Float64Var(&cfg.MissWeight, "miss-weight", 0, "kv policy: weight of the request's own uncached blocks against queued prefill (0 = the router's default)")
 	f.DurationVar(&cfg.PendingTTL, "pending-ttl", 0, "kv policy: how long a prefix just routed counts as cached before its events arrive (0 = the router's default, negative = off)")
 	f.BoolVar(&asJSON, "json", false, "print JSON (one object, or an array for --policy all)")
-	f.StringVar(&plot, "plot", "", "write the TTFT CDFs of the policies to this SVG file")
+	f.StringVar(&plot, "plot", "", "write the TTFT CDFs of the policies to this SVG file (with --planner: replicas and TTFT over time)")
 	cmd.Flags().Lookup("seed").Usage = "random seed (synthetic workload and random tie-breaks)"
 	cmd.PreRun = func(*cobra.Command, []string) { cfg.Seed = wf.syn.Seed }
 	return cmd
