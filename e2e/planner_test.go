@@ -32,7 +32,7 @@ decode:
 `
 
 // TestPlannerScalesTheFleet runs `kvgate planner` against two workerds with sim templates
-// (two virtual GPUs each, a budget of four), Consul and `kvgate router`: a load step makes
+// (two virtual GPUs each, a budget of four), Consul and `kvgate router`, all found in Consul: a load step makes
 // the planner start engines on both nodes, which then serve requests; when the load drops to
 // a trickle it drains and stops them down to the template minimum, and no request fails.
 func TestPlannerScalesTheFleet(t *testing.T) {
@@ -56,13 +56,18 @@ func TestPlannerScalesTheFleet(t *testing.T) {
 		return metric(t, base, router.MetricPoolHealthy, `model="`+model+`"`, `role="aggregated"`)
 	}
 	waitUntil(t, "the router to see the min replica", func() bool { return poolHealthy() == 1 })
+	waitUntil(t, "the router registered in consul for planners", func() bool {
+		svcs, _, err := agent.Client.Catalog().Service(fleet.RouterService, "", nil)
+		return err == nil && len(svcs) == 1 && fmt.Sprintf("%s:%d", svcs[0].ServiceAddress, svcs[0].ServicePort) == metricsAddr
+	})
 
 	profile := filepath.Join(t.TempDir(), "profile.yaml")
 	if err := os.WriteFile(profile, []byte(plannerProfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	plannerMetrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	pl := startProc(t, kvgateBin, "planner", "--consul", agent.Addr, "--router", "http://"+metricsAddr,
+	// Both the workerds and the router are found in Consul.
+	pl := startProc(t, kvgateBin, "planner", "--consul", agent.Addr,
 		"--mode", "sla", "--profile", profile, "--ttft", "500ms", "--itl", "50ms", "--gpu-budget", "4",
 		"--interval", "1s", "--startup", "2s", "--drain-timeout", "20s", "--metrics-addr", plannerMetrics)
 	waitHTTP(t, pl, "http://"+plannerMetrics+"/metrics", 30*time.Second)

@@ -19,8 +19,9 @@ import (
 type Settings struct {
 	Consul    string   // Consul agent HTTP address: workerds registered as workerd.NodeService
 	ConsulTag string   // only workerds with this tag
+	RouterTag string   // only routers with this tag
 	Workerds  []string // workerd gRPC addresses besides Consul's
-	Routers   []string // router metrics base URLs (GET <url>/v1/pools)
+	Routers   []string // router metrics base URLs (GET <url>/v1/pools), besides Consul's RouterService
 	TLS       tlsconfig.Files
 
 	Mode         string
@@ -35,8 +36,8 @@ type Settings struct {
 
 // Build checks the settings and makes the loop; close releases its connections.
 func (s Settings) Build(log *slog.Logger, reg prometheus.Registerer) (l *Loop, close func(), err error) {
-	if len(s.Routers) == 0 {
-		return nil, nil, errors.New("planner: no router: give --router URL (a router's --metrics-addr) at least once")
+	if len(s.Routers) == 0 && s.Consul == "" {
+		return nil, nil, errors.New("planner: no router: give --consul ADDR (routers with --metrics-addr register there) or --router URL")
 	}
 	if s.Consul == "" && len(s.Workerds) == 0 {
 		return nil, nil, errors.New("planner: no workerds: give --consul ADDR or --workerd ADDR")
@@ -62,9 +63,13 @@ func (s Settings) Build(log *slog.Logger, reg prometheus.Registerer) (l *Loop, c
 		}
 	}
 	nodes := NewNodes(cc, s.ConsulTag, s.Workerds, tc)
+	routers := FixedRouters(s.Routers)
+	if cc != nil {
+		routers = ConsulRouters(cc, s.RouterTag, s.Routers)
+	}
 	l, err = New(Config{
 		Planner: pc, Advisory: s.Advisory, DrainTimeout: s.DrainTimeout,
-		Nodes: nodes.Source, Demand: RouterDemand(&http.Client{Timeout: 5 * time.Second}, s.Routers),
+		Nodes: nodes.Source, Demand: RouterDemand(&http.Client{Timeout: 5 * time.Second}, routers),
 	}, log, reg)
 	if err != nil {
 		nodes.Close()

@@ -141,8 +141,12 @@ func (s *Nodes) Close() {
 // RouterDemand reads GET <url>/v1/pools from every router (base URLs such as
 // http://127.0.0.1:9090, the routers' metrics listeners) and sums them per pool. Any router
 // failing fails the read: partial sums would look like a drop in demand.
-func RouterDemand(hc *http.Client, urls []string) DemandSource {
+func RouterDemand(hc *http.Client, routers RouterSource) DemandSource {
 	return func(ctx context.Context) ([]router.PoolStats, error) {
+		urls, err := routers(ctx)
+		if err != nil {
+			return nil, err
+		}
 		sum := map[router.Pool]*router.PoolStats{}
 		for _, u := range urls {
 			pools, err := readPools(ctx, hc, strings.TrimSuffix(u, "/")+router.PoolsPath)

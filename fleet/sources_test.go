@@ -29,7 +29,7 @@ func TestRouterDemand(t *testing.T) {
 	defer a.Close()
 	b := serve(router.PoolStats{Pool: pool, Endpoints: 2, QueuedPrefillTokens: 5, RunningRequests: 1, KVUsage: 0.3, KVReporting: 2, WaitingRequests: 1, Requests: 50, OutputTokens: 400})
 	defer b.Close()
-	got, err := RouterDemand(http.DefaultClient, []string{a.URL, b.URL + "/"})(context.Background())
+	got, err := RouterDemand(http.DefaultClient, FixedRouters([]string{a.URL, b.URL + "/"}))(context.Background())
 	if err != nil || len(got) != 1 {
 		t.Fatalf("demand %+v, %v", got, err)
 	}
@@ -40,7 +40,7 @@ func TestRouterDemand(t *testing.T) {
 	}
 	down := httptest.NewServer(http.NotFoundHandler())
 	defer down.Close()
-	if _, err := RouterDemand(http.DefaultClient, []string{a.URL, down.URL})(context.Background()); err == nil || !strings.Contains(err.Error(), "404") {
+	if _, err := RouterDemand(http.DefaultClient, FixedRouters([]string{a.URL, down.URL}))(context.Background()); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("one router failing: %v", err)
 	}
 }

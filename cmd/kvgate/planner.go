@@ -3,6 +3,7 @@ package main
 import (
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/fleet"
@@ -28,14 +29,13 @@ func newPlannerCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "planner",
 		Short: "Scale the fleet: start and drain engines on the workerds to meet TTFT and ITL targets within a GPU budget",
-		Long: `kvgate planner finds the workerds (Consul, or --workerd) and reads demand from the routers
-(--router, their metrics listener's /v1/pools). Every interval it decides how many engines each
+		Long: `kvgate planner finds the workerds and the routers (Consul, or --workerd and --router) and
+reads demand from the routers' metrics listeners (/v1/pools). Every interval it decides how many engines each
 pool (model x role) of the workerds' templates needs (package planner: sla, load or static
 mode) and starts engines on nodes with free GPUs, or drains and stops them. With --advisory it
 only logs and exports its decisions. See docs/FLEET.md.
 
-  kvgate planner --consul 127.0.0.1:8500 --router http://10.0.0.2:9090 \
-      --ttft 500ms --itl 50ms --gpu-budget 16 --profile qwen3-8b.yaml
+  kvgate planner --consul 127.0.0.1:8500 --ttft 500ms --itl 50ms --gpu-budget 16 --profile qwen3-8b.yaml
   kvgate planner --workerd 10.0.0.7:7070 --router http://127.0.0.1:9090 --mode load --advisory`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -60,7 +60,8 @@ only logs and exports its decisions. See docs/FLEET.md.
 	f.StringVar(&s.Consul, "consul", "", "Consul agent HTTP address: find the workerds registered there")
 	f.StringVar(&s.ConsulTag, "consul-tag", "", "only workerds registered with this tag")
 	f.StringArrayVar(&s.Workerds, "workerd", nil, "workerd gRPC address (host:port), besides Consul's (repeatable)")
-	f.StringArrayVar(&s.Routers, "router", nil, "router metrics base URL, e.g. http://127.0.0.1:9090: demand is read from its /v1/pools (repeatable, at least one)")
+	f.StringArrayVar(&s.Routers, "router", nil, "router metrics base URL, e.g. http://127.0.0.1:9090: demand is read from its /v1/pools (repeatable), besides the routers registered in Consul")
+	f.StringVar(&s.RouterTag, "consul-router-tag", "", "only routers registered in Consul with this tag")
 	f.StringVar(&s.Mode, "mode", planner.ModeSLA, "sla (profile against --ttft/--itl), load (queue and KV-usage thresholds) or static")
 	f.DurationVar(&s.TTFT, "ttft", 500*time.Millisecond, "sla: p90 time-to-first-token target")
 	f.DurationVar(&s.ITL, "itl", 50*time.Millisecond, "sla: inter-token latency target")
@@ -76,4 +77,11 @@ only logs and exports its decisions. See docs/FLEET.md.
 		cmd.AddCommand(sub(g))
 	}
 	return cmd
+}
+
+// consulAPI is a Consul client for the agent at addr.
+func consulAPI(addr string) (*api.Client, error) {
+	cfg := api.DefaultConfig()
+	cfg.Address = addr
+	return api.NewClient(cfg)
 }
