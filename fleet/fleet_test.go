@@ -49,6 +49,14 @@ func (n *fakeNode) recount() {
 	n.st.Templates[0].Replicas = int32(reps)
 }
 
+func (n *fakeNode) recountAny() {
+	if len(n.st.Templates) > 1 {
+		n.recountAll()
+		return
+	}
+	n.recount()
+}
+
 func (n *fakeNode) Name() string { return n.name }
 
 func (n *fakeNode) State(context.Context) (*fleetv1.NodeResponse, error) {
@@ -80,7 +88,7 @@ func (n *fakeNode) Start(_ context.Context, template string, count int) ([]strin
 		names = append(names, name)
 	}
 	n.log = append(n.log, "start "+template)
-	n.recount()
+	n.recountAny()
 	return names, nil
 }
 
@@ -95,7 +103,7 @@ func (n *fakeNode) Drain(_ context.Context, engines []string, _ time.Duration) e
 		n.st.Engines[i].State = stateDraining
 		n.log = append(n.log, "drain "+name)
 	}
-	n.recount()
+	n.recountAny()
 	return nil
 }
 
@@ -257,5 +265,65 @@ func TestLoopAdvisory(t *testing.T) {
 	}
 	if v := metricstest.Value(reg, MetricDesired, "model", "m"); v != 2 {
 		t.Errorf("desired %v", v)
+	}
+}
+
+// finishDrains removes the drained engines, as workerd does once they have stopped.
+func (n *fakeNode) finishDrains() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.st.Engines = slices.DeleteFunc(n.st.Engines, func(e *fleetv1.Engine) bool { return e.State == stateDraining })
+	n.recountAll()
+}
+
+// recountAll is recount for a node with several templates (one GPU per engine).
+func (n *fakeNode) recountAll() {
+	n.st.GpusFree = n.st.GpusTotal - int32(len(n.st.Engines))
+	for _, t := range n.st.Templates {
+		t.Replicas = 0
+		for _, e := range n.st.Engines {
+			if e.Template == t.Name && e.State != stateDraining {
+				t.Replicas++
+			}
+		}
+	}
+}
+
+// When the work shifts from prompts to outputs on a full node, the prefill engine is drained
+// and, once its GPU is free, a decode engine takes it.
+func TestLoopShiftsRoles(t *testing.T) {
+	pre := &fleetv1.Template{Name: "p", Kind: "sim", Model: "m", Role: "prefill", GpusPerEngine: 1}
+	dec := &fleetv1.Template{Name: "d", Kind: "sim", Model: "m", Role: "decode", GpusPerEngine: 1}
+	n := &fakeNode{name: "a", st: &fleetv1.NodeResponse{Node: "a", GpusTotal: 2, Templates: []*fleetv1.Template{pre, dec},
+		Engines: []*fleetv1.Engine{{Name: "a-p-0", Template: "p", State: stateRunning}, {Name: "a-d-0", Template: "d", State: stateRunning}}}}
+	n.recountAll()
+	demand := func(context.Context) ([]router.PoolStats, error) {
+		return []router.PoolStats{
+			{Pool: router.Pool{Model: "m", Role: router.RolePrefill}, KVUsage: 0.1, KVReporting: 1},
+			{Pool: router.Pool{Model: "m", Role: router.RoleDecode}, KVUsage: 0.95, KVReporting: 1},
+		}, nil
+	}
+	l, err := New(Config{
+		Planner: planner.Config{Mode: planner.ModeLoad, Interval: time.Second, GPUBudget: 2,
+			Load: planner.LoadThresholds{QueueHigh: 100, QueueLow: 10, KVHigh: 0.9, KVLow: 0.5}},
+		Nodes:  func(context.Context) ([]Node, error) { return []Node{n}, nil },
+		Demand: demand,
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Unix(0, 0)
+	if _, err := l.Step(context.Background(), t0); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.actions(); !slices.Equal(got, []string{"drain a-p-0"}) {
+		t.Fatalf("first interval: %v, want the prefill engine drained (no GPU free for decode yet)", got)
+	}
+	n.finishDrains()
+	if _, err := l.Step(context.Background(), t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.actions(); !slices.Equal(got, []string{"drain a-p-0", "start d"}) {
+		t.Fatalf("second interval: %v, want a decode engine started", got)
 	}
 }
