@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	fleetv1 "github.com/kvgate/kvgate/api/fleet/v1"
+	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/sidecar"
 )
 
@@ -80,6 +81,32 @@ func (e *proc) isDraining() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.draining
+}
+
+// hasDecodeTemplate reports whether a template's engines get P/D sidecars.
+func (w *Workerd) hasDecodeTemplate() bool {
+	for _, t := range w.cfg.Templates {
+		if t.role() == discovery.RoleDecode && !t.NoSidecar {
+			return true
+		}
+	}
+	return false
+}
+
+// followTemplatePrefillsLocked tells the sidecars about this node's template prefill
+// engines when no Consul does (with Consul they are followed there once healthy). procsMu
+// is held.
+func (w *Workerd) followTemplatePrefillsLocked() {
+	if w.consul != nil {
+		return
+	}
+	var addrs []string
+	for _, p := range w.procs {
+		if p.template != "" && p.p.role == discovery.RolePrefill && !p.isDraining() {
+			addrs = append(addrs, p.p.addr)
+		}
+	}
+	w.prefills.Set(addrs)
 }
 
 // startMinReplicas starts every template's min_replicas engines when Run begins.
@@ -175,6 +202,7 @@ func (w *Workerd) startTemplate(ctx context.Context, name string, count int) ([]
 		names = append(names, pl.instance)
 		w.log.Info("engine started from template", "template", name, "engine", pl.instance, "gpus", pl.gpus)
 	}
+	w.followTemplatePrefillsLocked()
 	return names, nil
 }
 
@@ -257,6 +285,7 @@ func (w *Workerd) drainEngines(template string, count int, names []string, timeo
 		out = append(out, p.p.instance)
 		live.procWG.Go(func() { w.drainOne(live.procCtx, p, timeout) })
 	}
+	w.followTemplatePrefillsLocked()
 	return out, nil
 }
 

@@ -207,3 +207,69 @@ func TestFleetAPI(t *testing.T) {
 		t.Fatalf("after the drain: %v", n)
 	}
 }
+
+// Disaggregated templates without Consul: a decode engine started from a template is reached
+// through its own P/D sidecar, and the node's template prefill engines are the ones its
+// sidecar may send prompts to, until they are drained.
+func TestFleetDisaggTemplates(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	env := map[string]string{simChildEnv: "1"}
+	cfg := Config{
+		Node: "n", GPUs: 2, ScrapeInterval: Duration(200 * time.Millisecond), StopTimeout: Duration(5 * time.Second),
+		Templates: []Template{
+			{Name: "p", Kind: KindSim, Model: "sim-model", Role: "prefill", GPUs: 1, Env: env},
+			{Name: "d", Kind: KindSim, Model: "sim-model", Role: "decode", GPUs: 1, MinReplicas: 1, Env: env},
+		},
+	}
+	w, err := New(ctx, cfg, Options{Log: testLog(t), GPUs: gpu.NewFake(gpu.Inventory{}), SimCommand: selfCommand(t), EngineOutput: &syncBuffer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	runDone := make(chan error, 1)
+	go func() { runDone <- w.Run(runCtx) }()
+	defer func() { stopRun(); <-runDone }()
+	conn, err := grpc.NewClient(w.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fc := fleetv1.NewFleetClient(conn)
+	if _, err := fc.Start(ctx, &fleetv1.StartRequest{Template: "p", Count: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var pre, dec EngineStatus
+	polltest.Until(t, 60*time.Second, "both engines running", func() bool {
+		for _, st := range w.Engines() {
+			switch st.Name {
+			case "n-p-0":
+				pre = st
+			case "n-d-0":
+				dec = st
+			}
+		}
+		return pre.State == StateRunning && dec.State == StateRunning
+	})
+	n, err := fc.Node(ctx, &fleetv1.NodeRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range n.GetEngines() {
+		if e.GetName() == "n-d-0" && (e.GetAddress() == dec.Address || e.GetAddress() == "") {
+			t.Fatalf("decode engine announced at %q, its engine at %s: want its sidecar", e.GetAddress(), dec.Address)
+		}
+		if e.GetName() == "n-p-0" && e.GetAddress() != pre.Address {
+			t.Fatalf("prefill engine announced at %q, want %s", e.GetAddress(), pre.Address)
+		}
+	}
+	if !w.prefills.Has(pre.Address) {
+		t.Fatalf("the sidecars do not know the template prefill engine %s", pre.Address)
+	}
+	if _, err := fc.Drain(ctx, &fleetv1.DrainRequest{Template: "p", Count: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if w.prefills.Has(pre.Address) {
+		t.Fatal("a draining prefill engine is still offered to the sidecars")
+	}
+}

@@ -286,7 +286,7 @@ func (w *Workerd) Run(ctx context.Context) error {
 	w.log.Info("relay listening", "addr", w.Addr(), "engines", len(w.procs), "gpus", len(w.inv.Devices), "gpu_reason", w.inv.Reason)
 
 	stopSidecars := w.runSidecars(context.WithoutCancel(ctx))
-	if w.consul != nil && len(w.sidecars) > 0 {
+	if w.consul != nil && (len(w.sidecars) > 0 || w.hasDecodeTemplate()) {
 		// The sidecars may prefill on any healthy prefill engine registered in Consul: the
 		// ones a router watching the same catalog can name.
 		wg.Go(func() {
