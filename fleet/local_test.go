@@ -20,9 +20,11 @@ type fakeLocal struct {
 	stopped atomic.Bool
 }
 
-func (f *fakeLocal) Endpoint() router.Endpoint { return router.Endpoint{Name: f.name, Address: f.name + ":1"} }
-func (f *fakeLocal) Busy() int                 { return int(f.busy.Load()) }
-func (f *fakeLocal) Stop()                     { f.stopped.Store(true) }
+func (f *fakeLocal) Endpoint() router.Endpoint {
+	return router.Endpoint{Name: f.name, Address: f.name + ":1"}
+}
+func (f *fakeLocal) Busy() int { return int(f.busy.Load()) }
+func (f *fakeLocal) Stop()     { f.stopped.Store(true) }
 
 // LocalNode: min engines at start, starts within the GPUs, a drain that leaves the router at
 // once and stops the engine only when its requests are done, the minimum kept, Close.
