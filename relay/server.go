@@ -52,6 +52,14 @@ func (s *Server) AddEngine(name string, o HubOptions) *Hub {
 	return h
 }
 
+// RemoveEngine forgets the engine called name: new Events streams for it are refused. An
+// engine stopped for good (drained by the fleet API) is removed so its hub does not linger.
+func (s *Server) RemoveEngine(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.hubs, name)
+}
+
 // PutLoad publishes an engine's latest load report to the Load streams.
 func (s *Server) PutLoad(r *relayv1.LoadReport) { s.load.put(r) }
 

@@ -159,6 +159,9 @@ func (d *Decision) Done(usage *openai.Usage, err error) {
 	d.prefillLeft, d.cur, d.pre = 0, nil, nil
 	d.mu.Unlock()
 	if usage != nil {
+		if cur != nil {
+			cur.pool.outputTokens.Add(uint64(max(usage.CompletionTokens, 0)))
+		}
 		d.r.m.reportedPrompt.Add(float64(usage.PromptTokens))
 		d.r.m.reportedCached.Add(float64(usage.CachedTokens()))
 	}

@@ -49,7 +49,21 @@ const (
 	MetricQueueRejected = "kvgate_router_queue_rejected_total"
 	MetricSessions      = "kvgate_router_sessions"
 	MetricSessionPicks  = "kvgate_router_session_picks_total"
+	// Per pool (model x role), the signals a planner or an autoscaler (KEDA) scales on.
+	MetricPoolEndpoints     = "kvgate_router_pool_endpoints"
+	MetricPoolHealthy       = "kvgate_router_pool_healthy_endpoints"
+	MetricPoolQueuedPrefill = "kvgate_router_pool_queued_prefill_tokens"
+	MetricPoolRunning       = "kvgate_router_pool_running_requests"
+	MetricPoolWaiting       = "kvgate_router_pool_waiting_requests"
+	MetricPoolKVUsage       = "kvgate_router_pool_kv_usage"
+	MetricPoolRequests      = "kvgate_router_pool_requests_total"
+	MetricPoolPromptTokens  = "kvgate_router_pool_prompt_tokens_total"
+	MetricPoolCachedTokens  = "kvgate_router_pool_cached_prompt_tokens_total"
+	MetricPoolOutputTokens  = "kvgate_router_pool_output_tokens_total"
 )
+
+// PoolsPath is where the router's metrics listener serves the pools as JSON (PoolsHandler).
+const PoolsPath = "/v1/pools"
 
 // Outcomes of a Route, the outcome label of MetricRequests.
 const (
@@ -127,7 +141,8 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.requests, m.decision, m.overlap, m.promptBlocks, m.cachedBlocks,
 			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated,
-			m.servedUnknown, m.staleEvents, m.pulls, m.pulledBlocks, m.loraLoads, m.loraUnloads, newLoadCollector(r))
+			m.servedUnknown, m.staleEvents, m.pulls, m.pulledBlocks, m.loraLoads, m.loraUnloads,
+			newLoadCollector(r), newPoolCollector(r))
 	}
 	return m
 }

@@ -702,6 +702,7 @@ func (r *Router) finish(d *Decision, err error, start time.Time) {
 		r.m.overlap.Observe(float64(d.CachedBlocks))
 		r.m.promptBlocks.Add(float64(d.RequestBlocks))
 		r.m.cachedBlocks.Add(float64(d.CachedBlocks))
+		d.countPools()
 		return
 	}
 	outcome := OutcomeError

@@ -55,6 +55,8 @@ type Router struct {
 
 	pool     sync.Pool // *scratch
 	tokBytes sync.Map  // *tokenizer.Tokenizer -> the most bytes one of its tokens stands for
+
+	poolCounts sync.Map // Pool -> *poolCounters (pools.go)
 }
 
 // New builds a Router from cfg; log may be nil (discard) and reg may be nil (no metrics).
@@ -214,7 +216,7 @@ func (r *Router) setEndpoints(eps []Endpoint) error {
 		if _, ok := r.eps[name]; ok {
 			continue
 		}
-		s := &epState{ep: e, id: r.index.Endpoint(name), gapLog: engine.NewLogLimiter(r.log, GapLogEvery)}
+		s := &epState{ep: e, id: r.index.Endpoint(name), gapLog: engine.NewLogLimiter(r.log, GapLogEvery), pool: r.poolCountersOf(e)}
 		bs := e.BlockSize
 		if bs == 0 {
 			bs = r.modelBlockSize(e.Models)

@@ -13,8 +13,9 @@ import (
 // them without locks; the router's own accounting (prefill tokens, decode blocks, requests)
 // only ever moves through Decision, which releases exactly what it added.
 type epState struct {
-	ep Endpoint
-	id kvindex.EndpointID
+	ep   Endpoint
+	id   kvindex.EndpointID
+	pool *poolCounters // the cumulative counts of its pool (Pools)
 	// blockSize is ep.BlockSize, else the model map's, until KV events say otherwise.
 	blockSize atomic.Int64
 	warnedBS  atomic.Bool

@@ -76,7 +76,14 @@ type Config struct {
 	MaxBackoff     Duration `json:"max_backoff,omitempty"`     // longest restart delay (30s)
 	RingSize       int      `json:"ring_size,omitempty"`       // relay batches kept per engine for resuming routers (16384)
 
+	// GPUs declares how many GPUs the node has when NVML finds none (no driver: a CPU
+	// machine running sim templates against a virtual budget). 0 = the NVML inventory.
+	GPUs int `json:"gpus,omitempty"`
+
 	Engines []EngineSpec `json:"engines"`
+	// Templates are engines the fleet API (api/fleet/v1) starts and stops on a planner's
+	// orders, each between its min and max replicas (docs/FLEET.md).
+	Templates []Template `json:"templates,omitempty"`
 }
 
 // ConsulConfig enables registration of every engine in Consul.
@@ -192,6 +199,10 @@ func (c *Config) Validate() error {
 				ports[p] = e.Name
 			}
 		}
+	}
+	errs = append(errs, c.validateTemplates(names)...)
+	if c.GPUs < 0 {
+		errs = append(errs, fmt.Errorf("gpus: %d is negative", c.GPUs))
 	}
 	for _, a := range c.PrefillEndpoints {
 		if h, p, err := net.SplitHostPort(a); err != nil || h == "" || p == "" {

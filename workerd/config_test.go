@@ -32,6 +32,26 @@ func TestParseConfigExample(t *testing.T) {
 	}
 }
 
+func TestParseConfigTemplates(t *testing.T) {
+	c, warnings, err := LoadConfig("testdata/fleet.yaml")
+	if err != nil || len(warnings) != 0 {
+		t.Fatal(err, warnings)
+	}
+	if c.GPUs != 4 || len(c.Engines) != 0 || len(c.Templates) != 3 {
+		t.Fatalf("config = %+v", c)
+	}
+	p, d, s := c.Templates[0], c.Templates[1], c.Templates[2]
+	if p.Name != "qwen-prefill" || p.Kind != KindVLLM || p.Role != "prefill" || p.GPUs != 1 || p.MinReplicas != 1 || p.MaxReplicas != 2 {
+		t.Fatalf("template 0 = %+v", p)
+	}
+	if d.Role != "decode" || d.GPUs != 2 || len(d.Args) != 2 || d.gpusPerEngine() != 2 {
+		t.Fatalf("template 1 = %+v", d)
+	}
+	if s.role() != "aggregated" || s.MaxReplicas != 0 || s.spec(3).Name != "sim-3" || s.spec(3).Model != "qwen3-8b" {
+		t.Fatalf("template 2 = %+v", s)
+	}
+}
+
 // TestParseConfigCamelCase: a camelCase key is still read, with a deprecation warning.
 func TestParseConfigCamelCase(t *testing.T) {
 	c, warnings, err := ParseConfig([]byte("drainTimeout: 5s\nengines:\n  - kind: sim\n    blockSize: 8\n"))
@@ -61,6 +81,15 @@ func TestParseConfigRejects(t *testing.T) {
 		{"bad port", "engines: [{kind: sim, port: 70000}]", "out of range"},
 		{"bad duration", "drain_timeout: soon\nengines: []", "invalid duration"},
 		{"bad listen", "listen: nowhere\nengines: []", "listen"},
+		{"unknown template field", "templates:\n  - name: t\n    kind: sim\n    replicas: 2\n", `line 4: templates[0]: unknown field "replicas"`},
+		{"template no name", "templates: [{kind: sim}]", "name missing"},
+		{"template same name", "templates: [{name: t, kind: sim}, {name: t, kind: sim}]", "name used twice"},
+		{"template no model", "templates: [{name: t, kind: vllm}]", "model missing"},
+		{"template bad role", "templates: [{name: t, kind: sim, role: both}]", `unknown role "both"`},
+		{"template min above max", "templates: [{name: t, kind: sim, min_replicas: 3, max_replicas: 2}]", "min_replicas 3 above max_replicas 2"},
+		{"template negative", "templates: [{name: t, kind: sim, min_replicas: -1}]", "negative"},
+		{"template name clash", "engines: [{kind: sim, name: t-0}]\ntemplates: [{name: t, kind: sim}]", `engine "t-0" has a name`},
+		{"negative gpus", "gpus: -1\nengines: []", "gpus: -1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -110,6 +139,9 @@ func TestParseEngineFlag(t *testing.T) {
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("engines: [{kind: sim, port: 1}]"))
 	f.Add([]byte("drain_timeout: 3s\nconsul: {address: x}\nengines: []"))
+	f.Add([]byte("templates:\n  - name: t\n    kind: sim\n    gpus: 1\n    min_replicas: 1\n    max_replicas: 2\n"))
+	f.Add([]byte("gpus: 4\nengines: [{kind: sim}]\ntemplates: [{name: t-0, kind: vllm, model: m}]\n"))
+	f.Add([]byte("templates: [{name: t, kind: sim, min_replicas: 3, max_replicas: 1}]"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, _, err := ParseConfig(b)
 		if err != nil {
@@ -117,6 +149,11 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if err := c.Validate(); err != nil {
 			t.Fatalf("parsed config fails validation: %v", err)
+		}
+		for _, tp := range c.Templates {
+			if tp.Name == "" || tp.MinReplicas < 0 || (tp.MaxReplicas > 0 && tp.MinReplicas > tp.MaxReplicas) {
+				t.Fatalf("accepted template %+v", tp)
+			}
 		}
 	})
 }

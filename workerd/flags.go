@@ -27,6 +27,7 @@ type Flags struct {
 	TLS        tlsconfig.Files
 	SidecarTLS tlsconfig.Files
 	Prefills   []string
+	GPUs       int
 
 	fs *pflag.FlagSet
 }
@@ -44,6 +45,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.Engines, "engine", nil, "engine as key=value pairs: kind=sim|vllm|sglang,model=M[,name=,role=,gpus=,port=,kv_events_port=,block_size=,binary=,cpu_offload_gib=,disk_offload_path=,disk_offload_gib=,offload=native|lmcache] (repeatable; docs/OFFLOAD.md)")
 	f.TLS.AddServerFlags(fs, "", "the relay (gRPC)")
 	f.SidecarTLS.AddServerFlags(fs, "sidecar-", "the P/D sidecars (HTTPS)")
+	fs.IntVar(&f.GPUs, "gpus", 0, "GPUs this node has when NVML finds none (a virtual budget for sim templates; 0 = NVML's)")
 	fs.StringSliceVar(&f.Prefills, "prefill", nil, "prefill engine (host:port) on another node the sidecars may use, besides this node's and Consul's (repeatable)")
 }
 
@@ -70,6 +72,9 @@ func (f *Flags) Config() (Config, []string, error) {
 	set("advertise", &cfg.Advertise, f.Advertise)
 	set("node", &cfg.Node, f.Node)
 	set("host", &cfg.Host, f.Host)
+	if changed("gpus") {
+		cfg.GPUs = f.GPUs
+	}
 	if cfg.Listen == "" {
 		cfg.Listen = f.Listen
 	}
@@ -99,8 +104,8 @@ func (f *Flags) Config() (Config, []string, error) {
 		}
 		cfg.Engines = append(cfg.Engines, e)
 	}
-	if len(cfg.Engines) == 0 {
-		return Config{}, nil, errors.New("workerd: no engines: give --config or --engine")
+	if len(cfg.Engines) == 0 && len(cfg.Templates) == 0 {
+		return Config{}, nil, errors.New("workerd: no engines: give --config (engines or templates) or --engine")
 	}
 	return cfg, warnings, nil
 }

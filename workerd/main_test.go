@@ -20,6 +20,10 @@ import (
 // the engine child process, with the flags workerd passes to `kvgate sim` (SimArgs).
 const simChildEnv = "KVGATE_WORKERD_TEST_SIM_CHILD"
 
+// simSpeedEnv sets the child's sim.Timing.Speed (default 50); 1 makes a long answer last
+// seconds, for tests that need a request in flight.
+const simSpeedEnv = "KVGATE_WORKERD_TEST_SIM_SPEED"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(simChildEnv) == "1" {
 		os.Exit(simChild(os.Args[1:]))
@@ -43,6 +47,9 @@ func simChild(args []string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	timing := sim.DefaultTiming()
 	timing.Speed = 50
+	if v, err := strconv.ParseFloat(os.Getenv(simSpeedEnv), 64); err == nil && v > 0 {
+		timing.Speed = v
+	}
 	s, err := sim.NewServer(sim.ServerConfig{
 		Addr: net.JoinHostPort(*host, strconv.Itoa(*port)), Model: *model, KVEvents: *kv, KVEventsReplay: *replay,
 		Engine: sim.Config{BlockSize: *bs, NumBlocks: 4096, Timing: timing},

@@ -24,7 +24,7 @@ func TestOffloadGolden(t *testing.T) {
 	for i := range cfg.Engines {
 		cfg.Engines[i].Binary = bin
 	}
-	plans, err := makePlans(context.Background(), cfg, gpu.FakeInventory(len(cfg.Engines), "H100", 80<<30), nil)
+	plans, err := makePlans(context.Background(), cfg, cfg.Engines, gpu.FakeInventory(len(cfg.Engines), "H100", 80<<30), map[int]bool{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

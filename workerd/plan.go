@@ -70,7 +70,8 @@ func (p *ports) release() {
 
 // makePlans checks every spec against the machine (binaries, GPUs) and builds its command
 // line. Every problem is reported, joined.
-func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []string) ([]plan, error) {
+// used holds the GPUs already taken and gets the new plans' GPUs.
+func makePlans(ctx context.Context, cfg Config, specs []EngineSpec, inv gpu.Inventory, used map[int]bool, simCmd []string) ([]plan, error) {
 	host := cfg.Host
 	if host == "" {
 		host = "127.0.0.1"
@@ -78,9 +79,8 @@ func makePlans(ctx context.Context, cfg Config, inv gpu.Inventory, simCmd []stri
 	free := &ports{host: host}
 	defer free.release()
 	var errs []error
-	used := map[int]bool{}
-	plans := make([]plan, 0, len(cfg.Engines))
-	for _, s := range cfg.Engines {
+	plans := make([]plan, 0, len(specs))
+	for _, s := range specs {
 		p := newPlan(cfg.Node, s)
 		where := fmt.Sprintf("engine %q (%s)", s.Name, s.Kind)
 		fail := func(err error) { errs = append(errs, fmt.Errorf("%s: %w", where, err)) }

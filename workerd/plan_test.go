@@ -109,7 +109,7 @@ func TestPlansPortsDistinct(t *testing.T) {
 	for i := range 100 {
 		specs = append(specs, EngineSpec{Name: "e" + strconv.Itoa(i), Kind: KindSim})
 	}
-	plans, err := makePlans(context.Background(), Config{Engines: specs}, gpu.Inventory{}, []string{sim})
+	plans, err := makePlans(context.Background(), Config{Engines: specs}, specs, gpu.Inventory{}, map[int]bool{}, []string{sim})
 	if err != nil {
 		t.Fatal(err)
 	}

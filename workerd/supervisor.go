@@ -27,6 +27,7 @@ const (
 	StateRunning  = "running"  // /health passing
 	StateBackoff  = "backoff"  // exited; waiting to restart
 	StateStopped  = "stopped"  // shut down
+	StateDraining = "draining" // out of discovery, finishing its requests before it stops
 )
 
 // EngineStatus is what workerd knows of one engine.
@@ -47,6 +48,7 @@ type EngineStatus struct {
 	Load      engine.Load
 	RelaySeq  uint64 // last relay sequence number sent
 	Blocks    int    // blocks the relay holds for this engine
+	Template  string // the template it was started from, "" = the engines list
 }
 
 // proc supervises one engine process across restarts.
@@ -60,7 +62,15 @@ type proc struct {
 	load *relay.Server
 	zmq  *engine.ZMQMetrics // rejected KV-event connections, on workerd's registry
 
+	// Set for an engine started from a template: stopping it (cancel) and its Consul
+	// registration (unregister, which returns once it is deregistered).
+	template   string
+	cancel     context.CancelFunc
+	done       chan struct{}
+	unregister func()
+
 	mu       sync.Mutex
+	draining bool
 	state    string
 	restarts int
 	pid      int
@@ -72,11 +82,15 @@ func (e *proc) status() EngineStatus {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	seq, blocks := e.hub.Stats()
+	state := e.state
+	if e.draining && state != StateStopped {
+		state = StateDraining
+	}
 	return EngineStatus{
 		Name: e.p.instance, Kind: e.p.spec.Kind, Models: e.p.models, Role: e.p.role, Address: e.p.addr,
 		KVEvents: e.p.kvEvents, BlockSize: e.p.blockSize, GPUs: e.p.gpus, Argv: e.p.argv,
-		State: e.state, Restarts: e.restarts, PID: e.pid, Healthy: e.healthy, Load: e.cur,
-		RelaySeq: seq, Blocks: blocks,
+		State: state, Restarts: e.restarts, PID: e.pid, Healthy: e.healthy, Load: e.cur,
+		RelaySeq: seq, Blocks: blocks, Template: e.template,
 	}
 }
 

@@ -7,6 +7,7 @@ package workerd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	fleetv1 "github.com/kvgate/kvgate/api/fleet/v1"
 	relayv1 "github.com/kvgate/kvgate/api/relay/v1"
 	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/engine"
@@ -59,8 +62,21 @@ type Workerd struct {
 	sidecars map[string]*sidecar.Server
 	prefills *sidecar.PrefillSet
 
+	// What starting a template's engine at run time needs.
+	simCmd     []string
+	sidecarTLS *tls.Config
+	reg        prometheus.Registerer
+	zmq        *engine.ZMQMetrics
+	out        io.Writer
+	outMu      sync.Mutex
+
 	runMu   sync.Mutex
 	running bool
+
+	// procsMu guards procs (engines come and go with the fleet API), live and nextID.
+	procsMu sync.Mutex
+	live    *liveState
+	nextID  map[string]int // next engine number per template
 }
 
 func (c *Config) defaults() {
@@ -108,6 +124,11 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 		src = gpu.NewNVML()
 	}
 	inv := src.Inventory(ctx)
+	if len(inv.Devices) == 0 && cfg.GPUs > 0 {
+		reason := inv.Reason
+		inv = gpu.FakeInventory(cfg.GPUs, "declared", 0)
+		inv.Driver, inv.CUDA, inv.Reason = "declared", "", "declared by the config's gpus (NVML: "+reason+")"
+	}
 	simCmd := opt.SimCommand
 	if simCmd == nil {
 		exe, err := os.Executable()
@@ -116,7 +137,7 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 		}
 		simCmd = []string{exe, "sim"}
 	}
-	plans, err := makePlans(ctx, cfg, inv, simCmd)
+	plans, err := makePlans(ctx, cfg, cfg.Engines, inv, map[int]bool{}, simCmd)
 	if err != nil {
 		return nil, fmt.Errorf("workerd: refusing to start:\n%w", err)
 	}
@@ -134,7 +155,8 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 	}
 	w := &Workerd{
 		cfg: cfg, log: log.With("component", "workerd"), plans: plans, lis: lis, inv: inv,
-		http: &http.Client{Timeout: 5 * time.Second},
+		http:   &http.Client{Timeout: 5 * time.Second},
+		simCmd: simCmd, sidecarTLS: sidecarTLS, reg: opt.Registerer, nextID: map[string]int{},
 	}
 	if cfg.Consul != nil {
 		w.consul, err = discovery.NewConsul(discovery.ConsulConfig{
@@ -150,16 +172,11 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 	if out == nil {
 		out = os.Stderr
 	}
+	w.out = out
 	w.relay = relay.NewServer(w.engineInfos)
-	var outMu sync.Mutex
-	zmqMetrics := engine.NewZMQMetrics(opt.Registerer) // nil registerer: counted, not exported
+	w.zmq = engine.NewZMQMetrics(opt.Registerer) // nil registerer: counted, not exported
 	for _, p := range plans {
-		h := w.relay.AddEngine(p.instance, relay.HubOptions{Ring: cfg.RingSize})
-		w.procs = append(w.procs, &proc{
-			p: p, hub: h, cfg: &w.cfg, http: w.http, load: w.relay, state: StateStopped, zmq: zmqMetrics,
-			log: w.log.With("engine", p.instance),
-			out: &lineWriter{prefix: p.instance + " | ", w: out, mu: &outMu},
-		})
+		w.procs = append(w.procs, w.newProc(p))
 	}
 	if opt.Registerer != nil {
 		if err := w.registerMetrics(opt.Registerer); err != nil {
@@ -177,7 +194,25 @@ func New(ctx context.Context, cfg Config, opt Options) (*Workerd, error) {
 	}
 	w.srv = grpc.NewServer(sopts...)
 	relayv1.RegisterRelayServer(w.srv, w.relay)
+	fleetv1.RegisterFleetServer(w.srv, &fleetServer{w: w})
 	return w, nil
+}
+
+// newProc is the supervisor of one planned engine, with its relay hub.
+func (w *Workerd) newProc(p plan) *proc {
+	h := w.relay.AddEngine(p.instance, relay.HubOptions{Ring: w.cfg.RingSize})
+	return &proc{
+		p: p, hub: h, cfg: &w.cfg, http: w.http, load: w.relay, state: StateStopped, zmq: w.zmq,
+		log: w.log.With("engine", p.instance),
+		out: &lineWriter{prefix: p.instance + " | ", w: w.out, mu: &w.outMu},
+	}
+}
+
+// procList is a copy of the current engines' supervisors.
+func (w *Workerd) procList() []*proc {
+	w.procsMu.Lock()
+	defer w.procsMu.Unlock()
+	return slices.Clone(w.procs)
 }
 
 // Addr is the relay's bound gRPC address.
@@ -207,8 +242,9 @@ func (w *Workerd) Inventory() gpu.Inventory { return w.inv }
 
 // Engines returns the status of every engine, in config order.
 func (w *Workerd) Engines() []EngineStatus {
-	out := make([]EngineStatus, len(w.procs))
-	for i, p := range w.procs {
+	procs := w.procList()
+	out := make([]EngineStatus, len(procs))
+	for i, p := range procs {
 		out[i] = p.status()
 	}
 	return out
@@ -250,7 +286,7 @@ func (w *Workerd) Run(ctx context.Context) error {
 	w.log.Info("relay listening", "addr", w.Addr(), "engines", len(w.procs), "gpus", len(w.inv.Devices), "gpu_reason", w.inv.Reason)
 
 	stopSidecars := w.runSidecars(context.WithoutCancel(ctx))
-	if w.consul != nil && len(w.sidecars) > 0 {
+	if w.consul != nil && (len(w.sidecars) > 0 || w.hasDecodeTemplate()) {
 		// The sidecars may prefill on any healthy prefill engine registered in Consul: the
 		// ones a router watching the same catalog can name.
 		wg.Go(func() {
@@ -262,7 +298,7 @@ func (w *Workerd) Run(ctx context.Context) error {
 	procCtx, stopProcs := context.WithCancel(context.WithoutCancel(ctx))
 	regCtx, stopReg := context.WithCancel(context.WithoutCancel(ctx))
 	var procWG, regWG sync.WaitGroup
-	for _, p := range w.procs {
+	for _, p := range w.procList() {
 		procWG.Go(func() { p.run(procCtx) })
 		if w.consul != nil {
 			reg := w.registration(p)
@@ -273,6 +309,13 @@ func (w *Workerd) Run(ctx context.Context) error {
 			})
 		}
 	}
+	w.procsMu.Lock()
+	w.live = &liveState{procCtx: procCtx, regCtx: regCtx, procWG: &procWG, regWG: &regWG}
+	w.procsMu.Unlock()
+	if w.consul != nil {
+		regWG.Go(func() { w.keepNodeRegistration(regCtx) })
+	}
+	w.startMinReplicas(ctx)
 
 	var err error
 	select {
@@ -281,6 +324,9 @@ func (w *Workerd) Run(ctx context.Context) error {
 		err = fmt.Errorf("workerd: relay server: %w", err)
 	}
 	w.log.Info("shutting down: deregistering engines")
+	w.procsMu.Lock()
+	w.live.stopping = true // no engine starts from here on
+	w.procsMu.Unlock()
 	stopReg()
 	regWG.Wait()
 	if w.consul != nil {
@@ -305,7 +351,7 @@ func (w *Workerd) drain() {
 	deadline := time.Now().Add(time.Duration(w.cfg.DrainTimeout))
 	for {
 		busy := 0
-		for _, p := range w.procs {
+		for _, p := range w.procList() {
 			st := p.status()
 			if st.State != StateRunning {
 				continue

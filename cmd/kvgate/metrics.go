@@ -34,7 +34,11 @@ func addMetricsFlag(fs *pflag.FlagSet, addr *string, what string) {
 type metricsServer struct {
 	lis net.Listener
 	srv *http.Server
+	mux *http.ServeMux
 }
+
+// Handle serves h at pattern beside /metrics (before Serve).
+func (m *metricsServer) Handle(pattern string, h http.Handler) { m.mux.Handle(pattern, h) }
 
 // listenMetrics listens on addr now, so that a bad address fails at start; Serve serves.
 func listenMetrics(addr string, reg prometheus.Gatherer, log *slog.Logger) (*metricsServer, error) {
@@ -45,7 +49,7 @@ func listenMetrics(addr string, reg prometheus.Gatherer, log *slog.Logger) (*met
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	log.Info("metrics listening", "addr", lis.Addr().String())
-	return &metricsServer{lis: lis, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
+	return &metricsServer{lis: lis, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, mux: mux}, nil
 }
 
 // Serve serves until ctx ends.

@@ -16,6 +16,7 @@ import (
 	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/extproc"
+	"github.com/kvgate/kvgate/fleet"
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
@@ -241,7 +242,21 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		grp.Go(func() error { return gw.Run(ctx) })
 	}
 	if o.metrics != "" {
-		grp.Go(func() error { return serveMetrics(ctx, o.metrics, reg, log) })
+		ms, err := listenMetrics(o.metrics, reg, log)
+		if err != nil {
+			return err
+		}
+		ms.Handle(router.PoolsPath, rt.PoolsHandler()) // what `kvgate planner` reads
+		grp.Go(func() error { return ms.Serve(ctx) })
+		if o.consul.addr != "" { // planners find the router's pools there
+			c, err := consulAPI(o.consul.addr)
+			if err != nil {
+				return err
+			}
+			grp.Go(func() error {
+				return fleet.KeepRouterRegistration(ctx, c, o.consul.tag, ms.lis.Addr().String(), 0, log)
+			})
+		}
 	}
 	err = grp.Wait()
 	if errors.Is(err, context.Canceled) {

@@ -41,6 +41,7 @@ type upOptions struct {
 	p2pPort   int
 	mig       migrationFlags
 	epp       eppFlags
+	plan      upPlannerFlags
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -81,6 +82,7 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	o.simTiers.add(cmd)
 	addP2PPortFlag(f, &o.p2pPort)
 	o.epp.add(cmd, false)
+	o.plan.add(cmd)
 	return cmd
 }
 
@@ -94,6 +96,11 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if len(o.eps.urls) > 0 {
 		var err error
 		if eps, err = o.eps.endpoints(ctx, log); err != nil {
+			return err
+		}
+	} else if o.plan.on() {
+		var err error
+		if eps, err = o.plan.startNode(ctx, log, o); err != nil {
 			return err
 		}
 	} else if o.pd.on() {
@@ -131,6 +138,11 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		return err
 	}
 	grp.Go(func() error { return rt.Run(ctx) })
+	if o.plan.on() {
+		if err := o.plan.run(ctx, grp, log, reg, rt, o); err != nil {
+			return err
+		}
+	}
 
 	gwTLS, err := o.httpTLS.Server()
 	if err != nil {
@@ -171,6 +183,9 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		}
 		for _, e := range eps {
 			fmt.Fprintf(&b, "  engine %-8s http://%s  kv-events %s\n", e.Name, e.Address, orDash(e.KVEvents))
+		}
+		if o.plan.on() {
+			o.plan.banner(&b)
 		}
 		scheme := "http"
 		if gwTLS != nil {

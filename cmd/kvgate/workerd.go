@@ -28,7 +28,8 @@ func newWorkerdCmd(g *globals) *cobra.Command {
 		Long: `kvgate workerd starts the engines of this node (vLLM, SGLang or the built-in simulator) on
 the GPUs it finds, restarts them when they exit, relays their KV events and load to routers
 over gRPC, and registers each one in Consul. Engines come from --config (YAML) and/or
---engine flags; see docs/WORKERD.md.
+--engine flags; see docs/WORKERD.md. The config's templates are engines a planner starts and
+drains through the fleet API on the same gRPC listener (kvgate planner, docs/FLEET.md).
 
   kvgate workerd --engine kind=sim,model=Qwen/Qwen3-0.6B --consul 127.0.0.1:8500
   kvgate workerd --config /etc/kvgate/workerd.yaml`,

@@ -1,0 +1,35 @@
+package fleet
+
+// Metric names of the planner loop.
+const (
+	MetricArrivalRate   = "kvgate_planner_arrival_rate"          // observed requests/s per pool
+	MetricPromptTokens  = "kvgate_planner_prompt_tokens"         // observed mean prompt tokens per request
+	MetricOutputTokens  = "kvgate_planner_output_tokens"         // observed mean output tokens per request
+	MetricPrefixHitRate = "kvgate_planner_prefix_hit_rate"       // observed fraction of prompt tokens cached
+	MetricQueuedPrefill = "kvgate_planner_queued_prefill_tokens" // observed
+	MetricKVUsage       = "kvgate_planner_kv_usage"              // observed mean over the pool's engines
+	MetricDesired       = "kvgate_planner_desired_replicas"
+	MetricReplicas      = "kvgate_planner_replicas" // by state: ready, pending
+	MetricDecisions     = "kvgate_planner_decisions_total"
+	MetricActions       = "kvgate_planner_actions_total" // by action (start, drain) and outcome
+	MetricGPUsUsed      = "kvgate_planner_gpus_used"
+	MetricGPUBudget     = "kvgate_planner_gpu_budget"
+	MetricStepErrors    = "kvgate_planner_observe_errors_total" // a node or router that could not be read
+	MetricSteps         = "kvgate_planner_steps_total"
+)
+
+// Actions and outcomes (labels of MetricActions).
+const (
+	ActionStart     = "start"
+	ActionDrain     = "drain"
+	OutcomeOK       = "ok"
+	OutcomeFailed   = "failed"
+	OutcomeAdvisory = "advisory" // --advisory: recommended, not done
+)
+
+// Engine states as workerd reports them (api/fleet/v1).
+const (
+	stateRunning  = "running"
+	stateDraining = "draining"
+	stateStopped  = "stopped"
+)
