@@ -245,7 +245,7 @@ func checkErrorBody(t *testing.T, body []byte, typ string) {
 func TestSlowBodyDropped(t *testing.T) {
 	e := jsonEngine(t, "A")
 	f := start(t, gateway.Config{BodyTimeout: 300 * time.Millisecond}, e.addr())
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), goleak.IgnoreAnyFunction("github.com/kvgate/kvgate/gateway.(*Gateway).Serve.func1"))
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), goleak.IgnoreAnyFunction("github.com/kvgate/kvgate/gateway.(*Gateway).Serve.func1"), goleak.IgnoreAnyFunction("github.com/kvgate/kvgate/httpproxy.Serve.func1"))
 	addr := strings.TrimPrefix(f.url, "http://")
 	const n = 20
 	var wg sync.WaitGroup

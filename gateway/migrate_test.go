@@ -339,7 +339,7 @@ func TestMigratedClientLeaves(t *testing.T) {
 	a, b := chainSim(t), chainSim(t)
 	pa, pb := newFaultProxy(t, a.Addr()), newFaultProxy(t, b.Addr())
 	f := start(t, gateway.Config{}, pa.addr(), pb.addr())
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), goleak.IgnoreAnyFunction("github.com/kvgate/kvgate/gateway.(*Gateway).Serve.func1"))
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), goleak.IgnoreAnyFunction("github.com/kvgate/kvgate/gateway.(*Gateway).Serve.func1"), goleak.IgnoreAnyFunction("github.com/kvgate/kvgate/httpproxy.Serve.func1"))
 	body := `{"model":"` + model + `","stream":true,"max_tokens":200,"ignore_eos":true,"prompt":"Leave early."}`
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
