@@ -10,7 +10,7 @@ import (
 const (
 	correctionMax  = 2.0
 	correctionUp   = 1.15 // per interval with a missed target
-	correctionDown = 0.97 // per interval well within both targets
+	correctionDown = 0.97 // per interval within both targets
 )
 
 // decideSLA sizes the pool from the profile: prefill engines from the prompt tokens to
@@ -88,7 +88,7 @@ func (p *Planner) learn(now time.Time, st PoolState, m *poolMemory) (missed bool
 		}
 		m.correction = math.Min(correctionMax, m.correction*correctionUp)
 		return true
-	case st.TTFTP90 < p.cfg.TTFT/2 && st.ITLP90 < p.cfg.ITL/2:
+	case st.TTFTP90 <= p.cfg.TTFT && st.ITLP90 <= p.cfg.ITL:
 		m.correction = math.Max(1, m.correction*correctionDown)
 	}
 	return false
