@@ -76,3 +76,17 @@ func (s *series) forecast(h float64) float64 {
 	// the level sits at the middle of the last three values, one interval before the last
 	return math.Max(0, level+slope*(1+h))
 }
+
+// stddev is the standard deviation of the values around their mean (0 for fewer than two).
+func (s *series) stddev() float64 {
+	n := len(s.xs)
+	if n < 2 {
+		return 0
+	}
+	mu := s.mean()
+	var ss float64
+	for _, x := range s.xs {
+		ss += (x - mu) * (x - mu)
+	}
+	return math.Sqrt(ss / float64(n-1))
+}

@@ -89,7 +89,12 @@ type Config struct {
 	Hysteresis float64
 	// Window is the number of intervals the forecast fits (6).
 	Window int
-	Load   LoadThresholds
+	// Headroom (sla) sizes the pool for an upper bound of the forecast instead of the forecast:
+	// the rate plus Headroom standard deviations of the window's rate, grown with the square
+	// root of the intervals an engine takes to start (start-up + one interval), so the longer
+	// a new engine takes, the more of the load's swing is held in advance. 0 disables it.
+	Headroom float64
+	Load     LoadThresholds
 }
 
 // WithDefaults returns c with its zero fields set.
@@ -128,6 +133,9 @@ func (c Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("planner: unknown mode %q (want %s, %s or %s)", c.Mode, ModeSLA, ModeLoad, ModeStatic))
+	}
+	if c.Headroom < 0 {
+		errs = append(errs, fmt.Errorf("planner: headroom %v must not be negative", c.Headroom))
 	}
 	if c.GPUBudget < 0 || c.MaxStep < 0 || c.Window < 0 {
 		errs = append(errs, errors.New("planner: GPU budget, max step and window must not be negative"))

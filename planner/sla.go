@@ -10,7 +10,7 @@ import (
 const (
 	correctionMax  = 2.0
 	correctionUp   = 1.15 // per interval with a missed target
-	correctionDown = 0.97 // per interval well within both targets
+	correctionDown = 0.97 // per interval within both targets
 )
 
 // decideSLA sizes the pool from the profile: prefill engines from the prompt tokens to
@@ -24,16 +24,13 @@ func (p *Planner) decideSLA(now time.Time, st PoolState, m *poolMemory) (Decisio
 	// A new level counts once it held two intervals (a step is sized in full by the second
 	// decision after it); one noisy interval moves only the three-interval mean.
 	rate := math.Max(m.rate.held(2), m.rate.forecast(h))
-	prompt, output, hit := m.prompt.mean(), m.output.mean(), m.hit.mean()
-
+	if p.cfg.Headroom > 0 {
+		// an upper bound of the forecast over the start-up horizon: the window's swing,
+		// growing as a random walk's with the intervals a new engine needs to serve
+		rate += p.cfg.Headroom * m.rate.stddev() * math.Sqrt(h)
+	}
 	missed := p.learn(now, st, m)
-	var prefill, decode float64
-	if st.Pool.Role != RoleDecode && rate > 0 {
-		prefill = rate * prompt * (1 - hit) / p.cfg.Profile.PrefillThroughput(prompt, p.cfg.TTFT)
-	}
-	if st.Pool.Role != RolePrefill && rate > 0 {
-		decode = rate * output / p.cfg.Profile.DecodeThroughput(prompt+output/2, p.cfg.ITL)
-	}
+	prefill, decode := p.engines(st.Pool.Role, rate, m)
 	need := (prefill + decode) * m.correction
 	reason := ReasonPrefillForecast
 	if decode > prefill {
@@ -51,6 +48,22 @@ func (p *Planner) decideSLA(now time.Time, st PoolState, m *poolMemory) (Decisio
 		return Decision{Desired: cur, Reason: ReasonHysteresis}, need
 	}
 	return Decision{Desired: cur, Reason: ReasonSteady}, need
+}
+
+// engines is the profile's engines for rate requests/s with the window's mean lengths at the
+// targets: the prefill and the decode fractions.
+func (p *Planner) engines(role Role, rate float64, m *poolMemory) (prefill, decode float64) {
+	if rate <= 0 {
+		return 0, 0
+	}
+	prompt, output, hit := m.prompt.mean(), m.output.mean(), m.hit.mean()
+	if role != RoleDecode {
+		prefill = rate * prompt * (1 - hit) / p.cfg.Profile.PrefillThroughput(prompt, p.cfg.TTFT)
+	}
+	if role != RolePrefill {
+		decode = rate * output / p.cfg.Profile.DecodeThroughput(prompt+output/2, p.cfg.ITL)
+	}
+	return prefill, decode
 }
 
 // learn adjusts the pool's correction: up when an observed p90 missed its target in two
@@ -75,7 +88,7 @@ func (p *Planner) learn(now time.Time, st PoolState, m *poolMemory) (missed bool
 		}
 		m.correction = math.Min(correctionMax, m.correction*correctionUp)
 		return true
-	case st.TTFTP90 < p.cfg.TTFT/2 && st.ITLP90 < p.cfg.ITL/2:
+	case st.TTFTP90 <= p.cfg.TTFT && st.ITLP90 <= p.cfg.ITL:
 		m.correction = math.Max(1, m.correction*correctionDown)
 	}
 	return false
