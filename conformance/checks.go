@@ -252,19 +252,22 @@ func subsetList(ctx context.Context, s *Suite) (string, error) {
 	return fmt.Sprintf("each of the %d endpoints as a one-entry list subset was picked alone", len(s.cfg.Endpoints)), nil
 }
 
+// subsetString asks for each endpoint alone (so that an EPP ignoring the hint cannot pass by
+// picking the one endpoint asked for), then for a pair.
 func subsetString(ctx context.Context, s *Suite) (string, error) {
-	e := s.cfg.Endpoints[len(s.cfg.Endpoints)-1]
-	if _, err := s.withinSubset(ctx, structpb.NewStringValue(e), []string{e}); err != nil {
-		return "", fmt.Errorf("string subset %q: %w", e, err)
+	for _, e := range s.cfg.Endpoints {
+		if _, err := s.withinSubset(ctx, structpb.NewStringValue(e), []string{e}); err != nil {
+			return "", fmt.Errorf("string subset %q: %w", e, err)
+		}
 	}
 	if len(s.cfg.Endpoints) < 2 {
-		return fmt.Sprintf("the string subset %q was honoured", e), nil
+		return fmt.Sprintf("the string subset %q was honoured", s.cfg.Endpoints[0]), nil
 	}
 	two := s.cfg.Endpoints[:2]
 	if _, err := s.withinSubset(ctx, structpb.NewStringValue(strings.Join(two, ",")), two); err != nil {
 		return "", fmt.Errorf("string subset %q: %w", strings.Join(two, ","), err)
 	}
-	return fmt.Sprintf("string subsets %q and %q were honoured", e, strings.Join(two, ",")), nil
+	return fmt.Sprintf("each of the %d endpoints as a string subset, and %q, were honoured", len(s.cfg.Endpoints), strings.Join(two, ",")), nil
 }
 
 func subsetEmpty(ctx context.Context, s *Suite) (string, error) {
@@ -469,8 +472,6 @@ func (s *Suite) abandon(ctx context.Context, point int, body []byte) error {
 	if err != nil || point == 2 {
 		return err
 	}
-	return x.send(&extprocv3.ProcessingRequest{
-		Request:         &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{}},
-		MetadataContext: servedMetadata(c[0]),
-	})
+	// Response headers as Envoy sends them (with :status): the client goes away after them.
+	return x.send(responseHeaders(c[0]))
 }
