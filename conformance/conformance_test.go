@@ -35,6 +35,9 @@ const (
 	faultNoHealth  fault = "readiness NOT_SERVING"
 	// Like GIE v1.4.0 (llm-d's EPP): a string hint is ignored (here: the last endpoint picked).
 	faultStringSubset fault = "ignores a string subset"
+	// The same, answering the string-hinted picks with each endpoint in turn: it passes a
+	// check that asks for each endpoint alone only once.
+	faultStringTurns fault = "ignores a string subset, picking each endpoint in turn"
 	// Like llm-d's EPP v0.7.1: response headers without a header map (Envoy always sends
 	// :status) kill it; no fault as long as the suite sends what Envoy sends.
 	styleDiesOnBareHeaders fault = "dies on response headers without a header map"
@@ -50,7 +53,8 @@ var pool = []string{"127.0.0.1:1001", "127.0.0.1:1002"}
 type scripted struct {
 	extprocv3.UnimplementedExternalProcessorServer
 	f    fault
-	dead atomic.Bool // styleDiesOnBareHeaders: it "crashed"
+	dead atomic.Bool  // styleDiesOnBareHeaders: it "crashed"
+	turn atomic.Int64 // faultStringTurns: string-hinted picks so far
 }
 
 // eligible is the pool narrowed by m's subset hint, if m carries one.
@@ -66,6 +70,8 @@ func (e *scripted) eligible(m *extprocv3.ProcessingRequest) ([]string, bool) {
 		}
 	} else if e.f == faultStringSubset {
 		eligible = pool[len(pool)-1:]
+	} else if e.f == faultStringTurns {
+		eligible = []string{pool[int(e.turn.Add(1)-1)%len(pool)]}
 	} else {
 		eligible = strings.Split(v.GetStringValue(), ",")
 	}
@@ -222,6 +228,7 @@ func TestSuiteCatchesEachFault(t *testing.T) {
 		{faultBigChunks, []string{"body/chunked-within-limits"}},
 		{faultNoHealth, []string{"health/readiness"}},
 		{faultStringSubset, []string{"subset/string"}},
+		{faultStringTurns, []string{"subset/string"}},
 		{styleDiesOnBareHeaders, nil},
 		{styleLastMessage, nil},
 	}
