@@ -225,9 +225,10 @@ func list(ss ...string) *structpb.Value {
 	return structpb.NewListValue(&structpb.ListValue{Values: vs})
 }
 
-// withinSubset picks with subset hint v and fails unless every candidate is in want.
-func (s *Suite) withinSubset(ctx context.Context, v *structpb.Value, want []string) ([]string, error) {
-	ex, err := s.pick(ctx, request{body: s.chatBody("Conformance: pick from this subset only.", 4), subset: v})
+// withinSubset picks with subset hint v and fails unless every candidate is in want; round
+// varies the prompt.
+func (s *Suite) withinSubset(ctx context.Context, v *structpb.Value, want []string, round int) ([]string, error) {
+	ex, err := s.pick(ctx, request{body: s.chatBody(fmt.Sprintf("Conformance %d: pick from this subset only.", round), 4), subset: v})
 	if err != nil {
 		return nil, err
 	}
@@ -243,28 +244,48 @@ func (s *Suite) withinSubset(ctx context.Context, v *structpb.Value, want []stri
 	return c, nil
 }
 
-func subsetList(ctx context.Context, s *Suite) (string, error) {
-	for _, e := range s.cfg.Endpoints {
-		if _, err := s.withinSubset(ctx, list(e), []string{e}); err != nil {
-			return "", err
+// subsetRounds is how often each endpoint is asked for alone: an EPP that ignores the hint
+// and picks at random among n endpoints passes with odds of (1/n)^(n*subsetRounds), 1 in 256
+// for two.
+const subsetRounds = 4
+
+// alone asks for each endpoint alone as the subset hint (hint makes the value),
+// subsetRounds times in rotating order, the prompts distinct so that no affinity holds a pick
+// in place.
+func (s *Suite) alone(ctx context.Context, hint func(string) *structpb.Value) error {
+	n := len(s.cfg.Endpoints)
+	for round := range subsetRounds {
+		for i := range n {
+			e := s.cfg.Endpoints[(i+round)%n] // each round in another order
+			if _, err := s.withinSubset(ctx, hint(e), []string{e}, round); err != nil {
+				return fmt.Errorf("subset %q: %w", e, err)
+			}
 		}
 	}
-	return fmt.Sprintf("each of the %d endpoints as a one-entry list subset was picked alone", len(s.cfg.Endpoints)), nil
+	return nil
 }
 
+func subsetList(ctx context.Context, s *Suite) (string, error) {
+	if err := s.alone(ctx, func(e string) *structpb.Value { return list(e) }); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("each of the %d endpoints as a one-entry list subset was picked alone, %d times", len(s.cfg.Endpoints), subsetRounds), nil
+}
+
+// subsetString asks for each endpoint alone (so that an EPP ignoring the hint cannot pass by
+// picking the one endpoint asked for), then for a pair.
 func subsetString(ctx context.Context, s *Suite) (string, error) {
-	e := s.cfg.Endpoints[len(s.cfg.Endpoints)-1]
-	if _, err := s.withinSubset(ctx, structpb.NewStringValue(e), []string{e}); err != nil {
-		return "", fmt.Errorf("string subset %q: %w", e, err)
+	if err := s.alone(ctx, structpb.NewStringValue); err != nil {
+		return "", fmt.Errorf("string %w", err)
 	}
 	if len(s.cfg.Endpoints) < 2 {
-		return fmt.Sprintf("the string subset %q was honoured", e), nil
+		return fmt.Sprintf("the string subset %q was honoured", s.cfg.Endpoints[0]), nil
 	}
 	two := s.cfg.Endpoints[:2]
-	if _, err := s.withinSubset(ctx, structpb.NewStringValue(strings.Join(two, ",")), two); err != nil {
+	if _, err := s.withinSubset(ctx, structpb.NewStringValue(strings.Join(two, ",")), two, 0); err != nil {
 		return "", fmt.Errorf("string subset %q: %w", strings.Join(two, ","), err)
 	}
-	return fmt.Sprintf("string subsets %q and %q were honoured", e, strings.Join(two, ",")), nil
+	return fmt.Sprintf("each of the %d endpoints as a string subset (%d times), and %q, were honoured", len(s.cfg.Endpoints), subsetRounds, strings.Join(two, ",")), nil
 }
 
 func subsetEmpty(ctx context.Context, s *Suite) (string, error) {
@@ -469,8 +490,6 @@ func (s *Suite) abandon(ctx context.Context, point int, body []byte) error {
 	if err != nil || point == 2 {
 		return err
 	}
-	return x.send(&extprocv3.ProcessingRequest{
-		Request:         &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{}},
-		MetadataContext: servedMetadata(c[0]),
-	})
+	// Response headers as Envoy sends them (with :status): the client goes away after them.
+	return x.send(responseHeaders(c[0]))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,8 +12,10 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/kvgate/kvgate/conformance"
@@ -30,6 +33,18 @@ const (
 	faultNo503     fault = "picks when the subset leaves nothing"
 	faultBigChunks fault = "sends the body back in one piece"
 	faultNoHealth  fault = "readiness NOT_SERVING"
+	// Like GIE v1.4.0 (llm-d's EPP): a string hint is ignored (here: the last endpoint picked).
+	faultStringSubset fault = "ignores a string subset"
+	// The same, answering the string-hinted picks with each endpoint in turn: it passes a
+	// check that asks for each endpoint alone only once.
+	faultStringTurns fault = "ignores a string subset, picking each endpoint in turn"
+	// Like llm-d's EPP v0.7.1: response headers without a header map (Envoy always sends
+	// :status) kill it; no fault as long as the suite sends what Envoy sends.
+	styleDiesOnBareHeaders fault = "dies on response headers without a header map"
+	// Like GIE v1.4.0: the metadata of each message replaces the last one's, and the pick
+	// comes with the body's last message; no fault, as Envoy sends the metadata on every
+	// message.
+	styleLastMessage fault = "reads the subset from the body's last message"
 )
 
 var pool = []string{"127.0.0.1:1001", "127.0.0.1:1002"}
@@ -37,10 +52,47 @@ var pool = []string{"127.0.0.1:1001", "127.0.0.1:1002"}
 // scripted is an EPP that follows the protocol except for its fault.
 type scripted struct {
 	extprocv3.UnimplementedExternalProcessorServer
-	f fault
+	f    fault
+	dead atomic.Bool  // styleDiesOnBareHeaders: it "crashed"
+	turn atomic.Int64 // faultStringTurns: string-hinted picks so far
+}
+
+// eligible is the pool narrowed by m's subset hint, if m carries one.
+func (e *scripted) eligible(m *extprocv3.ProcessingRequest) ([]string, bool) {
+	v := m.GetMetadataContext().GetFilterMetadata()["envoy.lb.subset_hint"].GetFields()["x-gateway-destination-endpoint-subset"]
+	if v == nil || e.f == faultSubset {
+		return nil, false
+	}
+	var eligible []string
+	if l := v.GetListValue(); l != nil {
+		for _, x := range l.GetValues() {
+			eligible = append(eligible, x.GetStringValue())
+		}
+	} else if e.f == faultStringSubset {
+		eligible = pool[len(pool)-1:]
+	} else if e.f == faultStringTurns {
+		eligible = []string{pool[int(e.turn.Add(1)-1)%len(pool)]}
+	} else {
+		eligible = strings.Split(v.GetStringValue(), ",")
+	}
+	var in []string
+	for _, a := range eligible {
+		for _, p := range pool {
+			if a == p {
+				in = append(in, a)
+			}
+		}
+	}
+	if len(in) == 0 && e.f == faultNo503 {
+		in = pool
+	}
+	return in, true
 }
 
 func (e *scripted) Process(s extprocv3.ExternalProcessor_ProcessServer) error {
+	if e.dead.Load() {
+		return status.Error(codes.Unavailable, "the scripted EPP died")
+	}
 	var body []byte
 	eligible := pool
 	for {
@@ -50,27 +102,8 @@ func (e *scripted) Process(s extprocv3.ExternalProcessor_ProcessServer) error {
 		}
 		switch {
 		case m.GetRequestHeaders() != nil:
-			if v := m.GetMetadataContext().GetFilterMetadata()["envoy.lb.subset_hint"].GetFields()["x-gateway-destination-endpoint-subset"]; v != nil && e.f != faultSubset {
-				eligible = nil
-				if l := v.GetListValue(); l != nil {
-					for _, x := range l.GetValues() {
-						eligible = append(eligible, x.GetStringValue())
-					}
-				} else {
-					eligible = strings.Split(v.GetStringValue(), ",")
-				}
-				var in []string
-				for _, a := range eligible {
-					for _, p := range pool {
-						if a == p {
-							in = append(in, a)
-						}
-					}
-				}
+			if in, ok := e.eligible(m); ok {
 				eligible = in
-				if len(eligible) == 0 && e.f == faultNo503 {
-					eligible = pool
-				}
 			}
 			if e.f == faultEarly && len(eligible) > 0 {
 				if err := s.Send(pick(eligible[0], eligible[0])); err != nil {
@@ -78,6 +111,12 @@ func (e *scripted) Process(s extprocv3.ExternalProcessor_ProcessServer) error {
 				}
 			}
 		case m.GetRequestBody() != nil:
+			if e.f == styleLastMessage {
+				eligible = pool
+				if in, ok := e.eligible(m); ok {
+					eligible = in
+				}
+			}
 			body = append(body, m.GetRequestBody().GetBody()...)
 			if !m.GetRequestBody().GetEndOfStream() {
 				continue
@@ -111,6 +150,10 @@ func (e *scripted) Process(s extprocv3.ExternalProcessor_ProcessServer) error {
 				}
 			}
 		case m.GetResponseHeaders() != nil:
+			if e.f == styleDiesOnBareHeaders && m.GetResponseHeaders().GetHeaders() == nil {
+				e.dead.Store(true)
+				return status.Error(codes.Unavailable, "the scripted EPP died")
+			}
 			if err := s.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}); err != nil {
 				return err
 			}
@@ -184,6 +227,10 @@ func TestSuiteCatchesEachFault(t *testing.T) {
 		{faultNo503, []string{"subset/empty-503", "subset/unsatisfiable-503"}},
 		{faultBigChunks, []string{"body/chunked-within-limits"}},
 		{faultNoHealth, []string{"health/readiness"}},
+		{faultStringSubset, []string{"subset/string"}},
+		{faultStringTurns, []string{"subset/string"}},
+		{styleDiesOnBareHeaders, nil},
+		{styleLastMessage, nil},
 	}
 	for _, c := range cases {
 		name := string(c.f)
@@ -217,7 +264,7 @@ func TestSuiteCatchesEachFault(t *testing.T) {
 					t.Errorf("%s failed: %s", name, r.Detail)
 				}
 			}
-			if c.f == faultNone {
+			if len(c.fails) == 0 {
 				for _, name := range []string{"health/readiness", "client-gone"} {
 					if !got[name].Pass {
 						t.Errorf("%s failed: %s", name, got[name].Detail)

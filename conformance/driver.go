@@ -111,7 +111,9 @@ type request struct {
 	header map[string]string
 }
 
-// requestHeaders is the request headers message of r, with its subset hint.
+// requestHeaders is the request headers message of r, with its subset hint. Envoy attaches
+// the forwarded dynamic metadata to every message of the stream, not only the first: the
+// body messages carry the same metadata context (an EPP may read the hint from any of them).
 func requestHeaders(r request) *extprocv3.ProcessingRequest {
 	hm := &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
 		{Key: ":method", RawValue: []byte("POST")}, {Key: ":path", RawValue: []byte("/v1/chat/completions")},
@@ -164,7 +166,7 @@ func (x *stream) requestPath(r request, wait time.Duration) (*exchange, error) {
 		}
 		if err := x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{
 			RequestBody: &extprocv3.HttpBody{Body: r.body[off:end], EndOfStream: end == len(r.body)},
-		}}); err != nil {
+		}, MetadataContext: first.MetadataContext}); err != nil {
 			if errors.Is(err, io.EOF) {
 				break
 			}
@@ -233,23 +235,28 @@ func (ex *exchange) take(m *extprocv3.ProcessingResponse, cr *extprocv3.CommonRe
 	}
 }
 
-// responsePath plays the engine's answer through the EPP: headers with the served report,
-// then the body pieces; it returns the body the EPP sent back.
-func (x *stream) responsePath(served string, chunks [][]byte, wait time.Duration) ([]byte, error) {
+// responseHeaders is the engine's response headers message as Envoy sends it: a header map
+// with :status (never absent), and the served-endpoint report.
+func responseHeaders(served string) *extprocv3.ProcessingRequest {
 	hm := &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
 		{Key: ":status", RawValue: []byte("200")}, {Key: "content-type", RawValue: []byte("application/json")},
 	}}
-	m := &extprocv3.ProcessingRequest{
+	return &extprocv3.ProcessingRequest{
 		Request:         &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: hm}},
 		MetadataContext: servedMetadata(served),
 	}
-	if err := x.send(m); err != nil {
+}
+
+// responsePath plays the engine's answer through the EPP: headers with the served report,
+// then the body pieces; it returns the body the EPP sent back.
+func (x *stream) responsePath(served string, chunks [][]byte, wait time.Duration) ([]byte, error) {
+	if err := x.send(responseHeaders(served)); err != nil {
 		return nil, err
 	}
 	for i, c := range chunks {
 		if err := x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
 			ResponseBody: &extprocv3.HttpBody{Body: c, EndOfStream: i == len(chunks)-1},
-		}}); err != nil {
+		}, MetadataContext: servedMetadata(served)}); err != nil {
 			return nil, err
 		}
 	}

@@ -23,20 +23,11 @@ func TestConformanceRouter(t *testing.T) {
 	// The router's pool: the two sims, then the dead endpoint (no events, model given so
 	// that nobody asks it); startRouter waits until it counts only the sims healthy.
 	r := startRouter(t, sims, nil, "--endpoint", "http://"+dead, "--kv-events", "none", "--served-model", tokenizer.DefaultModel)
-	args := []string{"conformance", "--json", "--epp", r.grpc, "--unready-endpoint", dead, "--model", tokenizer.DefaultModel}
+	args := []string{"--epp", r.grpc, "--unready-endpoint", dead, "--model", tokenizer.DefaultModel}
 	for _, s := range sims {
 		args = append(args, "--endpoint", "http://"+s.addr)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, kvgateBin, args...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	var rep conformance.Report
-	if jerr := json.Unmarshal(out, &rep); jerr != nil {
-		t.Fatalf("output is not the JSON report (%v; exit %v):\n%s\n%s", jerr, err, out, stderr.String())
-	}
+	rep, err, stderr := runConformance(t, args...)
 	names := map[string]bool{}
 	for _, c := range rep.Checks {
 		names[c.Name] = true
@@ -57,9 +48,26 @@ func TestConformanceRouter(t *testing.T) {
 		}
 	}
 	if err != nil && !t.Failed() {
-		t.Errorf("exit %v with every check passing:\n%s", err, stderr.String())
+		t.Errorf("exit %v with every check passing:\n%s", err, stderr)
 	}
 	if l := waitNoLoad(t, r.base); l != 0 {
 		t.Errorf("the router still counts load %v after the suite (a stream leaked it)", l)
 	}
+}
+
+// runConformance runs `kvgate conformance --json` as a process with args and returns its
+// report, its exit error and its stderr.
+func runConformance(t *testing.T, args ...string) (conformance.Report, error, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kvgateBin, append([]string{"conformance", "--json"}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var rep conformance.Report
+	if jerr := json.Unmarshal(out, &rep); jerr != nil {
+		t.Fatalf("output is not the JSON report (%v; exit %v):\n%s\n%s", jerr, err, out, stderr.String())
+	}
+	return rep, err, stderr.String()
 }

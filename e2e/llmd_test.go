@@ -93,8 +93,9 @@ type llmdFleet struct {
 	port       int    // every sim's HTTP port (the pool's target port)
 	zmq        string // the EPP's KV-event socket the sims dial (dial mode)
 	kubeconfig string
-	socket     string // the tokenization service's Unix socket
-	tokenizer  *proc  // kvgate tokenserver
+	kube       *kubetest.Server // the API server, to add or change Pods
+	socket     string           // the tokenization service's Unix socket
+	tokenizer  *proc            // kvgate tokenserver
 }
 
 // startPoolSims starts n sims on 127.0.0.2, 127.0.0.3, ... sharing one HTTP port. With dial,
@@ -132,6 +133,7 @@ func startLLMDFleet(t *testing.T, n int, extra ...string) *llmdFleet {
 	dir := t.TempDir()
 	f.socket = filepath.Join(dir, "tok.sock")
 	kube := kubetest.New()
+	f.kube = kube
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if err := kube.Start(ctx, tlsconfig.Files{}); err != nil {
@@ -162,6 +164,7 @@ func startLLMDFleet(t *testing.T, n int, extra ...string) *llmdFleet {
 type llmdEPP struct {
 	p       *proc
 	grpc    string // ext_proc address
+	health  string // its gRPC health address (a port of its own)
 	metrics string // base URL of its /metrics
 }
 
@@ -176,7 +179,7 @@ func startLLMDEPP(t *testing.T, f *llmdFleet, profile string) llmdEPP {
 		t.Fatal(err)
 	}
 	grpcPort, healthPort, metricsPort := freeWildcardPort(t), freeWildcardPort(t), freeWildcardPort(t)
-	e := llmdEPP{grpc: fmt.Sprintf("127.0.0.1:%d", grpcPort), metrics: fmt.Sprintf("http://127.0.0.1:%d", metricsPort)}
+	e := llmdEPP{grpc: fmt.Sprintf("127.0.0.1:%d", grpcPort), health: fmt.Sprintf("127.0.0.1:%d", healthPort), metrics: fmt.Sprintf("http://127.0.0.1:%d", metricsPort)}
 	e.p = startProcEnv(t, []string{"KUBECONFIG=" + f.kubeconfig}, bin,
 		"--pool-name", llmdPool, "--pool-namespace", llmdNamespace, "--config-file", cfg,
 		"--grpc-port", fmt.Sprint(grpcPort), "--grpc-health-port", fmt.Sprint(healthPort), "--metrics-port", fmt.Sprint(metricsPort),

@@ -196,7 +196,17 @@ type script struct {
 	immediate    *extprocv3.ImmediateResponse // answer the request with this
 	served       chan string                  // receives the served endpoint report
 	subset       chan []string                // receives the subset hint
+	subsetLast   chan []string                // receives the hint on the body's last message (where GIE reads it)
 	respHeader   map[string]string            // set on the response
+}
+
+// subsetHint is the subset hint m carries (Envoy sends it on every message).
+func subsetHint(m *extprocv3.ProcessingRequest) []string {
+	var got []string
+	for _, v := range m.GetMetadataContext().GetFilterMetadata()[router.SubsetNamespace].GetFields()[router.SubsetKey].GetListValue().GetValues() {
+		got = append(got, v.GetStringValue())
+	}
+	return got
 }
 
 func (sc script) run(s extprocv3.ExternalProcessor_ProcessServer) error {
@@ -209,16 +219,15 @@ func (sc script) run(s extprocv3.ExternalProcessor_ProcessServer) error {
 		switch {
 		case m.GetRequestHeaders() != nil:
 			if sc.subset != nil {
-				var got []string
-				for _, v := range m.GetMetadataContext().GetFilterMetadata()[router.SubsetNamespace].GetFields()[router.SubsetKey].GetListValue().GetValues() {
-					got = append(got, v.GetStringValue())
-				}
-				sc.subset <- got
+				sc.subset <- subsetHint(m)
 			}
 		case m.GetRequestBody() != nil:
 			body = append(body, m.GetRequestBody().GetBody()...)
 			if !m.GetRequestBody().GetEndOfStream() {
 				continue
+			}
+			if sc.subsetLast != nil {
+				sc.subsetLast <- subsetHint(m)
 			}
 			if sc.immediate != nil {
 				return s.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: sc.immediate}})
@@ -339,7 +348,7 @@ func TestEPPFallbackServed(t *testing.T) {
 	dead := l.Addr().String()
 	l.Close()
 	sc := script{header: dead + "," + a.addr(), meta: dead + "," + a.addr(), served: make(chan string, 1), subset: make(chan []string, 1),
-		respHeader: map[string]string{"x-epp-saw": "yes"}}
+		subsetLast: make(chan []string, 1), respHeader: map[string]string{"x-epp-saw": "yes"}}
 	epp := startFake(t, sc.run)
 	url, _ := startEPPGateway(t, gateway.EPPConfig{Addr: epp}, dead, a.addr())
 	resp, body := post(t, url+"/v1/chat/completions", chat("hi", false))
@@ -351,6 +360,11 @@ func TestEPPFallbackServed(t *testing.T) {
 	}
 	if got := <-sc.subset; strings.Join(got, ",") != dead+","+a.addr() {
 		t.Errorf("subset hint %v, want the pool", got)
+	}
+	// As Envoy does, the body's messages carry the hint too: an EPP that takes each
+	// message's metadata in place of the last (GIE v1.4.0, llm-d) reads it there.
+	if got := <-sc.subsetLast; strings.Join(got, ",") != dead+","+a.addr() {
+		t.Errorf("subset hint on the body's last message %v, want the pool", got)
 	}
 	if got := <-sc.served; got != a.addr() {
 		t.Errorf("served report %q, want %q", got, a.addr())

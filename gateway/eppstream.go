@@ -165,13 +165,16 @@ type eppPick struct {
 func (x *eppStream) pick(ctx context.Context, r *http.Request, body []byte) (*eppPick, error) {
 	p := &eppPick{header: r.Header.Clone(), body: body}
 	timeout := x.e.cfg.Timeout
+	// Envoy sends the forwarded metadata (the subset hint) on every message of the request,
+	// not only the first: an EPP may read it from the body's last message (GIE v1.4.0 does).
+	hint := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		router.SubsetNamespace: {Fields: map[string]*structpb.Value{router.SubsetKey: stringList(x.e.subset)}},
+	}}
 	first := &extprocv3.ProcessingRequest{
 		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
 			Headers: requestHeaderMap(r), EndOfStream: len(body) == 0,
 		}},
-		MetadataContext: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
-			router.SubsetNamespace: {Fields: map[string]*structpb.Value{router.SubsetKey: stringList(x.e.subset)}},
-		}},
+		MetadataContext: hint,
 	}
 	if err := x.send(first); err != nil {
 		return nil, err
@@ -195,7 +198,7 @@ func (x *eppStream) pick(ctx context.Context, r *http.Request, body []byte) (*ep
 		}
 		if err := x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{
 			RequestBody: &extprocv3.HttpBody{Body: body, EndOfStream: true},
-		}}); err != nil {
+		}, MetadataContext: hint}); err != nil {
 			return nil, err
 		}
 		if m, err = x.next(ctx, timeout); err != nil {
@@ -231,7 +234,7 @@ func (x *eppStream) pick(ctx context.Context, r *http.Request, body []byte) (*ep
 		end := min(off+eppChunk, len(body))
 		if err := x.send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{
 			RequestBody: &extprocv3.HttpBody{Body: body[off:end], EndOfStream: end == len(body)},
-		}}); err != nil {
+		}, MetadataContext: hint}); err != nil {
 			if errors.Is(err, io.EOF) {
 				break // the EPP ended the stream: next says why
 			}
