@@ -222,7 +222,10 @@ func TestSidecarMigratesDecode(t *testing.T) {
 				c.Prefill = sidecar.NewPrefillSet(pre.Addr())
 				c.Decode = sidecar.NewPrefillSet(fbSidecar.Addr())
 				c.MigrationLimit = tc.limit
-				c.MigrationStall = 300 * time.Millisecond
+				c.MigrationStall = 10 * time.Second // only the frozen engine stalls; a loaded machine must not look like one
+				if tc.fault == "freeze" {
+					c.MigrationStall = 300 * time.Millisecond
+				}
 			})
 			chat := tc.path == "/v1/chat/completions"
 			req := map[string]any{"model": "Qwen/Qwen3-8B", "stream": true, "max_tokens": maxTokens, "ignore_eos": true,
@@ -305,5 +308,65 @@ func TestSidecarMigratesDecode(t *testing.T) {
 				t.Errorf("the fallback sidecar was asked to prefill remotely")
 			}
 		})
+	}
+}
+
+// TestSidecarPassThroughFullDuplex: an engine that starts its answer before it has read the
+// whole request body (here the client sends the rest only after the answer's first event)
+// still streams its whole answer through the sidecar. Without full duplex the sidecar's
+// server closes the client's body at the answer's first write: here the answer never came;
+// with a body already sent but its EOF not yet read by the proxy, the body copy to the engine
+// failed and the answer was cut (a migration's continuation to another sidecar hit this).
+func TestSidecarPassThroughFullDuplex(t *testing.T) {
+	eng := newFakeEngine(t, func(w http.ResponseWriter, r *http.Request) {})
+	eng.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"n\":1}\n\n")
+		w.(http.Flusher).Flush()
+		b, err := io.ReadAll(r.Body)
+		if err != nil || !strings.HasSuffix(string(b), "rest\"}") {
+			return // the body broke off: cut the answer
+		}
+		_, _ = io.WriteString(w, "data: {\"n\":2}\n\ndata: [DONE]\n\n")
+	})
+	s, _ := startSidecar(t, eng.addr(), nil)
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // a stuck answer fails, not hangs
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+s.Addr()+"/v1/completions", pr)
+	req.Header.Set("Content-Type", "application/json")
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		got <- result{resp, err}
+	}()
+	_, _ = io.WriteString(pw, `{"model":"m","prompt":"first`)
+	t.Cleanup(func() { pr.CloseWithError(io.ErrClosedPipe) })
+	var res result
+	select {
+	case res = <-got:
+	case <-ctx.Done():
+		t.Fatal("no answer while the client's body is open: the sidecar cannot stream an answer before the body ends")
+	}
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	defer res.resp.Body.Close()
+	br := bufio.NewReader(res.resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || line != "data: {\"n\":1}\n" {
+		t.Fatalf("first event %q, %v", line, err)
+	}
+	go func() { // a sidecar that closed the body never reads this: do not block the test on it
+		_, _ = io.WriteString(pw, ` rest"}`)
+		pw.Close()
+	}()
+	rest, err := io.ReadAll(br)
+	if err != nil || !strings.Contains(string(rest), `data: {"n":2}`) || !strings.Contains(string(rest), "[DONE]") {
+		t.Fatalf("after the body's end the answer went on with %q, %v; want the rest of the stream", rest, err)
 	}
 }

@@ -513,6 +513,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, ex
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		r.Header.Del("Content-Length")
+	} else {
+		// The engine may answer before the proxy has sent all of the client's body (or
+		// before it has read the body's EOF): without full duplex the server closes the
+		// body at the first write of the answer, the body copy to the engine fails and the
+		// proxy drops the engine's connection mid-answer.
+		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
 	s.proxy.ServeHTTP(w, r)
 }
