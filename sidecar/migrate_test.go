@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -369,4 +370,70 @@ func TestSidecarPassThroughFullDuplex(t *testing.T) {
 	if err != nil || !strings.Contains(string(rest), `data: {"n":2}`) || !strings.Contains(string(rest), "[DONE]") {
 		t.Fatalf("after the body's end the answer went on with %q, %v; want the rest of the stream", rest, err)
 	}
+}
+
+// running scrapes an engine's vllm:num_requests_running.
+func running(t *testing.T, addr string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "vllm:num_requests_running"); ok {
+			var f float64
+			if _, err := fmt.Sscan(strings.TrimSpace(v[strings.LastIndex(v, "}")+1:]), &f); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
+// TestSidecarMigratedClientLeaves: a client that leaves a stream after its decode half was
+// migrated ends the continuation on the fallback engine too (no load left behind), and the
+// migration is counted as client_gone.
+func TestSidecarMigratedClientLeaves(t *testing.T) {
+	pre, dec, fb := chainSim(t), chainSim(t), chainSim(t)
+	victim := newFaultProxy(t, dec.Addr())
+	fbSidecar, _ := startSidecar(t, fb.Addr(), nil)
+	s, reg := startSidecar(t, victim.addr(), func(c *sidecar.Config) {
+		c.Prefill = sidecar.NewPrefillSet(pre.Addr())
+		c.Decode = sidecar.NewPrefillSet(fbSidecar.Addr())
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	body := `{"model":"Qwen/Qwen3-8B","stream":true,"max_tokens":2000,"ignore_eos":true,"prompt":"Leave early."}`
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+s.Addr()+"/v1/completions", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(sidecar.HeaderPrefiller, pre.Addr())
+	req.Header.Set(sidecar.HeaderDestination, s.Addr()+","+fbSidecar.Addr())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	n := 0
+	for n < 15 && sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "data: {") {
+			n++
+			if n == 5 {
+				victim.kill()
+			}
+		}
+	}
+	if n != 15 {
+		t.Fatalf("stream ended after %d events: %v", n, sc.Err())
+	}
+	if got := running(t, fb.Addr()); got != 1 {
+		t.Fatalf("fallback engine runs %v requests, want the continuation", got)
+	}
+	cancel()
+	resp.Body.Close()
+	polltest.Until(t, 10*time.Second, "the fallback engine to drop the continuation", func() bool { return running(t, fb.Addr()) == 0 })
+	polltest.Until(t, 5*time.Second, "the migration counted as client_gone", func() bool {
+		return metricstest.Value(reg, sidecar.MetricMigratedRequests, "outcome", sidecar.OutcomeClientGone) == 1
+	})
 }
