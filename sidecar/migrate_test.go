@@ -2,12 +2,14 @@ package sidecar_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -436,4 +438,63 @@ func TestSidecarMigratedClientLeaves(t *testing.T) {
 	polltest.Until(t, 5*time.Second, "the migration counted as client_gone", func() bool {
 		return metricstest.Value(reg, sidecar.MetricMigratedRequests, "outcome", sidecar.OutcomeClientGone) == 1
 	})
+}
+
+// BenchmarkSidecarStreamMigration is the cost of the migrating decode path on a healthy
+// stream (64 chunks with per-chunk usage, as every attempt asks for): the same remote
+// prefill and decode through a sidecar with migration off (the byte proxy) and on (each
+// event parsed and rewritten).
+func BenchmarkSidecarStreamMigration(b *testing.B) {
+	var stream strings.Builder
+	for i := 1; i <= 64; i++ {
+		fmt.Fprintf(&stream, `data: {"id":"c","object":"text_completion","created":1,"model":"m","choices":[{"index":0,"text":" word","finish_reason":null}],"usage":{"prompt_tokens":10,"completion_tokens":%d,"total_tokens":%d}}`+"\n\n", i, 10+i)
+	}
+	stream.WriteString(`data: {"id":"c","object":"text_completion","created":1,"model":"m","choices":[{"index":0,"text":"","finish_reason":"length"}],"usage":{"prompt_tokens":10,"completion_tokens":64,"total_tokens":74}}` + "\n\ndata: [DONE]\n\n")
+	engine := func(typ, answer string) string {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", typ)
+			_, _ = io.WriteString(w, answer)
+		}))
+		b.Cleanup(s.Close)
+		return strings.TrimPrefix(s.URL, "http://")
+	}
+	pre := engine("application/json", `{"choices":[{"index":0,"text":"a"}],"kv_transfer_params":`+transferParams+`}`)
+	dec := engine("text/event-stream", stream.String())
+	body := `{"model":"m","prompt":"` + strings.Repeat("lorem ipsum ", 300) + `","max_tokens":64,"stream":true}`
+	start := func(limit int) string {
+		s, err := sidecar.New(sidecar.Config{Engine: dec, Prefill: sidecar.NewPrefillSet(pre),
+			Decode: sidecar.NewPrefillSet("127.0.0.1:1"), MigrationLimit: limit}, nil, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		b.Cleanup(func() { cancel(); <-done })
+		return s.Addr()
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	for _, bc := range []struct {
+		name  string
+		limit int
+	}{{"migration-off", -1}, {"migration-on", 0}} {
+		addr := start(bc.limit)
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/completions", strings.NewReader(body))
+				req.Header.Set(sidecar.HeaderPrefiller, pre)
+				req.Header.Set(sidecar.HeaderDestination, addr+",127.0.0.1:1")
+				resp, err := client.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				got, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || !bytes.HasSuffix(got, []byte("data: [DONE]\n\n")) {
+					b.Fatalf("status %d: %q", resp.StatusCode, got)
+				}
+			}
+		})
+	}
 }
