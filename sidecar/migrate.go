@@ -197,7 +197,8 @@ func (s *Server) decodeMigrating(w http.ResponseWriter, r *http.Request, body []
 }
 
 // abandon cuts a stream that could not be migrated: an error event, then the response
-// aborted (the client sees a broken stream, never a clean end).
+// aborted (the client sees a broken stream, never a clean end). It does not return: it
+// panics with http.ErrAbortHandler, which the server turns into a dropped connection.
 func (s *Server) abandon(send func([]byte) error, from, outcome string, err error) {
 	s.migrated.WithLabelValues(outcome).Inc()
 	s.log.Warn("decode stream failed and was not migrated, aborting it", "endpoint", from, "outcome", outcome, "error", err)
