@@ -275,7 +275,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, TLSConfig: s.cfg.TLS}
 	s.log.Info("sidecar listening", "addr", s.Addr(), "decode_engine", s.cfg.Engine, "tls", s.cfg.TLS != nil,
-		"prefill_engines", s.cfg.Prefill.Len())
+		"prefill_engines", s.cfg.Prefill.Len(), "migration_limit", max(s.cfg.MigrationLimit, 0), "decode_fallbacks", s.cfg.Decode.Len())
 	if err := httpproxy.Serve(ctx, srv, s.lis); err != nil {
 		return fmt.Errorf("sidecar: serve: %w", err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -53,7 +54,7 @@ it off). See docs/DISAGG.md.`,
 			cfg.Prefill = sidecar.NewPrefillSet(prefills...)
 			cfg.Decode = sidecar.NewPrefillSet(decodes...)
 			if cfg.DecodeTLS, err = decTLS.Client(); err != nil {
-				return err
+				return fmt.Errorf("--decode-tls-*: %w", err)
 			}
 			if cfg.MigrationLimit == 0 {
 				cfg.MigrationLimit = -1 // the flag's 0 means off; the config's 0 means the default
