@@ -52,9 +52,9 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) (code int, 
 	if g.cfg.MigrationLimit > 0 && d.Stream {
 		if mig = newMigration(r.URL.Path, body); mig != nil {
 			if d.UsageForced { // the router asked for usage, not the client
-				mig.usage, mig.contUsage = false, false
+				mig.NoClientUsage()
 			}
-			if b, err := mig.firstBody(body); err == nil {
+			if b, err := mig.FirstBody(body); err == nil {
 				body = b
 			} else {
 				mig = nil

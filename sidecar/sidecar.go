@@ -40,6 +40,9 @@ const (
 	// HeaderPrefillFallback is set on a response whose remote prefill failed and whose
 	// prompt the local engine prefilled instead; the value is the reason.
 	HeaderPrefillFallback = "x-kvgate-prefill-fallback"
+	// HeaderDestination is the router's pick, then its ordered fallbacks, comma-separated
+	// (router.HeaderDestination); the fallbacks are where a failed decode half migrates.
+	HeaderDestination = "x-gateway-destination-endpoint"
 	// headerRequestID is the request id both engines see (vLLM's X-Request-Id).
 	headerRequestID = "X-Request-Id"
 )
@@ -50,6 +53,13 @@ const (
 	MetricFallbacks      = "kvgate_sidecar_prefill_fallbacks_total"
 	MetricPrefillSeconds = "kvgate_sidecar_prefill_seconds"
 	MetricRefused        = "kvgate_sidecar_prefill_refused_total"
+	// MetricMigrations counts decode streams moved to a fallback decode endpoint, by reason.
+	MetricMigrations = "kvgate_sidecar_migrations_total"
+	// MetricMigratedRequests counts decode streams that needed migration, by outcome.
+	MetricMigratedRequests = "kvgate_sidecar_migrated_requests_total"
+	// MetricMigrationRefused counts fallbacks in HeaderDestination skipped because they are
+	// not known decode endpoints (Config.Decode).
+	MetricMigrationRefused = "kvgate_sidecar_migration_refused_total"
 )
 
 // Why a remote prefill was given up: the reason label of MetricFallbacks and the value
@@ -83,11 +93,36 @@ type Config struct {
 	// in MetricRefused: nothing, prompt or credentials, is sent there. nil = none (every
 	// request naming a prefill engine is refused).
 	Prefill *PrefillSet
+	// MigrationLimit bounds how often one disaggregated stream's decode half moves to a
+	// fallback decode endpoint after the local engine failed or stalled. Zero:
+	// DefaultMigrationLimit; negative: never (the stream is cut).
+	MigrationLimit int
+	// MigrationStall is how long a decode stream may go without an event after its first
+	// token before it is migrated. Zero: DefaultMigrationStall; negative: only failures.
+	MigrationStall time.Duration
+	// MigrationMaxTokens is the most generated tokens a stream may have and still be
+	// migrated. Zero: DefaultMigrationMaxTokens.
+	MigrationMaxTokens int
+	// Decode is the set of decode endpoints (as the router names them, usually their
+	// sidecars) a continuation may be sent to, with the prompt and the client's credentials:
+	// the fallbacks the router names that are not in it are skipped. nil = none (no
+	// migration).
+	Decode *PrefillSet
+	// DecodeTLS, when set, is the client TLS config for the fallback decode endpoints (their
+	// sidecars serve HTTPS).
+	DecodeTLS *tls.Config
 	// TLS, when set, makes the sidecar serve HTTPS (mutual TLS when it requires client certs).
 	TLS *tls.Config
 	// Transport overrides the HTTP transport to both engines (tests).
 	Transport http.RoundTripper
 }
+
+// Migration defaults.
+const (
+	DefaultMigrationLimit     = 3
+	DefaultMigrationStall     = 30 * time.Second
+	DefaultMigrationMaxTokens = 32768
+)
 
 // Server is the decode node's P/D proxy, in front of the local decode engine. A completion
 // request that names a prefill engine in HeaderPrefiller is first sent there with
@@ -103,10 +138,16 @@ type Server struct {
 	transport http.RoundTripper
 	proxy     *httputil.ReverseProxy
 
-	remote    prometheus.Counter
-	refused   prometheus.Counter
-	fallbacks *prometheus.CounterVec
-	latency   prometheus.Histogram
+	decodeTransport http.RoundTripper // to fallback decode endpoints
+	decodeScheme    string            // "http://" or "https://"
+
+	remote         prometheus.Counter
+	refused        prometheus.Counter
+	fallback       *prometheus.CounterVec
+	latency        prometheus.Histogram
+	migrations     *prometheus.CounterVec
+	migrated       *prometheus.CounterVec
+	migrateRefused prometheus.Counter
 
 	mu      sync.Mutex
 	running bool
@@ -152,6 +193,15 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = openai.DefaultMaxBodyBytes
 	}
+	if cfg.MigrationLimit == 0 {
+		cfg.MigrationLimit = DefaultMigrationLimit
+	}
+	if cfg.MigrationStall == 0 {
+		cfg.MigrationStall = DefaultMigrationStall
+	}
+	if cfg.MigrationMaxTokens <= 0 {
+		cfg.MigrationMaxTokens = DefaultMigrationMaxTokens
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -167,18 +217,33 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, erro
 		}
 	}
 	s.proxy = s.newProxy()
+	s.decodeTransport, s.decodeScheme = s.transport, "http://"
+	if cfg.DecodeTLS != nil {
+		s.decodeScheme = "https://"
+		if cfg.Transport == nil {
+			t := s.transport.(*http.Transport).Clone()
+			t.TLSClientConfig = cfg.DecodeTLS
+			s.decodeTransport = t
+		}
+	}
 	labels := prometheus.Labels{"engine": cfg.Name}
 	s.remote = prometheus.NewCounter(prometheus.CounterOpts{Name: MetricRemotePrefills, ConstLabels: labels,
 		Help: "Requests whose prompt a remote prefill engine computed (its KV then pulled by the local engine)."})
 	s.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: MetricRefused, ConstLabels: labels,
 		Help: "Requests refused (403) because they named a prefill engine outside the known prefill set."})
-	s.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricFallbacks, ConstLabels: labels,
+	s.fallback = prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricFallbacks, ConstLabels: labels,
 		Help: "Remote prefills given up, by reason; the local engine prefilled instead."}, []string{"reason"})
 	s.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: MetricPrefillSeconds, ConstLabels: labels,
 		Help:    "Time of successful remote prefill requests (queueing and prefill on the prefill engine).",
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)})
+	s.migrations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricMigrations, ConstLabels: labels,
+		Help: "Decode streams moved to a fallback decode endpoint after the local engine failed or stalled, by reason."}, []string{"reason"})
+	s.migrated = prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricMigratedRequests, ConstLabels: labels,
+		Help: "Decode streams that needed migration, by outcome (completed, limit, too_long, unsupported, no_endpoint, client_gone)."}, []string{"outcome"})
+	s.migrateRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: MetricMigrationRefused, ConstLabels: labels,
+		Help: "Fallback decode endpoints named in x-gateway-destination-endpoint and skipped: not known decode endpoints."})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{s.remote, s.refused, s.fallbacks, s.latency} {
+		for _, c := range []prometheus.Collector{s.remote, s.refused, s.fallback, s.latency, s.migrations, s.migrated, s.migrateRefused} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("sidecar: metrics: %w", err)
 			}
@@ -210,7 +275,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, TLSConfig: s.cfg.TLS}
 	s.log.Info("sidecar listening", "addr", s.Addr(), "decode_engine", s.cfg.Engine, "tls", s.cfg.TLS != nil,
-		"prefill_engines", s.cfg.Prefill.Len())
+		"prefill_engines", s.cfg.Prefill.Len(), "migration_limit", max(s.cfg.MigrationLimit, 0), "decode_fallbacks", s.cfg.Decode.Len())
 	if err := httpproxy.Serve(ctx, srv, s.lis); err != nil {
 		return fmt.Errorf("sidecar: serve: %w", err)
 	}
@@ -254,12 +319,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	extra := http.Header{}
 	if why != "" {
-		s.fallbacks.WithLabelValues(why).Inc()
+		s.fallback.WithLabelValues(why).Inc()
 		extra.Set(HeaderPrefillFallback, why)
 		out = body
 	} else {
 		s.remote.Inc()
 		extra.Set(HeaderPrefillEndpoint, prefiller)
+	}
+	if m, cands := s.migratable(r, body); m != nil {
+		s.decodeMigrating(w, r, out, extra, m, cands)
+		return
 	}
 	s.forward(w, r, out, extra)
 }
@@ -444,6 +513,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, ex
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		r.Header.Del("Content-Length")
+	} else {
+		// The engine may answer before the proxy has sent all of the client's body (or
+		// before it has read the body's EOF): without full duplex the server closes the
+		// body at the first write of the answer, the body copy to the engine fails and the
+		// proxy drops the engine's connection mid-answer.
+		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
 	s.proxy.ServeHTTP(w, r)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/sidecar"
 )
 
@@ -74,6 +75,75 @@ func FuzzSidecar(f *testing.F) {
 		}
 		if p := bytes.TrimSpace(m["kv_transfer_params"]); len(p) == 0 || p[0] != '{' {
 			t.Fatalf("decode body without the prefill's kv_transfer_params: %q", got)
+		}
+	})
+}
+
+// streams is an in-memory set of engines for a migration: the prefill engine answers
+// kv_transfer_params, the local decode engine streams one event and breaks off, the fallback
+// decode endpoint streams one event and [DONE].
+type streams struct {
+	decode, fallback string
+	first, second    []byte
+}
+
+func (st *streams) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		_, _ = io.ReadAll(r.Body)
+	}
+	typ, body := "application/json", []byte(`{"kv_transfer_params":{"remote_block_ids":[1]}}`)
+	switch r.URL.Host {
+	case st.decode:
+		typ, body = "text/event-stream", append(append([]byte("data: "), st.first...), "\n\n"...)
+	case st.fallback:
+		typ, body = "text/event-stream", append(append([]byte("data: "), st.second...), "\n\ndata: [DONE]\n\n"...)
+	}
+	return &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {typ}},
+		Body: io.NopCloser(bytes.NewReader(body)), Request: r}, nil
+}
+
+// FuzzSidecarMigration: whatever the client's body and the chunks the failing decode engine
+// and the fallback send, the sidecar does not panic (an aborted response aside) and a stream
+// it does not abort ends with [DONE].
+func FuzzSidecarMigration(f *testing.F) {
+	f.Add([]byte(`{"model":"m","prompt":"a","stream":true,"max_tokens":5}`),
+		[]byte(`{"id":"x","choices":[{"index":0,"text":" the"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`),
+		[]byte(`{"id":"y","choices":[{"index":0,"text":" end","finish_reason":"length"}]}`))
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}`),
+		[]byte(`{"error":{"message":"boom"}}`), []byte(`not json`))
+	f.Add([]byte(`{"stream":true,"prompt":"x","max_tokens":1}`), []byte(`{"choices":[{"text":"a"}]}`), []byte(`{}`))
+	st := &streams{decode: "127.0.0.1:9", fallback: "127.0.0.1:10"}
+	s, err := sidecar.New(sidecar.Config{Engine: st.decode, Transport: st, Prefill: sidecar.NewPrefillSet("127.0.0.1:11"),
+		Decode: sidecar.NewPrefillSet(st.fallback)}, nil, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, body, first, second []byte) {
+		if bytes.ContainsAny(first, "\r\n") || bytes.ContainsAny(second, "\r\n") {
+			return // one event each
+		}
+		st.first, st.second = first, second // one input at a time per fuzzing process
+		for _, path := range []string{"/v1/completions", "/v1/chat/completions"} {
+			req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+			req.Header.Set(sidecar.HeaderPrefiller, "127.0.0.1:11")
+			req.Header.Set(sidecar.HeaderDestination, "127.0.0.1:12,"+st.fallback)
+			w := httptest.NewRecorder()
+			aborted := func() (aborted bool) {
+				defer func() {
+					if p := recover(); p != nil {
+						if p != http.ErrAbortHandler {
+							panic(p)
+						}
+						aborted = true
+					}
+				}()
+				s.ServeHTTP(w, req)
+				return false
+			}()
+			if !aborted && w.Header().Get("Content-Type") == "text/event-stream" && openai.NewStitch(path, body) != nil &&
+				!bytes.HasSuffix(w.Body.Bytes(), []byte("data: [DONE]\n\n")) {
+				t.Fatalf("a stream not aborted ends with %q", w.Body.Bytes())
+			}
 		}
 	})
 }

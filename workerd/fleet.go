@@ -159,7 +159,7 @@ func (w *Workerd) startTemplate(ctx context.Context, name string, count int) ([]
 	for _, pl := range plans {
 		var sc *sidecar.Server
 		if pl.sidecar != "" {
-			sc, err = sidecar.New(sidecar.Config{Addr: pl.sidecar, Engine: pl.addr, Name: pl.instance, Prefill: w.prefills, TLS: w.sidecarTLS}, w.log, w.reg)
+			sc, err = sidecar.New(sidecar.Config{Addr: pl.sidecar, Engine: pl.addr, Name: pl.instance, Prefill: w.prefills, Decode: w.decodes, TLS: w.sidecarTLS}, w.log, w.reg)
 			if err != nil {
 				return names, status.Errorf(codes.Internal, "engine %s: %v", pl.instance, err)
 			}

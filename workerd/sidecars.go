@@ -28,11 +28,12 @@ func (w *Workerd) newSidecars(log *slog.Logger, reg prometheus.Registerer, tc *t
 		}
 	}
 	w.prefills = sidecar.NewPrefillSet(fixed...)
+	w.decodes = sidecar.NewPrefillSet()
 	for _, p := range w.plans {
 		if p.sidecar == "" {
 			continue
 		}
-		s, err := sidecar.New(sidecar.Config{Addr: p.sidecar, Engine: p.addr, Name: p.instance, Prefill: w.prefills, TLS: tc}, log, reg)
+		s, err := sidecar.New(sidecar.Config{Addr: p.sidecar, Engine: p.addr, Name: p.instance, Prefill: w.prefills, Decode: w.decodes, TLS: tc}, log, reg)
 		if err != nil {
 			for _, o := range w.sidecars {
 				o.Close()

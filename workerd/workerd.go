@@ -61,6 +61,9 @@ type Workerd struct {
 	// prefill engines they may send prompts to.
 	sidecars map[string]*sidecar.Server
 	prefills *sidecar.PrefillSet
+	// decodes is the decode endpoints (as routers name them) the sidecars may migrate a
+	// failed decode stream to: with Consul, the healthy ones registered there.
+	decodes *sidecar.PrefillSet
 
 	// What starting a template's engine at run time needs.
 	simCmd     []string
@@ -290,9 +293,11 @@ func (w *Workerd) Run(ctx context.Context) error {
 		// The sidecars may prefill on any healthy prefill engine registered in Consul: the
 		// ones a router watching the same catalog can name.
 		wg.Go(func() {
-			discovery.FollowAddresses(ctx, w.consul, discovery.RolePrefill, func(addrs []string) {
-				w.prefills.Set(addrs)
-			})
+			// ... and migrate a failed decode stream to any healthy decode endpoint there.
+			for eps := range w.consul.Watch(ctx) {
+				w.prefills.Set(discovery.Addresses(eps, discovery.RolePrefill))
+				w.decodes.Set(discovery.Addresses(eps, discovery.RoleDecode))
+			}
 		})
 	}
 	procCtx, stopProcs := context.WithCancel(context.WithoutCancel(ctx))

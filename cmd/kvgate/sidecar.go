@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,8 +22,10 @@ func newSidecarCmd(g *globals) *cobra.Command {
 		cfg      sidecar.Config
 		metrics  string
 		prefills []string
+		decodes  []string
 		consul   consulFlags
 		tlsFiles tlsconfig.Files
+		decTLS   tlsconfig.Files
 	)
 	cmd := &cobra.Command{
 		Use:   "sidecar",
@@ -34,7 +37,11 @@ with the original request to the decode engine, which pulls the prompt's KV bloc
 streams the answer. If the prefill fails, the decode engine prefills itself. Other requests
 pass through. Only prefill engines the router could have named are used: those given with
 --prefill and, with --consul, the healthy prefill engines registered there; a request naming
-another one is refused (403). See docs/DISAGG.md.`,
+another one is refused (403). When the decode engine fails or stalls after the first token
+of a disaggregated stream, the sidecar continues it on the next fallback decode endpoint the
+router named in x-gateway-destination-endpoint (one given with --decode or, with --consul,
+registered as a healthy decode engine), stitched into one stream (--migration-limit 0 turns
+it off). See docs/DISAGG.md.`,
 		Example: `  kvgate sidecar --listen 0.0.0.0:8200 --engine 127.0.0.1:8100 --prefill 10.0.0.5:8100 --metrics-addr :9200
   kvgate sidecar --engine 127.0.0.1:8100 --consul 127.0.0.1:8500 --tls-cert s.pem --tls-key s.key --tls-ca ca.pem`,
 		Args: cobra.NoArgs,
@@ -45,6 +52,16 @@ another one is refused (403). See docs/DISAGG.md.`,
 				return err
 			}
 			cfg.Prefill = sidecar.NewPrefillSet(prefills...)
+			cfg.Decode = sidecar.NewPrefillSet(decodes...)
+			if cfg.DecodeTLS, err = decTLS.Client(); err != nil {
+				return fmt.Errorf("--decode-tls-*: %w", err)
+			}
+			if cfg.MigrationLimit == 0 {
+				cfg.MigrationLimit = -1 // the flag's 0 means off; the config's 0 means the default
+			}
+			if cfg.MigrationStall == 0 {
+				cfg.MigrationStall = -1 // likewise: only failures migrate
+			}
 			disc, err := consul.source(g.log)
 			if err != nil {
 				return err
@@ -60,7 +77,10 @@ another one is refused (403). See docs/DISAGG.md.`,
 			grp.Go(func() error { return s.Run(ctx) })
 			if disc != nil {
 				grp.Go(func() error {
-					discovery.FollowAddresses(ctx, disc, discovery.RolePrefill, cfg.Prefill.Set)
+					for eps := range disc.Watch(ctx) {
+						cfg.Prefill.Set(discovery.Addresses(eps, discovery.RolePrefill))
+						cfg.Decode.Set(discovery.Addresses(eps, discovery.RoleDecode))
+					}
 					return nil
 				})
 			}
@@ -78,6 +98,11 @@ another one is refused (403). See docs/DISAGG.md.`,
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body read")
 	f.StringVar(&metrics, "metrics-addr", "", "serve the sidecar's own Prometheus /metrics here (its /metrics is the engine's)")
 	f.StringSliceVar(&prefills, "prefill", nil, "prefill engine (host:port) requests may name in x-prefiller-host-port (repeatable, comma-separated)")
+	f.StringSliceVar(&decodes, "decode", nil, "decode endpoint (host:port, as the router names it) a failed decode stream may continue on (repeatable, comma-separated)")
+	f.IntVar(&cfg.MigrationLimit, "migration-limit", sidecar.DefaultMigrationLimit, "most times one disaggregated stream's decode half moves to a fallback decode endpoint (0: never, the stream is cut)")
+	f.DurationVar(&cfg.MigrationStall, "migration-stall", sidecar.DefaultMigrationStall, "no event for this long after the first token counts as a failed decode engine (0: only failures migrate)")
+	f.IntVar(&cfg.MigrationMaxTokens, "migration-max-tokens", sidecar.DefaultMigrationMaxTokens, "most generated tokens a stream may have and still be migrated")
+	decTLS.AddClientFlags(f, "decode-", "the fallback decode endpoints (their sidecars)")
 	consul.add(cmd)
 	tlsFiles.AddServerFlags(f, "", "the sidecar")
 	_ = cmd.MarkFlagRequired("engine")

@@ -1,14 +1,14 @@
-package gateway
+package openai
 
 import (
 	"encoding/json"
 	"testing"
 )
 
-// FuzzMigration feeds a client body and an engine's stream chunks to the migration state:
+// FuzzStitch feeds a client body and an engine's stream chunks to the stitching state:
 // no input panics, every chunk sent on is an SSE event of a JSON object, and the
 // continuation of an accepted request is a JSON object.
-func FuzzMigration(f *testing.F) {
+func FuzzStitch(f *testing.F) {
 	f.Add(true, []byte(`{"model":"m","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`),
 		[]byte(`{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}`),
 		[]byte(`{"id":"x","choices":[{"index":0,"delta":{"content":" the"}}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`))
@@ -21,21 +21,23 @@ func FuzzMigration(f *testing.F) {
 		if chat {
 			path = "/v1/chat/completions"
 		}
-		m := newMigration(path, body)
+		m := NewStitch(path, body)
 		if m == nil {
 			return
 		}
 		for i, c := range [][]byte{c1, c2} {
-			out, _, _, err := m.rewrite(c)
+			out, _, _, err := m.Rewrite(c)
 			if err != nil || out == nil {
 				continue
 			}
 			if len(out) < 8 || string(out[:6]) != "data: " || string(out[len(out)-2:]) != "\n\n" || !json.Valid(out[6:len(out)-2]) {
 				t.Fatalf("chunk %d sent on as %q", i, out)
 			}
-			m.attempts = i // the second chunk comes from a continuation
+			if i == 0 {
+				m.Next() // the second chunk comes from a continuation
+			}
 		}
-		b, err := m.continuation()
+		b, err := m.Continuation()
 		if err != nil {
 			return
 		}
