@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/kvgate/kvgate/openai"
+	"github.com/kvgate/kvgate/polltest"
 )
 
 // TestRuntimeLoRAAPI checks vLLM's runtime adapter API: off unless allowed; load, serve,
@@ -109,13 +110,7 @@ func TestMaxLoRAsAndMetric(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	polltest.Until(t, 10*time.Second, what, cond)
 }
 
 // scrapeLoRAInfo reads vllm:lora_requests_info's newest series from /metrics.
