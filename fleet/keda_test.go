@@ -12,7 +12,7 @@ import (
 // The KEDA example queries only metrics the router exports (a renamed metric would leave the
 // example scaling on nothing).
 func TestKEDAExampleNamesRouterMetrics(t *testing.T) {
-	b, err := os.ReadFile("../deploy/keda/scaledobject.yaml")
+	b, err := os.ReadFile("../deploy/kubernetes/keda/scaledobject.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
