@@ -211,10 +211,16 @@ func FuzzMetricNames(f *testing.F) {
 }
 
 func FuzzDashboardQueries(f *testing.F) {
-	b, err := os.ReadFile("grafana/kvgate.json")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(b)
-	f.Fuzz(func(t *testing.T, b []byte) { _, _ = deploy.DashboardQueries("d.json", b) })
+	f.Add([]byte(`{"panels": [{"title": "r", "type": "row", "panels": [{"title": "p", "targets": [{"refId": "A", "expr": "rate(a[5m])"}]}]}],
+ "templating": {"list": [{"name": "m", "type": "query", "query": {"query": "label_values(a, model)"}}, {"name": "d", "type": "datasource"}]}}`))
+	f.Add([]byte(`{"templating": {"list": [{"name": "q", "type": "query", "query": "query_result(max(b))"}]}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		qs, err := deploy.DashboardQueries("d.json", b)
+		for _, q := range qs {
+			_, _ = deploy.MetricNames(q.Expr)
+		}
+		if err != nil && qs != nil {
+			t.Fatalf("queries %v with error %v", qs, err)
+		}
+	})
 }

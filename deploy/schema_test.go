@@ -180,7 +180,7 @@ func TestDecodeRejects(t *testing.T) {
 }
 
 func FuzzDecode(f *testing.F) {
-	for _, name := range []string{"kubernetes/epp/deployment.yaml", "kubernetes/epp/inferencepool.yaml"} {
+	for _, name := range []string{"kubernetes/epp/inferencepool.yaml", "kubernetes/epp/serviceaccount.yaml"} {
 		b, err := os.ReadFile(name)
 		if err != nil {
 			f.Fatal(err)
