@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -223,4 +224,71 @@ func FuzzDashboardQueries(f *testing.F) {
 			t.Fatalf("queries %v with error %v", qs, err)
 		}
 	})
+}
+
+// The dashboard is one Grafana imports as it is: unique panel ids, panels inside the 24-column
+// grid without overlapping, every query panel on the data-source variable with distinct refIds.
+func TestDashboardIsWellFormed(t *testing.T) {
+	files, _ := filepath.Glob("grafana/*.json")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d struct {
+			UID    string `json:"uid"`
+			Panels []struct {
+				ID         int    `json:"id"`
+				Type       string `json:"type"`
+				Title      string `json:"title"`
+				Datasource struct {
+					UID string `json:"uid"`
+				} `json:"datasource"`
+				GridPos struct{ H, W, X, Y int } `json:"gridPos"`
+				Targets []struct {
+					RefID string `json:"refId"`
+				} `json:"targets"`
+			} `json:"panels"`
+		}
+		if err := json.Unmarshal(b, &d); err != nil {
+			t.Fatal(err)
+		}
+		if d.UID == "" {
+			t.Errorf("%s: no uid", f)
+		}
+		ids := map[int]bool{}
+		type cell struct{ x, y int }
+		taken := map[cell]string{}
+		for _, p := range d.Panels {
+			if ids[p.ID] {
+				t.Errorf("%s: panel id %d twice", f, p.ID)
+			}
+			ids[p.ID] = true
+			g := p.GridPos
+			if g.W <= 0 || g.H <= 0 || g.X < 0 || g.X+g.W > 24 {
+				t.Errorf("%s: panel %q outside the grid: %+v", f, p.Title, g)
+			}
+			for x := g.X; x < g.X+g.W; x++ {
+				for y := g.Y; y < g.Y+g.H; y++ {
+					if other, ok := taken[cell{x, y}]; ok {
+						t.Errorf("%s: panels %q and %q overlap at %d,%d", f, other, p.Title, x, y)
+					}
+					taken[cell{x, y}] = p.Title
+				}
+			}
+			if p.Type == "row" {
+				continue
+			}
+			if p.Datasource.UID != "${datasource}" || len(p.Targets) == 0 {
+				t.Errorf("%s: panel %q: data source %q, %d targets", f, p.Title, p.Datasource.UID, len(p.Targets))
+			}
+			refs := map[string]bool{}
+			for _, tg := range p.Targets {
+				if tg.RefID == "" || refs[tg.RefID] {
+					t.Errorf("%s: panel %q: refId %q empty or repeated", f, p.Title, tg.RefID)
+				}
+				refs[tg.RefID] = true
+			}
+		}
+	}
 }
