@@ -99,7 +99,10 @@ func TestAPIsRefusedThroughExtProc(t *testing.T) {
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		res, err := f.client.Do(ctx, modes[0].mode, extproctest.Request{Method: "POST", Path: c.path, Body: []byte(c.body)},
-			func(*extproctest.Result) extproctest.Upstream { t.Error("refused request reached upstream"); return extproctest.Upstream{} })
+			func(*extproctest.Result) extproctest.Upstream {
+				t.Error("refused request reached upstream")
+				return extproctest.Upstream{}
+			})
 		cancel()
 		if err != nil {
 			t.Fatal(err)
