@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // ResponsesRequest is a /v1/responses body (OpenAI's Responses API) as far as routing needs
@@ -27,6 +28,13 @@ type ResponsesRequest struct {
 
 	// Extra holds the fields this type does not know, as they came.
 	Extra map[string]json.RawMessage `json:"-"`
+
+	conv *converted // ChatMessages' result, computed once by validation
+}
+
+type converted struct {
+	messages, tools json.RawMessage
+	err             error
 }
 
 // ParseResponsesRequest decodes and validates a Responses body. Every error is an *Error
@@ -79,7 +87,9 @@ func (r *ResponsesRequest) validate() error {
 			return err
 		}
 	}
-	if _, _, err := r.ChatMessages(); err != nil && !errors.Is(err, ErrUnrenderable) {
+	m, t, err := r.convert()
+	r.conv = &converted{m, t, err}
+	if err != nil && !errors.Is(err, ErrUnrenderable) {
 		return err
 	}
 	return nil
@@ -99,19 +109,40 @@ var ErrUnrenderable = errors.New("openai: input the router cannot render")
 // tools is nil when the request has none. The error is an *Error for invalid items, or wraps
 // ErrUnrenderable.
 func (r *ResponsesRequest) ChatMessages() (messages, tools json.RawMessage, err error) {
+	if r.conv != nil {
+		return r.conv.messages, r.conv.tools, r.conv.err
+	}
+	return r.convert()
+}
+
+func (r *ResponsesRequest) convert() (messages, tools json.RawMessage, err error) {
 	var msgs []chatMsg
 	if r.Instructions != nil && *r.Instructions != "" {
 		msgs = append(msgs, chatMsg{Role: "system", Content: mustJSON(*r.Instructions)})
 	}
 	if jsonKind(r.Input) == "a string" {
 		msgs = append(msgs, chatMsg{Role: "user", Content: r.Input})
-	} else {
-		var items []json.RawMessage
-		if err := json.Unmarshal(r.Input, &items); err != nil {
+	} else if items, ok := decodeItems(r.Input); ok { // one pass over the input
+		for i, it := range items {
+			if msgs, err = appendItem(msgs, i, it); err != nil {
+				return nil, nil, err
+			}
+		}
+	} else { // item by item, to name the one that is wrong
+		var raws []json.RawMessage
+		if err := json.Unmarshal(r.Input, &raws); err != nil {
 			return nil, nil, BadRequest("input", "Invalid value for 'input': %s", jsonErrText(err))
 		}
-		for i, raw := range items {
-			if msgs, err = appendItem(msgs, i, raw); err != nil {
+		for i, raw := range raws {
+			p := fmt.Sprintf("input[%d]", i)
+			var it inputItem
+			if jsonKind(raw) != "an object" {
+				return nil, nil, BadRequest(p, "Invalid type for '%s': expected an object, but got %s instead.", p, jsonKind(raw))
+			}
+			if err := json.Unmarshal(raw, &it); err != nil {
+				return nil, nil, BadRequest(p, "Invalid value for '%s': %s", p, jsonErrText(err))
+			}
+			if msgs, err = appendItem(msgs, i, it); err != nil {
 				return nil, nil, err
 			}
 		}
@@ -161,15 +192,25 @@ type textPart struct {
 	Text *string `json:"text"`
 }
 
-func appendItem(msgs []chatMsg, i int, raw json.RawMessage) ([]chatMsg, error) {
+// decodeItems decodes an input array in one pass; false when some item is not a well-typed
+// object (the caller then finds which).
+func decodeItems(raw json.RawMessage) ([]inputItem, bool) {
+	var items []*inputItem
+	if json.Unmarshal(raw, &items) != nil {
+		return nil, false
+	}
+	out := make([]inputItem, len(items))
+	for i, it := range items {
+		if it == nil { // a null item
+			return nil, false
+		}
+		out[i] = *it
+	}
+	return out, true
+}
+
+func appendItem(msgs []chatMsg, i int, it inputItem) ([]chatMsg, error) {
 	p := fmt.Sprintf("input[%d]", i)
-	var it inputItem
-	if jsonKind(raw) != "an object" {
-		return nil, BadRequest(p, "Invalid type for '%s': expected an object, but got %s instead.", p, jsonKind(raw))
-	}
-	if err := json.Unmarshal(raw, &it); err != nil {
-		return nil, BadRequest(p, "Invalid value for '%s': %s", p, jsonErrText(err))
-	}
 	typ := "message"
 	if it.Type != nil {
 		typ = *it.Type
@@ -281,16 +322,23 @@ func userContent(p string, raw json.RawMessage) (json.RawMessage, error) {
 	default:
 		return nil, BadRequest(p, "Invalid type for '%s': expected a string or an array of content parts, but got %s instead.", p, jsonKind(raw))
 	}
-	var parts []json.RawMessage
-	if err := json.Unmarshal(raw, &parts); err != nil {
-		return nil, BadRequest(p, "Invalid value for '%s': %s", p, jsonErrText(err))
+	var parts []*textPart
+	if json.Unmarshal(raw, &parts) != nil || slices.Contains(parts, nil) {
+		// Find the part that is not an object with a string type and text.
+		var raws []json.RawMessage
+		if err := json.Unmarshal(raw, &raws); err != nil {
+			return nil, BadRequest(p, "Invalid value for '%s': %s", p, jsonErrText(err))
+		}
+		for j, pr := range raws {
+			var tp textPart
+			if jsonKind(pr) != "an object" || json.Unmarshal(pr, &tp) != nil {
+				return nil, BadRequest(fmt.Sprintf("%s[%d]", p, j), "Invalid type for '%s[%d]': expected a content part object.", p, j)
+			}
+		}
+		return nil, BadRequest(p, "Invalid value for '%s'.", p) // unreachable: some part failed above
 	}
 	out := make([]textPart, 0, len(parts))
-	for j, pr := range parts {
-		var tp textPart
-		if jsonKind(pr) != "an object" || json.Unmarshal(pr, &tp) != nil {
-			return nil, BadRequest(fmt.Sprintf("%s[%d]", p, j), "Invalid type for '%s[%d]': expected a content part object.", p, j)
-		}
+	for j, tp := range parts {
 		switch tp.Type {
 		case "input_text", "output_text", "text":
 			if tp.Text == nil {
