@@ -14,6 +14,7 @@ import (
 	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
@@ -265,4 +266,68 @@ func TestResponsesErrors(t *testing.T) {
 	if e.hits.Load() != 0 {
 		t.Errorf("refused requests reached the engine %d times", e.hits.Load())
 	}
+}
+
+// TestAPIsThroughRemoteEPP: with the gateway asking kvgate's ext_proc server for picks (both
+// modes), Responses and embeddings reach the simulated engines and a bodiless passthrough
+// GET is picked on its headers.
+func TestAPIsThroughRemoteEPP(t *testing.T) {
+	a := apiSim(t)
+	files := newEngine(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"file-1","method":"`+r.Method+`"}`)
+	})
+	eppAddr, rt, _ := startRouterEPPPolicy(t, router.PolicyKV, extproc.Config{}, a.Addr())
+	for _, mode := range eppModes {
+		t.Run(string(mode), func(t *testing.T) {
+			url, _ := startEPPGateway(t, gateway.EPPConfig{Addr: eppAddr, Mode: mode, Timeout: time.Minute}, a.Addr(), files.addr())
+			c := sdk.NewClient(option.WithBaseURL(url+"/v1/"), option.WithAPIKey("test"), option.WithMaxRetries(0))
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			r, err := c.Responses.New(ctx, responses.ResponseNewParams{Model: model, MaxOutputTokens: sdk.Int(8),
+				Input: responses.ResponseNewParamsInputUnion{OfString: sdk.String("Hello through Envoy's path")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.OutputText() == "" || r.Usage.InputTokens == 0 {
+				t.Errorf("response %+v", r)
+			}
+			e, err := c.Embeddings.New(ctx, sdk.EmbeddingNewParams{Model: model, Input: sdk.EmbeddingNewParamsInputUnion{OfString: sdk.String("x")}})
+			if err != nil || len(e.Data) != 1 {
+				t.Fatalf("embeddings %v %+v", err, e)
+			}
+		})
+	}
+	waitRouterReleased(t, rt)
+	// A bodiless request to a path no API owns: picked on its headers alone.
+	filesEPP, frt, _ := startRouterEPPPolicy(t, router.PolicyKV, extproc.Config{}, files.addr())
+	for _, mode := range eppModes {
+		url, _ := startEPPGateway(t, gateway.EPPConfig{Addr: filesEPP, Mode: mode, Timeout: time.Minute}, files.addr())
+		for _, method := range []string{"GET", "DELETE"} {
+			req, _ := http.NewRequest(method, url+"/v1/files/file-1", nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != `{"id":"file-1","method":"`+method+`"}` || resp.Header.Get(router.HeaderEndpoint) != files.addr() {
+				t.Errorf("%s %s: %d %s %v", mode, method, resp.StatusCode, b, resp.Header)
+			}
+		}
+	}
+	waitRouterReleased(t, frt)
+}
+
+// waitRouterReleased waits until rt holds no load for any request.
+func waitRouterReleased(t *testing.T, rt *router.Router) {
+	t.Helper()
+	polltest.Until(t, 10*time.Second, "the router to release every request", func() bool {
+		for _, l := range rt.Load() {
+			if l.Requests != 0 || l.PrefillTokens != 0 || l.DecodeBlocks != 0 {
+				return false
+			}
+		}
+		return true
+	})
 }
