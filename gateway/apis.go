@@ -24,6 +24,7 @@ func (g *Gateway) passthrough(proxy http.HandlerFunc) http.HandlerFunc {
 				return
 			}
 		}
+		r.Pattern = patternPassthrough // the gateway's ServeHTTP dispatches without setting it
 		proxy(w, r)
 	}
 }
@@ -32,4 +33,17 @@ func (g *Gateway) passthrough(proxy http.HandlerFunc) http.HandlerFunc {
 // only chat and text completions, whose streams openai.Stitch knows how to join.
 func migrates(path string) bool {
 	return path == "/v1/chat/completions" || path == "/v1/completions"
+}
+
+// labelPassthrough is the path label of the gateway's metrics for every passed-through
+// request: the paths themselves are the client's to choose, and a label per path would grow
+// without bound.
+const labelPassthrough = "/v1/*"
+
+// metricPath is the path label of r in the gateway's metrics.
+func metricPath(r *http.Request) string {
+	if r.Pattern == patternPassthrough {
+		return labelPassthrough
+	}
+	return r.URL.Path
 }

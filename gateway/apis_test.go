@@ -227,6 +227,10 @@ func TestPassthrough(t *testing.T) {
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("GET /v1/responses: %d %s", resp.StatusCode, body)
 	}
+	// Passed-through paths share one metric label: clients choose them.
+	if n := metricstest.Value(f.reg, gateway.MetricRequests, "path", "/v1/*"); n != float64(len(cases)+1) {
+		t.Errorf("%s{path=\"/v1/*\"} = %v, want %d", gateway.MetricRequests, n, len(cases)+1)
+	}
 	if n := e.hits.Load(); n != int64(len(cases)) {
 		t.Errorf("engine hit %d times, want %d", n, len(cases))
 	}

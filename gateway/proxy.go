@@ -20,7 +20,7 @@ import (
 // in an aborted connection, never a normal end.
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	path := r.URL.Path
+	path := metricPath(r)
 	g.metrics.inflight.Inc()
 	defer g.metrics.inflight.Dec()
 	code, cut := g.serveProxy(w, r)

@@ -61,7 +61,16 @@ func (r *Router) promptResponses(req Request, p *Prompt) (stream bool, err error
 	if asked {
 		maxOut = *rr.MaxOutputTokens
 	}
-	return rr.Stream, r.checkTokens(model, len(p.Tokens), maxOut, asked)
+	if err := r.checkTokens(model, len(p.Tokens), maxOut, asked); err != nil {
+		var e *openai.Error
+		if errors.As(err, &e) && e.Param == "max_tokens" { // chat's wording; Responses names its own field
+			e = openai.BadRequest("max_output_tokens", "'max_output_tokens' is too large: %d. This model's maximum context length is %d tokens and your request has %d input tokens.",
+				maxOut, r.maxModelLen(model), len(p.Tokens))
+			return false, e
+		}
+		return false, err
+	}
+	return rr.Stream, nil
 }
 
 // promptEmbeddings fills p from an embeddings body. An embedding generates nothing and reuses

@@ -107,3 +107,22 @@ func TestPassthroughPick(t *testing.T) {
 		}
 	}
 }
+
+// TestResponsesLength: the context checks of chat apply, naming Responses' own field.
+func TestResponsesLength(t *testing.T) {
+	r, _ := newRouter(t, endpoints(1), func(c *router.Config) { c.MaxModelLen = map[string]int{model: 512} })
+	for _, c := range []struct {
+		body  map[string]any
+		param string
+	}{
+		{map[string]any{"model": model, "input": strings.Repeat(apiText, 3)}, "input_tokens"},
+		{map[string]any{"model": model, "input": "short", "max_output_tokens": 600}, "max_output_tokens"},
+	} {
+		b, _ := json.Marshal(c.body)
+		_, err := r.Route(context.Background(), router.Request{Path: router.PathResponses, Body: b})
+		var e *openai.Error
+		if !errors.As(err, &e) || e.Status != 400 || e.Param != c.param {
+			t.Errorf("%v: %v, want a 400 naming %s", c.body["max_output_tokens"], err, c.param)
+		}
+	}
+}
