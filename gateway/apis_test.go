@@ -335,3 +335,47 @@ func waitRouterReleased(t *testing.T, rt *router.Router) {
 		return true
 	})
 }
+
+// TestResponsesClientLeaves: a client that drops a Responses stream after its first delta
+// frees the engine (the request is aborted there) and the router's load.
+func TestResponsesClientLeaves(t *testing.T) {
+	cfg := sim.ServerConfig{Addr: "127.0.0.1:0"}
+	cfg.Engine.NumBlocks = 1024
+	cfg.Engine.Timing = sim.DefaultTiming()
+	cfg.Engine.Timing.Base = 10 * time.Millisecond
+	s, err := sim.NewServer(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(sctx) }()
+	t.Cleanup(func() { scancel(); <-done })
+	f := startPolicy(t, router.PolicyKV, gateway.Config{}, s.Addr())
+	c := sdkClient(f)
+	params := responses.ResponseNewParams{Model: model, Input: responses.ResponseNewParamsInputUnion{OfString: sdk.String("Tell me a long story.")}}
+	// The whole answer first: the output is deterministic, so this says how long it is.
+	whole, err := c.Responses.New(context.Background(), params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := s.Stats().GenerationTokens
+	ctx, cancel := context.WithCancel(context.Background())
+	st := c.Responses.NewStreaming(ctx, params)
+	for st.Next() {
+		if st.Current().Type == openai.EventOutputTextDelta {
+			break
+		}
+	}
+	cancel()
+	st.Close()
+	polltest.Until(t, 10*time.Second, "the engine to drop the request", func() bool {
+		st := s.Stats()
+		return st.Running == 0 && st.Waiting == 0
+	})
+	if g := s.Stats().GenerationTokens - base; g >= uint64(whole.Usage.OutputTokens) {
+		t.Errorf("the engine generated %d tokens of %d: the request was not aborted", g, whole.Usage.OutputTokens)
+	}
+	t.Logf("aborted after %d of %d tokens", s.Stats().GenerationTokens-base, whole.Usage.OutputTokens)
+	waitReleased(t, f)
+}
