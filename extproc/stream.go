@@ -169,7 +169,7 @@ func (st *stream) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 	switch v := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		m.WithLabelValues("request_headers").Inc()
-		return st.requestHeaders(req, v.RequestHeaders)
+		return st.requestHeaders(ctx, req, v.RequestHeaders)
 	case *extprocv3.ProcessingRequest_RequestBody:
 		m.WithLabelValues("request_body").Inc()
 		return st.requestBody(ctx, v.RequestBody)
@@ -198,7 +198,7 @@ func (st *stream) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 	}
 }
 
-func (st *stream) requestHeaders(req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) ([]*extprocv3.ProcessingResponse, bool) {
+func (st *stream) requestHeaders(ctx context.Context, req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) ([]*extprocv3.ProcessingResponse, bool) {
 	hdr, pseudo := headerMap(h.GetHeaders())
 	st.headers = hdr
 	st.path = pseudo[":path"]
@@ -206,6 +206,9 @@ func (st *stream) requestHeaders(req *extprocv3.ProcessingRequest, h *extprocv3.
 		st.path = st.path[:i]
 	}
 	st.subset = subsetHint(req.GetMetadataContext())
+	if h.GetEndOfStream() && picksWithoutBody(st.path) {
+		return st.pickOnHeaders(ctx)
+	}
 	if h.GetEndOfStream() {
 		// No body to route on (GET /v1/models, /health): pass it on unpicked.
 		st.routed = true

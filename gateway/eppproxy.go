@@ -31,7 +31,7 @@ const (
 // before the first byte), and the response goes back through the EPP to the client.
 func (g *Gateway) proxyEPP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	path := r.URL.Path
+	path := metricPath(r)
 	g.metrics.inflight.Inc()
 	defer g.metrics.inflight.Dec()
 	code, cut := g.serveEPP(w, r)

@@ -183,6 +183,9 @@ func newGateway(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Reg
 	}
 	g.mux.HandleFunc("POST /v1/chat/completions", complete)
 	g.mux.HandleFunc("POST /v1/completions", complete)
+	g.mux.HandleFunc("POST "+router.PathResponses, complete)
+	g.mux.HandleFunc("POST "+router.PathEmbeddings, complete)
+	g.mux.HandleFunc(patternPassthrough, g.passthrough(complete))
 	g.mux.HandleFunc("GET /v1/models", g.models)
 	g.mux.HandleFunc("GET /health", g.health)
 	if cfg.Gatherer != nil {

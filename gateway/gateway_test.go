@@ -232,7 +232,7 @@ func TestErrors(t *testing.T) {
 		{"unknown model", "POST", "/v1/chat/completions", `{"model":"nope","messages":[{"role":"user","content":"x"}]}`, nil, 404, openai.TypeInvalidRequest},
 		{"too large", "POST", "/v1/chat/completions", chat(strings.Repeat("a", 4000), false), nil, 413, openai.TypeInvalidRequest},
 		{"headers too large", "POST", "/v1/chat/completions", chat("x", false), http.Header{"X-Big": {strings.Repeat("b", 100<<10)}}, 431, openai.TypeInvalidRequest},
-		{"unknown path", "POST", "/v1/embeddings", `{}`, nil, 404, openai.TypeNotFound},
+		{"unknown path", "POST", "/v2/embeddings", `{}`, nil, 404, openai.TypeNotFound},
 		{"wrong method", "GET", "/v1/chat/completions", ``, nil, 405, openai.TypeInvalidRequest},
 		{"wrong method on models", "POST", "/v1/models", ``, nil, 405, openai.TypeInvalidRequest},
 	}

@@ -20,7 +20,7 @@ import (
 // in an aborted connection, never a normal end.
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	path := r.URL.Path
+	path := metricPath(r)
 	g.metrics.inflight.Inc()
 	defer g.metrics.inflight.Dec()
 	code, cut := g.serveProxy(w, r)
@@ -49,7 +49,7 @@ func (g *Gateway) serveProxy(w http.ResponseWriter, r *http.Request) (code int, 
 		body = d.Body
 	}
 	var mig *migration
-	if g.cfg.MigrationLimit > 0 && d.Stream {
+	if g.cfg.MigrationLimit > 0 && d.Stream && migrates(r.URL.Path) {
 		if mig = newMigration(r.URL.Path, body); mig != nil {
 			if d.UsageForced { // the router asked for usage, not the client
 				mig.NoClientUsage()

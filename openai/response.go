@@ -163,12 +163,18 @@ func UsageFromBody(body []byte) (*Usage, bool) {
 		return nil, false
 	}
 	var v struct {
-		Usage *Usage `json:"usage"`
+		Usage    *Usage `json:"usage"`
+		Response *struct {
+			Usage *Usage `json:"usage"`
+		} `json:"response"` // a Responses stream's final event
 	}
-	if json.Unmarshal(body, &v) != nil || v.Usage == nil {
+	if json.Unmarshal(body, &v) != nil {
 		return nil, false
 	}
-	return v.Usage, true
+	if v.Usage == nil && v.Response != nil {
+		v.Usage = v.Response.Usage
+	}
+	return v.Usage, v.Usage != nil
 }
 
 // UsageFromChunk extracts usage from one SSE event's data (the final chunk when

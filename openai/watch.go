@@ -77,6 +77,9 @@ func (w *BodyWatcher) line(l []byte) bool {
 	if len(data) == 0 || string(data) == "[DONE]" {
 		return false
 	}
+	if !w.data && responsesPreamble(data) { // a Responses stream's opening events carry no token
+		return false
+	}
 	first := !w.data
 	w.data = true
 	if u, ok := UsageFromChunk(data); ok {

@@ -20,7 +20,7 @@ import (
 
 // Request is one request as the proxy hands it over.
 type Request struct {
-	Path    string      // "/v1/chat/completions" or "/v1/completions"
+	Path    string      // "/v1/chat/completions", "/v1/completions", PathResponses, PathEmbeddings, or any other /v1/ path (passed through)
 	Body    []byte      // the client's body
 	Headers http.Header // may be nil
 	Subset  []string    // proxy's subset hint: only these ip:port may be picked (nil = any)
@@ -169,8 +169,23 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 				}
 			}
 		}
+	case PathResponses:
+		s, err := r.promptResponses(req, &p)
+		if err != nil {
+			return nil, err
+		}
+		stream, includeUsage = s, true // a Responses stream always ends with its usage
+	case PathEmbeddings:
+		if err := r.promptEmbeddings(req, &p); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, openai.Errorf(http.StatusNotFound, openai.TypeInvalidRequest, "", "The router does not route %q.", req.Path)
+		if !passesThrough(req.Path) {
+			return nil, notRouted(req.Path)
+		}
+		if err := r.promptPassthrough(req, &p); err != nil {
+			return nil, err
+		}
 	}
 	cls, err := r.ClassOf(p.Model, req.Headers)
 	if err != nil {

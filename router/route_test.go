@@ -31,7 +31,7 @@ func TestRouteErrors(t *testing.T) {
 		{"bad max_tokens", "/v1/completions", `{"model":"` + model + `","prompt":"x","max_tokens":0}`, nil, 400, "max_tokens"},
 		{"unknown model", "/v1/chat/completions", `{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}`, nil, 404, "model"},
 		{"too large", "/v1/completions", `{"model":"` + model + `","prompt":"` + strings.Repeat("x", 5000) + `"}`, nil, 413, ""},
-		{"other path", "/v1/embeddings", `{}`, nil, 404, ""},
+		{"other path", "/v2/embeddings", `{}`, nil, 404, ""},
 		{"subset excludes all", "/v1/chat/completions", string(chatBody("x", false)), []string{"10.0.0.1:80"}, 503, ""},
 	}
 	for _, tt := range tests {

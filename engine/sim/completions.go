@@ -34,7 +34,21 @@ type generation struct {
 	contUsage    bool // stream_options.continuous_usage_stats: usage on every chunk
 	cacheSalt    string
 	kv           *kvTransferParams
+	// answer, when set, writes the response instead of the chat/completion writer (the
+	// Responses API, responses.go).
+	answer func(sw *streamWriter) answerWriter
 }
+
+// answerWriter writes one generation's response: start before the first token when
+// streaming, token per output, then finish (streamed) or whole (not streamed).
+type answerWriter interface {
+	start(choices []*choice)
+	token(c *choice, safe int, choices []*choice) error
+	finish(choices []*choice)
+	whole(choices []*choice)
+}
+
+var _ answerWriter = (*streamWriter)(nil)
 
 // choice is one output sequence of a generation.
 type choice struct {
@@ -201,7 +215,10 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, g generation) 
 		maxStop = max(maxStop, len(st))
 	}
 
-	sw := &streamWriter{w: w, s: s, g: g, id: base, created: time.Now().Unix()}
+	var sw answerWriter = &streamWriter{w: w, s: s, g: g, id: base, created: time.Now().Unix()}
+	if g.answer != nil {
+		sw = g.answer(sw.(*streamWriter))
+	}
 	if g.stream {
 		sw.start(choices)
 	}
