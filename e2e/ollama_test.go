@@ -116,7 +116,7 @@ func (f *ollamaFleet) slots(engine string) []slotUse {
 	return out
 }
 
-// lastSlot waits for the engine's cache-slot line number n (0-based) and returns it.
+// slot waits for the engine's cache-slot line number n (0-based) and returns it.
 func (f *ollamaFleet) slot(t *testing.T, engine string, n int) slotUse {
 	t.Helper()
 	var s []slotUse
@@ -157,7 +157,7 @@ func qwenTokens(t *testing.T, messages []map[string]string) int {
 func nativeChat(t *testing.T, ctx context.Context, addr, prompt string) (count int, took time.Duration) {
 	t.Helper()
 	body, _ := json.Marshal(map[string]any{
-		"model": tinyModel, "stream": false, "options": map[string]any{"num_predict": 1},
+		"model": tinyModel, "stream": false, "options": map[string]any{"num_predict": 4},
 		"messages": []map[string]string{{"role": "user", "content": prompt}},
 	})
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/api/chat", bytes.NewReader(body))

@@ -124,7 +124,8 @@ static inline ma_result ma_decoder_read_pcm_frames(ma_decoder *decoder, void *ou
 static inline ma_result ma_decoder_uninit(ma_decoder *decoder) { (void)decoder; return MA_SUCCESS; }
 #endif
 HEADER
-  (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=1 go build -trimpath -o "$1" .)
+  (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=1 go build -trimpath \
+    -ldflags "-X github.com/ollama/ollama/version.Version=${version[ollama]#v}" -o "$1" .)
 }
 
 ensure() { # name -> prints the binary's path, building it if missing
