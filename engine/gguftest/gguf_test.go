@@ -201,6 +201,7 @@ func TestVocabRefuses(t *testing.T) {
 		"bad merge":    `{"model":{"type":"BPE","vocab":{"a":0},"merges":[7]}}`,
 		"negative id":  `{"model":{"type":"BPE","vocab":{"a":-1}}}`,
 		"not JSON":     `{`,
+		"huge id":      `{"model":{"type":"BPE","vocab":{"a":2000000000}}}`,
 		"added bad id": `{"model":{"type":"BPE","vocab":{"a":0}},"added_tokens":[{"id":-3,"content":"x"}]}`,
 	} {
 		if _, err := parseVocab([]byte(js)); err == nil {
@@ -227,4 +228,25 @@ func TestF16(t *testing.T) {
 			t.Errorf("f16(%v) = %#04x, want %#04x", tc.f, got, tc.want)
 		}
 	}
+}
+
+// FuzzParseVocab: any tokenizer.json is refused or read into a whole vocabulary (a token and a
+// type for every id), never a panic or an unbounded table.
+func FuzzParseVocab(f *testing.F) {
+	f.Add([]byte(`{"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2},"merges":["a b"]},"added_tokens":[{"id":3,"content":"<s>","special":true}]}`))
+	f.Add([]byte(`{"model":{"type":"BPE","vocab":{"a":0,"b":5},"merges":[["a","b"]]}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		v, err := parseVocab(b)
+		if err != nil {
+			return
+		}
+		if len(v.Tokens) != len(v.Types) || len(v.Tokens) > maxVocab {
+			t.Fatalf("%d tokens, %d types", len(v.Tokens), len(v.Types))
+		}
+		for i, typ := range v.Types {
+			if typ == 0 {
+				t.Fatalf("token %d (%q) has no type", i, v.Tokens[i])
+			}
+		}
+	})
 }

@@ -17,6 +17,10 @@ const (
 	TokenUserDefined = 4 // added tokens that are not special: <think>
 )
 
+// maxVocab bounds the ids a tokenizer.json may use (the largest real vocabularies hold
+// about 260,000 tokens), so a stray id cannot make the table huge.
+const maxVocab = 1 << 22
+
 // Vocab is a byte-level BPE vocabulary as GGUF stores it (tokenizer.ggml.model "gpt2").
 type Vocab struct {
 	Tokens   []string // by id
@@ -92,6 +96,9 @@ func parseVocab(b []byte) (Vocab, error) {
 	}
 	for _, a := range tj.AddedTokens {
 		n = max(n, a.ID+1)
+	}
+	if n > maxVocab {
+		return Vocab{}, fmt.Errorf("token ids up to %d: more than %d tokens", n-1, maxVocab)
 	}
 	v := Vocab{Tokens: make([]string, n), Types: make([]int32, n)}
 	for t, id := range tj.Model.Vocab {
