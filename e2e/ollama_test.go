@@ -116,6 +116,37 @@ func (f *ollamaFleet) slots(engine string) []slotUse {
 	return out
 }
 
+// ginLine is Ollama's access log line: status and its own measure of the request's time.
+var ginLine = regexp.MustCompile(`(?m)^(\S+) \| \[GIN\] [^|]*\| (\d{3}) \|\s*(\S+) \|[^|]*\| POST\s+"/v1/chat/completions"`)
+
+// served returns how long Ollama says each chat completion on the engine took, in order.
+func (f *ollamaFleet) served(engine string) []time.Duration {
+	var out []time.Duration
+	for _, m := range ginLine.FindAllStringSubmatch(f.workerd.output(), -1) {
+		if d, err := time.ParseDuration(m[3]); err == nil && m[1] == engine {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// marks counts each engine's access log lines so far: the next request's line comes after.
+func (f *ollamaFleet) marks() map[string]int {
+	m := map[string]int{}
+	for name := range f.addrs {
+		m[name] = len(f.served(name))
+	}
+	return m
+}
+
+// took waits for the engine's chat completion number n (0-based) and returns Ollama's time.
+func (f *ollamaFleet) took(t *testing.T, engine string, n int) time.Duration {
+	t.Helper()
+	var d []time.Duration
+	polltest.Until(t, 30*time.Second, engine+"'s access log line", func() bool { d = f.served(engine); return len(d) > n })
+	return d[n]
+}
+
 // slot waits for the engine's cache-slot line number n (0-based) and returns it.
 func (f *ollamaFleet) slot(t *testing.T, engine string, n int) slotUse {
 	t.Helper()
@@ -256,9 +287,12 @@ func TestOllama(t *testing.T) {
 
 	// The repeat goes back where the prompt is cached, and that engine reuses it.
 	prompt := longPrompt("kv-repeat", 200)
+	mark := f.marks()
 	a, first := chat(t, ctx, c, prompt, 1)
 	engine := f.engineOf(t, first.Header.Get("x-kvgate-endpoint"))
+	coldTook := f.took(t, engine, mark[engine])
 	n := len(f.slots(engine)) // the repeat's line comes after this many
+	mark = f.marks()
 	if a.Usage.PromptTokens < 1800 {
 		t.Fatalf("prompt of %d tokens, want about 2k", a.Usage.PromptTokens)
 	}
@@ -273,7 +307,13 @@ func TestOllama(t *testing.T) {
 	if rep.prompt != int(a.Usage.PromptTokens) || rep.used < rep.prompt*9/10 {
 		t.Errorf("kv policy: %s reused %d of the repeat's %d prompt tokens, want nearly all", engine, rep.used, rep.prompt)
 	}
-	t.Logf("kv policy: repeat on %s, which reused %d of %d prompt tokens", engine, rep.used, rep.prompt)
+	// Ollama's own time for the request (its access log): the repeat costs a fraction.
+	warmTook := f.took(t, engine, mark[engine])
+	t.Logf("kv policy: repeat on %s, which reused %d of %d prompt tokens; Ollama served the prompt cold in %v, the repeat in %v",
+		engine, rep.used, rep.prompt, coldTook, warmTook)
+	if warmTook*2 > coldTook {
+		t.Errorf("kv policy: Ollama took %v for the repeat, %v cold: want under half", warmTook, coldTook)
+	}
 
 	// A cached prompt costs Ollama a fraction of a cold one (its own prompt eval timings).
 	cold := longPrompt("timing", 200)
@@ -288,13 +328,16 @@ func TestOllama(t *testing.T) {
 	rrBase, _ := up(t, upArgs("round-robin")...)
 	rr := client(rrBase)
 	rrPrompt := longPrompt("rr-repeat", 200)
+	mark = f.marks()
 	_, r1 := chat(t, ctx, rr, rrPrompt, 1)
 	e1 := f.engineOf(t, r1.Header.Get("x-kvgate-endpoint"))
+	rrCold := f.took(t, e1, mark[e1])
 	other := "e2e-a"
 	if e1 == other {
 		other = "e2e-b"
 	}
 	n = len(f.slots(other))
+	mark = f.marks()
 	_, r2 := chat(t, ctx, rr, rrPrompt, 1)
 	if e2 := f.engineOf(t, r2.Header.Get("x-kvgate-endpoint")); e2 != other {
 		t.Fatalf("round-robin sent both to %s", e1)
@@ -303,5 +346,6 @@ func TestOllama(t *testing.T) {
 	if miss.used > miss.prompt/10 {
 		t.Errorf("round-robin: %s reused %d of %d prompt tokens it never saw", other, miss.used, miss.prompt)
 	}
-	t.Logf("round-robin: repeat on %s, which reused %d of %d prompt tokens", other, miss.used, miss.prompt)
+	t.Logf("round-robin: repeat on %s, which reused %d of %d prompt tokens; Ollama served the prompt in %v on %s, the repeat in %v",
+		other, miss.used, miss.prompt, rrCold, e1, f.took(t, other, mark[other]))
 }
