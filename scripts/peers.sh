@@ -6,7 +6,9 @@
 #   llm-d-inference-sim  llm-d's vLLM simulator v0.10.2 (a foreign engine for routing tests)
 #   llm-d-epp            llm-d's Endpoint Picker (llm-d-inference-scheduler v0.7.1 cmd/epp), a
 #                        foreign EPP for the side-by-side measurement (e2e/llmd)
-# Neither has a Debian package and `go install` fails on their replace directives, so each
+#   ollama               Ollama v0.12.6, a real CPU engine (llama.cpp and ggml compiled with cgo;
+#                        e2e/ollama_test.go runs two of them behind kvgate)
+# None has a Debian package and `go install` fails on their replace directives, so each
 # module is downloaded, copied somewhere writable, its replaces dropped, and built.
 #
 #   scripts/peers.sh            build every peer that is missing, print the cache directory
@@ -18,7 +20,7 @@ set -euo pipefail
 out=${KVGATE_PEERS:-${XDG_CACHE_HOME:-$HOME/.cache}/kvgate/peers}
 mkdir -p "$out"
 
-declare -A version=([consul]=v1.22.7 [llm-d-inference-sim]=v0.10.2 [llm-d-epp]=v0.7.1)
+declare -A version=([consul]=v1.22.7 [llm-d-inference-sim]=v0.10.2 [llm-d-epp]=v0.7.1 [ollama]=v0.12.6)
 
 work=""
 cleanup() { [ -z "$work" ] || { chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"; }; }
@@ -69,6 +71,63 @@ build_llm-d-epp() { # $1: output binary
   )
 }
 
+debian_headers() { # Debian packages... -> installs those not installed yet
+  local missing=() p
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  echo "peers: installing ${missing[*]} with apt-get" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
+    { $sudo apt-get update -q >&2 && $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; } ||
+    { echo "peers: could not install ${missing[*]}; install them (apt-get install ${missing[*]}) and rerun" >&2; exit 1; }
+}
+
+build_ollama() { # $1: output binary
+  # cgo compiles llama.cpp and ggml's CPU backend (no cmake). Module zips leave out every
+  # directory named vendor, so llama.cpp's vendored headers are missing: nlohmann/json and stb
+  # come from Debian, and miniaudio (which Debian lacks) gets the stand-in written below.
+  debian_headers nlohmann-json3-dev libstb-dev
+  local src
+  src=$(fetch "github.com/ollama/ollama@${version[ollama]}")
+  mkdir -p "$src/llama/llama.cpp/vendor/miniaudio"
+  cat >"$src/llama/llama.cpp/vendor/miniaudio/miniaudio.h" <<'HEADER'
+/* Stand-in for miniaudio.h, written by kvgate's scripts/peers.sh: the Ollama module zip lacks
+ * llama.cpp's vendor directory, and Debian has no miniaudio package. Only mtmd-helper.cpp uses it,
+ * to decode audio inputs for multimodal models; this stand-in declares exactly what that file
+ * calls and refuses every decode, so an audio input is rejected as "not a valid audio file" while
+ * text and image requests are unaffected. */
+#ifndef KVGATE_MINIAUDIO_STANDIN_H
+#define KVGATE_MINIAUDIO_STANDIN_H
+#include <stddef.h>
+typedef int ma_result;
+typedef unsigned long long ma_uint64;
+typedef unsigned int ma_uint32;
+#define MA_SUCCESS 0
+#define MA_NOT_IMPLEMENTED (-29)
+typedef enum { ma_format_unknown = 0, ma_format_f32 = 5 } ma_format;
+typedef struct { ma_format format; ma_uint32 channels; ma_uint32 sampleRate; } ma_decoder_config;
+typedef struct { int unused; } ma_decoder;
+static inline ma_decoder_config ma_decoder_config_init(ma_format f, ma_uint32 channels, ma_uint32 rate) {
+    ma_decoder_config c; c.format = f; c.channels = channels; c.sampleRate = rate; return c;
+}
+static inline ma_result ma_decoder_init_memory(const void *data, size_t size, const ma_decoder_config *config, ma_decoder *decoder) {
+    (void)data; (void)size; (void)config; (void)decoder; return MA_NOT_IMPLEMENTED;
+}
+static inline ma_result ma_decoder_get_length_in_pcm_frames(ma_decoder *decoder, ma_uint64 *frames) {
+    (void)decoder; *frames = 0; return MA_NOT_IMPLEMENTED;
+}
+static inline ma_result ma_decoder_read_pcm_frames(ma_decoder *decoder, void *out, ma_uint64 count, ma_uint64 *read) {
+    (void)decoder; (void)out; (void)count; *read = 0; return MA_NOT_IMPLEMENTED;
+}
+static inline ma_result ma_decoder_uninit(ma_decoder *decoder) { (void)decoder; return MA_SUCCESS; }
+#endif
+HEADER
+  (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=1 go build -trimpath \
+    -ldflags "-X github.com/ollama/ollama/version.Version=${version[ollama]#v}" -o "$1" .)
+}
+
 ensure() { # name -> prints the binary's path, building it if missing
   local name=$1 v=${version[$1]:-}
   [ -n "$v" ] || { echo "peers: unknown peer $name (known: ${!version[*]})" >&2; exit 2; }
@@ -89,7 +148,7 @@ ensure() { # name -> prints the binary's path, building it if missing
 }
 
 if [ $# -eq 0 ]; then
-  for name in consul llm-d-inference-sim llm-d-epp; do ensure "$name" >/dev/null; done
+  for name in consul llm-d-inference-sim llm-d-epp ollama; do ensure "$name" >/dev/null; done
   echo "$out"
 else
   for name in "$@"; do ensure "$name"; done

@@ -33,6 +33,7 @@ type plan struct {
 	role      string
 	models    []string
 	sidecar   string // host:port of the decode engine's P/D sidecar (port 0: any), "" = none
+	health    string // path of the engine's health check ("/health")
 }
 
 // ports hands out free loopback ports for one New: each stays bound until release, so two
@@ -104,7 +105,10 @@ func makePlans(ctx context.Context, cfg Config, specs []EngineSpec, inv gpu.Inve
 
 // newPlan is the engine's identity: instance name, role, block size and served models.
 func newPlan(node string, s EngineSpec) plan {
-	p := plan{spec: s, instance: s.Name, role: s.Role, blockSize: s.BlockSize, models: s.ServedNames}
+	p := plan{spec: s, instance: s.Name, role: s.Role, blockSize: s.BlockSize, models: s.ServedNames, health: healthPathDefault}
+	if s.Kind == KindOllama {
+		p.health = healthPathOllama
+	}
 	if node != "" {
 		p.instance = node + "-" + s.Name
 	}
@@ -124,7 +128,7 @@ func newPlan(node string, s EngineSpec) plan {
 // at least one) and sets CUDA_VISIBLE_DEVICES.
 func (p *plan) assignGPUs(inv gpu.Inventory, used map[int]bool) error {
 	want := p.spec.GPUs
-	if want == 0 && p.spec.Kind != KindSim {
+	if want == 0 && !cpuKind(p.spec.Kind) {
 		want = 1
 	}
 	if want == 0 {
@@ -153,7 +157,7 @@ func (p *plan) assignAddresses(host string, free *ports) (enginePorts, error) {
 		errs = append(errs, err)
 	}
 	p.addr = net.JoinHostPort(host, strconv.Itoa(ep.http))
-	if !s.NoKVEvents {
+	if !s.NoKVEvents && !eventlessKind(s.Kind) {
 		if ep.kvEvents, err = free.or(s.KVEventsPort); err != nil {
 			errs = append(errs, err)
 		}
@@ -208,6 +212,8 @@ func (p *plan) command(ctx context.Context, host string, ep enginePorts, simCmd 
 		} else if err := hasPythonModule(ctx, p.argv[0], "sglang"); err != nil {
 			errs = append(errs, fmt.Errorf("%v: install SGLang (pip install sglang) or set binary", err))
 		}
+	case KindOllama, KindLlamaCpp:
+		errs = append(errs, p.llamaCommand(host, ep.http)...)
 	case KindSim:
 		base := simCmd
 		if s.Binary != "" {

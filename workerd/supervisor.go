@@ -184,7 +184,7 @@ func (e *proc) stop(pid int, exited <-chan error) {
 	}
 }
 
-// watch checks /health and scrapes /metrics every ScrapeInterval while the incarnation
+// watch checks the engine's health path (/health) and scrapes /metrics every ScrapeInterval while the incarnation
 // lives; an engine not healthy within StartTimeout is killed (and so restarted).
 func (e *proc) watch(ctx context.Context, pid int) {
 	every := time.Duration(e.cfg.ScrapeInterval)
@@ -194,7 +194,7 @@ func (e *proc) watch(ctx context.Context, pid int) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		ok := healthy(ctx, e.http, base+"/health")
+		ok := healthy(ctx, e.http, base+e.p.health)
 		var l engine.Load
 		var err error
 		if ok {

@@ -387,6 +387,7 @@ func (w *Workerd) registration(p *proc) discovery.Registration {
 			BlockSize: p.p.blockSize, KVEvents: p.p.kvEvents, KVReplay: p.p.kvReplay, Workerd: w.Advertise(),
 		},
 		Kind:            p.p.spec.Kind,
+		HealthURL:       "http://" + w.engineAddress(p.p) + p.p.health,
 		CheckInterval:   time.Duration(w.cfg.Consul.CheckInterval),
 		DeregisterAfter: time.Duration(w.cfg.Consul.DeregisterAfter),
 	}
