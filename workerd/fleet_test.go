@@ -94,7 +94,7 @@ func TestFleetAPI(t *testing.T) {
 	}
 
 	// min_replicas: agg-0 starts with workerd; the node itself is in Consul for planners.
-	polltest.Until(t, 30*time.Second, "agg-0 running", func() bool { return engineState("n1-agg-0") == StateRunning })
+	polltest.Until(t, 2*time.Minute, "agg-0 running", func() bool { return engineState("n1-agg-0") == StateRunning })
 	n := node()
 	if n.GetNode() != "n1" || n.GetGpusTotal() != 3 || n.GetGpusFree() != 2 || len(n.GetTemplates()) != 2 {
 		t.Fatalf("Node = %v", n)
@@ -159,7 +159,7 @@ func TestFleetAPI(t *testing.T) {
 	if err != nil || !slices.Equal(st.GetEngines(), []string{"n1-agg-1"}) {
 		t.Fatalf("Start = %v, %v", st, err)
 	}
-	polltest.Until(t, 30*time.Second, "agg-1 healthy in consul", func() bool { _, ok := inConsul("n1-agg-1"); return ok })
+	polltest.Until(t, 2*time.Minute, "agg-1 healthy in consul", func() bool { _, ok := inConsul("n1-agg-1"); return ok })
 	var addr string
 	for _, e := range node().GetEngines() {
 		if e.GetName() == "n1-agg-1" {
