@@ -2,7 +2,8 @@
 // list and watch of Pods and inference.networking.k8s.io/v1 InferencePools held in memory, good
 // enough for client-go informers (resource versions, watch from a version, watch-list with its
 // initial-events bookmark). It lets a program that discovers engines only through Kubernetes
-// (llm-d's Endpoint Picker) run against local engines without a cluster.
+// (llm-d's Endpoint Picker, kvgate's own router with --kubernetes) run against local engines
+// without a cluster.
 package kubetest
 
 import (
