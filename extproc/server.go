@@ -75,6 +75,10 @@ type Config struct {
 	DrainTimeout time.Duration
 	// TLS, when non-nil, serves gRPC over TLS (with ClientCAs set: mutual TLS).
 	TLS *tls.Config
+	// Ready, when non-nil, holds readiness (and the ext_proc service's health) at NOT_SERVING
+	// until it is closed: the router has not yet learned its endpoints (Kubernetes informers
+	// syncing). Liveness is SERVING from the start either way.
+	Ready <-chan struct{}
 	// P2PTransferPort, when set, is the port engines serve KV block pulls on: a request the
 	// router tells to pull its prefix from another engine also gets
 	// kv_transfer_params.remote_kv_source (a body mutation). Zero: the header
@@ -169,7 +173,7 @@ func (s *Server) Register(g *grpc.Server) {
 	healthpb.RegisterHealthServer(g, s.health)
 	reflection.Register(g)
 	s.health.SetServingStatus(HealthLiveness, healthpb.HealthCheckResponse_SERVING)
-	s.SetReady(true)
+	s.SetReady(s.cfg.Ready == nil)
 }
 
 // SetReady sets the readiness and ext_proc health status.
@@ -209,11 +213,28 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(lis) }()
+	gateCtx, stopGate := context.WithCancel(ctx)
+	gate := make(chan struct{})
+	go func() { // readiness once cfg.Ready closes
+		defer close(gate)
+		if s.cfg.Ready == nil {
+			return
+		}
+		select {
+		case <-s.cfg.Ready:
+			s.SetReady(true)
+		case <-gateCtx.Done():
+		}
+	}()
 	select {
 	case err := <-errc:
+		stopGate()
+		<-gate
 		return fmt.Errorf("extproc: serve: %w", err)
 	case <-ctx.Done():
 	}
+	stopGate()
+	<-gate
 	// Readiness goes first so that health-checking proxies stop sending new streams.
 	s.SetReady(false)
 	s.health.Shutdown()

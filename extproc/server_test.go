@@ -19,6 +19,7 @@ import (
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/extproc/extproctest"
 	"github.com/kvgate/kvgate/metricstest"
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
 )
@@ -565,4 +566,33 @@ func TestServedOnlySkippedSuspected(t *testing.T) {
 		t.Errorf("%d endpoints out of rotation after a fallback to the first alternative, want 1 (the target)", down)
 	}
 	waitReleased(t, f)
+}
+
+// TestReadyGate: with Config.Ready, readiness (and the ext_proc service) waits for it to
+// close while liveness answers SERVING from the start (Kubernetes discovery not yet synced).
+func TestReadyGate(t *testing.T) {
+	ready := make(chan struct{})
+	f := start(t, extproc.Config{Ready: ready})
+	hc := healthpb.NewHealthClient(f.client.Conn())
+	status := func(svc string) healthpb.HealthCheckResponse_ServingStatus {
+		r, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil {
+			t.Fatalf("health %q: %v", svc, err)
+		}
+		return r.GetStatus()
+	}
+	if got := status(extproc.HealthLiveness); got != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("liveness before ready: %v", got)
+	}
+	for _, svc := range []string{extproc.HealthReadiness, extproc.HealthExtProc, ""} {
+		if got := status(svc); got != healthpb.HealthCheckResponse_NOT_SERVING {
+			t.Errorf("health %q before ready: %v, want NOT_SERVING", svc, got)
+		}
+	}
+	close(ready)
+	for _, svc := range []string{extproc.HealthReadiness, extproc.HealthExtProc, ""} {
+		polltest.Until(t, 10*time.Second, "health "+svc+" SERVING", func() bool {
+			return status(svc) == healthpb.HealthCheckResponse_SERVING
+		})
+	}
 }

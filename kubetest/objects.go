@@ -18,11 +18,13 @@ const (
 
 // Pod is a model-server Pod: what an Endpoint Picker reads of one.
 type Pod struct {
-	Namespace string
-	Name      string
-	Labels    map[string]string
-	IP        string // status.podIP
-	NotReady  bool   // the Ready condition is False (Ready by default)
+	Namespace   string
+	Name        string
+	Labels      map[string]string
+	Annotations map[string]string
+	IP          string // status.podIP
+	NotReady    bool   // the Ready condition is False (Ready by default)
+	Deleting    bool   // metadata.deletionTimestamp is set (the Pod is terminating)
 }
 
 // InferencePool is an inference.networking.k8s.io/v1 InferencePool: the Pods its selector
@@ -35,6 +37,7 @@ type InferencePool struct {
 	EPPName     string // spec.endpointPickerRef.name
 	EPPPort     int
 	FailureMode string // FailOpen or FailClose ("" is FailClose, as the API defaults it)
+	AppProtocol string // spec.appProtocol: "" (omitted), http or kubernetes.io/h2c
 }
 
 // kind is one resource type served: its REST name and how its objects render.
@@ -64,6 +67,8 @@ type object struct {
 	name      string
 	uid       string
 	labels    map[string]string
+	annots    map[string]string
+	deleting  bool
 	rv        uint64
 	spec      any
 	status    any
@@ -76,6 +81,7 @@ type objectMeta struct {
 	ResourceVersion   string            `json:"resourceVersion"`
 	Generation        int64             `json:"generation,omitempty"`
 	CreationTimestamp string            `json:"creationTimestamp,omitempty"`
+	DeletionTimestamp string            `json:"deletionTimestamp,omitempty"`
 	Labels            map[string]string `json:"labels,omitempty"`
 	Annotations       map[string]string `json:"annotations,omitempty"`
 }
@@ -84,6 +90,10 @@ type objectMeta struct {
 const created = "2026-01-01T00:00:00Z"
 
 func (o *object) MarshalJSON() ([]byte, error) {
+	deleted := ""
+	if o.deleting {
+		deleted = created
+	}
 	return json.Marshal(struct {
 		APIVersion string     `json:"apiVersion"`
 		Kind       string     `json:"kind"`
@@ -92,7 +102,7 @@ func (o *object) MarshalJSON() ([]byte, error) {
 		Status     any        `json:"status,omitempty"`
 	}{o.kind.apiVersion(), o.kind.kind, objectMeta{
 		Name: o.name, Namespace: o.namespace, UID: o.uid, ResourceVersion: strconv.FormatUint(o.rv, 10),
-		Generation: 1, CreationTimestamp: created, Labels: o.labels,
+		Generation: 1, CreationTimestamp: created, DeletionTimestamp: deleted, Labels: o.labels, Annotations: o.annots,
 	}, o.spec, o.status})
 }
 
@@ -114,6 +124,7 @@ func podObject(p Pod) *object {
 	}
 	return &object{
 		kind: podKind, namespace: p.Namespace, name: p.Name, labels: maps.Clone(p.Labels),
+		annots: maps.Clone(p.Annotations), deleting: p.Deleting,
 		spec: struct {
 			Containers []container `json:"containers"`
 		}{[]container{{Name: "engine", Image: "kvgate"}}},
@@ -153,8 +164,9 @@ func poolObject(p InferencePool) *object {
 		spec: struct {
 			Selector          selector `json:"selector"`
 			TargetPorts       []port   `json:"targetPorts"`
+			AppProtocol       string   `json:"appProtocol,omitempty"`
 			EndpointPickerRef eppRef   `json:"endpointPickerRef"`
-		}{selector{maps.Clone(p.Selector)}, ports, eppRef{"", "Service", p.EPPName, port{p.EPPPort}, mode}},
+		}{selector{maps.Clone(p.Selector)}, ports, p.AppProtocol, eppRef{"", "Service", p.EPPName, port{p.EPPPort}, mode}},
 	}
 }
 

@@ -2,7 +2,8 @@
 // list and watch of Pods and inference.networking.k8s.io/v1 InferencePools held in memory, good
 // enough for client-go informers (resource versions, watch from a version, watch-list with its
 // initial-events bookmark). It lets a program that discovers engines only through Kubernetes
-// (llm-d's Endpoint Picker) run against local engines without a cluster.
+// (llm-d's Endpoint Picker, kvgate's own router with --kubernetes) run against local engines
+// without a cluster.
 package kubetest
 
 import (
@@ -28,6 +29,7 @@ type Server struct {
 	objects map[string]*object // by key(kind, namespace, name)
 	log     []event            // every change, oldest first
 	changed chan struct{}      // closed and replaced on every change
+	denied  map[string]bool    // resources answered 403, by REST name
 
 	tls  tlsconfig.Files
 	http *http.Server
@@ -128,6 +130,29 @@ func (s *Server) DeletePod(namespace, name string) bool { return s.remove(podKin
 // SetInferencePool adds or replaces an InferencePool.
 func (s *Server) SetInferencePool(p InferencePool) { s.put(poolObject(p)) }
 
+// DeleteInferencePool removes an InferencePool; it says whether there was one.
+func (s *Server) DeleteInferencePool(namespace, name string) bool {
+	return s.remove(poolKind, namespace, name)
+}
+
+// Forbid answers every request for resource ("pods" or "inferencepools") with 403 Forbidden,
+// as the API server does for a service account whose RBAC lacks the verb, until Allow.
+func (s *Server) Forbid(resource string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.denied == nil {
+		s.denied = map[string]bool{}
+	}
+	s.denied[resource] = true
+}
+
+// Allow lifts Forbid.
+func (s *Server) Allow(resource string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.denied, resource)
+}
+
 func key(k kind, namespace, name string) string { return k.resource + "/" + namespace + "/" + name }
 
 func (s *Server) put(o *object) {
@@ -183,6 +208,25 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	k, namespace, name, ok := route(path)
 	if !ok {
 		writeStatus(w, http.StatusNotFound, "NotFound", fmt.Sprintf("the server could not find the requested resource (get %s)", path))
+		return
+	}
+	s.mu.Lock()
+	denied := s.denied[k.resource]
+	s.mu.Unlock()
+	if denied {
+		verb := "list"
+		if name != "" {
+			verb = "get"
+		} else if w1 := r.URL.Query().Get("watch"); w1 == "true" || w1 == "1" {
+			verb = "watch"
+		}
+		full := k.resource
+		if k.group != "" {
+			full += "." + k.group
+		}
+		writeStatus(w, http.StatusForbidden, "Forbidden", fmt.Sprintf(
+			"%s is forbidden: User \"system:anonymous\" cannot %s resource %q in API group %q in the namespace %q",
+			full, verb, k.resource, k.group, namespace))
 		return
 	}
 	q := r.URL.Query()

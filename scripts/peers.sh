@@ -8,6 +8,11 @@
 #                        foreign EPP for the side-by-side measurement (e2e/llmd)
 #   ollama               Ollama v0.12.6, a real CPU engine (llama.cpp and ggml compiled with cgo;
 #                        e2e/ollama_test.go runs two of them behind kvgate)
+#   kube-apiserver       Kubernetes' API server v1.37.2 (k8s.io/kubernetes cmd/kube-apiserver) and
+#   etcd                 etcd v3.7.0 (the version kube-apiserver requires): only when named, never
+#                        by the no-argument form. etcd builds in about 2 CPU-minutes; kube-apiserver
+#                        did not finish on the shared 2-core machine (over 8 CPU-minutes for a
+#                        third of its 1,800 packages; docs/KUBERNETES.md), so no test uses them yet
 # None has a Debian package and `go install` fails on their replace directives, so each
 # module is downloaded, copied somewhere writable, its replaces dropped, and built.
 #
@@ -20,7 +25,7 @@ set -euo pipefail
 out=${KVGATE_PEERS:-${XDG_CACHE_HOME:-$HOME/.cache}/kvgate/peers}
 mkdir -p "$out"
 
-declare -A version=([consul]=v1.22.7 [llm-d-inference-sim]=v0.10.2 [llm-d-epp]=v0.7.1 [ollama]=v0.12.6)
+declare -A version=([consul]=v1.22.7 [llm-d-inference-sim]=v0.10.2 [llm-d-epp]=v0.7.1 [ollama]=v0.12.6 [kube-apiserver]=v1.37.2 [etcd]=v3.7.0)
 
 work=""
 cleanup() { [ -z "$work" ] || { chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"; }; }
@@ -126,6 +131,56 @@ static inline ma_result ma_decoder_uninit(ma_decoder *decoder) { (void)decoder; 
 HEADER
   (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=1 go build -trimpath \
     -ldflags "-X github.com/ollama/ollama/version.Version=${version[ollama]#v}" -o "$1" .)
+}
+
+kube_module() { # prints a throwaway main module that requires k8s.io/kubernetes and etcd's server
+  # k8s.io/kubernetes requires its staging modules (k8s.io/api, ...) at v0.0.0 and replaces them
+  # with folders of its own repository; a dependency's replaces do not apply, so the module requires
+  # each at the release that matches (v1.N.M -> v0.N.M). The etcd main sits in the same module,
+  # so both share one set of dependency versions (and their compiled packages).
+  [ -n "$work" ] || work=$(mktemp -d)
+  local mod="$work/kube" kv=${version[kube-apiserver]}
+  if [ ! -f "$mod/go.mod" ]; then
+    mkdir -p "$mod/etcd"
+    local gomod
+    gomod=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$kv" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
+    (
+      cd "$mod"
+      go mod init kvgate.local/kube >/dev/null 2>&1
+      local args=(-require="k8s.io/kubernetes@$kv" -require="go.etcd.io/etcd/server/v3@${version[etcd]}")
+      for m in $(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$gomod"); do
+        args+=(-require="$m@v0.${kv#v1.}")
+      done
+      go mod edit "${args[@]}"
+      cat >etcd/main.go <<'GO'
+// Command etcd is etcd's server, built from its module at the version kube-apiserver requires.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+    )
+  fi
+  echo "$mod"
+}
+
+build_kube-apiserver() { # $1: output binary
+  local mod
+  [ -n "$work" ] || work=$(mktemp -d) # here, not in kube_module's subshell, so cleanup sees it
+  mod=$(kube_module)
+  (cd "$mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$1" k8s.io/kubernetes/cmd/kube-apiserver)
+}
+
+build_etcd() { # $1: output binary
+  local mod
+  [ -n "$work" ] || work=$(mktemp -d)
+  mod=$(kube_module)
+  (cd "$mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$1" ./etcd)
 }
 
 ensure() { # name -> prints the binary's path, building it if missing

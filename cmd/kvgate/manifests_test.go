@@ -10,12 +10,6 @@ import (
 	"github.com/kvgate/kvgate/workerd"
 )
 
-// pendingFlags are flags the manifests use that another branch adds to `kvgate router`
-// (Kubernetes discovery, issue #17). Until --kubernetes exists they are dropped with a log
-// line; once it exists every one of them is parsed like any other flag (so a flag of the set
-// renamed on the way fails). Delete this list when they have landed.
-var pendingFlags = map[string]bool{"kubernetes": true, "pool-name": true, "pool-namespace": true}
-
 // manifestObjects reads deploy/kubernetes.
 func manifestObjects(t *testing.T) []deploy.Object {
 	t.Helper()
@@ -118,17 +112,7 @@ func parseArgs(t *testing.T, args []string) error {
 	if cmd == root {
 		return errUnknownCommand(args)
 	}
-	landed := cmd.Flags().Lookup("kubernetes") != nil
-	var kept []string
-	for _, a := range rest {
-		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if strings.HasPrefix(a, "--") && pendingFlags[name] && !landed {
-			t.Logf("kvgate %s: --%s is not defined yet (pending from another branch); skipped", cmd.Name(), name)
-			continue
-		}
-		kept = append(kept, a)
-	}
-	if err := cmd.ParseFlags(kept); err != nil {
+	if err := cmd.ParseFlags(rest); err != nil {
 		return err
 	}
 	return cmd.ValidateArgs(cmd.Flags().Args())

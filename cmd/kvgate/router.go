@@ -145,6 +145,8 @@ type routerOptions struct {
 	eps                 endpointFlags
 	rt                  routerFlags
 	consul              consulFlags
+	kube                kubeFlags
+	ready               <-chan struct{} // closed when discovery has synced; nil = ready at once
 	mig                 migrationFlags
 }
 
@@ -162,10 +164,15 @@ serves the embedded OpenAI gateway, routing with the same state.
 With --consul it routes to the healthy engines registered in Consul (by kvgate workerd),
 following them as they come and go; an engine that names its workerd sends its KV events
 (with a snapshot on every connect) and its load through that workerd's relay. See
-docs/DISCOVERY.md.`,
+docs/DISCOVERY.md.
+
+With --kubernetes it is a drop-in Endpoint Picker for an InferencePool (--pool-name): it
+routes to the ready Pods the pool selects, one endpoint per target port, and is ready once
+its informers have synced. See docs/KUBERNETES.md.`,
 		Example: `  kvgate router --endpoint http://10.0.0.5:8000 --kv-events tcp://10.0.0.5:5557 --http :8000
   kvgate router --endpoints engines.yaml --http 127.0.0.1:8000
-  kvgate router --consul 127.0.0.1:8500 --http :8000 --metrics-addr :9090`,
+  kvgate router --consul 127.0.0.1:8500 --http :8000 --metrics-addr :9090
+  kvgate router --kubernetes --pool-name qwen --kv-events-port 5557 --grpc :9002 --tls-cert ... --tls-key ...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runRouter(cmd.Context(), g.log, o) },
 	}
@@ -185,6 +192,7 @@ docs/DISCOVERY.md.`,
 	o.rt.add(cmd)
 	o.consul.add(cmd)
 	o.consul.addRelayTLS(cmd)
+	o.kube.add(cmd)
 	return cmd
 }
 
@@ -198,7 +206,7 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		return err
 	}
 	if len(eps) == 0 && disc == nil {
-		return errors.New("no endpoints: pass --endpoints FILE, --endpoint URL or --consul ADDR")
+		return errors.New("no endpoints: pass --endpoints FILE, --endpoint URL, --consul ADDR or --kubernetes --pool-name NAME")
 	}
 	cfg, err := o.rt.config(append(slices.Clone(eps), fileEps...), log)
 	if err != nil {
@@ -219,6 +227,7 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 	if xc.TLS, err = o.tls.Server(); err != nil {
 		return err
 	}
+	xc.Ready = o.ready // readiness follows the Kubernetes informers' sync
 	ep, err := extproc.New(xc, rt, log, reg)
 	if err != nil {
 		return err
@@ -287,6 +296,14 @@ func (o *routerOptions) discovery(log *slog.Logger) (discovery.Source, []router.
 	}
 	if c != nil {
 		srcs = append(srcs, c)
+	}
+	k, err := o.kube.source(o.eps.blockSize, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if k != nil {
+		srcs = append(srcs, k)
+		o.ready = k.Synced()
 	}
 	switch len(srcs) {
 	case 0:
