@@ -37,7 +37,7 @@ type replayPlannerFlags struct {
 
 func (p *replayPlannerFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&p.mode, "planner", "", "scale the engines with a planner in the loop: "+strings.Join(replay.PlannerModes(), ", ")+", or all (static-at-peak, static-at-mean, load and sla side by side); --engines is then the GPU budget")
+	f.StringVar(&p.mode, "planner", "", "scale the engines with a planner in the loop: "+strings.Join(replay.PlannerModes(), ", ")+", or all (static-at-peak, static-at-mean, load, sla and the fewest static engines that reach sla's attainment, side by side); --engines is then the GPU budget")
 	f.Float64Var(&p.startupS, "startup-s", 60, "planner: seconds a started engine loads before it serves")
 	f.StringVar(&p.rateProfile, "rate-profile", "", `change the arrival rate in steps, "time:scale,...": e.g. "0:1,600:3,1800:1" triples it from 600 s to 1800 s (seconds of replayed time)`)
 	f.Float64Var(&p.slaTTFTMs, "sla-ttft-ms", 5000, "SLA: a request meets it with TTFT at most this (sla_attainment)")
