@@ -186,10 +186,24 @@ func (l *Loop) poolStates(f *fleetView, demand []router.PoolStats, now time.Time
 				st.PrefixHitRate = min(1, float64(cur.CachedTokens-prev.CachedTokens)/float64(pt))
 			}
 		}
+		if prev, ok := l.prev[p.pool]; ok {
+			st.TTFTP90 = intervalP90(cur.TTFT, prev.TTFT)
+			st.ITLP90 = intervalP90(cur.ITL, prev.ITL)
+		}
 		out = append(out, st)
 	}
 	l.prev, l.prevAt = byPool, now
 	return out
+}
+
+// intervalP90 is the p90 of the observations between two reads of a router latency
+// histogram; 0 when there were none or the reads do not match (a router restarted).
+func intervalP90(cur, prev *router.Histogram) time.Duration {
+	d, ok := cur.Sub(prev)
+	if !ok || d.Count == 0 {
+		return 0
+	}
+	return time.Duration(d.Quantile(0.9) * float64(time.Second))
 }
 
 // act starts or drains engines to move the pool from Current to Desired.
@@ -429,6 +443,8 @@ func (l *Loop) export(f *fleetView, states []planner.PoolState, ds []planner.Dec
 		l.m.hit.WithLabelValues(lv...).Set(st.PrefixHitRate)
 		l.m.queued.WithLabelValues(lv...).Set(st.QueuedPrefillTokens)
 		l.m.kv.WithLabelValues(lv...).Set(st.KVUsage)
+		l.m.ttft.WithLabelValues(lv...).Set(st.TTFTP90.Seconds())
+		l.m.itl.WithLabelValues(lv...).Set(st.ITLP90.Seconds())
 		l.m.replicas.WithLabelValues(append(lv, "ready")...).Set(float64(st.Ready))
 		l.m.replicas.WithLabelValues(append(lv, "pending")...).Set(float64(st.Pending))
 		used += (st.Ready + st.Pending) * max(1, st.GPUsPerEngine)
@@ -436,6 +452,11 @@ func (l *Loop) export(f *fleetView, states []planner.PoolState, ds []planner.Dec
 	for _, d := range ds {
 		lv := []string{d.Pool.Model, string(d.Pool.Role)}
 		l.m.desired.WithLabelValues(lv...).Set(float64(d.Desired))
+		l.m.forecastRate.WithLabelValues(lv...).Set(d.Forecast.Rate)
+		l.m.forecastPrompt.WithLabelValues(lv...).Set(d.Forecast.PromptTokens)
+		l.m.forecastOutput.WithLabelValues(lv...).Set(d.Forecast.OutputTokens)
+		l.m.needed.WithLabelValues(lv...).Set(d.Need)
+		l.m.correction.WithLabelValues(lv...).Set(d.Correction)
 		l.m.decisions.WithLabelValues(append(lv, d.Reason)...).Inc()
 	}
 	l.m.gpusUsed.Set(float64(used))

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -186,6 +187,47 @@ func addPools(s *router.PoolStats, p router.PoolStats) {
 	s.PromptTokens += p.PromptTokens
 	s.CachedTokens += p.CachedTokens
 	s.OutputTokens += p.OutputTokens
+	s.TTFT = addHistogram(s.TTFT, p.TTFT)
+	s.ITL = addHistogram(s.ITL, p.ITL)
+}
+
+// addHistogram is a + b, or a alone when the two have other bounds (routers of other
+// versions: one router's latency is better than a mixed sum).
+func addHistogram(a, b *router.Histogram) *router.Histogram {
+	if b == nil {
+		return a
+	}
+	if a == nil {
+		c := *b
+		c.Counts = append([]uint64(nil), b.Counts...)
+		return &c
+	}
+	a.Add(b)
+	return a
+}
+
+// validHistogram reports whether h could have come from a router: a count per bucket and one
+// above the bounds, bounds positive, finite and increasing, counts that add up, a finite sum.
+func validHistogram(h *router.Histogram) bool {
+	if h == nil {
+		return true
+	}
+	if len(h.Bounds) == 0 || len(h.Counts) != len(h.Bounds)+1 || !(h.Sum >= 0) || math.IsInf(h.Sum, 0) {
+		return false
+	}
+	var n uint64
+	for i, b := range h.Bounds {
+		if !(b > 0) || math.IsInf(b, 0) || (i > 0 && b <= h.Bounds[i-1]) {
+			return false
+		}
+	}
+	for _, c := range h.Counts {
+		if n+c < n {
+			return false
+		}
+		n += c
+	}
+	return n == h.Count
 }
 
 func readPools(ctx context.Context, hc *http.Client, url string) ([]router.PoolStats, error) {
@@ -221,7 +263,7 @@ func decodePools(body []byte) ([]router.PoolStats, error) {
 	}
 	for _, p := range pr.Pools {
 		if p.Endpoints < 0 || p.Healthy < 0 || p.QueuedPrefillTokens < 0 || p.RunningRequests < 0 || p.KVReporting < 0 ||
-			!(p.WaitingRequests >= 0) || !(p.KVUsage >= 0 && p.KVUsage <= 1) {
+			!(p.WaitingRequests >= 0) || !(p.KVUsage >= 0 && p.KVUsage <= 1) || !validHistogram(p.TTFT) || !validHistogram(p.ITL) {
 			return nil, fmt.Errorf("pool %s/%s: impossible values %+v", p.Model, p.Role, p)
 		}
 	}

@@ -52,6 +52,9 @@ func FuzzDecodePools(f *testing.F) {
 	f.Add([]byte(`{"pools":[{"kv_usage":1.5}]}`))
 	f.Add([]byte(`{"pools":[{"queued_prefill_tokens":-1}]}`))
 	f.Add([]byte(`{"pools":null}`))
+	f.Add([]byte(`{"pools":[{"model":"m","ttft_seconds":{"bounds":[1,2],"counts":[1,0,3],"count":4,"sum":9}}]}`))
+	f.Add([]byte(`{"pools":[{"itl_seconds":{"bounds":[2,1],"counts":[1,0,3],"count":4,"sum":9}}]}`))
+	f.Add([]byte(`{"pools":[{"itl_seconds":{"bounds":[1],"counts":[18446744073709551615,1],"count":0,"sum":1}}]}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		pools, err := decodePools(b)
@@ -64,6 +67,15 @@ func FuzzDecodePools(f *testing.F) {
 				t.Fatalf("accepted %+v", p)
 			}
 			addPools(&sum, p)
+			for _, h := range []*router.Histogram{p.TTFT, p.ITL} {
+				if q := h.Quantile(0.9); q < 0 || math.IsNaN(q) {
+					t.Fatalf("accepted a histogram with p90 %v: %+v", q, h)
+				}
+				if d, ok := h.Sub(h); h != nil && (!ok || d.Count != 0) {
+					t.Fatalf("h - h = %+v, %v", d, ok)
+				}
+			}
 		}
+		_ = intervalP90(sum.TTFT, nil)
 	})
 }

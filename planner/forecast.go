@@ -32,6 +32,15 @@ func (s *series) held(k int) float64 {
 	return m
 }
 
+// peak is the largest value (0 when empty).
+func (s *series) peak() float64 {
+	var m float64
+	for _, x := range s.xs {
+		m = math.Max(m, x)
+	}
+	return m
+}
+
 func (s *series) mean() float64 {
 	if len(s.xs) == 0 {
 		return 0

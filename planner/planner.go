@@ -54,6 +54,19 @@ type Decision struct {
 	Pool             Pool
 	Current, Desired int
 	Reason           string
+	// Forecast is the demand sla mode sized the pool for (zero in other modes).
+	Forecast Forecast
+	// Need is the fractional engines sla mode computed for Forecast, after its latency
+	// correction (Correction, 1 when none); load and static modes set it to Desired.
+	Need, Correction float64
+}
+
+// Forecast is the demand a decision was sized for: requests/s and mean lengths over the
+// forecast horizon (an engine's start-up plus one interval).
+type Forecast struct {
+	Rate                       float64 // requests/s
+	PromptTokens, OutputTokens float64 // mean per request
+	PrefixHitRate              float64
 }
 
 // Limits bound one pool's replicas. Max 0 means no limit but the GPU budget; Static is the
@@ -83,9 +96,12 @@ type Config struct {
 	// MaxStep is the most replicas one decision adds to or removes from a pool (0: no limit).
 	MaxStep int
 	// Cooldown is how long after a pool's last change it may not scale down (4 intervals).
+	// In sla mode it counts from the last scale-up: scale-downs do not restart it, and the
+	// pool steps down one engine per decision.
 	Cooldown time.Duration
-	// Hysteresis: sla scales a pool down only when its load fits the smaller count with this
-	// fraction to spare (0.2).
+	// Hysteresis: sla scales a pool down only when the most engines it needed over the
+	// cooldown (the last Cooldown/Interval decisions) fit the smaller count with this
+	// fraction to spare (0.2), one engine per decision.
 	Hysteresis float64
 	// Window is the number of intervals the forecast fits (6).
 	Window int
@@ -94,7 +110,11 @@ type Config struct {
 	// root of the intervals an engine takes to start (start-up + one interval), so the longer
 	// a new engine takes, the more of the load's swing is held in advance. 0 disables it.
 	Headroom float64
-	Load     LoadThresholds
+	// Backlog (sla) adds the prefill engines that clear, within the forecast horizon, the
+	// queued prompt tokens beyond what the pool holds in flight at the TTFT target: the work
+	// a burst left waiting while engines started.
+	Backlog bool
+	Load    LoadThresholds
 }
 
 // WithDefaults returns c with its zero fields set.
@@ -172,8 +192,9 @@ type Planner struct {
 
 type poolMemory struct {
 	rate, prompt, output, hit series
-	lastChange                time.Time
-	changed                   bool
+	needs                     series // sla: engines needed, one per decision over the cooldown
+	lastChange, lastUp        time.Time
+	changed, upped            bool
 	correction                float64 // sla: multiplies the profile's demand, learnt from missed targets
 	misses                    int     // sla: intervals in a row with a missed target
 }
@@ -203,7 +224,8 @@ func (p *Planner) memory(pool Pool) *poolMemory {
 	m := p.pools[pool]
 	if m == nil {
 		w := p.cfg.Window
-		m = &poolMemory{rate: newSeries(w), prompt: newSeries(w), output: newSeries(w), hit: newSeries(w), correction: 1}
+		m = &poolMemory{rate: newSeries(w), prompt: newSeries(w), output: newSeries(w), hit: newSeries(w), correction: 1,
+			needs: newSeries(max(1, int(p.cfg.Cooldown/max(1, p.cfg.Interval))))}
 		p.pools[pool] = m
 	}
 	return m
@@ -238,7 +260,10 @@ func (p *Planner) Decide(now time.Time, pools []PoolState) []Decision {
 		case ModeSLA:
 			d, needs[i] = p.decideSLA(now, st, m)
 		}
-		d.Pool, d.Current = st.Pool, cur
+		d.Pool, d.Current, d.Need = st.Pool, cur, needs[i]
+		if d.Correction == 0 {
+			d.Correction = 1
+		}
 		d = p.bound(now, d, m)
 		ds[i] = d
 	}
@@ -247,6 +272,10 @@ func (p *Planner) Decide(now time.Time, pools []PoolState) []Decision {
 		if ds[i].Desired != ds[i].Current {
 			m := p.memory(ds[i].Pool)
 			m.lastChange, m.changed = now, true
+		}
+		if ds[i].Desired > ds[i].Current {
+			m := p.memory(ds[i].Pool)
+			m.lastUp, m.upped = now, true
 		}
 	}
 	return ds
@@ -269,9 +298,14 @@ func (p *Planner) decideLoad(st PoolState) Decision {
 	return Decision{Desired: cur, Reason: ReasonSteady}
 }
 
-// bound applies the pool's limits, the maximum step and the scale-down cooldown.
+// bound applies the pool's limits, the maximum step and the scale-down cooldown (counted
+// from the pool's last scale-up).
 func (p *Planner) bound(now time.Time, d Decision, m *poolMemory) Decision {
-	if d.Desired < d.Current && m.changed && now.Sub(m.lastChange) < p.cfg.Cooldown {
+	since, ok := m.lastChange, m.changed // load: any change, as Dynamo's load planner
+	if p.cfg.Mode == ModeSLA {
+		since, ok = m.lastUp, m.upped // sla steps down one engine per decision
+	}
+	if d.Desired < d.Current && ok && now.Sub(since) < p.cfg.Cooldown {
 		d.Desired, d.Reason = d.Current, ReasonCooldown
 	}
 	if s := p.cfg.MaxStep; s > 0 {

@@ -31,19 +31,31 @@ func (p *Planner) decideSLA(now time.Time, st PoolState, m *poolMemory) (Decisio
 	}
 	missed := p.learn(now, st, m)
 	prefill, decode := p.engines(st.Pool.Role, rate, m)
-	need := (prefill + decode) * m.correction
+	need := (prefill + decode + p.backlog(st, rate, m)) * m.correction
 	reason := ReasonPrefillForecast
 	if decode > prefill {
 		reason = ReasonDecodeForecast
 	}
 	up := int(math.Ceil(need - 1e-9))
-	switch down := int(math.Ceil(need*(1+p.cfg.Hysteresis) - 1e-9)); {
+	fc := Forecast{Rate: rate, PromptTokens: m.prompt.mean(), OutputTokens: m.output.mean(), PrefixHitRate: m.hit.mean()}
+	m.needs.add(need)
+	d, need := p.slaChange(cur, up, m.needs.peak(), need, missed, reason)
+	d.Forecast, d.Correction = fc, m.correction
+	return d, need
+}
+
+// slaChange turns the engines needed into a change of the pool's count: up at once to what
+// this decision needs; down by one engine, only when the most it needed over the cooldown
+// (peak) fits the smaller count with the hysteresis to spare. A load that swings from one
+// interval to the next is sized for its highs and does not move the pool back and forth.
+func (p *Planner) slaChange(cur, up int, peak, need float64, missed bool, reason string) (Decision, float64) {
+	switch down := int(math.Ceil(peak*(1+p.cfg.Hysteresis) - 1e-9)); {
 	case up > cur && missed:
 		return Decision{Desired: up, Reason: ReasonSLAMissed}, need
 	case up > cur:
 		return Decision{Desired: up, Reason: reason}, need
 	case down < cur:
-		return Decision{Desired: down, Reason: ReasonLowLoad}, need
+		return Decision{Desired: cur - 1, Reason: ReasonLowLoad}, need
 	case up < cur:
 		return Decision{Desired: cur, Reason: ReasonHysteresis}, need
 	}
@@ -92,4 +104,23 @@ func (p *Planner) learn(now time.Time, st PoolState, m *poolMemory) (missed bool
 		m.correction = math.Max(1, m.correction*correctionDown)
 	}
 	return false
+}
+
+// backlog is the prefill engines that clear, within the forecast horizon (an engine's
+// start-up plus one interval), the queued prompt tokens beyond what the pool holds in flight
+// at its rate when it meets the TTFT target (Little's law: rate x prompt x TTFT): the work a
+// burst left waiting, which the rate alone does not show. 0 unless Config.Backlog.
+func (p *Planner) backlog(st PoolState, rate float64, m *poolMemory) float64 {
+	if !p.cfg.Backlog || st.Pool.Role == RoleDecode || st.QueuedPrefillTokens <= 0 {
+		return 0
+	}
+	prompt, hit := m.prompt.mean(), m.hit.mean()
+	tput := p.cfg.Profile.PrefillThroughput(prompt, p.cfg.TTFT)
+	inFlight := rate * prompt * p.cfg.TTFT.Seconds()
+	excess := (st.QueuedPrefillTokens - inFlight) * (1 - hit)
+	drain := (p.cfg.Startup + p.cfg.Interval).Seconds()
+	if excess <= 0 || tput <= 0 || drain <= 0 {
+		return 0
+	}
+	return excess / (tput * drain)
 }

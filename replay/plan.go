@@ -36,6 +36,12 @@ type Point struct {
 	TTFTP90    float64 `json:"ttft_p90_ms"`
 	Attainment float64 `json:"attainment"` // of the requests that finished in the interval
 	Reason     string  `json:"reason"`
+	// sla: the rate the planner sized for, the fractional engines it needed for it and its
+	// latency correction.
+	ForecastRate float64 `json:"forecast_rate,omitempty"`
+	Need         float64 `json:"need,omitempty"`
+	Correction   float64 `json:"correction,omitempty"`
+	Prompt       float64 `json:"prompt_tokens"` // mean over the interval
 }
 
 // planLoop is a planner replay's state: the planner, what was observed since its last
@@ -162,7 +168,8 @@ func (l *planLoop) observe(c *cluster, now time.Duration) planner.PoolState {
 func (l *planLoop) tick(c *cluster, now time.Duration) {
 	st := l.observe(c, now)
 	d := l.p.Decide(epoch.Add(now), []planner.PoolState{st})[0]
-	pt := Point{At: now.Seconds(), Rate: st.ArrivalRate, Current: d.Current, Desired: d.Desired, TTFTP90: ms(st.TTFTP90), Reason: d.Reason}
+	pt := Point{At: now.Seconds(), Rate: st.ArrivalRate, Current: d.Current, Desired: d.Desired, TTFTP90: ms(st.TTFTP90), Reason: d.Reason,
+		ForecastRate: d.Forecast.Rate, Need: d.Need, Correction: d.Correction, Prompt: st.PromptTokens}
 	if l.finished > 0 {
 		pt.Attainment = float64(l.met) / float64(l.finished)
 	}

@@ -49,6 +49,8 @@ type Decision struct {
 	served       bool // a served report was taken
 	done         bool
 	adapter      *adapterWait // the LoRA adapter load the request waits for, if any
+	// when Route returned it and when its first token came (streamed requests' latency)
+	routedAt, firstAt time.Time
 }
 
 // Header returns the headers to set on the upstream request: HeaderDestination (target, then
@@ -78,6 +80,9 @@ func (d *Decision) Header() http.Header {
 func (d *Decision) FirstToken() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if !d.done {
+		d.observeFirstToken()
+	}
 	if on := d.prefillOn(); on != nil && d.prefillLeft != 0 {
 		on.prefillTokens.Add(-d.prefillLeft)
 		d.prefillLeft = 0
@@ -150,6 +155,9 @@ func (d *Decision) Done(usage *openai.Usage, err error) {
 	}
 	d.done = true
 	cur := d.cur
+	if d.Stream && usage != nil {
+		observeITL(cur, d.r.cfg.Now(), d.firstAt, usage.CompletionTokens, err)
+	}
 	if on := d.prefillOn(); on != nil {
 		on.prefillTokens.Add(-d.prefillLeft)
 	}

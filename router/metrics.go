@@ -60,6 +60,8 @@ const (
 	MetricPoolPromptTokens  = "kvgate_router_pool_prompt_tokens_total"
 	MetricPoolCachedTokens  = "kvgate_router_pool_cached_prompt_tokens_total"
 	MetricPoolOutputTokens  = "kvgate_router_pool_output_tokens_total"
+	MetricPoolTTFT          = "kvgate_router_pool_ttft_seconds" // histogram, streamed requests
+	MetricPoolITL           = "kvgate_router_pool_itl_seconds"  // histogram, streamed requests
 )
 
 // PoolsPath is where the router's metrics listener serves the pools as JSON (PoolsHandler).

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -19,6 +20,13 @@ type Pool struct {
 // rates stay right across engines coming and going.
 type poolCounters struct {
 	requests, promptTokens, cachedTokens, outputTokens atomic.Uint64
+	// streamed requests' time from routing to the first token (on the pool that prefilled)
+	// and mean time between output tokens (on the pool that decoded)
+	ttft, itl *latencyHist
+}
+
+func newPoolCounters() *poolCounters {
+	return &poolCounters{ttft: newLatencyHist(ttftBounds[:]), itl: newLatencyHist(itlBounds[:])}
 }
 
 // PoolStats is what the router sees of one pool now: the load of its endpoints (gauges)
@@ -42,6 +50,11 @@ type PoolStats struct {
 	PromptTokens uint64 `json:"prompt_tokens"`
 	CachedTokens uint64 `json:"cached_prompt_tokens"`
 	OutputTokens uint64 `json:"output_tokens"`
+	// Cumulative latency of streamed requests: TTFT from routing to the first token (counted
+	// on the pool that prefilled), ITL the mean time between a request's output tokens
+	// (counted on the pool that decoded).
+	TTFT *Histogram `json:"ttft_seconds,omitempty"`
+	ITL  *Histogram `json:"itl_seconds,omitempty"`
 }
 
 // poolOf is the pool an endpoint belongs to: its first model, its role.
@@ -58,7 +71,7 @@ func poolOf(e Endpoint) Pool {
 
 // poolCounters returns the counters of the endpoint's pool, made on first use.
 func (r *Router) poolCountersOf(e Endpoint) *poolCounters {
-	v, _ := r.poolCounts.LoadOrStore(poolOf(e), &poolCounters{})
+	v, _ := r.poolCounts.LoadOrStore(poolOf(e), newPoolCounters())
 	return v.(*poolCounters)
 }
 
@@ -93,6 +106,7 @@ func (r *Router) Pools() []PoolStats {
 		ps, c := get(k.(Pool)), v.(*poolCounters)
 		ps.Requests, ps.PromptTokens = c.requests.Load(), c.promptTokens.Load()
 		ps.CachedTokens, ps.OutputTokens = c.cachedTokens.Load(), c.outputTokens.Load()
+		ps.TTFT, ps.ITL = c.ttft.snapshot(), c.itl.snapshot()
 		return true
 	})
 	out := make([]PoolStats, 0, len(byPool))
@@ -146,6 +160,27 @@ func (d *Decision) countPools() {
 	}
 	pre.pool.promptTokens.Add(uint64(max(d.PromptTokens, 0)))
 	pre.pool.cachedTokens.Add(uint64(max(d.CachedBlocks, 0)) * uint64(max(pre.blockSize.Load(), 0)))
+	d.routedAt = d.r.cfg.Now()
+}
+
+// observeFirstToken records a streamed request's TTFT on the pool that prefilled it, once;
+// d.mu must be held.
+func (d *Decision) observeFirstToken() {
+	on := d.prefillOn()
+	if !d.Stream || on == nil || d.routedAt.IsZero() || !d.firstAt.IsZero() {
+		return
+	}
+	d.firstAt = d.r.cfg.Now()
+	on.pool.ttft.observe(d.firstAt.Sub(d.routedAt))
+}
+
+// observeITL records a streamed request's mean time between output tokens on the pool that
+// decoded it, for a request that ended well with more than one output token.
+func observeITL(cur *epState, now, first time.Time, outputTokens int, err error) {
+	if cur == nil || err != nil || first.IsZero() || outputTokens < 2 {
+		return
+	}
+	cur.pool.itl.observe(now.Sub(first) / time.Duration(outputTokens-1))
 }
 
 // poolCollector exports Pools at scrape time.
@@ -153,6 +188,7 @@ type poolCollector struct {
 	r                                                     *Router
 	endpoints, healthy, queued, running, waiting, kvUsage *prometheus.Desc
 	requests, prompt, cached, output                      *prometheus.Desc
+	ttft, itl                                             *prometheus.Desc
 }
 
 func newPoolCollector(r *Router) *poolCollector {
@@ -170,11 +206,13 @@ func newPoolCollector(r *Router) *poolCollector {
 		prompt:    d(MetricPoolPromptTokens, "Prompt tokens of requests routed to the pool (the prefill pool when disaggregated)."),
 		cached:    d(MetricPoolCachedTokens, "Prompt tokens the router saw cached on the picked endpoint of the pool."),
 		output:    d(MetricPoolOutputTokens, "Output tokens the pool's engines reported in usage."),
+		ttft:      d(MetricPoolTTFT, "Streamed requests' time from routing to the first token, on the pool that prefilled them."),
+		itl:       d(MetricPoolITL, "Streamed requests' mean time between output tokens, on the pool that decoded them."),
 	}
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.endpoints, c.healthy, c.queued, c.running, c.waiting, c.kvUsage, c.requests, c.prompt, c.cached, c.output} {
+	for _, d := range []*prometheus.Desc{c.endpoints, c.healthy, c.queued, c.running, c.waiting, c.kvUsage, c.requests, c.prompt, c.cached, c.output, c.ttft, c.itl} {
 		ch <- d
 	}
 }
@@ -200,5 +238,11 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		k(c.prompt, p.PromptTokens)
 		k(c.cached, p.CachedTokens)
 		k(c.output, p.OutputTokens)
+		if p.TTFT != nil {
+			ch <- constHistogram(c.ttft, p.TTFT, l...)
+		}
+		if p.ITL != nil {
+			ch <- constHistogram(c.itl, p.ITL, l...)
+		}
 	}
 }

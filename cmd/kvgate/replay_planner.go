@@ -37,7 +37,7 @@ type replayPlannerFlags struct {
 
 func (p *replayPlannerFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&p.mode, "planner", "", "scale the engines with a planner in the loop: "+strings.Join(replay.PlannerModes(), ", ")+", or all (static-at-peak, static-at-mean, load and sla side by side); --engines is then the GPU budget")
+	f.StringVar(&p.mode, "planner", "", "scale the engines with a planner in the loop: "+strings.Join(replay.PlannerModes(), ", ")+", or all (static-at-peak, static-at-mean, load, sla and the fewest static engines that reach sla's attainment, side by side); --engines is then the GPU budget")
 	f.Float64Var(&p.startupS, "startup-s", 60, "planner: seconds a started engine loads before it serves")
 	f.StringVar(&p.rateProfile, "rate-profile", "", `change the arrival rate in steps, "time:scale,...": e.g. "0:1,600:3,1800:1" triples it from 600 s to 1800 s (seconds of replayed time)`)
 	f.Float64Var(&p.slaTTFTMs, "sla-ttft-ms", 5000, "SLA: a request meets it with TTFT at most this (sla_attainment)")
@@ -51,6 +51,7 @@ func (p *replayPlannerFlags) add(cmd *cobra.Command) {
 	f.DurationVar(&p.cfg.Cooldown, "planner-cooldown", 0, "planner: no scale-down this soon after a change (0: four intervals)")
 	f.IntVar(&p.cfg.MaxStep, "planner-max-step", 0, "planner: most engines added or removed per decision (0: no limit)")
 	f.Float64Var(&p.cfg.Headroom, "planner-headroom", 0, "sla planner: size for the forecast plus this many standard deviations of the recent rate, grown with the square root of the start-up in intervals (0: none)")
+	f.BoolVar(&p.cfg.Backlog, "planner-backlog", false, "sla planner: add the engines that clear the queued prompt tokens beyond the pool's in-flight work within start-up + one interval")
 	f.StringVar(&p.sweep, "startup-sweep", "", `planner: run load and sla at each of these start-up seconds, e.g. "15,60,120,300", and print attainment against start-up`)
 }
 
