@@ -33,6 +33,9 @@ type plan struct {
 	role      string
 	models    []string
 	sidecar   string // host:port of the decode engine's P/D sidecar (port 0: any), "" = none
+
+	// files are written before the engine starts (trtllm-serve's LLM API options).
+	files []planFile
 }
 
 // ports hands out free loopback ports for one New: each stays bound until release, so two
@@ -153,7 +156,10 @@ func (p *plan) assignAddresses(host string, free *ports) (enginePorts, error) {
 		errs = append(errs, err)
 	}
 	p.addr = net.JoinHostPort(host, strconv.Itoa(ep.http))
-	if !s.NoKVEvents {
+	if !s.NoKVEvents && s.Kind == KindTRTLLM {
+		// trtllm-serve serves its KV-cache events on its HTTP port (workerd/trtllm.go).
+		p.kvEvents = trtllmEvents(p.addr)
+	} else if !s.NoKVEvents {
 		if ep.kvEvents, err = free.or(s.KVEventsPort); err != nil {
 			errs = append(errs, err)
 		}
@@ -208,6 +214,8 @@ func (p *plan) command(ctx context.Context, host string, ep enginePorts, simCmd 
 		} else if err := hasPythonModule(ctx, p.argv[0], "sglang"); err != nil {
 			errs = append(errs, fmt.Errorf("%v: install SGLang (pip install sglang) or set binary", err))
 		}
+	case KindTRTLLM:
+		errs = append(errs, p.trtllmCommand(host, ep)...)
 	case KindSim:
 		base := simCmd
 		if s.Binary != "" {

@@ -26,6 +26,9 @@ type Options struct {
 	TokensPerBlock int    // kv_cache_config.tokens_per_block; 0 = TRT-LLM's default (32)
 	// EventBuffer is kv_cache_config.event_buffer_max_size; 0 = no KV-cache events.
 	EventBuffer int
+	// HostCacheBytes is kv_cache_config.host_cache_size: the secondary (host memory) pool
+	// blocks are offloaded to; 0 = none.
+	HostCacheBytes int64
 	// OptionsFile is the path of the YAML written from OptionsYAML, passed as
 	// --extra_llm_api_options.
 	OptionsFile string
@@ -70,6 +73,9 @@ func OptionsYAML(o Options) []byte {
 	}
 	if o.EventBuffer > 0 {
 		b.WriteString("  event_buffer_max_size: " + strconv.Itoa(o.EventBuffer) + "\n")
+	}
+	if o.HostCacheBytes > 0 {
+		b.WriteString("  host_cache_size: " + strconv.FormatInt(o.HostCacheBytes, 10) + "\n")
 	}
 	return []byte(b.String())
 }
