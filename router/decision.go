@@ -53,7 +53,7 @@ type Decision struct {
 	// approxOn and approxHashes: the prompt's blocks approximate mode recorded on approxOn
 	// (an endpoint without KV events), checked against the engine's cached_tokens at Done.
 	approxOn     *epState
-	approxHashes []kvindex.BlockHash
+	approxHashes *[]kvindex.BlockHash // from Router.hashBufs, returned there by Done
 }
 
 // Header returns the headers to set on the upstream request: HeaderDestination (target, then
@@ -168,10 +168,14 @@ func (d *Decision) Done(usage *openai.Usage, err error) {
 			cur.pool.outputTokens.Add(uint64(max(usage.CompletionTokens, 0)))
 		}
 		if usage.PromptTokensDetails != nil && cur != nil && cur == d.approxOn {
-			d.r.correctApprox(cur, d.approxHashes, d.CachedBlocks, usage.CachedTokens())
+			d.r.correctApprox(cur, *d.approxHashes, d.CachedBlocks, usage.CachedTokens())
 		}
 		d.r.m.reportedPrompt.Add(float64(usage.PromptTokens))
 		d.r.m.reportedCached.Add(float64(usage.CachedTokens()))
+	}
+	if d.approxHashes != nil {
+		d.r.hashBufs.Put(d.approxHashes)
+		d.approxOn, d.approxHashes = nil, nil
 	}
 	if cur != nil && isConnError(err) {
 		d.r.markDown(cur.ep.Address, err)

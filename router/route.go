@@ -332,7 +332,12 @@ func (r *Router) pick(p Prompt, admitting bool) (*Decision, error) {
 	t.s.addLoad(0, d.decodeBlocks, 1)
 	r.remember(sc, t.s, p, now)
 	if pf == nil && r.cfg.Policy == PolicyKV && !t.s.hasEvents() && len(sc.hashes) > 0 {
-		d.approxOn, d.approxHashes = t.s, slices.Clone(sc.hashes)
+		buf, _ := r.hashBufs.Get().(*[]kvindex.BlockHash)
+		if buf == nil {
+			buf = new([]kvindex.BlockHash)
+		}
+		*buf = append((*buf)[:0], sc.hashes...)
+		d.approxOn, d.approxHashes = t.s, buf
 	}
 	if r.log.Enabled(context.Background(), slog.LevelDebug) {
 		r.explain(d, sc, t.order)

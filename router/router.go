@@ -55,6 +55,7 @@ type Router struct {
 	sessions *sessions  // session affinity's bindings
 
 	pool     sync.Pool // *scratch
+	hashBufs sync.Pool // *[]kvindex.BlockHash: approximate-mode prompts kept until Done
 	tokBytes sync.Map  // *tokenizer.Tokenizer -> the most bytes one of its tokens stands for
 
 	poolCounts sync.Map // Pool -> *poolCounters (pools.go)

@@ -60,11 +60,13 @@ type Result struct {
 
 // wire is one event as TRT-LLM's KVCacheEventSerializer writes it.
 type wire struct {
-	EventID    *int64          `json:"event_id"`
-	Data       json.RawMessage `json:"data"`
-	WindowSize *int            `json:"window_size"`
-	DPRank     *int            `json:"attention_dp_rank"`
-	HashAlgo   string          `json:"hash_algo"`
+	EventID    *int64    `json:"event_id"`
+	Data       *wireData `json:"data"`
+	WindowSize *int      `json:"window_size"`
+	DPRank     *int      `json:"attention_dp_rank"`
+	HashAlgo   string    `json:"hash_algo"`
+	// An event written without "data" (TRT-LLM's router accepts both) has its fields here.
+	wireData
 }
 
 type wireData struct {
@@ -86,7 +88,32 @@ type wireBlock struct {
 }
 
 type wireToken struct {
-	TokenID *int64 `json:"token_id"`
+	TokenID tokenID `json:"token_id"`
+}
+
+// tokenID is a token id read without an allocation; set tells a missing one from 0.
+type tokenID struct {
+	v   int64
+	set bool
+}
+
+// UnmarshalJSON reads a non-negative decimal integer below 2^32.
+func (t *tokenID) UnmarshalJSON(b []byte) error {
+	if len(b) == 0 || len(b) > 10 {
+		return fmt.Errorf("token_id %s is not a uint32", clip(b))
+	}
+	var v int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return fmt.Errorf("token_id %s is not a uint32", clip(b))
+		}
+		v = v*10 + int64(c-'0')
+	}
+	if v > 1<<32-1 {
+		return fmt.Errorf("token_id %s is not a uint32", clip(b))
+	}
+	t.v, t.set = v, true
+	return nil
 }
 
 type wireDiff struct {
@@ -97,9 +124,9 @@ type wireDiff struct {
 // wrapper is an event list carried in an object: {"events": [...], "hash_algo": ...} (the
 // events of a TRT-LLM KvCacheEventReport, with is_full_snapshot).
 type wrapper struct {
-	Events   []json.RawMessage `json:"events"`
-	HashAlgo string            `json:"hash_algo"`
-	Snapshot bool              `json:"is_full_snapshot"`
+	Events   []wire `json:"events"`
+	HashAlgo string `json:"hash_algo"`
+	Snapshot bool   `json:"is_full_snapshot"`
 }
 
 // Decode decodes one /kv_cache_events response: a JSON array of events, or an object with
@@ -114,32 +141,25 @@ type wrapper struct {
 // caller clears the engine's state. Decode never panics.
 func (d *Decoder) Decode(payload []byte) (Result, error) {
 	var res Result
-	raws, top, snapshot, err := split(payload)
+	evs, top, snapshot, err := split(payload)
 	if err != nil {
 		return res, fmt.Errorf("trtllm: decode KV events: %w", err)
 	}
 	if d.lastID == nil {
 		d.lastID = map[int]int64{}
 	}
-	out := make([]engine.Event, 0, len(raws))
+	out := make([]engine.Event, 0, len(evs))
 	if snapshot {
 		out = append(out, engine.Event{Kind: engine.AllBlocksCleared})
 	}
 	rank := -1
 	mixed := false
 	// Validate everything before touching the decoder's state: a refused list changes nothing.
-	evs := make([]wire, len(raws))
-	datas := make([]wireData, len(raws))
-	for i, raw := range raws {
-		if err := strictUnmarshal(raw, &evs[i]); err != nil {
-			return res, fmt.Errorf("trtllm: decode KV events: event %d: %w", i, err)
-		}
-		if len(evs[i].Data) == 0 {
-			// Some producers put the event's fields at the top level.
-			evs[i].Data = raw
-		}
-		if err := strictUnmarshal(evs[i].Data, &datas[i]); err != nil {
-			return res, fmt.Errorf("trtllm: decode KV events: event %d data: %w", i, err)
+	datas := make([]*wireData, len(evs))
+	for i := range evs {
+		datas[i] = evs[i].Data
+		if datas[i] == nil {
+			datas[i] = &evs[i].wireData
 		}
 		algo := firstNonEmpty(evs[i].HashAlgo, datas[i].HashAlgo, top, HashV1)
 		if err := checkAlgo(algo); err != nil {
@@ -152,16 +172,16 @@ func (d *Decoder) Decode(payload []byte) (Result, error) {
 			return res, fmt.Errorf("trtllm: decode KV events: event %d: unknown event type %q (known: stored, removed, updated, created, all_cleared)", i, datas[i].Type)
 		}
 	}
-	conv := make([][]engine.Event, len(raws))
-	for i := range raws {
+	conv := make([][]engine.Event, len(evs))
+	for i := range evs {
 		var err error
-		if conv[i], err = d.convert(&evs[i], &datas[i]); err != nil {
+		if conv[i], err = d.convert(&evs[i], datas[i]); err != nil {
 			return res, fmt.Errorf("trtllm: decode KV events: event %d (%s): %w", i, datas[i].Type, err)
 		}
 	}
 	// Commit: ids, windows, events.
-	for i := range raws {
-		ev, data := &evs[i], &datas[i]
+	for i := range evs {
+		ev, data := &evs[i], datas[i]
 		r := 0
 		if ev.DPRank != nil {
 			r = *ev.DPRank
@@ -244,18 +264,18 @@ func checkAlgo(algo string) error {
 
 // split returns the raw events of payload, the list-level hash algorithm and whether the
 // list is a full snapshot.
-func split(payload []byte) ([]json.RawMessage, string, bool, error) {
+func split(payload []byte) ([]wire, string, bool, error) {
 	p := bytes.TrimSpace(payload)
 	if len(p) == 0 {
 		return nil, "", false, errors.New("empty body, want a JSON array of events")
 	}
 	switch p[0] {
 	case '[':
-		var raws []json.RawMessage
-		if err := strictUnmarshal(p, &raws); err != nil {
+		var evs []wire
+		if err := strictUnmarshal(p, &evs); err != nil {
 			return nil, "", false, err
 		}
-		return raws, "", false, nil
+		return evs, "", false, nil
 	case '{':
 		var w wrapper
 		if err := strictUnmarshal(p, &w); err != nil {
@@ -392,10 +412,10 @@ func (d *Decoder) stored(algo string, data *wireData) ([]engine.Event, error) {
 		e := &out[len(out)-1]
 		e.BlockHashes = append(e.BlockHashes, h)
 		for k, t := range b.Tokens {
-			if t.TokenID == nil || *t.TokenID < 0 || *t.TokenID > 1<<32-1 {
-				return nil, fmt.Errorf("blocks[%d].tokens[%d]: token_id missing or not a uint32", j, k)
+			if !t.TokenID.set {
+				return nil, fmt.Errorf("blocks[%d].tokens[%d]: token_id missing", j, k)
 			}
-			e.TokenIDs = append(e.TokenIDs, uint32(*t.TokenID))
+			e.TokenIDs = append(e.TokenIDs, uint32(t.TokenID.v))
 		}
 	}
 	return out, nil
