@@ -319,3 +319,34 @@ func TestRefusedConnectionDuringRestart(t *testing.T) {
 		t.Fatal("no answer after the restart")
 	}
 }
+
+// TestApproxClearedWhenStartTimeChanges: an engine whose process start time changed between
+// two scrapes (a restart quicker than a scrape interval: no failed probe) is forgotten by
+// approximate mode.
+func TestApproxClearedWhenStartTimeChanges(t *testing.T) {
+	startAt := func(ts int) string {
+		return vllmMetrics(0, 0, 0) + fmt.Sprintf("# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %d\n", ts)
+	}
+	eng := newMetricsEngine(t, startAt(1000))
+	eps := endpoints(1)
+	eps[0].Address = eng.addr()
+	r, reg := newRouter(t, eps, func(c *router.Config) { c.ScrapeInterval = 10 * time.Millisecond })
+	run(t, r)
+	eventually(t, "a scrape", func() bool { return loadOf(r, "e0").EngineFresh })
+	a, _ := sharedPrompts()
+	route(t, r, "/v1/chat/completions", a).Done(nil, nil)
+	if d := route(t, r, "/v1/chat/completions", a); d.CachedBlocks == 0 {
+		t.Fatal("nothing remembered for the prompt just sent")
+	} else {
+		d.Done(nil, nil)
+	}
+	eng.set(startAt(2000))
+	eventually(t, "the restart noticed", func() bool {
+		return metricstest.Value(reg, router.MetricApproxCorrections, "reason", router.CorrectionRestart) == 1
+	})
+	d := route(t, r, "/v1/chat/completions", a)
+	defer d.Done(nil, nil)
+	if d.CachedBlocks != 0 {
+		t.Fatalf("after the restart: %d blocks predicted cached, want 0", d.CachedBlocks)
+	}
+}

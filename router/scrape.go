@@ -79,7 +79,10 @@ func (r *Router) scrape(ctx context.Context, s *epState) (down bool) {
 	}
 	r.engineBack(s)
 	if err == nil {
-		s.reading.Store(&loadReading{Load: l, at: now})
+		prev := s.reading.Swap(&loadReading{Load: l, at: now})
+		if prev != nil && prev.StartTime != 0 && l.StartTime != 0 && prev.StartTime != l.StartTime {
+			r.engineRestarted(s, "its process start time changed")
+		}
 		if s.noMetrics.Swap(false) {
 			r.log.Info("engine metrics readable again; its load is the engine's", "endpoint", s.ep.Name)
 		}
@@ -105,10 +108,18 @@ func (r *Router) engineBack(s *epState) {
 		return
 	}
 	r.log.Info("endpoint answers again, back in rotation", "endpoint", s.ep.Name)
-	if !s.hasEvents() {
-		r.approx.RemoveEndpoint(s.id)
-		r.m.approxCorrections.WithLabelValues(CorrectionRestart).Inc()
+	r.engineRestarted(s, "it was out")
+}
+
+// engineRestarted forgets what approximate mode remembers sending to s: its engine may have
+// restarted with an empty cache (endpoints with KV events learn it from their events).
+func (r *Router) engineRestarted(s *epState, why string) {
+	if s.hasEvents() {
+		return
 	}
+	r.approx.RemoveEndpoint(s.id)
+	r.m.approxCorrections.WithLabelValues(CorrectionRestart).Inc()
+	r.log.Info("engine may have restarted; forgetting its approximate cache", "endpoint", s.ep.Name, "because", why)
 }
 
 // downError is a failure that says the engine is not serving.
