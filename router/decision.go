@@ -193,10 +193,12 @@ var errFallback error = fallbackError{}
 // fewer prompt tokens cached than the predicted blocks (it restarted, or evicted them), what
 // was remembered for s from the first uncached block on is dropped (the prompt's blocks and
 // any other prompt's below them), then the prompt is recorded again: the engine holds it
-// now that it has computed it.
+// now that it has computed it. One block short is not a miss: an engine that holds a whole
+// prompt recomputes its last token (vLLM), which costs the last block's credit when the
+// prompt ends on a block boundary.
 func (r *Router) correctApprox(s *epState, hashes []kvindex.BlockHash, predicted, cachedTokens int) {
 	held := cachedTokens / s.bs()
-	if held >= predicted || len(hashes) == 0 {
+	if held+1 >= predicted || len(hashes) == 0 {
 		return
 	}
 	dropped := r.approx.Forget(s.id, hashes, held)
