@@ -65,6 +65,10 @@ const (
 	SGLangGenerationTokens   = "sglang:generation_tokens_total" // counter
 )
 
+// ProcessStartTime is the Prometheus client libraries' process collector gauge (Unix
+// seconds) that vLLM and SGLang export: a new value means a new engine process.
+const ProcessStartTime = "process_start_time_seconds"
+
 // Load is what the router reads from an engine's /metrics.
 type Load struct {
 	Running float64 // requests running (summed over label sets, e.g. DP engines)
@@ -76,6 +80,8 @@ type Load struct {
 	LoRA                       bool
 	MaxLoRA                    int
 	RunningLoRAs, WaitingLoRAs []string
+	// StartTime is process_start_time_seconds (the latest over series), 0 when absent.
+	StartTime float64
 }
 
 // MaxLoadBytes bounds the metrics page read from an engine for ParseLoad.
@@ -121,6 +127,11 @@ func ParseLoad(r io.Reader) (Load, error) {
 		return Load{}, errors.New("engine: metrics carry no vLLM or SGLang load gauges")
 	}
 	loraInfo(fams[VLLMLoRARequestsInfo], &l)
+	if v, ok := values(fams[ProcessStartTime]); ok {
+		for _, x := range v {
+			l.StartTime = max(l.StartTime, x)
+		}
+	}
 	return l, nil
 }
 

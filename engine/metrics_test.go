@@ -107,3 +107,19 @@ func FuzzParseLoad(f *testing.F) {
 		}
 	})
 }
+
+// TestParseLoadStartTime: process_start_time_seconds, which vLLM's and SGLang's Prometheus
+// clients export, is read as Load.StartTime (0 when absent).
+func TestParseLoadStartTime(t *testing.T) {
+	text := "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 1\n" +
+		"# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n" +
+		"# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 1.76466e+09\n"
+	l, err := engine.ParseLoad(strings.NewReader(text))
+	if err != nil || l.StartTime != 1.76466e9 {
+		t.Fatalf("ParseLoad = %+v, %v; want StartTime 1.76466e9", l, err)
+	}
+	l, err = engine.ParseLoad(strings.NewReader("vllm:num_requests_running 1\n"))
+	if err != nil || l.StartTime != 0 {
+		t.Fatalf("without the gauge: %+v, %v", l, err)
+	}
+}

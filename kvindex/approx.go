@@ -367,3 +367,61 @@ func (a *Approx) RemoveEndpoint(ep EndpointID) {
 	a.order = slices.DeleteFunc(a.order, func(x uint32) bool { return x == s })
 	a.freeSlots = append(a.freeSlots, s)
 }
+
+// Forget drops what ep was recorded to hold from block keep of hashes on: the block
+// hashes[keep] and every block below it that ep holds, whichever prompts they were recorded
+// for (an engine that no longer holds a block no longer holds what was computed after it).
+// It returns how many blocks it dropped. A keep at or beyond len(hashes) drops nothing. The
+// cost is linear in what ep holds; it is meant for corrections, not the request path.
+func (a *Approx) Forget(ep EndpointID, hashes []BlockHash, keep int) int {
+	if keep < 0 {
+		keep = 0
+	}
+	if keep >= len(hashes) {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s, ok := a.slotOf[ep]
+	if !ok {
+		return 0
+	}
+	cur := uint32(0)
+	for _, h := range hashes[:keep+1] {
+		if cur = a.child(cur, h); cur == 0 {
+			return 0
+		}
+	}
+	top := cur
+	w, bit := int(s>>6), uint64(1)<<(s&63)
+	if a.hold[int(top)*a.words+w]&bit == 0 {
+		return 0 // ep's prefixes form a subtree: nothing of it below either
+	}
+	// below reports whether node n is top or under it, remembering the answer for every
+	// node on the way up so each node is walked once.
+	memo := map[uint32]bool{top: true, 0: false}
+	var up []uint32
+	below := func(n uint32) bool {
+		up = up[:0]
+		for {
+			if v, ok := memo[n]; ok {
+				for _, u := range up {
+					memo[u] = v
+				}
+				return v
+			}
+			up = append(up, n)
+			n = a.nodes[n].parent
+		}
+	}
+	var drop []uint32
+	for e := a.slots[s].oldest; e != 0; e = a.ents[e].newer {
+		if below(a.ents[e].node) {
+			drop = append(drop, e)
+		}
+	}
+	for _, e := range drop {
+		a.evict(e)
+	}
+	return len(drop)
+}

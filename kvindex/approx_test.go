@@ -266,3 +266,58 @@ func TestApproxFindMatchesNoAlloc(t *testing.T) {
 		t.Fatalf("Approx.FindMatches allocates %v times with a reused Matches", n)
 	}
 }
+
+// TestApproxForget: forgetting an endpoint's blocks from one depth of a prompt drops that
+// block and everything the endpoint holds below it (other prompts sharing it included),
+// keeps the blocks above and other endpoints' blocks, and a later Record brings back only
+// what it records.
+func TestApproxForget(t *testing.T) {
+	a := kvindex.NewApprox(time.Hour, 0)
+	now := time.Unix(1000, 0)
+	h := func(xs ...uint64) []kvindex.BlockHash {
+		out := make([]kvindex.BlockHash, len(xs))
+		for i, x := range xs {
+			out[i] = kvindex.BlockHash(x)
+		}
+		return out
+	}
+	p1 := h(1, 2, 3, 4, 5)
+	p2 := h(1, 2, 3, 9, 10) // shares 1,2,3 with p1
+	p3 := h(7, 8)
+	a.Record(1, p1, now)
+	a.Record(1, p2, now)
+	a.Record(1, p3, now)
+	a.Record(2, p1, now)
+	var m kvindex.Matches
+	blocks := func(ep kvindex.EndpointID, hs []kvindex.BlockHash) int {
+		a.FindMatches(hs, now, &m)
+		for _, x := range m.Endpoints {
+			if x.Endpoint == ep {
+				return x.Blocks
+			}
+		}
+		return 0
+	}
+	if got := a.Forget(1, p1, 2); got != 5 {
+		t.Fatalf("Forget dropped %d blocks, want 5 (3, 4, 5 and 9, 10 under 3)", got)
+	}
+	for _, c := range []struct {
+		ep   kvindex.EndpointID
+		hs   []kvindex.BlockHash
+		want int
+	}{{1, p1, 2}, {1, p2, 2}, {1, p3, 2}, {2, p1, 5}} {
+		if got := blocks(c.ep, c.hs); got != c.want {
+			t.Errorf("endpoint %d, prompt %v: %d blocks, want %d", c.ep, c.hs, got, c.want)
+		}
+	}
+	if got := a.Forget(1, p1, 2); got != 0 {
+		t.Errorf("second Forget dropped %d", got)
+	}
+	if got := a.Forget(1, p1, 5); got != 0 {
+		t.Errorf("Forget beyond the prompt dropped %d", got)
+	}
+	a.Record(1, p1, now)
+	if got := blocks(1, p2); got != 3 {
+		t.Errorf("after re-recording p1, p2 matches %d blocks, want 3 (its own tail was forgotten)", got)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
 )
@@ -107,6 +108,24 @@ func BenchmarkPick(b *testing.B) {
 			b.Fatal(err)
 		}
 		d.Done(nil, nil)
+	}
+}
+
+// BenchmarkPickApprox times a pick among 8 endpoints without KV events (approximate mode:
+// the prompt's blocks are recorded where it goes) and its Done with the engine's usage,
+// which approximate mode is checked against (docs/ROUTER.md, "Engines that restart").
+func BenchmarkPickApprox(b *testing.B) {
+	_, tokens := benchChat(b, 4096)
+	r, _ := newRouter(b, endpoints(8), nil)
+	p := router.Prompt{Model: model, Tokens: tokens}
+	usage := &openai.Usage{PromptTokens: len(tokens), PromptTokensDetails: &openai.PromptTokensDetails{CachedTokens: len(tokens)}}
+	b.ReportAllocs()
+	for b.Loop() {
+		d, err := r.Pick(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		d.Done(usage, nil)
 	}
 }
 

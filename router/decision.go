@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kvgate/kvgate/kvindex"
 	"github.com/kvgate/kvgate/openai"
 )
 
@@ -51,6 +52,10 @@ type Decision struct {
 	adapter      *adapterWait // the LoRA adapter load the request waits for, if any
 	// when Route returned it and when its first token came (streamed requests' latency)
 	routedAt, firstAt time.Time
+	// approxOn and approxHashes: the prompt's blocks approximate mode recorded on approxOn
+	// (an endpoint without KV events), checked against the engine's cached_tokens at Done.
+	approxOn     *epState
+	approxHashes *[]kvindex.BlockHash // from Router.hashBufs, returned there by Done
 }
 
 // Header returns the headers to set on the upstream request: HeaderDestination (target, then
@@ -170,8 +175,15 @@ func (d *Decision) Done(usage *openai.Usage, err error) {
 		if cur != nil {
 			cur.pool.outputTokens.Add(uint64(max(usage.CompletionTokens, 0)))
 		}
+		if usage.PromptTokensDetails != nil && cur != nil && cur == d.approxOn {
+			d.r.correctApprox(cur, *d.approxHashes, d.CachedBlocks, usage.CachedTokens())
+		}
 		d.r.m.reportedPrompt.Add(float64(usage.PromptTokens))
 		d.r.m.reportedCached.Add(float64(usage.CachedTokens()))
+	}
+	if d.approxHashes != nil {
+		d.r.hashBufs.Put(d.approxHashes)
+		d.approxOn, d.approxHashes = nil, nil
 	}
 	if cur != nil && isConnError(err) {
 		d.r.markDown(cur.ep.Address, err)
@@ -184,3 +196,22 @@ type fallbackError struct{}
 func (fallbackError) Error() string { return "the proxy fell back to another endpoint" }
 
 var errFallback error = fallbackError{}
+
+// correctApprox checks approximate mode against what the engine reported: when it found
+// fewer prompt tokens cached than the predicted blocks (it restarted, or evicted them), what
+// was remembered for s from the first uncached block on is dropped (the prompt's blocks and
+// any other prompt's below them), then the prompt is recorded again: the engine holds it
+// now that it has computed it. One block short is not a miss: an engine that holds a whole
+// prompt recomputes its last token (vLLM), which costs the last block's credit when the
+// prompt ends on a block boundary.
+func (r *Router) correctApprox(s *epState, hashes []kvindex.BlockHash, predicted, cachedTokens int) {
+	held := cachedTokens / s.bs()
+	if held+1 >= predicted || len(hashes) == 0 {
+		return
+	}
+	dropped := r.approx.Forget(s.id, hashes, held)
+	r.approx.Record(s.id, hashes, r.cfg.Now())
+	r.m.approxCorrections.WithLabelValues(CorrectionCachedTokens).Inc()
+	r.log.Debug("approximate cache corrected from the engine's cached_tokens", "endpoint", s.ep.Name,
+		"predicted_blocks", predicted, "engine_blocks", held, "dropped_blocks", dropped)
+}

@@ -28,7 +28,7 @@ type Endpoint struct {
 	Models     []string // served model names (base models and LoRA adapters)
 	Role       Role     // "" means aggregated
 	BlockSize  int      // KV block size in tokens; 0 = the model map's
-	KVEvents   string   // ZMQ endpoint of its KV events ("" = none: approximate mode)
+	KVEvents   string   // ZMQ endpoint of its KV events, or trtllm-serve's http://host:port/kv_cache_events ("" = none: approximate mode)
 	KVBind     bool     // bind instead of connect (publishers that dial, e.g. llm-d-inference-sim)
 	KVReplay   string   // ZMQ replay endpoint, optional
 	KVTopic    string   // subscription topic prefix; "" = every topic

@@ -41,6 +41,15 @@ const (
 	// (loaded, failed); MetricLoRAUnloads the idle adapters it unloaded to make room.
 	MetricLoRALoads   = "kvgate_router_lora_loads_total"
 	MetricLoRAUnloads = "kvgate_router_lora_unloads_total"
+	// MetricApproxCorrections counts corrections of approximate mode's view of an engine's
+	// cache, by reason (CorrectionCachedTokens, CorrectionRestart).
+	MetricApproxCorrections = "kvgate_router_approx_corrections_total"
+	// MetricDownRetries counts picks of an endpoint that was out after a refused connection,
+	// made because every candidate was (the one down longest is tried).
+	MetricDownRetries = "kvgate_router_down_retries_total"
+	// MetricLoadSource is 1 for where each endpoint's load comes from now (source label:
+	// engine, router or unknown; LoadSource* constants).
+	MetricLoadSource = "kvgate_router_endpoint_load_source"
 
 	// Admission queue, by model, band (priority) and fairness ID (docs/TRAFFIC.md).
 	MetricQueued        = "kvgate_router_queue_requests"
@@ -62,6 +71,16 @@ const (
 	MetricPoolOutputTokens  = "kvgate_router_pool_output_tokens_total"
 	MetricPoolTTFT          = "kvgate_router_pool_ttft_seconds" // histogram, streamed requests
 	MetricPoolITL           = "kvgate_router_pool_itl_seconds"  // histogram, streamed requests
+)
+
+// Reasons of MetricApproxCorrections.
+const (
+	// CorrectionCachedTokens: the engine's usage reported fewer cached prompt tokens than
+	// approximate mode predicted; what it remembered past them was dropped.
+	CorrectionCachedTokens = "cached_tokens"
+	// CorrectionRestart: the endpoint answered again after being out; everything
+	// approximate mode remembered for it was dropped.
+	CorrectionRestart = "restart"
 )
 
 // PoolsPath is where the router's metrics listener serves the pools as JSON (PoolsHandler).
@@ -97,6 +116,9 @@ type metrics struct {
 	pulledBlocks   prometheus.Counter
 	loraLoads      *prometheus.CounterVec
 	loraUnloads    prometheus.Counter
+
+	approxCorrections *prometheus.CounterVec
+	downRetries       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
@@ -139,11 +161,16 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 			Help: "LoRA adapter loads the router made on engines (/v1/load_lora_adapter), by outcome."}, []string{"outcome"}),
 		loraUnloads: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricLoRAUnloads,
 			Help: "Idle LoRA adapters the router unloaded to stay within an engine's max_lora."}),
+		approxCorrections: prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricApproxCorrections,
+			Help: "Corrections of approximate mode's view of an engine's cache, by reason."}, []string{"reason"}),
+		downRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: MetricDownRetries,
+			Help: "Picks of an endpoint out after a refused connection, made because every candidate was out."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.decision, m.overlap, m.promptBlocks, m.cachedBlocks,
 			m.reportedCached, m.reportedPrompt, m.batches, m.gaps, m.scrapeErrors, m.paths, m.aggregated,
 			m.servedUnknown, m.staleEvents, m.pulls, m.pulledBlocks, m.loraLoads, m.loraUnloads,
+			m.approxCorrections, m.downRetries,
 			newLoadCollector(r), newPoolCollector(r))
 	}
 	return m
@@ -154,6 +181,7 @@ func newMetrics(reg prometheus.Registerer, r *Router) *metrics {
 type loadCollector struct {
 	r                                                            *Router
 	prefill, decode, inflight, waiting, kvUsage, healthy, blocks *prometheus.Desc
+	source                                                       *prometheus.Desc
 }
 
 func newLoadCollector(r *Router) *loadCollector {
@@ -167,11 +195,13 @@ func newLoadCollector(r *Router) *loadCollector {
 		kvUsage:  prometheus.NewDesc(MetricKVUsage, "KV-cache usage (0..1) the engine reports (last fresh scrape).", l, nil),
 		healthy:  prometheus.NewDesc(MetricHealthy, "1 when the endpoint may be picked, 0 while it is out after a failure.", l, nil),
 		blocks:   prometheus.NewDesc(MetricEndpointBlocks, "KV blocks the index holds for the endpoint (from its KV events).", l, nil),
+		source: prometheus.NewDesc(MetricLoadSource, "1 for where the endpoint's load comes from: engine (its /metrics), router (its own in-flight accounting: the engine has no usable /metrics) or unknown.",
+			append(l, "source"), nil),
 	}
 }
 
 func (c *loadCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.prefill, c.decode, c.inflight, c.waiting, c.kvUsage, c.healthy, c.blocks} {
+	for _, d := range []*prometheus.Desc{c.prefill, c.decode, c.inflight, c.waiting, c.kvUsage, c.healthy, c.blocks, c.source} {
 		ch <- d
 	}
 }
@@ -193,5 +223,6 @@ func (c *loadCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.healthy, prometheus.GaugeValue, h, l...)
 		ch <- prometheus.MustNewConstMetric(c.blocks, prometheus.GaugeValue, float64(c.r.index.Blocks(s.id)), l...)
+		ch <- prometheus.MustNewConstMetric(c.source, prometheus.GaugeValue, 1, append(l, s.loadSource(now, c.r.cfg.MetricsStaleAfter))...)
 	}
 }

@@ -44,6 +44,9 @@ type PoolStats struct {
 	WaitingRequests float64 `json:"waiting_requests"`
 	KVUsage         float64 `json:"kv_usage"`
 	KVReporting     int     `json:"kv_reporting"`
+	// RouterAccounted counts the pool's endpoints without usable /metrics, whose load is the
+	// router's own in-flight accounting (LoadSourceRouter).
+	RouterAccounted int `json:"router_accounted"`
 	// Cumulative: requests routed, their prompt tokens, the prompt tokens the router saw
 	// cached on the picked endpoint, and output tokens the engines reported in usage.
 	Requests     uint64 `json:"requests"`
@@ -100,6 +103,8 @@ func (r *Router) Pools() []PoolStats {
 			ps.WaitingRequests += l.Waiting
 			ps.KVUsage += l.KVUsage
 			ps.KVReporting++
+		} else if s.noMetrics.Load() {
+			ps.RouterAccounted++
 		}
 	}
 	r.poolCounts.Range(func(k, v any) bool {

@@ -346,6 +346,14 @@ func (r *Router) pick(p Prompt, admitting bool) (*Decision, error) {
 	prefillOn.addLoad(d.prefillLeft, 0, 0)
 	t.s.addLoad(0, d.decodeBlocks, 1)
 	r.remember(sc, t.s, p, now)
+	if pf == nil && r.cfg.Policy == PolicyKV && !t.s.hasEvents() && len(sc.hashes) > 0 {
+		buf, _ := r.hashBufs.Get().(*[]kvindex.BlockHash)
+		if buf == nil {
+			buf = new([]kvindex.BlockHash)
+		}
+		*buf = append((*buf)[:0], sc.hashes...)
+		d.approxOn, d.approxHashes = t.s, buf
+	}
 	if r.log.Enabled(context.Background(), slog.LevelDebug) {
 		r.explain(d, sc, t.order)
 	}
@@ -373,6 +381,7 @@ type picked struct {
 func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []string, role func(Role) bool, now time.Time) (*picked, error) {
 	sc.states = sc.states[:0]
 	var saturated []*epState
+	var down *epState // out after a refused connection, down longest
 	anyRole, serving, inSubset, healthy := 0, 0, 0, 0
 	for _, s := range states {
 		if !r.canServe(s, p.Model) {
@@ -388,6 +397,9 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 		}
 		inSubset++
 		if !s.healthy(now) {
+			if at := s.downAt.Load(); at != 0 && (down == nil || at < down.downAt.Load()) {
+				down = s
+			}
 			continue
 		}
 		healthy++
@@ -396,6 +408,15 @@ func (r *Router) pickAmong(sc *scratch, states []*epState, p Prompt, subset []st
 			continue
 		}
 		sc.states = append(sc.states, s)
+	}
+	if healthy == 0 && down != nil {
+		// Every candidate is out, some after a refused connection: an engine restarting is
+		// often back before UnhealthyFor ends. Try the one that failed longest ago rather than
+		// refuse; a request that fails again moves on to the next.
+		healthy = 1
+		sc.states = append(sc.states, down)
+		r.m.downRetries.Inc()
+		r.log.Debug("every endpoint is out; trying the one down longest", "endpoint", down.ep.Name)
 	}
 	switch {
 	case anyRole == 0:

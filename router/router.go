@@ -7,6 +7,7 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -54,6 +55,7 @@ type Router struct {
 	sessions *sessions  // session affinity's bindings
 
 	pool     sync.Pool // *scratch
+	hashBufs sync.Pool // *[]kvindex.BlockHash: approximate-mode prompts kept until Done
 	tokBytes sync.Map  // *tokenizer.Tokenizer -> the most bytes one of its tokens stands for
 
 	poolCounts sync.Map // Pool -> *poolCounters (pools.go)
@@ -216,7 +218,8 @@ func (r *Router) setEndpoints(eps []Endpoint) error {
 		if _, ok := r.eps[name]; ok {
 			continue
 		}
-		s := &epState{ep: e, id: r.index.Endpoint(name), gapLog: engine.NewLogLimiter(r.log, GapLogEvery), pool: r.poolCountersOf(e)}
+		s := &epState{ep: e, id: r.index.Endpoint(name), gapLog: engine.NewLogLimiter(r.log, GapLogEvery), pool: r.poolCountersOf(e),
+			recheck: make(chan struct{}, 1)}
 		bs := e.BlockSize
 		if bs == 0 {
 			bs = r.modelBlockSize(e.Models)
@@ -326,6 +329,10 @@ type EndpointLoad struct {
 	Healthy       bool
 	Engine        engine.Load // last fresh scrape
 	EngineFresh   bool
+	// LoadSource is where its load comes from: LoadSourceEngine, LoadSourceRouter (the
+	// engine serves no usable /metrics: Requests and the router's prefill and decode
+	// accounting are all there is) or LoadSourceUnknown.
+	LoadSource string
 }
 
 // Load returns the load of every endpoint, sorted by name.
@@ -337,7 +344,7 @@ func (r *Router) Load() []EndpointLoad {
 		out = append(out, EndpointLoad{
 			Name: s.ep.Name, PrefillTokens: s.prefillTokens.Load(), DecodeBlocks: s.decodeBlocks.Load(),
 			Requests: s.requests.Load(), CachedBlocks: r.index.Blocks(s.id), Healthy: s.healthy(now),
-			Engine: l, EngineFresh: fresh,
+			Engine: l, EngineFresh: fresh, LoadSource: s.loadSource(now, r.cfg.MetricsStaleAfter),
 		})
 	}
 	return out
@@ -365,6 +372,10 @@ func (r *Router) markDown(address string, err error) {
 				r.log.Warn("endpoint failed a request, out of rotation", "endpoint", s.ep.Name, "for", r.cfg.UnhealthyFor, "err", err)
 			}
 			s.markUnhealthy(now, r.cfg.UnhealthyFor, fmt.Sprint(err))
+			if isConnError(err) || errors.Is(err, errFallback) {
+				s.downAt.Store(now.UnixNano())
+			}
+			s.wake() // probe it now: an engine restarting is often back within the second
 		}
 	}
 }

@@ -124,7 +124,8 @@ func TestSaturatedWithoutSheddingStillRoutes(t *testing.T) {
 }
 
 // TestScrapeUnreachable: an engine whose /metrics cannot be reached is out of rotation; with
-// no other endpoint the answer is 503. It comes back when it answers again.
+// no other endpoint it is tried anyway (it may be back before UnhealthyFor ends), counted in
+// MetricDownRetries, rather than answered 503.
 func TestScrapeUnreachable(t *testing.T) {
 	live := newMetricsEngine(t, vllmMetrics(0, 0, 0))
 	dead := httptest.NewServer(http.NotFoundHandler())
@@ -147,10 +148,13 @@ func TestScrapeUnreachable(t *testing.T) {
 	}
 	r.SetEndpoints(eps[1:])
 	eventually(t, "e1 scraped once more", func() bool { return !loadOf(r, "e1").Healthy })
-	_, err := r.Route(context.Background(), router.Request{Path: "/v1/chat/completions", Body: chatBody("x", false)})
-	var e *openai.Error
-	if !errors.As(err, &e) || e.Status != http.StatusServiceUnavailable {
-		t.Fatalf("only endpoint down: %v, want 503", err)
+	d, err := r.Route(context.Background(), router.Request{Path: "/v1/chat/completions", Body: chatBody("x", false)})
+	if err != nil || d.Endpoint.Name != "e1" {
+		t.Fatalf("only endpoint down: %v, %v; want it tried", d, err)
+	}
+	d.Done(nil, nil)
+	if v := metricstest.Value(reg, router.MetricDownRetries); v != 1 {
+		t.Errorf("%s = %v, want 1", router.MetricDownRetries, v)
 	}
 }
 

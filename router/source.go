@@ -2,8 +2,10 @@ package router
 
 import (
 	"context"
+	"strings"
 
 	"github.com/kvgate/kvgate/engine"
+	"github.com/kvgate/kvgate/engine/trtllm"
 )
 
 // EventSource is where one endpoint's KV events come from: the engine's own ZMQ publisher
@@ -19,7 +21,10 @@ type EventSource interface {
 	Run(ctx context.Context, h engine.Handler) error
 }
 
-var _ EventSource = (*engine.Subscriber)(nil)
+var (
+	_ EventSource = (*engine.Subscriber)(nil)
+	_ EventSource = (*trtllm.Poller)(nil)
+)
 
 // Load is how a source that carries the engine's load and health (relay.Client, through its
 // relay.LoadHandler) reports them: the load counts as a fresh scrape, healthy false takes the
@@ -53,6 +58,12 @@ func (r *Router) eventSource(s *epState) (src EventSource, ownsLoad bool) {
 	}
 	if s.ep.KVEvents == "" {
 		return nil, false
+	}
+	if strings.HasPrefix(s.ep.KVEvents, "http://") || strings.HasPrefix(s.ep.KVEvents, "https://") {
+		// TensorRT-LLM's trtllm-serve: its KV-cache events are polled over HTTP (this router
+		// must be their only reader: each poll drains the engine's buffer).
+		return trtllm.NewPoller(trtllm.PollerConfig{URL: s.ep.KVEvents, BlockSize: s.bs(),
+			Client: r.cfg.HTTPClient, Logger: r.log.With("endpoint", s.ep.Name)}), false
 	}
 	return engine.NewSubscriber(engine.SubscriberConfig{
 		Endpoint: s.ep.KVEvents, Bind: s.ep.KVBind, Topic: s.ep.KVTopic,

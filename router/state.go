@@ -40,6 +40,41 @@ type epState struct {
 
 	// cancel stops the endpoint's goroutines; nil when not running. Guarded by Router.mu.
 	cancel context.CancelFunc
+
+	// noMetrics: the engine answers /metrics with something that is not vLLM's or SGLang's
+	// (404, JSON): its load is the router's own in-flight accounting (LoadSourceRouter).
+	noMetrics atomic.Bool
+	// downAt is when a refused connection last took the endpoint out (unix nanoseconds), 0
+	// once it answered again: when every endpoint is down, the one down longest is tried.
+	downAt atomic.Int64
+	// recheck asks the scrape loop for a health probe now (a request just failed to connect).
+	recheck chan struct{}
+}
+
+// Load sources (EndpointLoad.LoadSource, MetricLoadSource's source label).
+const (
+	LoadSourceEngine  = "engine"  // the engine's Prometheus /metrics
+	LoadSourceRouter  = "router"  // no usable /metrics: the router's own in-flight accounting
+	LoadSourceUnknown = "unknown" // nothing read yet (or the last reading is stale)
+)
+
+// loadSource says where the endpoint's load comes from now.
+func (s *epState) loadSource(now time.Time, staleAfter time.Duration) string {
+	if _, ok := s.load(now, staleAfter); ok {
+		return LoadSourceEngine
+	}
+	if s.noMetrics.Load() {
+		return LoadSourceRouter
+	}
+	return LoadSourceUnknown
+}
+
+// wake asks the scrape loop for a probe now; it never blocks.
+func (s *epState) wake() {
+	select {
+	case s.recheck <- struct{}{}:
+	default:
+	}
 }
 
 type loadReading struct {

@@ -25,6 +25,7 @@ const (
 	// file. Both run on CPUs unless given GPUs and publish no KV events (workerd/llama.go).
 	KindOllama   = "ollama"
 	KindLlamaCpp = "llamacpp"
+	KindTRTLLM   = "trtllm" // TensorRT-LLM's trtllm-serve (workerd/trtllm.go)
 )
 
 // Duration is a time.Duration written as a Go duration string ("30s") in YAML and JSON.
@@ -109,7 +110,7 @@ type ConsulConfig struct {
 // EngineSpec is one engine workerd runs.
 type EngineSpec struct {
 	Name         string            `json:"name,omitempty"` // unique on the node ("<kind>-<index>")
-	Kind         string            `json:"kind"`           // vllm, sglang, sim, ollama, llamacpp
+	Kind         string            `json:"kind"`           // vllm, sglang, trtllm, sim, ollama, llamacpp
 	Model        string            `json:"model"`          // model id or path
 	ServedNames  []string          `json:"served_names,omitempty"`
 	Role         string            `json:"role,omitempty"` // aggregated (default), prefill, decode
@@ -117,7 +118,7 @@ type EngineSpec struct {
 	Port         int               `json:"port,omitempty"` // OpenAI HTTP port (0 = a free one)
 	KVEventsPort int               `json:"kv_events_port,omitempty"`
 	BlockSize    int               `json:"block_size,omitempty"` // KV block size in tokens (16)
-	Binary       string            `json:"binary,omitempty"`     // vllm: "vllm"; sglang: "python3"; sim: this executable; ollama: "ollama"; llamacpp: "llama-server"
+	Binary       string            `json:"binary,omitempty"`     // vllm: "vllm"; sglang: "python3"; trtllm: "trtllm-serve"; sim: this executable; ollama: "ollama"; llamacpp: "llama-server"
 	Args         []string          `json:"args,omitempty"`       // appended to the engine's command line
 	Env          map[string]string `json:"env,omitempty"`
 	NoKVEvents   bool              `json:"no_kv_events,omitempty"` // do not ask for KV events
@@ -171,14 +172,18 @@ func (c *Config) Validate() error {
 		where := fmt.Sprintf("engine %q", e.Name)
 		switch e.Kind {
 		case KindVLLM, KindSGLang, KindSim:
+		case KindTRTLLM:
+			if err := e.validateTRTLLM(); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			}
 		case KindOllama, KindLlamaCpp:
 			if e.Role == discovery.RolePrefill || e.Role == discovery.RoleDecode {
 				errs = append(errs, fmt.Errorf("%s: %s has no KV transfer: role %q is for vllm, sglang or sim", where, e.Kind, e.Role))
 			}
 		case "":
-			errs = append(errs, fmt.Errorf("%s: kind missing (vllm, sglang, sim, ollama or llamacpp)", where))
+			errs = append(errs, fmt.Errorf("%s: kind missing (vllm, sglang, trtllm, sim, ollama or llamacpp)", where))
 		default:
-			errs = append(errs, fmt.Errorf("%s: unknown kind %q (vllm, sglang, sim, ollama or llamacpp)", where, e.Kind))
+			errs = append(errs, fmt.Errorf("%s: unknown kind %q (vllm, sglang, trtllm, sim, ollama or llamacpp)", where, e.Kind))
 		}
 		if e.Model == "" && e.Kind != KindSim {
 			errs = append(errs, fmt.Errorf("%s: model missing", where))

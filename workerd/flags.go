@@ -42,7 +42,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Host, "host", "", "address engines listen on and are reached at (default 127.0.0.1)")
 	fs.StringVar(&f.Consul, "consul", "", "Consul agent HTTP address; enables registration")
 	fs.BoolVar(&f.NoConsul, "no-consul", false, "do not register in Consul even if the config says so")
-	fs.StringArrayVar(&f.Engines, "engine", nil, "engine as key=value pairs: kind=sim|vllm|sglang|ollama|llamacpp,model=M[,name=,role=,gpus=,port=,kv_events_port=,block_size=,binary=,cpu_offload_gib=,disk_offload_path=,disk_offload_gib=,offload=native|lmcache] (repeatable; docs/OFFLOAD.md, docs/OLLAMA.md)")
+	fs.StringArrayVar(&f.Engines, "engine", nil, "engine as key=value pairs: kind=sim|vllm|sglang|trtllm|ollama|llamacpp,model=M[,name=,role=,gpus=,port=,kv_events_port=,block_size=,binary=,cpu_offload_gib=,disk_offload_path=,disk_offload_gib=,offload=native|lmcache] (repeatable; docs/OFFLOAD.md, docs/OLLAMA.md)")
 	f.TLS.AddServerFlags(fs, "", "the relay (gRPC)")
 	f.SidecarTLS.AddServerFlags(fs, "sidecar-", "the P/D sidecars (HTTPS)")
 	fs.IntVar(&f.GPUs, "gpus", 0, "GPUs this node has when NVML finds none (a virtual budget for sim templates; 0 = NVML's)")

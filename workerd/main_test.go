@@ -28,6 +28,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(simChildEnv) == "1" {
 		os.Exit(simChild(os.Args[1:]))
 	}
+	if os.Getenv(trtllmChildEnv) == "1" {
+		os.Exit(trtllmChild(os.Args[1:]))
+	}
 	os.Exit(m.Run())
 }
 

@@ -40,6 +40,8 @@ func (e *EngineSpec) validateOffload() error {
 			errs = append(errs, errors.New("disk_offload_path: HiCache's storage tier sits below its host tier; set cpu_offload_gib too"))
 		}
 		return errors.Join(errs...)
+	case KindTRTLLM:
+		return e.trtllmOffloadErr()
 	case KindSim:
 		switch e.Offload {
 		case "", vllm.OffloadNative, vllm.OffloadLMCache:

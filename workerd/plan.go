@@ -34,6 +34,9 @@ type plan struct {
 	models    []string
 	sidecar   string // host:port of the decode engine's P/D sidecar (port 0: any), "" = none
 	health    string // path of the engine's health check ("/health")
+
+	// files are written before the engine starts (trtllm-serve's LLM API options).
+	files []planFile
 }
 
 // ports hands out free loopback ports for one New: each stays bound until release, so two
@@ -157,7 +160,10 @@ func (p *plan) assignAddresses(host string, free *ports) (enginePorts, error) {
 		errs = append(errs, err)
 	}
 	p.addr = net.JoinHostPort(host, strconv.Itoa(ep.http))
-	if !s.NoKVEvents && !eventlessKind(s.Kind) {
+	if !s.NoKVEvents && s.Kind == KindTRTLLM {
+		// trtllm-serve serves its KV-cache events on its HTTP port (workerd/trtllm.go).
+		p.kvEvents = trtllmEvents(p.addr)
+	} else if !s.NoKVEvents && !eventlessKind(s.Kind) {
 		if ep.kvEvents, err = free.or(s.KVEventsPort); err != nil {
 			errs = append(errs, err)
 		}
@@ -214,6 +220,8 @@ func (p *plan) command(ctx context.Context, host string, ep enginePorts, simCmd 
 		}
 	case KindOllama, KindLlamaCpp:
 		errs = append(errs, p.llamaCommand(host, ep.http)...)
+	case KindTRTLLM:
+		errs = append(errs, p.trtllmCommand(host, ep)...)
 	case KindSim:
 		base := simCmd
 		if s.Binary != "" {

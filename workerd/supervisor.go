@@ -134,6 +134,11 @@ func (e *proc) incarnation(ctx context.Context) error {
 	cmd.Stdout, cmd.Stderr = e.out, e.out
 	cmd.SysProcAttr = procAttr()
 	cmd.WaitDelay = 2 * time.Second // grandchildren holding the pipes must not hang Wait
+	for _, f := range e.p.files {
+		if err := f.write(); err != nil {
+			return fmt.Errorf("write %s: %w", f.path, err)
+		}
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", e.p.argv[0], err)
 	}
@@ -147,7 +152,7 @@ func (e *proc) incarnation(ctx context.Context) error {
 	defer wg.Wait()
 	defer cancel()
 	if e.p.kvEvents != "" {
-		sub := engine.NewSubscriber(engine.SubscriberConfig{Endpoint: e.p.kvEvents, ReplayEndpoint: e.p.kvReplay, Logger: e.log, Metrics: e.zmq})
+		sub := eventSource(&e.p, e.log, e.zmq)
 		wg.Go(func() {
 			if err := sub.Run(inc, e.hub.Handler()); err != nil && inc.Err() == nil {
 				e.log.Error("kv events subscriber failed", "err", err)

@@ -43,7 +43,7 @@ func (e *endpointFlags) add(cmd *cobra.Command, withFile bool) {
 		f.StringVar(&e.file, "endpoints", "", "endpoints file (YAML or JSON list; keys name, address, models, role, block_size, kv_events, kv_bind, kv_replay, kv_topic, metrics_url, workerd, healthy: docs/CONFIGURATION.md), the same file 'kvgate xds' reads; edits are picked up within a second")
 	}
 	f.StringArrayVar(&e.urls, "endpoint", nil, "engine to route to, as URL or host:port (repeatable)")
-	f.StringArrayVar(&e.kvEvents, "kv-events", nil, "ZMQ KV-event publisher of the --endpoint at the same position, e.g. tcp://10.0.0.5:5557; prefix bind: for engines that dial (bind:tcp://127.0.0.1:5557); 'none' for an engine without events (repeatable)")
+	f.StringArrayVar(&e.kvEvents, "kv-events", nil, "ZMQ KV-event publisher of the --endpoint at the same position, e.g. tcp://10.0.0.5:5557; prefix bind: for engines that dial (bind:tcp://127.0.0.1:5557); TensorRT-LLM's trtllm-serve: its http://host:port/kv_cache_events, polled (this router must be its only reader); 'none' for an engine without events (repeatable)")
 	f.StringArrayVar(&e.models, "served-model", nil, "model the --endpoint engines serve (repeatable; default: asked from each engine's /v1/models)")
 	f.IntVar(&e.blockSize, "block-size", tokenizer.DefaultBlockSize, "KV block size (tokens) of the --endpoint engines")
 	f.StringVar(&e.role, "role", string(router.RoleAggregated), "role of the --endpoint engines: aggregated, prefill or decode")
