@@ -86,7 +86,7 @@ func TestLlamaRefuses(t *testing.T) {
 		{"ollama decode", "engines: [{kind: ollama, model: m, role: decode}]", `ollama has no KV transfer: role "decode"`},
 		{"llamacpp prefill", "engines: [{kind: llamacpp, model: /m.gguf, role: prefill}]", `llamacpp has no KV transfer: role "prefill"`},
 		{"llamacpp without model", "engines: [{kind: llamacpp}]", "model missing"},
-		{"unknown kind lists them", "engines: [{kind: llama, model: m}]", "(vllm, sglang, sim, ollama or llamacpp)"},
+		{"unknown kind lists them", "engines: [{kind: llama, model: m}]", "(vllm, sglang, trtllm, sim, ollama or llamacpp)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
