@@ -91,6 +91,9 @@ func (st *stream) traceUsage(u *openai.Usage) {
 		return
 	}
 	attrs := []attribute.KeyValue{semconv.GenAIUsageInputTokens(u.PromptTokens), semconv.GenAIUsageOutputTokens(u.CompletionTokens)}
+	if u.PromptTokensDetails != nil { // the engine's prefix cache hit
+		attrs = append(attrs, semconv.GenAIUsageCacheReadInputTokens(u.CachedTokens()))
+	}
 	st.span.SetAttributes(attrs...)
 	if st.upSpan != nil {
 		st.upSpan.SetAttributes(attrs...)

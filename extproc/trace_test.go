@@ -107,6 +107,7 @@ func TestTraceStream(t *testing.T) {
 			for k, want := range map[string]any{
 				"http.response.status_code": int64(200), "gen_ai.request.model": model, "gen_ai.operation.name": "chat",
 				"gen_ai.usage.input_tokens": int64(12), "gen_ai.usage.output_tokens": int64(2), extproc.AttrOutcome: "completed",
+				"gen_ai.usage.cache_read.input_tokens": int64(0),
 			} {
 				if st.Attrs[k] != want {
 					t.Errorf("stream span %s = %v, want %v", k, st.Attrs[k], want)

@@ -84,6 +84,9 @@ func (g *Gateway) recordUsage(ctx context.Context, d *router.Decision, u *openai
 	span.SetAttributes(semconv.GenAIRequestModel(d.Model))
 	if u != nil {
 		span.SetAttributes(semconv.GenAIUsageInputTokens(u.PromptTokens), semconv.GenAIUsageOutputTokens(u.CompletionTokens))
+		if u.PromptTokensDetails != nil { // the engine's prefix cache hit
+			span.SetAttributes(semconv.GenAIUsageCacheReadInputTokens(u.CachedTokens()))
+		}
 	}
 }
 

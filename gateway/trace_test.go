@@ -42,7 +42,7 @@ func newTraceEngine(t *testing.T) *traceEngine {
 		te.parents = append(te.parents, r.Header.Get("traceparent"))
 		te.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, `{"id":"cmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}`)
+		fmt.Fprint(w, `{"id":"cmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,"prompt_tokens_details":{"cached_tokens":4}}}`)
 	})
 	return te
 }
@@ -55,7 +55,7 @@ func (te *traceEngine) traceparents() []string {
 
 // startTraced runs a gateway whose router and gateway both trace through p (kv policy, so
 // the prompt is tokenized and matched).
-func startTraced(t *testing.T, p *tracing.Provider, engines ...string) string {
+func startTraced(t testing.TB, p *tracing.Provider, engines ...string) *fixture {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	rc := router.DefaultConfig()
@@ -86,7 +86,7 @@ func startTraced(t *testing.T, p *tracing.Provider, engines ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return "http://" + addr.String()
+	return &fixture{url: "http://" + addr.String(), reg: reg, rt: rt}
 }
 
 func postTraced(t *testing.T, url, body, traceparent string) *http.Response {
@@ -105,7 +105,7 @@ func postTraced(t *testing.T, url, body, traceparent string) *http.Response {
 	return resp
 }
 
-func newProvider(t *testing.T, col *tracingtest.Collector) *tracing.Provider {
+func newProvider(t testing.TB, col *tracingtest.Collector) *tracing.Provider {
 	t.Helper()
 	t.Setenv("OTEL_SDK_DISABLED", "")
 	p, err := tracing.New(context.Background(), tracing.Config{Endpoint: col.Addr(), Insecure: true, SampleRatio: 1, ServiceName: "kvgate-gateway"})
@@ -115,9 +115,11 @@ func newProvider(t *testing.T, col *tracingtest.Collector) *tracing.Provider {
 	return p
 }
 
-// flush sends every ended span to the collector.
-func flush(t *testing.T, p *tracing.Provider) {
+// flush waits until the gateway has finished its requests (the client has its response a
+// moment before the handler ends its spans) and sends every span to the collector.
+func flush(t *testing.T, f *fixture, p *tracing.Provider) {
 	t.Helper()
+	waitReleased(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := p.Shutdown(ctx); err != nil {
@@ -160,13 +162,14 @@ func TestTraceTree(t *testing.T) {
 	col := tracingtest.New(t)
 	p := newProvider(t, col)
 	eng := newTraceEngine(t)
-	url := startTraced(t, p, eng.addr())
+	f := startTraced(t, p, eng.addr())
+	url := f.url
 	const secret = "the prompt must never reach a span"
 	resp := postTraced(t, url+"/v1/chat/completions", chat(secret, false), clientParent)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	flush(t, p)
+	flush(t, f, p)
 
 	srv := mustFind(t, col, "POST /v1/chat/completions")
 	if srv.Kind != tracepb.Span_SPAN_KIND_SERVER || srv.TraceID != clientTraceID || srv.ParentID != clientSpanID {
@@ -179,6 +182,7 @@ func TestTraceTree(t *testing.T) {
 	wantAttr(t, srv, "gen_ai.request.model", model)
 	wantAttr(t, srv, "gen_ai.usage.input_tokens", int64(7))
 	wantAttr(t, srv, "gen_ai.usage.output_tokens", int64(3))
+	wantAttr(t, srv, "gen_ai.usage.cache_read.input_tokens", int64(4))
 
 	route := mustFind(t, col, router.SpanRoute)
 	wantChild(t, route, srv)
@@ -235,13 +239,14 @@ func TestTraceNewRootAndRefusal(t *testing.T) {
 	col := tracingtest.New(t)
 	p := newProvider(t, col)
 	eng := newTraceEngine(t)
-	url := startTraced(t, p, eng.addr())
+	f := startTraced(t, p, eng.addr())
+	url := f.url
 	postTraced(t, url+"/v1/chat/completions", chat("hello", false), "")
 	bad := `{"model":"no-such-model","messages":[{"role":"user","content":"x"}]}`
 	if resp := postTraced(t, url+"/v1/chat/completions", bad, ""); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("unknown model: status %d, want 404", resp.StatusCode)
 	}
-	flush(t, p)
+	flush(t, f, p)
 
 	var roots []tracingtest.Span
 	for _, s := range col.Spans() {
@@ -286,11 +291,12 @@ func TestTraceOff(t *testing.T) {
 		t.Fatal("tracing on under OTEL_SDK_DISABLED=true")
 	}
 	eng := newTraceEngine(t)
-	url := startTraced(t, p, eng.addr())
+	f := startTraced(t, p, eng.addr())
+	url := f.url
 	if resp := postTraced(t, url+"/v1/chat/completions", chat("hello", false), clientParent); resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	flush(t, p)
+	flush(t, f, p)
 	if got := eng.traceparents(); len(got) != 1 || got[0] != clientParent {
 		t.Errorf("engine got traceparent %q, want the client's %q passed through", got, clientParent)
 	}
