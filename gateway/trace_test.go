@@ -13,7 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
+	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
+	"github.com/kvgate/kvgate/metricstest"
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
 	"github.com/kvgate/kvgate/tracing"
@@ -302,5 +305,63 @@ func TestTraceOff(t *testing.T) {
 	}
 	if n := col.Conns(); n != 0 || len(col.Spans()) != 0 {
 		t.Errorf("collector saw %d connections and %d spans with tracing off", n, len(col.Spans()))
+	}
+}
+
+// TestTraceRemoteEPP: in remote-EPP mode the gateway passes its server span's context to the
+// EPP, so kvgate's ext_proc server records its stream span under the gateway's, in the
+// client's trace; the engine continues the gateway's upstream span.
+func TestTraceRemoteEPP(t *testing.T) {
+	col := tracingtest.New(t)
+	p := newProvider(t, col)
+	eng := newTraceEngine(t)
+	eppAddr, _, eppReg := startRouterEPPPolicy(t, router.PolicyKV, extproc.Config{Tracer: p.Tracer("github.com/kvgate/kvgate/extproc")}, eng.addr())
+	reg := prometheus.NewRegistry()
+	// A long EPP timeout: the first kv pick loads the tokenizer, slow under -race.
+	gw, err := gateway.NewEPP(gateway.Config{Addr: "127.0.0.1:0", Tracer: p.Tracer("github.com/kvgate/kvgate/gateway")},
+		gateway.EPPConfig{Addr: eppAddr, Timeout: time.Minute, Pool: []router.Endpoint{{Address: eng.addr(), Models: []string{model}}}}, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; gw.Close() })
+	actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+	defer acancel()
+	addr, err := gw.Addr(actx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr.String()+"/v1/chat/completions", strings.NewReader(chat("hello", false)))
+	req.Header.Set("traceparent", clientParent)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	polltest.Until(t, 5*time.Second, "the gateway and the EPP to finish the request", func() bool {
+		return metricstest.Value(reg, gateway.MetricInflight) == 0 && metricstest.Value(eppReg, extproc.MetricStreamsActive) == 0
+	})
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	if err := p.Shutdown(ctx2); err != nil {
+		t.Fatal(err)
+	}
+
+	srv := mustFind(t, col, "POST /v1/chat/completions")
+	if srv.TraceID != clientTraceID || srv.ParentID != clientSpanID {
+		t.Errorf("gateway span does not continue the client's trace: trace %s parent %s", srv.TraceID, srv.ParentID)
+	}
+	stream := mustFind(t, col, extproc.SpanStreamPrefix+"POST /v1/chat/completions")
+	wantChild(t, stream, srv)
+	up := mustFind(t, col, "chat")
+	wantChild(t, up, srv)
+	if got, want := eng.traceparents(), "00-"+clientTraceID+"-"+up.SpanID+"-01"; len(got) != 1 || got[0] != want {
+		t.Errorf("engine got traceparent %q, want the gateway's upstream span %q", got, want)
 	}
 }
