@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"strconv"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -78,11 +79,10 @@ func endRouteSpan(span trace.Span, path string, d *Decision, err error) {
 		if errors.As(err, &e) {
 			span.SetAttributes(semconv.ErrorTypeKey.String(e.Type), attribute.String(AttrErrorCode, e.Code),
 				semconv.HTTPResponseStatusCode(e.Status))
-			span.SetStatus(codes.Error, e.Message)
 		} else {
 			span.SetAttributes(semconv.ErrorTypeKey.String("_OTHER"))
-			span.SetStatus(codes.Error, err.Error())
 		}
+		span.SetStatus(codes.Error, statusText(err))
 		span.End()
 		return
 	}
@@ -127,7 +127,7 @@ func endTokenizeSpan(span trace.Span, tokens int, err error) {
 	}
 	span.SetAttributes(attribute.Int(AttrPromptTokens, tokens))
 	if err != nil {
-		span.SetStatus(codes.Error, err.Error())
+		span.SetStatus(codes.Error, statusText(err))
 	}
 	span.End()
 }
@@ -135,9 +135,26 @@ func endTokenizeSpan(span trace.Span, tokens int, err error) {
 // endPickSpan ends the pick span, failed when err is set.
 func endPickSpan(span trace.Span, err error) {
 	if err != nil {
-		span.SetStatus(codes.Error, err.Error())
+		span.SetStatus(codes.Error, statusText(err))
 	}
 	span.End()
+}
+
+// statusText describes a refusal for a span without its message, which may quote the
+// request (a template error, a bad field): the HTTP status and the OpenAI error code or type.
+func statusText(err error) string {
+	var e *openai.Error
+	if !errors.As(err, &e) {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return err.Error()
+		}
+		return "routing failed"
+	}
+	what := e.Code
+	if what == "" {
+		what = e.Type
+	}
+	return strconv.Itoa(e.Status) + " " + what
 }
 
 // matchEvent records how many candidates there are and how many hold some of the prompt.
