@@ -14,8 +14,8 @@ import (
 // BenchmarkRouteTracing routes a 4,096-token chat alternately through two routers, one with
 // tracing off (nil tracer, the default) and one with it on (every request sampled, spans built
 // and dropped without an exporter, so the figure is the instrumentation's own cost), and
-// reports both medians and their ratio. Allocations are the pair's. Compare "off" with the
-// code before tracing through BenchmarkRoute4096: docs/bench/tracing.md.
+// reports both medians and their ratio. Allocations are the pair's. "Off" against the code
+// before tracing is BenchmarkRouteCPU's: docs/bench/tracing.md.
 func BenchmarkRouteTracing(b *testing.B) {
 	body, _ := benchChat(b, 4096)
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
