@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/goleak"
 
 	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
 	"github.com/kvgate/kvgate/tracing"
@@ -69,6 +70,12 @@ func TestExport(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			clearEnv(t)
 			col := tc.start(t)
+			// Shutdown stops the exporter: its connection and batching goroutines are gone.
+			// (The HTTP exporter's client keeps its idle keep-alive connection until the
+			// process ends; Shutdown runs at exit.)
+			if tc.protocol == tracing.ProtocolGRPC {
+				defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+			}
 			p, err := tracing.New(context.Background(), tracing.Config{
 				Endpoint: col.Addr(), Protocol: tc.protocol, Insecure: true, SampleRatio: 1, ServiceName: "kvgate-test",
 			})
