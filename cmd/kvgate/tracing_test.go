@@ -1,10 +1,15 @@
 package main
 
 import (
+	"context"
+	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/router"
@@ -37,5 +42,35 @@ func TestUpTracing(t *testing.T) {
 	}
 	if srv.Service != "kvgate" {
 		t.Errorf("service.name %q, want kvgate", srv.Service)
+	}
+}
+
+// TestTracingFlagErrors: a bad tracing flag stops each serving command before it starts
+// anything, with an error that names the problem.
+func TestTracingFlagErrors(t *testing.T) {
+	t.Setenv("OTEL_SDK_DISABLED", "")
+	for _, tc := range []struct {
+		name   string
+		newCmd func(*globals) *cobra.Command
+		args   []string
+		want   string
+	}{
+		{"up protocol", newUpCmd, []string{"--otlp-endpoint", "127.0.0.1:4317", "--otlp-protocol", "http/json"}, "OTLP protocol"},
+		{"up ratio", newUpCmd, []string{"--otlp-endpoint", "127.0.0.1:4317", "--trace-sample-ratio", "2"}, "sample ratio"},
+		{"router CA", newRouterCmd, []string{"--endpoint", "127.0.0.1:1", "--served-model", "m", "--otlp-endpoint", "127.0.0.1:4317", "--otlp-tls-ca", "/nonexistent.pem"}, "tls CA"},
+		{"gateway insecure and TLS", newGatewayCmd, []string{"--epp", "127.0.0.1:1", "--endpoint", "127.0.0.1:2", "--served-model", "m", "--otlp-endpoint", "127.0.0.1:4317", "--otlp-insecure", "--otlp-tls-ca", "/nonexistent.pem"}, "tls CA"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := tc.newCmd(&globals{log: slog.New(slog.DiscardHandler)})
+			cmd.SetArgs(tc.args)
+			cmd.SetOut(io.Discard)
+			cmd.SilenceUsage, cmd.SilenceErrors = true, true
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := cmd.ExecuteContext(ctx)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one about %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -89,6 +89,11 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 }
 
 func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) error {
+	tp, stopTracing, err := o.trace.start(ctx, log) // first: a bad flag fails before engines start
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	grp, ctx := errgroup.WithContext(ctx)
@@ -135,11 +140,6 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 			return err
 		}
 	}
-	tp, stopTracing, err := o.trace.start(ctx, log)
-	if err != nil {
-		return err
-	}
-	defer stopTracing()
 	cfg.Tracer = tp.Tracer(scopeRouter)
 	rt, err := router.New(cfg, log, reg)
 	if err != nil {
