@@ -18,6 +18,7 @@ import (
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -84,6 +85,11 @@ type Config struct {
 	// kv_transfer_params.remote_kv_source (a body mutation). Zero: the header
 	// router.HeaderKVCacheSource alone names the source (docs/OFFLOAD.md).
 	P2PTransferPort int
+	// Tracer, when set, records each stream as a server span continuing the request's
+	// traceparent, the router's decision under it, and a client span for Envoy's call to the
+	// pick, whose trace context is added to the request as a traceparent header mutation;
+	// nil records nothing at no cost. See docs/TRACING.md.
+	Tracer trace.Tracer
 }
 
 // Defaults for Config's zero values.

@@ -12,6 +12,7 @@ import (
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -37,6 +38,9 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		outcome := st.outcome
 		if outcome == "" {
 			outcome = outcomeAborted
+		}
+		if st.span != nil {
+			st.endSpans(outcome)
 		}
 		s.metrics.streams.WithLabelValues(outcome).Inc()
 		s.metrics.active.Dec()
@@ -157,6 +161,11 @@ type stream struct {
 	status   int
 	released bool
 	outcome  string
+
+	// tracing (Config.Tracer); span nil when off
+	ctx    context.Context // the stream's context carrying span
+	span   trace.Span      // the stream's server span
+	upSpan trace.Span      // Envoy's call to the picked engine
 }
 
 // handle answers one message. final reports that the stream is over for the server (an
@@ -204,6 +213,9 @@ func (st *stream) requestHeaders(ctx context.Context, req *extprocv3.ProcessingR
 	st.path = pseudo[":path"]
 	if i := strings.IndexByte(st.path, '?'); i >= 0 {
 		st.path = st.path[:i]
+	}
+	if st.s.cfg.Tracer != nil && st.span == nil {
+		st.startSpan(ctx, pseudo[":method"])
 	}
 	st.subset = subsetHint(req.GetMetadataContext())
 	if h.GetEndOfStream() && picksWithoutBody(st.path) {
@@ -282,6 +294,9 @@ func (st *stream) appendBody(chunk []byte, end bool) {
 func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.ProcessingResponse, bool) {
 	st.routed = true
 	start := time.Now()
+	if st.span != nil {
+		ctx = st.ctx
+	}
 	d, err := st.s.router.Route(ctx, router.Request{Path: st.path, Body: st.body, Headers: st.headers, Subset: st.subset})
 	st.s.metrics.pick.Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -303,6 +318,9 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	}
 	st.freeBody() // body is answered below; the stream keeps no copy
 	hdr := pickHeaders(d, len(body))
+	if st.span != nil {
+		st.traceUpstream(d, hdr)
+	}
 	md := pickMetadata(hdr.Get(router.HeaderDestination))
 	st.s.log.Debug("picked", "path", st.path, "endpoint", d.Endpoint.Address, "model", d.Model,
 		"prompt_tokens", d.PromptTokens, "cached_blocks", d.CachedBlocks)
@@ -354,6 +372,9 @@ func (st *stream) freeBody() {
 // reject ends the request with an ImmediateResponse carrying e.
 func (st *stream) reject(e *openai.Error) []*extprocv3.ProcessingResponse {
 	st.outcome = outcomeRejected
+	if st.span != nil {
+		st.traceReject(e)
+	}
 	st.s.metrics.immediate.WithLabelValues(strconv.Itoa(e.Status)).Inc()
 	st.s.log.Debug("rejected", "path", st.path, "status", e.Status, "error", e.Message)
 	return []*extprocv3.ProcessingResponse{immediate(e)}
@@ -366,6 +387,9 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 	hdr, pseudo := headerMap(h.GetHeaders())
 	st.started = true
 	st.status, _ = strconv.Atoi(pseudo[":status"])
+	if st.span != nil {
+		st.traceStatus(st.status)
+	}
 	d := st.decision
 	if d == nil {
 		return []*extprocv3.ProcessingResponse{continueHeaders(true, nil, false)}
@@ -460,6 +484,9 @@ func (st *stream) release(err error) {
 	var u *openai.Usage
 	if st.watcher != nil {
 		u = st.watcher.Close()
+	}
+	if st.span != nil {
+		st.traceUsage(u)
 	}
 	st.decision.Done(u, err)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kvgate/kvgate/httpproxy"
 	"github.com/kvgate/kvgate/openai"
@@ -34,9 +35,16 @@ func (g *Gateway) proxyEPP(w http.ResponseWriter, r *http.Request) {
 	path := metricPath(r)
 	g.metrics.inflight.Inc()
 	defer g.metrics.inflight.Dec()
+	var span trace.Span
+	if g.cfg.Tracer != nil {
+		r, span = g.startServerSpan(r)
+	}
 	code, cut := g.serveEPP(w, r)
 	g.metrics.requests.WithLabelValues(path, strconv.Itoa(code)).Inc()
 	g.metrics.duration.WithLabelValues(path).Observe(time.Since(start).Seconds())
+	if span != nil {
+		endServerSpan(span, code, cut)
+	}
 	if cut {
 		panic(http.ErrAbortHandler)
 	}
@@ -156,7 +164,7 @@ func (g *Gateway) dialAddrs(ctx context.Context, r *http.Request, p *eppPick, ca
 	n := min(len(cands), g.cfg.MaxAttempts)
 	var last error
 	for i := range n {
-		up, reason, err := g.attempt(ctx, &rr, router.Endpoint{Address: cands[i]}, p.body, extra, buf)
+		up, reason, err := g.attempt(ctx, &rr, router.Endpoint{Address: cands[i]}, p.body, extra, buf, "", i+1)
 		if err == nil {
 			return up, nil
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kvgate/kvgate/httpproxy"
 	"github.com/kvgate/kvgate/openai"
@@ -81,6 +82,11 @@ type Config struct {
 	// another engine then also carries kv_transfer_params.remote_kv_source for that engine at
 	// this port. Zero: router.HeaderKVCacheSource alone names the source (docs/OFFLOAD.md).
 	P2PTransferPort int
+	// Tracer, when set, records each completion request as a server span (continuing a
+	// client's traceparent), the router's decision under it, and one client span per
+	// upstream attempt whose trace context the engine receives (traceparent); nil records
+	// nothing at no cost. See docs/TRACING.md.
+	Tracer trace.Tracer
 }
 
 // Defaults for Config's zero values.

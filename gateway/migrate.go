@@ -100,6 +100,7 @@ func (g *Gateway) migrateStream(w http.ResponseWriter, r *http.Request, d *route
 			if m.Attempts() > 0 {
 				g.metrics.migrated.WithLabelValues(outcomeCompleted).Inc()
 			}
+			g.recordUsage(r.Context(), d, end.usage)
 			d.Done(end.usage, nil)
 			return http.StatusOK, false
 		case end.gone:
@@ -187,7 +188,7 @@ func (g *Gateway) reissue(ctx context.Context, r *http.Request, m *migration, bu
 	}
 	last := errors.New("every candidate endpoint already failed this request")
 	for _, ep := range cands {
-		up, _, err := g.attempt(ctx, r, ep, body, d.Header(), buf)
+		up, _, err := g.attempt(ctx, r, ep, body, d.Header(), buf, d.Model, 1)
 		if err == nil && (up.resp.StatusCode != http.StatusOK || !strings.HasPrefix(up.resp.Header.Get("Content-Type"), "text/event-stream")) {
 			up.resp.Body.Close()
 			err = fmt.Errorf("the continuation was answered HTTP %d", up.resp.StatusCode)

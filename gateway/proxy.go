@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 )
@@ -23,9 +25,16 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	path := metricPath(r)
 	g.metrics.inflight.Inc()
 	defer g.metrics.inflight.Dec()
+	var span trace.Span
+	if g.cfg.Tracer != nil {
+		r, span = g.startServerSpan(r)
+	}
 	code, cut := g.serveProxy(w, r)
 	g.metrics.requests.WithLabelValues(path, strconv.Itoa(code)).Inc()
 	g.metrics.duration.WithLabelValues(path).Observe(time.Since(start).Seconds())
+	if span != nil {
+		endServerSpan(span, code, cut)
+	}
 	if cut {
 		// The server closes the connection without the terminating chunk (HTTP/1.1) or resets
 		// the stream (HTTP/2): the client cannot mistake the cut response for a whole one.

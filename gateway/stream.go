@@ -90,7 +90,9 @@ func (g *Gateway) stream(w http.ResponseWriter, r *http.Request, d *router.Decis
 	if resp.StatusCode >= 400 {
 		err = upstreamStatus(resp.StatusCode)
 	}
-	d.Done(watch.Close(), err)
+	u := watch.Close()
+	g.recordUsage(r.Context(), d, u)
+	d.Done(u, err)
 	return resp.StatusCode, false
 }
 

@@ -44,7 +44,7 @@ func (g *Gateway) dial(ctx context.Context, r *http.Request, d *router.Decision,
 		if i > 0 {
 			ep = d.Fallbacks[i-1]
 		}
-		up, reason, err := g.attempt(ctx, r, ep, body, extra, buf)
+		up, reason, err := g.attempt(ctx, r, ep, body, extra, buf, d.Model, i+1)
 		if err == nil {
 			if i > 0 {
 				d.Served(ep.Address)
@@ -66,12 +66,15 @@ func (g *Gateway) dial(ctx context.Context, r *http.Request, d *router.Decision,
 }
 
 // attempt sends one request to ep and reads the first piece of the answer's body into buf.
-// On failure it returns why (a retry reason) and has closed what it opened.
-func (g *Gateway) attempt(ctx context.Context, r *http.Request, ep router.Endpoint, body []byte, extra http.Header, buf []byte) (*upstream, string, error) {
+// On failure it returns why (a retry reason) and has closed what it opened. model and n (1
+// for the target, 2.. for fallbacks) describe the attempt's span when tracing; closing the
+// response body ends it.
+func (g *Gateway) attempt(ctx context.Context, r *http.Request, ep router.Endpoint, body []byte, extra http.Header, buf []byte, model string, n int) (*upstream, string, error) {
 	req, err := upstreamRequest(ctx, r, ep, body, extra)
 	if err != nil {
 		return nil, retryConnect, err
 	}
+	span := g.startClientSpan(ctx, req, ep, model, n)
 	resp, err := g.transport.RoundTrip(req)
 	if err != nil {
 		reason := retryNoAnswer
@@ -79,7 +82,11 @@ func (g *Gateway) attempt(ctx context.Context, r *http.Request, ep router.Endpoi
 		if errors.As(err, &op) && op.Op == "dial" {
 			reason = retryConnect
 		}
+		endClientSpan(span, reason, err)
 		return nil, reason, err
+	}
+	if span != nil {
+		traceResponse(span, resp)
 	}
 	for {
 		k, err := resp.Body.Read(buf)

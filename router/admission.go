@@ -294,6 +294,10 @@ func (r *Router) admit(ctx context.Context, p Prompt, c Class) (*Decision, error
 	if t == nil {
 		return d, err
 	}
+	queued := time.Now()
+	if p.span != nil {
+		p.span.AddEvent(EventQueued)
+	}
 	ttl := time.NewTimer(r.cfg.QueueTTL)
 	defer ttl.Stop()
 	poll := time.NewTicker(queuePoll)
@@ -301,7 +305,11 @@ func (r *Router) admit(ctx context.Context, p Prompt, c Class) (*Decision, error
 	for {
 		select {
 		case <-t.Ready():
-			return t.Result()
+			d, err := t.Result()
+			if d != nil {
+				d.QueueWait = time.Since(queued)
+			}
+			return d, err
 		case <-ctx.Done():
 			t.Cancel()
 			return nil, ctx.Err()

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -147,6 +149,9 @@ type Config struct {
 	// (KVEvents) and scraping. It is called under the router's lock: it must not call the
 	// Router.
 	EventSource func(Endpoint) EventSource
+	// Tracer, when set, records each Route as a span (SpanRoute, with SpanTokenize and
+	// SpanPick children) under the caller's span in ctx; nil records nothing at no cost.
+	Tracer trace.Tracer
 }
 
 // DefaultConfig returns the defaults: policy kv, default scoring, 2 fallbacks, 16 MiB bodies,

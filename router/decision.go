@@ -29,6 +29,10 @@ type Decision struct {
 	PromptTokens  int // tokens of the rendered prompt
 	RequestBlocks int // full prompt blocks
 	CachedBlocks  int // leading blocks the router saw cached on the target
+	// CachedTiers splits CachedBlocks by the tier holding them (kvindex.Tier order).
+	CachedTiers [kvindex.NumTiers]int
+	// QueueWait is how long the request waited in the admission queue (zero: not queued).
+	QueueWait time.Duration
 	// Pull, when not nil, tells the target to fetch the prompt's first Pull.Blocks blocks
 	// from another endpoint's cache instead of prefilling them (Config.P2P); the front door
 	// turns it into the engine's form (kv_transfer_params, x-kv-cache-source-host-port).

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/zeebo/xxh3"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kvgate/kvgate/kvindex"
 	"github.com/kvgate/kvgate/openai"
@@ -42,6 +43,8 @@ type Prompt struct {
 	// Session is the request's session ID (HeaderSessionID): its turns go to one endpoint
 	// under Config.SessionAffinity. "" means none.
 	Session string
+
+	span trace.Span // Route's pick span, for the match and score events; nil when not traced
 }
 
 // scratch is per-call working memory, pooled.
@@ -70,6 +73,7 @@ type pullSource struct {
 // *openai.Error (400, 404, 413, 429, 503). The caller owns the Decision and must call Done.
 func (r *Router) Route(ctx context.Context, req Request) (*Decision, error) {
 	start := time.Now()
+	ctx, span := r.startSpan(ctx, SpanRoute)
 	d, err := r.route(ctx, req)
 	if err == nil && d.adapter != nil { // the pick's LoRA adapter is loading there (lora.go)
 		if err = r.awaitAdapter(ctx, d.adapter); err != nil {
@@ -79,6 +83,9 @@ func (r *Router) Route(ctx context.Context, req Request) (*Decision, error) {
 	}
 	err = tagNoEndpoints(err)
 	r.finish(d, err, start)
+	if span != nil {
+		endRouteSpan(span, req.Path, d, err)
+	}
 	return d, err
 }
 
@@ -103,17 +110,20 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 			p.CacheSalt = *cr.CacheSalt
 		}
 		if tok := r.tokenizer(model); tok != nil {
+			_, tspan := r.startSpan(ctx, SpanTokenize)
 			text, err := tok.RenderChat(tokenizer.ChatInput{
 				Messages: cr.Messages, Tools: cr.Tools, AddGenerationPrompt: cr.GenerationPrompt(),
 				Extra: templateKwargs(cr.ChatTemplateKwargs, req.Body),
 			})
 			if err != nil {
-				return nil, openai.BadRequest("messages", "The chat template cannot render these messages: %v", err)
+				err = openai.BadRequest("messages", "The chat template cannot render these messages: %v", err)
+			} else if err = r.checkTextLen(tok, model, text); err == nil {
+				p.Text, p.Tokens = text, tok.Encode(text)
 			}
-			if err := r.checkTextLen(tok, model, text); err != nil {
+			endTokenizeSpan(tspan, len(p.Tokens), err)
+			if err != nil {
 				return nil, err
 			}
-			p.Text, p.Tokens = text, tok.Encode(text)
 			maxOut, asked := cr.MaxOutputTokens()
 			if err := r.checkTokens(model, len(p.Tokens), maxOut, asked); err != nil {
 				return nil, err
@@ -150,22 +160,11 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 		case len(cr.Prompt.Texts) > 0:
 			p.Text = cr.Prompt.Texts[0]
 			if tok != nil {
-				// Every prompt's bytes first: none is tokenized if one cannot fit.
-				for _, t := range cr.Prompt.Texts {
-					if err := r.checkTextLen(tok, model, t); err != nil {
-						return nil, err
-					}
-				}
-				for i, t := range cr.Prompt.Texts {
-					ids := tok.Encode(t)
-					if err := r.checkTokens(model, len(ids), maxOut, asked); err != nil {
-						return nil, err
-					}
-					if i == 0 {
-						p.Tokens = ids
-					} else {
-						p.ExtraTokens += len(ids)
-					}
+				_, tspan := r.startSpan(ctx, SpanTokenize)
+				err := r.tokenizeTexts(tok, model, cr.Prompt.Texts, maxOut, asked, &p)
+				endTokenizeSpan(tspan, len(p.Tokens)+p.ExtraTokens, err)
+				if err != nil {
+					return nil, err
 				}
 			}
 		}
@@ -192,7 +191,11 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 		return nil, err
 	}
 	p.Session = req.Headers.Get(HeaderSessionID)
+	_, p.span = r.startSpan(ctx, SpanPick)
 	d, err := r.admit(ctx, p, cls)
+	if p.span != nil {
+		endPickSpan(p.span, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -212,6 +215,28 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 		}
 	}
 	return d, nil
+}
+
+// tokenizeTexts tokenizes a completion's prompts into p: the first is matched, the others
+// count as load. Every prompt's bytes are checked first: none is tokenized if one cannot fit.
+func (r *Router) tokenizeTexts(tok *tokenizer.Tokenizer, model string, texts []string, maxOut int, asked bool, p *Prompt) error {
+	for _, t := range texts {
+		if err := r.checkTextLen(tok, model, t); err != nil {
+			return err
+		}
+	}
+	for i, t := range texts {
+		ids := tok.Encode(t)
+		if err := r.checkTokens(model, len(ids), maxOut, asked); err != nil {
+			return err
+		}
+		if i == 0 {
+			p.Tokens = ids
+		} else {
+			p.ExtraTokens += len(ids)
+		}
+	}
+	return nil
 }
 
 // templateKwargs returns chat_template_kwargs for the template. Scalars are used as decoded;
@@ -314,6 +339,7 @@ func (r *Router) pick(p Prompt, admitting bool) (*Decision, error) {
 		PromptTokens:  len(p.Tokens) + p.ExtraTokens,
 		RequestBlocks: len(p.Tokens) / t.s.bs(),
 		CachedBlocks:  t.cand.CachedBlocks(),
+		CachedTiers:   t.cand.Cached,
 		Cost:          t.cost,
 		Fallbacks:     t.fallbacks,
 		r:             r,
@@ -502,6 +528,10 @@ func (r *Router) pickAmongRest(sc *scratch, p Prompt, now time.Time, home int, r
 		r.findPulls(sc, states, p.Model, now)
 	}
 
+	if p.span != nil {
+		matchEvent(p.span, sc.cands)
+	}
+
 	sc.costs = slices.Grow(sc.costs[:0], n)[:n]
 	r.pickMu.Lock()
 	order := r.ranker.Rank(sc.cands, requestBlocks, sc.costs)
@@ -518,6 +548,9 @@ func (r *Router) pickAmongRest(sc *scratch, p Prompt, now time.Time, home int, r
 	}
 	for _, i := range order[1:min(len(order), 1+r.cfg.MaxFallbacks)] {
 		out.fallbacks = append(out.fallbacks, sc.states[i].ep)
+	}
+	if p.span != nil {
+		scoreEvent(p.span, out.s.ep, out.cand, out.cost)
 	}
 	return out
 }

@@ -65,6 +65,7 @@ type gatewayOptions struct {
 	file          string
 	eps           endpointFlags
 	epp           eppFlags
+	trace         traceFlags
 }
 
 func newGatewayCmd(g *globals) *cobra.Command {
@@ -96,6 +97,7 @@ outside it is refused. --failure-mode is the pool's failureMode. See docs/GATEWA
 	f.StringArrayVar(&o.eps.models, "served-model", nil, "model the --endpoint engines serve (repeatable; default: asked from each engine's /v1/models)")
 	o.epp.add(cmd, true)
 	_ = cmd.MarkFlagRequired("epp")
+	o.trace.add(f, "kvgate-gateway")
 	return cmd
 }
 
@@ -122,8 +124,14 @@ func runGateway(ctx context.Context, log *slog.Logger, o *gatewayOptions) error 
 	if err != nil {
 		return fmt.Errorf("--http-tls-*: %w", err)
 	}
+	tp, stopTracing, err := o.trace.start(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	reg := newRegistry()
-	gw, err := gateway.NewEPP(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg}, ec, log, reg)
+	gw, err := gateway.NewEPP(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
+		Tracer: tp.Tracer(scopeGateway)}, ec, log, reg)
 	if err != nil {
 		return err
 	}

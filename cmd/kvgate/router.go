@@ -148,6 +148,7 @@ type routerOptions struct {
 	kube                kubeFlags
 	ready               <-chan struct{} // closed when discovery has synced; nil = ready at once
 	mig                 migrationFlags
+	trace               traceFlags
 }
 
 func newRouterCmd(g *globals) *cobra.Command {
@@ -193,6 +194,7 @@ its informers have synced. See docs/KUBERNETES.md.`,
 	o.consul.add(cmd)
 	o.consul.addRelayTLS(cmd)
 	o.kube.add(cmd)
+	o.trace.add(f, "kvgate-router")
 	return cmd
 }
 
@@ -217,6 +219,12 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		return fmt.Errorf("--relay-tls-*: %w", err)
 	}
 	cfg.EventSource = relaySource(log, relayTLS)
+	tp, stopTracing, err := o.trace.start(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	cfg.Tracer = tp.Tracer(scopeRouter)
 	reg := newRegistry()
 	rt, err := router.New(cfg, log, reg)
 	if err != nil {
@@ -224,6 +232,7 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 	}
 	xc := o.extproc
 	xc.Addr, xc.MaxBodyBytes = o.grpc, o.maxBody
+	xc.Tracer = tp.Tracer(scopeExtproc)
 	if xc.TLS, err = o.tls.Server(); err != nil {
 		return err
 	}
@@ -244,7 +253,7 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 			return fmt.Errorf("--http-tls-*: %w", err)
 		}
 		gw, err := gateway.New(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
-			P2PTransferPort: o.extproc.P2PTransferPort}), rt, log, reg)
+			P2PTransferPort: o.extproc.P2PTransferPort, Tracer: tp.Tracer(scopeGateway)}), rt, log, reg)
 		if err != nil {
 			return err
 		}

@@ -42,6 +42,7 @@ type upOptions struct {
 	mig       migrationFlags
 	epp       eppFlags
 	plan      upPlannerFlags
+	trace     traceFlags
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -83,10 +84,16 @@ simulated ones: pair each with its KV-event publisher by order with --kv-events.
 	addP2PPortFlag(f, &o.p2pPort)
 	o.epp.add(cmd, false)
 	o.plan.add(cmd)
+	o.trace.add(f, "kvgate")
 	return cmd
 }
 
 func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) error {
+	tp, stopTracing, err := o.trace.start(ctx, log) // first: a bad flag fails before engines start
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	grp, ctx := errgroup.WithContext(ctx)
@@ -133,6 +140,7 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 			return err
 		}
 	}
+	cfg.Tracer = tp.Tracer(scopeRouter)
 	rt, err := router.New(cfg, log, reg)
 	if err != nil {
 		return err
@@ -149,7 +157,7 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 		return fmt.Errorf("--http-tls-*: %w", err)
 	}
 	gw, err := upGateway(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
-		P2PTransferPort: o.p2pPort}), rt, eps, &o.epp, log, reg)
+		P2PTransferPort: o.p2pPort, Tracer: tp.Tracer(scopeGateway)}), rt, eps, &o.epp, log, reg)
 	if err != nil {
 		return err
 	}
@@ -157,7 +165,7 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	grp.Go(func() error { return gw.Run(ctx) })
 	var xp *extproc.Server
 	if o.extProc != "" {
-		xc := extproc.Config{Addr: o.extProc, MaxBodyBytes: o.maxBody, P2PTransferPort: o.p2pPort}
+		xc := extproc.Config{Addr: o.extProc, MaxBodyBytes: o.maxBody, P2PTransferPort: o.p2pPort, Tracer: tp.Tracer(scopeExtproc)}
 		if xc.TLS, err = o.extTLS.Server(); err != nil {
 			return fmt.Errorf("--ext-proc-tls-*: %w", err)
 		}
