@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kvgate/kvgate/anthropic"
 	"github.com/kvgate/kvgate/httpproxy"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
@@ -183,6 +184,7 @@ func newGateway(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Reg
 	}
 	g.mux.HandleFunc("POST /v1/chat/completions", complete)
 	g.mux.HandleFunc("POST /v1/completions", complete)
+	g.mux.HandleFunc("POST "+anthropic.Path, messages(complete))
 	g.mux.HandleFunc("GET /v1/models", g.models)
 	g.mux.HandleFunc("GET /health", g.health)
 	if cfg.Gatherer != nil {

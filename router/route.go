@@ -13,6 +13,7 @@ import (
 
 	"github.com/zeebo/xxh3"
 
+	"github.com/kvgate/kvgate/anthropic"
 	"github.com/kvgate/kvgate/kvindex"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -20,7 +21,7 @@ import (
 
 // Request is one request as the proxy hands it over.
 type Request struct {
-	Path    string      // "/v1/chat/completions" or "/v1/completions"
+	Path    string      // "/v1/chat/completions", "/v1/completions" or "/v1/messages"
 	Body    []byte      // the client's body
 	Headers http.Header // may be nil
 	Subset  []string    // proxy's subset hint: only these ip:port may be picked (nil = any)
@@ -169,6 +170,12 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 				}
 			}
 		}
+	case anthropic.Path:
+		s, err := r.messagesPrompt(req.Body, &p)
+		if err != nil {
+			return nil, err
+		}
+		stream, includeUsage = s, true // a Messages stream always carries its usage
 	default:
 		return nil, openai.Errorf(http.StatusNotFound, openai.TypeInvalidRequest, "", "The router does not route %q.", req.Path)
 	}
