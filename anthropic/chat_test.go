@@ -89,7 +89,9 @@ func TestToChatSampling(t *testing.T) {
 			t.Fatal(err)
 		}
 		c, _ := r.ToChat()
-		var v struct{ ToolChoice json.RawMessage `json:"tool_choice"` }
+		var v struct {
+			ToolChoice json.RawMessage `json:"tool_choice"`
+		}
 		_ = json.Unmarshal(c.Body, &v)
 		if string(v.ToolChoice) != want {
 			t.Errorf("tool_choice %s -> %s, want %s", choice, v.ToolChoice, want)

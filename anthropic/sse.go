@@ -56,12 +56,12 @@ func ErrorEvent(typ, message string) []byte {
 // in "\n", "\r\n" or "\r". An event left unterminated at EOF is still returned. Not safe for
 // concurrent use.
 type EventReader struct {
-	r    *bufio.Reader
-	ev   Event
+	r     *bufio.Reader
+	ev    Event
 	has   bool
-	ndata int // data lines in the current event
+	ndata int  // data lines in the current event
 	cr    bool // the last line ended in '\r': a following '\n' belongs to it
-	line []byte
+	line  []byte
 }
 
 // NewEventReader reads events from r.
