@@ -169,14 +169,14 @@ func Parse(body []byte) (*Request, error) {
 		if kind(raw) != "an object" {
 			return nil, openai.BadRequest("metadata", "metadata: expected an object, got %s", kind(raw))
 		}
-		var md struct {
-			UserID *json.RawMessage `json:"user_id"`
-		}
-		_ = json.Unmarshal(raw, &md)
-		if md.UserID != nil && kind(*md.UserID) != "a string" && kind(*md.UserID) != "null" {
-			return nil, openai.BadRequest("metadata.user_id", "metadata.user_id: expected a string, got %s", kind(*md.UserID))
+		md, _ := fields(raw)
+		if id, ok := md["user_id"]; ok && kind(id) != "a string" && kind(id) != "null" {
+			return nil, openai.BadRequest("metadata.user_id", "metadata.user_id: expected a string, got %s", kind(id))
 		}
 		r.Metadata = raw
+	}
+	if r.ToolChoice != nil && r.ToolChoice.Type != "none" && r.Tools == nil {
+		return nil, openai.BadRequest("tool_choice", "tool_choice: tools must be set when tool_choice is '%s'", r.ToolChoice.Type)
 	}
 	return r, nil
 }
@@ -192,18 +192,15 @@ func (r *Request) parseMessages(raw json.RawMessage) error {
 	r.Messages = make([]Message, len(list))
 	for i, m := range list {
 		p := fmt.Sprintf("messages.%d", i)
-		var f struct {
-			Role    json.RawMessage `json:"role"`
-			Content json.RawMessage `json:"content"`
-		}
-		if kind(m) != "an object" || json.Unmarshal(m, &f) != nil {
+		f, ok := fields(m)
+		if !ok {
 			return openai.BadRequest(p, "%s: expected an object, got %s", p, kind(m))
 		}
 		msg := &r.Messages[i]
-		if f.Role == nil {
+		if f["role"] == nil {
 			return openai.BadRequest(p+".role", "%s.role: Field required", p)
 		}
-		if err := str(f.Role, p+".role", &msg.Role); err != nil {
+		if err := str(f["role"], p+".role", &msg.Role); err != nil {
 			return err
 		}
 		switch msg.Role {
@@ -213,12 +210,13 @@ func (r *Request) parseMessages(raw json.RawMessage) error {
 		default:
 			return openai.BadRequest(p+".role", "%s.role: expected 'user' or 'assistant', got '%s'", p, msg.Role)
 		}
-		switch kind(f.Content) {
+		content := f["content"]
+		switch kind(content) {
 		case "a string":
 			msg.IsText = true
-			_ = json.Unmarshal(f.Content, &msg.Text)
+			_ = json.Unmarshal(content, &msg.Text)
 		case "an array":
-			blocks, err := parseBlocks(f.Content, p+".content")
+			blocks, err := parseBlocks(content, p+".content")
 			if err != nil {
 				return err
 			}
@@ -229,7 +227,7 @@ func (r *Request) parseMessages(raw json.RawMessage) error {
 		case "nothing":
 			return openai.BadRequest(p+".content", "%s.content: Field required", p)
 		default:
-			return openai.BadRequest(p+".content", "%s.content: expected a string or an array of content blocks, got %s", p, kind(f.Content))
+			return openai.BadRequest(p+".content", "%s.content: expected a string or an array of content blocks, got %s", p, kind(content))
 		}
 	}
 	return nil
@@ -266,95 +264,84 @@ func parseBlocks(raw json.RawMessage, p string) ([]Block, error) {
 	out := make([]Block, len(list))
 	for i, b := range list {
 		bp := fmt.Sprintf("%s.%d", p, i)
-		var f struct {
-			Type      json.RawMessage `json:"type"`
-			Text      json.RawMessage `json:"text"`
-			Source    json.RawMessage `json:"source"`
-			ID        json.RawMessage `json:"id"`
-			ToolUseID json.RawMessage `json:"tool_use_id"`
-			Name      json.RawMessage `json:"name"`
-			Input     json.RawMessage `json:"input"`
-			Content   json.RawMessage `json:"content"`
-			IsError   json.RawMessage `json:"is_error"`
-			Thinking  json.RawMessage `json:"thinking"`
-		}
-		if kind(b) != "an object" || json.Unmarshal(b, &f) != nil {
+		f, ok := fields(b)
+		if !ok {
 			return nil, openai.BadRequest(bp, "%s: expected a content block object, got %s", bp, kind(b))
 		}
 		blk := &out[i]
-		if f.Type == nil {
+		if f["type"] == nil {
 			return nil, openai.BadRequest(bp+".type", "%s.type: Field required", bp)
 		}
-		if err := str(f.Type, bp+".type", &blk.Type); err != nil {
+		if err := str(f["type"], bp+".type", &blk.Type); err != nil {
 			return nil, err
 		}
 		if !blockTypes[blk.Type] {
 			return nil, openai.BadRequest(bp+".type", "%s.type: unknown content block type '%s'", bp, blk.Type)
 		}
-		if err := optStr(f.Text, bp+".text", &blk.Text); err != nil {
+		if err := optStr(f["text"], bp+".text", &blk.Text); err != nil {
 			return nil, err
 		}
 		switch blk.Type {
 		case "text":
-			if f.Text == nil || kind(f.Text) == "null" {
+			if f["text"] == nil || kind(f["text"]) == "null" {
 				return nil, openai.BadRequest(bp+".text", "%s.text: Field required", bp)
 			}
 		case "thinking":
-			if err := optStr(f.Thinking, bp+".thinking", &blk.Text); err != nil {
+			if err := optStr(f["thinking"], bp+".thinking", &blk.Text); err != nil {
 				return nil, err
 			}
 		case "image":
-			if kind(f.Source) != "an object" {
-				return nil, openai.BadRequest(bp+".source", "%s.source: expected an object, got %s", bp, kind(f.Source))
+			if kind(f["source"]) != "an object" {
+				return nil, openai.BadRequest(bp+".source", "%s.source: expected an object, got %s", bp, kind(f["source"]))
 			}
-			blk.Source = f.Source
+			blk.Source = f["source"]
 		case "tool_use":
-			if err := optStr(f.ID, bp+".id", &blk.ID); err != nil {
+			if err := optStr(f["id"], bp+".id", &blk.ID); err != nil {
 				return nil, err
 			}
-			if err := optStr(f.Name, bp+".name", &blk.Name); err != nil {
+			if err := optStr(f["name"], bp+".name", &blk.Name); err != nil {
 				return nil, err
 			}
 			if blk.Name == "" {
 				return nil, openai.BadRequest(bp+".name", "%s.name: Field required", bp)
 			}
-			switch kind(f.Input) {
+			switch kind(f["input"]) {
 			case "an object":
-				blk.Input = f.Input
+				blk.Input = f["input"]
 			case "nothing", "null":
 			default:
-				return nil, openai.BadRequest(bp+".input", "%s.input: expected an object, got %s", bp, kind(f.Input))
+				return nil, openai.BadRequest(bp+".input", "%s.input: expected an object, got %s", bp, kind(f["input"]))
 			}
 		case "tool_result":
-			if err := optStr(f.ToolUseID, bp+".tool_use_id", &blk.ToolUseID); err != nil {
+			if err := optStr(f["tool_use_id"], bp+".tool_use_id", &blk.ToolUseID); err != nil {
 				return nil, err
 			}
-			if err := optStr(f.ID, bp+".id", &blk.ID); err != nil {
+			if err := optStr(f["id"], bp+".id", &blk.ID); err != nil {
 				return nil, err
 			}
-			switch kind(f.Content) {
+			switch kind(f["content"]) {
 			case "a string":
-				blk.Content = f.Content
+				blk.Content = f["content"]
 			case "an array":
 				var parts []json.RawMessage
-				_ = json.Unmarshal(f.Content, &parts)
+				_ = json.Unmarshal(f["content"], &parts)
 				for j, part := range parts {
 					if kind(part) != "an object" {
 						q := fmt.Sprintf("%s.content.%d", bp, j)
 						return nil, openai.BadRequest(q, "%s: expected an object, got %s", q, kind(part))
 					}
 				}
-				blk.Content = f.Content
+				blk.Content = f["content"]
 			case "nothing", "null":
 			default:
-				return nil, openai.BadRequest(bp+".content", "%s.content: expected a string or an array of blocks, got %s", bp, kind(f.Content))
+				return nil, openai.BadRequest(bp+".content", "%s.content: expected a string or an array of blocks, got %s", bp, kind(f["content"]))
 			}
-			switch kind(f.IsError) {
+			switch kind(f["is_error"]) {
 			case "a boolean":
-				blk.IsError = bytes.Equal(f.IsError, []byte("true"))
+				blk.IsError = bytes.Equal(f["is_error"], []byte("true"))
 			case "nothing", "null":
 			default:
-				return nil, openai.BadRequest(bp+".is_error", "%s.is_error: expected a boolean, got %s", bp, kind(f.IsError))
+				return nil, openai.BadRequest(bp+".is_error", "%s.is_error: expected a boolean, got %s", bp, kind(f["is_error"]))
 			}
 		}
 	}
@@ -369,58 +356,50 @@ func (r *Request) parseTools(raw json.RawMessage) error {
 	r.Tools = make([]Tool, len(list))
 	for i, t := range list {
 		p := fmt.Sprintf("tools.%d", i)
-		var f struct {
-			Type        json.RawMessage `json:"type"`
-			Name        json.RawMessage `json:"name"`
-			Description json.RawMessage `json:"description"`
-			InputSchema json.RawMessage `json:"input_schema"`
-		}
-		if kind(t) != "an object" || json.Unmarshal(t, &f) != nil {
+		f, ok := fields(t)
+		if !ok {
 			return openai.BadRequest(p, "%s: expected an object, got %s", p, kind(t))
 		}
 		tool := &r.Tools[i]
-		if f.Name == nil {
+		if f["name"] == nil {
 			return openai.BadRequest(p+".name", "%s.name: Field required", p)
 		}
-		if err := str(f.Name, p+".name", &tool.Name); err != nil {
+		if err := str(f["name"], p+".name", &tool.Name); err != nil {
 			return err
 		}
 		if tool.Name == "" {
 			return openai.BadRequest(p+".name", "%s.name: must not be empty", p)
 		}
-		if f.Description != nil && kind(f.Description) != "null" {
+		if f["description"] != nil && kind(f["description"]) != "null" {
 			var d string
-			if err := str(f.Description, p+".description", &d); err != nil {
+			if err := str(f["description"], p+".description", &d); err != nil {
 				return err
 			}
 			tool.Description = &d
 		}
-		if kind(f.InputSchema) != "an object" {
+		if kind(f["input_schema"]) != "an object" {
 			var typ string
-			_ = json.Unmarshal(f.Type, &typ)
-			if f.InputSchema == nil && typ != "" && typ != "custom" {
+			_ = json.Unmarshal(f["type"], &typ)
+			if f["input_schema"] == nil && typ != "" && typ != "custom" {
 				return openai.BadRequest(p+".type", "%s: server tool '%s' is not supported; only client tools with an input_schema are", p, typ)
 			}
-			return openai.BadRequest(p+".input_schema", "%s.input_schema: expected an object, got %s", p, kind(f.InputSchema))
+			return openai.BadRequest(p+".input_schema", "%s.input_schema: expected an object, got %s", p, kind(f["input_schema"]))
 		}
-		tool.InputSchema = f.InputSchema
+		tool.InputSchema = f["input_schema"]
 	}
 	return nil
 }
 
 func (r *Request) parseToolChoice(raw json.RawMessage) error {
-	var f struct {
-		Type json.RawMessage `json:"type"`
-		Name json.RawMessage `json:"name"`
-	}
-	if kind(raw) != "an object" || json.Unmarshal(raw, &f) != nil {
+	f, ok := fields(raw)
+	if !ok {
 		return openai.BadRequest("tool_choice", "tool_choice: expected an object, got %s", kind(raw))
 	}
 	tc := &ToolChoice{}
-	if err := str(f.Type, "tool_choice.type", &tc.Type); err != nil {
+	if err := str(f["type"], "tool_choice.type", &tc.Type); err != nil {
 		return err
 	}
-	if err := optStr(f.Name, "tool_choice.name", &tc.Name); err != nil {
+	if err := optStr(f["name"], "tool_choice.name", &tc.Name); err != nil {
 		return err
 	}
 	switch tc.Type {
@@ -434,6 +413,17 @@ func (r *Request) parseToolChoice(raw json.RawMessage) error {
 	}
 	r.ToolChoice = tc
 	return nil
+}
+
+// fields decodes a JSON object into its members, keys matched exactly (as vLLM's models
+// match them; encoding/json's struct decoding would ignore case). ok is false for anything
+// but an object.
+func fields(raw json.RawMessage) (map[string]json.RawMessage, bool) {
+	var f map[string]json.RawMessage
+	if kind(raw) != "an object" || json.Unmarshal(raw, &f) != nil {
+		return nil, false
+	}
+	return f, true
 }
 
 // kind names a JSON value's type for error messages.
