@@ -142,8 +142,8 @@ func (c *StreamConverter) Chunk(dst, data []byte) ([]byte, error) {
 		if !c.open {
 			dst = c.openBlock(dst, ContentBlock{Type: "text", Text: new(string)})
 		}
-		dst = event(dst, EventContentBlockDelta, map[string]any{"type": EventContentBlockDelta, "index": c.index,
-			"delta": map[string]any{"type": "text_delta", "text": *d.Content}})
+		dst = event(dst, EventContentBlockDelta, object("type", EventContentBlockDelta, "index", c.index,
+			"delta", object("type", "text_delta", "text", *d.Content)))
 	}
 	for _, tc := range d.ToolCalls {
 		if tc.ID != "" {
@@ -151,8 +151,8 @@ func (c *StreamConverter) Chunk(dst, data []byte) ([]byte, error) {
 			dst = c.openBlock(dst, ContentBlock{Type: "tool_use", ID: tc.ID, Name: tc.Function.Name, Input: json.RawMessage("{}")})
 		}
 		if tc.Function.Arguments != "" && c.open {
-			dst = event(dst, EventContentBlockDelta, map[string]any{"type": EventContentBlockDelta, "index": c.index,
-				"delta": map[string]any{"type": "input_json_delta", "partial_json": tc.Function.Arguments}})
+			dst = event(dst, EventContentBlockDelta, object("type", EventContentBlockDelta, "index", c.index,
+				"delta", object("type", "input_json_delta", "partial_json", tc.Function.Arguments)))
 		}
 	}
 	if choice.FinishReason != nil {
@@ -170,9 +170,9 @@ func (c *StreamConverter) End(dst []byte) []byte {
 	dst = c.start(dst)
 	dst = c.closeBlock(dst)
 	reason, seq := stopReason(c.finish, c.matched)
-	dst = event(dst, EventMessageDelta, map[string]any{"type": EventMessageDelta,
-		"delta": map[string]any{"stop_reason": reason, "stop_sequence": seq}, "usage": usageOf(c.usage)})
-	return event(dst, EventMessageStop, map[string]any{"type": EventMessageStop})
+	dst = event(dst, EventMessageDelta, object("type", EventMessageDelta,
+		"delta", object("stop_reason", reason, "stop_sequence", seq), "usage", usageOf(c.usage)))
+	return event(dst, EventMessageStop, object("type", EventMessageStop))
 }
 
 func (c *StreamConverter) start(dst []byte) []byte {
@@ -183,13 +183,13 @@ func (c *StreamConverter) start(dst []byte) []byte {
 	u := usageOf(c.usage)
 	u.OutputTokens = 0
 	m := Response{ID: messageID(c.id), Type: "message", Role: "assistant", Model: c.model, Content: []ContentBlock{}, Usage: u}
-	return event(dst, EventMessageStart, map[string]any{"type": EventMessageStart, "message": m})
+	return event(dst, EventMessageStart, object("type", EventMessageStart, "message", m))
 }
 
 func (c *StreamConverter) openBlock(dst []byte, b ContentBlock) []byte {
 	c.index, c.open = c.blocks, true
 	c.blocks++
-	return event(dst, EventContentBlockStart, map[string]any{"type": EventContentBlockStart, "index": c.index, "content_block": b})
+	return event(dst, EventContentBlockStart, object("type", EventContentBlockStart, "index", c.index, "content_block", b))
 }
 
 func (c *StreamConverter) closeBlock(dst []byte) []byte {
@@ -197,15 +197,13 @@ func (c *StreamConverter) closeBlock(dst []byte) []byte {
 		return dst
 	}
 	c.open = false
-	return event(dst, EventContentBlockStop, map[string]any{"type": EventContentBlockStop, "index": c.index})
+	return event(dst, EventContentBlockStop, object("type", EventContentBlockStop, "index", c.index))
 }
 
-func event(dst []byte, name string, v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil { // maps of strings, numbers and the types above: cannot happen
-		return append(dst, ErrorEvent(TypeAPI, err.Error())...)
-	}
-	return AppendEvent(dst, name, b)
+// event appends the event name with data (an object written in Anthropic's key order, type
+// first).
+func event(dst []byte, name string, data json.RawMessage) []byte {
+	return AppendEvent(dst, name, data)
 }
 
 // ChatWriter is an http.ResponseWriter for a chat completion handler that answers a Messages
