@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kvgate/kvgate/anthropic"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
 )
@@ -377,7 +378,11 @@ func (st *stream) reject(e *openai.Error) []*extprocv3.ProcessingResponse {
 	}
 	st.s.metrics.immediate.WithLabelValues(strconv.Itoa(e.Status)).Inc()
 	st.s.log.Debug("rejected", "path", st.path, "status", e.Status, "error", e.Message)
-	return []*extprocv3.ProcessingResponse{immediate(e)}
+	im := immediate(e)
+	if st.path == anthropic.Path { // the Messages API answers in Anthropic's error shape
+		im.GetImmediateResponse().Body = anthropic.ErrorBody(e)
+	}
+	return []*extprocv3.ProcessingResponse{im}
 }
 
 // responseEcho are the response headers a decision reports to the client.

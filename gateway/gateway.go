@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/kvgate/kvgate/anthropic"
 	"github.com/kvgate/kvgate/httpproxy"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
@@ -191,6 +192,7 @@ func newGateway(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Reg
 	g.mux.HandleFunc("POST /v1/completions", complete)
 	g.mux.HandleFunc("POST "+router.PathResponses, complete)
 	g.mux.HandleFunc("POST "+router.PathEmbeddings, complete)
+	g.mux.HandleFunc("POST "+anthropic.Path, messages(complete))
 	g.mux.HandleFunc(patternPassthrough, g.passthrough(complete))
 	g.mux.HandleFunc("GET /v1/models", g.models)
 	g.mux.HandleFunc("GET /health", g.health)

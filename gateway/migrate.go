@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kvgate/kvgate/anthropic"
 	"github.com/kvgate/kvgate/httpproxy"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
@@ -46,6 +47,9 @@ type migration struct {
 // newMigration returns the migration state of a request the gateway can migrate (see
 // openai.NewStitch); nil for anything else.
 func newMigration(path string, body []byte) *migration {
+	if path == anthropic.Path { // an Anthropic stream: openai.Stitch knows only OpenAI's
+		return nil
+	}
 	st := openai.NewStitch(path, body)
 	if st == nil {
 		return nil

@@ -82,7 +82,7 @@ func (w *BodyWatcher) line(l []byte) bool {
 	}
 	first := !w.data
 	w.data = true
-	if u, ok := UsageFromChunk(data); ok {
+	if u, ok := usageOfEvent(data, w.usage); ok {
 		w.usage = u
 	}
 	return first
@@ -100,6 +100,6 @@ func (w *BodyWatcher) Close() *Usage {
 	if w.overflow || len(w.buf) == 0 {
 		return nil
 	}
-	u, _ := UsageFromBody(w.buf)
+	u, _ := usageOfEvent(w.buf, nil)
 	return u
 }

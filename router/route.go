@@ -14,6 +14,7 @@ import (
 	"github.com/zeebo/xxh3"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/kvgate/kvgate/anthropic"
 	"github.com/kvgate/kvgate/kvindex"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -21,7 +22,7 @@ import (
 
 // Request is one request as the proxy hands it over.
 type Request struct {
-	Path    string      // "/v1/chat/completions", "/v1/completions", PathResponses, PathEmbeddings, or any other /v1/ path (passed through)
+	Path    string      // "/v1/chat/completions", "/v1/completions", PathResponses, PathEmbeddings, "/v1/messages", or any other /v1/ path (passed through)
 	Body    []byte      // the client's body
 	Headers http.Header // may be nil
 	Subset  []string    // proxy's subset hint: only these ip:port may be picked (nil = any)
@@ -178,6 +179,12 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 		if err := r.promptEmbeddings(req, &p); err != nil {
 			return nil, err
 		}
+	case anthropic.Path:
+		s, err := r.messagesPrompt(req.Body, &p)
+		if err != nil {
+			return nil, err
+		}
+		stream, includeUsage = s, true // a Messages stream always carries its usage
 	default:
 		if !passesThrough(req.Path) {
 			return nil, notRouted(req.Path)

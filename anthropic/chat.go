@@ -1,0 +1,270 @@
+package anthropic
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+)
+
+// Chat is a Messages request converted to an OpenAI chat completion request, as vLLM's
+// Anthropic server converts it before rendering the chat template.
+type Chat struct {
+	Messages json.RawMessage // the chat "messages" array
+	Tools    json.RawMessage // the chat "tools" array, nil without tools
+	Body     []byte          // a whole /v1/chat/completions body
+}
+
+// ToChat converts r the way vLLM's AnthropicServingMessages does: the system prompt (its
+// text blocks joined) becomes a system message; text blocks become content (a string when
+// there is one, parts otherwise); an image block an image_url part with the source's data;
+// tool_use blocks the assistant's tool_calls (arguments as Python's json.dumps writes the
+// input); each tool_result in a user turn a tool message placed before that turn (content as
+// Python's str() writes it); a turn left with neither content nor tool calls an empty
+// string. Tools become function tools with input_schema as parameters ("type":"object"
+// added when missing); tool_choice auto/any/tool/none become auto/required/named/none, and
+// auto is the default with tools.
+func (r *Request) ToChat() (*Chat, error) {
+	var msgs bytes.Buffer
+	msgs.WriteByte('[')
+	n := 0
+	add := func(parts ...any) {
+		if n > 0 {
+			msgs.WriteByte(',')
+		}
+		n++
+		writeObject(&msgs, parts...)
+	}
+	if sys := r.System.text(); sys != nil {
+		add("role", "system", "content", *sys)
+	}
+	for i, m := range r.Messages {
+		if m.IsText {
+			add("role", m.Role, "content", m.Text)
+			continue
+		}
+		var parts []json.RawMessage
+		var calls []json.RawMessage
+		for j, b := range m.Blocks {
+			switch b.Type {
+			case "text":
+				if b.Text != "" {
+					parts = append(parts, object("type", "text", "text", b.Text))
+				}
+			case "image":
+				var src struct {
+					Data string `json:"data"`
+				}
+				_ = json.Unmarshal(b.Source, &src)
+				parts = append(parts, object("type", "image_url", "image_url", object("url", src.Data)))
+			case "tool_use":
+				args := "{}"
+				if len(b.Input) > 0 && !bytes.Equal(bytes.TrimSpace(b.Input), []byte("{}")) {
+					var err error
+					if args, err = pyDumps(b.Input); err != nil {
+						return nil, fmt.Errorf("messages.%d.content.%d.input: %w", i, j, err)
+					}
+				}
+				id := b.ID
+				if id == "" {
+					id = "call_0"
+				}
+				calls = append(calls, object("id", id, "type", "function", "function", object("name", b.Name, "arguments", args)))
+			case "tool_result":
+				text, err := b.resultText()
+				if err != nil {
+					return nil, fmt.Errorf("messages.%d.content.%d.content: %w", i, j, err)
+				}
+				if m.Role == "user" {
+					id := b.ToolUseID
+					if id == "" {
+						id = b.ID
+					}
+					add("role", "tool", "tool_call_id", id, "content", text)
+				} else {
+					parts = append(parts, object("type", "text", "text", "Tool result: "+text))
+				}
+			}
+		}
+		fields := []any{"role", m.Role}
+		if len(calls) > 0 {
+			fields = append(fields, "tool_calls", calls)
+		}
+		switch {
+		case len(parts) == 1 && bytes.HasPrefix(parts[0], []byte(`{"type":"text"`)):
+			var p struct {
+				Text string `json:"text"`
+			}
+			_ = json.Unmarshal(parts[0], &p)
+			fields = append(fields, "content", p.Text)
+		case len(parts) > 0:
+			fields = append(fields, "content", parts)
+		case len(calls) == 0:
+			fields = append(fields, "content", "")
+		}
+		add(fields...)
+	}
+	msgs.WriteByte(']')
+
+	c := &Chat{Messages: msgs.Bytes()}
+	if r.Tools != nil {
+		var tools bytes.Buffer
+		tools.WriteByte('[')
+		for i, t := range r.Tools {
+			if i > 0 {
+				tools.WriteByte(',')
+			}
+			fn := []any{"name", t.Name}
+			if t.Description != nil {
+				fn = append(fn, "description", *t.Description)
+			}
+			fn = append(fn, "parameters", schemaWithType(t.InputSchema))
+			writeObject(&tools, "type", "function", "function", object(fn...))
+		}
+		tools.WriteByte(']')
+		c.Tools = tools.Bytes()
+	}
+
+	body := []any{"model", r.Model, "messages", c.Messages, "max_tokens", r.MaxTokens, "max_completion_tokens", r.MaxTokens}
+	if r.StopSequences != nil {
+		body = append(body, "stop", r.StopSequences)
+	}
+	if r.Temperature != nil {
+		body = append(body, "temperature", *r.Temperature)
+	}
+	if r.TopP != nil {
+		body = append(body, "top_p", *r.TopP)
+	}
+	if r.TopK != nil {
+		body = append(body, "top_k", *r.TopK)
+	}
+	if r.Stream {
+		body = append(body, "stream", true, "stream_options", object("include_usage", true, "continuous_usage_stats", true))
+	}
+	if choice := r.chatToolChoice(); choice != nil {
+		body = append(body, "tool_choice", choice)
+	}
+	if c.Tools != nil {
+		body = append(body, "tools", c.Tools)
+	}
+	c.Body = object(body...)
+	return c, nil
+}
+
+// text is the system message's content, nil when there is none (vLLM skips an empty
+// system string).
+func (s System) text() *string {
+	if s.IsText {
+		if s.Text == "" {
+			return nil
+		}
+		return &s.Text
+	}
+	if len(s.Blocks) == 0 {
+		return nil
+	}
+	var t string
+	for _, b := range s.Blocks {
+		t += b.Text
+	}
+	return &t
+}
+
+// resultText is a tool_result's content as vLLM's str(block.content) writes it: a string as
+// is, blocks as Python's repr of the list, nothing (or an empty one) as "".
+func (b Block) resultText() (string, error) {
+	switch kind(b.Content) {
+	case "a string":
+		var s string
+		_ = json.Unmarshal(b.Content, &s)
+		return s, nil
+	case "an array":
+		if bytes.Equal(bytes.Join(bytes.Fields(b.Content), nil), []byte("[]")) {
+			return "", nil
+		}
+		return pyStr(b.Content)
+	}
+	return "", nil
+}
+
+func (r *Request) chatToolChoice() json.RawMessage {
+	if r.ToolChoice == nil {
+		if r.Tools != nil {
+			return json.RawMessage(`"auto"`)
+		}
+		return nil
+	}
+	switch r.ToolChoice.Type {
+	case "auto":
+		return json.RawMessage(`"auto"`)
+	case "any":
+		return json.RawMessage(`"required"`)
+	case "none":
+		return json.RawMessage(`"none"`)
+	case "tool":
+		return object("type", "function", "function", object("name", r.ToolChoice.Name))
+	}
+	return nil
+}
+
+// schemaWithType adds "type":"object" to a schema that has no type, at its end, as vLLM's
+// validator does.
+func schemaWithType(schema json.RawMessage) json.RawMessage {
+	var probe map[string]json.RawMessage
+	if json.Unmarshal(schema, &probe) != nil {
+		return schema
+	}
+	if _, ok := probe["type"]; ok {
+		return schema
+	}
+	s := bytes.TrimSpace(schema)
+	if len(probe) == 0 {
+		return json.RawMessage(`{"type":"object"}`)
+	}
+	out := append([]byte{}, s[:len(s)-1]...)
+	return append(out, `,"type":"object"}`...)
+}
+
+// object writes a JSON object from key, value pairs in order; a json.RawMessage value is
+// written as is, a []json.RawMessage as an array of them.
+func object(kv ...any) json.RawMessage {
+	var b bytes.Buffer
+	writeObject(&b, kv...)
+	return b.Bytes()
+}
+
+func writeObject(b *bytes.Buffer, kv ...any) {
+	b.WriteByte('{')
+	for i := 0; i+1 < len(kv); i += 2 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		writeJSON(b, kv[i])
+		b.WriteByte(':')
+		writeJSON(b, kv[i+1])
+	}
+	b.WriteByte('}')
+}
+
+func writeJSON(b *bytes.Buffer, v any) {
+	switch v := v.(type) {
+	case json.RawMessage:
+		b.Write(v)
+	case []json.RawMessage:
+		b.WriteByte('[')
+		for i, x := range v {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.Write(x)
+		}
+		b.WriteByte(']')
+	case int:
+		b.WriteString(strconv.Itoa(v))
+	default:
+		enc := json.NewEncoder(b)
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(v) // strings, floats, bools, []string: cannot fail
+		b.Truncate(b.Len() - 1)
+	}
+}
