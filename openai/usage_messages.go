@@ -29,6 +29,7 @@ func usageOfEvent(data []byte, prev *Usage) (*Usage, bool) {
 		return UsageFromChunk(data)
 	}
 	var v struct {
+		Type    string         `json:"type"`
 		Usage   *messagesUsage `json:"usage"`
 		Message *struct {
 			Usage *messagesUsage `json:"usage"`
@@ -36,6 +37,11 @@ func usageOfEvent(data []byte, prev *Usage) (*Usage, bool) {
 	}
 	if json.Unmarshal(data, &v) != nil {
 		return nil, false
+	}
+	switch v.Type {
+	case "message", "message_start", "message_delta":
+	default: // OpenAI's Responses API names its counts input_tokens/output_tokens too
+		return UsageFromChunk(data)
 	}
 	mu := v.Usage
 	if mu == nil && v.Message != nil {
