@@ -201,9 +201,9 @@ func (st *stream) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 }
 
 func (st *stream) requestHeaders(ctx context.Context, req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) ([]*extprocv3.ProcessingResponse, bool) {
-	hdr, pseudo := headerMap(h.GetHeaders())
+	hdr, path := headerMap(h.GetHeaders())
 	st.headers = hdr
-	st.path = pseudo[":path"]
+	st.path = path
 	if i := strings.IndexByte(st.path, '?'); i >= 0 {
 		st.path = st.path[:i]
 	}
@@ -322,7 +322,9 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	if st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
 		hr := continueHeaders(false, mut, true)
 		hr.DynamicMetadata = md
-		return append([]*extprocv3.ProcessingResponse{hr}, streamedBody(false, body, endOfStream)...), false
+		out := make([]*extprocv3.ProcessingResponse, 1, 2+len(body)/MaxChunk)
+		out[0] = hr
+		return appendStreamedBody(out, false, body, endOfStream), false
 	}
 	cr := &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: true}
 	if mutated {
@@ -365,17 +367,19 @@ func (st *stream) reject(e *openai.Error) []*extprocv3.ProcessingResponse {
 var responseEcho = []string{router.HeaderEndpoint, router.HeaderCachedBlocks, router.HeaderPrefillEndpoint}
 
 func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) []*extprocv3.ProcessingResponse {
-	hdr, pseudo := headerMap(h.GetHeaders())
+	// The response headers are read in place: only a few of them matter.
+	hm := h.GetHeaders()
 	st.started = true
-	st.status, _ = strconv.Atoi(pseudo[":status"])
+	st.status, _ = strconv.Atoi(headerValue(hm, ":status"))
 	d := st.decision
 	if d == nil {
 		return []*extprocv3.ProcessingResponse{continueHeaders(true, nil, false)}
 	}
-	if served := servedEndpoint(req.GetMetadataContext(), hdr); served != "" {
+	if served := servedEndpoint(req.GetMetadataContext(), hm); served != "" {
 		d.Served(served)
 	}
-	sse := strings.HasPrefix(hdr.Get("content-type"), "text/event-stream") || (d.Stream && hdr.Get("content-type") == "")
+	ctype := headerValue(hm, "content-type")
+	sse := strings.HasPrefix(ctype, "text/event-stream") || (d.Stream && ctype == "")
 	st.watcher = openai.NewBodyWatcher(sse, st.s.cfg.MaxResponseBuffer)
 	if sse && d.UsageForced && st.respMode != filterv3.ProcessingMode_NONE {
 		st.strip = &openai.UsageStripper{}
@@ -387,7 +391,7 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 			echo.Set(k, v)
 		}
 	}
-	if hdr.Get(router.HeaderPrefillFallback) != "" { // the decode side prefilled
+	if headerValue(hm, router.HeaderPrefillFallback) != "" { // the decode side prefilled
 		echo.Del(router.HeaderPrefillEndpoint)
 	}
 	mut := setHeaders(echo)
