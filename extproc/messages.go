@@ -15,46 +15,75 @@ import (
 	"github.com/kvgate/kvgate/router"
 )
 
-// headerMap turns Envoy's header map into an http.Header and returns the pseudo-headers
-// (":path", ":method", ":status", ...) apart, keyed by name.
-func headerMap(m *corev3.HeaderMap) (http.Header, map[string]string) {
-	h := http.Header{}
-	pseudo := map[string]string{}
-	for _, kv := range m.GetHeaders() {
-		v := kv.GetValue()
-		if raw := kv.GetRawValue(); len(raw) > 0 {
-			v = string(raw)
-		}
+// headerMap turns Envoy's header map into an http.Header and returns the pseudo-header
+// :path apart (the other pseudo-headers are dropped).
+func headerMap(m *corev3.HeaderMap) (h http.Header, path string) {
+	kvs := m.GetHeaders()
+	h = make(http.Header, len(kvs))
+	for _, kv := range kvs {
 		k := kv.GetKey()
 		if strings.HasPrefix(k, ":") {
-			pseudo[k] = v
+			if k == ":path" {
+				path = value(kv)
+			}
 			continue
 		}
-		h.Add(k, v)
+		h.Add(k, value(kv))
 	}
-	return h, pseudo
+	return h, path
+}
+
+// headerValue is the first value of the header named name (any case) in m, "" when absent.
+func headerValue(m *corev3.HeaderMap, name string) string {
+	for _, kv := range m.GetHeaders() {
+		if strings.EqualFold(kv.GetKey(), name) {
+			return value(kv)
+		}
+	}
+	return ""
+}
+
+// value is a header's value: raw_value when set (Envoy sends that), else value.
+func value(kv *corev3.HeaderValue) string {
+	if raw := kv.GetRawValue(); len(raw) > 0 {
+		return string(raw)
+	}
+	return kv.GetValue()
 }
 
 // setHeaders is a header mutation that sets every header of h, replacing what is there.
-// Keys are sent lower-case and in sorted order, so the mutation is deterministic.
+// Keys are sent lower-case and in sorted order, so the mutation is deterministic. The
+// options, their values and the value bytes are each allocated once for all headers.
 func setHeaders(h http.Header) *extprocv3.HeaderMutation {
 	if len(h) == 0 {
 		return nil
 	}
 	keys := make([]string, 0, len(h))
-	for k := range h {
+	size := 0
+	for k, v := range h {
 		keys = append(keys, k)
+		for _, s := range v {
+			size += len(s) + 1
+		}
 	}
 	sort.Strings(keys)
-	mut := &extprocv3.HeaderMutation{}
-	for _, k := range keys {
-		mut.SetHeaders = append(mut.SetHeaders, &corev3.HeaderValueOption{
-			Header: &corev3.HeaderValue{
-				Key:      strings.ToLower(k),
-				RawValue: []byte(strings.Join(h[k], ",")),
-			},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		})
+	opts := make([]corev3.HeaderValueOption, len(keys))
+	vals := make([]corev3.HeaderValue, len(keys))
+	mut := &extprocv3.HeaderMutation{SetHeaders: make([]*corev3.HeaderValueOption, len(keys))}
+	buf := make([]byte, 0, size)
+	for i, k := range keys {
+		start := len(buf)
+		for j, s := range h[k] {
+			if j > 0 {
+				buf = append(buf, ',')
+			}
+			buf = append(buf, s...)
+		}
+		vals[i].Key = strings.ToLower(k)
+		vals[i].RawValue = buf[start:len(buf):len(buf)]
+		opts[i].Header = &vals[i]
+		opts[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		mut.SetHeaders[i] = &opts[i]
 	}
 	return mut
 }
@@ -66,7 +95,7 @@ func pickHeaders(d *router.Decision, bodyLen int) http.Header {
 	if h == nil {
 		h = http.Header{}
 	}
-	h.Set("content-length", strconv.Itoa(bodyLen))
+	h["Content-Length"] = []string{strconv.Itoa(bodyLen)}
 	return h
 }
 
@@ -112,13 +141,13 @@ func subsetHint(md *corev3.Metadata) []string {
 
 // servedEndpoint returns the endpoint the proxy reports having used, from the metadata
 // envoy.lb / x-gateway-destination-endpoint-served, or else from the header of that name.
-func servedEndpoint(md *corev3.Metadata, h http.Header) string {
+func servedEndpoint(md *corev3.Metadata, h *corev3.HeaderMap) string {
 	if ns, ok := md.GetFilterMetadata()[router.MetadataNamespace]; ok {
 		if v := ns.GetFields()[router.HeaderDestinationServed].GetStringValue(); v != "" {
 			return v
 		}
 	}
-	return h.Get(router.HeaderDestinationServed)
+	return headerValue(h, router.HeaderDestinationServed)
 }
 
 // immediate is the ImmediateResponse carrying err as an OpenAI error body.
@@ -155,25 +184,57 @@ func continueHeaders(response bool, mut *extprocv3.HeaderMutation, clearRoute bo
 
 // bodyResponse answers a request or response body message with cr.
 func bodyResponse(response bool, cr *extprocv3.CommonResponse) *extprocv3.ProcessingResponse {
-	br := &extprocv3.BodyResponse{Response: cr}
+	m := &bodyMessage{}
+	m.br.Response = cr
+	return m.wrap(response)
+}
+
+// bodyMessage is a body response with its parts in one allocation.
+type bodyMessage struct {
+	pr   extprocv3.ProcessingResponse
+	req  extprocv3.ProcessingResponse_RequestBody
+	resp extprocv3.ProcessingResponse_ResponseBody
+	br   extprocv3.BodyResponse
+}
+
+func (m *bodyMessage) wrap(response bool) *extprocv3.ProcessingResponse {
 	if response {
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: br}}
+		m.resp.ResponseBody = &m.br
+		m.pr.Response = &m.resp
+	} else {
+		m.req.RequestBody = &m.br
+		m.pr.Response = &m.req
 	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: br}}
+	return &m.pr
+}
+
+// streamedMessage is a streamed body response with its parts in one allocation.
+type streamedMessage struct {
+	bodyMessage
+	cr extprocv3.CommonResponse
+	bm extprocv3.BodyMutation
+	sr extprocv3.BodyMutation_StreamedResponse
+	sb extprocv3.StreamedBodyResponse
 }
 
 // streamedBody re-emits body as streamed body responses of at most MaxChunk bytes; the last
 // carries endOfStream. An empty body is one empty chunk.
 func streamedBody(response bool, body []byte, endOfStream bool) []*extprocv3.ProcessingResponse {
-	var out []*extprocv3.ProcessingResponse
+	return appendStreamedBody(make([]*extprocv3.ProcessingResponse, 0, 1+len(body)/MaxChunk), response, body, endOfStream)
+}
+
+// appendStreamedBody appends streamedBody's responses to out.
+func appendStreamedBody(out []*extprocv3.ProcessingResponse, response bool, body []byte, endOfStream bool) []*extprocv3.ProcessingResponse {
 	for {
 		n := min(len(body), MaxChunk)
 		last := n == len(body)
-		out = append(out, bodyResponse(response, &extprocv3.CommonResponse{
-			BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_StreamedResponse{
-				StreamedResponse: &extprocv3.StreamedBodyResponse{Body: body[:n], EndOfStream: last && endOfStream},
-			}},
-		}))
+		m := &streamedMessage{}
+		m.sb.Body, m.sb.EndOfStream = body[:n], last && endOfStream
+		m.sr.StreamedResponse = &m.sb
+		m.bm.Mutation = &m.sr
+		m.cr.BodyMutation = &m.bm
+		m.br.Response = &m.cr
+		out = append(out, m.wrap(response))
 		body = body[n:]
 		if last {
 			return out

@@ -44,6 +44,18 @@ type metrics struct {
 	responseTimeouts prometheus.Counter
 	idle             prometheus.Counter
 	bufferFull       prometheus.Counter
+
+	// Children of messages and streams resolved once: a label lookup per message costs
+	// a hash and a lock.
+	msg      messageCounters
+	outcomes map[string]prometheus.Counter
+}
+
+// messageCounters are the children of MetricMessages, one per kind of message.
+type messageCounters struct {
+	requestHeaders, requestBody, requestTrailers    prometheus.Counter
+	responseHeaders, responseBody, responseTrailers prometheus.Counter
+	unknown                                         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, error) {
@@ -77,6 +89,16 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		bufferFull: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: MetricBufferFull, Help: "Request bodies refused with 503 because the buffered total across streams was reached.",
 		}),
+	}
+	m.msg = messageCounters{
+		requestHeaders: m.messages.WithLabelValues("request_headers"), requestBody: m.messages.WithLabelValues("request_body"),
+		requestTrailers: m.messages.WithLabelValues("request_trailers"), responseHeaders: m.messages.WithLabelValues("response_headers"),
+		responseBody: m.messages.WithLabelValues("response_body"), responseTrailers: m.messages.WithLabelValues("response_trailers"),
+		unknown: m.messages.WithLabelValues("unknown"),
+	}
+	m.outcomes = map[string]prometheus.Counter{}
+	for _, o := range []string{outcomeCompleted, outcomeRejected, outcomePassed, outcomeAborted, outcomeIdle} {
+		m.outcomes[o] = m.streams.WithLabelValues(o)
 	}
 	bufferedGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: MetricBufferedBytes, Help: "Request body bytes buffered across all open streams.",

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -203,9 +204,29 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, lis)
 }
 
+// Flow-control windows of the gRPC server. Fixed windows turn off grpc-go's bandwidth
+// estimator, which otherwise answers data frames with PING frames; a window larger than
+// a typical request body also spares most WINDOW_UPDATE frames. They bound what one stream
+// (one connection) may have unread, not what is allocated.
+const (
+	streamWindow = 1 << 20
+	connWindow   = 16 << 20
+)
+
+// serverOptions are the gRPC options every Server uses: streams run on a fixed set of
+// worker goroutines (their stacks stay grown, no goroutine is created per stream) and the
+// windows above.
+func serverOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
+	}
+}
+
 // Serve serves on lis until ctx ends (see Run).
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	var opts []grpc.ServerOption
+	opts := serverOptions()
 	if s.cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(s.cfg.TLS)))
 	}

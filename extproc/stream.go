@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -26,14 +27,28 @@ var errAborted = errors.New("ext_proc stream ended before the response completed
 
 // Process serves one ext_proc stream: one HTTP request and its response.
 //
-// One loop per stream: a reader goroutine hands messages over, the loop selects on them and
-// on the stream's context, and a deferred finish always releases the request's load and
-// records the outcome, however the stream ends.
+// A reader goroutine receives each message, handles it and sends the answers itself, with
+// no hand-off per message; the handler goroutine waits for the stream to end, its context
+// to end or the idle timeout (a blocked Recv cannot be interrupted any other way: returning
+// from the handler ends the stream). mu guards the stream state between the reader, the
+// response timer and the deferred finish, which always releases the request's load and
+// records the outcome, however the stream ends; nothing is sent once it has run.
 func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 	ctx := srv.Context()
 	st := &stream{s: s, reqMode: filterv3.ProcessingMode_BUFFERED, respMode: filterv3.ProcessingMode_NONE}
 	s.metrics.active.Inc()
+	var (
+		mu       sync.Mutex
+		closed   bool        // the handler is returning: the reader handles nothing more
+		respWait *time.Timer // from the pick until the response starts
+	)
 	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		closed = true
+		if respWait != nil {
+			respWait.Stop()
+		}
 		st.freeBody()
 		st.release(errAborted)
 		outcome := st.outcome
@@ -43,76 +58,71 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		if st.span != nil {
 			st.endSpans(outcome)
 		}
-		s.metrics.streams.WithLabelValues(outcome).Inc()
+		s.metrics.outcomes[outcome].Inc()
 		s.metrics.active.Dec()
-	}()
-
-	msgs := make(chan *extprocv3.ProcessingRequest)
-	errc := make(chan error, 1)
-	go func() {
-		for {
-			req, err := srv.Recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			select {
-			case msgs <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
 	}()
 
 	idle := newTimer(s.cfg.IdleTimeout)
 	defer idle.Stop()
-	var respWait *time.Timer // from the pick until the response starts
-	defer func() {
-		if respWait != nil {
-			respWait.Stop()
+	noResponse := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !closed && !st.started && st.decision != nil && !st.released {
+			s.metrics.responseTimeouts.Inc()
+			s.log.Warn("no response within the bound after the pick; its load is released",
+				"endpoint", st.decision.Endpoint.Address, "timeout", s.cfg.ResponseTimeout)
+			st.release(errNoResponse)
 		}
-	}()
-	for {
-		select {
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		case err := <-errc:
-			if errors.Is(err, io.EOF) {
-				return nil
+	}
+	done := make(chan error, 1) // the reader's last word: nil after an ImmediateResponse
+	go func() {
+		for {
+			req, err := srv.Recv()
+			if err != nil {
+				done <- err
+				return
 			}
-			if status.Code(err) == codes.Canceled {
-				return nil
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				return
 			}
-			return err
-		case <-idle.C:
-			s.metrics.idle.Inc()
-			st.outcome = outcomeIdle
-			return status.Errorf(codes.DeadlineExceeded, "ext_proc stream idle for %v", s.cfg.IdleTimeout)
-		case <-timerC(respWait):
-			if !st.started && st.decision != nil && !st.released {
-				s.metrics.responseTimeouts.Inc()
-				s.log.Warn("no response within the bound after the pick; its load is released",
-					"endpoint", st.decision.Endpoint.Address, "timeout", s.cfg.ResponseTimeout)
-				st.release(errNoResponse)
-			}
-		case req := <-msgs:
 			if s.cfg.IdleTimeout > 0 {
 				idle.Reset(s.cfg.IdleTimeout)
 			}
 			picked := st.decision != nil
 			out, final := st.handle(ctx, req)
 			if !picked && st.decision != nil && s.cfg.ResponseTimeout > 0 {
-				respWait = time.NewTimer(s.cfg.ResponseTimeout)
+				respWait = time.AfterFunc(s.cfg.ResponseTimeout, noResponse)
 			}
 			for _, r := range out {
-				if err := srv.Send(r); err != nil {
-					return err
+				if err = srv.Send(r); err != nil {
+					break
 				}
 			}
-			if final {
-				return nil
+			mu.Unlock()
+			if err != nil || final {
+				done <- err
+				return
 			}
 		}
+	}()
+
+	select {
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	case err := <-done:
+		if err == nil || errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+			return nil
+		}
+		return err
+	case <-idle.C:
+		mu.Lock()
+		closed = true
+		s.metrics.idle.Inc()
+		st.outcome = outcomeIdle
+		mu.Unlock()
+		return status.Errorf(codes.DeadlineExceeded, "ext_proc stream idle for %v", s.cfg.IdleTimeout)
 	}
 }
 
@@ -127,14 +137,6 @@ func newTimer(d time.Duration) *time.Timer {
 		return t
 	}
 	return time.NewTimer(d)
-}
-
-// timerC is t's channel, nil (never ready) for a nil timer.
-func timerC(t *time.Timer) <-chan time.Time {
-	if t == nil {
-		return nil
-	}
-	return t.C
 }
 
 // stream is the state of one ext_proc stream. Routing state (the decision) is kept apart
@@ -175,16 +177,16 @@ func (st *stream) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 	if pc := req.GetProtocolConfig(); pc != nil {
 		st.reqMode, st.respMode = pc.GetRequestBodyMode(), pc.GetResponseBodyMode()
 	}
-	m := st.s.metrics.messages
+	m := &st.s.metrics.msg
 	switch v := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		m.WithLabelValues("request_headers").Inc()
+		m.requestHeaders.Inc()
 		return st.requestHeaders(ctx, req, v.RequestHeaders)
 	case *extprocv3.ProcessingRequest_RequestBody:
-		m.WithLabelValues("request_body").Inc()
+		m.requestBody.Inc()
 		return st.requestBody(ctx, v.RequestBody)
 	case *extprocv3.ProcessingRequest_RequestTrailers:
-		m.WithLabelValues("request_trailers").Inc()
+		m.requestTrailers.Inc()
 		if st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED && !st.routed {
 			out, final = st.pick(ctx, false)
 			if final {
@@ -193,30 +195,30 @@ func (st *stream) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 		}
 		return append(out, trailersResponse(false)), false
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		m.WithLabelValues("response_headers").Inc()
+		m.responseHeaders.Inc()
 		return st.responseHeaders(req, v.ResponseHeaders), false
 	case *extprocv3.ProcessingRequest_ResponseBody:
-		m.WithLabelValues("response_body").Inc()
+		m.responseBody.Inc()
 		return st.responseBody(v.ResponseBody), false
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		m.WithLabelValues("response_trailers").Inc()
+		m.responseTrailers.Inc()
 		st.complete()
 		return []*extprocv3.ProcessingResponse{trailersResponse(true)}, false
 	default:
-		m.WithLabelValues("unknown").Inc()
+		m.unknown.Inc()
 		return nil, false
 	}
 }
 
 func (st *stream) requestHeaders(ctx context.Context, req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) ([]*extprocv3.ProcessingResponse, bool) {
-	hdr, pseudo := headerMap(h.GetHeaders())
+	hdr, path := headerMap(h.GetHeaders())
 	st.headers = hdr
-	st.path = pseudo[":path"]
+	st.path = path
 	if i := strings.IndexByte(st.path, '?'); i >= 0 {
 		st.path = st.path[:i]
 	}
 	if st.s.cfg.Tracer != nil && st.span == nil {
-		st.startSpan(ctx, pseudo[":method"])
+		st.startSpan(ctx, headerValue(h.GetHeaders(), ":method"))
 	}
 	st.subset = subsetHint(req.GetMetadataContext())
 	if h.GetEndOfStream() && picksWithoutBody(st.path) {
@@ -339,7 +341,9 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	if st.reqMode == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
 		hr := continueHeaders(false, mut, true)
 		hr.DynamicMetadata = md
-		return append([]*extprocv3.ProcessingResponse{hr}, streamedBody(false, body, endOfStream)...), false
+		out := make([]*extprocv3.ProcessingResponse, 1, 2+len(body)/MaxChunk)
+		out[0] = hr
+		return appendStreamedBody(out, false, body, endOfStream), false
 	}
 	cr := &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: true}
 	if mutated {
@@ -389,9 +393,10 @@ func (st *stream) reject(e *openai.Error) []*extprocv3.ProcessingResponse {
 var responseEcho = []string{router.HeaderEndpoint, router.HeaderCachedBlocks, router.HeaderPrefillEndpoint}
 
 func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) []*extprocv3.ProcessingResponse {
-	hdr, pseudo := headerMap(h.GetHeaders())
+	// The response headers are read in place: only a few of them matter.
+	hm := h.GetHeaders()
 	st.started = true
-	st.status, _ = strconv.Atoi(pseudo[":status"])
+	st.status, _ = strconv.Atoi(headerValue(hm, ":status"))
 	if st.span != nil {
 		st.traceStatus(st.status)
 	}
@@ -399,10 +404,11 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 	if d == nil {
 		return []*extprocv3.ProcessingResponse{continueHeaders(true, nil, false)}
 	}
-	if served := servedEndpoint(req.GetMetadataContext(), hdr); served != "" {
+	if served := servedEndpoint(req.GetMetadataContext(), hm); served != "" {
 		d.Served(served)
 	}
-	sse := strings.HasPrefix(hdr.Get("content-type"), "text/event-stream") || (d.Stream && hdr.Get("content-type") == "")
+	ctype := headerValue(hm, "content-type")
+	sse := strings.HasPrefix(ctype, "text/event-stream") || (d.Stream && ctype == "")
 	st.watcher = openai.NewBodyWatcher(sse, st.s.cfg.MaxResponseBuffer)
 	if sse && d.UsageForced && st.respMode != filterv3.ProcessingMode_NONE {
 		st.strip = &openai.UsageStripper{}
@@ -414,7 +420,7 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 			echo.Set(k, v)
 		}
 	}
-	if hdr.Get(router.HeaderPrefillFallback) != "" { // the decode side prefilled
+	if headerValue(hm, router.HeaderPrefillFallback) != "" { // the decode side prefilled
 		echo.Del(router.HeaderPrefillEndpoint)
 	}
 	mut := setHeaders(echo)
