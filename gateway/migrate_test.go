@@ -19,6 +19,7 @@ import (
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
+	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -38,7 +39,25 @@ func chainSim(t *testing.T) *sim.Server {
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+	waitServing(t, s.Addr())
 	return s
+}
+
+// waitServing returns once the engine at addr answers /health: its Run has started every
+// goroutine it keeps for its lifetime, so a goleak snapshot taken after holds them all.
+func waitServing(t *testing.T, addr string) {
+	t.Helper()
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: time.Second}
+	polltest.Until(t, 10*time.Second, "engine "+addr+" serving /health", func() bool {
+		resp, err := c.Get("http://" + addr + "/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 // faultProxy is a TCP proxy in front of an engine that can be killed (every connection
@@ -336,9 +355,16 @@ func TestMigrationBounded(t *testing.T) {
 // TestMigratedClientLeaves: a client that leaves a stream after it was migrated releases
 // the router's load and leaves no goroutine behind.
 func TestMigratedClientLeaves(t *testing.T) {
+	// Nothing the test starts outlives it: checked once the engines, proxies and gateway have
+	// stopped (the first cleanup runs last).
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+	// chainSim waits until each engine serves: a snapshot taken while a sim's Run was still
+	// starting its goroutines (driver, transfer listener, HTTP server) counted them as leaks.
 	a, b := chainSim(t), chainSim(t)
 	pa, pb := newFaultProxy(t, a.Addr()), newFaultProxy(t, b.Addr())
 	f := start(t, gateway.Config{}, pa.addr(), pb.addr())
+	// Nothing of the request outlives the client, while every server still runs.
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), goleak.IgnoreAnyFunction("github.com/kvgate/kvgate/gateway.(*Gateway).Serve.func1"), goleak.IgnoreAnyFunction("github.com/kvgate/kvgate/httpproxy.Serve.func1"))
 	body := `{"model":"` + model + `","stream":true,"max_tokens":200,"ignore_eos":true,"prompt":"Leave early."}`
 	ctx, cancel := context.WithCancel(context.Background())

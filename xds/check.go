@@ -3,6 +3,7 @@ package xds
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -14,8 +15,9 @@ import (
 
 // Check verifies that resources are what Envoy would accept: every resource passes its
 // proto validation with typed configs unpacked and validated too, names are unique, every
-// route names an existing cluster, every listener's RDS name exists, and EDS clusters and
-// assignments match one to one. It joins every problem found.
+// route names an existing cluster and can be reached (no earlier route takes all its paths),
+// every listener's RDS name exists, and EDS clusters and assignments match one to one. It
+// joins every problem found.
 func Check(r *Resources) error {
 	v := envoy.NewValidator()
 	validate := func(kind, name string, m proto.Message) error {
@@ -58,6 +60,7 @@ func Check(r *Resources) error {
 		}
 		routes[rc.GetName()] = true
 		for _, vh := range rc.GetVirtualHosts() {
+			errs = append(errs, shadowed(vh)...)
 			for _, rt := range vh.GetRoutes() {
 				if a, ok := rt.GetAction().(*route.Route_Route); ok {
 					if name := a.Route.GetCluster(); clusters[name] == nil {
@@ -90,4 +93,35 @@ func Check(r *Resources) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// shadowed reports the routes of vh no request reaches because an earlier route matching on
+// the path alone (exact or prefix, case sensitive) takes every path they match: an exact
+// route after a prefix covering it, as Envoy takes the first match.
+func shadowed(vh *route.VirtualHost) []error {
+	var errs []error
+	rs := vh.GetRoutes()
+	for i, r := range rs {
+		exact, prefix := r.GetMatch().GetPath(), r.GetMatch().GetPrefix()
+		for _, e := range rs[:i] {
+			m := e.GetMatch()
+			if len(m.GetHeaders()) > 0 || len(m.GetQueryParameters()) > 0 || m.GetCaseSensitive() != nil ||
+				m.GetRuntimeFraction() != nil || m.GetGrpc() != nil || m.GetTlsContext() != nil ||
+				len(m.GetDynamicMetadata()) > 0 || m.GetFilterState() != nil {
+				continue // matches only some requests
+			}
+			var covers bool
+			switch p := m.GetPathSpecifier().(type) {
+			case *route.RouteMatch_Path:
+				covers = exact != "" && exact == p.Path
+			case *route.RouteMatch_Prefix:
+				covers = exact != "" && strings.HasPrefix(exact, p.Prefix) || prefix != "" && strings.HasPrefix(prefix, p.Prefix)
+			}
+			if covers {
+				errs = append(errs, fmt.Errorf("route %q is never reached: route %q before it takes all its requests", r.GetName(), e.GetName()))
+				break
+			}
+		}
+	}
+	return errs
 }

@@ -64,6 +64,14 @@ func TestCheck(t *testing.T) {
 		{"unknown typed config", func(r *xds.Resources) {
 			r.Clusters[0].TypedExtensionProtocolOptions["x"] = &anypb.Any{TypeUrl: "type.googleapis.com/no.such.Type"}
 		}, "no.such.Type"},
+		{"passthrough prefix before the exact inference routes", func(r *xds.Resources) {
+			rs := r.Routes[0].VirtualHosts[0].Routes
+			for i, rt := range rs {
+				if rt.GetMatch().GetPrefix() == xds.PathPassthrough {
+					r.Routes[0].VirtualHosts[0].Routes = append([]*route.Route{rt}, append(rs[:i:i], rs[i+1:]...)...)
+				}
+			}
+		}, "never reached"},
 		{"bad cluster type for EDS", func(r *xds.Resources) {
 			for _, c := range r.Clusters {
 				if c.GetName() == xds.ModelCluster("m") {

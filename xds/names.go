@@ -40,15 +40,24 @@ const (
 	metricEndpoints = "kvgate_xds_endpoints"
 )
 
-// OpenAI paths the listener routes.
+// API paths the listener routes (the router's own: router.PathResponses, anthropic.Path ...).
 const (
 	PathChatCompletions = "/v1/chat/completions"
 	PathCompletions     = "/v1/completions"
+	PathResponses       = "/v1/responses"
+	PathEmbeddings      = "/v1/embeddings"
+	PathMessages        = "/v1/messages" // Anthropic
 	PathModels          = "/v1/models"
+	// PathPassthrough prefixes every other API path: the router passes those through to a
+	// load-aware pick (GET /v1/files/x, POST /v1/audio/...).
+	PathPassthrough = "/v1/"
 )
 
-// inferencePaths are the paths the router picks an engine for.
-func inferencePaths() []string { return []string{PathChatCompletions, PathCompletions} }
+// inferencePaths are the paths the router reads the body of to pick an engine, each matched
+// exactly; every other path under PathPassthrough is picked too, after them.
+func inferencePaths() []string {
+	return []string{PathChatCompletions, PathCompletions, PathResponses, PathEmbeddings, PathMessages}
+}
 
 // ModelCluster names the EDS cluster of a model's pool.
 func ModelCluster(model string) string { return modelClusterPrefix + model }

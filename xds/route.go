@@ -14,14 +14,16 @@ import (
 )
 
 // notFoundBody is the OpenAI-shaped error for paths kvgate does not serve.
-const notFoundBody = `{"error":{"message":"kvgate serves /v1/chat/completions, /v1/completions and /v1/models","type":"invalid_request_error","param":null,"code":"not_found"}}`
+const notFoundBody = `{"error":{"message":"kvgate serves the OpenAI API and Anthropic /v1/messages under /v1/","type":"invalid_request_error","param":null,"code":"not_found"}}`
 
-// buildRoutes is the route table, in match order:
+// buildRoutes is the route table, in match order (Envoy takes the first route that matches):
 //  1. per model and inference path, header x-kvgate-model = model and no picked endpoint:
 //     the model's EDS pool (Envoy balances; used when the router leaves the choice to Envoy);
-//  2. per inference path: the ORIGINAL_DST cluster, to the endpoint the router picked;
+//  2. per inference path (exact): the ORIGINAL_DST cluster, to the endpoint the router picked;
 //  3. /v1/models: any engine, without calling the router;
-//  4. anything else: an OpenAI-shaped 404.
+//  4. /v1/ itself: the 404 below (no API lives there);
+//  5. any other path under /v1/ (prefix): the picked endpoint; the router passes it through;
+//  6. anything else: an OpenAI-shaped 404.
 func buildRoutes(models []string, o Options) *route.RouteConfiguration {
 	var routes []*route.Route
 	for _, model := range models {
@@ -61,29 +63,17 @@ func buildRoutes(models []string, o Options) *route.RouteConfiguration {
 				},
 			}},
 			// Listing models picks nothing: the router is not asked.
-			TypedPerFilterConfig: map[string]*anypb.Any{
-				extProcFilterName: envoy.Any(&extproc.ExtProcPerRoute{
-					Override: &extproc.ExtProcPerRoute_Disabled{Disabled: true},
-				}),
-			},
+			TypedPerFilterConfig: extProcOff(),
 		},
+		notFoundRoute("not_found"+PathPassthrough, &route.RouteMatch{PathSpecifier: &route.RouteMatch_Path{Path: PathPassthrough}}),
 		&route.Route{
-			Name:  "not_found",
-			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-			Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
-				Status: 404,
-				Body:   &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: notFoundBody}},
-			}},
-			TypedPerFilterConfig: map[string]*anypb.Any{
-				extProcFilterName: envoy.Any(&extproc.ExtProcPerRoute{
-					Override: &extproc.ExtProcPerRoute_Disabled{Disabled: true},
-				}),
-			},
-			ResponseHeadersToAdd: []*core.HeaderValueOption{{
-				Header:       &core.HeaderValue{Key: "content-type", Value: "application/json"},
-				AppendAction: core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-			}},
+			// Every other API path: the router picks on the headers (no body) or passes the
+			// body through unread, to the least loaded engine of the pool.
+			Name:   PickedCluster + PathPassthrough,
+			Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: PathPassthrough}},
+			Action: &route.Route_Route{Route: inferenceAction(PickedCluster, o)},
 		},
+		notFoundRoute("not_found", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}),
 	)
 	return &route.RouteConfiguration{
 		Name: RouteConfigName,
@@ -102,5 +92,31 @@ func inferenceAction(clusterName string, o Options) *route.RouteAction {
 		ClusterSpecifier: &route.RouteAction_Cluster{Cluster: clusterName},
 		Timeout:          durationpb.New(time.Duration(o.RequestTimeout)),
 		IdleTimeout:      durationpb.New(time.Duration(o.StreamIdleTimeout)),
+	}
+}
+
+// notFoundRoute answers requests matching m with the OpenAI-shaped 404, without the router.
+func notFoundRoute(name string, m *route.RouteMatch) *route.Route {
+	return &route.Route{
+		Name:  name,
+		Match: m,
+		Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
+			Status: 404,
+			Body:   &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: notFoundBody}},
+		}},
+		TypedPerFilterConfig: extProcOff(),
+		ResponseHeadersToAdd: []*core.HeaderValueOption{{
+			Header:       &core.HeaderValue{Key: "content-type", Value: "application/json"},
+			AppendAction: core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}},
+	}
+}
+
+// extProcOff disables the ext_proc filter on a route.
+func extProcOff() map[string]*anypb.Any {
+	return map[string]*anypb.Any{
+		extProcFilterName: envoy.Any(&extproc.ExtProcPerRoute{
+			Override: &extproc.ExtProcPerRoute_Disabled{Disabled: true},
+		}),
 	}
 }

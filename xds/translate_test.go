@@ -265,8 +265,9 @@ func TestTranslateSemantics(t *testing.T) {
 					}
 				}
 			}
-			if toPicked != 2 || toPool != 4 {
-				t.Errorf("routes: %d to the picked cluster, %d to pools; want 2 and 4", toPicked, toPool)
+			// Five exact inference paths and the /v1/ passthrough prefix; five paths per pool.
+			if toPicked != 6 || toPool != 10 {
+				t.Errorf("routes: %d to the picked cluster, %d to pools; want 6 and 10", toPicked, toPool)
 			}
 		})
 	}

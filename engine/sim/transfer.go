@@ -158,17 +158,12 @@ type pullReply struct {
 	Error      string `json:"error,omitempty"`
 }
 
-// serveTransfer accepts block pulls until ctx ends.
+// serveTransfer accepts block pulls until ctx ends. It starts no goroutine of its own
+// before a pull arrives: the listener is closed by a context.AfterFunc, not by a watcher
+// parked for the server's lifetime.
 func (s *Server) serveTransfer(ctx context.Context) {
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-ctx.Done():
-			s.xferLn.Close()
-		case <-done:
-		}
-	}()
+	stop := context.AfterFunc(ctx, func() { s.xferLn.Close() })
+	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
