@@ -2,6 +2,7 @@ package anthropic
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"go/ast"
 	"go/parser"
@@ -56,7 +57,7 @@ func same(t *testing.T, body []byte) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("body %s:\n got %+v\nwant %+v", body, got, want)
 	}
-	wc, wErr := want.ToChat()
+	wc, wErr := want.refToChat()
 	gc, gErr := got.ToChat()
 	if (wErr == nil) != (gErr == nil) || (wErr != nil && wErr.Error() != gErr.Error()) {
 		t.Fatalf("body %s: ToChat err %v, want %v", body, gErr, wErr)
@@ -238,7 +239,7 @@ func (g gen) any(b *bytes.Buffer) {
 	}
 }
 
-var pieces = []string{"", "a", "hello world", `\"q\"`, `\\`, `\n\t`, `\u00e9`, `\ud83d\ude00`, `\ud800`, "é", "日本", "\xff", "user", "assistant", "text", "tool", "auto", "any", "none", "f", "</s>", `\/`, "\u2028"}
+var pieces = []string{"", "a", "hello world", `\"q\"`, `\\`, `\n\t`, `\u00e9`, `\ud83d\ude00`, `\ud800`, "é", "日本", "\xff", "user", "assistant", "text", "tool", "auto", "any", "none", "f", "</s>", `\/`, "\u2028", `\u2029`, `\u0001\b\f`, "<&>"}
 
 func (g gen) str(b *bytes.Buffer) {
 	b.WriteByte('"')
@@ -352,4 +353,75 @@ func (g gen) toolChoice(b *bytes.Buffer) {
 
 func (g gen) metadata(b *bytes.Buffer) {
 	g.object(b, []field{{"user_id", g.str}})
+}
+
+// FuzzAppendString: appendString writes what json.Encoder writes with HTML escaping off.
+func FuzzAppendString(f *testing.F) {
+	for _, s := range []string{"", "plain", "q\"b\\", "\x00\x1f\b\f\n\r\t\x7f", "é\u2028\u2029", "\xff\xc3", "<&>"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(s); err != nil {
+			t.Fatal(err)
+		}
+		if got := appendString(nil, s); !bytes.Equal(got, bytes.TrimSuffix(want.Bytes(), []byte("\n"))) {
+			t.Fatalf("%q: got %s, want %s", s, got, want.Bytes())
+		}
+	})
+}
+
+// BenchmarkParseVsReference times Parse+ToChat against the reference (the code before the
+// one-pass decoder) in the same run, on a long single-turn prompt (as the router's benchmark
+// sends) and on a 20-turn request with tools, tool calls and results.
+func BenchmarkParseVsReference(b *testing.B) {
+	long := strings.Repeat("the quick brown fox jumps over the lazy dog ", 470)
+	var turns strings.Builder
+	turns.WriteString(`{"model":"m","max_tokens":64,"system":"You are terse.","tools":[{"name":"lookup","description":"Looks up.","input_schema":{"type":"object","properties":{"q":{"type":"string"}}}}],"messages":[`)
+	text := strings.Repeat("the quick brown fox jumps over the lazy dog ", 30)
+	for i := range 10 {
+		if i > 0 {
+			turns.WriteByte(',')
+		}
+		turns.WriteString(`{"role":"user","content":[{"type":"text","text":"` + text + `"},{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"result"}]}]},`)
+		turns.WriteString(`{"role":"assistant","content":[{"type":"text","text":"` + text + `"},{"type":"tool_use","id":"t","name":"lookup","input":{"q":"x","n":[1,2.5,true]}}]}`)
+	}
+	turns.WriteString(`]}`)
+	for _, body := range []struct{ name, body string }{
+		{"long", `{"model":"m","stream":true,"max_tokens":128,"system":"You are terse.","messages":[{"role":"user","content":"` + long + `"}]}`},
+		{"turns", turns.String()},
+	} {
+		for _, impl := range []struct {
+			name string
+			run  func([]byte) error
+		}{
+			{"reference", func(body []byte) error {
+				r, err := refParse(body)
+				if err == nil {
+					_, err = r.refToChat()
+				}
+				return err
+			}},
+			{"new", func(body []byte) error {
+				r, err := Parse(body)
+				if err == nil {
+					_, err = r.ToChat()
+				}
+				return err
+			}},
+		} {
+			b.Run(body.name+"/"+impl.name, func(b *testing.B) {
+				in := []byte(body.body)
+				b.SetBytes(int64(len(in)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := impl.run(in); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }

@@ -1,14 +1,16 @@
 package anthropic
 
-// The parser before the one-pass decoder (request.go at b96c38e), kept as the reference the
-// differential test compares Parse against: encoding/json level by level, keys matched
-// exactly through maps.
+// The parser and conversion before the one-pass decoder (request.go and chat.go at b96c38e),
+// kept as the reference the differential test compares Parse and ToChat against:
+// encoding/json level by level, keys matched exactly through maps, strings written with
+// json.Encoder.
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 
 	"github.com/kvgate/kvgate/openai"
 )
@@ -398,4 +400,184 @@ func refNumber(top map[string]json.RawMessage, p string, lo, hi float64, within 
 		return nil, openai.BadRequest(p, "%s: must be within %s, got %g", p, within, f)
 	}
 	return &f, nil
+}
+
+// ToChat converts r the way vLLM's AnthropicServingMessages does: the system prompt (its
+// text blocks joined) becomes a system message; text blocks become content (a string when
+// there is one, parts otherwise); an image block an image_url part with the source's data;
+// tool_use blocks the assistant's tool_calls (arguments as Python's json.dumps writes the
+// input); each tool_result in a user turn a tool message placed before that turn (content as
+// Python's str() writes it); a turn left with neither content nor tool calls an empty
+// string. Tools become function tools with input_schema as parameters ("type":"object"
+// added when missing); tool_choice auto/any/tool/none become auto/required/named/none, and
+// auto is the default with tools.
+func (r *Request) refToChat() (*Chat, error) {
+	var msgs bytes.Buffer
+	msgs.WriteByte('[')
+	n := 0
+	add := func(parts ...any) {
+		if n > 0 {
+			msgs.WriteByte(',')
+		}
+		n++
+		refWriteObject(&msgs, parts...)
+	}
+	if sys := r.System.text(); sys != nil {
+		add("role", "system", "content", *sys)
+	}
+	for i, m := range r.Messages {
+		if m.IsText {
+			add("role", m.Role, "content", m.Text)
+			continue
+		}
+		var parts []json.RawMessage
+		var calls []json.RawMessage
+		for j, b := range m.Blocks {
+			switch b.Type {
+			case "text":
+				if b.Text != "" {
+					parts = append(parts, refObject("type", "text", "text", b.Text))
+				}
+			case "image":
+				var src struct {
+					Data string `json:"data"`
+				}
+				_ = json.Unmarshal(b.Source, &src)
+				parts = append(parts, refObject("type", "image_url", "image_url", refObject("url", src.Data)))
+			case "tool_use":
+				args := "{}"
+				if len(b.Input) > 0 && !bytes.Equal(bytes.TrimSpace(b.Input), []byte("{}")) {
+					var err error
+					if args, err = pyDumps(b.Input); err != nil {
+						return nil, fmt.Errorf("messages.%d.content.%d.input: %w", i, j, err)
+					}
+				}
+				id := b.ID
+				if id == "" {
+					id = "call_0"
+				}
+				calls = append(calls, refObject("id", id, "type", "function", "function", refObject("name", b.Name, "arguments", args)))
+			case "tool_result":
+				text, err := b.resultText()
+				if err != nil {
+					return nil, fmt.Errorf("messages.%d.content.%d.content: %w", i, j, err)
+				}
+				if m.Role == "user" {
+					id := b.ToolUseID
+					if id == "" {
+						id = b.ID
+					}
+					add("role", "tool", "tool_call_id", id, "content", text)
+				} else {
+					parts = append(parts, refObject("type", "text", "text", "Tool result: "+text))
+				}
+			}
+		}
+		fields := []any{"role", m.Role}
+		if len(calls) > 0 {
+			fields = append(fields, "tool_calls", calls)
+		}
+		switch {
+		case len(parts) == 1 && bytes.HasPrefix(parts[0], []byte(`{"type":"text"`)):
+			var p struct {
+				Text string `json:"text"`
+			}
+			_ = json.Unmarshal(parts[0], &p)
+			fields = append(fields, "content", p.Text)
+		case len(parts) > 0:
+			fields = append(fields, "content", parts)
+		case len(calls) == 0:
+			fields = append(fields, "content", "")
+		}
+		add(fields...)
+	}
+	msgs.WriteByte(']')
+
+	c := &Chat{Messages: msgs.Bytes()}
+	if r.Tools != nil {
+		var tools bytes.Buffer
+		tools.WriteByte('[')
+		for i, t := range r.Tools {
+			if i > 0 {
+				tools.WriteByte(',')
+			}
+			fn := []any{"name", t.Name}
+			if t.Description != nil {
+				fn = append(fn, "description", *t.Description)
+			}
+			fn = append(fn, "parameters", schemaWithType(t.InputSchema))
+			refWriteObject(&tools, "type", "function", "function", refObject(fn...))
+		}
+		tools.WriteByte(']')
+		c.Tools = tools.Bytes()
+	}
+
+	body := []any{"model", r.Model, "messages", c.Messages, "max_tokens", r.MaxTokens, "max_completion_tokens", r.MaxTokens}
+	if r.StopSequences != nil {
+		body = append(body, "stop", r.StopSequences)
+	}
+	if r.Temperature != nil {
+		body = append(body, "temperature", *r.Temperature)
+	}
+	if r.TopP != nil {
+		body = append(body, "top_p", *r.TopP)
+	}
+	if r.TopK != nil {
+		body = append(body, "top_k", *r.TopK)
+	}
+	if r.Stream {
+		body = append(body, "stream", true, "stream_options", refObject("include_usage", true, "continuous_usage_stats", true))
+	}
+	if choice := r.chatToolChoice(); choice != nil {
+		body = append(body, "tool_choice", choice)
+	}
+	if c.Tools != nil {
+		body = append(body, "tools", c.Tools)
+	}
+	c.Body = refObject(body...)
+	return c, nil
+}
+
+// object writes a JSON object from key, value pairs in order; a json.RawMessage value is
+// written as is, a []json.RawMessage as an array of them.
+func refObject(kv ...any) json.RawMessage {
+	var b bytes.Buffer
+	refWriteObject(&b, kv...)
+	return b.Bytes()
+}
+
+func refWriteObject(b *bytes.Buffer, kv ...any) {
+	b.WriteByte('{')
+	for i := 0; i+1 < len(kv); i += 2 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		refWriteJSON(b, kv[i])
+		b.WriteByte(':')
+		refWriteJSON(b, kv[i+1])
+	}
+	b.WriteByte('}')
+}
+
+func refWriteJSON(b *bytes.Buffer, v any) {
+	switch v := v.(type) {
+	case json.RawMessage:
+		b.Write(v)
+	case []json.RawMessage:
+		b.WriteByte('[')
+		for i, x := range v {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.Write(x)
+		}
+		b.WriteByte(']')
+	case int:
+		b.WriteString(strconv.Itoa(v))
+	default:
+		enc := json.NewEncoder(b)
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(v) // strings, floats, bools, []string: cannot fail
+		b.Truncate(b.Len() - 1)
+	}
 }
