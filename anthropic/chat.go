@@ -11,7 +11,7 @@ import (
 // Chat is a Messages request converted to an OpenAI chat completion request, as vLLM's
 // Anthropic server converts it before rendering the chat template.
 type Chat struct {
-	Messages json.RawMessage // the chat "messages" array
+	Messages json.RawMessage // the chat "messages" array (a part of Body: read-only)
 	Tools    json.RawMessage // the chat "tools" array, nil without tools
 	Body     []byte          // a whole /v1/chat/completions body
 }
@@ -26,8 +26,14 @@ type Chat struct {
 // added when missing); tool_choice auto/any/tool/none become auto/required/named/none, and
 // auto is the default with tools.
 func (r *Request) ToChat() (*Chat, error) {
+	// The messages are written in place in the body, whose second member they are; Messages
+	// is that part of Body.
 	var msgs bytes.Buffer
-	msgs.Grow(r.textLen() + 64*len(r.Messages) + 64)
+	msgs.Grow(r.textLen() + 64*len(r.Messages) + len(r.Model) + 256)
+	msgs.WriteString(`{"model":`)
+	writeJSON(&msgs, r.Model)
+	msgs.WriteString(`,"messages":`)
+	start := msgs.Len()
 	msgs.WriteByte('[')
 	n := 0
 	add := func(parts ...any) {
@@ -110,8 +116,9 @@ func (r *Request) ToChat() (*Chat, error) {
 		add(fields...)
 	}
 	msgs.WriteByte(']')
+	end := msgs.Len()
 
-	c := &Chat{Messages: msgs.Bytes()}
+	c := &Chat{}
 	if r.Tools != nil {
 		var tools bytes.Buffer
 		tools.WriteByte('[')
@@ -130,7 +137,7 @@ func (r *Request) ToChat() (*Chat, error) {
 		c.Tools = tools.Bytes()
 	}
 
-	body := []any{"model", r.Model, "messages", c.Messages, "max_tokens", r.MaxTokens, "max_completion_tokens", r.MaxTokens}
+	body := []any{"max_tokens", r.MaxTokens, "max_completion_tokens", r.MaxTokens}
 	if r.StopSequences != nil {
 		body = append(body, "stop", r.StopSequences)
 	}
@@ -152,10 +159,15 @@ func (r *Request) ToChat() (*Chat, error) {
 	if c.Tools != nil {
 		body = append(body, "tools", c.Tools)
 	}
-	var out bytes.Buffer
-	out.Grow(len(c.Messages) + len(c.Tools) + len(r.Model) + 256)
-	writeObject(&out, body...)
-	c.Body = out.Bytes()
+	for i := 0; i+1 < len(body); i += 2 {
+		msgs.WriteByte(',')
+		writeJSON(&msgs, body[i])
+		msgs.WriteByte(':')
+		writeJSON(&msgs, body[i+1])
+	}
+	msgs.WriteByte('}')
+	c.Body = msgs.Bytes()
+	c.Messages = c.Body[start:end:end]
 	return c, nil
 }
 
@@ -302,6 +314,10 @@ func appendString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		if i+8 <= len(s) && ascii8([]byte(s[i:i+8])) {
+			i += 8
+			continue
+		}
 		if c := s[i]; c < utf8.RuneSelf {
 			if c >= 0x20 && c != '"' && c != '\\' {
 				i++

@@ -2,6 +2,7 @@ package anthropic
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"unicode/utf8"
 )
@@ -217,14 +218,26 @@ func (v *validator) str() bool {
 	}
 }
 
-// plain8 reports whether none of the 8 bytes of w is '"', '\\' or below 0x20.
+// Byte-wise tests on eight bytes at once (each is exact as a whole).
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// plain8 reports whether none of the 8 bytes of w is '"', '\\' or below 0x20 (bytes from 0x80
+// up are plain: a string's UTF-8 is not checked).
 func plain8(w []byte) bool {
-	for _, c := range w[:8] {
-		if c == '"' || c == '\\' || c < 0x20 {
-			return false
-		}
-	}
-	return true
+	x := binary.LittleEndian.Uint64(w)
+	q, bs := x^(ones*'"'), x^(ones*'\\')
+	return ((x-ones*0x20)&^x|(q-ones)&^q|(bs-ones)&^bs)&highs == 0
+}
+
+// ascii8 reports whether the 8 bytes of w are ASCII from 0x20 up and neither '"' nor '\\':
+// bytes a JSON string holds as they are.
+func ascii8(w []byte) bool {
+	x := binary.LittleEndian.Uint64(w)
+	q, bs := x^(ones*'"'), x^(ones*'\\')
+	return (x|(x-ones*0x20)|(q-ones)|(bs-ones))&highs == 0
 }
 
 // member is one key and its value in an object, as bytes of the body (the key with its
