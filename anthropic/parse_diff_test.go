@@ -425,3 +425,13 @@ func BenchmarkParseVsReference(b *testing.B) {
 		}
 	}
 }
+
+// FuzzParseMatchesReference: on any body, Parse and ToChat give what the reference gives.
+func FuzzParseMatchesReference(f *testing.F) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 20 {
+		f.Add(genRequest(rng))
+	}
+	f.Add([]byte(`{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`))
+	f.Fuzz(func(t *testing.T, body []byte) { same(t, body) })
+}
