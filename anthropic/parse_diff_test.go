@@ -30,6 +30,10 @@ func TestParseMatchesReference(t *testing.T) {
 	for _, b := range bodies {
 		same(t, b)
 	}
+	for _, depth := range []int{9998, 9999, 10000} { // encoding/json's nesting limit is 10000
+		deep := strings.Repeat("[", depth) + strings.Repeat("]", depth)
+		same(t, []byte(`{"model":"m","max_tokens":1,"metadata":{"x":`+deep+`},"messages":[{"role":"user","content":"a"}]}`))
+	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	n := 20000
 	if testing.Short() {
