@@ -5,12 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Chat is a Messages request converted to an OpenAI chat completion request, as vLLM's
 // Anthropic server converts it before rendering the chat template.
 type Chat struct {
-	Messages json.RawMessage // the chat "messages" array
+	Messages json.RawMessage // the chat "messages" array (a part of Body: read-only)
 	Tools    json.RawMessage // the chat "tools" array, nil without tools
 	Body     []byte          // a whole /v1/chat/completions body
 }
@@ -25,7 +26,14 @@ type Chat struct {
 // added when missing); tool_choice auto/any/tool/none become auto/required/named/none, and
 // auto is the default with tools.
 func (r *Request) ToChat() (*Chat, error) {
+	// The messages are written in place in the body, whose second member they are; Messages
+	// is that part of Body.
 	var msgs bytes.Buffer
+	msgs.Grow(r.textLen() + 64*len(r.Messages) + len(r.Model) + 256)
+	msgs.WriteString(`{"model":`)
+	writeJSON(&msgs, r.Model)
+	msgs.WriteString(`,"messages":`)
+	start := msgs.Len()
 	msgs.WriteByte('[')
 	n := 0
 	add := func(parts ...any) {
@@ -45,10 +53,14 @@ func (r *Request) ToChat() (*Chat, error) {
 		}
 		var parts []json.RawMessage
 		var calls []json.RawMessage
+		var firstText string // the text of parts[0] when it is a text part
 		for j, b := range m.Blocks {
 			switch b.Type {
 			case "text":
 				if b.Text != "" {
+					if len(parts) == 0 {
+						firstText = b.Text
+					}
 					parts = append(parts, object("type", "text", "text", b.Text))
 				}
 			case "image":
@@ -82,6 +94,9 @@ func (r *Request) ToChat() (*Chat, error) {
 					}
 					add("role", "tool", "tool_call_id", id, "content", text)
 				} else {
+					if len(parts) == 0 {
+						firstText = "Tool result: " + text
+					}
 					parts = append(parts, object("type", "text", "text", "Tool result: "+text))
 				}
 			}
@@ -92,11 +107,7 @@ func (r *Request) ToChat() (*Chat, error) {
 		}
 		switch {
 		case len(parts) == 1 && bytes.HasPrefix(parts[0], []byte(`{"type":"text"`)):
-			var p struct {
-				Text string `json:"text"`
-			}
-			_ = json.Unmarshal(parts[0], &p)
-			fields = append(fields, "content", p.Text)
+			fields = append(fields, "content", firstText)
 		case len(parts) > 0:
 			fields = append(fields, "content", parts)
 		case len(calls) == 0:
@@ -105,8 +116,9 @@ func (r *Request) ToChat() (*Chat, error) {
 		add(fields...)
 	}
 	msgs.WriteByte(']')
+	end := msgs.Len()
 
-	c := &Chat{Messages: msgs.Bytes()}
+	c := &Chat{}
 	if r.Tools != nil {
 		var tools bytes.Buffer
 		tools.WriteByte('[')
@@ -125,7 +137,7 @@ func (r *Request) ToChat() (*Chat, error) {
 		c.Tools = tools.Bytes()
 	}
 
-	body := []any{"model", r.Model, "messages", c.Messages, "max_tokens", r.MaxTokens, "max_completion_tokens", r.MaxTokens}
+	body := []any{"max_tokens", r.MaxTokens, "max_completion_tokens", r.MaxTokens}
 	if r.StopSequences != nil {
 		body = append(body, "stop", r.StopSequences)
 	}
@@ -147,8 +159,31 @@ func (r *Request) ToChat() (*Chat, error) {
 	if c.Tools != nil {
 		body = append(body, "tools", c.Tools)
 	}
-	c.Body = object(body...)
+	for i := 0; i+1 < len(body); i += 2 {
+		msgs.WriteByte(',')
+		writeJSON(&msgs, body[i])
+		msgs.WriteByte(':')
+		writeJSON(&msgs, body[i+1])
+	}
+	msgs.WriteByte('}')
+	c.Body = msgs.Bytes()
+	c.Messages = c.Body[start:end:end]
 	return c, nil
+}
+
+// textLen is the length of the request's text, for sizing the converted messages.
+func (r *Request) textLen() int {
+	n := len(r.System.Text)
+	for _, b := range r.System.Blocks {
+		n += len(b.Text)
+	}
+	for _, m := range r.Messages {
+		n += len(m.Text)
+		for _, b := range m.Blocks {
+			n += len(b.Text) + len(b.Input) + len(b.Content)
+		}
+	}
+	return n
 }
 
 // text is the system message's content, nil when there is none (vLLM skips an empty
@@ -261,10 +296,69 @@ func writeJSON(b *bytes.Buffer, v any) {
 		b.WriteByte(']')
 	case int:
 		b.WriteString(strconv.Itoa(v))
+	case string:
+		b.Write(appendString(b.AvailableBuffer(), v))
 	default:
 		enc := json.NewEncoder(b)
 		enc.SetEscapeHTML(false)
 		_ = enc.Encode(v) // strings, floats, bools, []string: cannot fail
 		b.Truncate(b.Len() - 1)
 	}
+}
+
+// appendString appends s as a JSON string, byte for byte as encoding/json writes it with HTML
+// escaping off: '"' and '\\' escaped, \b \f \n \r \t by name and other control bytes as
+// \u00XX, invalid UTF-8 as \ufffd, U+2028 and U+2029 as \u2028 and \u2029.
+func appendString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if i+8 <= len(s) && ascii8([]byte(s[i:i+8])) {
+			i += 8
+			continue
+		}
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }

@@ -7,8 +7,10 @@ package anthropic
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
+	"strconv"
 
 	"github.com/kvgate/kvgate/openai"
 )
@@ -90,13 +92,19 @@ func Parse(body []byte) (*Request, error) {
 	if kind(body) != "an object" {
 		return nil, openai.BadRequest("", "The request body must be a JSON object, got %s.", kind(body))
 	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil {
+	if !valid(body) {
+		var top map[string]json.RawMessage
+		err := json.Unmarshal(body, &top) // for its message
+		if err == nil {
+			err = errors.New("unexpected input")
+		}
 		return nil, openai.BadRequest("", "The request body is not valid JSON: %v", err)
 	}
+	var buf [16]member
+	top, _ := members(body, buf[:0])
 	r := &Request{}
-	raw, ok := top["model"]
-	if !ok || kind(raw) == "null" {
+	raw := get(top, "model")
+	if kind(raw) == "nothing" || kind(raw) == "null" {
 		return nil, openai.BadRequest("model", "model: Field required")
 	}
 	if err := str(raw, "model", &r.Model); err != nil {
@@ -105,8 +113,8 @@ func Parse(body []byte) (*Request, error) {
 	if r.Model == "" {
 		return nil, openai.BadRequest("model", "model: must not be empty")
 	}
-	raw, ok = top["max_tokens"]
-	if !ok || kind(raw) == "null" {
+	raw = get(top, "max_tokens")
+	if kind(raw) == "nothing" || kind(raw) == "null" {
 		return nil, openai.BadRequest("max_tokens", "max_tokens: Field required")
 	}
 	if err := integer(raw, "max_tokens", &r.MaxTokens); err != nil {
@@ -115,42 +123,42 @@ func Parse(body []byte) (*Request, error) {
 	if r.MaxTokens < 1 {
 		return nil, openai.BadRequest("max_tokens", "max_tokens: must be at least 1, got %d", r.MaxTokens)
 	}
-	raw, ok = top["messages"]
-	if !ok || kind(raw) == "null" {
+	raw = get(top, "messages")
+	if kind(raw) == "nothing" || kind(raw) == "null" {
 		return nil, openai.BadRequest("messages", "messages: Field required")
 	}
 	if err := r.parseMessages(raw); err != nil {
 		return nil, err
 	}
-	if raw, ok := top["system"]; ok && kind(raw) != "null" {
+	if raw := get(top, "system"); raw != nil && kind(raw) != "null" {
 		if err := r.parseSystem(raw); err != nil {
 			return nil, err
 		}
 	}
-	if raw, ok := top["tools"]; ok && kind(raw) != "null" {
+	if raw := get(top, "tools"); raw != nil && kind(raw) != "null" {
 		if err := r.parseTools(raw); err != nil {
 			return nil, err
 		}
 	}
-	if raw, ok := top["tool_choice"]; ok && kind(raw) != "null" {
+	if raw := get(top, "tool_choice"); raw != nil && kind(raw) != "null" {
 		if err := r.parseToolChoice(raw); err != nil {
 			return nil, err
 		}
 	}
-	if raw, ok := top["stream"]; ok && kind(raw) != "null" {
+	if raw := get(top, "stream"); raw != nil && kind(raw) != "null" {
 		if kind(raw) != "a boolean" {
 			return nil, openai.BadRequest("stream", "stream: expected a boolean, got %s", kind(raw))
 		}
 		r.Stream = bytes.Equal(raw, []byte("true"))
 	}
 	var err error
-	if r.Temperature, err = number(top, "temperature", 0, 2, "[0, 2]"); err != nil {
+	if r.Temperature, err = number(get(top, "temperature"), "temperature", 0, 2, "[0, 2]"); err != nil {
 		return nil, err
 	}
-	if r.TopP, err = number(top, "top_p", math.SmallestNonzeroFloat64, 1, "(0, 1]"); err != nil {
+	if r.TopP, err = number(get(top, "top_p"), "top_p", math.SmallestNonzeroFloat64, 1, "(0, 1]"); err != nil {
 		return nil, err
 	}
-	if raw, ok := top["top_k"]; ok && kind(raw) != "null" {
+	if raw := get(top, "top_k"); raw != nil && kind(raw) != "null" {
 		var k int
 		if err := integer(raw, "top_k", &k); err != nil {
 			return nil, err
@@ -160,17 +168,32 @@ func Parse(body []byte) (*Request, error) {
 		}
 		r.TopK = &k
 	}
-	if raw, ok := top["stop_sequences"]; ok && kind(raw) != "null" {
-		if kind(raw) != "an array" || json.Unmarshal(raw, &r.StopSequences) != nil {
+	if raw := get(top, "stop_sequences"); raw != nil && kind(raw) != "null" {
+		list, ok := elems(raw)
+		if ok {
+			r.StopSequences = make([]string, len(list))
+			for i, e := range list {
+				switch kind(e) {
+				case "a string":
+					r.StopSequences[i] = decodeString(e)
+				case "null":
+				default:
+					ok = false
+				}
+			}
+		}
+		if !ok {
+			r.StopSequences = nil
 			return nil, openai.BadRequest("stop_sequences", "stop_sequences: expected an array of strings, got %s", kind(raw))
 		}
 	}
-	if raw, ok := top["metadata"]; ok && kind(raw) != "null" {
+	if raw := get(top, "metadata"); raw != nil && kind(raw) != "null" {
 		if kind(raw) != "an object" {
 			return nil, openai.BadRequest("metadata", "metadata: expected an object, got %s", kind(raw))
 		}
-		md, _ := fields(raw)
-		if id, ok := md["user_id"]; ok && kind(id) != "a string" && kind(id) != "null" {
+		var mdBuf [4]member
+		md, _ := members(raw, mdBuf[:0])
+		if id := get(md, "user_id"); id != nil && kind(id) != "a string" && kind(id) != "null" {
 			return nil, openai.BadRequest("metadata.user_id", "metadata.user_id: expected a string, got %s", kind(id))
 		}
 		r.Metadata = raw
@@ -182,25 +205,27 @@ func Parse(body []byte) (*Request, error) {
 }
 
 func (r *Request) parseMessages(raw json.RawMessage) error {
-	var list []json.RawMessage
-	if kind(raw) != "an array" || json.Unmarshal(raw, &list) != nil {
+	list, ok := elems(raw)
+	if !ok {
 		return openai.BadRequest("messages", "messages: expected an array of objects, got %s", kind(raw))
 	}
 	if len(list) == 0 {
 		return openai.BadRequest("messages", "messages: must contain at least one item")
 	}
 	r.Messages = make([]Message, len(list))
+	var buf [8]member
 	for i, m := range list {
-		p := fmt.Sprintf("messages.%d", i)
-		f, ok := fields(m)
+		p := "messages." + strconv.Itoa(i)
+		f, ok := members(m, buf[:0])
 		if !ok {
 			return openai.BadRequest(p, "%s: expected an object, got %s", p, kind(m))
 		}
 		msg := &r.Messages[i]
-		if f["role"] == nil {
+		role := get(f, "role")
+		if role == nil {
 			return openai.BadRequest(p+".role", "%s.role: Field required", p)
 		}
-		if err := str(f["role"], p+".role", &msg.Role); err != nil {
+		if err := str(role, p+".role", &msg.Role); err != nil {
 			return err
 		}
 		switch msg.Role {
@@ -210,11 +235,11 @@ func (r *Request) parseMessages(raw json.RawMessage) error {
 		default:
 			return openai.BadRequest(p+".role", "%s.role: expected 'user' or 'assistant', got '%s'", p, msg.Role)
 		}
-		content := f["content"]
+		content := get(f, "content")
 		switch kind(content) {
 		case "a string":
 			msg.IsText = true
-			_ = json.Unmarshal(content, &msg.Text)
+			msg.Text = decodeString(content)
 		case "an array":
 			blocks, err := parseBlocks(content, p+".content")
 			if err != nil {
@@ -237,7 +262,7 @@ func (r *Request) parseSystem(raw json.RawMessage) error {
 	switch kind(raw) {
 	case "a string":
 		r.System.IsText = true
-		_ = json.Unmarshal(raw, &r.System.Text)
+		r.System.Text = decodeString(raw)
 		return nil
 	case "an array":
 		blocks, err := parseBlocks(raw, "system")
@@ -257,91 +282,92 @@ func (r *Request) parseSystem(raw json.RawMessage) error {
 
 // parseBlocks decodes an array of content blocks; p names it in errors.
 func parseBlocks(raw json.RawMessage, p string) ([]Block, error) {
-	var list []json.RawMessage
-	if json.Unmarshal(raw, &list) != nil {
+	list, ok := elems(raw)
+	if !ok {
 		return nil, openai.BadRequest(p, "%s: expected an array of content blocks, got %s", p, kind(raw))
 	}
 	out := make([]Block, len(list))
+	var buf [8]member
 	for i, b := range list {
-		bp := fmt.Sprintf("%s.%d", p, i)
-		f, ok := fields(b)
+		bp := p + "." + strconv.Itoa(i)
+		fs, ok := members(b, buf[:0])
 		if !ok {
 			return nil, openai.BadRequest(bp, "%s: expected a content block object, got %s", bp, kind(b))
 		}
+		f := func(key string) json.RawMessage { return get(fs, key) }
 		blk := &out[i]
-		if f["type"] == nil {
+		if f("type") == nil {
 			return nil, openai.BadRequest(bp+".type", "%s.type: Field required", bp)
 		}
-		if err := str(f["type"], bp+".type", &blk.Type); err != nil {
+		if err := str(f("type"), bp+".type", &blk.Type); err != nil {
 			return nil, err
 		}
 		if !blockTypes[blk.Type] {
 			return nil, openai.BadRequest(bp+".type", "%s.type: unknown content block type '%s'", bp, blk.Type)
 		}
-		if err := optStr(f["text"], bp+".text", &blk.Text); err != nil {
+		if err := optStr(f("text"), bp+".text", &blk.Text); err != nil {
 			return nil, err
 		}
 		switch blk.Type {
 		case "text":
-			if f["text"] == nil || kind(f["text"]) == "null" {
+			if f("text") == nil || kind(f("text")) == "null" {
 				return nil, openai.BadRequest(bp+".text", "%s.text: Field required", bp)
 			}
 		case "thinking":
-			if err := optStr(f["thinking"], bp+".thinking", &blk.Text); err != nil {
+			if err := optStr(f("thinking"), bp+".thinking", &blk.Text); err != nil {
 				return nil, err
 			}
 		case "image":
-			if kind(f["source"]) != "an object" {
-				return nil, openai.BadRequest(bp+".source", "%s.source: expected an object, got %s", bp, kind(f["source"]))
+			if kind(f("source")) != "an object" {
+				return nil, openai.BadRequest(bp+".source", "%s.source: expected an object, got %s", bp, kind(f("source")))
 			}
-			blk.Source = f["source"]
+			blk.Source = f("source")
 		case "tool_use":
-			if err := optStr(f["id"], bp+".id", &blk.ID); err != nil {
+			if err := optStr(f("id"), bp+".id", &blk.ID); err != nil {
 				return nil, err
 			}
-			if err := optStr(f["name"], bp+".name", &blk.Name); err != nil {
+			if err := optStr(f("name"), bp+".name", &blk.Name); err != nil {
 				return nil, err
 			}
 			if blk.Name == "" {
 				return nil, openai.BadRequest(bp+".name", "%s.name: Field required", bp)
 			}
-			switch kind(f["input"]) {
+			switch kind(f("input")) {
 			case "an object":
-				blk.Input = f["input"]
+				blk.Input = f("input")
 			case "nothing", "null":
 			default:
-				return nil, openai.BadRequest(bp+".input", "%s.input: expected an object, got %s", bp, kind(f["input"]))
+				return nil, openai.BadRequest(bp+".input", "%s.input: expected an object, got %s", bp, kind(f("input")))
 			}
 		case "tool_result":
-			if err := optStr(f["tool_use_id"], bp+".tool_use_id", &blk.ToolUseID); err != nil {
+			if err := optStr(f("tool_use_id"), bp+".tool_use_id", &blk.ToolUseID); err != nil {
 				return nil, err
 			}
-			if err := optStr(f["id"], bp+".id", &blk.ID); err != nil {
+			if err := optStr(f("id"), bp+".id", &blk.ID); err != nil {
 				return nil, err
 			}
-			switch kind(f["content"]) {
+			switch kind(f("content")) {
 			case "a string":
-				blk.Content = f["content"]
+				blk.Content = f("content")
 			case "an array":
-				var parts []json.RawMessage
-				_ = json.Unmarshal(f["content"], &parts)
+				parts, _ := elems(f("content"))
 				for j, part := range parts {
 					if kind(part) != "an object" {
 						q := fmt.Sprintf("%s.content.%d", bp, j)
 						return nil, openai.BadRequest(q, "%s: expected an object, got %s", q, kind(part))
 					}
 				}
-				blk.Content = f["content"]
+				blk.Content = f("content")
 			case "nothing", "null":
 			default:
-				return nil, openai.BadRequest(bp+".content", "%s.content: expected a string or an array of blocks, got %s", bp, kind(f["content"]))
+				return nil, openai.BadRequest(bp+".content", "%s.content: expected a string or an array of blocks, got %s", bp, kind(f("content")))
 			}
-			switch kind(f["is_error"]) {
+			switch kind(f("is_error")) {
 			case "a boolean":
-				blk.IsError = bytes.Equal(f["is_error"], []byte("true"))
+				blk.IsError = bytes.Equal(f("is_error"), []byte("true"))
 			case "nothing", "null":
 			default:
-				return nil, openai.BadRequest(bp+".is_error", "%s.is_error: expected a boolean, got %s", bp, kind(f["is_error"]))
+				return nil, openai.BadRequest(bp+".is_error", "%s.is_error: expected a boolean, got %s", bp, kind(f("is_error")))
 			}
 		}
 	}
@@ -349,57 +375,62 @@ func parseBlocks(raw json.RawMessage, p string) ([]Block, error) {
 }
 
 func (r *Request) parseTools(raw json.RawMessage) error {
-	var list []json.RawMessage
-	if kind(raw) != "an array" || json.Unmarshal(raw, &list) != nil {
+	list, ok := elems(raw)
+	if !ok {
 		return openai.BadRequest("tools", "tools: expected an array of tools, got %s", kind(raw))
 	}
 	r.Tools = make([]Tool, len(list))
+	var buf [8]member
 	for i, t := range list {
-		p := fmt.Sprintf("tools.%d", i)
-		f, ok := fields(t)
+		p := "tools." + strconv.Itoa(i)
+		fs, ok := members(t, buf[:0])
 		if !ok {
 			return openai.BadRequest(p, "%s: expected an object, got %s", p, kind(t))
 		}
+		f := func(key string) json.RawMessage { return get(fs, key) }
 		tool := &r.Tools[i]
-		if f["name"] == nil {
+		if f("name") == nil {
 			return openai.BadRequest(p+".name", "%s.name: Field required", p)
 		}
-		if err := str(f["name"], p+".name", &tool.Name); err != nil {
+		if err := str(f("name"), p+".name", &tool.Name); err != nil {
 			return err
 		}
 		if tool.Name == "" {
 			return openai.BadRequest(p+".name", "%s.name: must not be empty", p)
 		}
-		if f["description"] != nil && kind(f["description"]) != "null" {
+		if f("description") != nil && kind(f("description")) != "null" {
 			var d string
-			if err := str(f["description"], p+".description", &d); err != nil {
+			if err := str(f("description"), p+".description", &d); err != nil {
 				return err
 			}
 			tool.Description = &d
 		}
-		if kind(f["input_schema"]) != "an object" {
+		if kind(f("input_schema")) != "an object" {
 			var typ string
-			_ = json.Unmarshal(f["type"], &typ)
-			if f["input_schema"] == nil && typ != "" && typ != "custom" {
+			if t := f("type"); kind(t) == "a string" {
+				typ = decodeString(t)
+			}
+			if f("input_schema") == nil && typ != "" && typ != "custom" {
 				return openai.BadRequest(p+".type", "%s: server tool '%s' is not supported; only client tools with an input_schema are", p, typ)
 			}
-			return openai.BadRequest(p+".input_schema", "%s.input_schema: expected an object, got %s", p, kind(f["input_schema"]))
+			return openai.BadRequest(p+".input_schema", "%s.input_schema: expected an object, got %s", p, kind(f("input_schema")))
 		}
-		tool.InputSchema = f["input_schema"]
+		tool.InputSchema = f("input_schema")
 	}
 	return nil
 }
 
 func (r *Request) parseToolChoice(raw json.RawMessage) error {
-	f, ok := fields(raw)
+	var buf [8]member
+	fs, ok := members(raw, buf[:0])
 	if !ok {
 		return openai.BadRequest("tool_choice", "tool_choice: expected an object, got %s", kind(raw))
 	}
 	tc := &ToolChoice{}
-	if err := str(f["type"], "tool_choice.type", &tc.Type); err != nil {
+	if err := str(get(fs, "type"), "tool_choice.type", &tc.Type); err != nil {
 		return err
 	}
-	if err := optStr(f["name"], "tool_choice.name", &tc.Name); err != nil {
+	if err := optStr(get(fs, "name"), "tool_choice.name", &tc.Name); err != nil {
 		return err
 	}
 	switch tc.Type {
@@ -413,17 +444,6 @@ func (r *Request) parseToolChoice(raw json.RawMessage) error {
 	}
 	r.ToolChoice = tc
 	return nil
-}
-
-// fields decodes a JSON object into its members, keys matched exactly (as vLLM's models
-// match them; encoding/json's struct decoding would ignore case). ok is false for anything
-// but an object.
-func fields(raw json.RawMessage) (map[string]json.RawMessage, bool) {
-	var f map[string]json.RawMessage
-	if kind(raw) != "an object" || json.Unmarshal(raw, &f) != nil {
-		return nil, false
-	}
-	return f, true
 }
 
 // kind names a JSON value's type for error messages.
@@ -448,9 +468,10 @@ func kind(raw json.RawMessage) string {
 }
 
 func str(raw json.RawMessage, p string, dst *string) error {
-	if kind(raw) != "a string" || json.Unmarshal(raw, dst) != nil {
+	if kind(raw) != "a string" {
 		return openai.BadRequest(p, "%s: expected a string, got %s", p, kind(raw))
 	}
+	*dst = decodeString(raw)
 	return nil
 }
 
@@ -463,22 +484,22 @@ func optStr(raw json.RawMessage, p string, dst *string) error {
 }
 
 func integer(raw json.RawMessage, p string, dst *int) error {
-	var f float64
-	if kind(raw) != "a number" || json.Unmarshal(raw, &f) != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+	f, err := strconv.ParseFloat(string(bytes.TrimSpace(raw)), 64)
+	if kind(raw) != "a number" || err != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
 		return openai.BadRequest(p, "%s: expected an integer, got %s", p, kind(raw))
 	}
 	*dst = int(f)
 	return nil
 }
 
-// number reads an optional number field within [lo, hi] (described as within).
-func number(top map[string]json.RawMessage, p string, lo, hi float64, within string) (*float64, error) {
-	raw, ok := top[p]
-	if !ok || kind(raw) == "null" {
+// number reads the optional number field p, raw (nil when absent), within [lo, hi]
+// (described as within).
+func number(raw json.RawMessage, p string, lo, hi float64, within string) (*float64, error) {
+	if raw == nil || kind(raw) == "null" {
 		return nil, nil
 	}
-	var f float64
-	if kind(raw) != "a number" || json.Unmarshal(raw, &f) != nil {
+	f, err := strconv.ParseFloat(string(bytes.TrimSpace(raw)), 64)
+	if kind(raw) != "a number" || err != nil {
 		return nil, openai.BadRequest(p, "%s: expected a number, got %s", p, kind(raw))
 	}
 	if f < lo || f > hi {
