@@ -372,7 +372,7 @@ func (r *Router) markDown(address string, err error) {
 				r.log.Warn("endpoint failed a request, out of rotation", "endpoint", s.ep.Name, "for", r.cfg.UnhealthyFor, "err", err)
 			}
 			s.markUnhealthy(now, r.cfg.UnhealthyFor, fmt.Sprint(err))
-			if isConnError(err) || errors.Is(err, errFallback) {
+			if (isConnError(err) || errors.Is(err, errFallback)) && s.answered.Load() {
 				s.downAt.Store(now.UnixNano())
 			}
 			s.wake() // probe it now: an engine restarting is often back within the second

@@ -72,7 +72,7 @@ func (r *Router) scrape(ctx context.Context, s *epState) (down bool) {
 			r.log.Warn("endpoint unreachable, out of rotation", "endpoint", s.ep.Name, "for", r.cfg.UnhealthyFor, "err", err)
 		}
 		s.markUnhealthy(now, r.cfg.UnhealthyFor, err.Error())
-		if isConnError(err) {
+		if isConnError(err) && s.answered.Load() {
 			s.downAt.Store(now.UnixNano())
 		}
 		return true
@@ -103,6 +103,7 @@ func (r *Router) scrape(ctx context.Context, s *epState) (down bool) {
 // failure, its engine may have restarted with an empty cache: what approximate mode
 // remembers sending there is forgotten (endpoints with KV events learn it from the events).
 func (r *Router) engineBack(s *epState) {
+	s.answered.Store(true)
 	s.downAt.Store(0)
 	if s.unhealthyUntil.Swap(0) == 0 {
 		return

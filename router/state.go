@@ -47,6 +47,10 @@ type epState struct {
 	// downAt is when a refused connection last took the endpoint out (unix nanoseconds), 0
 	// once it answered again: when every endpoint is down, the one down longest is tried.
 	downAt atomic.Int64
+	// answered: the endpoint has answered a probe since the router learnt of it. Only such an
+	// endpoint gets a downAt: one that never answered is not an engine restarting, and when
+	// nothing else is ready the answer is 503 (the Endpoint Picker Protocol's "none ready").
+	answered atomic.Bool
 	// recheck asks the scrape loop for a health probe now (a request just failed to connect).
 	recheck chan struct{}
 }
