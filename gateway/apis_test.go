@@ -132,7 +132,7 @@ func TestResponsesSDK(t *testing.T) {
 }
 
 // TestEmbeddingsSDK embeds through the gateway with the official SDK: one vector per input,
-// the same vector for the same input on either engine, usage counted.
+// the same vector for the same input, usage counted, never routed on cache overlap.
 func TestEmbeddingsSDK(t *testing.T) {
 	a, b := apiSim(t), apiSim(t)
 	f := startPolicy(t, router.PolicyKV, gateway.Config{}, a.Addr(), b.Addr())
@@ -160,8 +160,10 @@ func TestEmbeddingsSDK(t *testing.T) {
 			t.Errorf("an embedding was routed on cache overlap: %s blocks", hr.Header.Get(router.HeaderCachedBlocks))
 		}
 	}
-	if len(seen) != 2 {
-		t.Errorf("embeddings went to %v, want both engines (least load)", seen)
+	// Sequential requests leave both engines idle between them, so which one a tie goes to is
+	// not the point here; least load against a busy engine is router's TestEmbeddingsLeastLoad.
+	if len(seen) == 0 || seen[""] {
+		t.Errorf("embeddings answered without the picked endpoint's header: %v", seen)
 	}
 	// Model validation as for chat.
 	_, err := c.Embeddings.New(ctx, sdk.EmbeddingNewParams{Model: "nope", Input: sdk.EmbeddingNewParamsInputUnion{OfString: sdk.String("x")}})
