@@ -35,11 +35,7 @@ func TestParseMatchesReference(t *testing.T) {
 		same(t, []byte(`{"model":"m","max_tokens":1,"metadata":{"x":`+deep+`},"messages":[{"role":"user","content":"a"}]}`))
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	n := 20000
-	if testing.Short() {
-		n = 2000
-	}
-	for range n {
+	for range 20000 {
 		same(t, genRequest(rng))
 	}
 }

@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -39,13 +40,11 @@ var crds = []struct{ module, file, version, out string }{
 	{kedaModule, "config/crd/bases/keda.sh_scaledobjects.yaml", "v1alpha1", "scaledobject.json"},
 }
 
-// TestUpdateSchemas rewrites schemas/*.json (with -update-schemas): the core kinds'
+// TestUpdateSchemas derives schemas/*.json from the published sources (the core kinds'
 // definitions and everything they reference from the Kubernetes OpenAPI v3 spec, and the
-// openAPIV3Schema of each CRD version, descriptions dropped. Nothing else is changed.
+// openAPIV3Schema of each CRD version, descriptions dropped) and fails when a vendored file
+// differs from them; with -update-schemas it rewrites the files instead.
 func TestUpdateSchemas(t *testing.T) {
-	if !*updateSchemas {
-		t.Skip("run with -update-schemas to rewrite schemas/ from the published sources")
-	}
 	dir := moduleDir(t, kubernetesModule)
 	out := SchemaFile{Source: kubernetesModule + " api/openapi-spec/v3 (" + strings.Join(sortedKeys(coreKinds), ", ") + "), the definitions the kinds below reference; descriptions dropped", Kinds: map[string]string{}}
 	out.Components.Schemas = map[string]any{}
@@ -204,10 +203,22 @@ func writeSchemaFile(t *testing.T, name string, f SchemaFile) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join("schemas", name), append(b, '\n'), 0o644); err != nil {
+	b = append(b, '\n')
+	path := filepath.Join("schemas", name)
+	if !*updateSchemas {
+		have, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(have, b) {
+			t.Errorf("%s differs from what its published source gives (%d bytes vs %d); run go test ./deploy -run TestUpdateSchemas -update-schemas", path, len(have), len(b))
+		}
+		return
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(os.Stderr, "wrote schemas/%s (%d bytes, %d definitions)\n", name, len(b), len(f.Components.Schemas))
+	fmt.Fprintf(os.Stderr, "wrote %s (%d bytes, %d definitions)\n", path, len(b), len(f.Components.Schemas))
 }
 
 func sortedKeys[V any](m map[string]V) []string {

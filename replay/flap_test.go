@@ -39,9 +39,6 @@ func directionChanges(tl []replay.Point, from float64) (changes, intervals int) 
 // intervals. Before it sized scale-downs on the peak of the cooldown's needs and stepped down
 // one engine at a time, it reversed 7 times in the 48 intervals from 120 s to 600 s.
 func TestPlannerMooncakeSteadyDoesNotFlap(t *testing.T) {
-	if testing.Short() {
-		t.Skip("replays 600 s of the Mooncake trace")
-	}
 	f, err := os.Open("../workload/testdata/mooncake_synthetic_trace.jsonl")
 	if err != nil {
 		t.Fatal(err)
