@@ -143,9 +143,6 @@ func (r *Router) promptPassthrough(req Request, p *Prompt) error {
 
 // bodyModel is the body's top-level "model" string, if the body is a JSON object with one.
 func bodyModel(body []byte) (string, bool) {
-	if len(body) == 0 || !json.Valid(body) {
-		return "", false
-	}
 	var v struct {
 		Model *string `json:"model"`
 	}
