@@ -97,6 +97,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Router, erro
 	if err := r.setEndpoints(cfg.Endpoints); err != nil {
 		return nil, err
 	}
+	r.loadTokenizers(cfg.Endpoints)
 	return r, nil
 }
 
@@ -179,6 +180,31 @@ func (r *Router) stopLocked(s *epState) {
 func (r *Router) SetEndpoints(eps []Endpoint) {
 	if err := r.setEndpoints(eps); err != nil {
 		r.log.Error("endpoints", "err", err)
+	}
+	r.loadTokenizers(eps)
+}
+
+// loadTokenizers loads the tokenizer of every model eps serve (an adapter's base model's)
+// now, so that no request pays for it: loading Qwen3's takes about 0.3-0.5 s of CPU, and the
+// requests that arrive while the first one loads it all wait (New and SetEndpoints call it,
+// outside r.mu; a tokenizer already loaded costs a map lookup). Models the model map does
+// not list are skipped: they are routed by load alone.
+func (r *Router) loadTokenizers(eps []Endpoint) {
+	known := r.cfg.Models.Names()
+	var done []string
+	for _, e := range eps {
+		for _, m := range e.Models {
+			if base, ok := r.cfg.Adapters[m]; ok {
+				m = base
+			}
+			if slices.Contains(done, m) || !slices.Contains(known, m) {
+				continue
+			}
+			done = append(done, m)
+			if r.tokenizer(m) == nil {
+				r.log.Warn("model's tokenizer does not load; its requests are routed by load alone", "model", m)
+			}
+		}
 	}
 }
 

@@ -138,6 +138,7 @@ func (r *routerFlags) config(eps []router.Endpoint, log *slog.Logger) (router.Co
 
 type routerOptions struct {
 	grpc, http, metrics string
+	pprof               string
 	maxBody             int
 	extproc             extproc.Config
 	tls                 tlsconfig.Files
@@ -187,6 +188,7 @@ its informers have synced. See docs/KUBERNETES.md.`,
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
 	o.mig.add(f)
 	addMetricsFlag(f, &o.metrics, "router, ext_proc and gateway")
+	addPprofFlag(f, &o.pprof)
 	f.IntVar(&o.maxBody, "max-body-bytes", openai.DefaultMaxBodyBytes, "largest request body accepted")
 	addP2PPortFlag(f, &o.extproc.P2PTransferPort)
 	o.eps.add(cmd, true)
@@ -242,6 +244,11 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		return err
 	}
 	grp, ctx := errgroup.WithContext(ctx)
+	servePprofs, err := servePprof(ctx, o.pprof, log)
+	if err != nil {
+		return err
+	}
+	grp.Go(servePprofs)
 	grp.Go(func() error { return rt.Run(ctx) })
 	grp.Go(func() error { return ep.Run(ctx) })
 	if disc != nil {
