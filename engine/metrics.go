@@ -1,12 +1,14 @@
 package engine
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -87,12 +89,35 @@ type Load struct {
 // MaxLoadBytes bounds the metrics page read from an engine for ParseLoad.
 const MaxLoadBytes = 16 << 20
 
+// loadNames are the metric families ParseLoad reads.
+var loadNames = [...]string{VLLMNumRequestsRunning, VLLMNumRequestsWaiting, VLLMKVCacheUsage, VLLMGPUCacheUsage,
+	SGLangNumRunningReqs, SGLangNumQueueReqs, SGLangTokenUsage, VLLMLoRARequestsInfo, ProcessStartTime}
+
+// loadBufs holds ParseLoad's read buffers (an engine's page is about 30 KB, read every
+// scrape interval).
+var loadBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 // ParseLoad reads vLLM's or SGLang's Prometheus text exposition and returns
-// the engine's load. It fails on malformed text and on text that carries none
-// of the running, waiting and KV-usage metrics of either engine.
+// the engine's load. It fails on malformed lines of the families it reads and on
+// text that carries none of the running, waiting and KV-usage metrics of either
+// engine.
+//
+// Only the lines of those families are parsed: a line is kept when its metric name (or
+// the name of its # HELP or # TYPE comment) begins with one of loadNames, and every other
+// line is skipped unread, so that the rest of the page (histograms, about 30 KB on vLLM
+// and kvgate sim, read every scrape interval from every engine) costs a scan for its line
+// ends instead of a full parse. What it returns for text Prometheus's parser accepts is
+// what parsing the whole page returns (FuzzParseLoadMatchesFullParse).
 func ParseLoad(r io.Reader) (Load, error) {
+	buf := loadBufs.Get().(*bytes.Buffer)
+	defer loadBufs.Put(buf)
+	buf.Reset()
+	if _, err := buf.ReadFrom(r); err != nil {
+		return Load{}, fmt.Errorf("engine: read metrics: %w", err)
+	}
+	text := loadLines(buf.Bytes())
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(r)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(text))
 	if err != nil {
 		return Load{}, fmt.Errorf("engine: parse metrics: %w", err)
 	}
@@ -133,6 +158,55 @@ func ParseLoad(r io.Reader) (Load, error) {
 		}
 	}
 	return l, nil
+}
+
+// loadLines compacts text in place to the lines ParseLoad reads, each with its line end
+// as it was, and returns them: sample lines whose metric name begins with one of
+// loadNames, the # HELP and # TYPE comments of such names, and lines in the quoted-name
+// syntax of UTF-8 metric names ({"name"} or # TYPE "name"), which no engine writes and
+// which are left to the parser. A family's lines are kept or skipped together, histogram
+// and summary suffixes included, since they begin with the family's name.
+func loadLines(text []byte) []byte {
+	out := text[:0]
+	for len(text) > 0 {
+		line := text
+		if i := bytes.IndexByte(text, '\n'); i >= 0 {
+			line = text[:i+1]
+		}
+		text = text[len(line):]
+		if keepLoadLine(line) {
+			out = append(out, line...) // out never passes the line it copies: in place is safe
+		}
+	}
+	return out
+}
+
+// keepLoadLine reports whether loadLines keeps line.
+func keepLoadLine(line []byte) bool {
+	line = bytes.TrimLeft(line, " \t")
+	if len(line) == 0 {
+		return false
+	}
+	if line[0] == '#' { // a comment: HELP and TYPE name a family
+		line = bytes.TrimLeft(line[1:], " \t")
+		if !bytes.HasPrefix(line, []byte("HELP")) && !bytes.HasPrefix(line, []byte("TYPE")) {
+			return false
+		}
+		rest := line[4:]
+		line = bytes.TrimLeft(rest, " \t")
+		if len(line) == len(rest) { // HELPx: an ordinary comment
+			return len(line) == 0 || line[0] == '\n'
+		}
+	}
+	if len(line) > 0 && (line[0] == '{' || line[0] == '"') {
+		return true
+	}
+	for _, n := range loadNames {
+		if len(line) >= len(n) && string(line[:len(n)]) == n {
+			return true
+		}
+	}
+	return false
 }
 
 // loraInfo fills l's LoRA fields from the newest series of vllm:lora_requests_info.

@@ -1,6 +1,10 @@
 package engine_test
 
 import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -121,5 +125,87 @@ func TestParseLoadStartTime(t *testing.T) {
 	l, err = engine.ParseLoad(strings.NewReader("vllm:num_requests_running 1\n"))
 	if err != nil || l.StartTime != 0 {
 		t.Fatalf("without the gauge: %+v, %v", l, err)
+	}
+}
+
+// loadPages are the seeds of the full-parse comparison: the test constants above, a page of
+// kvgate sim after traffic, and texts that probe which lines ParseLoad skips.
+func loadPages(t testing.TB) []string {
+	sim, err := os.ReadFile("testdata/sim_metrics.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{vllmMetrics, vllmOldMetrics, sglangMetrics, string(sim),
+		"vllm:kv_cache_usage_perc 1.5\n",
+		"vllm:num_requests_running 1\nvllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"a,b\",waiting_lora_adapters=\"\"} 5\n",
+		// Summaries and histograms under a read name, its suffixes, a longer name beginning with it.
+		"# TYPE vllm:num_requests_running summary\nvllm:num_requests_running{quantile=\"0.5\"} 1\nvllm:num_requests_running_sum 2\nvllm:num_requests_running_count 3\nvllm:num_requests_waiting 4\n",
+		"# TYPE vllm:num_requests_waiting histogram\nvllm:num_requests_waiting_bucket{le=\"+Inf\"} 1\nvllm:num_requests_waiting_sum 1\nvllm:num_requests_waiting_count 1\nvllm:num_requests_running 2\n",
+		"vllm:num_requests_running_x 7\nvllm:num_requests_running 1\n",
+		// Leading blanks, comments of every shape, a line without its end.
+		"  \t# HELP vllm:num_requests_running a\\nb \\\\ c\n\t# TYPE vllm:num_requests_running gauge\n # other comment\n#HELPx y\n# HELP\n  vllm:num_requests_running 3 1700000000000\nvllm:kv_cache_usage_perc 0.5",
+		// Quoted (UTF-8) names.
+		"# TYPE \"vllm:num_requests_running\" gauge\n{\"vllm:num_requests_running\",engine=\"0\"} 2\n",
+		// Malformed lines: in a family it reads (an error) and in one it skips.
+		"vllm:num_requests_running{ 1\n",
+		"vllm:num_requests_running 1\nsomething{ broken\n",
+		"vllm:num_requests_running 1\n# TYPE vllm:num_requests_running counter\n",
+		"vllm:num_requests_running 1\nvllm:num_requests_running 1\n",
+		"process_start_time_seconds 5\nvllm:gpu_cache_usage_perc 0.2\nvllm:kv_cache_usage_perc 0.1\n",
+	}
+}
+
+// TestParseLoadMatchesFullParse: ParseLoad, which parses only the lines of the families it
+// reads, returns what parsing the whole page returns (parseLoadFull, the reference) wherever
+// the whole page parses.
+func TestParseLoadMatchesFullParse(t *testing.T) {
+	for i, text := range loadPages(t) {
+		checkLoadMatchesFull(t, fmt.Sprint("page ", i), text)
+	}
+}
+
+func FuzzParseLoadMatchesFullParse(f *testing.F) {
+	for _, s := range loadPages(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, text string) { checkLoadMatchesFull(t, "fuzz", text) })
+}
+
+func checkLoadMatchesFull(t *testing.T, name, text string) {
+	t.Helper()
+	want, wantErr := parseLoadFull(strings.NewReader(text))
+	got, err := engine.ParseLoad(strings.NewReader(text))
+	if wantErr != nil {
+		if err == nil && !strings.Contains(wantErr.Error(), "parse metrics") {
+			// The whole page carries no load gauge; neither may the lines kept of it.
+			t.Fatalf("%s: ParseLoad(%q) = %+v, nil; the full parse: %v", name, text, got, wantErr)
+		}
+		return // malformed lines in families ParseLoad skips need not fail it
+	}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s: ParseLoad(%q) = %+v, %v; the full parse: %+v", name, text, got, err, want)
+	}
+}
+
+// BenchmarkParseLoad parses a page of kvgate sim (30 KB, about vLLM's) as the router does
+// every scrape interval, against parsing the whole page (the reference, as before).
+func BenchmarkParseLoad(b *testing.B) {
+	page, err := os.ReadFile("testdata/sim_metrics.txt")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name  string
+		parse func(io.Reader) (engine.Load, error)
+	}{{"lines", engine.ParseLoad}, {"full", parseLoadFull}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(page)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bc.parse(bytes.NewReader(page)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
