@@ -1,12 +1,14 @@
 package router
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/kvgate/kvgate/engine"
@@ -135,6 +137,10 @@ func (r *Router) fetchLoad(ctx context.Context, url string) (engine.Load, error)
 		return engine.Load{}, err
 	}
 	req.Header.Set("Accept", "text/plain")
+	// The page uncompressed: it is read every ScrapeInterval from every engine, and
+	// gunzipping it cost the router more than parsing what it reads of it (and the engine
+	// the compression). An engine that compresses anyway is still read.
+	req.Header.Set("Accept-Encoding", "identity")
 	resp, err := r.cfg.HTTPClient.Do(req)
 	if err != nil {
 		return engine.Load{}, &downError{err}
@@ -147,7 +153,16 @@ func (r *Router) fetchLoad(ctx context.Context, url string) (engine.Load, error)
 	if resp.StatusCode != http.StatusOK {
 		return engine.Load{}, fmt.Errorf("metrics: HTTP %d", resp.StatusCode)
 	}
-	return engine.ParseLoad(io.LimitReader(resp.Body, engine.MaxLoadBytes))
+	var body io.Reader = resp.Body
+	if strings.EqualFold(resp.Header.Get("Content-Encoding"), "gzip") {
+		zr, err := gzip.NewReader(resp.Body)
+		if err != nil {
+			return engine.Load{}, fmt.Errorf("metrics: %w", err)
+		}
+		defer zr.Close()
+		body = zr
+	}
+	return engine.ParseLoad(io.LimitReader(body, engine.MaxLoadBytes))
 }
 
 // isConnError reports whether err says the endpoint could not be reached (as opposed to a

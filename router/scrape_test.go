@@ -1,6 +1,7 @@
 package router_test
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -172,4 +173,37 @@ func TestScrapeNoMetricsStaysHealthy(t *testing.T) {
 	eventually(t, "a failed scrape", func() bool { return metricstest.Value(reg, router.MetricScrapeErrors) >= 2 })
 	d := route(t, r, "/v1/chat/completions", chatBody("x", false))
 	d.Done(nil, nil)
+}
+
+// TestScrapeUncompressed: the router asks engines for their /metrics page uncompressed
+// (gunzipping a 30 KB page from every engine every scrape interval cost it more than parsing
+// the lines it reads), and still reads the page of an engine that compresses it anyway.
+func TestScrapeUncompressed(t *testing.T) {
+	var asked atomic.Pointer[string]
+	page := vllmMetrics(7, 1, 0.25)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path != "/metrics" {
+			http.NotFound(w, req)
+			return
+		}
+		enc := req.Header.Get("Accept-Encoding")
+		asked.Store(&enc)
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		w.Header().Set("Content-Encoding", "gzip") // whatever was asked
+		zw := gzip.NewWriter(w)
+		fmt.Fprint(zw, page)
+		_ = zw.Close()
+	}))
+	t.Cleanup(srv.Close)
+	eps := endpoints(1)
+	eps[0].Address = srv.Listener.Addr().String()
+	r, _ := newRouter(t, eps, func(c *router.Config) { c.ScrapeInterval = 10e6 })
+	run(t, r)
+	eventually(t, "the compressed page read", func() bool {
+		l := loadOf(r, "e0")
+		return l.EngineFresh && l.Engine.Waiting == 7 && l.Engine.KVUsage == 0.25
+	})
+	if enc := asked.Load(); *enc != "identity" {
+		t.Errorf("Accept-Encoding %q, want identity", *enc)
+	}
 }
