@@ -74,6 +74,7 @@ t0=$(date +%s.%N)
 t1=$(date +%s.%N)
 c2=$(cpu $rpid)
 [ "${PPROF:-0}" = 1 ] && wait "$prof"
+curl -s "http://$rhttp/metrics" >"$out/router-metrics.txt"
 n=$(metric kvgate_router_decision_seconds_count)
 dsum=$(metric kvgate_router_decision_seconds_sum)
 reqs=$(sed -n 's/.*"requests": *\([0-9]*\).*/\1/p' "$out/bench.json" | head -1)
