@@ -201,9 +201,12 @@ func (r *Router) loadTokenizers(eps []Endpoint) {
 				continue
 			}
 			done = append(done, m)
-			if r.tokenizer(m) == nil {
+			tok := r.tokenizer(m)
+			if tok == nil {
 				r.log.Warn("model's tokenizer does not load; its requests are routed by load alone", "model", m)
+				continue
 			}
+			r.maxTokenBytes(tok) // the length check's bound, a walk over the vocabulary
 		}
 	}
 }
