@@ -11,7 +11,7 @@
 #   scripts/routercpu.sh [KVGATE_BINARY [OUTDIR]]
 #
 # Knobs (environment): ENGINES (4), CONVERSATIONS (48), IDLE (idle window, s: 10), PPROF (0),
-# PORT0 (first port of the block it uses: 23100). Needs curl.
+# OUTPUT (output tokens per turn: 32), PORT0 (first port of the block it uses: 23100). Needs curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-./kvgate}")
@@ -70,7 +70,7 @@ fi
 t0=$(date +%s.%N)
 "$bin" bench --url "http://$gw" --api chat --json --no-progress --synthetic --syn-conversations "$convs" \
   --syn-turns 4 --syn-system-prompts 4 --syn-system-tokens 1024 --syn-user-tokens 128 \
-  --syn-output-tokens 32 --syn-rate 4 --syn-think-time 2s >"$out/bench.json"
+  --syn-output-tokens "${OUTPUT:-32}" --syn-rate 4 --syn-think-time 2s >"$out/bench.json"
 t1=$(date +%s.%N)
 c2=$(cpu $rpid)
 [ "${PPROF:-0}" = 1 ] && wait "$prof"
