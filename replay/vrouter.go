@@ -51,6 +51,7 @@ func newVirtualRouter(cfg Config, ecfg sim.Config) (*virtualRouter, error) {
 	rc := router.DefaultConfig()
 	rc.Policy = cfg.Policy
 	rc.Models = models
+	rc.LazyTokenizers = true // the replay picks with token ids: no tokenizer to load
 	rc.ScrapeInterval = -1
 	rc.Seed = cfg.Seed + 1
 	rc.Now = func() time.Time { return epoch.Add(p.now) }

@@ -20,6 +20,10 @@ type Config struct {
 	// Models maps served model names to tokenizers and block sizes; nil means
 	// tokenizer.DefaultModelMap().
 	Models *tokenizer.ModelMap
+	// LazyTokenizers leaves each model's tokenizer to be loaded by its first request instead
+	// of when an endpoint serving the model arrives (New, SetEndpoints). For callers that
+	// only Pick with token ids (replay), which would load a tokenizer they never use.
+	LazyTokenizers bool
 	// Adapters maps LoRA adapter names (requested as the model) to their base model in
 	// Models; an adapter's blocks hash under its own seed, as vLLM's do.
 	Adapters map[string]string

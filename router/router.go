@@ -188,8 +188,11 @@ func (r *Router) SetEndpoints(eps []Endpoint) {
 // now, so that no request pays for it: loading Qwen3's takes about 0.3-0.5 s of CPU, and the
 // requests that arrive while the first one loads it all wait (New and SetEndpoints call it,
 // outside r.mu; a tokenizer already loaded costs a map lookup). Models the model map does
-// not list are skipped: they are routed by load alone.
+// not list are skipped: they are routed by load alone. Config.LazyTokenizers turns it off.
 func (r *Router) loadTokenizers(eps []Endpoint) {
+	if r.cfg.LazyTokenizers {
+		return
+	}
 	known := r.cfg.Models.Names()
 	var done []string
 	for _, e := range eps {

@@ -32,14 +32,16 @@ func tokenizerDir(t *testing.T) string {
 // request of each model, which paid for the load (about 0.5 s of CPU for Qwen3's) while the
 // requests behind it waited: with the tokenizer files removed after New or SetEndpoints, a
 // request is still tokenized (it would be routed by load alone, with no prompt tokens, had
-// the load been left to it).
+// the load been left to it, as Config.LazyTokenizers leaves it).
 func TestTokenizersLoadBeforeTheFirstRequest(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		later bool // the model's endpoint arrives through SetEndpoints, not New
+		lazy  bool // Config.LazyTokenizers: the first request loads it (and finds no files)
 	}{
 		{name: "New"},
 		{name: "SetEndpoints", later: true},
+		{name: "lazy", lazy: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const custom = "custom-qwen3"
@@ -56,6 +58,7 @@ func TestTokenizersLoadBeforeTheFirstRequest(t *testing.T) {
 					t.Fatal(err)
 				}
 				c.Models = mm
+				c.LazyTokenizers = tc.lazy
 			})
 			if tc.later {
 				r.SetEndpoints(eps)
@@ -69,6 +72,12 @@ func TestTokenizersLoadBeforeTheFirstRequest(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Done(nil, nil)
+			if tc.lazy {
+				if d.PromptTokens != 0 {
+					t.Errorf("lazy: %d prompt tokens from a tokenizer whose files were gone before its first request", d.PromptTokens)
+				}
+				return
+			}
 			if d.Endpoint.Name != "e1" || d.PromptTokens < 10 {
 				t.Errorf("routed to %s with %d prompt tokens; want e1 and the prompt tokenized (the tokenizer loaded before its files went away)",
 					d.Endpoint.Name, d.PromptTokens)
