@@ -219,11 +219,12 @@ func (l *planLoop) tick(c *cluster, now time.Duration) {
 	}
 }
 
-// foresee replaces the observed demand in st with the future's (the oracle): the rate and
-// mean lengths of the trace's arrivals over the forecast window (Config.Window intervals)
-// that begins when an engine started now would serve (now + start-up). The level to come,
-// not the noise of each interval, which no forecast can know. The prefix hit rate stays
-// the last interval's: the cache's future is not in the trace.
+// foresee replaces the observed demand in st with the future's (the oracle): the trace's
+// arrivals over a forecast window (Config.Window intervals), for each window that starts
+// within the horizon an engine takes to be back (now to now + start-up, interval by
+// interval); the one that needs the most engines at the profile gives the rate and mean
+// lengths. The level to come, not the noise of each interval, which no forecast can know.
+// The prefix hit rate stays the last interval's: the cache's future is not in the trace.
 func (l *planLoop) foresee(c *cluster, now time.Duration, st *planner.PoolState) {
 	if l.future == nil {
 		l.future = slices.Clone(c.tr.Requests)
@@ -234,17 +235,23 @@ func (l *planLoop) foresee(c *cluster, now time.Duration, st *planner.PoolState)
 		i, _ := slices.BinarySearchFunc(l.future, t, func(r workload.Request, t time.Duration) int { return cmp.Compare(r.Arrival, t) })
 		return i
 	}
-	from, span := now+cfg.Startup, time.Duration(cfg.Window)*cfg.Interval
-	rs := l.future[at(from):at(from+span)]
-	var prompt, output float64
-	for _, r := range rs {
-		prompt += float64(r.InputLength)
-		output += float64(max(1, r.OutputLength))
+	span := time.Duration(cfg.Window) * cfg.Interval
+	best, bestNeed := planner.Forecast{}, -1.0
+	for from := now; from <= now+cfg.Startup; from += cfg.Interval {
+		f := planner.Forecast{PrefixHitRate: st.PrefixHitRate}
+		rs := l.future[at(from):at(from+span)]
+		for _, r := range rs {
+			f.PromptTokens += float64(r.InputLength)
+			f.OutputTokens += float64(max(1, r.OutputLength))
+		}
+		if n := float64(len(rs)); n > 0 {
+			f.Rate, f.PromptTokens, f.OutputTokens = n/span.Seconds(), f.PromptTokens/n, f.OutputTokens/n
+		}
+		if pre, dec := cfg.Engines(replayPool.Role, f); pre+dec > bestNeed {
+			best, bestNeed = f, pre+dec
+		}
 	}
-	st.ArrivalRate, st.PromptTokens, st.OutputTokens = 0, 0, 0
-	if n := float64(len(rs)); n > 0 {
-		st.ArrivalRate, st.PromptTokens, st.OutputTokens = n/span.Seconds(), prompt/n, output/n
-	}
+	st.ArrivalRate, st.PromptTokens, st.OutputTokens = best.Rate, best.PromptTokens, best.OutputTokens
 }
 
 // launch starts an engine that serves after the start-up time.
