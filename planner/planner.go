@@ -180,6 +180,9 @@ func (c Config) Validate() error {
 	if c.Headroom < 0 {
 		errs = append(errs, fmt.Errorf("planner: headroom %v must not be negative", c.Headroom))
 	}
+	if math.IsNaN(c.DownBand) || math.IsInf(c.DownBand, 0) {
+		errs = append(errs, fmt.Errorf("planner: down band %v must be a number", c.DownBand))
+	}
 	if c.GPUBudget < 0 || c.MaxStep < 0 || c.Window < 0 {
 		errs = append(errs, errors.New("planner: GPU budget, max step and window must not be negative"))
 	}

@@ -60,8 +60,8 @@ func (p *Planner) decideSLA(now time.Time, st PoolState, m *poolMemory) (Decisio
 // slaChange turns the engines needed into a change of the pool's count: up at once to what
 // this decision needs; down by one engine, only when the most it needed over the cooldown
 // (peak, of the needs' upper bands when Config.DownBand is on) fits the smaller count with
-// the hysteresis to spare. A load that swings from one
-// interval to the next is sized for its highs and does not move the pool back and forth.
+// the hysteresis to spare. A load that swings from one interval to the next is sized for
+// its highs and does not move the pool back and forth.
 func (p *Planner) slaChange(cur, up int, peak, need float64, missed bool, reason string) (Decision, float64) {
 	switch down := int(math.Ceil(peak*(1+p.cfg.Hysteresis) - 1e-9)); {
 	case up > cur && missed:
