@@ -88,3 +88,35 @@ func TestSLABacklog(t *testing.T) {
 		t.Fatalf("backlog on: %d engines with a queue 100x the in-flight work, want more than %d", got, base)
 	}
 }
+
+// With the down band (the default), a pool whose load swings holds more engines before it
+// steps down than without it, and the same as without it once the load is steady: the band
+// is the swing of what each interval needed, which a steady load does not have.
+func TestSLADownBandHoldsThroughSwings(t *testing.T) {
+	settle := func(band float64, swing bool) int {
+		cfg := slaConfig()
+		cfg.DownBand = band
+		cfg.Limits = []planner.Limits{{Pool: agg, Min: 1, Max: 1000}}
+		p := mustNew(t, cfg)
+		cur := 1
+		for i := range 60 {
+			rate := 30.0
+			if swing {
+				rate = 20 + 20*float64(i%2) // 20 and 40 req/s: a mean of 30 as well
+			}
+			if i < 3 {
+				rate = 60 // a high start, to come down from
+			}
+			d := p.Decide(t0.Add(time.Duration(i)*cfg.Interval), []planner.PoolState{state(agg, rate, cur)})[0]
+			cur = d.Desired
+		}
+		return cur
+	}
+	off, on := settle(-1, true), settle(0, true)
+	if on <= off {
+		t.Fatalf("swinging load (20/40 req/s): %d engines with the down band, %d without; want more with it", on, off)
+	}
+	if a, b := settle(-1, false), settle(0, false); a != b {
+		t.Fatalf("steady 30 req/s: %d engines with the down band, %d without; want the same", b, a)
+	}
+}

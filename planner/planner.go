@@ -59,6 +59,9 @@ type Decision struct {
 	// Need is the fractional engines sla mode computed for Forecast, after its latency
 	// correction (Correction, 1 when none); load and static modes set it to Desired.
 	Need, Correction float64
+	// Upper is the upper band of Need that sla mode's scale-down must fit (Config.DownBand;
+	// Need when it is off; zero in other modes).
+	Upper float64
 }
 
 // Forecast is the demand a decision was sized for: requests/s and mean lengths over the
@@ -110,6 +113,23 @@ type Config struct {
 	// root of the intervals an engine takes to start (start-up + one interval), so the longer
 	// a new engine takes, the more of the load's swing is held in advance. 0 disables it.
 	Headroom float64
+	// DownBand (sla) is how wide the upper band of the forecast is that a scale-down must
+	// fit, in standard deviations: the engines the pool needs plus DownBand standard
+	// deviations of what each interval of the window needed at its own rate and lengths
+	// (both swing), grown with the square root of the intervals a new engine needs to serve
+	// (start-up + one interval). Scale-ups still go to the forecast itself; a pool is taken
+	// down only when the load's swing over the time it would take to bring an engine back
+	// fits the smaller count. 0 takes the default, 1; negative turns it off (the peak of the
+	// forecast's needs alone, as before the planner4 branch).
+	DownBand float64
+	// Foresight (sla) marks a planner that is told the future: each PoolState's
+	// ArrivalRate, PromptTokens, OutputTokens and PrefixHitRate are the demand of the coming
+	// forecast horizon, known in advance. It sizes the pool for that demand instead of a
+	// forecast of it, with no band (it knows the swing); the profile, the latency correction
+	// and the scale-down rule are sla mode's. Only a replay can know the future: it bounds
+	// what a forecast-driven planner with this sizing can reach (kvgate replay --planner
+	// oracle).
+	Foresight bool
 	// Backlog (sla) adds the prefill engines that clear, within the forecast horizon, the
 	// queued prompt tokens beyond what the pool holds in flight at the TTFT target: the work
 	// a burst left waiting while engines started.
@@ -130,6 +150,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Window == 0 {
 		c.Window = 6
+	}
+	if c.DownBand == 0 {
+		c.DownBand = 1
 	}
 	if c.Load == (LoadThresholds{}) {
 		c.Load = LoadThresholds{QueueHigh: 16384, QueueLow: 2048, KVHigh: 0.9, KVLow: 0.5}
@@ -156,6 +179,9 @@ func (c Config) Validate() error {
 	}
 	if c.Headroom < 0 {
 		errs = append(errs, fmt.Errorf("planner: headroom %v must not be negative", c.Headroom))
+	}
+	if math.IsNaN(c.DownBand) || math.IsInf(c.DownBand, 0) {
+		errs = append(errs, fmt.Errorf("planner: down band %v must be a number", c.DownBand))
 	}
 	if c.GPUBudget < 0 || c.MaxStep < 0 || c.Window < 0 {
 		errs = append(errs, errors.New("planner: GPU budget, max step and window must not be negative"))
@@ -192,6 +218,7 @@ type Planner struct {
 
 type poolMemory struct {
 	rate, prompt, output, hit series
+	raw                       series // sla: engines each interval's own demand needed, uncorrected
 	needs                     series // sla: engines needed, one per decision over the cooldown
 	lastChange, lastUp        time.Time
 	changed, upped            bool
@@ -224,7 +251,7 @@ func (p *Planner) memory(pool Pool) *poolMemory {
 	m := p.pools[pool]
 	if m == nil {
 		w := p.cfg.Window
-		m = &poolMemory{rate: newSeries(w), prompt: newSeries(w), output: newSeries(w), hit: newSeries(w), correction: 1,
+		m = &poolMemory{rate: newSeries(w), raw: newSeries(w), prompt: newSeries(w), output: newSeries(w), hit: newSeries(w), correction: 1,
 			needs: newSeries(max(1, int(p.cfg.Cooldown/max(1, p.cfg.Interval))))}
 		p.pools[pool] = m
 	}

@@ -1,6 +1,7 @@
 package planner_test
 
 import (
+	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -50,6 +51,7 @@ func TestConfigErrors(t *testing.T) {
 		{"negative budget", planner.Config{Mode: planner.ModeLoad, GPUBudget: -1}, "GPU budget"},
 		{"hysteresis", planner.Config{Mode: planner.ModeLoad, Hysteresis: 2}, "hysteresis"},
 		{"negative headroom", planner.Config{Mode: planner.ModeLoad, Headroom: -1}, "headroom"},
+		{"down band not a number", planner.Config{Mode: planner.ModeLoad, DownBand: math.NaN()}, "down band"},
 		{"min over max", planner.Config{Mode: planner.ModeLoad, Limits: []planner.Limits{{Pool: agg, Min: 3, Max: 2}}}, "limits"},
 		{"pool twice", planner.Config{Mode: planner.ModeLoad, Limits: []planner.Limits{{Pool: agg}, {Pool: agg}}}, "twice"},
 		{"thresholds", planner.Config{Mode: planner.ModeLoad, Load: planner.LoadThresholds{QueueHigh: 1, QueueLow: 2, KVHigh: 0.9}}, "thresholds"},

@@ -31,23 +31,37 @@ func (p *Planner) decideSLA(now time.Time, st PoolState, m *poolMemory) (Decisio
 	}
 	missed := p.learn(now, st, m)
 	prefill, decode := p.engines(st.Pool.Role, rate, m)
+	fc := Forecast{Rate: rate, PromptTokens: m.prompt.mean(), OutputTokens: m.output.mean(), PrefixHitRate: m.hit.mean()}
+	if p.cfg.Foresight {
+		// told the horizon's demand: no forecast, no band
+		fc = Forecast{Rate: st.ArrivalRate, PromptTokens: st.PromptTokens, OutputTokens: st.OutputTokens, PrefixHitRate: st.PrefixHitRate}
+		prefill, decode = p.cfg.Engines(st.Pool.Role, fc)
+	}
 	need := (prefill + decode + p.backlog(st, rate, m)) * m.correction
+	// what this interval's own rate and lengths needed: its spread over the window is how
+	// far the demand swings, in engines
+	own, ownDecode := p.enginesAt(st.Pool.Role, st.ArrivalRate, st.PromptTokens, st.OutputTokens, st.PrefixHitRate)
+	m.raw.add(own + ownDecode)
+	upper := need
+	if b := p.cfg.DownBand; b > 0 && !p.cfg.Foresight {
+		upper += b * m.raw.stddev() * math.Sqrt(h) * m.correction
+	}
 	reason := ReasonPrefillForecast
 	if decode > prefill {
 		reason = ReasonDecodeForecast
 	}
 	up := int(math.Ceil(need - 1e-9))
-	fc := Forecast{Rate: rate, PromptTokens: m.prompt.mean(), OutputTokens: m.output.mean(), PrefixHitRate: m.hit.mean()}
-	m.needs.add(need)
+	m.needs.add(upper)
 	d, need := p.slaChange(cur, up, m.needs.peak(), need, missed, reason)
-	d.Forecast, d.Correction = fc, m.correction
+	d.Forecast, d.Correction, d.Upper = fc, m.correction, upper
 	return d, need
 }
 
 // slaChange turns the engines needed into a change of the pool's count: up at once to what
 // this decision needs; down by one engine, only when the most it needed over the cooldown
-// (peak) fits the smaller count with the hysteresis to spare. A load that swings from one
-// interval to the next is sized for its highs and does not move the pool back and forth.
+// (peak, of the needs' upper bands when Config.DownBand is on) fits the smaller count with
+// the hysteresis to spare. A load that swings from one interval to the next is sized for
+// its highs and does not move the pool back and forth.
 func (p *Planner) slaChange(cur, up int, peak, need float64, missed bool, reason string) (Decision, float64) {
 	switch down := int(math.Ceil(peak*(1+p.cfg.Hysteresis) - 1e-9)); {
 	case up > cur && missed:
@@ -65,15 +79,29 @@ func (p *Planner) slaChange(cur, up int, peak, need float64, missed bool, reason
 // engines is the profile's engines for rate requests/s with the window's mean lengths at the
 // targets: the prefill and the decode fractions.
 func (p *Planner) engines(role Role, rate float64, m *poolMemory) (prefill, decode float64) {
-	if rate <= 0 {
+	return p.enginesAt(role, rate, m.prompt.mean(), m.output.mean(), m.hit.mean())
+}
+
+// enginesAt is the profile's engines for rate requests/s of the given mean lengths.
+func (p *Planner) enginesAt(role Role, rate, prompt, output, hit float64) (prefill, decode float64) {
+	return p.cfg.Engines(role, Forecast{Rate: rate, PromptTokens: prompt, OutputTokens: output, PrefixHitRate: hit})
+}
+
+// Engines is what sla mode sizes a pool of role for demand f, before its latency
+// correction: the prefill fraction (prompt tokens to compute per second, after prefix hits,
+// against one engine's prefill throughput at the TTFT target) and the decode fraction
+// (output tokens per second against one engine's decode throughput at the ITL target).
+// It needs c.Profile.
+func (c Config) Engines(role Role, f Forecast) (prefill, decode float64) {
+	if f.Rate <= 0 || c.Profile == nil {
 		return 0, 0
 	}
-	prompt, output, hit := m.prompt.mean(), m.output.mean(), m.hit.mean()
+	hit := clamp01(f.PrefixHitRate)
 	if role != RoleDecode {
-		prefill = rate * prompt * (1 - hit) / p.cfg.Profile.PrefillThroughput(prompt, p.cfg.TTFT)
+		prefill = f.Rate * f.PromptTokens * (1 - hit) / c.Profile.PrefillThroughput(f.PromptTokens, c.TTFT)
 	}
 	if role != RolePrefill {
-		decode = rate * output / p.cfg.Profile.DecodeThroughput(prompt+output/2, p.cfg.ITL)
+		decode = f.Rate * f.OutputTokens / c.Profile.DecodeThroughput(f.PromptTokens+f.OutputTokens/2, c.ITL)
 	}
 	return prefill, decode
 }

@@ -20,7 +20,9 @@ const (
 )
 
 // PlannerModes lists what --planner accepts besides "all".
-func PlannerModes() []string { return []string{planner.ModeSLA, planner.ModeLoad, planner.ModeStatic} }
+func PlannerModes() []string {
+	return []string{planner.ModeSLA, planner.ModeLoad, planner.ModeStatic, ModeOracle}
+}
 
 // ComparePlanners runs the same trace four ways: static-at-peak (the fewest static engines, up
 // to cfg.Engines, whose attainment reaches target, found by bisection), static-at-mean (that

@@ -1,11 +1,13 @@
 package replay
 
 import (
+	"cmp"
 	"slices"
 	"time"
 
 	"github.com/kvgate/kvgate/engine/sim"
 	"github.com/kvgate/kvgate/planner"
+	"github.com/kvgate/kvgate/workload"
 )
 
 // PlannerRun puts a planner in the loop of a replay of aggregated engines. Config.Engines is
@@ -41,7 +43,9 @@ type Point struct {
 	ForecastRate float64 `json:"forecast_rate,omitempty"`
 	Need         float64 `json:"need,omitempty"`
 	Correction   float64 `json:"correction,omitempty"`
-	Prompt       float64 `json:"prompt_tokens"` // mean over the interval
+	// sla: the upper band of the need that a scale-down must fit (planner.Config.DownBand).
+	Upper  float64 `json:"upper,omitempty"`
+	Prompt float64 `json:"prompt_tokens"` // mean over the interval
 }
 
 // planLoop is a planner replay's state: the planner, what was observed since its last
@@ -63,10 +67,25 @@ type planLoop struct {
 
 	maxHeld, scaleEvents int
 	timeline             []Point
+	future               []workload.Request // the oracle's: the trace by arrival
+}
+
+// ModeOracle is the sla planner told the future (planner.Config.Foresight): at each decision
+// it sees the demand of the coming start-up + one interval, from the trace. Replay only: the
+// bound of what a forecast-driven planner with the same sizing can reach.
+const ModeOracle = "oracle"
+
+// plannerConfig is the planner configuration a run uses: ModeOracle is sla with foresight.
+func (run PlannerRun) plannerConfig() planner.Config {
+	pc := run.Planner
+	if pc.Mode == ModeOracle {
+		pc.Mode, pc.Foresight = planner.ModeSLA, true
+	}
+	return pc
 }
 
 func newPlanLoop(c *cluster, run PlannerRun) (*planLoop, error) {
-	pc := run.Planner
+	pc := run.plannerConfig()
 	pc.GPUBudget = c.cfg.Engines
 	if pc.Startup == 0 {
 		pc.Startup = run.Startup
@@ -167,9 +186,13 @@ func (l *planLoop) observe(c *cluster, now time.Duration) planner.PoolState {
 // tick runs one planner decision and carries it out.
 func (l *planLoop) tick(c *cluster, now time.Duration) {
 	st := l.observe(c, now)
+	rate, prompt := st.ArrivalRate, st.PromptTokens
+	if l.p.Config().Foresight {
+		l.foresee(c, now, &st)
+	}
 	d := l.p.Decide(epoch.Add(now), []planner.PoolState{st})[0]
-	pt := Point{At: now.Seconds(), Rate: st.ArrivalRate, Current: d.Current, Desired: d.Desired, TTFTP90: ms(st.TTFTP90), Reason: d.Reason,
-		ForecastRate: d.Forecast.Rate, Need: d.Need, Correction: d.Correction, Prompt: st.PromptTokens}
+	pt := Point{At: now.Seconds(), Rate: rate, Current: d.Current, Desired: d.Desired, TTFTP90: ms(st.TTFTP90), Reason: d.Reason,
+		ForecastRate: d.Forecast.Rate, Need: d.Need, Correction: d.Correction, Upper: d.Upper, Prompt: prompt}
 	if l.finished > 0 {
 		pt.Attainment = float64(l.met) / float64(l.finished)
 	}
@@ -194,6 +217,41 @@ func (l *planLoop) tick(c *cluster, now time.Duration) {
 	if l.remaining > 0 {
 		c.push(&event{at: now + l.p.Config().Interval, kind: evTick})
 	}
+}
+
+// foresee replaces the observed demand in st with the future's (the oracle): the trace's
+// arrivals over a forecast window (Config.Window intervals), for each window that starts
+// within the horizon an engine takes to be back (now to now + start-up, interval by
+// interval); the one that needs the most engines at the profile gives the rate and mean
+// lengths. The level to come, not the noise of each interval, which no forecast can know.
+// The prefix hit rate stays the last interval's: the cache's future is not in the trace.
+func (l *planLoop) foresee(c *cluster, now time.Duration, st *planner.PoolState) {
+	if l.future == nil {
+		l.future = slices.Clone(c.tr.Requests)
+		slices.SortStableFunc(l.future, func(a, b workload.Request) int { return cmp.Compare(a.Arrival, b.Arrival) })
+	}
+	cfg := l.p.Config()
+	at := func(t time.Duration) int {
+		i, _ := slices.BinarySearchFunc(l.future, t, func(r workload.Request, t time.Duration) int { return cmp.Compare(r.Arrival, t) })
+		return i
+	}
+	span := time.Duration(cfg.Window) * cfg.Interval
+	best, bestNeed := planner.Forecast{}, -1.0
+	for from := now; from <= now+cfg.Startup; from += cfg.Interval {
+		f := planner.Forecast{PrefixHitRate: st.PrefixHitRate}
+		rs := l.future[at(from):at(from+span)]
+		for _, r := range rs {
+			f.PromptTokens += float64(r.InputLength)
+			f.OutputTokens += float64(max(1, r.OutputLength))
+		}
+		if n := float64(len(rs)); n > 0 {
+			f.Rate, f.PromptTokens, f.OutputTokens = n/span.Seconds(), f.PromptTokens/n, f.OutputTokens/n
+		}
+		if pre, dec := cfg.Engines(replayPool.Role, f); pre+dec > bestNeed {
+			best, bestNeed = f, pre+dec
+		}
+	}
+	st.ArrivalRate, st.PromptTokens, st.OutputTokens = best.Rate, best.PromptTokens, best.OutputTokens
 }
 
 // launch starts an engine that serves after the start-up time.

@@ -43,7 +43,8 @@ policy on the same trace; --plot draws their TTFT CDFs.
 
 --planner sla|load|static|all puts a planner in the loop: engines start (--startup-s) and drain
 as it decides, --engines is the GPU budget, --rate-profile changes the arrival rate in steps,
-and results add sla_attainment, gpu_hours, max_engines_used and scale_events (docs/PLANNER.md).`,
+and results add sla_attainment, gpu_hours, max_engines_used and scale_events (docs/PLANNER.md).
+--planner oracle is the sla planner told the trace's future over start-up + one interval (a bound).`,
 		Example: `  kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --engines 8 --policy all
   kvgate replay --synthetic --engines 4 --policy kv --json
   kvgate replay --trace workload/testdata/mooncake_synthetic_trace.jsonl --cpu-cache-gib 230 --p2p --json

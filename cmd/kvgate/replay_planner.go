@@ -51,6 +51,7 @@ func (p *replayPlannerFlags) add(cmd *cobra.Command) {
 	f.DurationVar(&p.cfg.Cooldown, "planner-cooldown", 0, "planner: no scale-down this soon after a change (0: four intervals)")
 	f.IntVar(&p.cfg.MaxStep, "planner-max-step", 0, "planner: most engines added or removed per decision (0: no limit)")
 	f.Float64Var(&p.cfg.Headroom, "planner-headroom", 0, "sla planner: size for the forecast plus this many standard deviations of the recent rate, grown with the square root of the start-up in intervals (0: none)")
+	f.Float64Var(&p.cfg.DownBand, "planner-down-band", 0, "sla planner: scale down only when the forecast's upper band fits, this many standard deviations of the intervals' needs, grown with the square root of the start-up in intervals (0: the default, 1; negative: off)")
 	f.BoolVar(&p.cfg.Backlog, "planner-backlog", false, "sla planner: add the engines that clear the queued prompt tokens beyond the pool's in-flight work within start-up + one interval")
 	f.StringVar(&p.sweep, "startup-sweep", "", `planner: run load and sla at each of these start-up seconds, e.g. "15,60,120,300", and print attainment against start-up`)
 }
@@ -97,10 +98,14 @@ func (p *replayPlannerFlags) prepare(cfg *replay.Config, tr *workload.Trace) err
 		pc.Profile = planner.ProfileFromSim(cfg.Engine)
 	}
 	cfg.Planner = &replay.PlannerRun{Planner: pc, Startup: time.Duration(p.startupS * float64(time.Second)), Initial: p.initial}
-	if p.mode == "all" {
-		cfg.Planner.Planner.Mode = planner.ModeSLA // validated now; ComparePlanners sets each
+	check := cfg.Planner.Planner
+	if p.mode == "all" || p.mode == replay.ModeOracle {
+		check.Mode = planner.ModeSLA // validated now; ComparePlanners sets each, oracle is sla told the future
 	}
-	_, err := planner.New(cfg.Planner.Planner)
+	if p.mode == "all" {
+		cfg.Planner.Planner.Mode = planner.ModeSLA
+	}
+	_, err := planner.New(check)
 	return err
 }
 
