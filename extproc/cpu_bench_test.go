@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/extproc/extproctest"
 	"github.com/kvgate/kvgate/router"
@@ -47,7 +49,18 @@ func TestCPUServer(t *testing.T) {
 			}
 		}()
 	}
-	f := startRouter(t, extproc.Config{}, func(c *router.Config) { c.Policy = router.DefaultConfig().Policy })
+	skip := os.Getenv(cpuServerEnv+"_SKIP") != ""
+	f := startRouter(t, extproc.Config{SkipResponseBody: skip}, func(c *router.Config) {
+		c.Policy = router.DefaultConfig().Policy
+		if skip {
+			c.ForceStreamUsage = false
+		}
+	})
+	if skip { // exact mode: no decision needs its usage
+		for _, ep := range endpoints {
+			f.router.ApplyEvents(ep.Name, engine.EventBatch{})
+		}
+	}
 	addr, err := f.server.Addr(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -112,10 +125,10 @@ type cpuServer struct {
 	addr string
 }
 
-func startCPUServer(b testing.TB) *cpuServer {
+func startCPUServer(b testing.TB, env ...string) *cpuServer {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestCPUServer$")
-	cmd.Env = append(os.Environ(), cpuServerEnv+"=1")
+	cmd.Env = append(append(os.Environ(), cpuServerEnv+"=1"), env...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -192,29 +205,52 @@ func prose4k(b *testing.B, n int) [][]byte {
 // sequential whole requests as Envoy drives them (request headers and body, the pick, response
 // headers and three SSE chunks, stream end), for FULL_DUPLEX_STREAMED and BUFFERED. It also
 // routes the same bodies with router.Route alone in this process (same configuration: the
-// default policy) and reports the difference as the protocol's share.
+// default policy) and reports the difference as the protocol's share, and the messages each
+// request took, both ways.
+//
+// The buffered-exact pair runs one server configuration twice: SkipResponseBody on, usage
+// not forced, every endpoint's cache known from KV events (exact mode), so the server asks
+// for no response body. buffered-exact plays an Envoy without allow_mode_override (the body
+// still comes: the same messages as buffered), buffered-exact-skip one that honours it.
 func BenchmarkExtProcCPU(b *testing.B) {
 	if runtime.GOOS != "linux" {
 		b.Skip("getrusage figures are checked on Linux")
 	}
 	bodies := prose4k(b, 64)
-	up := extproctest.Upstream{Header: http.Header{"Content-Type": {"text/event-stream"}}, Chunks: sseChunks(usageJSON)}
-	upstream := func(*extproctest.Result) extproctest.Upstream { return up }
+	// The engine reports as cached what the router predicted (16-token blocks), as an engine
+	// holding the predicted prefix does: a report of fewer makes approximate mode correct its
+	// record (kvindex.Approx.Forget), decision work that is not the protocol's and that, with
+	// every body sharing its first blocks, took 40% of the server's CPU.
+	upstream := func(r *extproctest.Result) extproctest.Upstream {
+		cached, _ := strconv.Atoi(r.Header.Get(router.HeaderCachedBlocks))
+		usage := fmt.Sprintf(`{"prompt_tokens":4096,"completion_tokens":2,"total_tokens":4098,"prompt_tokens_details":{"cached_tokens":%d}}`, cached*16)
+		return extproctest.Upstream{Header: http.Header{"Content-Type": {"text/event-stream"}}, Chunks: sseChunks(usage)}
+	}
+	buffered := extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED}
 	for _, m := range []struct {
-		name string
-		mode extproctest.Mode
+		name        string
+		mode        extproctest.Mode
+		skip, allow bool // SkipResponseBody (and exact mode) on the server; allow_mode_override on the client
 	}{
-		{"full-duplex", extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED}},
-		{"buffered", extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED}},
+		{"full-duplex", extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED}, false, false},
+		{"buffered", buffered, false, false},
+		{"buffered-exact", buffered, true, false},
+		{"buffered-exact-skip", buffered, true, true},
 	} {
 		b.Run(m.name, func(b *testing.B) {
-			srv := startCPUServer(b)
+			var env []string
+			if m.skip {
+				env = append(env, cpuServerEnv+"_SKIP=1")
+			}
+			srv := startCPUServer(b, env...)
 			c, err := extproctest.Dial(srv.addr)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer c.Close()
 			c.EarlyWait = -1
+			c.AllowModeOverride = m.allow
+			msgs := 0
 			ctx := context.Background()
 			do := func(i int) {
 				req := extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Header: http.Header{"Content-Type": {"application/json"}}, Body: bodies[i%len(bodies)]}
@@ -222,6 +258,7 @@ func BenchmarkExtProcCPU(b *testing.B) {
 				if err != nil || res.Immediate != nil {
 					b.Fatal(err, res)
 				}
+				msgs += res.Sent + res.Messages
 			}
 			for i := range len(bodies) { // warm the caches on other text than the measured
 				do(i + len(bodies)/2)
@@ -233,6 +270,7 @@ func BenchmarkExtProcCPU(b *testing.B) {
 			idlePerSec := float64(idle1-idle0) / 0.5
 			b.ReportMetric(idlePerSec/1e3, "server-idle-µs-cpu/s")
 			cpu0, mallocs0, bytes0 := srv.stats(b)
+			msgs = 0
 			t0 := time.Now()
 			n := 0
 			for b.Loop() {
@@ -245,9 +283,10 @@ func BenchmarkExtProcCPU(b *testing.B) {
 			b.ReportMetric(server, "server-µs-cpu/req")
 			b.ReportMetric(float64(mallocs1-mallocs0)/float64(n), "server-allocs/req")
 			b.ReportMetric(float64(bytes1-bytes0)/float64(n), "server-B/req")
+			b.ReportMetric(float64(msgs)/float64(n), "msgs/req")
 
 			// The decision alone, on the same bodies, in this process.
-			rt := newDecisionRouter(b)
+			rt := newDecisionRouter(b, m.skip)
 			for i := range len(bodies) {
 				route(b, rt, bodies[(i+len(bodies)/2)%len(bodies)])
 			}
@@ -267,9 +306,17 @@ func BenchmarkExtProcCPU(b *testing.B) {
 }
 
 // newDecisionRouter is the router TestCPUServer serves with.
-func newDecisionRouter(b *testing.B) *router.Router {
-	f := startRouter(b, extproc.Config{}, func(c *router.Config) { c.Policy = router.DefaultConfig().Policy })
+func newDecisionRouter(b *testing.B, exact bool) *router.Router {
+	f := startRouter(b, extproc.Config{}, func(c *router.Config) {
+		c.Policy = router.DefaultConfig().Policy
+		c.ForceStreamUsage = !exact
+	})
 	f.stop()
+	if exact {
+		for _, ep := range endpoints {
+			f.router.ApplyEvents(ep.Name, engine.EventBatch{})
+		}
+	}
 	return f.router
 }
 

@@ -50,6 +50,11 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 			respWait.Stop()
 		}
 		st.freeBody()
+		if st.skipped && !st.released {
+			// The proxy was told not to send the response body: the stream's end is the
+			// request's end.
+			st.complete()
+		}
 		st.release(errAborted)
 		outcome := st.outcome
 		if outcome == "" {
@@ -160,6 +165,7 @@ type stream struct {
 	watcher  *openai.BodyWatcher
 	strip    *openai.UsageStripper // drops the usage chunk the client did not ask for
 	started  bool                  // response headers (or body) arrived
+	skipped  bool                  // the response body was skipped (mode_override): the stream's end completes the request
 	first    bool
 	status   int
 	released bool
@@ -431,11 +437,55 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 		}
 		mut.RemoveHeaders = append(mut.RemoveHeaders, "content-length")
 	}
-	out := []*extprocv3.ProcessingResponse{continueHeaders(true, mut, false)}
+	hr := continueHeaders(true, mut, false)
+	if !h.GetEndOfStream() {
+		switch {
+		case st.respMode == filterv3.ProcessingMode_NONE:
+			// The body never comes: the same override keeps Envoy 1.37+ from closing the
+			// stream now, so that its end is the request's.
+			hr.ModeOverride = skipBodyMode(st.reqMode)
+			st.skipped = true
+		case st.skipBody(d):
+			hr.ModeOverride = skipBodyMode(st.reqMode)
+			st.skipped = true
+			st.s.metrics.skipped.Inc()
+		}
+		if st.skipped && !sse {
+			// A non-streamed answer's headers come with its body: the first token is in.
+			st.firstToken()
+		}
+	}
 	if h.GetEndOfStream() {
 		st.complete()
 	}
-	return out
+	return []*extprocv3.ProcessingResponse{hr}
+}
+
+// skipBody reports whether the response body of d may be skipped (Config.SkipResponseBody):
+// the server need not cut anything out of it, the router needs nothing from it, and the
+// proxy will honour a mode_override (Envoy ignores one when either body mode is
+// FULL_DUPLEX_STREAMED; with NONE there is nothing to skip).
+func (st *stream) skipBody(d *router.Decision) bool {
+	return st.s.cfg.SkipResponseBody && st.strip == nil && !d.NeedsUsage() &&
+		st.reqMode != filterv3.ProcessingMode_FULL_DUPLEX_STREAMED &&
+		st.respMode != filterv3.ProcessingMode_FULL_DUPLEX_STREAMED &&
+		st.respMode != filterv3.ProcessingMode_NONE
+}
+
+// skipBodyMode is the mode_override that stops the response body messages. Trailers stay
+// SEND: Envoy (1.37+) closes the stream as soon as nothing more is to be sent, which would
+// end it at the response headers; with trailers SEND it stays open until the request ends
+// (an HTTP/1.1 engine's response has no trailers, so none comes). Header modes are SEND and
+// the request body mode unchanged, for Envoy before 1.34, which replaces the whole mode.
+func skipBodyMode(reqMode filterv3.ProcessingMode_BodySendMode) *filterv3.ProcessingMode {
+	return &filterv3.ProcessingMode{
+		RequestHeaderMode:   filterv3.ProcessingMode_SEND,
+		ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
+		RequestBodyMode:     reqMode,
+		ResponseBodyMode:    filterv3.ProcessingMode_NONE,
+		RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
+		ResponseTrailerMode: filterv3.ProcessingMode_SEND,
+	}
 }
 
 func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingResponse {
@@ -444,10 +494,8 @@ func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingRes
 		if st.watcher == nil { // body without headers: a misbehaving proxy, still account it
 			st.watcher = openai.NewBodyWatcher(st.decision.Stream, st.s.cfg.MaxResponseBuffer)
 		}
-		if st.watcher.Write(b.GetBody()) && !st.first {
-			st.first = true
-			st.decision.FirstToken()
-			st.s.metrics.ttft.Observe(time.Since(st.pickedAt).Seconds())
+		if st.watcher.Write(b.GetBody()) {
+			st.firstToken()
 		}
 	}
 	body := b.GetBody()
@@ -472,6 +520,16 @@ func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingRes
 		st.complete()
 	}
 	return out
+}
+
+// firstToken tells the decision its first token arrived, once.
+func (st *stream) firstToken() {
+	if st.first {
+		return
+	}
+	st.first = true
+	st.decision.FirstToken()
+	st.s.metrics.ttft.Observe(time.Since(st.pickedAt).Seconds())
 }
 
 // complete marks the response as ended normally and releases the decision.
