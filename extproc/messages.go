@@ -3,7 +3,6 @@ package extproc
 import (
 	"net/http"
 	"sort"
-	"strconv"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -86,17 +85,6 @@ func setHeaders(h http.Header) *extprocv3.HeaderMutation {
 		mut.SetHeaders[i] = &opts[i]
 	}
 	return mut
-}
-
-// pickHeaders are the request headers a decision sets upstream, with content-length fixed
-// to the body that will be sent.
-func pickHeaders(d *router.Decision, bodyLen int) http.Header {
-	h := d.Header().Clone()
-	if h == nil {
-		h = http.Header{}
-	}
-	h["Content-Length"] = []string{strconv.Itoa(bodyLen)}
-	return h
 }
 
 // pickMetadata is the dynamic metadata that names the destination: namespace envoy.lb,

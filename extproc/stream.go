@@ -326,15 +326,17 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 		}
 	}
 	st.freeBody() // body is answered below; the stream keeps no copy
-	hdr := pickHeaders(d, len(body))
+	var hdr headerSet
+	decisionHeaders(&hdr, d)
+	hdr.set("content-length", strconv.Itoa(len(body))) // the body that will be sent
 	if st.span != nil {
-		st.traceUpstream(d, hdr)
+		st.traceUpstream(d, &hdr)
 	}
-	md := pickMetadata(hdr.Get(router.HeaderDestination))
+	md := pickMetadata(hdr.get(router.HeaderDestination))
 	st.s.log.Debug("picked", "path", st.path, "endpoint", d.Endpoint.Address, "model", d.Model,
 		"prompt_tokens", d.PromptTokens, "cached_blocks", d.CachedBlocks)
 
-	mut := setHeaders(hdr)
+	mut := hdr.mutation()
 	if d.Prefill == nil && st.headers.Get(router.HeaderPrefiller) != "" {
 		// Only the router names prefill endpoints: a client's header would make the decode
 		// sidecar post the prompt wherever it says.
@@ -395,9 +397,6 @@ func (st *stream) reject(e *openai.Error) []*extprocv3.ProcessingResponse {
 	return []*extprocv3.ProcessingResponse{im}
 }
 
-// responseEcho are the response headers a decision reports to the client.
-var responseEcho = []string{router.HeaderEndpoint, router.HeaderCachedBlocks, router.HeaderPrefillEndpoint}
-
 func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) []*extprocv3.ProcessingResponse {
 	// The response headers are read in place: only a few of them matter.
 	hm := h.GetHeaders()
@@ -419,17 +418,17 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 	if sse && d.UsageForced && st.respMode != filterv3.ProcessingMode_NONE {
 		st.strip = &openai.UsageStripper{}
 	}
-	echo := http.Header{}
-	dh := d.Header()
-	for _, k := range responseEcho {
-		if v := dh.Get(k); v != "" {
-			echo.Set(k, v)
-		}
+	// The decision's own headers the client sees: the target, the overlap, the prefill
+	// endpoint unless the decode side prefilled.
+	var echo headerSet
+	if v := d.Endpoint.Address; v != "" {
+		echo.set(router.HeaderEndpoint, v)
 	}
-	if headerValue(hm, router.HeaderPrefillFallback) != "" { // the decode side prefilled
-		echo.Del(router.HeaderPrefillEndpoint)
+	echo.set(router.HeaderCachedBlocks, strconv.Itoa(d.CachedBlocks))
+	if d.Prefill != nil && d.Prefill.Address != "" && headerValue(hm, router.HeaderPrefillFallback) == "" {
+		echo.set(router.HeaderPrefillEndpoint, d.Prefill.Address)
 	}
-	mut := setHeaders(echo)
+	mut := echo.mutation()
 	if st.strip != nil {
 		// The body will be shorter than the engine said.
 		if mut == nil {

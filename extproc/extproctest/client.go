@@ -113,6 +113,9 @@ type Client struct {
 	AllowModeOverride bool
 }
 
+// envoyWindow is Envoy's default HTTP/2 stream and connection window (256 MiB).
+const envoyWindow = 256 << 20
+
 // Dial connects to an ext_proc server at addr (host:port) without TLS.
 func Dial(addr string) (*Client, error) { return DialTLS(addr, nil) }
 
@@ -123,7 +126,10 @@ func DialTLS(addr string, tc *tls.Config) (*Client, error) {
 	if tc != nil {
 		creds = credentials.NewTLS(tc)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	// Fixed flow-control windows, Envoy's HTTP/2 defaults: like Envoy, the client then sends
+	// no BDP-estimation PINGs, which a server would otherwise answer per data frame.
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+		grpc.WithInitialWindowSize(envoyWindow), grpc.WithInitialConnWindowSize(envoyWindow))
 	if err != nil {
 		return nil, err
 	}
