@@ -90,3 +90,22 @@ func TestDecisionHeaders(t *testing.T) {
 		t.Errorf("headerSet.mutation of 3 headers: %v allocations, want <= 4", n)
 	}
 }
+
+// TestContinueHeadersAllocations checks a headers answer says what it did and is one
+// allocation.
+func TestContinueHeadersAllocations(t *testing.T) {
+	mut := &extprocv3.HeaderMutation{RemoveHeaders: []string{"x"}}
+	for _, response := range []bool{false, true} {
+		hr := &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: !response}}
+		want := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr}}
+		if response {
+			want = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}}
+		}
+		if got := continueHeaders(response, mut, !response); !proto.Equal(got, want) {
+			t.Errorf("continueHeaders(%v) = %v, want %v", response, got, want)
+		}
+		if n := testing.AllocsPerRun(100, func() { continueHeaders(response, mut, true) }); n > 1 {
+			t.Errorf("continueHeaders: %v allocations, want 1", n)
+		}
+	}
+}

@@ -161,13 +161,29 @@ func errorHeaders(err *openai.Error) http.Header {
 	return h
 }
 
-// continueHeaders answers a request or response headers message, applying mut.
+// continueHeaders answers a request or response headers message, applying mut; its parts
+// are one allocation.
 func continueHeaders(response bool, mut *extprocv3.HeaderMutation, clearRoute bool) *extprocv3.ProcessingResponse {
-	hr := &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: clearRoute}}
+	m := &headersMessage{}
+	m.cr.HeaderMutation, m.cr.ClearRouteCache = mut, clearRoute
+	m.hr.Response = &m.cr
 	if response {
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}}
+		m.resp.ResponseHeaders = &m.hr
+		m.pr.Response = &m.resp
+	} else {
+		m.req.RequestHeaders = &m.hr
+		m.pr.Response = &m.req
 	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr}}
+	return &m.pr
+}
+
+// headersMessage is a headers response with its parts in one allocation.
+type headersMessage struct {
+	pr   extprocv3.ProcessingResponse
+	req  extprocv3.ProcessingResponse_RequestHeaders
+	resp extprocv3.ProcessingResponse_ResponseHeaders
+	hr   extprocv3.HeadersResponse
+	cr   extprocv3.CommonResponse
 }
 
 // bodyResponse answers a request or response body message with cr.
