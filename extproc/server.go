@@ -69,8 +69,10 @@ type Config struct {
 	ResponseTimeout time.Duration
 	// IdleTimeout closes a stream on which the proxy has sent nothing for this long, with
 	// gRPC status DEADLINE_EXCEEDED; it must exceed the longest silence of a healthy stream
-	// (a non-streamed response's generation, or a whole response in response body mode
-	// NONE). Zero means DefaultIdleTimeout; negative turns it off.
+	// (a non-streamed response's generation). It stops applying once the response headers
+	// are answered with a mode_override (a skipped body, response body mode NONE): the
+	// proxy then sends nothing until the request ends. Zero means DefaultIdleTimeout;
+	// negative turns it off.
 	IdleTimeout time.Duration
 	// DrainTimeout bounds how long shutdown waits for open streams before closing them.
 	// Zero means DefaultDrainTimeout.

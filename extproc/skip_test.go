@@ -9,6 +9,8 @@ import (
 	"time"
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/extproc"
@@ -213,4 +215,69 @@ func TestSkippedBodyReleasedAtStreamEnd(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSkippedBodyOutlivesIdleTimeout checks a stream whose response body was skipped is not
+// closed by IdleTimeout: it is silent by design until the request ends, and closing it would
+// make Envoy fail a response that is still streaming. A probe stream, silent after its pick,
+// which comes later, is closed by the bound meanwhile (the bound still works).
+func TestSkippedBodyOutlivesIdleTimeout(t *testing.T) {
+	f := startRouter(t, extproc.Config{SkipResponseBody: true, IdleTimeout: time.Second, ResponseTimeout: -1}, func(c *router.Config) {
+		c.Policy = router.PolicyKV
+		c.ForceStreamUsage = false
+	})
+	for _, ep := range endpoints {
+		f.router.ApplyEvents(ep.Name, engine.EventBatch{})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// The first pick loads the tokenizer, which can take longer than the idle bound.
+	d, err := f.router.Route(ctx, router.Request{Path: "/v1/chat/completions", Body: chatBody(t, "warm up", true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Done(nil, nil)
+	st, err := f.client.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Body: chatBody(t, "a long answer", true)}
+	for _, m := range extproctest.RequestMessages(bufferedStreamed, req) {
+		if err := st.Send(m); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := extproctest.Upstream{Header: http.Header{"Content-Type": {"text/event-stream"}}, Chunks: sseChunks(usageJSON)}
+	if err := st.Send(extproctest.ResponseMessages(bufferedStreamed, up, true)[0]); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := st.Recv(); err != nil || r.GetModeOverride() == nil {
+		t.Fatalf("want the response headers answer skipping the body, got %v, %v", r, err)
+	}
+	// The probe's pick comes after the skipped stream's last message, so its idle bound ends
+	// later: once the probe is closed, the skipped stream would have been too.
+	probe := openPicked(t, ctx, f, "probe") // silent from here on
+	err = nil
+	for err == nil { // the pick's body chunks, then the end
+		_, err = probe.Recv()
+	}
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("the probe ended with %v, want DEADLINE_EXCEEDED from the idle timeout", err)
+	}
+	if got := metricstest.Value(f.reg, extproc.MetricIdleStreams); got != 1 {
+		t.Errorf("%s = %v, want 1 (the probe only)", extproc.MetricIdleStreams, got)
+	}
+	if got := metricstest.Value(f.reg, extproc.MetricStreamsActive); got != 1 {
+		t.Errorf("%v streams open, want the skipped one", got)
+	}
+	if routertest.Load(f.router) == 0 {
+		t.Error("the skipped request's load was released while its stream was open")
+	}
+	if err := st.CloseSend(); err != nil { // the request ends
+		t.Fatal(err)
+	}
+	waitReleased(t, f)
 }

@@ -92,11 +92,17 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 				mu.Unlock()
 				return
 			}
-			if s.cfg.IdleTimeout > 0 {
+			if s.cfg.IdleTimeout > 0 && !st.skipped {
 				idle.Reset(s.cfg.IdleTimeout)
 			}
 			picked := st.decision != nil
 			out, final := st.handle(ctx, req)
+			if st.skipped {
+				// Silence until the request ends is expected now (no response body comes):
+				// the idle bound would cut a long response. A proxy that vanishes still
+				// ends the stream through its connection (TCP keepalive).
+				idle.Stop()
+			}
 			if !picked && st.decision != nil && s.cfg.ResponseTimeout > 0 {
 				respWait = time.AfterFunc(s.cfg.ResponseTimeout, noResponse)
 			}
