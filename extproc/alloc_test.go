@@ -9,6 +9,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/kvgate/kvgate/router"
 )
@@ -107,5 +108,22 @@ func TestContinueHeadersAllocations(t *testing.T) {
 		if n := testing.AllocsPerRun(100, func() { continueHeaders(response, mut, true) }); n > 1 {
 			t.Errorf("continueHeaders: %v allocations, want 1", n)
 		}
+	}
+}
+
+// TestPickMetadataAllocations checks the pick's dynamic metadata says what it did and is
+// five allocations: the messages, and two maps of two each.
+func TestPickMetadataAllocations(t *testing.T) {
+	dest := "10.0.0.1:8000,10.0.0.2:8000"
+	want := &structpb.Struct{Fields: map[string]*structpb.Value{
+		router.MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			router.HeaderDestination: structpb.NewStringValue(dest),
+		}}),
+	}}
+	if got := pickMetadata(dest); !proto.Equal(got, want) {
+		t.Fatalf("pickMetadata = %v, want %v", got, want)
+	}
+	if n := testing.AllocsPerRun(100, func() { pickMetadata(dest) }); n > 5 {
+		t.Errorf("pickMetadata: %v allocations, want <= 5", n)
 	}
 }

@@ -89,12 +89,24 @@ func setHeaders(h http.Header) *extprocv3.HeaderMutation {
 
 // pickMetadata is the dynamic metadata that names the destination: namespace envoy.lb,
 // key x-gateway-destination-endpoint, the same value as the header.
+// Its messages are one allocation besides the two maps.
 func pickMetadata(dest string) *structpb.Struct {
-	return &structpb.Struct{Fields: map[string]*structpb.Value{
-		router.MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
-			router.HeaderDestination: structpb.NewStringValue(dest),
-		}}),
-	}}
+	m := &metadataMessage{}
+	m.str.StringValue = dest
+	m.dest.Kind = &m.str
+	m.inner.Fields = map[string]*structpb.Value{router.HeaderDestination: &m.dest}
+	m.sv.StructValue = &m.inner
+	m.ns.Kind = &m.sv
+	m.outer.Fields = map[string]*structpb.Value{router.MetadataNamespace: &m.ns}
+	return &m.outer
+}
+
+// metadataMessage is pickMetadata's messages in one allocation.
+type metadataMessage struct {
+	outer, inner structpb.Struct
+	ns, dest     structpb.Value
+	sv           structpb.Value_StructValue
+	str          structpb.Value_StringValue
 }
 
 // subsetHint returns the endpoints the proxy restricts the pick to, from the filter
