@@ -112,6 +112,11 @@ func TestStaticEndpointPicker(t *testing.T) {
 	if ns := ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(); len(ns) != 1 || ns[0] != "envoy.lb" {
 		t.Errorf("receiving namespaces = %v", ns)
 	}
+	// The router's mode_override (skipped response bodies, streams kept open to the request's
+	// end) needs it; an allow-list would have to name the router's override.
+	if !ep.GetAllowModeOverride() || len(ep.GetAllowedOverrideModes()) != 0 {
+		t.Errorf("allow_mode_override = %v, allowed_override_modes = %v: want on, no list", ep.GetAllowModeOverride(), ep.GetAllowedOverrideModes())
+	}
 	clusters := map[string]*cluster.Cluster{}
 	for _, c := range b.GetStaticResources().GetClusters() {
 		clusters[c.GetName()] = c

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/extproc/extproctest"
 	"github.com/kvgate/kvgate/router"
@@ -47,7 +49,18 @@ func TestCPUServer(t *testing.T) {
 			}
 		}()
 	}
-	f := startRouter(t, extproc.Config{}, func(c *router.Config) { c.Policy = router.DefaultConfig().Policy })
+	skip := os.Getenv(cpuServerEnv+"_SKIP") != ""
+	f := startRouter(t, extproc.Config{SkipResponseBody: skip}, func(c *router.Config) {
+		c.Policy = router.DefaultConfig().Policy
+		if skip {
+			c.ForceStreamUsage = false
+		}
+	})
+	if skip { // exact mode: no decision needs its usage
+		for _, ep := range endpoints {
+			f.router.ApplyEvents(ep.Name, engine.EventBatch{})
+		}
+	}
 	addr, err := f.server.Addr(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +87,7 @@ func TestCPUServer(t *testing.T) {
 // checkCPUServer starts the child as the benchmark does, has it serve one chat request
 // through ext_proc, and checks its reports: CPU time and allocations both grow.
 func checkCPUServer(t *testing.T) {
-	srv := startCPUServer(t)
+	srv := startCPUServer(t, os.Args[0])
 	cpu0, mallocs0, _ := srv.stats(t)
 	c, err := extproctest.Dial(srv.addr)
 	if err != nil {
@@ -112,10 +125,11 @@ type cpuServer struct {
 	addr string
 }
 
-func startCPUServer(b testing.TB) *cpuServer {
+// startCPUServer starts bin (this test binary, or another build of it) as the server.
+func startCPUServer(b testing.TB, bin string, env ...string) *cpuServer {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run", "^TestCPUServer$")
-	cmd.Env = append(os.Environ(), cpuServerEnv+"=1")
+	cmd := exec.Command(bin, "-test.run", "^TestCPUServer$")
+	cmd.Env = append(append(os.Environ(), cpuServerEnv+"=1"), env...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -186,68 +200,131 @@ func prose4k(b *testing.B, n int) [][]byte {
 	return out
 }
 
+// cpuBaselineEnv names another build of this test binary (a baseline: the code before a
+// change) that BenchmarkExtProcCPU's full-duplex and buffered runs pair with.
+const cpuBaselineEnv = "KVGATE_EXTPROC_CPU_BASELINE"
+
 // BenchmarkExtProcCPU measures what the ext_proc server process spends per chat request of
 // about 4,096 prompt tokens (issue 18): its CPU time (user+system, from getrusage in the
 // server's own process, which runs apart from the client) and its heap allocations, over
 // sequential whole requests as Envoy drives them (request headers and body, the pick, response
-// headers and three SSE chunks, stream end), for FULL_DUPLEX_STREAMED and BUFFERED. It also
-// routes the same bodies with router.Route alone in this process (same configuration: the
-// default policy) and reports the difference as the protocol's share.
+// headers and three SSE chunks, stream end), for FULL_DUPLEX_STREAMED and BUFFERED, and the
+// messages each request took, both ways. It also routes the same bodies with router.Route
+// alone in this process (same configuration: the default policy) and reports the difference
+// as the protocol's share.
+//
+// A run can be paired: a second server process is driven with the same requests, one each
+// in turn, so that both see the same load on a noisy machine; its figures are reported as
+// pair-*, and cpu-ratio is server / pair. buffered-skip always pairs: both servers have
+// SkipResponseBody on, usage not forced and every endpoint's cache known from KV events
+// (exact mode), so they ask for no response body; its client honours the mode_override, the
+// pair's plays an Envoy without allow_mode_override (the body still comes). With
+// KVGATE_EXTPROC_CPU_BASELINE=BINARY, full-duplex and buffered pair with a server from that
+// test binary (old code, same requests).
 func BenchmarkExtProcCPU(b *testing.B) {
 	if runtime.GOOS != "linux" {
 		b.Skip("getrusage figures are checked on Linux")
 	}
 	bodies := prose4k(b, 64)
-	up := extproctest.Upstream{Header: http.Header{"Content-Type": {"text/event-stream"}}, Chunks: sseChunks(usageJSON)}
-	upstream := func(*extproctest.Result) extproctest.Upstream { return up }
+	// The engine reports as cached what the router predicted (16-token blocks), as an engine
+	// holding the predicted prefix does: a report of fewer makes approximate mode correct its
+	// record (kvindex.Approx.Forget), decision work that is not the protocol's and that, with
+	// every body sharing its first blocks, took 40% of the server's CPU.
+	upstream := func(r *extproctest.Result) extproctest.Upstream {
+		cached, _ := strconv.Atoi(r.Header.Get(router.HeaderCachedBlocks))
+		usage := fmt.Sprintf(`{"prompt_tokens":4096,"completion_tokens":2,"total_tokens":4098,"prompt_tokens_details":{"cached_tokens":%d}}`, cached*16)
+		return extproctest.Upstream{Header: http.Header{"Content-Type": {"text/event-stream"}}, Chunks: sseChunks(usage)}
+	}
+	baseline := os.Getenv(cpuBaselineEnv)
+	buffered := extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED}
 	for _, m := range []struct {
 		name string
 		mode extproctest.Mode
+		skip bool // SkipResponseBody (and exact mode) on the server, allow_mode_override on the client
 	}{
-		{"full-duplex", extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED}},
-		{"buffered", extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED}},
+		{"full-duplex", extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED}, false},
+		{"buffered", buffered, false},
+		{"buffered-skip", buffered, true},
 	} {
 		b.Run(m.name, func(b *testing.B) {
-			srv := startCPUServer(b)
-			c, err := extproctest.Dial(srv.addr)
-			if err != nil {
-				b.Fatal(err)
+			var env []string
+			if m.skip {
+				env = append(env, cpuServerEnv+"_SKIP=1")
 			}
-			defer c.Close()
-			c.EarlyWait = -1
 			ctx := context.Background()
-			do := func(i int) {
+			var runs []*cpuRun
+			add := func(bin string, allow bool) {
+				srv := startCPUServer(b, bin, env...)
+				c, err := extproctest.Dial(srv.addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { c.Close() })
+				c.EarlyWait = -1
+				c.AllowModeOverride = allow
+				runs = append(runs, &cpuRun{srv: srv, c: c})
+			}
+			add(os.Args[0], m.skip)
+			switch {
+			case m.skip:
+				add(os.Args[0], false)
+			case baseline != "":
+				add(baseline, false)
+			}
+			do := func(r *cpuRun, i int) {
 				req := extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Header: http.Header{"Content-Type": {"application/json"}}, Body: bodies[i%len(bodies)]}
-				res, err := c.Do(ctx, m.mode, req, upstream)
+				res, err := r.c.Do(ctx, m.mode, req, upstream)
 				if err != nil || res.Immediate != nil {
 					b.Fatal(err, res)
 				}
+				r.msgs += res.Sent + res.Messages
 			}
 			for i := range len(bodies) { // warm the caches on other text than the measured
-				do(i + len(bodies)/2)
+				for _, r := range runs {
+					do(r, i+len(bodies)/2)
+				}
 			}
-			// The server's idle cost, measured over a quiet half second, is taken off.
-			idle0, _, _ := srv.stats(b)
+			// The servers' idle cost, measured over a quiet half second, is taken off.
+			for _, r := range runs {
+				r.idle0, _, _ = r.srv.stats(b)
+			}
 			time.Sleep(500 * time.Millisecond)
-			idle1, _, _ := srv.stats(b)
-			idlePerSec := float64(idle1-idle0) / 0.5
-			b.ReportMetric(idlePerSec/1e3, "server-idle-µs-cpu/s")
-			cpu0, mallocs0, bytes0 := srv.stats(b)
+			for _, r := range runs {
+				idle1, _, _ := r.srv.stats(b)
+				r.idlePerSec = float64(idle1-r.idle0) / 0.5
+				r.cpu0, r.mallocs0, r.bytes0 = r.srv.stats(b)
+				r.msgs = 0
+			}
+			b.ReportMetric(runs[0].idlePerSec/1e3, "server-idle-µs-cpu/s")
 			t0 := time.Now()
 			n := 0
 			for b.Loop() {
-				do(n)
+				for _, r := range runs {
+					do(r, n)
+				}
 				n++
 			}
-			cpu1, mallocs1, bytes1 := srv.stats(b)
-			idle := idlePerSec * time.Since(t0).Seconds()
-			server := (float64(cpu1-cpu0) - idle) / 1e3 / float64(n)
-			b.ReportMetric(server, "server-µs-cpu/req")
-			b.ReportMetric(float64(mallocs1-mallocs0)/float64(n), "server-allocs/req")
-			b.ReportMetric(float64(bytes1-bytes0)/float64(n), "server-B/req")
+			elapsed := time.Since(t0).Seconds()
+			var server []float64
+			for i, r := range runs {
+				cpu1, mallocs1, bytes1 := r.srv.stats(b)
+				cpu := (float64(cpu1-r.cpu0) - r.idlePerSec*elapsed) / 1e3 / float64(n)
+				server = append(server, cpu)
+				prefix := ""
+				if i > 0 {
+					prefix = "pair-"
+				}
+				b.ReportMetric(cpu, prefix+"server-µs-cpu/req")
+				b.ReportMetric(float64(mallocs1-r.mallocs0)/float64(n), prefix+"server-allocs/req")
+				b.ReportMetric(float64(bytes1-r.bytes0)/float64(n), prefix+"server-B/req")
+				b.ReportMetric(float64(r.msgs)/float64(n), prefix+"msgs/req")
+			}
+			if len(server) > 1 && server[1] > 0 {
+				b.ReportMetric(server[0]/server[1], "cpu-ratio")
+			}
 
 			// The decision alone, on the same bodies, in this process.
-			rt := newDecisionRouter(b)
+			rt := newDecisionRouter(b, m.skip)
 			for i := range len(bodies) {
 				route(b, rt, bodies[(i+len(bodies)/2)%len(bodies)])
 			}
@@ -261,15 +338,33 @@ func BenchmarkExtProcCPU(b *testing.B) {
 			runtime.ReadMemStats(&ms1)
 			b.ReportMetric(decision, "decision-µs-cpu/req")
 			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(n), "decision-allocs/req")
-			b.ReportMetric(server-decision, "protocol-µs-cpu/req")
+			b.ReportMetric(server[0]-decision, "protocol-µs-cpu/req")
 		})
 	}
 }
 
+// cpuRun is one server process of BenchmarkExtProcCPU with its client and counters.
+type cpuRun struct {
+	srv              *cpuServer
+	c                *extproctest.Client
+	msgs             int
+	idle0, cpu0      time.Duration
+	idlePerSec       float64
+	mallocs0, bytes0 uint64
+}
+
 // newDecisionRouter is the router TestCPUServer serves with.
-func newDecisionRouter(b *testing.B) *router.Router {
-	f := startRouter(b, extproc.Config{}, func(c *router.Config) { c.Policy = router.DefaultConfig().Policy })
+func newDecisionRouter(b *testing.B, exact bool) *router.Router {
+	f := startRouter(b, extproc.Config{}, func(c *router.Config) {
+		c.Policy = router.DefaultConfig().Policy
+		c.ForceStreamUsage = !exact
+	})
 	f.stop()
+	if exact {
+		for _, ep := range endpoints {
+			f.router.ApplyEvents(ep.Name, engine.EventBatch{})
+		}
+	}
 	return f.router
 }
 

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/extproc/extproctest"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -72,7 +73,8 @@ func decodeMessages(data []byte) []*extprocv3.ProcessingRequest {
 
 // FuzzProcess feeds arbitrary ProcessingRequest sequences through a stream: the server must
 // not panic, and once the stream ends no load stays on the router and no byte stays counted
-// as buffered.
+// as buffered. Each sequence goes through two servers: one in approximate mode, one with
+// SkipResponseBody whose router knows every endpoint from KV events (so it skips bodies).
 func FuzzProcess(f *testing.F) {
 	body, _ := json.Marshal(map[string]any{"model": tokenizer.DefaultModel, "stream": true,
 		"messages": []map[string]string{{"role": "user", "content": "hello fuzz"}}})
@@ -95,25 +97,41 @@ func FuzzProcess(f *testing.F) {
 		{Name: "a", Address: "127.0.0.1:1", Models: []string{tokenizer.DefaultModel}, BlockSize: 16},
 		{Name: "b", Address: "127.0.0.1:2", Models: []string{tokenizer.DefaultModel}, BlockSize: 16},
 	}
-	rt, err := router.New(rc, nil, nil)
-	if err != nil {
-		f.Fatal(err)
+	type server struct {
+		rt *router.Router
+		s  *Server
 	}
-	s, err := New(Config{MaxBodyBytes: 1 << 16, MaxBufferedBytes: 1 << 17}, rt, nil, nil)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		_ = s.Process(&fakeStream{ctx: ctx, msgs: decodeMessages(data)})
-		for _, l := range rt.Load() {
-			if l.Requests != 0 || l.PrefillTokens != 0 || l.DecodeBlocks != 0 {
-				t.Fatalf("load left after the stream ended: %+v", l)
+	var servers []server
+	for _, skip := range []bool{false, true} {
+		rc.ForceStreamUsage = !skip
+		rt, err := router.New(rc, nil, nil)
+		if err != nil {
+			f.Fatal(err)
+		}
+		if skip {
+			for _, ep := range rc.Endpoints {
+				rt.ApplyEvents(ep.Name, engine.EventBatch{})
 			}
 		}
-		if b := s.buffered.Load(); b != 0 {
-			t.Fatalf("%d bytes still counted as buffered", b)
+		s, err := New(Config{MaxBodyBytes: 1 << 16, MaxBufferedBytes: 1 << 17, SkipResponseBody: skip}, rt, nil, nil)
+		if err != nil {
+			f.Fatal(err)
+		}
+		servers = append(servers, server{rt, s})
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, sv := range servers {
+			ctx, cancel := context.WithCancel(context.Background())
+			_ = sv.s.Process(&fakeStream{ctx: ctx, msgs: decodeMessages(data)})
+			cancel()
+			for _, l := range sv.rt.Load() {
+				if l.Requests != 0 || l.PrefillTokens != 0 || l.DecodeBlocks != 0 {
+					t.Fatalf("load left after the stream ended (skip=%v): %+v", sv.s.cfg.SkipResponseBody, l)
+				}
+			}
+			if b := sv.s.buffered.Load(); b != 0 {
+				t.Fatalf("%d bytes still counted as buffered", b)
+			}
 		}
 	})
 }

@@ -3,7 +3,6 @@ package extproc
 import (
 	"net/http"
 	"sort"
-	"strconv"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -88,25 +87,26 @@ func setHeaders(h http.Header) *extprocv3.HeaderMutation {
 	return mut
 }
 
-// pickHeaders are the request headers a decision sets upstream, with content-length fixed
-// to the body that will be sent.
-func pickHeaders(d *router.Decision, bodyLen int) http.Header {
-	h := d.Header().Clone()
-	if h == nil {
-		h = http.Header{}
-	}
-	h["Content-Length"] = []string{strconv.Itoa(bodyLen)}
-	return h
-}
-
 // pickMetadata is the dynamic metadata that names the destination: namespace envoy.lb,
 // key x-gateway-destination-endpoint, the same value as the header.
+// Its messages are one allocation besides the two maps.
 func pickMetadata(dest string) *structpb.Struct {
-	return &structpb.Struct{Fields: map[string]*structpb.Value{
-		router.MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
-			router.HeaderDestination: structpb.NewStringValue(dest),
-		}}),
-	}}
+	m := &metadataMessage{}
+	m.str.StringValue = dest
+	m.dest.Kind = &m.str
+	m.inner.Fields = map[string]*structpb.Value{router.HeaderDestination: &m.dest}
+	m.sv.StructValue = &m.inner
+	m.ns.Kind = &m.sv
+	m.outer.Fields = map[string]*structpb.Value{router.MetadataNamespace: &m.ns}
+	return &m.outer
+}
+
+// metadataMessage is pickMetadata's messages in one allocation.
+type metadataMessage struct {
+	outer, inner structpb.Struct
+	ns, dest     structpb.Value
+	sv           structpb.Value_StructValue
+	str          structpb.Value_StringValue
 }
 
 // subsetHint returns the endpoints the proxy restricts the pick to, from the filter
@@ -173,13 +173,29 @@ func errorHeaders(err *openai.Error) http.Header {
 	return h
 }
 
-// continueHeaders answers a request or response headers message, applying mut.
+// continueHeaders answers a request or response headers message, applying mut; its parts
+// are one allocation.
 func continueHeaders(response bool, mut *extprocv3.HeaderMutation, clearRoute bool) *extprocv3.ProcessingResponse {
-	hr := &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: clearRoute}}
+	m := &headersMessage{}
+	m.cr.HeaderMutation, m.cr.ClearRouteCache = mut, clearRoute
+	m.hr.Response = &m.cr
 	if response {
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}}
+		m.resp.ResponseHeaders = &m.hr
+		m.pr.Response = &m.resp
+	} else {
+		m.req.RequestHeaders = &m.hr
+		m.pr.Response = &m.req
 	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr}}
+	return &m.pr
+}
+
+// headersMessage is a headers response with its parts in one allocation.
+type headersMessage struct {
+	pr   extprocv3.ProcessingResponse
+	req  extprocv3.ProcessingResponse_RequestHeaders
+	resp extprocv3.ProcessingResponse_ResponseHeaders
+	hr   extprocv3.HeadersResponse
+	cr   extprocv3.CommonResponse
 }
 
 // bodyResponse answers a request or response body message with cr.

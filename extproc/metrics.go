@@ -22,6 +22,9 @@ const (
 	MetricIdleStreams      = "kvgate_extproc_idle_streams_total"
 	MetricBufferFull       = "kvgate_extproc_buffer_full_total"
 	MetricBufferedBytes    = "kvgate_extproc_buffered_bytes"
+	// MetricBodiesSkipped counts responses whose body the server asked the proxy not to
+	// send (Config.SkipResponseBody).
+	MetricBodiesSkipped = "kvgate_extproc_response_bodies_skipped_total"
 )
 
 // Stream outcomes, the label of MetricStreams.
@@ -44,6 +47,7 @@ type metrics struct {
 	responseTimeouts prometheus.Counter
 	idle             prometheus.Counter
 	bufferFull       prometheus.Counter
+	skipped          prometheus.Counter
 
 	// Children of messages and streams resolved once: a label lookup per message costs
 	// a hash and a lock.
@@ -89,6 +93,9 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		bufferFull: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: MetricBufferFull, Help: "Request bodies refused with 503 because the buffered total across streams was reached.",
 		}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: MetricBodiesSkipped, Help: "Responses whose body the proxy was asked not to send (mode_override); their load is released when the stream ends.",
+		}),
 	}
 	m.msg = messageCounters{
 		requestHeaders: m.messages.WithLabelValues("request_headers"), requestBody: m.messages.WithLabelValues("request_body"),
@@ -107,7 +114,7 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.streams, m.active, m.messages, m.immediate, m.pick, m.ttft,
-		m.responseTimeouts, m.idle, m.bufferFull, bufferedGauge} {
+		m.responseTimeouts, m.idle, m.bufferFull, m.skipped, bufferedGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("extproc: register metrics: %w", err)
 		}

@@ -30,18 +30,16 @@ func (st *stream) pickOnHeaders(ctx context.Context) ([]*extprocv3.ProcessingRes
 		return st.reject(openai.AsError(err)), true
 	}
 	st.decision, st.pickedAt = d, time.Now()
-	hdr := d.Header()
-	mut := setHeaders(hdr)
-	if mut == nil {
-		mut = &extprocv3.HeaderMutation{}
-	}
+	var hdr headerSet
+	decisionHeaders(&hdr, d)
+	mut := hdr.mutation() // never nil: the destination is always set
 	for _, k := range [...]string{router.HeaderPrefiller, router.HeaderKVCacheSource} {
-		if st.headers.Get(k) != "" && hdr.Get(k) == "" { // only the router names these
+		if st.headers.Get(k) != "" && hdr.get(k) == "" { // only the router names these
 			mut.RemoveHeaders = append(mut.RemoveHeaders, k)
 		}
 	}
 	st.s.log.Debug("picked on headers", "path", st.path, "endpoint", d.Endpoint.Address, "model", d.Model)
 	hr := continueHeaders(false, mut, true)
-	hr.DynamicMetadata = pickMetadata(hdr.Get(router.HeaderDestination))
+	hr.DynamicMetadata = pickMetadata(hdr.get(router.HeaderDestination))
 	return []*extprocv3.ProcessingResponse{hr}, false
 }

@@ -69,8 +69,10 @@ type Config struct {
 	ResponseTimeout time.Duration
 	// IdleTimeout closes a stream on which the proxy has sent nothing for this long, with
 	// gRPC status DEADLINE_EXCEEDED; it must exceed the longest silence of a healthy stream
-	// (a non-streamed response's generation, or a whole response in response body mode
-	// NONE). Zero means DefaultIdleTimeout; negative turns it off.
+	// (a non-streamed response's generation). It stops applying once the response headers
+	// are answered with a mode_override (a skipped body, response body mode NONE): the
+	// proxy then sends nothing until the request ends. Zero means DefaultIdleTimeout;
+	// negative turns it off.
 	IdleTimeout time.Duration
 	// DrainTimeout bounds how long shutdown waits for open streams before closing them.
 	// Zero means DefaultDrainTimeout.
@@ -86,6 +88,18 @@ type Config struct {
 	// kv_transfer_params.remote_kv_source (a body mutation). Zero: the header
 	// router.HeaderKVCacheSource alone names the source (docs/OFFLOAD.md).
 	P2PTransferPort int
+	// SkipResponseBody, when set, answers the response headers of a request whose response
+	// the server need not edit (no forced usage chunk to cut) and whose usage the router does
+	// not need (Decision.NeedsUsage) with a mode_override that stops the proxy's response
+	// body messages: response_body_mode NONE, response_trailer_mode SEND. The request's load
+	// is then released when the proxy ends the stream, at the end of the request: the trailer
+	// mode keeps Envoy (1.37+) from closing the stream right after the response headers.
+	// Lost for those requests: the usage (output tokens, the engine's cached tokens), the
+	// time to first token and between tokens, and the first-token release of a streamed
+	// request's prefill load, which is held until the request ends. Envoy applies it only
+	// with allow_mode_override and neither body mode FULL_DUPLEX_STREAMED; otherwise the
+	// body keeps coming and is handled as without it. See docs/EXTPROC.md.
+	SkipResponseBody bool
 	// Tracer, when set, records each stream as a server span continuing the request's
 	// traceparent, the router's decision under it, and a client span for Envoy's call to the
 	// pick, whose trace context is added to the request as a traceparent header mutation;

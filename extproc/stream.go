@@ -50,6 +50,11 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 			respWait.Stop()
 		}
 		st.freeBody()
+		if st.skipped && !st.released {
+			// The proxy was told not to send the response body: the stream's end is the
+			// request's end.
+			st.complete()
+		}
 		st.release(errAborted)
 		outcome := st.outcome
 		if outcome == "" {
@@ -87,11 +92,17 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 				mu.Unlock()
 				return
 			}
-			if s.cfg.IdleTimeout > 0 {
+			if s.cfg.IdleTimeout > 0 && !st.skipped {
 				idle.Reset(s.cfg.IdleTimeout)
 			}
 			picked := st.decision != nil
 			out, final := st.handle(ctx, req)
+			if st.skipped {
+				// Silence until the request ends is expected now (no response body comes):
+				// the idle bound would cut a long response. A proxy that vanishes still
+				// ends the stream through its connection (TCP keepalive).
+				idle.Stop()
+			}
 			if !picked && st.decision != nil && s.cfg.ResponseTimeout > 0 {
 				respWait = time.AfterFunc(s.cfg.ResponseTimeout, noResponse)
 			}
@@ -160,6 +171,7 @@ type stream struct {
 	watcher  *openai.BodyWatcher
 	strip    *openai.UsageStripper // drops the usage chunk the client did not ask for
 	started  bool                  // response headers (or body) arrived
+	skipped  bool                  // the response body was skipped (mode_override): the stream's end completes the request
 	first    bool
 	status   int
 	released bool
@@ -320,15 +332,17 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 		}
 	}
 	st.freeBody() // body is answered below; the stream keeps no copy
-	hdr := pickHeaders(d, len(body))
+	var hdr headerSet
+	decisionHeaders(&hdr, d)
+	hdr.set("content-length", strconv.Itoa(len(body))) // the body that will be sent
 	if st.span != nil {
-		st.traceUpstream(d, hdr)
+		st.traceUpstream(d, &hdr)
 	}
-	md := pickMetadata(hdr.Get(router.HeaderDestination))
+	md := pickMetadata(hdr.get(router.HeaderDestination))
 	st.s.log.Debug("picked", "path", st.path, "endpoint", d.Endpoint.Address, "model", d.Model,
 		"prompt_tokens", d.PromptTokens, "cached_blocks", d.CachedBlocks)
 
-	mut := setHeaders(hdr)
+	mut := hdr.mutation()
 	if d.Prefill == nil && st.headers.Get(router.HeaderPrefiller) != "" {
 		// Only the router names prefill endpoints: a client's header would make the decode
 		// sidecar post the prompt wherever it says.
@@ -389,9 +403,6 @@ func (st *stream) reject(e *openai.Error) []*extprocv3.ProcessingResponse {
 	return []*extprocv3.ProcessingResponse{im}
 }
 
-// responseEcho are the response headers a decision reports to the client.
-var responseEcho = []string{router.HeaderEndpoint, router.HeaderCachedBlocks, router.HeaderPrefillEndpoint}
-
 func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3.HttpHeaders) []*extprocv3.ProcessingResponse {
 	// The response headers are read in place: only a few of them matter.
 	hm := h.GetHeaders()
@@ -413,17 +424,17 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 	if sse && d.UsageForced && st.respMode != filterv3.ProcessingMode_NONE {
 		st.strip = &openai.UsageStripper{}
 	}
-	echo := http.Header{}
-	dh := d.Header()
-	for _, k := range responseEcho {
-		if v := dh.Get(k); v != "" {
-			echo.Set(k, v)
-		}
+	// The decision's own headers the client sees: the target, the overlap, the prefill
+	// endpoint unless the decode side prefilled.
+	var echo headerSet
+	if v := d.Endpoint.Address; v != "" {
+		echo.set(router.HeaderEndpoint, v)
 	}
-	if headerValue(hm, router.HeaderPrefillFallback) != "" { // the decode side prefilled
-		echo.Del(router.HeaderPrefillEndpoint)
+	echo.set(router.HeaderCachedBlocks, strconv.Itoa(d.CachedBlocks))
+	if d.Prefill != nil && d.Prefill.Address != "" && headerValue(hm, router.HeaderPrefillFallback) == "" {
+		echo.set(router.HeaderPrefillEndpoint, d.Prefill.Address)
 	}
-	mut := setHeaders(echo)
+	mut := echo.mutation()
 	if st.strip != nil {
 		// The body will be shorter than the engine said.
 		if mut == nil {
@@ -431,11 +442,55 @@ func (st *stream) responseHeaders(req *extprocv3.ProcessingRequest, h *extprocv3
 		}
 		mut.RemoveHeaders = append(mut.RemoveHeaders, "content-length")
 	}
-	out := []*extprocv3.ProcessingResponse{continueHeaders(true, mut, false)}
+	hr := continueHeaders(true, mut, false)
+	if !h.GetEndOfStream() {
+		switch {
+		case st.respMode == filterv3.ProcessingMode_NONE:
+			// The body never comes: the same override keeps Envoy 1.37+ from closing the
+			// stream now, so that its end is the request's.
+			hr.ModeOverride = skipBodyMode(st.reqMode)
+			st.skipped = true
+		case st.skipBody(d):
+			hr.ModeOverride = skipBodyMode(st.reqMode)
+			st.skipped = true
+			st.s.metrics.skipped.Inc()
+		}
+		if st.skipped && !sse {
+			// A non-streamed answer's headers come with its body: the first token is in.
+			st.firstToken()
+		}
+	}
 	if h.GetEndOfStream() {
 		st.complete()
 	}
-	return out
+	return []*extprocv3.ProcessingResponse{hr}
+}
+
+// skipBody reports whether the response body of d may be skipped (Config.SkipResponseBody):
+// the server need not cut anything out of it, the router needs nothing from it, and the
+// proxy will honour a mode_override (Envoy ignores one when either body mode is
+// FULL_DUPLEX_STREAMED; with NONE there is nothing to skip).
+func (st *stream) skipBody(d *router.Decision) bool {
+	return st.s.cfg.SkipResponseBody && st.strip == nil && !d.NeedsUsage() &&
+		st.reqMode != filterv3.ProcessingMode_FULL_DUPLEX_STREAMED &&
+		st.respMode != filterv3.ProcessingMode_FULL_DUPLEX_STREAMED &&
+		st.respMode != filterv3.ProcessingMode_NONE
+}
+
+// skipBodyMode is the mode_override that stops the response body messages. Trailers stay
+// SEND: Envoy (1.37+) closes the stream as soon as nothing more is to be sent, which would
+// end it at the response headers; with trailers SEND it stays open until the request ends
+// (an HTTP/1.1 engine's response has no trailers, so none comes). Header modes are SEND and
+// the request body mode unchanged, for Envoy before 1.34, which replaces the whole mode.
+func skipBodyMode(reqMode filterv3.ProcessingMode_BodySendMode) *filterv3.ProcessingMode {
+	return &filterv3.ProcessingMode{
+		RequestHeaderMode:   filterv3.ProcessingMode_SEND,
+		ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
+		RequestBodyMode:     reqMode,
+		ResponseBodyMode:    filterv3.ProcessingMode_NONE,
+		RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
+		ResponseTrailerMode: filterv3.ProcessingMode_SEND,
+	}
 }
 
 func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingResponse {
@@ -444,10 +499,8 @@ func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingRes
 		if st.watcher == nil { // body without headers: a misbehaving proxy, still account it
 			st.watcher = openai.NewBodyWatcher(st.decision.Stream, st.s.cfg.MaxResponseBuffer)
 		}
-		if st.watcher.Write(b.GetBody()) && !st.first {
-			st.first = true
-			st.decision.FirstToken()
-			st.s.metrics.ttft.Observe(time.Since(st.pickedAt).Seconds())
+		if st.watcher.Write(b.GetBody()) {
+			st.firstToken()
 		}
 	}
 	body := b.GetBody()
@@ -472,6 +525,16 @@ func (st *stream) responseBody(b *extprocv3.HttpBody) []*extprocv3.ProcessingRes
 		st.complete()
 	}
 	return out
+}
+
+// firstToken tells the decision its first token arrived, once.
+func (st *stream) firstToken() {
+	if st.first {
+		return
+	}
+	st.first = true
+	st.decision.FirstToken()
+	st.s.metrics.ttft.Observe(time.Since(st.pickedAt).Seconds())
 }
 
 // complete marks the response as ended normally and releases the decision.

@@ -39,7 +39,7 @@ func (st *stream) startSpan(ctx context.Context, method string) {
 
 // traceUpstream opens the span of Envoy's call to the picked engine and adds its trace
 // context to the request headers h that the pick sets.
-func (st *stream) traceUpstream(d *router.Decision, h http.Header) {
+func (st *stream) traceUpstream(d *router.Decision, h *headerSet) {
 	name := router.OperationName(st.path)
 	if name == "" {
 		name = "upstream"
@@ -58,7 +58,7 @@ func (st *stream) traceUpstream(d *router.Decision, h http.Header) {
 		span.SetAttributes(semconv.GenAIOperationNameKey.String(op))
 	}
 	st.upSpan = span
-	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(h))
+	propagation.TraceContext{}.Inject(ctx, h)
 	st.span.SetAttributes(semconv.GenAIRequestModel(d.Model))
 }
 

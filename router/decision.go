@@ -98,6 +98,12 @@ func (d *Decision) FirstToken() {
 	}
 }
 
+// NeedsUsage reports that the request's usage, read from its response, corrects the
+// router's state and not only its metrics: approximate mode checks what it recorded for the
+// prompt against the engine's cached_tokens. A front door that does not read the response
+// body must read it for such a request. Call it before Done.
+func (d *Decision) NeedsUsage() bool { return d.approxOn != nil }
+
 // Served tells the router which endpoint (ip:port) actually served the request, when the
 // proxy fell back to another: the load moves there, and the candidates tried before it (the
 // target, then the fallbacks in order) are taken out of rotation for a while. Only the

@@ -129,7 +129,9 @@ func ExtProcFilter(o Options) *extproc.ExternalProcessor {
 		ProcessingMode:    mode,
 		MessageTimeout:    durationpb.New(time.Duration(o.MessageTimeout)),
 		MaxMessageTimeout: durationpb.New(time.Duration(o.MessageTimeout) * 5),
-		// The router may skip the response body of a request it does not account.
+		// The router's mode_override: a response body it needs nothing from is skipped
+		// (kvgate router --skip-response-body), and with body mode NONE the stream is kept
+		// open to the request's end. Envoy ignores it in FULL_DUPLEX_STREAMED.
 		AllowModeOverride: true,
 		MetadataOptions: &extproc.MetadataOptions{
 			ReceivingNamespaces: &extproc.MetadataOptions_MetadataNamespaces{

@@ -184,6 +184,7 @@ its informers have synced. See docs/KUBERNETES.md.`,
 	f.DurationVar(&o.extproc.ResponseTimeout, "response-timeout", extproc.DefaultResponseTimeout, "a pick whose response has not started after this long stops counting as load (negative: never)")
 	f.DurationVar(&o.extproc.IdleTimeout, "stream-idle-timeout", extproc.DefaultIdleTimeout, "close ext_proc streams silent for this long (negative: never)")
 	f.Int64Var(&o.extproc.MaxBufferedBytes, "max-buffered-bytes", extproc.DefaultMaxBufferedBytes, "request body bytes buffered across all ext_proc streams; past it, 503")
+	f.BoolVar(&o.extproc.SkipResponseBody, "skip-response-body", false, "ask Envoy (allow_mode_override) not to send response bodies the router needs nothing from, and stop forcing stream usage: fewer ext_proc messages, no usage/TTFT/ITL from those requests (docs/EXTPROC.md)")
 	f.StringVar(&o.http, "http", "", "also serve the OpenAI gateway on this address (e.g. 127.0.0.1:8000)")
 	o.httpTLS.AddServerFlags(f, "http-", "the OpenAI gateway")
 	o.mig.add(f)
@@ -221,6 +222,9 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		return fmt.Errorf("--relay-tls-*: %w", err)
 	}
 	cfg.EventSource = relaySource(log, relayTLS)
+	if o.extproc.SkipResponseBody { // the usage of skipped responses is not read
+		cfg.ForceStreamUsage = false
+	}
 	tp, stopTracing, err := o.trace.start(ctx, log)
 	if err != nil {
 		return err

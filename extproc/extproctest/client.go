@@ -80,8 +80,16 @@ type Result struct {
 	// proxy forwards it downstream.
 	ResponseHeader http.Header
 	ResponseBody   []byte
-	// Messages counts the messages the server sent.
-	Messages int
+	// Messages counts the messages the server sent; Sent those the client sent.
+	Messages, Sent int
+	// ModeOverride is the processing mode the server's response headers answer switched the
+	// rest of the response to, as Envoy applied it (nil: none applied).
+	ModeOverride *filterv3.ProcessingMode
+	// ClosedAtHeaders reports that, as Envoy 1.37+ does once nothing more is to be sent, the
+	// client closed the stream right after the response headers answer, before the response
+	// body went downstream: a server releasing load at the stream's end would release it at
+	// the response's start.
+	ClosedAtHeaders bool
 }
 
 // Destination returns the picked endpoint list from the dynamic metadata.
@@ -97,7 +105,16 @@ type Client struct {
 	// last body piece to catch a server that answers too early. Zero: 20ms; negative: no
 	// wait (benchmarks).
 	EarlyWait time.Duration
+	// AllowModeOverride is the filter's allow_mode_override: the client then applies a
+	// mode_override on the answer to the response headers as Envoy does (not when either
+	// configured body mode is FULL_DUPLEX_STREAMED; a DEFAULT trailer mode keeps the
+	// configured one), and sends the response body and trailers by the new mode. Without it
+	// a mode_override is ignored, as Envoy ignores it.
+	AllowModeOverride bool
 }
+
+// envoyWindow is Envoy's default HTTP/2 stream and connection window (256 MiB).
+const envoyWindow = 256 << 20
 
 // Dial connects to an ext_proc server at addr (host:port) without TLS.
 func Dial(addr string) (*Client, error) { return DialTLS(addr, nil) }
@@ -109,7 +126,10 @@ func DialTLS(addr string, tc *tls.Config) (*Client, error) {
 	if tc != nil {
 		creds = credentials.NewTLS(tc)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	// Fixed flow-control windows, Envoy's HTTP/2 defaults: like Envoy, the client then sends
+	// no BDP-estimation PINGs, which a server would otherwise answer per data frame.
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+		grpc.WithInitialWindowSize(envoyWindow), grpc.WithInitialConnWindowSize(envoyWindow))
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +173,7 @@ func (c *Client) Do(ctx context.Context, mode Mode, req Request, upstream func(*
 		return x.res, s.CloseSend()
 	}
 	up := upstream(x.res)
-	if err := response(x, mode, up); err != nil {
+	if err := c.response(x, mode, up); err != nil {
 		return nil, err
 	}
 	if err := s.CloseSend(); err != nil {
@@ -223,6 +243,7 @@ func (x *exchange) send(mode Mode, m *extprocv3.ProcessingRequest) error {
 		x.sent = true
 		m.ProtocolConfig = &extprocv3.ProtocolConfiguration{RequestBodyMode: mode.RequestBody, ResponseBodyMode: mode.ResponseBody}
 	}
+	x.res.Sent++
 	return x.s.Send(m)
 }
 
@@ -366,7 +387,7 @@ func (x *exchange) trailers(mode Mode, response bool) error {
 	return nil
 }
 
-func response(x *exchange, mode Mode, up Upstream) error {
+func (c *Client) response(x *exchange, mode Mode, up Upstream) error {
 	ctx := x.ctx
 	if up.Status == 0 {
 		up.Status = http.StatusOK
@@ -388,7 +409,13 @@ func response(x *exchange, mode Mode, up Upstream) error {
 	if err := x.send(mode, m); err != nil {
 		return err
 	}
+	answered := false                     // the response headers answer was read
+	var override *filterv3.ProcessingMode // the mode_override on it
 	headers := func() error {
+		if answered {
+			return nil
+		}
+		answered = true
 		r, err := x.next(ctx)
 		if err != nil {
 			return err
@@ -397,9 +424,40 @@ func response(x *exchange, mode Mode, up Upstream) error {
 			return fmt.Errorf("want a response headers response, got %T", r.GetResponse())
 		}
 		applyHeaders(x.res.ResponseHeader, r.GetResponseHeaders().GetResponse().GetHeaderMutation())
+		override = r.GetModeOverride()
 		return nil
 	}
 	chunks := up.Chunks
+	// Envoy's response trailer mode: SEND where the configuration sends them (the client's
+	// ResponseTrailers), else SKIP.
+	sendTrailers := mode.ResponseTrailers
+	if c.AllowModeOverride && !bodyless && mode.RequestBody != filterv3.ProcessingMode_FULL_DUPLEX_STREAMED &&
+		mode.ResponseBody != filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
+		// The override can only be seen on the headers answer, which STREAMED and
+		// BUFFERED wait for before sending any body: take it first, then go on by the
+		// mode it leaves.
+		if err := headers(); err != nil {
+			return err
+		}
+		// A DEFAULT trailer mode in an override keeps the configured one (Envoy 1.34+).
+		if o := override; o != nil {
+			x.res.ModeOverride = o
+			mode.ResponseBody = o.GetResponseBodyMode()
+			switch o.GetResponseTrailerMode() {
+			case filterv3.ProcessingMode_SEND:
+				sendTrailers = true
+			case filterv3.ProcessingMode_SKIP:
+				sendTrailers = false
+			}
+			// Trailers go out only when the upstream's response has them.
+			mode.ResponseTrailers = mode.ResponseTrailers && sendTrailers
+		}
+	}
+	if !bodyless && mode.ResponseBody == filterv3.ProcessingMode_NONE && !sendTrailers {
+		// Envoy 1.37+ closes the stream right after the headers answer: nothing more is
+		// to be sent on it.
+		x.res.ClosedAtHeaders = true
+	}
 	switch {
 	case bodyless || mode.ResponseBody == filterv3.ProcessingMode_NONE:
 		if err := headers(); err != nil {
