@@ -15,9 +15,6 @@ import (
 // wall time; it reports the p50 and mean CPU per decision. Same source in two trees gives a
 // before/after ratio (docs/bench/tracing.md).
 func BenchmarkRouteCPU(b *testing.B) {
-	if threadCPU() == 0 {
-		b.Skip("thread CPU time is measured on Linux only")
-	}
 	body, _ := benchChat(b, 4096)
 	r, _ := newRouter(b, endpoints(8), func(rc *router.Config) { rc.Seed = 1 })
 	req := router.Request{Path: "/v1/chat/completions", Body: body}

@@ -222,9 +222,6 @@ const cpuBaselineEnv = "KVGATE_EXTPROC_CPU_BASELINE"
 // KVGATE_EXTPROC_CPU_BASELINE=BINARY, full-duplex and buffered pair with a server from that
 // test binary (old code, same requests).
 func BenchmarkExtProcCPU(b *testing.B) {
-	if runtime.GOOS != "linux" {
-		b.Skip("getrusage figures are checked on Linux")
-	}
 	bodies := prose4k(b, 64)
 	// The engine reports as cached what the router predicted (16-token blocks), as an engine
 	// holding the predicted prefix does: a report of fewer makes approximate mode correct its
