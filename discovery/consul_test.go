@@ -13,6 +13,7 @@ import (
 
 	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/discovery/consultest"
+	"github.com/kvgate/kvgate/polltest"
 )
 
 // engine is an HTTP server whose /health answers 200 or 503 on demand.
@@ -187,7 +188,19 @@ func TestConsulKeepAcrossAgentRestart(t *testing.T) {
 	})
 
 	agent.Restart()
-	until(t, ch, 30*time.Second, "e0 healthy after the agent restart", func(eps []discovery.Endpoint) bool {
+	// Keep puts e0 back in the new agent's catalog. The watch may or may not have seen it
+	// missing in between (it sends only changes, and a fast restart shows none), so the
+	// catalog is asked directly, and the watch is shown alive by a change after the restart.
+	polltest.Until(t, 30*time.Second, "e0 back in consul, passing, after the agent restart", func() bool {
+		entries, _, err := agent.Client.Health().Service(discovery.DefaultService, "", true, nil)
+		return err == nil && len(entries) == 1 && entries[0].Service.ID == "e0"
+	})
+	eng.healthy.Store(false)
+	until(t, ch, 30*time.Second, "e0 unhealthy, seen by the watch after the restart", func(eps []discovery.Endpoint) bool {
+		return len(eps) == 1 && eps[0].Name == "e0" && !eps[0].Healthy
+	})
+	eng.healthy.Store(true)
+	until(t, ch, 30*time.Second, "e0 healthy again", func(eps []discovery.Endpoint) bool {
 		return len(eps) == 1 && eps[0].Name == "e0" && eps[0].Healthy
 	})
 
