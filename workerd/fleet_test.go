@@ -236,6 +236,16 @@ func TestFleetDisaggTemplates(t *testing.T) {
 	}
 	defer conn.Close()
 	fc := fleetv1.NewFleetClient(conn)
+	// Run starts the template minimum once it is live; before that the fleet API answers
+	// Unavailable (a CI run got there first).
+	polltest.Until(t, 30*time.Second, "the decode template's min replica started", func() bool {
+		for _, st := range w.Engines() {
+			if st.Name == "n-d-0" {
+				return true
+			}
+		}
+		return false
+	})
 	if _, err := fc.Start(ctx, &fleetv1.StartRequest{Template: "p", Count: 1}); err != nil {
 		t.Fatal(err)
 	}
