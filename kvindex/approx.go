@@ -60,7 +60,9 @@ type approxEnt struct {
 	kid, next, prev uint32
 }
 
-const entParent = 1 << 31 // in approxEnt.prev: the parent's entry, not a sibling's
+// entParent marks approxEnt.prev as the parent's entry rather than a sibling's.
+// It limits entries to 2^31 (64 GiB of them).
+const entParent = 1 << 31
 
 type approxSlot struct {
 	id     EndpointID
