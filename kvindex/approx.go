@@ -30,8 +30,8 @@ type Approx struct {
 	hold  []uint64
 	words int
 
-	// One entry per (node, slot) held: its expiry and its place in the
-	// slot's LRU. at finds the entry of a (node, slot).
+	// One entry per (node, slot) held: its expiry, its place in the slot's
+	// LRU and in the slot's entry tree. at finds the entry of a (node, slot).
 	ents    []approxEnt // ents[0] is unused: index 0 means none
 	entFree uint32      // free entries, linked through next
 	at      map[uint64]uint32
@@ -48,11 +48,21 @@ type Approx struct {
 }
 
 type approxEnt struct {
-	exp        int64  // UnixNano; expired from then on
-	node, slot uint32 //
-	newer      uint32 // toward the slot's most recently sent entry
-	older      uint32 // toward its least recently sent one
+	exp   int64 // UnixNano; expired from then on
+	node  uint32
+	newer uint32 // toward the slot's most recently sent entry
+	older uint32 // toward its least recently sent one
+	// A slot's prefixes form a subtree, and its entries form the same tree:
+	// kid is the entry of one child node the slot holds, next and prev link the
+	// entries of its siblings, and prev of the first one is the parent's entry
+	// marked with entParent. Entries of the root's children are in no list. So
+	// Forget visits only the entries it drops.
+	kid, next, prev uint32
 }
+
+// entParent marks approxEnt.prev as the parent's entry rather than a sibling's.
+// It limits entries to 2^31 (64 GiB of them).
+const entParent = 1 << 31
 
 type approxSlot struct {
 	id     EndpointID
@@ -116,22 +126,29 @@ func (a *Approx) Record(ep EndpointID, hashes []BlockHash, now time.Time) {
 	// Touch the deepest block first so the shared leading blocks end up most
 	// recent and eviction trims prefixes from their tails. So a slot's
 	// prefixes always form a subtree, and expiries never grow going down it.
+	// A new entry's parent entry is touched next: it exists before this Record
+	// when the child's did.
 	w, bit := int(s>>6), uint64(1)<<(s&63)
+	kid, kidNew := uint32(0), false
 	for i := len(path) - 1; i >= 0; i-- {
-		a.touch(s, path[i], w, bit, exp)
+		e, fresh := a.touch(s, path[i], w, bit, exp)
+		if kidNew {
+			a.adopt(e, kid)
+		}
+		kid, kidNew = e, fresh
 	}
 	sl := &a.slots[s]
 	for a.capacity > 0 && sl.n > a.capacity {
-		a.evict(sl.oldest)
+		a.evict(s, sl.oldest)
 	}
 }
 
-// touch makes (node, s) the slot's most recently sent entry, expiring at exp.
-func (a *Approx) touch(s, node uint32, w int, bit uint64, exp int64) {
+// touch makes (node, s) the slot's most recently sent entry, expiring at exp,
+// and returns it and whether it is new (in no entry list yet).
+func (a *Approx) touch(s, node uint32, w int, bit uint64, exp int64) (e uint32, fresh bool) {
 	sl := &a.slots[s]
 	h := &a.hold[int(node)*a.words+w]
-	var e uint32
-	if *h&bit == 0 {
+	if fresh = *h&bit == 0; fresh {
 		*h |= bit
 		if e = a.entFree; e != 0 {
 			a.entFree = a.ents[e].older
@@ -142,14 +159,14 @@ func (a *Approx) touch(s, node uint32, w int, bit uint64, exp int64) {
 			}
 			a.ents = append(a.ents, approxEnt{})
 		}
-		a.ents[e] = approxEnt{node: node, slot: s}
+		a.ents[e] = approxEnt{node: node}
 		a.at[entKey(node, s)] = e
 		sl.n++
 	} else {
 		e = a.at[entKey(node, s)]
 		if sl.newest == e {
 			a.ents[e].exp = exp
-			return
+			return e, false
 		}
 		a.unlinkEnt(sl, e)
 	}
@@ -161,6 +178,18 @@ func (a *Approx) touch(s, node uint32, w int, bit uint64, exp int64) {
 		sl.oldest = e
 	}
 	sl.newest = e
+	return e, fresh
+}
+
+// adopt puts entry k, in no list, first among the kids of entry p.
+func (a *Approx) adopt(p, k uint32) {
+	pe := &a.ents[p]
+	ke := &a.ents[k]
+	ke.prev, ke.next = p|entParent, pe.kid
+	if pe.kid != 0 {
+		a.ents[pe.kid].prev = k
+	}
+	pe.kid = k
 }
 
 func (a *Approx) unlinkEnt(sl *approxSlot, e uint32) {
@@ -177,14 +206,24 @@ func (a *Approx) unlinkEnt(sl *approxSlot, e uint32) {
 	}
 }
 
-// evict drops entry e, and the nodes that nobody holds any more.
-func (a *Approx) evict(e uint32) {
+// evict drops entry e of slot s, which has no kids (a slot's oldest entry
+// never has: its kids' entries are older), and the nodes that nobody holds any
+// more.
+func (a *Approx) evict(s, e uint32) {
 	en := a.ents[e]
-	sl := &a.slots[en.slot]
+	sl := &a.slots[s]
 	a.unlinkEnt(sl, e)
 	sl.n--
-	a.hold[int(en.node)*a.words+int(en.slot>>6)] &^= 1 << (en.slot & 63)
-	delete(a.at, entKey(en.node, en.slot))
+	if en.prev&entParent != 0 {
+		a.ents[en.prev&^entParent].kid = en.next
+	} else if en.prev != 0 {
+		a.ents[en.prev].next = en.next
+	}
+	if en.next != 0 {
+		a.ents[en.next].prev = en.prev
+	}
+	a.hold[int(en.node)*a.words+int(s>>6)] &^= 1 << (s & 63)
+	delete(a.at, entKey(en.node, s))
 	a.ents[e] = approxEnt{older: a.entFree}
 	a.entFree = e
 	for i := en.node; i != 0 && a.nodes[i].nkids == 0 && !a.held(i); {
@@ -210,7 +249,7 @@ func (a *Approx) expire(t int64) {
 	for s := range a.slots {
 		sl := &a.slots[s]
 		for sl.oldest != 0 && a.ents[sl.oldest].exp <= t {
-			a.evict(sl.oldest)
+			a.evict(uint32(s), sl.oldest)
 		}
 		if sl.oldest != 0 {
 			oldest = min(oldest, a.ents[sl.oldest].exp)
@@ -360,7 +399,7 @@ func (a *Approx) RemoveEndpoint(ep EndpointID) {
 	}
 	sl := &a.slots[s]
 	for sl.oldest != 0 {
-		a.evict(sl.oldest)
+		a.evict(s, sl.oldest)
 	}
 	*sl = approxSlot{}
 	delete(a.slotOf, ep)
@@ -372,7 +411,8 @@ func (a *Approx) RemoveEndpoint(ep EndpointID) {
 // hashes[keep] and every block below it that ep holds, whichever prompts they were recorded
 // for (an engine that no longer holds a block no longer holds what was computed after it).
 // It returns how many blocks it dropped. A keep at or beyond len(hashes) drops nothing. The
-// cost is linear in what ep holds; it is meant for corrections, not the request path.
+// cost is the walk down hashes[:keep+1] plus the blocks dropped: what ep holds elsewhere and
+// what other endpoints hold under the same prefix are not visited.
 func (a *Approx) Forget(ep EndpointID, hashes []BlockHash, keep int) int {
 	if keep < 0 {
 		keep = 0
@@ -392,36 +432,23 @@ func (a *Approx) Forget(ep EndpointID, hashes []BlockHash, keep int) int {
 			return 0
 		}
 	}
-	top := cur
-	w, bit := int(s>>6), uint64(1)<<(s&63)
-	if a.hold[int(top)*a.words+w]&bit == 0 {
+	if a.hold[int(cur)*a.words+int(s>>6)]&(1<<(s&63)) == 0 {
 		return 0 // ep's prefixes form a subtree: nothing of it below either
 	}
-	// below reports whether node n is top or under it, remembering the answer for every
-	// node on the way up so each node is walked once.
-	memo := map[uint32]bool{top: true, 0: false}
-	var up []uint32
-	below := func(n uint32) bool {
-		up = up[:0]
-		for {
-			if v, ok := memo[n]; ok {
-				for _, u := range up {
-					memo[u] = v
-				}
-				return v
-			}
-			up = append(up, n)
-			n = a.nodes[n].parent
+	// Drop top's entry subtree leaves first: down first kids to a leaf, drop it,
+	// back up to its parent (whose first kid is now the next sibling).
+	top := a.at[entKey(cur, s)]
+	n := 0
+	for e := top; ; {
+		for a.ents[e].kid != 0 {
+			e = a.ents[e].kid
 		}
-	}
-	var drop []uint32
-	for e := a.slots[s].oldest; e != 0; e = a.ents[e].newer {
-		if below(a.ents[e].node) {
-			drop = append(drop, e)
+		up := a.ents[e].prev &^ entParent // e is a first kid here, or top
+		a.evict(s, e)
+		n++
+		if e == top {
+			return n
 		}
+		e = up
 	}
-	for _, e := range drop {
-		a.evict(e)
-	}
-	return len(drop)
 }

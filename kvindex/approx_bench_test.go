@@ -1,6 +1,7 @@
 package kvindex_test
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -173,6 +174,66 @@ func BenchmarkApproxRecord(b *testing.B) {
 			if cpu := processCPU() - cpu0; cpu > 0 {
 				b.ReportMetric(float64((n-n0)*benchPromptLen)/cpu.Seconds(), "blocks/cpu-s")
 			}
+		})
+	}
+}
+
+// BenchmarkApproxForget times the router's correction of approximate mode
+// (router.correctApprox): the engine reported fewer cached tokens than predicted,
+// so Forget drops what the endpoint was recorded to hold from the first uncached
+// block of the 256-block prompt on, and Record records the prompt again. Every
+// prompt opens with the same 32-block system prompt, held by all eps endpoints;
+// each endpoint holds 64 conversations under it (32 + 64 x 224 = 14,368 blocks),
+// and the engine reports 128 of the 256 blocks cached, so each op drops the
+// conversation's last 128 blocks and records them again (endpoints and
+// conversations in rotation). eps=1/convs=4096 is the same tree (917,504 + 32
+// blocks) held by one endpoint, with nobody sharing the prefix; convs=4 holds
+// 16x less per endpoint (928 blocks) in a 16x smaller tree. One op is one
+// Forget plus one Record; forget-ns is the wall time of the Forget alone.
+func BenchmarkApproxForget(b *testing.B) {
+	const (
+		system = 32
+		keep   = benchPromptLen / 2
+	)
+	for _, c := range []struct{ eps, convs int }{{benchEndpoints, 64}, {1, 64 * benchEndpoints}, {benchEndpoints, 4}} {
+		eps, convs := c.eps, c.convs
+		b.Run(fmt.Sprintf("eps=%d/convs=%d", eps, convs), func(b *testing.B) {
+			rnd := rand.New(rand.NewPCG(7, uint64(eps)))
+			sys := make([]kvindex.BlockHash, system)
+			for i := range sys {
+				sys[i] = kvindex.BlockHash(rnd.Uint64())
+			}
+			prompts := make([][]kvindex.BlockHash, eps*convs) // endpoint i%eps
+			for i := range prompts {
+				p := append(make([]kvindex.BlockHash, 0, benchPromptLen), sys...)
+				for len(p) < benchPromptLen {
+					p = append(p, kvindex.BlockHash(rnd.Uint64()))
+				}
+				prompts[i] = p
+			}
+			a := kvindex.NewApprox(time.Hour, 0)
+			now := time.Unix(1_700_000_000, 0)
+			for i, p := range prompts {
+				a.Record(kvindex.EndpointID(i%eps), p, now)
+			}
+			b.ReportAllocs()
+			cpu0, n := processCPU(), 0
+			var forget time.Duration
+			for b.Loop() {
+				i := n % len(prompts)
+				ep := kvindex.EndpointID(i % eps)
+				now = now.Add(time.Millisecond)
+				t0 := time.Now()
+				got := a.Forget(ep, prompts[i], keep)
+				forget += time.Since(t0)
+				if got != benchPromptLen-keep {
+					b.Fatalf("Forget dropped %d blocks, want %d", got, benchPromptLen-keep)
+				}
+				a.Record(ep, prompts[i], now)
+				n++
+			}
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(n), "cpu-ns/op")
+			b.ReportMetric(float64(forget.Nanoseconds())/float64(n), "forget-ns")
 		})
 	}
 }

@@ -20,6 +20,13 @@ type refApprox struct {
 	capacity int
 	eps      map[kvindex.EndpointID]*refEndpoint
 	holders  map[uint64][]kvindex.EndpointID // prefix key -> endpoints that hold it
+
+	// For Forget only (nil in the benchmarks, which do not call it): each
+	// prefix key's parent key (0 for a first block; a key's parent never
+	// changes), and the time of the latest Record, as of which Approx has swept
+	// every endpoint's expired entries.
+	parents  map[uint64]uint64
+	recorded time.Time
 }
 
 type refEndpoint struct {
@@ -41,6 +48,12 @@ func newRefApprox(ttl time.Duration, capacityBlocks int) *refApprox {
 		eps:      map[kvindex.EndpointID]*refEndpoint{},
 		holders:  map[uint64][]kvindex.EndpointID{},
 	}
+}
+
+// withForget readies a for Forget.
+func (a *refApprox) withForget() *refApprox {
+	a.parents = map[uint64]uint64{}
+	return a
 }
 
 // refPrefixKey chains block hashes into one key per prefix.
@@ -68,9 +81,13 @@ func (a *refApprox) Record(ep kvindex.EndpointID, hashes []kvindex.BlockHash, no
 	keys := make([]uint64, len(hashes))
 	k := uint64(0)
 	for i, h := range hashes {
+		if a.parents != nil {
+			a.parents[refPrefixKey(k, h)] = k
+		}
 		k = refPrefixKey(k, h)
 		keys[i] = k
 	}
+	a.recorded = now
 	// Touch the deepest block first so the shared leading blocks end up most
 	// recent and eviction trims prefixes from their tails.
 	exp := now.Add(a.ttl)
@@ -175,16 +192,18 @@ func (a *refApprox) RemoveEndpoint(ep kvindex.EndpointID) {
 }
 
 // TestApproxAgainstReference drives Approx and refApprox with the same random
-// records, endpoint removals and queries (a forward-only clock, queries also
-// between records so that some entries have expired unswept, endpoint IDs
-// sparse, out of order and past 64) and requires identical Matches.
+// records, endpoint removals, Forgets (at every depth of prompts many
+// endpoints share) and queries (a forward-only clock, queries also between
+// records so that some entries have expired unswept, endpoint IDs sparse, out
+// of order and past 64) and requires identical Matches and Forget counts, and
+// Approx's entry structures consistent after every step.
 func TestApproxAgainstReference(t *testing.T) {
 	for run := range 200 {
 		rnd := newRand(uint64(run) + 1000)
 		ttl := time.Duration(1+rnd.IntN(20)) * time.Second
 		capacity := []int{0, 0, 1, 3, 8, 40}[rnd.IntN(6)]
 		a := kvindex.NewApprox(ttl, capacity)
-		ref := newRefApprox(ttl, capacity)
+		ref := newRefApprox(ttl, capacity).withForget()
 		ids := []kvindex.EndpointID{0, 1, 2, 3}
 		switch run % 4 {
 		case 1: // sparse and out of order
@@ -207,21 +226,46 @@ func TestApproxAgainstReference(t *testing.T) {
 		}
 		now := time.Unix(1000, 0)
 		var got, want kvindex.Matches
+		type prompt struct {
+			ep kvindex.EndpointID
+			hs []kvindex.BlockHash
+		}
+		var sent []prompt // recent records, for Forget and queries
 		for step := range 400 {
 			now = now.Add(time.Duration(rnd.IntN(2500)) * time.Millisecond)
 			ep := ids[rnd.IntN(len(ids))]
-			switch rnd.IntN(8) {
+			q := randHashes()
+			if len(sent) > 0 && rnd.IntN(2) == 0 {
+				p := sent[rnd.IntN(len(sent))]
+				q = p.hs
+				if rnd.IntN(2) == 0 {
+					ep = p.ep
+				}
+			}
+			switch rnd.IntN(10) {
 			case 0, 1, 2, 3:
-				hs := randHashes()
-				a.Record(ep, hs, now)
-				ref.Record(ep, hs, now)
+				a.Record(ep, q, now)
+				ref.Record(ep, q, now)
+				if sent = append(sent, prompt{ep, q}); len(sent) > 20 {
+					sent = sent[1:]
+				}
 			case 4:
 				if rnd.IntN(3) == 0 {
 					a.RemoveEndpoint(ep)
 					ref.RemoveEndpoint(ep)
 				}
+			case 5, 6:
+				// The router's correction: forget from the first block the engine did not
+				// hold (before, within or past the prompt), and often record it again.
+				keep := rnd.IntN(len(q)+3) - 1
+				if g, w := a.Forget(ep, q, keep), ref.Forget(ep, q, keep); g != w {
+					t.Fatalf("run %d step %d: Forget(%d, %x, %d) dropped %d blocks, want %d", run, step, ep, q, keep, g, w)
+				}
+				if rnd.IntN(2) == 0 {
+					a.Record(ep, q, now)
+					ref.Record(ep, q, now)
+				}
 			default:
-				q := randHashes()
 				at := now.Add(time.Duration(rnd.IntN(3000)) * time.Millisecond) // not recorded at: unswept expiries
 				a.FindMatches(q, at, &got)
 				ref.FindMatches(q, at, &want)
@@ -229,6 +273,44 @@ func TestApproxAgainstReference(t *testing.T) {
 					t.Fatalf("run %d step %d: got %+v depth %d, want %+v depth %d", run, step, got.Endpoints, got.Depth, want.Endpoints, want.Depth)
 				}
 			}
+			if err := a.CheckEntries(); err != nil {
+				t.Fatalf("run %d step %d: %v", run, step, err)
+			}
 		}
 	}
+}
+
+// Forget drops ep's entries for the prefix hashes[:keep+1] and every longer prefix of it,
+// whichever prompts they were recorded for, and returns how many of them Approx still
+// held: those not expired as of the latest Record (which sweeps every endpoint in Approx,
+// and only the recorded one here).
+func (a *refApprox) Forget(ep kvindex.EndpointID, hashes []kvindex.BlockHash, keep int) int {
+	keep = max(keep, 0)
+	if keep >= len(hashes) {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.eps[ep]
+	if e == nil {
+		return 0
+	}
+	top := uint64(0)
+	for _, h := range hashes[:keep+1] {
+		top = refPrefixKey(top, h)
+	}
+	n := 0
+	for key, en := range e.entries {
+		below := false
+		for k := key; k != 0 && !below; k = a.parents[k] {
+			below = k == top
+		}
+		if below {
+			if en.expires.After(a.recorded) {
+				n++
+			}
+			a.evict(ep, e, en)
+		}
+	}
+	return n
 }
