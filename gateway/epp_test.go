@@ -41,9 +41,15 @@ func startRouterEPPConfig(t testing.TB, xc extproc.Config, engines ...string) (s
 
 func startRouterEPPPolicy(t testing.TB, policy string, xc extproc.Config, engines ...string) (string, *router.Router, *prometheus.Registry) {
 	t.Helper()
+	return startRouterEPPWith(t, func(rc *router.Config) { rc.Policy = policy }, xc, engines...)
+}
+
+// startRouterEPPWith is startRouterEPP with the router's config changed by set.
+func startRouterEPPWith(t testing.TB, set func(*router.Config), xc extproc.Config, engines ...string) (string, *router.Router, *prometheus.Registry) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	rc := router.DefaultConfig()
-	rc.Policy = policy
+	set(&rc)
 	rc.Models = tokenizer.DefaultModelMap()
 	for i, a := range engines {
 		rc.Endpoints = append(rc.Endpoints, router.Endpoint{Name: fmt.Sprint("e", i), Address: a, Models: []string{model}, Role: router.RoleAggregated, BlockSize: 16})

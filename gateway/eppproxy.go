@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"go.opentelemetry.io/otel/trace"
 
@@ -250,48 +251,63 @@ func (rs *eppResponse) read() ([]byte, bool, error) {
 // passthrough streams the engine's answer unchanged (FailOpen: no EPP in the path).
 func (rs *eppResponse) passthrough() (int, bool) {
 	rs.writeHeader(rs.up.resp.Header)
+	code, cut, _ := rs.copyBody()
+	return code, cut
+}
+
+// copyBody sends the engine's body (from its first piece) to the client unchanged;
+// complete says it all went out.
+func (rs *eppResponse) copyBody() (code int, cut, complete bool) {
 	chunk, eof := rs.up.first, rs.up.eof
 	for {
 		if err := rs.send(chunk); err != nil {
-			return rs.status, false
+			return rs.status, false, false
 		}
 		if eof {
-			return rs.status, false
+			return rs.status, false, true
 		}
 		var err error
 		if chunk, eof, err = rs.read(); err != nil {
 			_ = rs.send(chunk)
-			return rs.fail(err)
+			code, cut = rs.fail(err)
+			return code, cut, false
 		}
 	}
 }
 
-// headersAnswer waits for the EPP's answer to the response headers and applies it.
-func (rs *eppResponse) headersAnswer(x *eppStream) (http.Header, *extprocv3.ImmediateResponse, error) {
+// headersAnswer waits for the EPP's answer to the response headers and applies it; mo is
+// the answer's mode_override (nil when none).
+func (rs *eppResponse) headersAnswer(x *eppStream) (h http.Header, im *extprocv3.ImmediateResponse, mo *filterv3.ProcessingMode, err error) {
 	m, err := x.next(rs.r.Context(), x.e.cfg.Timeout)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if im := m.GetImmediateResponse(); im != nil {
-		return nil, im, nil
+		return nil, im, nil, nil
 	}
 	if m.GetResponseHeaders() == nil {
-		return nil, nil, eppFailed("want a response headers answer, got %T", m.GetResponse())
+		return nil, nil, nil, eppFailed("want a response headers answer, got %T", m.GetResponse())
 	}
-	h := rs.up.resp.Header.Clone()
+	h = rs.up.resp.Header.Clone()
 	applyMutation(h, m.GetResponseHeaders().GetResponse().GetHeaderMutation())
-	return h, nil, nil
+	return h, nil, m.GetModeOverride(), nil
 }
 
 // streamed is the BUFFERED mode's response path: the body goes STREAMED, each chunk
-// answered before it reaches the client (possibly replaced).
+// answered before it reaches the client (possibly replaced). As Envoy with
+// allow_mode_override (what kvgate's Envoy configs set), a mode_override on the response
+// headers answer with response body mode NONE stops the body messages: the body goes
+// straight to the client, and the stream stays open until the response ends, then is
+// half-closed as after any complete response (the EPP ends the request there). No response
+// trailers message goes, though such an override asks for trailers (SEND): an HTTP/1.1
+// engine's response has none, and Envoy too sends nothing then.
 func (rs *eppResponse) streamed(x *eppStream) (int, bool) {
 	ctx := rs.r.Context()
 	bodyless := rs.up.eof && len(rs.up.first) == 0
 	if err := x.responseHeaders(rs.up.resp.StatusCode, rs.up.resp.Header, rs.up.ep.Address, bodyless); err != nil {
 		return rs.fail(err)
 	}
-	h, im, err := rs.headersAnswer(x)
+	h, im, mo, err := rs.headersAnswer(x)
 	if err != nil {
 		return rs.fail(err)
 	}
@@ -299,6 +315,13 @@ func (rs *eppResponse) streamed(x *eppStream) (int, bool) {
 		return writeImmediate(rs.w, im), false
 	}
 	rs.writeHeader(h)
+	if mo != nil && mo.GetResponseBodyMode() == filterv3.ProcessingMode_NONE {
+		code, cut, complete := rs.copyBody()
+		if complete {
+			x.finish()
+		}
+		return code, cut
+	}
 	chunk, eof := rs.up.first, rs.up.eof
 	for !bodyless {
 		if err := x.responseBody(chunk, eof); err != nil {
@@ -359,7 +382,8 @@ func (rs *eppResponse) fullDuplex(x *eppStream) (int, bool) {
 			<-pumping
 		}
 	}
-	h, im, err := rs.headersAnswer(x)
+	// Envoy ignores a mode_override when a body mode is FULL_DUPLEX_STREAMED.
+	h, im, _, err := rs.headersAnswer(x)
 	if err != nil {
 		stop()
 		return rs.fail(err)
