@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"golang.org/x/net/http/httpguts"
@@ -79,12 +80,16 @@ func fuzzScript(data []byte, pool, outside string) []*extprocv3.ProcessingRespon
 			}}})
 		case 4:
 			keys := []string{":status", "content-length", "transfer-encoding", "x-a", "", "connection", string(take(4))}
-			out = append(out, &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{
+			m := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{
 				HeaderMutation: &extprocv3.HeaderMutation{
 					SetHeaders:    []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: keys[int(next())%len(keys)], Value: string(take(int(next() % 16)))}, AppendAction: corev3.HeaderValueOption_HeaderAppendAction(next() % 5)}},
 					RemoveHeaders: []string{keys[int(next())%len(keys)]},
 				},
-			}}}})
+			}}}}
+			if b := next(); b%2 == 1 { // a mode_override, response body NONE (b 1) or another mode
+				m.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_BodySendMode(b / 2 % 5), ResponseTrailerMode: filterv3.ProcessingMode_SEND}
+			}
+			out = append(out, m)
 		case 5:
 			out = append(out, streamedMsg(true, take(int(next())), next()%2 == 0))
 		case 7:
@@ -140,6 +145,8 @@ func FuzzEPPResponses(f *testing.F) {
 	f.Add([]byte{1, 6, 0, 1, 0, 2, 30})
 	f.Add([]byte{0, 3, 1, 0xf5, 4, 1, 2, 3, 4, 2, 1, 1})
 	f.Add([]byte{0, 0, 2, 0, 1, 5, 0})
+	// BUFFERED: a pick, then a response headers answer with a mode_override (body NONE).
+	f.Add([]byte{1, 0, 0, 1, 0, 0, 0, 4, 'x', '-', 'b', 'c', 3, 0, 0, 3, 1})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) == 0 {
 			return
