@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/router"
@@ -94,8 +95,32 @@ func TestSetEndpointsWhileRunning(t *testing.T) {
 
 func TestRunTwice(t *testing.T) {
 	r, _ := newRouter(t, endpoints(1), nil)
-	run(t, r)
-	done, cancel := context.WithCancel(context.Background())
-	cancel() // a second Run that wins the race returns at once; once the first runs, it is refused
-	eventually(t, "a second Run refused", func() bool { return r.Run(done) != nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { first <- r.Run(ctx) }()
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	// A probe (a Run on a done context) that gets there before the first Run takes the slot
+	// for a moment and may make the first one be refused (a CI run saw it): start that again.
+	eventually(t, "a second Run refused", func() bool {
+		select {
+		case err := <-first:
+			if err == nil {
+				t.Fatal("the first Run returned before its context ended")
+			}
+			go func() { first <- r.Run(ctx) }()
+			return false
+		default:
+		}
+		return r.Run(done) != nil
+	})
+	cancel()
+	select {
+	case err := <-first:
+		if err != nil {
+			t.Fatalf("the first Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first Run did not return")
+	}
 }
