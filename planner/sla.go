@@ -30,20 +30,20 @@ func (p *Planner) decideSLA(now time.Time, st PoolState, m *poolMemory) (Decisio
 		rate += p.cfg.Headroom * m.rate.stddev() * math.Sqrt(h)
 	}
 	missed := p.learn(now, st, m)
-	prefill, decode := p.engines(st.Pool.Role, rate, m)
+	// what this interval saw: the oracle is told it is the horizon's demand
+	observed := Forecast{Rate: st.ArrivalRate, PromptTokens: st.PromptTokens, OutputTokens: st.OutputTokens, PrefixHitRate: st.PrefixHitRate}
 	fc := Forecast{Rate: rate, PromptTokens: m.prompt.mean(), OutputTokens: m.output.mean(), PrefixHitRate: m.hit.mean()}
 	if p.cfg.Foresight {
-		// told the horizon's demand: no forecast, no band
-		fc = Forecast{Rate: st.ArrivalRate, PromptTokens: st.PromptTokens, OutputTokens: st.OutputTokens, PrefixHitRate: st.PrefixHitRate}
-		prefill, decode = p.cfg.Engines(st.Pool.Role, fc)
+		fc = observed // no forecast, no band
 	}
+	prefill, decode := p.cfg.Engines(st.Pool.Role, fc)
 	need := (prefill + decode + p.backlog(st, rate, m)) * m.correction
-	// what this interval's own rate and lengths needed: its spread over the window is how
-	// far the demand swings, in engines
-	own, ownDecode := p.enginesAt(st.Pool.Role, st.ArrivalRate, st.PromptTokens, st.OutputTokens, st.PrefixHitRate)
-	m.raw.add(own + ownDecode)
 	upper := need
 	if b := p.cfg.DownBand; b > 0 && !p.cfg.Foresight {
+		// what each interval's own rate and lengths needed: its spread over the window is
+		// how far the demand swings, in engines
+		own, ownDecode := p.cfg.Engines(st.Pool.Role, observed)
+		m.raw.add(own + ownDecode)
 		upper += b * m.raw.stddev() * math.Sqrt(h) * m.correction
 	}
 	reason := ReasonPrefillForecast
@@ -74,17 +74,6 @@ func (p *Planner) slaChange(cur, up int, peak, need float64, missed bool, reason
 		return Decision{Desired: cur, Reason: ReasonHysteresis}, need
 	}
 	return Decision{Desired: cur, Reason: ReasonSteady}, need
-}
-
-// engines is the profile's engines for rate requests/s with the window's mean lengths at the
-// targets: the prefill and the decode fractions.
-func (p *Planner) engines(role Role, rate float64, m *poolMemory) (prefill, decode float64) {
-	return p.enginesAt(role, rate, m.prompt.mean(), m.output.mean(), m.hit.mean())
-}
-
-// enginesAt is the profile's engines for rate requests/s of the given mean lengths.
-func (p *Planner) enginesAt(role Role, rate, prompt, output, hit float64) (prefill, decode float64) {
-	return p.cfg.Engines(role, Forecast{Rate: rate, PromptTokens: prompt, OutputTokens: output, PrefixHitRate: hit})
 }
 
 // Engines is what sla mode sizes a pool of role for demand f, before its latency
