@@ -2,7 +2,6 @@ package extproc
 
 import (
 	"net/http"
-	"sort"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -50,41 +49,15 @@ func value(kv *corev3.HeaderValue) string {
 	return kv.GetValue()
 }
 
-// setHeaders is a header mutation that sets every header of h, replacing what is there.
-// Keys are sent lower-case and in sorted order, so the mutation is deterministic. The
-// options, their values and the value bytes are each allocated once for all headers.
+// setHeaders is a header mutation that sets every header of h, replacing what is there
+// (headerSet.mutation: keys lower-case and sorted, several values joined by commas; at
+// most maxSet headers, where the error answers that use it carry two or three).
 func setHeaders(h http.Header) *extprocv3.HeaderMutation {
-	if len(h) == 0 {
-		return nil
-	}
-	keys := make([]string, 0, len(h))
-	size := 0
+	var hs headerSet
 	for k, v := range h {
-		keys = append(keys, k)
-		for _, s := range v {
-			size += len(s) + 1
-		}
+		hs.set(strings.ToLower(k), strings.Join(v, ","))
 	}
-	sort.Strings(keys)
-	opts := make([]corev3.HeaderValueOption, len(keys))
-	vals := make([]corev3.HeaderValue, len(keys))
-	mut := &extprocv3.HeaderMutation{SetHeaders: make([]*corev3.HeaderValueOption, len(keys))}
-	buf := make([]byte, 0, size)
-	for i, k := range keys {
-		start := len(buf)
-		for j, s := range h[k] {
-			if j > 0 {
-				buf = append(buf, ',')
-			}
-			buf = append(buf, s...)
-		}
-		vals[i].Key = strings.ToLower(k)
-		vals[i].RawValue = buf[start:len(buf):len(buf)]
-		opts[i].Header = &vals[i]
-		opts[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-		mut.SetHeaders[i] = &opts[i]
-	}
-	return mut
+	return hs.mutation()
 }
 
 // pickMetadata is the dynamic metadata that names the destination: namespace envoy.lb,
