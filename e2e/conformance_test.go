@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/conformance"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
@@ -19,7 +20,7 @@ import (
 // header).
 func TestConformanceRouter(t *testing.T) {
 	sims := startSims(t, 2)
-	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dead := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	// The router's pool: the two sims, then the dead endpoint (no events, model given so
 	// that nobody asks it); startRouter waits until it counts only the sims healthy.
 	r := startRouter(t, sims, nil, "--endpoint", "http://"+dead, "--kv-events", "none", "--served-model", tokenizer.DefaultModel)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/openai/openai-go/v3/option"
+
+	"github.com/kvgate/kvgate/porttest"
 )
 
 // Header and metric names the disaggregated path is checked by.
@@ -136,7 +138,7 @@ func TestUpDisaggregated(t *testing.T) {
 // requests are in flight, and every request still completes.
 func TestDisaggSurvivesPrefillDeath(t *testing.T) {
 	sim := func() (string, string, *proc) {
-		port, kv := freePort(t), freePort(t)
+		port, kv := porttest.Free(t), porttest.Free(t)
 		p := startProc(t, kvgateBin, "sim", "--host", "127.0.0.1", "--port", fmt.Sprint(port),
 			"--kv-events", fmt.Sprintf("tcp://127.0.0.1:%d", kv), "--kv-events-replay", "", "--speed", disaggSimSpeedFlag)
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -145,8 +147,8 @@ func TestDisaggSurvivesPrefillDeath(t *testing.T) {
 	}
 	pre, preKV, preProc := sim()
 	dec, decKV, _ := sim()
-	side := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	sideMetrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	side := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	sideMetrics := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	sc := startProc(t, kvgateBin, "sidecar", "--listen", side, "--engine", dec, "--prefill", pre, "--metrics-addr", sideMetrics, "--name", "decode-0")
 	waitHTTP(t, sc, "http://"+side+"/health", 30*time.Second)
 
@@ -157,8 +159,8 @@ func TestDisaggSurvivesPrefillDeath(t *testing.T) {
 	if err := os.WriteFile(file, []byte(eps), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	rt := startProc(t, kvgateBin, "router", "--grpc", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--http", httpAddr, "--endpoints", file)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	rt := startProc(t, kvgateBin, "router", "--grpc", fmt.Sprintf("127.0.0.1:%d", porttest.Free(t)), "--http", httpAddr, "--endpoints", file)
 	base := "http://" + httpAddr
 	waitHTTP(t, rt, base+"/health", 30*time.Second)
 

@@ -21,6 +21,7 @@ import (
 	"github.com/kvgate/kvgate/discovery"
 	"github.com/kvgate/kvgate/discovery/consultest"
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -221,8 +222,8 @@ type routerProc struct {
 // startConsulRouter runs `kvgate router --consul` with the gateway on a free port.
 func startConsulRouter(t *testing.T, consul string) routerProc {
 	t.Helper()
-	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	p := startProc(t, kvgateBin, "router", "--consul", consul, "--grpc", grpcAddr, "--http", httpAddr)
 	base := "http://" + httpAddr
 	waitHTTP(t, p, base+"/health", 30*time.Second)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
 )
@@ -24,7 +25,7 @@ func TestGatewayRemoteEPP(t *testing.T) {
 	prompt := strings.Repeat("The remote endpoint picker sees this long shared prefix again. ", 40)
 	for i, mode := range []string{"FULL_DUPLEX_STREAMED", "BUFFERED"} {
 		t.Run(mode, func(t *testing.T) {
-			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			addr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 			args := []string{"gateway", "--epp", r.grpc, "--epp-mode", mode, "--http", addr, "--served-model", tokenizer.DefaultModel}
 			for _, s := range sims {
 				args = append(args, "--endpoint", "http://"+s.addr)
@@ -83,7 +84,7 @@ func eppChat(t *testing.T, base, content string) (string, int) {
 // over gRPC (--ext-proc X --epp X): requests are served, and the gateway counts them as
 // picked by the EPP.
 func TestUpRemoteEPP(t *testing.T) {
-	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	base, _ := up(t, "--engines", "2", "--sim-speed", "50", "--ext-proc", grpcAddr, "--epp", grpcAddr)
 	for i := range 3 {
 		if ep, _ := eppChat(t, base, fmt.Sprintf("up through the remote EPP %d", i)); ep == "" {

@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kvgate/kvgate/extproc/extproctest"
+	"github.com/kvgate/kvgate/porttest"
 )
 
 // TestExtProcEnvoyPath plays Envoy in front of `kvgate up --ext-proc`: the ext_proc stream
@@ -23,7 +24,7 @@ import (
 // would) and streams the engine's answer back through ext_proc. A repeated long prompt must
 // be picked for the same engine, with cached blocks counted.
 func TestExtProcEnvoyPath(t *testing.T) {
-	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	// No in-flight credit: only the engines' KV events can send the repeat back.
 	base, _ := up(t, "--engines", "2", "--sim-speed", "20", "--ext-proc", grpcAddr, "--pending-ttl=-1s")
 	c, err := extproctest.Dial(grpcAddr)

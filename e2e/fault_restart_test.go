@@ -15,6 +15,7 @@ import (
 
 	"github.com/kvgate/kvgate/discovery/consultest"
 	"github.com/kvgate/kvgate/gateway"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -37,8 +38,8 @@ func TestFaultRestarts(t *testing.T) {
 	engines := waitConsul(t, agent.Client, "both engines registered and healthy", bothPassing)
 	oldW0 := serviceAddr(engines["w0-sim"])
 
-	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	base := "http://" + httpAddr
 	startRouter := func() *proc {
 		p := startProc(t, kvgateBin, "router", "--consul", agent.Addr, "--grpc", grpcAddr, "--http", httpAddr, "--migration-limit", "0") // cuts, not migrations

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -305,7 +306,7 @@ func startSims(t *testing.T, n int, extra ...string) []simProc {
 	t.Helper()
 	sims := make([]simProc, n)
 	for i := range sims {
-		port, kv := freePort(t), freePort(t)
+		port, kv := porttest.Free(t), porttest.Free(t)
 		sims[i] = simProc{addr: fmt.Sprintf("127.0.0.1:%d", port), kv: fmt.Sprintf("tcp://127.0.0.1:%d", kv)}
 		args := append([]string{"sim", "--host", "127.0.0.1", "--port", fmt.Sprint(port),
 			"--kv-events", sims[i].kv, "--kv-events-replay", "", "--speed", "1"}, extra...)
@@ -327,8 +328,8 @@ type faultRouter struct {
 // unless kvEvents names others (by position).
 func startRouter(t *testing.T, sims []simProc, kvEvents []string, extra ...string) faultRouter {
 	t.Helper()
-	r := faultRouter{grpc: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	r := faultRouter{grpc: fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))}
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	args := []string{"router", "--grpc", r.grpc, "--http", httpAddr}
 	for i, s := range sims {
 		kv := s.kv

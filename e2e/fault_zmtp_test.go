@@ -9,6 +9,7 @@ import (
 
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/engine/zmtptest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -19,7 +20,7 @@ import (
 // connection and count it; every process keeps running, the attacked publisher's events
 // still reach the router, and real requests all succeed.
 func TestFaultHostileZMTP(t *testing.T) {
-	replay := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
+	replay := fmt.Sprintf("tcp://127.0.0.1:%d", porttest.Free(t))
 	a := startSims(t, 1, "--kv-events-replay", replay)[0]
 	quiet := startSims(t, 2, "--kv-events", "") // their events come from the hostile peers below
 	hostile, err := net.Listen("tcp", "127.0.0.1:0")
@@ -27,7 +28,7 @@ func TestFaultHostileZMTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hostile.Close()
-	bound := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
+	bound := fmt.Sprintf("tcp://127.0.0.1:%d", porttest.Free(t))
 	sims := []simProc{a, quiet[0], quiet[1]}
 	rt := startRouter(t, sims, []string{a.kv, "tcp://" + hostile.Addr().String(), "bind:" + bound}, "--pending-ttl=-1s")
 

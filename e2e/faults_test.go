@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -93,7 +94,7 @@ func TestEnginesKilledUnderStreamingLoad(t *testing.T) {
 	var args []string
 	var sims []*proc
 	for range 3 {
-		port, kv := freePort(t), freePort(t)
+		port, kv := porttest.Free(t), porttest.Free(t)
 		sim := startProc(t, kvgateBin, "sim", "--host", "127.0.0.1", "--port", fmt.Sprint(port),
 			"--kv-events", fmt.Sprintf("tcp://127.0.0.1:%d", kv), "--kv-events-replay", "", "--speed", "2")
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -101,8 +102,8 @@ func TestEnginesKilledUnderStreamingLoad(t *testing.T) {
 		sims = append(sims, sim)
 		args = append(args, "--endpoint", "http://"+addr, "--kv-events", fmt.Sprintf("tcp://127.0.0.1:%d", kv))
 	}
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	rt := startProc(t, kvgateBin, append([]string{"router", "--grpc", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	rt := startProc(t, kvgateBin, append([]string{"router", "--grpc", fmt.Sprintf("127.0.0.1:%d", porttest.Free(t)),
 		"--http", httpAddr, "--policy", "round-robin", "--migration-limit", "0"}, args...)...) // cuts, not migrations (migration_test.go)
 	base := "http://" + httpAddr
 	waitHTTP(t, rt, base+"/health", 30*time.Second)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/openai/openai-go/v3/option"
+
+	"github.com/kvgate/kvgate/porttest"
 )
 
 // peer returns the path of a program scripts/peers.sh builds (into the user's cache
@@ -31,7 +33,7 @@ func peer(t *testing.T, name string) string {
 // its KV events (it dials; the router binds) ingested by the router.
 func TestForeignEngine(t *testing.T) {
 	bin := peer(t, "llm-d-inference-sim")
-	port, zport := freePort(t), freePort(t)
+	port, zport := porttest.Free(t), porttest.Free(t)
 	// It names itself in its event topic by $POD_IP, and refuses to start without one.
 	sim := startProcEnv(t, []string{"POD_IP=127.0.0.1"}, bin,
 		"--port", fmt.Sprint(port), "--model", model,

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kvgate/kvgate/extproc/extproctest"
 	"github.com/kvgate/kvgate/kubetest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -55,8 +56,8 @@ func TestKubernetesDiscovery(t *testing.T) {
 	kube.Forbid("pods")
 
 	_, kvPort, _ := strings.Cut(strings.TrimPrefix(f.sims[0].kv, "tcp://"), ":")
-	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	rt := startProc(t, kvgateBin, "router", "--kubernetes", "--kubeconfig", kc, "--pool-name", pool, "--pool-namespace", ns,
 		"--kv-events-port", kvPort, "--model", tokenizer.DefaultModel, "--grpc", grpcAddr, "--http", httpAddr, "--pending-ttl=-1s")
 	base := "http://" + httpAddr

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/kubetest"
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/tokenizer"
 )
@@ -104,8 +104,8 @@ type llmdFleet struct {
 // address (one port for all) for `kvgate router` to subscribe to.
 func startPoolSims(t *testing.T, n int, dial bool, extra ...string) *llmdFleet {
 	t.Helper()
-	f := &llmdFleet{port: freePort(t), zmq: fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))}
-	kvPort := freePort(t)
+	f := &llmdFleet{port: porttest.Free(t), zmq: fmt.Sprintf("tcp://127.0.0.1:%d", porttest.Free(t))}
+	kvPort := porttest.Free(t)
 	for i := range n {
 		host := fmt.Sprintf("127.0.0.%d", i+2)
 		s := simProc{addr: fmt.Sprintf("%s:%d", host, f.port), kv: fmt.Sprintf("tcp://%s:%d", host, kvPort)}
@@ -178,7 +178,7 @@ func startLLMDEPP(t *testing.T, f *llmdFleet, profile string) llmdEPP {
 	if err := os.WriteFile(cfg, []byte(llmdConfig(profile, f.zmq, f.socket)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	grpcPort, healthPort, metricsPort := freeWildcardPort(t), freeWildcardPort(t), freeWildcardPort(t)
+	grpcPort, healthPort, metricsPort := porttest.FreeEverywhere(t), porttest.FreeEverywhere(t), porttest.FreeEverywhere(t)
 	e := llmdEPP{grpc: fmt.Sprintf("127.0.0.1:%d", grpcPort), health: fmt.Sprintf("127.0.0.1:%d", healthPort), metrics: fmt.Sprintf("http://127.0.0.1:%d", metricsPort)}
 	e.p = startProcEnv(t, []string{"KUBECONFIG=" + f.kubeconfig}, bin,
 		"--pool-name", llmdPool, "--pool-namespace", llmdNamespace, "--config-file", cfg,
@@ -210,7 +210,7 @@ func processExited(p *proc) bool {
 // startEPPGateway starts `kvgate gateway --epp` in front of the sims and returns its base URL.
 func startEPPGateway(t *testing.T, epp string, sims []simProc, extra ...string) string {
 	t.Helper()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	args := []string{"gateway", "--epp", epp, "--http", addr, "--served-model", tokenizer.DefaultModel}
 	for _, s := range sims {
 		args = append(args, "--endpoint", "http://"+s.addr)
@@ -343,26 +343,4 @@ func primeLLMDEvents(t *testing.T, base string, sims []simProc, metrics string) 
 			primed[a.endpoint] = true
 		}
 	}
-}
-
-// freeWildcardPort is freePort for a program that binds every interface (llm-d's EPP): the port
-// must be free on every address, not only on 127.0.0.1 (a sim on 127.0.0.2 may hold it).
-func freeWildcardPort(t *testing.T) int {
-	t.Helper()
-	givenMu.Lock()
-	defer givenMu.Unlock()
-	for range 100 {
-		l, err := net.Listen("tcp", ":0") // closed at once: only asks the kernel for a port free everywhere
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if !given[port] {
-			given[port] = true
-			return port
-		}
-	}
-	t.Fatal("no fresh port")
-	return 0
 }

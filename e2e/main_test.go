@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 )
 
 // kvgateBin is the binary built once by TestMain (or named by $KVGATE_BIN).
@@ -46,35 +46,6 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
-
-// freePort returns a loopback port nobody listens on right now and that no earlier call in
-// this process returned: a port closed after the pick can be offered again by the kernel,
-// and two addresses of one test must not collide.
-func freePort(t testing.TB) int {
-	t.Helper()
-	givenMu.Lock()
-	defer givenMu.Unlock()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if !given[port] {
-			given[port] = true
-			return port
-		}
-	}
-	t.Fatal("no fresh loopback port")
-	return 0
-}
-
-// given holds the ports freePort returned (test-binary state, guarded by givenMu).
-var (
-	givenMu sync.Mutex
-	given   = map[int]bool{}
-)
 
 // proc is a started process whose output is kept for failure reports.
 type proc struct {
@@ -168,7 +139,7 @@ func waitHTTP(t testing.TB, p *proc, url string, timeout time.Duration) {
 // up starts `kvgate up` with args on a free port and returns its base URL.
 func up(t testing.TB, args ...string) (string, *proc) {
 	t.Helper()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	p := startProc(t, kvgateBin, append([]string{"up", "--http", addr}, args...)...)
 	base := "http://" + addr
 	waitHTTP(t, p, base+"/health", 60*time.Second)

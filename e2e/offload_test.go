@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/kvgate/kvgate/porttest"
 )
 
 // Metric and header names the offloading tests read.
@@ -110,7 +112,7 @@ func TestUpCPUTierServesEvictedPrompt(t *testing.T) {
 // read them from its CPU tier. A source that is gone leaves B computing the prompt itself.
 func TestP2PPullBetweenSimProcesses(t *testing.T) {
 	startSimProc := func(extra ...string) string {
-		port := freePort(t)
+		port := porttest.Free(t)
 		args := append([]string{"sim", "--port", strconv.Itoa(port), "--kv-events", "", "--kv-events-replay", ""}, extra...)
 		p := startProc(t, kvgateBin, args...)
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -142,7 +144,7 @@ func TestP2PPullBetweenSimProcesses(t *testing.T) {
 	}
 
 	// A source nobody listens on: B recomputes, counts the failure, and answers.
-	h.Set(hdrKVCacheSource, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	h.Set(hdrKVCacheSource, fmt.Sprintf("127.0.0.1:%d", porttest.Free(t)))
 	if _, _, cached := chatRaw(t, "http://"+b, h, longPrompt("p2p-e", offloadWords)); cached != 0 {
 		t.Errorf("%d cached tokens with the source gone", cached)
 	}

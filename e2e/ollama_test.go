@@ -20,6 +20,7 @@ import (
 
 	"github.com/kvgate/kvgate/engine/gguftest"
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
@@ -57,7 +58,7 @@ func startOllamaFleet(t *testing.T) *ollamaFleet {
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "node: e2e\nlisten: 127.0.0.1:0\nstart_timeout: 2m\nengines:\n")
 	for _, name := range []string{"a", "b"} {
-		port := freePort(t)
+		port := porttest.Free(t)
 		f.addrs["e2e-"+name] = fmt.Sprintf("127.0.0.1:%d", port)
 		// OLLAMA_DEBUG logs each request's cache slot: how much of the prompt was reused.
 		fmt.Fprintf(&cfg, "  - {name: %s, kind: ollama, model: %s, port: %d, binary: %q, env: {HOME: %q, OLLAMA_MODELS: %q, OLLAMA_DEBUG: \"1\"}}\n",

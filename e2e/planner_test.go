@@ -16,6 +16,7 @@ import (
 
 	"github.com/kvgate/kvgate/discovery/consultest"
 	"github.com/kvgate/kvgate/fleet"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -46,9 +47,9 @@ func TestPlannerScalesTheFleet(t *testing.T) {
 		return len(m) == 1 && m["p0-sim-0"] != nil && m["p0-sim-0"].Checks.AggregatedStatus() == api.HealthPassing
 	})
 
-	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	rt := startProc(t, kvgateBin, "router", "--consul", agent.Addr, "--grpc", grpcAddr, "--http", httpAddr, "--metrics-addr", metricsAddr)
 	base := "http://" + httpAddr
 	waitHTTP(t, rt, base+"/health", 30*time.Second)
@@ -65,7 +66,7 @@ func TestPlannerScalesTheFleet(t *testing.T) {
 	if err := os.WriteFile(profile, []byte(plannerProfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	plannerMetrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	plannerMetrics := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	// Both the workerds and the router are found in Consul.
 	pl := startProc(t, kvgateBin, "planner", "--consul", agent.Addr,
 		"--mode", "sla", "--profile", profile, "--ttft", "500ms", "--itl", "50ms", "--gpu-budget", "4",

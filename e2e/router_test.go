@@ -11,6 +11,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/kvgate/kvgate/extproc/extproctest"
+	"github.com/kvgate/kvgate/porttest"
 )
 
 // TestRouterCommand runs the production pair: `kvgate sim` engines as their own processes and
@@ -19,7 +20,7 @@ func TestRouterCommand(t *testing.T) {
 	var args []string
 	var engines []string
 	for range 2 {
-		port, kv := freePort(t), freePort(t)
+		port, kv := porttest.Free(t), porttest.Free(t)
 		sim := startProc(t, kvgateBin, "sim", "--host", "127.0.0.1", "--port", fmt.Sprint(port),
 			"--kv-events", fmt.Sprintf("tcp://127.0.0.1:%d", kv), "--kv-events-replay", "", "--speed", "20")
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -27,9 +28,9 @@ func TestRouterCommand(t *testing.T) {
 		engines = append(engines, addr)
 		args = append(args, "--endpoint", "http://"+addr, "--kv-events", fmt.Sprintf("tcp://127.0.0.1:%d", kv))
 	}
-	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	// No in-flight credit: only the engines' KV events can send the repeat back.
 	rt := startProc(t, kvgateBin, append([]string{"router", "--grpc", grpcAddr, "--http", httpAddr, "--metrics-addr", metricsAddr, "--pending-ttl=-1s"}, args...)...)
 	base := "http://" + httpAddr

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
 )
 
@@ -17,7 +18,7 @@ import (
 // client with a certificate from the CA over HTTPS and refuses one without.
 func TestUpServesMutualTLS(t *testing.T) {
 	pki := tlsconfigtest.New(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	p := startProc(t, kvgateBin, "up", "--engines", "1", "--http", addr,
 		"--http-tls-cert", pki.Server.Cert, "--http-tls-key", pki.Server.Key, "--http-tls-ca", pki.Server.CA)
 	ctc, err := pki.Client.Client()

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 )
 
 // trafficSims starts n simulated engines (args added to each) and returns their addresses.
@@ -24,7 +25,7 @@ func trafficSims(t *testing.T, n int, args ...string) []string {
 	t.Helper()
 	var addrs []string
 	for range n {
-		port := freePort(t)
+		port := porttest.Free(t)
 		p := startProc(t, kvgateBin, append([]string{"sim", "--host", "127.0.0.1", "--port", fmt.Sprint(port), "--kv-events", ""}, args...)...)
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		waitHTTP(t, p, "http://"+addr+"/health", 30*time.Second)
@@ -44,10 +45,10 @@ type trafficRouter struct {
 func startTrafficRouter(t *testing.T, engines []string, httpAddr string, args ...string) *trafficRouter {
 	t.Helper()
 	if httpAddr == "" {
-		httpAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		httpAddr = fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
 	}
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	a := []string{"router", "--grpc", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--http", httpAddr, "--metrics-addr", metricsAddr}
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
+	a := []string{"router", "--grpc", fmt.Sprintf("127.0.0.1:%d", porttest.Free(t)), "--http", httpAddr, "--metrics-addr", metricsAddr}
 	for _, e := range engines {
 		a = append(a, "--endpoint", "http://"+e, "--kv-events", "none")
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/metricstest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -152,7 +153,7 @@ func TestKVEventsGapClears(t *testing.T) {
 func TestKVEventsBind(t *testing.T) {
 	eps := endpoints(2)
 	eps[0].KVBind = true
-	addr := freePort(t)
+	addr := porttest.Addr(t)
 	eps[0].KVEvents = "tcp://" + addr
 	r, _ := newRouter(t, eps, nil)
 	run(t, r)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -136,19 +135,6 @@ func longText(seed string, words int) string {
 		b = fmt.Appendf(b, "%s%d ", seed, i*7919%1000)
 	}
 	return string(b)
-}
-
-// freePort returns a loopback address with a port the OS just handed out (for sockets that
-// cannot report the port they bound).
-func freePort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return addr
 }
 
 func loadFull() engine.Load { return engine.Load{Waiting: 100, KVUsage: 1} }

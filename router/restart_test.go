@@ -25,6 +25,7 @@ import (
 	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -171,7 +172,7 @@ func sharedPrompts() (a, b []byte) {
 // x-kvgate-cached-blocks is what the engine really has. Before, the stale prefixes stayed
 // and the router announced the whole second prompt cached while the engine recomputed it.
 func TestApproxCorrectedFromCachedTokens(t *testing.T) {
-	eng := startSimProc(t, freePort(t), false)
+	eng := startSimProc(t, porttest.Addr(t), false)
 	eps := endpoints(1)
 	eps[0].Address = eng.addr
 	// No scraping: no health check may notice the restart; only usage can tell.
@@ -207,7 +208,7 @@ func TestApproxCorrectedFromCachedTokens(t *testing.T) {
 // events unreachable and then answering again makes the router forget what it sent there
 // (it restarted with an empty cache).
 func TestApproxClearedWhenEngineComesBack(t *testing.T) {
-	eng := startSimProc(t, freePort(t), false)
+	eng := startSimProc(t, porttest.Addr(t), false)
 	eps := endpoints(1)
 	eps[0].Address = eng.addr
 	r, reg := newRouter(t, eps, func(c *router.Config) {
@@ -237,7 +238,7 @@ func TestApproxClearedWhenEngineComesBack(t *testing.T) {
 // router's own accounting, says so once at info, and shows it in Load, the load-source
 // metric and /v1/pools.
 func TestEngineWithoutMetrics(t *testing.T) {
-	eng := startSimProc(t, freePort(t), true)
+	eng := startSimProc(t, porttest.Addr(t), true)
 	eps := endpoints(1)
 	eps[0].Address = eng.addr
 	logs := &lineCounter{msg: "engine serves no vLLM or SGLang /metrics; its load is the router's own in-flight accounting"}
@@ -277,7 +278,7 @@ func TestEngineWithoutMetrics(t *testing.T) {
 // out, it tries the one down longest instead of answering 503. The engine has no /metrics
 // (as Ollama): an answer of any kind means it is up.
 func TestRefusedConnectionDuringRestart(t *testing.T) {
-	eng := startSimProc(t, freePort(t), true)
+	eng := startSimProc(t, porttest.Addr(t), true)
 	eps := endpoints(1)
 	eps[0].Address = eng.addr
 	r, reg := newRouter(t, eps, func(c *router.Config) {

@@ -3,7 +3,6 @@ package tokenserver_test
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	tokenizationv1 "github.com/kvgate/kvgate/api/tokenization/v1"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
 	"github.com/kvgate/kvgate/tokenizer"
 	"github.com/kvgate/kvgate/tokenserver"
@@ -189,7 +189,7 @@ func TestRefusals(t *testing.T) {
 // TestTLS: on TCP the service speaks TLS when given certificates.
 func TestTLS(t *testing.T) {
 	pki := tlsconfigtest.New(t)
-	addr := freeAddr(t)
+	addr := porttest.Addr(t)
 	cli, err := pki.Client.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -199,15 +199,4 @@ func TestTLS(t *testing.T) {
 	if err != nil || !resp.GetSuccess() {
 		t.Fatalf("%v %+v", err, resp)
 	}
-}
-
-// freeAddr returns a loopback address nobody listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

@@ -4,13 +4,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
 // TestRouterPprof: `kvgate router --pprof-addr` serves Go's runtime profiles on that
 // listener alone (not on the metrics one), and without the flag nothing serves them.
 func TestRouterPprof(t *testing.T) {
-	pprofAddr, metricsAddr := freeAddr(t), freeAddr(t)
+	pprofAddr, metricsAddr := porttest.Addr(t), porttest.Addr(t)
 	runCmd(t, newRouterCmd, "--endpoint", "127.0.0.1:1", "--served-model", tokenizer.DefaultModel, "--grpc", "127.0.0.1:0",
 		"--metrics-addr", metricsAddr, "--pprof-addr", pprofAddr)
 	waitFor(t, "the pprof listener", func() bool {
@@ -23,7 +24,7 @@ func TestRouterPprof(t *testing.T) {
 		t.Errorf("the metrics listener serves the profiles too: %.200q", m)
 	}
 
-	other := freeAddr(t)
+	other := porttest.Addr(t)
 	runCmd(t, newRouterCmd, "--endpoint", "127.0.0.1:1", "--served-model", tokenizer.DefaultModel, "--grpc", "127.0.0.1:0",
 		"--metrics-addr", other)
 	waitFor(t, "the second router's metrics", func() bool { return strings.Contains(get("http://"+other+"/metrics"), "go_goroutines") })

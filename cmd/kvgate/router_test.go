@@ -18,21 +18,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/tokenizer"
 	"github.com/kvgate/kvgate/xds"
 	"github.com/kvgate/kvgate/xds/xdstest"
 )
-
-// freeAddr returns a loopback address that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // runCmd runs a kvgate subcommand with args until the test ends; it must then return nil.
 func runCmd(t *testing.T, newCmd func(*globals) *cobra.Command, args ...string) {
@@ -105,7 +95,7 @@ func TestEndpointsFileFeedsRouterAndXDS(t *testing.T) {
 	}
 	write("- {name: e1, address: \"127.0.0.11:8000\", models: [\"" + model + "\"], blockSize: 32}\n")
 
-	httpAddr, metricsAddr, xdsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	httpAddr, metricsAddr, xdsAddr := porttest.Addr(t), porttest.Addr(t), porttest.Addr(t)
 	runCmd(t, newRouterCmd, "--endpoints", path, "--grpc", "127.0.0.1:0", "--http", httpAddr, "--metrics", metricsAddr)
 	runCmd(t, newXDSCmd, "--endpoints", path, "--router", "127.0.0.1:9002", "--listen", xdsAddr)
 

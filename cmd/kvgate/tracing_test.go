@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tracing/tracingtest"
 )
@@ -22,7 +23,7 @@ func TestUpTracing(t *testing.T) {
 	col := tracingtest.New(t)
 	t.Setenv("OTEL_SDK_DISABLED", "")
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "50") // the batcher sends every 50 ms instead of 5 s
-	addr := freeAddr(t)
+	addr := porttest.Addr(t)
 	runCmd(t, newUpCmd, "--engines", "1", "--sim-speed", "100", "--http", addr,
 		"--otlp-endpoint", col.Addr(), "--otlp-insecure")
 	polltest.Until(t, 60*time.Second, "the gateway", func() bool { return strings.Contains(get("http://"+addr+"/health"), "ok") })

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/kvgate/kvgate/porttest"
 )
 
 // Agent is a running `consul agent -dev` bound to 127.0.0.1.
@@ -88,39 +89,6 @@ func repoRoot() (string, error) {
 	}
 }
 
-// freePorts returns n distinct loopback ports, each free for both TCP and UDP (Serf uses
-// both). Every port stays bound until all n are chosen, so the kernel cannot hand the same
-// one out twice (four independent picks could, and Consul then refused to start: "Serf
-// Advertise WAN address ... already configured for Serf Advertise LAN").
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var held []io.Closer
-	defer func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for tries := 0; len(ports) < n; tries++ {
-		if tries == 50*n {
-			t.Fatal("consultest: no port free for both TCP and UDP")
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("consultest: %v", err)
-		}
-		held = append(held, l)
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			continue // keep the TCP port held so it is not offered again
-		}
-		held = append(held, u)
-		ports = append(ports, port)
-	}
-	return ports
-}
-
 // Start runs a dev agent and waits until it has a leader and its own node is in the catalog.
 // The agent is stopped when the test ends; its log is printed if the test failed.
 func Start(t testing.TB) *Agent {
@@ -130,8 +98,8 @@ func Start(t testing.TB) *Agent {
 		t.Fatal(err)
 	}
 	a := &Agent{t: t, bin: bin, logPath: filepath.Join(t.TempDir(), "consul.log")}
-	p := freePorts(t, 4)
-	a.ports = ports{http: p[0], serfLAN: p[1], serfWAN: p[2], server: p[3]}
+	// Serf listens on TCP and UDP; every port is distinct (porttest never repeats one).
+	a.ports = ports{http: porttest.FreeTCPAndUDP(t), serfLAN: porttest.FreeTCPAndUDP(t), serfWAN: porttest.FreeTCPAndUDP(t), server: porttest.FreeTCPAndUDP(t)}
 	a.node = fmt.Sprintf("kvgate-test-%d", a.ports.http)
 	a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.http))
 	cfg := api.DefaultConfig()
