@@ -203,7 +203,9 @@ ensure() { # name -> prints the binary's path, building it if missing
 }
 
 if [ $# -eq 0 ]; then
-  for name in consul llm-d-inference-sim llm-d-epp ollama; do ensure "$name" >/dev/null; done
+  names=(consul llm-d-inference-sim llm-d-epp ollama)
+  names+=(etcd kube-apiserver) # discovery/kube's real-API tests (the costliest build): delete this line to skip them
+  for name in "${names[@]}"; do ensure "$name" >/dev/null; done
   echo "$out"
 else
   for name in "$@"; do ensure "$name"; done

@@ -26,6 +26,23 @@ func TestKubeAPIServer(t *testing.T) {
 		testDiscovery(t, s, s.Kubeconfig(t, s.AdminToken))
 	})
 
+	// The v1alpha2 group's CRD is not installed: the API answers 404 and the log says which
+	// CRD or flag to fix; the source stays unsynced.
+	t.Run("a pool group the API does not serve", func(t *testing.T) {
+		log := &syncBuffer{}
+		w := watch(t, kube.Config{Kubeconfig: s.Kubeconfig(t, s.AdminToken), PoolName: "pool", PoolNamespace: "llm",
+			PoolGroup: kube.AlphaPoolGroup, Models: []string{"m"}}, slog.New(slog.NewTextHandler(log, nil)))
+		want := "the API server does not serve inferencepools." + kube.AlphaPoolGroup + " (is the InferencePool CRD installed, and --pool-group right?)"
+		if !polltest.Wait(20*time.Second, func() bool { return strings.Contains(log.String(), want) }) {
+			t.Fatalf("no %q logged:\n%s", want, log)
+		}
+		select {
+		case <-w.src.Synced():
+			t.Fatal("synced without the pool's resource")
+		default:
+		}
+	})
+
 	// The router's service account with nothing granted cannot list, logs what it needs and
 	// stays unsynced; with deploy/kubernetes/epp's Role and RoleBinding applied it syncs and
 	// follows the pool.
@@ -60,5 +77,18 @@ func TestKubeAPIServer(t *testing.T) {
 			t.Fatalf("never synced once the Role was bound:\n%s", log)
 		}
 		w.until(t, "e", func(eps []discovery.Endpoint) bool { return healthy(eps) == "127.0.0.21:8000" })
+
+		// The Role must allow watching, not only listing: without watch an informer still
+		// follows changes, by listing again after each refused watch (logged). Two changes
+		// followed in turn need a list between them, and the refusal of the watch after it,
+		// so no refusal logged from here on proves the changes came by watch.
+		mark := len(log.String())
+		s.SetPod(t, kubetest.Pod{Namespace: ns, Name: "e", IP: "127.0.0.21", Labels: map[string]string{"app": "engine"}, NotReady: true})
+		w.until(t, "e unready", func(eps []discovery.Endpoint) bool { return len(eps) == 1 && healthy(eps) == "" })
+		s.SetPod(t, kubetest.Pod{Namespace: ns, Name: "f", IP: "127.0.0.22", Labels: map[string]string{"app": "engine"}})
+		w.until(t, "f", func(eps []discovery.Endpoint) bool { return healthy(eps) == "127.0.0.22:8000" })
+		if l := log.String()[mark:]; strings.Contains(l, "forbidden") {
+			t.Fatalf("still forbidden with the Role bound:\n%s", l)
+		}
 	})
 }

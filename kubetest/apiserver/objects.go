@@ -170,7 +170,8 @@ func (s *Server) ServiceAccountToken(t testing.TB, namespace, name string) strin
 		t.Fatalf("apiserver: service account %s/%s: %v", namespace, name, err)
 	}
 	req := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-		"spec": map[string]any{"expirationSeconds": int64(3600)}}}
+		"metadata": map[string]any{"name": name}, // the dynamic client's URL takes the account's name from here
+		"spec":     map[string]any{"expirationSeconds": int64(3600)}}}
 	got, err := s.client.Resource(saR).Namespace(namespace).Create(c, req, metav1.CreateOptions{}, "token")
 	if err != nil {
 		t.Fatalf("apiserver: token for %s/%s: %v", namespace, name, err)
