@@ -45,8 +45,6 @@ type Server struct {
 	// AdminToken is a bearer token of a user in system:masters (every permission).
 	AdminToken string
 
-	t      testing.TB
-	dir    string
 	client dynamic.Interface // as the admin
 	rest   *rest.Config      // the admin's
 
@@ -239,7 +237,7 @@ func Start(t testing.TB) *Server {
 	}
 
 	pki := tlsconfigtest.New(t)
-	s := &Server{t: t, dir: dir, CA: pki.CA, URL: "https://127.0.0.1:" + strconv.Itoa(secure),
+	s := &Server{CA: pki.CA, URL: "https://127.0.0.1:" + strconv.Itoa(secure),
 		AdminToken: randomToken(), namespaces: map[string]bool{}}
 	tokens := filepath.Join(dir, "tokens.csv")
 	if err := os.WriteFile(tokens, []byte(s.AdminToken+",kvgate-admin,kvgate-admin,system:masters\n"), 0o600); err != nil {
@@ -361,7 +359,7 @@ func (s *Server) Kubeconfig(t testing.TB, token string) string {
 	return f.Name()
 }
 
-// ctx bounds one API call.
-func ctx() (context.Context, context.CancelFunc) {
+// callCtx bounds one API call.
+func callCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 30*time.Second)
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,7 +68,7 @@ func (s *Server) installCRD(t testing.TB) {
 	}
 	var lastErr error
 	if !polltest.Wait(30*time.Second, func() bool {
-		c, cancel := ctx()
+		c, cancel := callCtx()
 		defer cancel()
 		_, lastErr = s.client.Resource(InferencePools).List(c, metav1.ListOptions{Limit: 1})
 		return lastErr == nil
@@ -122,7 +121,7 @@ func (s *Server) applyYAML(namespace string, data []byte) error {
 			obj.SetNamespace(namespace)
 			r = s.client.Resource(gvr).Namespace(namespace)
 		}
-		c, cancel := ctx()
+		c, cancel := callCtx()
 		_, err := r.Apply(c, obj.GetName(), &obj, metav1.ApplyOptions{FieldManager: fieldManager, Force: true})
 		cancel()
 		if err != nil {
@@ -144,7 +143,7 @@ func (s *Server) ensureNamespace(t testing.TB, namespace string) {
 		"metadata": map[string]any{"name": namespace}}}
 	sa := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ServiceAccount",
 		"metadata": map[string]any{"name": "default", "namespace": namespace}}}
-	c, cancel := ctx()
+	c, cancel := callCtx()
 	defer cancel()
 	opts := metav1.ApplyOptions{FieldManager: fieldManager, Force: true}
 	if _, err := s.client.Resource(nsR).Apply(c, namespace, ns, opts); err != nil {
@@ -162,7 +161,7 @@ func (s *Server) ensureNamespace(t testing.TB, namespace string) {
 func (s *Server) ServiceAccountToken(t testing.TB, namespace, name string) string {
 	t.Helper()
 	s.ensureNamespace(t, namespace)
-	c, cancel := ctx()
+	c, cancel := callCtx()
 	defer cancel()
 	sa := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ServiceAccount",
 		"metadata": map[string]any{"name": name, "namespace": namespace}}}
@@ -190,17 +189,17 @@ func (s *Server) ServiceAccountToken(t testing.TB, namespace, name string) strin
 func (s *Server) SetPod(t testing.TB, p kubetest.Pod) {
 	t.Helper()
 	s.ensureNamespace(t, p.Namespace)
-	meta := map[string]any{"name": p.Name, "namespace": p.Namespace}
+	md := map[string]any{"name": p.Name, "namespace": p.Namespace}
 	if len(p.Labels) > 0 {
-		meta["labels"] = stringMap(p.Labels)
+		md["labels"] = stringMap(p.Labels)
 	}
 	if len(p.Annotations) > 0 {
-		meta["annotations"] = stringMap(p.Annotations)
+		md["annotations"] = stringMap(p.Annotations)
 	}
 	if p.Deleting {
-		meta["finalizers"] = []any{holdFinalizer}
+		md["finalizers"] = []any{holdFinalizer}
 	}
-	obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+	obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": md,
 		"spec": map[string]any{
 			"containers":                   []any{map[string]any{"name": "engine", "image": "kvgate"}},
 			"automountServiceAccountToken": false,
@@ -221,7 +220,7 @@ func (s *Server) SetPod(t testing.TB, p kubetest.Pod) {
 		"metadata": map[string]any{"name": p.Name, "namespace": p.Namespace}, "status": status}}
 
 	r := s.client.Resource(Pods).Namespace(p.Namespace)
-	c, cancel := ctx()
+	c, cancel := callCtx()
 	defer cancel()
 	opts := metav1.ApplyOptions{FieldManager: fieldManager, Force: true}
 	cur, err := r.Apply(c, p.Name, obj, opts)
@@ -246,7 +245,7 @@ func (s *Server) SetPod(t testing.TB, p kubetest.Pod) {
 func (s *Server) DeletePod(t testing.TB, namespace, name string) bool {
 	t.Helper()
 	r := s.client.Resource(Pods).Namespace(namespace)
-	c, cancel := ctx()
+	c, cancel := callCtx()
 	defer cancel()
 	cur, err := r.Get(c, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -290,7 +289,7 @@ func (s *Server) SetInferencePool(t testing.TB, p kubetest.InferencePool) {
 	}
 	obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": InferencePools.GroupVersion().String(), "kind": "InferencePool",
 		"metadata": map[string]any{"name": p.Name, "namespace": p.Namespace}, "spec": spec}}
-	c, cancel := ctx()
+	c, cancel := callCtx()
 	defer cancel()
 	if _, err := s.client.Resource(InferencePools).Namespace(p.Namespace).Apply(c, p.Name, obj,
 		metav1.ApplyOptions{FieldManager: fieldManager, Force: true}); err != nil {
@@ -301,7 +300,7 @@ func (s *Server) SetInferencePool(t testing.TB, p kubetest.InferencePool) {
 // DeleteInferencePool deletes a pool, reporting whether it existed.
 func (s *Server) DeleteInferencePool(t testing.TB, namespace, name string) bool {
 	t.Helper()
-	c, cancel := ctx()
+	c, cancel := callCtx()
 	defer cancel()
 	err := s.client.Resource(InferencePools).Namespace(namespace).Delete(c, name, metav1.DeleteOptions{})
 	if apierrors.IsNotFound(err) {
@@ -316,7 +315,7 @@ func (s *Server) DeleteInferencePool(t testing.TB, namespace, name string) bool 
 // the API stored); nil when absent.
 func (s *Server) Get(t testing.TB, gvr schema.GroupVersionResource, namespace, name string) *unstructured.Unstructured {
 	t.Helper()
-	c, cancel := ctx()
+	c, cancel := callCtx()
 	defer cancel()
 	obj, err := s.client.Resource(gvr).Namespace(namespace).Get(c, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -329,7 +328,7 @@ func (s *Server) Get(t testing.TB, gvr schema.GroupVersionResource, namespace, n
 
 func stringMap(m map[string]string) map[string]any {
 	out := make(map[string]any, len(m))
-	for k, v := range maps.All(m) {
+	for k, v := range m {
 		out[k] = v
 	}
 	return out
