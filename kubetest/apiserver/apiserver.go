@@ -184,11 +184,11 @@ func (p *process) waitFor(what string, probe func() bool) error {
 		last = time.Now()
 		return probe()
 	})
-	switch {
+	switch { // Start's cleanup prints the log
 	case p.exited():
-		return fmt.Errorf("apiserver: %s exited during start (%s); its log:\n%s", p.name, p.cmd.ProcessState, p.tail(6000))
+		return fmt.Errorf("apiserver: %s exited during start (%s)", p.name, p.cmd.ProcessState)
 	case !ok:
-		return fmt.Errorf("apiserver: %s not %s within %v; its log:\n%s", p.name, what, StartTimeout, p.tail(6000))
+		return fmt.Errorf("apiserver: %s not %s within %v", p.name, what, StartTimeout)
 	}
 	return nil
 }
