@@ -11,7 +11,7 @@ help: ## show this help
 build: ## build the kvgate binary into ./kvgate
 	$(GO) build -o kvgate ./cmd/kvgate
 
-peers: ## build the outside programs the tests run against (consul, llm-d-inference-sim, llm-d-epp, ollama)
+peers: ## build the outside programs the tests run against (consul, llm-d-inference-sim, llm-d-epp, ollama, etcd, kube-apiserver)
 	bash scripts/peers.sh
 
 test: peers lint ## run every test (race detector on), as CI does, and every benchmark once

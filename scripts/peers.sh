@@ -9,10 +9,10 @@
 #   ollama               Ollama v0.12.6, a real CPU engine (llama.cpp and ggml compiled with cgo;
 #                        e2e/ollama_test.go runs two of them behind kvgate)
 #   kube-apiserver       Kubernetes' API server v1.37.2 (k8s.io/kubernetes cmd/kube-apiserver) and
-#   etcd                 etcd v3.7.0 (the version kube-apiserver requires): only when named, never
-#                        by the no-argument form. etcd builds in about 2 CPU-minutes; kube-apiserver
-#                        did not finish on the shared 2-core machine (over 8 CPU-minutes for a
-#                        third of its 1,800 packages; docs/KUBERNETES.md), so no test uses them yet
+#   etcd                 etcd v3.7.0 (the version kube-apiserver requires), which discovery/kube's
+#                        TestKubeAPIServer runs (package kubetest/apiserver). The costliest build:
+#                        etcd about 2 CPU-minutes, kube-apiserver about 30 cold (27 minutes of wall
+#                        time on the shared 2-core machine; docs/KUBERNETES.md)
 # None has a Debian package and `go install` fails on their replace directives, so each
 # module is downloaded, copied somewhere writable, its replaces dropped, and built.
 #
@@ -203,7 +203,9 @@ ensure() { # name -> prints the binary's path, building it if missing
 }
 
 if [ $# -eq 0 ]; then
-  for name in consul llm-d-inference-sim llm-d-epp ollama; do ensure "$name" >/dev/null; done
+  names=(consul llm-d-inference-sim llm-d-epp ollama)
+  names+=(etcd kube-apiserver) # the costliest build (discovery/kube's real API); without this line the tests build them on first use
+  for name in "${names[@]}"; do ensure "$name" >/dev/null; done
   echo "$out"
 else
   for name in "$@"; do ensure "$name"; done

@@ -20,14 +20,28 @@ import (
 	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
 )
 
-// cluster is the API the tests change objects through: kubetest's in-memory server, or a real
-// kube-apiserver.
+// cluster is the API the tests change objects through: kubetest's in-memory server (fake), or
+// a real kube-apiserver (kubetest/apiserver). A method that cannot make the change fails t.
 type cluster interface {
-	SetPod(kubetest.Pod)
-	DeletePod(namespace, name string) bool
-	SetInferencePool(kubetest.InferencePool)
-	DeleteInferencePool(namespace, name string) bool
+	SetPod(t testing.TB, p kubetest.Pod)
+	DeletePod(t testing.TB, namespace, name string) bool
+	SetInferencePool(t testing.TB, p kubetest.InferencePool)
+	DeleteInferencePool(t testing.TB, namespace, name string) bool
 }
+
+// fake is kubetest's server as a cluster: its changes cannot fail.
+type fake struct{ s *kubetest.Server }
+
+func (f fake) SetPod(_ testing.TB, p kubetest.Pod) { f.s.SetPod(p) }
+func (f fake) DeletePod(_ testing.TB, namespace, name string) bool {
+	return f.s.DeletePod(namespace, name)
+}
+func (f fake) SetInferencePool(_ testing.TB, p kubetest.InferencePool) { f.s.SetInferencePool(p) }
+func (f fake) DeleteInferencePool(_ testing.TB, namespace, name string) bool {
+	return f.s.DeleteInferencePool(namespace, name)
+}
+
+var _ cluster = fake{}
 
 // syncBuffer is a log sink safe for the informers' goroutines.
 type syncBuffer struct {
@@ -142,9 +156,9 @@ func engine(name, ip string, lbl map[string]string) kubetest.Pod {
 // testDiscovery is the suite every API (kubetest, a real kube-apiserver) passes.
 func testDiscovery(t *testing.T, c cluster, kubeconfig string) {
 	app := map[string]string{"app": "engine"}
-	c.SetPod(engine("a", "127.0.0.11", app))
-	c.SetPod(engine("b", "127.0.0.12", map[string]string{"app": "engine", "llm-d.ai/role": "decode"}))
-	c.SetPod(engine("other", "127.0.0.13", map[string]string{"app": "other"}))
+	c.SetPod(t, engine("a", "127.0.0.11", app))
+	c.SetPod(t, engine("b", "127.0.0.12", map[string]string{"app": "engine", "llm-d.ai/role": "decode"}))
+	c.SetPod(t, engine("other", "127.0.0.13", map[string]string{"app": "other"}))
 	log := &syncBuffer{}
 	w := watch(t, kube.Config{Kubeconfig: kubeconfig, PoolName: "pool", PoolNamespace: "llm", Models: []string{"m"}, KVEventsPort: 5557},
 		slog.New(slog.NewTextHandler(log, nil)))
@@ -161,7 +175,7 @@ func testDiscovery(t *testing.T, c cluster, kubeconfig string) {
 		}
 	})
 	t.Run("the pool's ready Pods, one endpoint each", func(t *testing.T) {
-		c.SetInferencePool(kubetest.InferencePool{Namespace: "llm", Name: "pool", Selector: app, TargetPorts: []int{8000}, EPPName: "epp", EPPPort: 9002})
+		c.SetInferencePool(t, kubetest.InferencePool{Namespace: "llm", Name: "pool", Selector: app, TargetPorts: []int{8000}, EPPName: "epp", EPPPort: 9002})
 		eps := w.until(t, "a and b", func(eps []discovery.Endpoint) bool { return healthy(eps) == "127.0.0.11:8000,127.0.0.12:8000" })
 		a, b := eps[0], eps[1]
 		if a.Name != "llm/a" || a.Role != discovery.RoleAggregated || a.KVEvents != "tcp://127.0.0.11:5557" || a.Models[0] != "m" ||
@@ -175,37 +189,48 @@ func testDiscovery(t *testing.T, c cluster, kubeconfig string) {
 	t.Run("a Pod that goes unready is unhealthy, one deleted leaves", func(t *testing.T) {
 		p := engine("a", "127.0.0.11", app)
 		p.NotReady = true
-		c.SetPod(p)
+		c.SetPod(t, p)
 		eps := w.until(t, "a unready", func(eps []discovery.Endpoint) bool { return healthy(eps) == "127.0.0.12:8000" })
 		if len(eps) != 2 || eps[0].Name != "llm/a" || eps[0].Healthy {
 			t.Fatalf("a should be listed unhealthy: %s", describe(eps))
 		}
-		c.DeletePod("llm", "b")
+		c.DeletePod(t, "llm", "b")
 		w.until(t, "b gone", func(eps []discovery.Endpoint) bool { return len(eps) == 1 && eps[0].Name == "llm/a" })
-		c.SetPod(engine("a", "127.0.0.11", app))
+		c.SetPod(t, engine("a", "127.0.0.11", app))
 		w.until(t, "a ready again", func(eps []discovery.Endpoint) bool { return healthy(eps) == "127.0.0.11:8000" })
 	})
 	t.Run("annotations name models, events and block size", func(t *testing.T) {
 		p := engine("c", "127.0.0.14", map[string]string{"app": "engine", "llm-d.ai/role": "prefill"})
 		p.Annotations = map[string]string{kube.AnnotationModels: "Qwen/Qwen3-8B, lora-a", kube.AnnotationKVEventsPort: "6000",
 			kube.AnnotationBlockSize: "32", kube.AnnotationWorkerd: "7070"}
-		c.SetPod(p)
+		c.SetPod(t, p)
 		eps := w.until(t, "c", func(eps []discovery.Endpoint) bool { return healthy(eps) == "127.0.0.11:8000,127.0.0.14:8000" })
 		got := eps[1]
 		if got.Role != discovery.RolePrefill || strings.Join(got.Models, ",") != "Qwen/Qwen3-8B,lora-a" ||
 			got.KVEvents != "tcp://127.0.0.14:6000" || got.BlockSize != 32 || got.Workerd != "127.0.0.14:7070" {
 			t.Fatalf("c: %+v", got)
 		}
-		c.DeletePod("llm", "c")
+		c.DeletePod(t, "llm", "c")
 		w.until(t, "c gone", func(eps []discovery.Endpoint) bool { return healthy(eps) == "127.0.0.11:8000" })
 	})
+	t.Run("a terminating Pod leaves before it is gone", func(t *testing.T) {
+		c.SetPod(t, engine("d", "127.0.0.15", app))
+		w.until(t, "d", func(eps []discovery.Endpoint) bool { return healthy(eps) == "127.0.0.11:8000,127.0.0.15:8000" })
+		p := engine("d", "127.0.0.15", app)
+		p.Deleting = true
+		c.SetPod(t, p)
+		w.until(t, "d out", func(eps []discovery.Endpoint) bool { return len(eps) == 1 && healthy(eps) == "127.0.0.11:8000" })
+		if !c.DeletePod(t, "llm", "d") {
+			t.Fatal("d was gone before DeletePod: it should have stayed, terminating")
+		}
+	})
 	t.Run("a selector change moves the set", func(t *testing.T) {
-		c.SetInferencePool(kubetest.InferencePool{Namespace: "llm", Name: "pool", Selector: map[string]string{"app": "other"},
+		c.SetInferencePool(t, kubetest.InferencePool{Namespace: "llm", Name: "pool", Selector: map[string]string{"app": "other"},
 			TargetPorts: []int{8000}, EPPName: "epp", EPPPort: 9002})
 		w.until(t, "other only", func(eps []discovery.Endpoint) bool { return healthy(eps) == "127.0.0.13:8000" })
 	})
 	t.Run("several target ports are one endpoint each, events offset per port", func(t *testing.T) {
-		c.SetInferencePool(kubetest.InferencePool{Namespace: "llm", Name: "pool", Selector: map[string]string{"app": "other"},
+		c.SetInferencePool(t, kubetest.InferencePool{Namespace: "llm", Name: "pool", Selector: map[string]string{"app": "other"},
 			TargetPorts: []int{8000, 8001}, EPPName: "epp", EPPPort: 9002, AppProtocol: "http"})
 		eps := w.until(t, "two ports", func(eps []discovery.Endpoint) bool { return healthy(eps) == "127.0.0.13:8000,127.0.0.13:8001" })
 		if eps[0].Name != "llm/other:8000" || eps[1].KVEvents != "tcp://127.0.0.13:5558" || eps[1].Meta[kube.MetaAppProtocol] != "http" {
@@ -213,7 +238,7 @@ func testDiscovery(t *testing.T, c cluster, kubeconfig string) {
 		}
 	})
 	t.Run("the pool deleted empties the set", func(t *testing.T) {
-		c.DeleteInferencePool("llm", "pool")
+		c.DeleteInferencePool(t, "llm", "pool")
 		w.until(t, "an empty set", func(eps []discovery.Endpoint) bool { return len(eps) == 0 })
 	})
 }
@@ -232,7 +257,7 @@ func noLeaks(t *testing.T) {
 func TestKubetest(t *testing.T) {
 	noLeaks(t)
 	s, kc := startKubetest(t, true)
-	testDiscovery(t, s, kc)
+	testDiscovery(t, fake{s}, kc)
 }
 
 // TestForbidden: an API that refuses the Pods (RBAC) leaves the source unsynced, and the log
