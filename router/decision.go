@@ -113,24 +113,32 @@ func (d *Decision) NeedsUsage() bool { return d.approxOn != nil }
 func (d *Decision) Served(address string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.done || d.cur == nil || d.served || address == "" {
+	if d.served || address == "" {
 		return
 	}
 	d.served = true
-	if address == d.cur.ep.Address {
+	// The proxy tries the target, then the fallbacks in order: at is the report's place there.
+	// A report naming none of them is counted even when the load was already released (a
+	// response slower than --response-timeout): a spoof is one whenever it arrives.
+	at := 0
+	if address != d.Endpoint.Address {
+		i := slices.IndexFunc(d.Fallbacks, func(e Endpoint) bool { return e.Address == address })
+		if i < 0 {
+			d.r.m.servedUnknown.Inc()
+			d.r.log.Warn("ignoring a served report naming an endpoint that was not a candidate",
+				"served", address, "target", d.Endpoint.Address)
+			return
+		}
+		at = i + 1
+	}
+	if d.done || d.cur == nil || address == d.cur.ep.Address {
 		return
 	}
-	// The proxy tries the target, then the fallbacks in order.
-	tried := append([]Endpoint{d.Endpoint}, d.Fallbacks...)
-	at := slices.IndexFunc(tried, func(e Endpoint) bool { return e.Address == address })
-	if at < 0 {
-		d.r.m.servedUnknown.Inc()
-		d.r.log.Warn("ignoring a served report naming an endpoint that was not a candidate",
-			"served", address, "target", d.Endpoint.Address)
-		return
-	}
-	for _, e := range tried[:at] {
-		d.r.markDown(e.Address, errFallback)
+	if at > 0 { // the target and the fallbacks before the one that served failed
+		d.r.markDown(d.Endpoint.Address, errFallback)
+		for _, e := range d.Fallbacks[:at-1] {
+			d.r.markDown(e.Address, errFallback)
+		}
 	}
 	moving := d.prefillLeft // the prefill moves with the target unless a prefill endpoint holds it
 	if d.pre != nil {

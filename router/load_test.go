@@ -120,6 +120,37 @@ func TestServedMovesLoad(t *testing.T) {
 	}
 }
 
+// TestServedSpoofCountedAfterDone: a served report naming no candidate is counted whether it
+// arrives before or after the load was released (a response slower than --response-timeout),
+// and a late report naming a real fallback changes nothing.
+func TestServedSpoofCountedAfterDone(t *testing.T) {
+	eps := endpoints(3)
+	r, reg := newRouter(t, eps, func(c *router.Config) { c.Policy = router.PolicyRoundRobin })
+	for i, release := range []bool{false, true} {
+		d := route(t, r, "/v1/chat/completions", chatBody(longText("spoof", 60), false))
+		if release {
+			d.Done(nil, nil)
+		}
+		d.Served("203.0.113.1:1")
+		d.Served("203.0.113.1:1") // only a decision's first report counts
+		d.Done(nil, nil)
+		if got := metricstest.Value(reg, router.MetricServedUnknown); got != float64(i+1) {
+			t.Fatalf("released before the report %v: %s = %v, want %d", release, router.MetricServedUnknown, got, i+1)
+		}
+	}
+	d := route(t, r, "/v1/chat/completions", chatBody(longText("late", 60), false))
+	d.Done(nil, nil)
+	d.Served(d.Fallbacks[1].Address)
+	for _, ep := range eps {
+		if l := loadOf(r, ep.Name); !l.Healthy || l.Requests != 0 {
+			t.Errorf("a late report moved load or took an endpoint out: %+v", l)
+		}
+	}
+	if got := metricstest.Value(reg, router.MetricServedUnknown); got != 2 {
+		t.Errorf("a late report of a real fallback counted as unknown: %v", got)
+	}
+}
+
 func TestDoneConnectionErrorMarksDown(t *testing.T) {
 	r, _ := newRouter(t, endpoints(2), nil)
 	d := route(t, r, "/v1/chat/completions", chatBody("x", false))
