@@ -27,19 +27,24 @@ var errAborted = errors.New("ext_proc stream ended before the response completed
 
 // Process serves one ext_proc stream: one HTTP request and its response.
 //
-// A reader goroutine receives each message, handles it and sends the answers itself, with
-// no hand-off per message; the handler goroutine waits for the stream to end, its context
-// to end or the idle timeout (a blocked Recv cannot be interrupted any other way: returning
-// from the handler ends the stream). mu guards the stream state between the reader, the
-// response timer and the deferred finish, which always releases the request's load and
-// records the outcome, however the stream ends; nothing is sent once it has run.
+// Each message is received, handled and answered on gRPC's stream goroutine itself (one of
+// the server's stream workers, whose stack stays grown), with no hand-off per message and no
+// goroutine per stream. A blocked Recv ends only when the stream's context does, so the idle
+// timeout expires that context: the server's tap (Serve) gives each stream a context it can
+// expire (gRPC then answers the blocked Recv with DEADLINE_EXCEEDED). A stream without one (Process called on a gRPC server that Serve did not build)
+// receives on a goroutine of its own instead, the handler waiting for the end of the stream,
+// its context or the idle timeout (returning from the handler is what ends a stream there).
+// mu guards the stream state between the message loop, the timers (idle, response) and the
+// deferred finish, which always releases the request's load and records the outcome, however
+// the stream ends; nothing is handled once it has run.
 func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 	ctx := srv.Context()
 	st := &stream{s: s, reqMode: filterv3.ProcessingMode_BUFFERED, respMode: filterv3.ProcessingMode_NONE}
 	s.metrics.active.Inc()
 	var (
 		mu       sync.Mutex
-		closed   bool        // the handler is returning: the reader handles nothing more
+		closed   bool        // the stream is ending: nothing more is handled
+		idled    bool        // it ends because the proxy sent nothing for IdleTimeout
 		respWait *time.Timer // from the pick until the response starts
 	)
 	defer func() {
@@ -67,8 +72,31 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		s.metrics.active.Dec()
 	}()
 
-	idle := newTimer(s.cfg.IdleTimeout)
-	defer idle.Stop()
+	expire := streamExpire(ctx)
+	var idleC chan struct{} // closed by the idle timeout when the stream cannot be cancelled
+	if expire == nil {
+		idleC = make(chan struct{})
+	}
+	var idle *time.Timer
+	if s.cfg.IdleTimeout > 0 {
+		idle = time.AfterFunc(s.cfg.IdleTimeout, func() {
+			mu.Lock()
+			if closed || st.skipped {
+				mu.Unlock()
+				return
+			}
+			closed, idled = true, true
+			s.metrics.idle.Inc()
+			st.outcome = outcomeIdle
+			mu.Unlock()
+			if expire != nil {
+				expire()
+			} else {
+				close(idleC)
+			}
+		})
+		defer idle.Stop()
+	}
 	noResponse := func() {
 		mu.Lock()
 		defer mu.Unlock()
@@ -79,25 +107,25 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 			st.release(errNoResponse)
 		}
 	}
-	done := make(chan error, 1) // the reader's last word: nil after an ImmediateResponse
-	go func() {
+	// serve is the message loop; it returns the reader's last word: nil after an
+	// ImmediateResponse or once the stream is closing.
+	serve := func() error {
 		for {
 			req, err := srv.Recv()
 			if err != nil {
-				done <- err
-				return
+				return err
 			}
 			mu.Lock()
 			if closed {
 				mu.Unlock()
-				return
+				return nil
 			}
-			if s.cfg.IdleTimeout > 0 && !st.skipped {
+			if idle != nil && !st.skipped {
 				idle.Reset(s.cfg.IdleTimeout)
 			}
 			picked := st.decision != nil
 			out, final := st.handle(ctx, req)
-			if st.skipped {
+			if st.skipped && idle != nil {
 				// Silence until the request ends is expected now (no response body comes):
 				// the idle bound would cut a long response. A proxy that vanishes still
 				// ends the stream through its connection (TCP keepalive).
@@ -113,42 +141,47 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 			}
 			mu.Unlock()
 			if err != nil || final {
-				done <- err
-				return
+				return err
 			}
 		}
-	}()
+	}
+	idleErr := func() error {
+		return status.Errorf(codes.DeadlineExceeded, "ext_proc stream idle for %v", s.cfg.IdleTimeout)
+	}
 
+	if expire != nil {
+		err := serve()
+		mu.Lock()
+		wasIdle := idled
+		mu.Unlock()
+		if wasIdle {
+			return idleErr()
+		}
+		return streamErr(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- serve() }()
 	select {
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()
 	case err := <-done:
-		if err == nil || errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
-			return nil
-		}
-		return err
-	case <-idle.C:
-		mu.Lock()
-		closed = true
-		s.metrics.idle.Inc()
-		st.outcome = outcomeIdle
-		mu.Unlock()
-		return status.Errorf(codes.DeadlineExceeded, "ext_proc stream idle for %v", s.cfg.IdleTimeout)
+		return streamErr(err)
+	case <-idleC:
+		return idleErr()
 	}
+}
+
+// streamErr is what Process returns when its message loop ended with err: nil when the
+// proxy half-closed or went away, or after an ImmediateResponse.
+func streamErr(err error) error {
+	if err == nil || errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+		return nil
+	}
+	return err
 }
 
 // errNoResponse releases a decision whose response did not start within ResponseTimeout.
 var errNoResponse = errors.New("no response within the ext_proc response timeout")
-
-// newTimer is a timer for d, or one that never fires when d <= 0.
-func newTimer(d time.Duration) *time.Timer {
-	if d <= 0 {
-		t := time.NewTimer(time.Hour)
-		t.Stop()
-		return t
-	}
-	return time.NewTimer(d)
-}
 
 // stream is the state of one ext_proc stream. Routing state (the decision) is kept apart
 // from the buffers the protocol needs (the request body, the response watcher).
