@@ -286,13 +286,11 @@ func tapStream(ctx context.Context, info *tap.Info) (context.Context, error) {
 	return &streamCtx{Context: ctx, cancel: cancel}, nil
 }
 
-// streamExpire returns the function that expires a stream's context, which the tap made;
-// nil when the stream was not tapped (a gRPC server that Serve did not build).
-func streamExpire(ctx context.Context) func() {
-	if c, ok := ctx.Value(cancelKey{}).(*streamCtx); ok {
-		return c.expire
-	}
-	return nil
+// tappedStream returns the stream context the tap made, found in ctx; nil when the stream
+// was not tapped (a gRPC server that Serve did not build).
+func tappedStream(ctx context.Context) *streamCtx {
+	c, _ := ctx.Value(cancelKey{}).(*streamCtx)
+	return c
 }
 
 // Serve serves on lis until ctx ends (see Run).
