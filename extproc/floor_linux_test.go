@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -34,11 +35,17 @@ const floorEnv = cpuServerEnv + "_FLOOR"
 const (
 	floorGRPC = "grpc"
 	floorTCP  = "tcp"
+	floorUnix = "unix" // floorTCP's frames over a Unix domain socket
 )
 
-// startFloor starts the floor server kind on loopback and returns its address.
+// startFloor starts the floor server kind on loopback and returns its address (for the raw
+// floors with their network: "tcp:127.0.0.1:4000", "unix:/tmp/floor.sock").
 func startFloor(t *testing.T, kind string) string {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	network, addr := "tcp", "127.0.0.1:0"
+	if kind == floorUnix {
+		network, addr = "unix", t.TempDir()+"/floor.sock"
+	}
+	lis, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,13 +55,16 @@ func startFloor(t *testing.T, kind string) string {
 		extprocv3.RegisterExternalProcessorServer(g, newCanned())
 		go func() { _ = g.Serve(lis) }()
 		t.Cleanup(g.Stop)
-	case floorTCP:
+	case floorTCP, floorUnix:
 		go serveTCPFloor(lis)
 		t.Cleanup(func() { lis.Close() })
 	default:
 		t.Fatalf("unknown floor %q", kind)
 	}
-	return lis.Addr().String()
+	if kind == floorGRPC {
+		return lis.Addr().String()
+	}
+	return lis.Addr().Network() + ":" + lis.Addr().String()
 }
 
 // canned is the bare ext_proc server of the protocol floor: each message is handled on the
@@ -307,8 +317,11 @@ type tcpClient struct {
 	buf  []byte
 }
 
+// dialTCPFloor connects to a TCP floor at network:address ("tcp:127.0.0.1:4000",
+// "unix:/tmp/floor.sock").
 func dialTCPFloor(addr string) (*tcpClient, error) {
-	conn, err := net.Dial("tcp", addr)
+	network, address, _ := strings.Cut(addr, ":")
+	conn, err := net.Dial(network, address)
 	if err != nil {
 		return nil, err
 	}
@@ -382,7 +395,8 @@ var floorModes = []struct {
 // every message with a canned answer of the same count and about the same size, on the
 // handler goroutine, parsing and routing nothing; (b) tcp-*: raw loopback TCP with the same
 // messages as frames of the same sizes, in the same rounds (one server read per frame, one
-// write per answered frame, as few as a server could make). Each server is a process of its
+// write per answered frame, as few as a server could make); unix-*: the same over a Unix
+// domain socket, the cheapest kernel path between two processes on one machine. Each server is a process of its
 // own, driven one request each in turn, its own CPU (getrusage) measured. kvgate's protocol
 // share is its server CPU minus the decision's (router.Route in this process); the ratios
 // protocol/grpc and protocol/tcp say how much of it is kvgate's own code and how much grpc-go
@@ -430,7 +444,19 @@ func BenchmarkExtProcFloor(b *testing.B) {
 				tcpBytes += s + r
 				tcp.msgs += tcpMsgs
 			}
-			runs := []*cpuRun{real, bare, tcp}
+			unix := &cpuRun{prefix: "unix-", srv: startCPUServer(b, os.Args[0], floorEnv+"="+floorUnix)}
+			uc, err := dialTCPFloor(unix.srv.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { uc.conn.Close() })
+			unix.do = func(i int) {
+				if _, _, err := uc.do(rounds[i%len(rounds)]); err != nil {
+					b.Fatal(err)
+				}
+				unix.msgs += tcpMsgs
+			}
+			runs := []*cpuRun{real, bare, tcp, unix}
 			realWire.in.Store(0)
 			realWire.out.Store(0)
 			bareWire.in.Store(0)
@@ -453,6 +479,9 @@ func BenchmarkExtProcFloor(b *testing.B) {
 				b.ReportMetric(protocol/tcp.cpu, "protocol/tcp")
 				b.ReportMetric(bare.cpu/tcp.cpu, "grpc/tcp")
 			}
+			if unix.cpu > 0 {
+				b.ReportMetric(tcp.cpu/unix.cpu, "tcp/unix")
+			}
 		})
 	}
 }
@@ -460,7 +489,8 @@ func BenchmarkExtProcFloor(b *testing.B) {
 // TestFloorServers checks BenchmarkExtProcFloor's floors against kvgate's server: on the
 // benchmark's request, in each mode, the canned gRPC server answers what the Envoy-like
 // client accepts, with as many messages as kvgate's server and within 2% of its bytes;
-// the TCP floor moves the same bytes; and its script has the same messages.
+// the raw floors (TCP, Unix socket) move the same bytes; and their script has the same
+// messages.
 func TestFloorServers(t *testing.T) {
 	bare, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -476,6 +506,12 @@ func TestFloorServers(t *testing.T) {
 	}
 	defer tl.Close()
 	go serveTCPFloor(tl)
+	ul, err := net.Listen("unix", t.TempDir()+"/floor.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ul.Close()
+	go serveTCPFloor(ul)
 	f := startRouter(t, extproc.Config{}, func(c *router.Config) { c.Policy = router.DefaultConfig().Policy })
 
 	body := prose4k(t, 1)[0]
@@ -532,17 +568,20 @@ func TestFloorServers(t *testing.T) {
 			if frames != realRes.Sent {
 				t.Errorf("TCP script: %d frames, kvgate's client sent %d messages", frames, realRes.Sent)
 			}
-			tc, err := dialTCPFloor(tl.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tc.conn.Close()
-			sent, received, err := tc.do(rounds)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := float64(int64(sent+received)-rw) / float64(rw); d < -0.02 || d > 0.02 {
-				t.Errorf("TCP floor moved %d bytes, kvgate's server %d (%.1f%%)", sent+received, rw, 100*d)
+			var sent, received int
+			for _, addr := range []string{"tcp:" + tl.Addr().String(), "unix:" + ul.Addr().String()} {
+				tc, err := dialTCPFloor(addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tc.conn.Close()
+				sent, received, err = tc.do(rounds)
+				if err != nil {
+					t.Fatalf("%s: %v", addr, err)
+				}
+				if d := float64(int64(sent+received)-rw) / float64(rw); d < -0.02 || d > 0.02 {
+					t.Errorf("%s floor moved %d bytes, kvgate's server %d (%.1f%%)", addr, sent+received, rw, 100*d)
+				}
 			}
 			t.Logf("messages in/out %d/%d (TCP: %d frames, %d answer writes); bytes: kvgate %d, canned %d, TCP %d",
 				realRes.Sent, realRes.Messages, frames, answers, rw, bw, sent+received)
