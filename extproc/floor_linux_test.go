@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -36,6 +38,9 @@ const (
 	floorGRPC = "grpc"
 	floorTCP  = "tcp"
 	floorUnix = "unix" // floorTCP's frames over a Unix domain socket
+	// floorBlocking serves floorTCP's frames with blocking read and write system calls on
+	// a thread of its own, outside Go's network poller: about what a C server would spend.
+	floorBlocking = "blocking"
 )
 
 // startFloor starts the floor server kind on loopback and returns its address (for the raw
@@ -57,6 +62,9 @@ func startFloor(t *testing.T, kind string) string {
 		t.Cleanup(g.Stop)
 	case floorTCP, floorUnix:
 		go serveTCPFloor(lis)
+		t.Cleanup(func() { lis.Close() })
+	case floorBlocking:
+		go serveBlockingFloor(lis)
 		t.Cleanup(func() { lis.Close() })
 	default:
 		t.Fatalf("unknown floor %q", kind)
@@ -310,6 +318,76 @@ func serveTCPFloor(lis net.Listener) {
 	}
 }
 
+// serveBlockingFloor serves the TCP floor on lis like serveTCPFloor, each connection on an
+// OS thread of its own reading and writing its socket with blocking system calls: one read
+// per arrival of data and one write per answer, no readiness polling or goroutine parking.
+func serveBlockingFloor(lis net.Listener) {
+	for {
+		conn, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		f, err := conn.(*net.TCPConn).File() // a duplicate of the socket
+		conn.Close()
+		if err != nil {
+			return
+		}
+		go func() {
+			runtime.LockOSThread()
+			defer f.Close()
+			fd := int(f.Fd()) // Fd puts the descriptor in blocking mode
+			if syscall.SetNonblock(fd, false) != nil {
+				return
+			}
+			buf := make([]byte, 0, 64<<10)
+			var out []byte
+			for {
+				// One whole frame: its header, then its payload.
+				for len(buf) < 8 || len(buf) < 8+int(binary.BigEndian.Uint32(buf[:4])) {
+					if len(buf) >= 8 {
+						if need := 8 + int(binary.BigEndian.Uint32(buf[:4])); need > 1<<24 {
+							return
+						} else if need > cap(buf) {
+							buf = append(make([]byte, 0, need), buf...)
+						}
+					}
+					n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
+					if err == syscall.EINTR {
+						continue
+					}
+					if err != nil || n <= 0 {
+						return
+					}
+					buf = buf[:len(buf)+n]
+				}
+				size, answer := int(binary.BigEndian.Uint32(buf[:4])), int(binary.BigEndian.Uint32(buf[4:8]))
+				buf = buf[:copy(buf, buf[8+size:])]
+				if answer == 0 {
+					continue
+				}
+				if answer > 1<<24 {
+					return
+				}
+				if cap(out) < 4+answer {
+					out = make([]byte, 4+answer)
+				}
+				out = out[:4+answer]
+				binary.BigEndian.PutUint32(out, uint32(answer))
+				for w := out; len(w) > 0; {
+					n, err := syscall.Write(fd, w)
+					if err == syscall.EINTR {
+						continue
+					}
+					if err != nil {
+						return
+					}
+					w = w[n:]
+				}
+			}
+		}()
+	}
+}
+
 // tcpClient plays Envoy's side of the TCP floor over one connection.
 type tcpClient struct {
 	conn net.Conn
@@ -396,7 +474,9 @@ var floorModes = []struct {
 // handler goroutine, parsing and routing nothing; (b) tcp-*: raw loopback TCP with the same
 // messages as frames of the same sizes, in the same rounds (one server read per frame, one
 // write per answered frame, as few as a server could make); unix-*: the same over a Unix
-// domain socket, the cheapest kernel path between two processes on one machine. Each server is a process of its
+// domain socket; blocking-*: the same TCP frames served with blocking system calls on a
+// thread of its own, without Go's network poller (readiness polling, parking and waking the
+// goroutine): about a C server's cost, the kernel's share. Each server is a process of its
 // own, driven one request each in turn, its own CPU (getrusage) measured. kvgate's protocol
 // share is its server CPU minus the decision's (router.Route in this process); the ratios
 // protocol/grpc and protocol/tcp say how much of it is kvgate's own code and how much grpc-go
@@ -456,7 +536,19 @@ func BenchmarkExtProcFloor(b *testing.B) {
 				}
 				unix.msgs += tcpMsgs
 			}
-			runs := []*cpuRun{real, bare, tcp, unix}
+			block := &cpuRun{prefix: "blocking-", srv: startCPUServer(b, os.Args[0], floorEnv+"="+floorBlocking)}
+			bc, err := dialTCPFloor(block.srv.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { bc.conn.Close() })
+			block.do = func(i int) {
+				if _, _, err := bc.do(rounds[i%len(rounds)]); err != nil {
+					b.Fatal(err)
+				}
+				block.msgs += tcpMsgs
+			}
+			runs := []*cpuRun{real, bare, tcp, unix, block}
 			realWire.in.Store(0)
 			realWire.out.Store(0)
 			bareWire.in.Store(0)
@@ -479,8 +571,9 @@ func BenchmarkExtProcFloor(b *testing.B) {
 				b.ReportMetric(protocol/tcp.cpu, "protocol/tcp")
 				b.ReportMetric(bare.cpu/tcp.cpu, "grpc/tcp")
 			}
-			if unix.cpu > 0 {
+			if unix.cpu > 0 && block.cpu > 0 {
 				b.ReportMetric(tcp.cpu/unix.cpu, "tcp/unix")
+				b.ReportMetric(tcp.cpu/block.cpu, "tcp/blocking")
 			}
 		})
 	}
@@ -489,7 +582,7 @@ func BenchmarkExtProcFloor(b *testing.B) {
 // TestFloorServers checks BenchmarkExtProcFloor's floors against kvgate's server: on the
 // benchmark's request, in each mode, the canned gRPC server answers what the Envoy-like
 // client accepts, with as many messages as kvgate's server and within 2% of its bytes;
-// the raw floors (TCP, Unix socket) move the same bytes; and their script has the same
+// the raw floors (TCP, Unix socket, blocking TCP) move the same bytes; and their script has the same
 // messages.
 func TestFloorServers(t *testing.T) {
 	bare, err := net.Listen("tcp", "127.0.0.1:0")
@@ -506,6 +599,12 @@ func TestFloorServers(t *testing.T) {
 	}
 	defer tl.Close()
 	go serveTCPFloor(tl)
+	bl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bl.Close()
+	go serveBlockingFloor(bl)
 	ul, err := net.Listen("unix", t.TempDir()+"/floor.sock")
 	if err != nil {
 		t.Fatal(err)
@@ -569,7 +668,7 @@ func TestFloorServers(t *testing.T) {
 				t.Errorf("TCP script: %d frames, kvgate's client sent %d messages", frames, realRes.Sent)
 			}
 			var sent, received int
-			for _, addr := range []string{"tcp:" + tl.Addr().String(), "unix:" + ul.Addr().String()} {
+			for _, addr := range []string{"tcp:" + tl.Addr().String(), "unix:" + ul.Addr().String(), "tcp:" + bl.Addr().String()} {
 				tc, err := dialTCPFloor(addr)
 				if err != nil {
 					t.Fatal(err)
