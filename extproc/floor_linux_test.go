@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/extproc/extproctest"
 	"github.com/kvgate/kvgate/router"
@@ -57,7 +58,7 @@ func startFloor(t *testing.T, kind string) string {
 	switch kind {
 	case floorGRPC:
 		g := grpc.NewServer(extproc.ServerOptions()...)
-		extprocv3.RegisterExternalProcessorServer(g, newCanned())
+		extprocv3.RegisterExternalProcessorServer(g, newCanned(os.Getenv(cpuServerEnv+"_SKIP") != ""))
 		go func() { _ = g.Serve(lis) }()
 		t.Cleanup(g.Stop)
 	case floorTCP, floorUnix:
@@ -88,11 +89,15 @@ type canned struct {
 	cont    *extprocv3.ProcessingResponse
 	echo    *extprocv3.ProcessingResponse // the response headers answer
 	trailer [2]*extprocv3.ProcessingResponse
+	skip    bool // as kvgate with SkipResponseBody in exact mode: the body is not rewritten, the response body skipped
 }
 
 var _ extprocv3.ExternalProcessorServer = (*canned)(nil)
 
-func newCanned() *canned {
+// newCanned is the canned server; with skip it answers as kvgate's server with
+// SkipResponseBody whose router needs no usage (exact mode): the pick carries no rewritten
+// body and the response headers answer stops the response body with a mode_override.
+func newCanned(skip bool) *canned {
 	set := func(kv ...string) *extprocv3.HeaderMutation {
 		m := &extprocv3.HeaderMutation{}
 		for i := 0; i < len(kv); i += 2 {
@@ -105,14 +110,24 @@ func newCanned() *canned {
 	}
 	dest := "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"
 	echo := set(router.HeaderEndpoint, "127.0.0.1:1", router.HeaderCachedBlocks, "128")
-	echo.RemoveHeaders = []string{"content-length"} // the usage chunk is cut
+	echoAnswer := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: echo}}}}
+	if skip {
+		echoAnswer.ModeOverride = &filterv3.ProcessingMode{
+			RequestHeaderMode: filterv3.ProcessingMode_SEND, ResponseHeaderMode: filterv3.ProcessingMode_SEND,
+			RequestBodyMode: filterv3.ProcessingMode_BUFFERED, ResponseBodyMode: filterv3.ProcessingMode_NONE,
+			RequestTrailerMode: filterv3.ProcessingMode_SKIP, ResponseTrailerMode: filterv3.ProcessingMode_SEND,
+		}
+	} else {
+		echo.RemoveHeaders = []string{"content-length"} // the usage chunk is cut
+	}
 	return &canned{
+		skip:    skip,
 		pickMut: set("content-length", "16536", router.HeaderDestination, dest, router.HeaderEndpoint, "127.0.0.1:1", router.HeaderCachedBlocks, "128"),
 		md: &structpb.Struct{Fields: map[string]*structpb.Value{router.MetadataNamespace: structpb.NewStructValue(&structpb.Struct{
 			Fields: map[string]*structpb.Value{router.HeaderDestination: structpb.NewStringValue(dest)},
 		})}},
 		cont: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{}}}},
-		echo: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: echo}}}},
+		echo: echoAnswer,
 		trailer: [2]*extprocv3.ProcessingResponse{
 			{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}},
 			{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}},
@@ -187,7 +202,7 @@ func bodyAnswer(response, streamed bool, body []byte, end bool) *cannedBody {
 // response chunk echoed; in BUFFERED/STREAMED a CONTINUE to the request headers, the pick
 // with the body (the router's rewritten body) on the body answer, each response chunk back
 // as a body mutation (the usage chunk cut); the response headers answer with kvgate's
-// headers either way.
+// headers either way (with skip, see newCanned).
 func (c *canned) answer(st *cannedState, req *extprocv3.ProcessingRequest) []*extprocv3.ProcessingResponse {
 	if pc := req.GetProtocolConfig(); pc != nil {
 		st.reqFull = pc.GetRequestBodyMode() == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED
@@ -204,6 +219,9 @@ func (c *canned) answer(st *cannedState, req *extprocv3.ProcessingRequest) []*ex
 		if !st.reqFull {
 			m := bodyAnswer(false, false, b.GetBody(), false)
 			m.cr.HeaderMutation, m.cr.ClearRouteCache, m.pr.DynamicMetadata = c.pickMut, true, c.md
+			if c.skip { // usage not forced: the body goes on as it came
+				m.cr.BodyMutation = nil
+			}
 			out = append(out, &m.pr)
 		} else if b.GetEndOfStream() {
 			pick := &extprocv3.ProcessingResponse{
@@ -246,9 +264,10 @@ var tcpEnd = tcpFrame{size: 0, answer: 16}
 
 // tcpRounds is the TCP floor's script for one request of mode: the messages Envoy sends for
 // req and up as frames of their gRPC sizes, answered by the canned answers' sizes, grouped
-// into the rounds in which Envoy waits for the answers.
-func tcpRounds(mode extproctest.Mode, req extproctest.Request, up extproctest.Upstream) [][]tcpFrame {
-	c := newCanned()
+// into the rounds in which Envoy waits for the answers; with skip, as an Envoy honouring the
+// canned mode_override (no response body).
+func tcpRounds(mode extproctest.Mode, req extproctest.Request, up extproctest.Upstream, skip bool) [][]tcpFrame {
+	c := newCanned(skip)
 	var st cannedState
 	frame := func(m *extprocv3.ProcessingRequest) tcpFrame {
 		f := tcpFrame{size: grpcPrefix + proto.Size(m)}
@@ -263,6 +282,9 @@ func tcpRounds(mode extproctest.Mode, req extproctest.Request, up extproctest.Up
 	}
 	for _, m := range extproctest.ResponseMessages(mode, up, true) {
 		respFrames = append(respFrames, frame(m))
+		if skip { // the mode_override on the headers answer stops the body
+			break
+		}
 	}
 	if mode.RequestBody == filterv3.ProcessingMode_FULL_DUPLEX_STREAMED {
 		// Everything goes out without waiting; the answers are read after each half.
@@ -462,9 +484,11 @@ func (w *wireCount) HandleConn(context.Context, stats.ConnStats)                
 var floorModes = []struct {
 	name string
 	mode extproctest.Mode
+	skip bool // kvgate's server with SkipResponseBody in exact mode, an Envoy with allow_mode_override: 6 messages
 }{
-	{"full-duplex", extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED}},
-	{"buffered", extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED}},
+	{"full-duplex", extproctest.Mode{RequestBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED, ResponseBody: filterv3.ProcessingMode_FULL_DUPLEX_STREAMED}, false},
+	{"buffered", extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED}, false},
+	{"buffered-skip", extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED}, true},
 }
 
 // BenchmarkExtProcFloor puts kvgate's ext_proc server beside two floors, in one run, on the
@@ -485,12 +509,16 @@ func BenchmarkExtProcFloor(b *testing.B) {
 	bodies := prose4k(b, 64)
 	for _, m := range floorModes {
 		b.Run(m.name, func(b *testing.B) {
-			real := &cpuRun{prefix: "", srv: startCPUServer(b, os.Args[0])}
+			var env []string
+			if m.skip {
+				env = append(env, cpuServerEnv+"_SKIP=1")
+			}
+			real := &cpuRun{prefix: "", srv: startCPUServer(b, os.Args[0], env...)}
 			var realWire wireCount
-			real.do = extprocRequests(b, real, m.mode, false, bodies, cachedUpstream, []grpc.DialOption{grpc.WithStatsHandler(&realWire)})
-			bare := &cpuRun{prefix: "grpc-", srv: startCPUServer(b, os.Args[0], floorEnv+"="+floorGRPC)}
+			real.do = extprocRequests(b, real, m.mode, m.skip, bodies, cachedUpstream, []grpc.DialOption{grpc.WithStatsHandler(&realWire)})
+			bare := &cpuRun{prefix: "grpc-", srv: startCPUServer(b, os.Args[0], append(env, floorEnv+"="+floorGRPC)...)}
 			var bareWire wireCount
-			bare.do = extprocRequests(b, bare, m.mode, false, bodies, cachedUpstream, []grpc.DialOption{grpc.WithStatsHandler(&bareWire)})
+			bare.do = extprocRequests(b, bare, m.mode, m.skip, bodies, cachedUpstream, []grpc.DialOption{grpc.WithStatsHandler(&bareWire)})
 			tcp := &cpuRun{prefix: "tcp-", srv: startCPUServer(b, os.Args[0], floorEnv+"="+floorTCP)}
 			tc, err := dialTCPFloor(tcp.srv.addr)
 			if err != nil {
@@ -503,7 +531,7 @@ func BenchmarkExtProcFloor(b *testing.B) {
 			var tcpBytes int
 			for i, body := range bodies {
 				req := extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Header: http.Header{"Content-Type": {"application/json"}}, Body: body}
-				rounds[i] = tcpRounds(m.mode, req, cachedUpstream(&extproctest.Result{Header: http.Header{router.HeaderCachedBlocks: {"128"}}}))
+				rounds[i] = tcpRounds(m.mode, req, cachedUpstream(&extproctest.Result{Header: http.Header{router.HeaderCachedBlocks: {"128"}}}), m.skip)
 			}
 			var tcpMsgs int
 			for _, r := range rounds[0] {
@@ -563,7 +591,7 @@ func BenchmarkExtProcFloor(b *testing.B) {
 			b.ReportMetric(float64(realWire.in.Load()+realWire.out.Load())/warm, "wire-B/req")
 			b.ReportMetric(float64(bareWire.in.Load()+bareWire.out.Load())/warm, "grpc-wire-B/req")
 			b.ReportMetric(float64(tcpBytes)/warm, "tcp-wire-B/req")
-			decision := decisionCPU(b, bodies, n, false)
+			decision := decisionCPU(b, bodies, n, m.skip)
 			protocol := real.cpu - decision
 			b.ReportMetric(protocol, "protocol-µs-cpu/req")
 			if bare.cpu > 0 && tcp.cpu > 0 {
@@ -585,14 +613,18 @@ func BenchmarkExtProcFloor(b *testing.B) {
 // the raw floors (TCP, Unix socket, blocking TCP) move the same bytes; and their script has the same
 // messages.
 func TestFloorServers(t *testing.T) {
-	bare, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var bare [2]net.Listener // canned answers, without and with skip
+	for i := range bare {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := grpc.NewServer(extproc.ServerOptions()...)
+		extprocv3.RegisterExternalProcessorServer(g, newCanned(i == 1))
+		go func() { _ = g.Serve(l) }()
+		defer g.Stop()
+		bare[i] = l
 	}
-	g := grpc.NewServer(extproc.ServerOptions()...)
-	extprocv3.RegisterExternalProcessorServer(g, newCanned())
-	go func() { _ = g.Serve(bare) }()
-	defer g.Stop()
 	tl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -611,14 +643,26 @@ func TestFloorServers(t *testing.T) {
 	}
 	defer ul.Close()
 	go serveTCPFloor(ul)
+	// kvgate's servers: as BenchmarkExtProcFloor's child, without and with skip.
 	f := startRouter(t, extproc.Config{}, func(c *router.Config) { c.Policy = router.DefaultConfig().Policy })
+	fs := startRouter(t, extproc.Config{SkipResponseBody: true}, func(c *router.Config) {
+		c.Policy = router.DefaultConfig().Policy
+		c.ForceStreamUsage = false
+	})
+	for _, ep := range endpoints {
+		fs.router.ApplyEvents(ep.Name, engine.EventBatch{})
+	}
 
 	body := prose4k(t, 1)[0]
 	req := extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Header: http.Header{"Content-Type": {"application/json"}}, Body: body}
 	for _, m := range floorModes {
 		t.Run(m.name, func(t *testing.T) {
 			var realWire, bareWire wireCount
-			addr, err := f.server.Addr(context.Background())
+			srv, bareAddr := f.server, bare[0].Addr().String()
+			if m.skip {
+				srv, bareAddr = fs.server, bare[1].Addr().String()
+			}
+			addr, err := srv.Addr(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -627,12 +671,13 @@ func TestFloorServers(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer rc.Close()
-			bc, err := extproctest.DialOptions(bare.Addr().String(), nil, grpc.WithStatsHandler(&bareWire))
+			bc, err := extproctest.DialOptions(bareAddr, nil, grpc.WithStatsHandler(&bareWire))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer bc.Close()
 			rc.EarlyWait, bc.EarlyWait = -1, -1
+			rc.AllowModeOverride, bc.AllowModeOverride = m.skip, m.skip
 			realRes, err := rc.Do(context.Background(), m.mode, req, cachedUpstream)
 			if err != nil || realRes.Immediate != nil {
 				t.Fatalf("kvgate's server: %v %+v", err, realRes)
@@ -644,7 +689,7 @@ func TestFloorServers(t *testing.T) {
 			if bareRes.Sent != realRes.Sent || bareRes.Messages != realRes.Messages {
 				t.Errorf("canned server: %d messages in, %d out; kvgate's: %d in, %d out", bareRes.Sent, bareRes.Messages, realRes.Sent, realRes.Messages)
 			}
-			if len(bareRes.Body) != len(body) || string(bareRes.ResponseBody) == "" {
+			if len(bareRes.Body) != len(body) || len(bareRes.ResponseBody) == 0 {
 				t.Errorf("canned server: request body of %d bytes back (sent %d), response body %q", len(bareRes.Body), len(body), bareRes.ResponseBody)
 			}
 			rw, bw := realWire.in.Load()+realWire.out.Load(), bareWire.in.Load()+bareWire.out.Load()
@@ -652,7 +697,10 @@ func TestFloorServers(t *testing.T) {
 				t.Errorf("canned server moved %d bytes, kvgate's %d (%.1f%%)", bw, rw, 100*d)
 			}
 
-			rounds := tcpRounds(m.mode, req, cachedUpstream(&extproctest.Result{Header: http.Header{router.HeaderCachedBlocks: {"128"}}}))
+			if (realRes.ModeOverride != nil) != m.skip || (bareRes.ModeOverride != nil) != m.skip {
+				t.Errorf("mode_override applied: kvgate's server %v, canned %v; want %v", realRes.ModeOverride != nil, bareRes.ModeOverride != nil, m.skip)
+			}
+			rounds := tcpRounds(m.mode, req, cachedUpstream(&extproctest.Result{Header: http.Header{router.HeaderCachedBlocks: {"128"}}}), m.skip)
 			frames, answers := 0, 0
 			for _, r := range rounds {
 				for _, fr := range r {

@@ -6,9 +6,12 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -136,5 +139,71 @@ func TestIdleStreamClosedUntapped(t *testing.T) {
 	waitReleased(t, f)
 	if got := metricstest.Value(f.reg, extproc.MetricIdleStreams); got != 1 {
 		t.Errorf("%s = %v, want 1", extproc.MetricIdleStreams, got)
+	}
+}
+
+// TestBufferedBodyMutationOnlyWhenRewritten checks a BUFFERED pick sends the body back only
+// when the router rewrote it (a stream whose usage it forces), and leaves the client's body
+// alone otherwise: before, every pick echoed the whole body as a mutation.
+func TestBufferedBodyMutationOnlyWhenRewritten(t *testing.T) {
+	f := start(t, extproc.Config{})
+	mode := extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED}
+	for _, tt := range []struct {
+		name    string
+		stream  bool
+		rewrite bool
+	}{
+		{"not streamed", false, false},
+		{"streamed, usage forced", true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			st, err := f.client.Open(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := chatBody(t, "mutation "+tt.name, tt.stream)
+			msgs := extproctest.RequestMessages(mode, extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Body: body})
+			if err := st.Send(msgs[0]); err != nil {
+				t.Fatal(err)
+			}
+			if r, err := st.Recv(); err != nil || r.GetRequestHeaders() == nil {
+				t.Fatalf("want the request headers answer, got %v %v", r, err)
+			}
+			if err := st.Send(msgs[1]); err != nil {
+				t.Fatal(err)
+			}
+			r, err := st.Recv()
+			if err != nil || r.GetRequestBody() == nil {
+				t.Fatalf("want the pick on the body answer, got %v %v", r, err)
+			}
+			cr := r.GetRequestBody().GetResponse()
+			if cr.GetHeaderMutation() == nil || !cr.GetClearRouteCache() {
+				t.Fatalf("the body answer carries no pick: %v", cr)
+			}
+			got, rewritten := cr.GetBodyMutation().GetMutation().(*extprocv3.BodyMutation_Body)
+			if rewritten != tt.rewrite {
+				t.Fatalf("body mutation sent: %v, want %v (%v)", rewritten, tt.rewrite, cr.GetBodyMutation())
+			}
+			if rewritten && !bytes.Contains(got.Body, []byte(`"include_usage":true`)) {
+				t.Errorf("rewritten body %s does not force the usage", got.Body)
+			}
+			var length string
+			for _, h := range cr.GetHeaderMutation().GetSetHeaders() {
+				if h.GetHeader().GetKey() == "content-length" {
+					length = string(h.GetHeader().GetRawValue())
+				}
+			}
+			want := len(body)
+			if rewritten {
+				want = len(got.Body)
+			}
+			if length != strconv.Itoa(want) {
+				t.Errorf("content-length %q, want %d", length, want)
+			}
+			cancel()
+			waitReleased(t, f)
+		})
 	}
 }

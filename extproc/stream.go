@@ -376,7 +376,9 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	if d.Body != nil {
 		body = d.Body
 	}
-	mutated := d.Body != nil
+	// The router hands back the client's own bytes unless it rewrote them: only a rewritten
+	// body goes back to a BUFFERED proxy (before, every pick echoed the whole body).
+	mutated := !sameBytes(body, st.body)
 	if d.Pull != nil && st.s.cfg.P2PTransferPort > 0 {
 		if b, err := d.PullBody(body, st.s.cfg.P2PTransferPort); err != nil {
 			st.s.log.Warn("P2P pull: kv_transfer_params not added", "source", d.Pull.From.Address, "error", err)
@@ -419,6 +421,11 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	br := bodyResponse(false, cr)
 	br.DynamicMetadata = md
 	return []*extprocv3.ProcessingResponse{br}, false
+}
+
+// sameBytes reports whether a and b are the same bytes in memory (not merely equal ones).
+func sameBytes(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // hold counts n more body bytes in the server's buffered total; false when that would pass
