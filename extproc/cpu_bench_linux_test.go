@@ -19,6 +19,8 @@ import (
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 
+	"google.golang.org/grpc"
+
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/extproc/extproctest"
@@ -49,6 +51,13 @@ func TestCPUServer(t *testing.T) {
 			}
 		}()
 	}
+	if kind := os.Getenv(floorEnv); kind != "" { // a protocol floor server (BenchmarkExtProcFloor)
+		if path := os.Getenv(cpuServerEnv + "_PROFILE"); path != "" { // its own profile
+			t.Setenv(cpuServerEnv+"_PROFILE", path+"."+kind)
+		}
+		serveCPUStats(t, startFloor(t, kind))
+		return
+	}
 	skip := os.Getenv(cpuServerEnv+"_SKIP") != ""
 	f := startRouter(t, extproc.Config{SkipResponseBody: skip}, func(c *router.Config) {
 		c.Policy = router.DefaultConfig().Policy
@@ -65,6 +74,14 @@ func TestCPUServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveCPUStats(t, addr.String())
+}
+
+// serveCPUStats is the server child's side of the harness: it prints the server's address,
+// then answers each line on stdin with the process's CPU time (ns, user+system), heap
+// allocation count and bytes, until stdin closes; with KVGATE_EXTPROC_CPU_SERVER_PROFILE set,
+// under a CPU profile written there (a floor server's: there with ".grpc" or ".tcp" added).
+func serveCPUStats(t *testing.T, addr string) {
 	if path := os.Getenv(cpuServerEnv + "_PROFILE"); path != "" { // a CPU profile of the server
 		pf, err := os.Create(path)
 		if err != nil {
@@ -75,7 +92,7 @@ func TestCPUServer(t *testing.T) {
 		}
 		defer func() { pprof.StopCPUProfile(); pf.Close() }()
 	}
-	fmt.Println(addr.String())
+	fmt.Println(addr)
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		var ms runtime.MemStats
@@ -169,7 +186,7 @@ func (s *cpuServer) stats(b testing.TB) (cpu time.Duration, mallocs, bytes uint6
 
 // prose4k returns n different chat bodies of about 4,096 prompt tokens each: real prose from
 // the repository's docs, each body starting at its own offset so that no two tokenize alike.
-func prose4k(b *testing.B, n int) [][]byte {
+func prose4k(b testing.TB, n int) [][]byte {
 	b.Helper()
 	var text strings.Builder
 	for _, p := range []string{"../README.md", "../docs/ARCHITECTURE.md", "../docs/BENCHMARKS.md", "../docs/bench/router.md"} {
@@ -223,15 +240,7 @@ const cpuBaselineEnv = "KVGATE_EXTPROC_CPU_BASELINE"
 // test binary (old code, same requests).
 func BenchmarkExtProcCPU(b *testing.B) {
 	bodies := prose4k(b, 64)
-	// The engine reports as cached what the router predicted (16-token blocks), as an engine
-	// holding the predicted prefix does: a report of fewer makes approximate mode correct its
-	// record (kvindex.Approx.Forget), decision work that is not the protocol's and that, with
-	// every body sharing its first blocks, took 40% of the server's CPU.
-	upstream := func(r *extproctest.Result) extproctest.Upstream {
-		cached, _ := strconv.Atoi(r.Header.Get(router.HeaderCachedBlocks))
-		usage := fmt.Sprintf(`{"prompt_tokens":4096,"completion_tokens":2,"total_tokens":4098,"prompt_tokens_details":{"cached_tokens":%d}}`, cached*16)
-		return extproctest.Upstream{Header: http.Header{"Content-Type": {"text/event-stream"}}, Chunks: sseChunks(usage)}
-	}
+	upstream := cachedUpstream
 	baseline := os.Getenv(cpuBaselineEnv)
 	buffered := extproctest.Mode{RequestBody: filterv3.ProcessingMode_BUFFERED, ResponseBody: filterv3.ProcessingMode_STREAMED}
 	for _, m := range []struct {
@@ -248,110 +257,154 @@ func BenchmarkExtProcCPU(b *testing.B) {
 			if m.skip {
 				env = append(env, cpuServerEnv+"_SKIP=1")
 			}
-			ctx := context.Background()
 			var runs []*cpuRun
-			add := func(bin string, allow bool) {
-				srv := startCPUServer(b, bin, env...)
-				c, err := extproctest.Dial(srv.addr)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { c.Close() })
-				c.EarlyWait = -1
-				c.AllowModeOverride = allow
-				runs = append(runs, &cpuRun{srv: srv, c: c})
+			add := func(prefix, bin string, allow bool) {
+				r := &cpuRun{prefix: prefix, srv: startCPUServer(b, bin, env...)}
+				r.do = extprocRequests(b, r, m.mode, allow, bodies, upstream, nil)
+				runs = append(runs, r)
 			}
-			add(os.Args[0], m.skip)
+			add("", os.Args[0], m.skip)
 			switch {
 			case m.skip:
-				add(os.Args[0], false)
+				add("pair-", os.Args[0], false)
 			case baseline != "":
-				add(baseline, false)
+				add("pair-", baseline, false)
 			}
-			do := func(r *cpuRun, i int) {
-				req := extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Header: http.Header{"Content-Type": {"application/json"}}, Body: bodies[i%len(bodies)]}
-				res, err := r.c.Do(ctx, m.mode, req, upstream)
-				if err != nil || res.Immediate != nil {
-					b.Fatal(err, res)
-				}
-				r.msgs += res.Sent + res.Messages
-			}
-			for i := range len(bodies) { // warm the caches on other text than the measured
-				for _, r := range runs {
-					do(r, i+len(bodies)/2)
-				}
-			}
-			// The servers' idle cost is taken off: their CPU over a quiet sampling window of
-			// about half a second (a measurement window, not a wait for a condition), divided
-			// by the window's measured length.
-			w0 := time.Now()
+			n := driveCPU(b, runs, len(bodies))
 			for _, r := range runs {
-				r.idle0, _, _ = r.srv.stats(b)
+				r.report(b)
 			}
-			time.Sleep(500 * time.Millisecond)
-			window := time.Since(w0).Seconds()
-			for _, r := range runs {
-				idle1, _, _ := r.srv.stats(b)
-				r.idlePerSec = float64(idle1-r.idle0) / window
-				r.cpu0, r.mallocs0, r.bytes0 = r.srv.stats(b)
-				r.msgs = 0
+			if len(runs) > 1 && runs[1].cpu > 0 {
+				b.ReportMetric(runs[0].cpu/runs[1].cpu, "cpu-ratio")
 			}
-			b.ReportMetric(runs[0].idlePerSec/1e3, "server-idle-µs-cpu/s")
-			t0 := time.Now()
-			n := 0
-			for b.Loop() {
-				for _, r := range runs {
-					do(r, n)
-				}
-				n++
-			}
-			elapsed := time.Since(t0).Seconds()
-			var server []float64
-			for i, r := range runs {
-				cpu1, mallocs1, bytes1 := r.srv.stats(b)
-				cpu := (float64(cpu1-r.cpu0) - r.idlePerSec*elapsed) / 1e3 / float64(n)
-				server = append(server, cpu)
-				prefix := ""
-				if i > 0 {
-					prefix = "pair-"
-				}
-				b.ReportMetric(cpu, prefix+"server-µs-cpu/req")
-				b.ReportMetric(float64(mallocs1-r.mallocs0)/float64(n), prefix+"server-allocs/req")
-				b.ReportMetric(float64(bytes1-r.bytes0)/float64(n), prefix+"server-B/req")
-				b.ReportMetric(float64(r.msgs)/float64(n), prefix+"msgs/req")
-			}
-			if len(server) > 1 && server[1] > 0 {
-				b.ReportMetric(server[0]/server[1], "cpu-ratio")
-			}
-
-			// The decision alone, on the same bodies, in this process.
-			rt := newDecisionRouter(b, m.skip)
-			for i := range len(bodies) {
-				route(b, rt, bodies[(i+len(bodies)/2)%len(bodies)])
-			}
-			var ms0, ms1 runtime.MemStats
-			runtime.ReadMemStats(&ms0)
-			d0 := processCPU()
-			for i := range n {
-				route(b, rt, bodies[i%len(bodies)])
-			}
-			decision := float64((processCPU() - d0).Microseconds()) / float64(n)
-			runtime.ReadMemStats(&ms1)
-			b.ReportMetric(decision, "decision-µs-cpu/req")
-			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(n), "decision-allocs/req")
-			b.ReportMetric(server[0]-decision, "protocol-µs-cpu/req")
+			decision := decisionCPU(b, bodies, n, m.skip)
+			b.ReportMetric(runs[0].cpu-decision, "protocol-µs-cpu/req")
 		})
 	}
 }
 
-// cpuRun is one server process of BenchmarkExtProcCPU with its client and counters.
+// cachedUpstream is the engine of the CPU benchmarks: three SSE chunks, the last with the
+// usage. It reports as cached what the router predicted (16-token blocks), as an engine
+// holding the predicted prefix does: a report of fewer makes approximate mode correct its
+// record (kvindex.Approx.Forget), decision work that is not the protocol's and that, with
+// every body sharing its first blocks, took 40% of the server's CPU.
+func cachedUpstream(r *extproctest.Result) extproctest.Upstream {
+	cached, _ := strconv.Atoi(r.Header.Get(router.HeaderCachedBlocks))
+	usage := fmt.Sprintf(`{"prompt_tokens":4096,"completion_tokens":2,"total_tokens":4098,"prompt_tokens_details":{"cached_tokens":%d}}`, cached*16)
+	return extproctest.Upstream{Header: http.Header{"Content-Type": {"text/event-stream"}}, Chunks: sseChunks(usage)}
+}
+
+// cpuRun is one server process of a CPU benchmark with its client and counters.
 type cpuRun struct {
-	srv              *cpuServer
-	c                *extproctest.Client
-	msgs             int
+	prefix string // of its metrics: "" for the server measured, "pair-" for its pair, ...
+	srv    *cpuServer
+	do     func(i int) // one whole request on body i
+	msgs   int         // messages both ways, counted by do
+
 	idle0, cpu0      time.Duration
 	idlePerSec       float64
 	mallocs0, bytes0 uint64
+
+	// per request, once driveCPU has run
+	cpu, allocs, bytes, msgsPerReq float64
+}
+
+// report reports the run's figures per request under its prefix.
+func (r *cpuRun) report(b *testing.B) {
+	b.ReportMetric(r.cpu, r.prefix+"server-µs-cpu/req")
+	b.ReportMetric(r.allocs, r.prefix+"server-allocs/req")
+	b.ReportMetric(r.bytes, r.prefix+"server-B/req")
+	b.ReportMetric(r.msgsPerReq, r.prefix+"msgs/req")
+}
+
+// extprocRequests returns r's request function: whole requests through ext_proc as Envoy
+// drives them in mode, from a client of its own (with more dial options, if any), with
+// allow_mode_override as allow.
+func extprocRequests(b *testing.B, r *cpuRun, mode extproctest.Mode, allow bool, bodies [][]byte, upstream func(*extproctest.Result) extproctest.Upstream, opts []grpc.DialOption) func(int) {
+	c, err := extproctest.DialOptions(r.srv.addr, nil, opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	c.EarlyWait = -1
+	c.AllowModeOverride = allow
+	ctx := context.Background()
+	return func(i int) {
+		req := extproctest.Request{Method: "POST", Path: "/v1/chat/completions", Header: http.Header{"Content-Type": {"application/json"}}, Body: bodies[i%len(bodies)]}
+		res, err := c.Do(ctx, mode, req, upstream)
+		if err != nil || res.Immediate != nil {
+			b.Fatal(err, res)
+		}
+		r.msgs += res.Sent + res.Messages
+	}
+}
+
+// driveCPU drives runs in turn, one request each, each turn starting with the next run, so
+// that all see the same load on a noisy machine: first over the other half of the bodies (warming the caches on other text than
+// the measured), then, after sampling the servers' idle CPU, through b.Loop. It fills each
+// run's figures per request, its idle CPU taken off, and returns the requests each took.
+func driveCPU(b *testing.B, runs []*cpuRun, nbodies int) int {
+	for i := range nbodies {
+		for _, r := range runs {
+			r.do(i + nbodies/2)
+		}
+	}
+	// The servers' idle cost is taken off: their CPU over a quiet sampling window of
+	// about half a second (a measurement window, not a wait for a condition), divided
+	// by the window's measured length.
+	w0 := time.Now()
+	for _, r := range runs {
+		r.idle0, _, _ = r.srv.stats(b)
+	}
+	time.Sleep(500 * time.Millisecond)
+	window := time.Since(w0).Seconds()
+	for _, r := range runs {
+		idle1, _, _ := r.srv.stats(b)
+		r.idlePerSec = float64(idle1-r.idle0) / window
+		r.cpu0, r.mallocs0, r.bytes0 = r.srv.stats(b)
+		r.msgs = 0
+	}
+	b.ReportMetric(runs[0].idlePerSec/1e3, "server-idle-µs-cpu/s")
+	t0 := time.Now()
+	n := 0
+	for b.Loop() {
+		// Each turn starts with the next run: the first of a turn is measurably cheaper on
+		// this machine (a build paired with a copy of itself gave 0.95-1.05 without rotation).
+		for j := range runs {
+			runs[(n+j)%len(runs)].do(n)
+		}
+		n++
+	}
+	elapsed := time.Since(t0).Seconds()
+	for _, r := range runs {
+		cpu1, mallocs1, bytes1 := r.srv.stats(b)
+		r.cpu = (float64(cpu1-r.cpu0) - r.idlePerSec*elapsed) / 1e3 / float64(n)
+		r.allocs = float64(mallocs1-r.mallocs0) / float64(n)
+		r.bytes = float64(bytes1-r.bytes0) / float64(n)
+		r.msgsPerReq = float64(r.msgs) / float64(n)
+	}
+	return n
+}
+
+// decisionCPU routes n of the bodies with router.Route alone in this process (the
+// configuration TestCPUServer serves with; exact: every endpoint's cache known from KV
+// events), after a warm-up on the other half, and reports and returns its CPU per request.
+func decisionCPU(b *testing.B, bodies [][]byte, n int, exact bool) float64 {
+	rt := newDecisionRouter(b, exact)
+	for i := range len(bodies) {
+		route(b, rt, bodies[(i+len(bodies)/2)%len(bodies)])
+	}
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	d0 := processCPU()
+	for i := range n {
+		route(b, rt, bodies[i%len(bodies)])
+	}
+	decision := float64((processCPU() - d0).Microseconds()) / float64(n)
+	runtime.ReadMemStats(&ms1)
+	b.ReportMetric(decision, "decision-µs-cpu/req")
+	b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(n), "decision-allocs/req")
+	return decision
 }
 
 // newDecisionRouter is the router TestCPUServer serves with.

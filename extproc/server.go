@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/tap"
 
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
@@ -228,14 +229,68 @@ const (
 )
 
 // serverOptions are the gRPC options every Server uses: streams run on a fixed set of
-// worker goroutines (their stacks stay grown, no goroutine is created per stream) and the
-// windows above.
+// worker goroutines (their stacks stay grown, no goroutine is created per stream), the
+// windows above, and the tap that lets Process end an ext_proc stream itself.
 func serverOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(connWindow),
+		grpc.InTapHandle(tapStream),
 	}
+}
+
+// cancelKey finds a stream's streamCtx among its context's values.
+type cancelKey struct{}
+
+// streamCtx is an ext_proc stream's context as the tap makes it: expiring it ends a Recv
+// blocked on the stream (gRPC's reader watches the context the tap returns), which is how
+// Process ends an idle stream without a goroutine waiting beside the message loop. An
+// expired context's error is context.DeadlineExceeded, so that the status gRPC sends for
+// the interrupted Recv is DEADLINE_EXCEEDED.
+type streamCtx struct {
+	context.Context
+	cancel  context.CancelFunc
+	expired atomic.Bool
+}
+
+func (c *streamCtx) Value(key any) any {
+	if key == (cancelKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+func (c *streamCtx) Err() error {
+	err := c.Context.Err()
+	if err != nil && c.expired.Load() {
+		return context.DeadlineExceeded
+	}
+	return err
+}
+
+// expire ends the stream's context with context.DeadlineExceeded.
+func (c *streamCtx) expire() {
+	c.expired.Store(true)
+	c.cancel()
+}
+
+// tapStream gives each ext_proc stream a context Process can expire (other services'
+// streams are left as they are). gRPC cancels the parent when the stream ends, which
+// releases this one.
+func tapStream(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if info.FullMethodName != extprocv3.ExternalProcessor_Process_FullMethodName {
+		return ctx, nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	return &streamCtx{Context: ctx, cancel: cancel}, nil
+}
+
+// tappedStream returns the stream context the tap made, found in ctx; nil when the stream
+// was not tapped (a gRPC server that Serve did not build).
+func tappedStream(ctx context.Context) *streamCtx {
+	c, _ := ctx.Value(cancelKey{}).(*streamCtx)
+	return c
 }
 
 // Serve serves on lis until ctx ends (see Run).

@@ -27,128 +27,181 @@ var errAborted = errors.New("ext_proc stream ended before the response completed
 
 // Process serves one ext_proc stream: one HTTP request and its response.
 //
-// A reader goroutine receives each message, handles it and sends the answers itself, with
-// no hand-off per message; the handler goroutine waits for the stream to end, its context
-// to end or the idle timeout (a blocked Recv cannot be interrupted any other way: returning
-// from the handler ends the stream). mu guards the stream state between the reader, the
-// response timer and the deferred finish, which always releases the request's load and
-// records the outcome, however the stream ends; nothing is sent once it has run.
+// Each message is received, handled and answered on gRPC's stream goroutine itself (one of
+// the server's stream workers, whose stack stays grown), with no hand-off per message and no
+// goroutine per stream. A blocked Recv ends only when the stream's context does, so the idle
+// timeout expires that context: the server's tap (Serve) gives each stream a context it can
+// expire, and gRPC then answers the blocked Recv with DEADLINE_EXCEEDED. A stream without
+// one (Process called on a gRPC server that Serve did not build) receives on a goroutine of
+// its own instead, the handler waiting for the end of the stream, its context or the idle
+// timeout (returning from the handler is what ends a stream there).
 func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
-	ctx := srv.Context()
-	st := &stream{s: s, reqMode: filterv3.ProcessingMode_BUFFERED, respMode: filterv3.ProcessingMode_NONE}
-	s.metrics.active.Inc()
-	var (
-		mu       sync.Mutex
-		closed   bool        // the handler is returning: the reader handles nothing more
-		respWait *time.Timer // from the pick until the response starts
-	)
-	defer func() {
-		mu.Lock()
-		defer mu.Unlock()
-		closed = true
-		if respWait != nil {
-			respWait.Stop()
-		}
-		st.freeBody()
-		if st.skipped && !st.released {
-			// The proxy was told not to send the response body: the stream's end is the
-			// request's end.
-			st.complete()
-		}
-		st.release(errAborted)
-		outcome := st.outcome
-		if outcome == "" {
-			outcome = outcomeAborted
-		}
-		if st.span != nil {
-			st.endSpans(outcome)
-		}
-		s.metrics.outcomes[outcome].Inc()
-		s.metrics.active.Dec()
-	}()
-
-	idle := newTimer(s.cfg.IdleTimeout)
-	defer idle.Stop()
-	noResponse := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if !closed && !st.started && st.decision != nil && !st.released {
-			s.metrics.responseTimeouts.Inc()
-			s.log.Warn("no response within the bound after the pick; its load is released",
-				"endpoint", st.decision.Endpoint.Address, "timeout", s.cfg.ResponseTimeout)
-			st.release(errNoResponse)
-		}
+	l := &streamLoop{srv: srv, ctx: srv.Context()}
+	l.st = stream{s: s, reqMode: filterv3.ProcessingMode_BUFFERED, respMode: filterv3.ProcessingMode_NONE}
+	l.tap = tappedStream(l.ctx)
+	if l.tap == nil {
+		l.idleC = make(chan struct{})
 	}
-	done := make(chan error, 1) // the reader's last word: nil after an ImmediateResponse
-	go func() {
-		for {
-			req, err := srv.Recv()
-			if err != nil {
-				done <- err
-				return
-			}
-			mu.Lock()
-			if closed {
-				mu.Unlock()
-				return
-			}
-			if s.cfg.IdleTimeout > 0 && !st.skipped {
-				idle.Reset(s.cfg.IdleTimeout)
-			}
-			picked := st.decision != nil
-			out, final := st.handle(ctx, req)
-			if st.skipped {
-				// Silence until the request ends is expected now (no response body comes):
-				// the idle bound would cut a long response. A proxy that vanishes still
-				// ends the stream through its connection (TCP keepalive).
-				idle.Stop()
-			}
-			if !picked && st.decision != nil && s.cfg.ResponseTimeout > 0 {
-				respWait = time.AfterFunc(s.cfg.ResponseTimeout, noResponse)
-			}
-			for _, r := range out {
-				if err = srv.Send(r); err != nil {
-					break
-				}
-			}
-			mu.Unlock()
-			if err != nil || final {
-				done <- err
-				return
-			}
+	s.metrics.active.Inc()
+	defer l.finish()
+	if s.cfg.IdleTimeout > 0 {
+		l.idle = time.AfterFunc(s.cfg.IdleTimeout, l.onIdle)
+		defer l.idle.Stop()
+	}
+	if l.tap != nil {
+		err := l.serve()
+		l.mu.Lock()
+		idled := l.idled
+		l.mu.Unlock()
+		if idled {
+			return l.idleErr()
 		}
-	}()
-
+		return streamErr(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.serve() }()
 	select {
-	case <-ctx.Done():
-		return status.FromContextError(ctx.Err()).Err()
+	case <-l.ctx.Done():
+		return status.FromContextError(l.ctx.Err()).Err()
 	case err := <-done:
-		if err == nil || errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+		return streamErr(err)
+	case <-l.idleC:
+		return l.idleErr()
+	}
+}
+
+// streamLoop is one stream's message loop, with the stream it serves (one allocation for
+// both). mu guards the stream state between the loop, the timers (idle, response) and the
+// finish, which always releases the request's load and records the outcome, however the
+// stream ends; nothing is handled once the stream is closed.
+type streamLoop struct {
+	st    stream
+	srv   extprocv3.ExternalProcessor_ProcessServer
+	ctx   context.Context
+	tap   *streamCtx    // the stream's context from the server's tap; nil: untapped
+	idleC chan struct{} // untapped: closed by the idle timeout
+
+	mu       sync.Mutex
+	closed   bool        // the stream is ending: nothing more is handled
+	idled    bool        // it ends because the proxy sent nothing for IdleTimeout
+	idle     *time.Timer // the idle timeout; nil when off
+	respWait *time.Timer // from the pick until the response starts
+}
+
+// serve is the message loop; it returns the reader's last word: nil after an
+// ImmediateResponse or once the stream is closing.
+func (l *streamLoop) serve() error {
+	st, s := &l.st, l.st.s
+	for {
+		req, err := l.srv.Recv()
+		if err != nil {
+			return err
+		}
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
 			return nil
 		}
-		return err
-	case <-idle.C:
-		mu.Lock()
-		closed = true
-		s.metrics.idle.Inc()
-		st.outcome = outcomeIdle
-		mu.Unlock()
-		return status.Errorf(codes.DeadlineExceeded, "ext_proc stream idle for %v", s.cfg.IdleTimeout)
+		if l.idle != nil && !st.skipped {
+			l.idle.Reset(s.cfg.IdleTimeout)
+		}
+		picked := st.decision != nil
+		out, final := st.handle(l.ctx, req)
+		if st.skipped && l.idle != nil {
+			// Silence until the request ends is expected now (no response body comes):
+			// the idle bound would cut a long response. A proxy that vanishes still
+			// ends the stream through its connection (TCP keepalive).
+			l.idle.Stop()
+		}
+		if !picked && st.decision != nil && s.cfg.ResponseTimeout > 0 {
+			l.respWait = time.AfterFunc(s.cfg.ResponseTimeout, l.noResponse)
+		}
+		for _, r := range out {
+			if err = l.srv.Send(r); err != nil {
+				break
+			}
+		}
+		l.mu.Unlock()
+		if err != nil || final {
+			return err
+		}
 	}
+}
+
+// onIdle ends a stream on which the proxy has sent nothing for IdleTimeout (not one whose
+// silence is expected: a skipped response body).
+func (l *streamLoop) onIdle() {
+	l.mu.Lock()
+	if l.closed || l.st.skipped {
+		l.mu.Unlock()
+		return
+	}
+	l.closed, l.idled = true, true
+	l.st.s.metrics.idle.Inc()
+	l.st.outcome = outcomeIdle
+	l.mu.Unlock()
+	if l.tap != nil {
+		l.tap.expire()
+	} else {
+		close(l.idleC)
+	}
+}
+
+func (l *streamLoop) idleErr() error {
+	return status.Errorf(codes.DeadlineExceeded, "ext_proc stream idle for %v", l.st.s.cfg.IdleTimeout)
+}
+
+// noResponse releases the pick's load when its response has not started in time.
+func (l *streamLoop) noResponse() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st, s := &l.st, l.st.s
+	if !l.closed && !st.started && st.decision != nil && !st.released {
+		s.metrics.responseTimeouts.Inc()
+		s.log.Warn("no response within the bound after the pick; its load is released",
+			"endpoint", st.decision.Endpoint.Address, "timeout", s.cfg.ResponseTimeout)
+		st.release(errNoResponse)
+	}
+}
+
+// finish closes the stream: it releases the request's load and records its outcome.
+func (l *streamLoop) finish() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st, s := &l.st, l.st.s
+	l.closed = true
+	if l.respWait != nil {
+		l.respWait.Stop()
+	}
+	st.freeBody()
+	if st.skipped && !st.released {
+		// The proxy was told not to send the response body: the stream's end is the
+		// request's end.
+		st.complete()
+	}
+	st.release(errAborted)
+	outcome := st.outcome
+	if outcome == "" {
+		outcome = outcomeAborted
+	}
+	if st.span != nil {
+		st.endSpans(outcome)
+	}
+	s.metrics.outcomes[outcome].Inc()
+	s.metrics.active.Dec()
+}
+
+// streamErr is what Process returns when its message loop ended with err: nil when the
+// proxy half-closed or went away, or after an ImmediateResponse.
+func streamErr(err error) error {
+	if err == nil || errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+		return nil
+	}
+	return err
 }
 
 // errNoResponse releases a decision whose response did not start within ResponseTimeout.
 var errNoResponse = errors.New("no response within the ext_proc response timeout")
-
-// newTimer is a timer for d, or one that never fires when d <= 0.
-func newTimer(d time.Duration) *time.Timer {
-	if d <= 0 {
-		t := time.NewTimer(time.Hour)
-		t.Stop()
-		return t
-	}
-	return time.NewTimer(d)
-}
 
 // stream is the state of one ext_proc stream. Routing state (the decision) is kept apart
 // from the buffers the protocol needs (the request body, the response watcher).
@@ -323,7 +376,9 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	if d.Body != nil {
 		body = d.Body
 	}
-	mutated := d.Body != nil
+	// The router hands back the client's own bytes unless it rewrote them: only a rewritten
+	// body goes back to a BUFFERED proxy (before, every pick echoed the whole body).
+	mutated := !sameBytes(body, st.body)
 	if d.Pull != nil && st.s.cfg.P2PTransferPort > 0 {
 		if b, err := d.PullBody(body, st.s.cfg.P2PTransferPort); err != nil {
 			st.s.log.Warn("P2P pull: kv_transfer_params not added", "source", d.Pull.From.Address, "error", err)
@@ -366,6 +421,11 @@ func (st *stream) pick(ctx context.Context, endOfStream bool) ([]*extprocv3.Proc
 	br := bodyResponse(false, cr)
 	br.DynamicMetadata = md
 	return []*extprocv3.ProcessingResponse{br}, false
+}
+
+// sameBytes reports whether a and b are the same bytes in memory (not merely equal ones).
+func sameBytes(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // hold counts n more body bytes in the server's buffered total; false when that would pass

@@ -121,15 +121,20 @@ func Dial(addr string) (*Client, error) { return DialTLS(addr, nil) }
 
 // DialTLS connects to an ext_proc server at addr over TLS configured by tc (with
 // Certificates set: mutual TLS); a nil tc means plaintext.
-func DialTLS(addr string, tc *tls.Config) (*Client, error) {
+func DialTLS(addr string, tc *tls.Config) (*Client, error) { return DialOptions(addr, tc) }
+
+// DialOptions is DialTLS with more options for the connection (a stats handler counting
+// the bytes on the wire, for example), applied after the client's own.
+func DialOptions(addr string, tc *tls.Config, opts ...grpc.DialOption) (*Client, error) {
 	creds := insecure.NewCredentials()
 	if tc != nil {
 		creds = credentials.NewTLS(tc)
 	}
 	// Fixed flow-control windows, Envoy's HTTP/2 defaults: like Envoy, the client then sends
 	// no BDP-estimation PINGs, which a server would otherwise answer per data frame.
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
-		grpc.WithInitialWindowSize(envoyWindow), grpc.WithInitialConnWindowSize(envoyWindow))
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(creds),
+		grpc.WithInitialWindowSize(envoyWindow), grpc.WithInitialConnWindowSize(envoyWindow)}, opts...)
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, err
 	}
