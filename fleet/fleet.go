@@ -456,6 +456,7 @@ func (l *Loop) export(f *fleetView, states []planner.PoolState, ds []planner.Dec
 		l.m.forecastPrompt.WithLabelValues(lv...).Set(d.Forecast.PromptTokens)
 		l.m.forecastOutput.WithLabelValues(lv...).Set(d.Forecast.OutputTokens)
 		l.m.needed.WithLabelValues(lv...).Set(d.Need)
+		l.m.neededUpper.WithLabelValues(lv...).Set(d.Upper)
 		l.m.correction.WithLabelValues(lv...).Set(d.Correction)
 		l.m.decisions.WithLabelValues(append(lv, d.Reason)...).Inc()
 	}

@@ -98,6 +98,9 @@ func TestLoopReadsRouterLatency(t *testing.T) {
 	if v := metricstest.Value(reg, MetricCorrection, "model", "m"); math.Abs(v-1.15) > 1e-9 {
 		t.Errorf("%s = %v", MetricCorrection, v)
 	}
+	if v := metricstest.Value(reg, MetricNeededUpper, "model", "m"); v != d.Upper || !(d.Upper > d.Need) {
+		t.Errorf("%s = %v, want the decision's upper band %v above its need %v (the default band of 1 over three differing intervals)", MetricNeededUpper, v, d.Upper, d.Need)
+	}
 	serve(10, 500*time.Millisecond, 10*time.Millisecond)
 	step(3)
 	if v := metricstest.Value(reg, MetricTTFTP90, "model", "m"); v > 0.5 {

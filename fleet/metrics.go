@@ -7,6 +7,7 @@ type metrics struct {
 	ttft, itl                                *prometheus.GaugeVec
 	forecastRate, forecastPrompt             *prometheus.GaugeVec
 	forecastOutput, needed, correction       *prometheus.GaugeVec
+	neededUpper                              *prometheus.GaugeVec
 	desired, replicas                        *prometheus.GaugeVec
 	decisions, actions, observeErrors        *prometheus.CounterVec
 	gpusUsed, gpuBudget                      prometheus.Gauge
@@ -31,6 +32,7 @@ func newMetrics(reg prometheus.Registerer, budget int) (*metrics, error) {
 		forecastPrompt: g(MetricForecastPrompt, "Mean prompt tokens per request the sla planner sized the pool for (0 in other modes)."),
 		forecastOutput: g(MetricForecastOutput, "Mean output tokens per request the sla planner sized the pool for (0 in other modes)."),
 		needed:         g(MetricNeeded, "Fractional engines the planner computed the pool needs (sla: for the forecast, after the latency correction)."),
+		neededUpper:    g(MetricNeededUpper, "The upper band of the engines the sla planner computed the pool needs: a scale-down happens only when this fits the smaller count (--planner-down-band standard deviations above the need; the need when the band is off; 0 in other modes)."),
 		correction:     g(MetricCorrection, "The sla planner's latency correction of the profile's demand for the pool (1: none)."),
 		desired:        g(MetricDesired, "Replicas the planner wants for the pool."),
 		replicas:       g(MetricReplicas, "Replicas the pool has, by state (ready: serving, pending: starting).", "state"),
@@ -47,7 +49,7 @@ func newMetrics(reg prometheus.Registerer, budget int) (*metrics, error) {
 	m.gpuBudget.Set(float64(budget))
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.arrival, m.prompt, m.output, m.hit, m.queued, m.kv, m.desired, m.replicas,
-			m.ttft, m.itl, m.forecastRate, m.forecastPrompt, m.forecastOutput, m.needed, m.correction,
+			m.ttft, m.itl, m.forecastRate, m.forecastPrompt, m.forecastOutput, m.needed, m.neededUpper, m.correction,
 			m.decisions, m.actions, m.observeErrors, m.gpusUsed, m.gpuBudget, m.steps} {
 			if err := reg.Register(c); err != nil {
 				return nil, err

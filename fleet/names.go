@@ -14,6 +14,7 @@ const (
 	MetricForecastPrompt = "kvgate_planner_forecast_prompt_tokens" // sla: mean prompt tokens sized for
 	MetricForecastOutput = "kvgate_planner_forecast_output_tokens" // sla: mean output tokens sized for
 	MetricNeeded         = "kvgate_planner_needed_replicas"        // fractional engines computed
+	MetricNeededUpper    = "kvgate_planner_needed_upper_replicas"  // sla: the upper band a scale-down must fit
 	MetricCorrection     = "kvgate_planner_latency_correction"     // sla: factor learnt from latency
 	MetricDesired        = "kvgate_planner_desired_replicas"
 	MetricReplicas       = "kvgate_planner_replicas" // by state: ready, pending

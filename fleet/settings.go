@@ -29,7 +29,8 @@ type Settings struct {
 	GPUBudget    int
 	Interval     time.Duration
 	Startup      time.Duration
-	Profile      string // profile file (sla mode)
+	DownBand     float64 // sla: planner.Config.DownBand (0: its default)
+	Profile      string  // profile file (sla mode)
 	Advisory     bool
 	DrainTimeout time.Duration
 }
@@ -42,7 +43,7 @@ func (s Settings) Build(log *slog.Logger, reg prometheus.Registerer) (l *Loop, c
 	if s.Consul == "" && len(s.Workerds) == 0 {
 		return nil, nil, errors.New("planner: no workerds: give --consul ADDR or --workerd ADDR")
 	}
-	pc := planner.Config{Mode: s.Mode, TTFT: s.TTFT, ITL: s.ITL, GPUBudget: s.GPUBudget, Interval: s.Interval, Startup: s.Startup}
+	pc := planner.Config{Mode: s.Mode, TTFT: s.TTFT, ITL: s.ITL, GPUBudget: s.GPUBudget, Interval: s.Interval, Startup: s.Startup, DownBand: s.DownBand}
 	if s.Profile != "" {
 		if pc.Profile, err = planner.LoadProfile(s.Profile); err != nil {
 			return nil, nil, fmt.Errorf("planner: --profile: %w", err)

@@ -68,6 +68,7 @@ only logs and exports its decisions. See docs/FLEET.md.
 	f.IntVar(&s.GPUBudget, "gpu-budget", 0, "most GPUs all planned engines may hold (0: no budget)")
 	f.DurationVar(&s.Interval, "interval", 30*time.Second, "time between decisions")
 	f.DurationVar(&s.Startup, "startup", 60*time.Second, "an engine's start-up time: how far ahead the forecast looks")
+	f.Float64Var(&s.DownBand, "down-band", 0, "sla: scale down only when the forecast's upper band fits, this many standard deviations of the intervals' needs (0: the default, 1; negative: off)")
 	f.StringVar(&s.Profile, "profile", "", "engine profile file (from kvgate planner profile), required in sla mode")
 	f.BoolVar(&s.Advisory, "advisory", false, "only recommend: log and export decisions, start and stop nothing")
 	f.DurationVar(&s.DrainTimeout, "drain-timeout", 0, "how long a drained engine may finish its requests (0: the workerd's drain_timeout)")
