@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"strings"
@@ -50,7 +51,9 @@ func qwen3Vars(extra map[string]any) (thinkingOff, ok bool) {
 // plainMessages reads a messages array of objects that hold exactly a string "role" and a
 // string "content" (and optionally a string "name"), the shape of almost every chat, with
 // the same string decoding as encoding/json. ok is false for any other shape or any doubt;
-// the caller then takes the general path, which also reports errors.
+// the caller then takes the general path, which also reports errors. The strings share
+// data's bytes (or a buffer of their own where they hold escapes): data must stay as it is
+// while they are used.
 func plainMessages(data []byte) (ms []chatMsg, ok bool) {
 	s := jsonScanner{data: data}
 	if s.ws(); s.peek() != '[' {
@@ -136,13 +139,12 @@ func plainString(s *jsonScanner) (string, bool) {
 		return "", false
 	}
 	start := s.pos + 1
-	i := start
-	for i < len(s.data) && s.data[i] != '"' && s.data[i] != '\\' && s.data[i] >= 0x20 && s.data[i] < utf8.RuneSelf {
-		i++
-	}
+	i := skipPlain(s.data, start)
 	if i < len(s.data) && s.data[i] == '"' {
 		s.pos = i + 1
-		return string(s.data[start:i]), true
+		// No escape: the string is the bytes of the input, not a copy of them. The messages
+		// plainMessages returns live no longer than the render, which copies them.
+		return unsafe.String(unsafe.SliceData(s.data[start:i]), i-start), true
 	}
 	end := closingQuote(s.data, i)
 	if end < 0 {
@@ -153,10 +155,7 @@ func plainString(s *jsonScanner) (string, bool) {
 	b = append(b, s.data[start:i]...)
 	for i < len(s.data) {
 		// A run of plain ASCII in one copy.
-		j := i
-		for j < len(s.data) && s.data[j] != '"' && s.data[j] != '\\' && s.data[j] >= 0x20 && s.data[j] < utf8.RuneSelf {
-			j++
-		}
+		j := skipPlain(s.data, i)
 		b = append(b, s.data[i:j]...)
 		if i = j; i >= len(s.data) {
 			break
@@ -225,6 +224,28 @@ func plainString(s *jsonScanner) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// skipPlain returns the index of the first byte of data at or after i that a JSON string
+// decoder must look at ('"', '\\', a control byte or a non-ASCII byte), or len(data); it
+// tests 8 bytes at a time.
+func skipPlain(data []byte, i int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for ; i+8 <= len(data); i += 8 {
+		w := binary.LittleEndian.Uint64(data[i:])
+		quote, bslash := w^(ones*'"'), w^(ones*'\\')
+		// A zero byte of quote or bslash, a byte below 0x20 (borrowing into its high bit) or
+		// a byte at or above 0x80 sets a high bit; false positives only end the fast loop.
+		if ((quote-ones)&^quote|(bslash-ones)&^bslash|(w-ones*0x20)|w)&highs != 0 {
+			break
+		}
+	}
+	for ; i < len(data); i++ {
+		if c := data[i]; c == '"' || c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			return i
+		}
+	}
+	return i
 }
 
 // closingQuote returns the index of the quote that ends the JSON string whose body continues
