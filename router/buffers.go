@@ -2,13 +2,37 @@ package router
 
 import (
 	"bytes"
+	"unsafe"
 
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
-// maxPooledTokens bounds the token buffers kept for reuse (1 MiB each): a rare huge prompt's
-// buffer is left to the garbage collector rather than held.
-const maxPooledTokens = 1 << 18
+// maxPooledTokens and maxPooledText bound the buffers kept for reuse (1 MiB each): a rare
+// huge prompt's buffer is left to the garbage collector rather than held.
+const (
+	maxPooledTokens = 1 << 18
+	maxPooledText   = 1 << 20
+)
+
+// renderPooled renders a chat into a text buffer of the router's pool and returns it with
+// the text, a string that shares its bytes; the caller hands the buffer back with putText
+// once nothing reads the text (a decision keeps none: p.Text is hashed, not stored).
+func (r *Router) renderPooled(tok *tokenizer.Tokenizer, in tokenizer.ChatInput) (*[]byte, string, error) {
+	buf, _ := r.textBufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	b, err := tok.AppendRenderChat((*buf)[:0], in)
+	*buf = b
+	return buf, unsafe.String(unsafe.SliceData(b), len(b)), err
+}
+
+// putText returns a buffer of renderPooled to the pool.
+func (r *Router) putText(buf *[]byte) {
+	if cap(*buf) <= maxPooledText {
+		r.textBufs.Put(buf)
+	}
+}
 
 // encodePooled encodes text into a token buffer of the router's pool and returns it; the
 // caller hands it back with putTokens once nothing reads the ids (a decision keeps none).

@@ -113,10 +113,11 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 		}
 		if tok := r.tokenizer(model); tok != nil {
 			_, tspan := r.startSpan(ctx, SpanTokenize)
-			text, err := tok.RenderChat(tokenizer.ChatInput{
+			tb, text, err := r.renderPooled(tok, tokenizer.ChatInput{
 				Messages: cr.Messages, Tools: cr.Tools, AddGenerationPrompt: cr.GenerationPrompt(),
 				Extra: templateKwargs(cr.ChatTemplateKwargs, req.Body),
 			})
+			defer r.putText(tb) // nothing reads p.Text once route returns
 			if err != nil {
 				err = openai.BadRequest("messages", "The chat template cannot render these messages: %v", err)
 			} else if err = r.checkTextLen(tok, model, text); err == nil {
