@@ -26,16 +26,16 @@ type addedTokenJSON struct {
 }
 
 type modelJSON struct {
-	Type                    string            `json:"type"`
-	Dropout                 *float64          `json:"dropout"`
-	UnkToken                *string           `json:"unk_token"`
-	ContinuingSubwordPrefix *string           `json:"continuing_subword_prefix"`
-	EndOfWordSuffix         *string           `json:"end_of_word_suffix"`
-	FuseUnk                 bool              `json:"fuse_unk"`
-	ByteFallback            bool              `json:"byte_fallback"`
-	IgnoreMerges            bool              `json:"ignore_merges"`
-	Vocab                   *vocabTable       `json:"-"` // parsed by parseVocabFrom
-	Merges                  []byte            `json:"-"` // parsed by parseMergesInto
+	Type                    string      `json:"type"`
+	Dropout                 *float64    `json:"dropout"`
+	UnkToken                *string     `json:"unk_token"`
+	ContinuingSubwordPrefix *string     `json:"continuing_subword_prefix"`
+	EndOfWordSuffix         *string     `json:"end_of_word_suffix"`
+	FuseUnk                 bool        `json:"fuse_unk"`
+	ByteFallback            bool        `json:"byte_fallback"`
+	IgnoreMerges            bool        `json:"ignore_merges"`
+	Vocab                   *vocabTable `json:"-"` // parsed by parseVocabFrom
+	Merges                  []byte      `json:"-"` // parsed by parseMergesInto
 	hasMerges               bool
 }
 
