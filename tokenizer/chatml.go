@@ -74,12 +74,7 @@ func plainMessages(data []byte) (ms []chatMsg, ok bool) {
 		s.pos++
 		var m chatMsg
 		var hasRole, hasContent, hasName bool
-		for firstKey := true; ; firstKey = false {
-			s.ws()
-			if s.peek() == '}' && !firstKey {
-				s.pos++
-				break
-			}
+		for {
 			key, ok := plainString(&s)
 			if !ok {
 				return nil, false
@@ -105,11 +100,14 @@ func plainMessages(data []byte) (ms []chatMsg, ok bool) {
 			}
 			if s.ws(); s.peek() == ',' {
 				s.pos++
+				s.ws()
 				continue
 			}
 			if s.peek() != '}' {
 				return nil, false
 			}
+			s.pos++ // a '}' ends the object; after a ',' only a key may come
+			break
 		}
 		if !hasRole || !hasContent {
 			return nil, false

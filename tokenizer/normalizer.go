@@ -102,7 +102,11 @@ func (u unicodeNorm) isNormal(s string) bool {
 		for j < len(s) && s[j] >= utf8.RuneSelf {
 			j++
 		}
-		if !u.f.IsNormalString(s[max(i-1, 0):j]) {
+		run := s[max(i-1, 0):j]
+		if !utf8.ValidString(run) { // the split holds for valid UTF-8 (the tokenizer's input)
+			return u.f.IsNormalString(s)
+		}
+		if !u.f.IsNormalString(run) {
 			return false
 		}
 		i = j
