@@ -1,7 +1,9 @@
 package tokenizer
 
 import (
+	"cmp"
 	"hash/maphash"
+	"slices"
 	"sync"
 )
 
@@ -41,16 +43,17 @@ type segKey struct{ a, b uint64 }
 // whose sentinel is ents[0]), the map from key to entry holds indexes (a map without
 // pointers is not scanned), and the ids of all entries are appended to one array. An evicted
 // entry's ids stay in that array as garbage until the shard, over its budget, evicts down to
-// three quarters of it and copies the live ids into a new array. Ids once written are never
-// written again, so a slice get returned stays intact (it keeps the old array alive).
+// three quarters of it and slides the live ids down over the garbage. No slice of the array
+// leaves the shard's lock (appendTo copies), so it is reused: a full cache allocates nothing.
 type segShard struct {
 	mu    sync.Mutex
 	m     map[segKey]uint32
 	ents  []segEntry
 	free  []uint32 // unused entries
 	ids   []uint32
-	live  int // ids of live entries
-	bytes int // 4*len(ids) (garbage included) + segEntryOverhead per live entry
+	live  int      // ids of live entries
+	bytes int      // 4*len(ids) (garbage included) + segEntryOverhead per live entry
+	order []uint32 // shrink's scratch: live entries by offset
 }
 
 type segEntry struct {
@@ -84,20 +87,20 @@ func (c *segmentCache) hash(seg string, first bool) segKey {
 	return k
 }
 
-// get returns the ids stored under k; the caller must not modify them.
-func (c *segmentCache) get(k segKey) ([]uint32, bool) {
+// appendTo appends the ids stored under k to dst; ok is false (dst unchanged) when there are
+// none.
+func (c *segmentCache) appendTo(dst []uint32, k segKey) ([]uint32, bool) {
 	s := &c.shards[k.a%segShards]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	i, ok := s.m[k]
 	if !ok {
-		return nil, false
+		return dst, false
 	}
 	s.unlink(i)
 	s.pushFront(i)
 	e := &s.ents[i]
-	end := e.off + e.n
-	return s.ids[e.off:end:end], true
+	return append(dst, s.ids[e.off:e.off+e.n]...), true
 }
 
 // put stores a copy of ids under k, evicting the least recently used entries over the
@@ -155,18 +158,23 @@ func (s *segShard) remove(i uint32) {
 }
 
 // shrink evicts least recently used entries until the live ones take at most target bytes,
-// then copies their ids into a new array, dropping the garbage.
+// then slides their ids down over the garbage, in the order they lie in the array.
 func (s *segShard) shrink(target int) {
 	for len(s.m) > 0 && 4*s.live+segEntryOverhead*len(s.m) > target {
 		s.remove(s.ents[0].prev)
 	}
-	ids := make([]uint32, 0, s.live)
+	s.order = s.order[:0]
 	for i := s.ents[0].next; i != 0; i = s.ents[i].next {
-		e := &s.ents[i]
-		off := uint32(len(ids))
-		ids = append(ids, s.ids[e.off:e.off+e.n]...)
-		e.off = off
+		s.order = append(s.order, i)
 	}
-	s.ids = ids
-	s.bytes = 4*len(ids) + segEntryOverhead*len(s.m)
+	slices.SortFunc(s.order, func(a, b uint32) int { return cmp.Compare(s.ents[a].off, s.ents[b].off) })
+	w := uint32(0)
+	for _, i := range s.order {
+		e := &s.ents[i]
+		copy(s.ids[w:], s.ids[e.off:e.off+e.n]) // w <= e.off: never over a live id not yet moved
+		e.off = w
+		w += e.n
+	}
+	s.ids = s.ids[:w]
+	s.bytes = 4*len(s.ids) + segEntryOverhead*len(s.m)
 }

@@ -170,8 +170,8 @@ func (t *Tokenizer) appendEncode(dst []uint32, text string, segs *segmentCache) 
 			return
 		}
 		k := segs.hash(seg, first)
-		if ids, ok := segs.get(k); ok {
-			dst = append(dst, ids...)
+		if d, ok := segs.appendTo(dst, k); ok {
+			dst = d
 			return
 		}
 		start := len(dst)
