@@ -72,6 +72,7 @@ func BenchmarkRoute4096(b *testing.B) {
 		d.Done(nil, nil)
 	}
 	durs := make([]time.Duration, 0, 1024)
+	gc := startGCMeter()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
@@ -88,6 +89,7 @@ func BenchmarkRoute4096(b *testing.B) {
 		}
 		d.Done(nil, nil)
 	}
+	gc.report(b, len(durs))
 	slices.Sort(durs)
 	b.ReportMetric(float64(durs[len(durs)/2].Microseconds()), "p50-us")
 	b.ReportMetric(float64(durs[len(durs)*99/100].Microseconds()), "p99-us")

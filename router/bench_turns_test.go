@@ -99,6 +99,7 @@ func BenchmarkRoute4096Turns(b *testing.B) {
 	var turn1, turn10, cpu1, cpu10 []time.Duration
 	var bodies [][]byte
 	tokens := 0
+	gc := startGCMeter()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
@@ -124,6 +125,7 @@ func BenchmarkRoute4096Turns(b *testing.B) {
 			turn10, cpu10 = append(turn10, wall), append(cpu10, cpu)
 		}
 	}
+	gc.report(b, b.N)
 	report := func(name string, d []time.Duration) {
 		if len(d) == 0 {
 			return

@@ -1,7 +1,6 @@
 package router
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -96,6 +95,7 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 	}
 	p := Prompt{Subset: req.Subset}
 	var stream, includeUsage bool
+	var chatMessages []byte // a chat body's messages array (a slice of req.Body)
 	switch req.Path {
 	case "/v1/chat/completions":
 		cr, err := openai.ParseChatRequest(req.Body)
@@ -107,19 +107,23 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 			return nil, err
 		}
 		p.Model, stream, includeUsage = model, cr.Stream, cr.IncludeUsage()
+		chatMessages = cr.Messages
 		if cr.CacheSalt != nil {
 			p.CacheSalt = *cr.CacheSalt
 		}
 		if tok := r.tokenizer(model); tok != nil {
 			_, tspan := r.startSpan(ctx, SpanTokenize)
-			text, err := tok.RenderChat(tokenizer.ChatInput{
+			tb, text, err := r.renderPooled(tok, tokenizer.ChatInput{
 				Messages: cr.Messages, Tools: cr.Tools, AddGenerationPrompt: cr.GenerationPrompt(),
 				Extra: templateKwargs(cr.ChatTemplateKwargs, req.Body),
 			})
+			defer r.putText(tb) // nothing reads p.Text once route returns
 			if err != nil {
 				err = openai.BadRequest("messages", "The chat template cannot render these messages: %v", err)
 			} else if err = r.checkTextLen(tok, model, text); err == nil {
-				p.Text, p.Tokens = text, tok.Encode(text)
+				buf := r.encodePooled(tok, text)
+				defer r.putTokens(buf) // nothing reads p.Tokens once route returns
+				p.Text, p.Tokens = text, *buf
 			}
 			endTokenizeSpan(tspan, len(p.Tokens), err)
 			if err != nil {
@@ -212,7 +216,9 @@ func (r *Router) route(ctx context.Context, req Request) (*Decision, error) {
 		var b []byte
 		var err error
 		changed := true
-		if bytes.Contains(req.Body, streamOptionsKey) {
+		// A "stream_options" inside the messages changes nothing: WithIncludeUsage finds no
+		// such top-level field either and appends the same one.
+		if containsOutside(req.Body, chatMessages, streamOptionsKey) {
 			b, changed, err = openai.WithIncludeUsage(req.Body)
 		} else { // the common case: no stream_options at all, append without rescanning
 			b, err = openai.AppendField(req.Body, "stream_options", includeUsageOn)

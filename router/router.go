@@ -54,9 +54,11 @@ type Router struct {
 	adm      *admission // requests waiting for room
 	sessions *sessions  // session affinity's bindings
 
-	pool     sync.Pool // *scratch
-	hashBufs sync.Pool // *[]kvindex.BlockHash: approximate-mode prompts kept until Done
-	tokBytes sync.Map  // *tokenizer.Tokenizer -> the most bytes one of its tokens stands for
+	pool      sync.Pool // *scratch
+	hashBufs  sync.Pool // *[]kvindex.BlockHash: approximate-mode prompts kept until Done
+	tokenBufs sync.Pool // *[]uint32: a chat prompt's token ids, for the length of a Route
+	textBufs  sync.Pool // *[]byte: a chat prompt's rendered text, for the length of a Route
+	tokBytes  sync.Map  // *tokenizer.Tokenizer -> the most bytes one of its tokens stands for
 
 	poolCounts sync.Map // Pool -> *poolCounters (pools.go)
 }

@@ -28,6 +28,11 @@ type addedToken struct {
 type tokenSet struct {
 	byFirst [256][]addedToken
 	any     bool
+	// first is the first byte of every token when they all share one (as the special tokens
+	// of Qwen, Llama 3 and GPT-style tokenizers all start with '<'); find then jumps between
+	// its occurrences with IndexByte instead of looking at every byte.
+	first    byte
+	oneFirst bool
 }
 
 func newAddedVocab() *addedVocab { return &addedVocab{byContent: map[string]uint32{}} }
@@ -44,6 +49,8 @@ func (a *addedVocab) add(t addedTokenJSON, n normalizer) {
 		return
 	}
 	set.byFirst[tok.content[0]] = append(set.byFirst[tok.content[0]], tok)
+	set.oneFirst = !set.any || set.oneFirst && set.first == tok.content[0]
+	set.first = tok.content[0]
 	set.any = true
 }
 
@@ -85,6 +92,13 @@ func (ts *tokenSet) find(s string, fn func(seg string, id uint32, isToken bool, 
 	}
 	segStart := 0
 	for i := 0; i < len(s); i++ {
+		if ts.oneFirst {
+			k := strings.IndexByte(s[i:], ts.first)
+			if k < 0 {
+				break
+			}
+			i += k
+		}
 		cands := ts.byFirst[s[i]]
 		if len(cands) == 0 {
 			continue

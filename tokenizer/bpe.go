@@ -8,7 +8,7 @@ import (
 
 // bpe is the byte-pair-encoding model: merge ranks over token ids.
 type bpe struct {
-	vocab        map[string]uint32
+	vocab        *vocabTable
 	merges       map[uint64]uint64 // (left<<32 | right) -> (rank<<32 | merged id)
 	byteLevel    bool              // words are raw bytes mapped through the GPT-2 byte alphabet
 	byteToID     [256]uint32       // byte-level: id of each byte's character
@@ -25,7 +25,7 @@ type bpe struct {
 func newBPE(m *modelJSON, byteLevel bool) (*bpe, error) {
 	b := &bpe{
 		vocab:        m.Vocab,
-		merges:       make(map[uint64]uint64, len(m.Vocab)),
+		merges:       make(map[uint64]uint64, m.Vocab.len()),
 		byteLevel:    byteLevel,
 		byteFallback: m.ByteFallback,
 		fuseUnk:      m.FuseUnk,
@@ -33,13 +33,13 @@ func newBPE(m *modelJSON, byteLevel bool) (*bpe, error) {
 	}
 	var cat []byte
 	err := parseMergesInto(m.Merges, func(rank int, l, r []byte) error {
-		a, okA := m.Vocab[string(l)]
-		c, okC := m.Vocab[string(r)]
+		a, okA := m.Vocab.getBytes(l)
+		c, okC := m.Vocab.getBytes(r)
 		if !okA || !okC {
 			return fmt.Errorf("merge %d (%q %q) uses a token that is not in the vocab", rank, l, r)
 		}
 		cat = append(append(cat[:0], l...), r...)
-		id, ok := m.Vocab[string(cat)]
+		id, ok := m.Vocab.getBytes(cat)
 		if !ok {
 			return fmt.Errorf("merge %d (%q %q) produces %q, which is not in the vocab", rank, l, r, cat)
 		}
@@ -54,18 +54,18 @@ func newBPE(m *modelJSON, byteLevel bool) (*bpe, error) {
 	}
 	if byteLevel {
 		for i := 0; i < 256; i++ {
-			id, ok := m.Vocab[string(byteChar[i])]
+			id, ok := m.Vocab.get(string(byteChar[i]))
 			b.byteToID[i], b.byteKnown[i] = id, ok
 		}
 	}
 	if m.ByteFallback {
 		for i := 0; i < 256; i++ {
-			id, ok := m.Vocab[fmt.Sprintf("<0x%02X>", i)]
+			id, ok := m.Vocab.get(fmt.Sprintf("<0x%02X>", i))
 			b.fallbackID[i], b.fallbackOK[i] = id, ok
 		}
 	}
 	if m.UnkToken != nil && *m.UnkToken != "" {
-		id, ok := m.Vocab[*m.UnkToken]
+		id, ok := m.Vocab.get(*m.UnkToken)
 		if !ok {
 			return nil, fmt.Errorf("tokenizer: unk_token %q is not in the vocab", *m.UnkToken)
 		}
@@ -86,10 +86,10 @@ func (b *bpe) encode(dst []uint32, w string, st *encodeState) []uint32 {
 	if b.ignoreMerges { // a word that is a token is that token, whatever the merges say
 		if b.byteLevel {
 			st.buf = appendByteLevel(st.buf[:0], w)
-			if id, ok := b.vocab[string(st.buf)]; ok {
+			if id, ok := b.vocab.getBytes(st.buf); ok {
 				return append(dst, id)
 			}
-		} else if id, ok := b.vocab[w]; ok {
+		} else if id, ok := b.vocab.get(w); ok {
 			return append(dst, id)
 		}
 	}
@@ -111,7 +111,7 @@ func (b *bpe) encode(dst []uint32, w string, st *encodeState) []uint32 {
 			_, n := utf8.DecodeRuneInString(w[i:])
 			ch := w[i : i+n]
 			i += n
-			if id, ok := b.vocab[ch]; ok {
+			if id, ok := b.vocab.get(ch); ok {
 				push(id)
 				lastUnk = false
 				continue

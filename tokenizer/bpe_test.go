@@ -1,6 +1,8 @@
 package tokenizer
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -79,5 +81,37 @@ func TestWordCacheBounded(t *testing.T) {
 	c.put(strings.Repeat("y", maxCachedWord+1), []uint32{1})
 	if _, ok := c.get(strings.Repeat("y", maxCachedWord+1)); ok {
 		t.Fatal("cache kept a word longer than maxCachedWord")
+	}
+}
+
+// TestWordCacheAnswers: whatever the cache answers for a word is what was last put for it,
+// and a word just put is found, over random words in a small cache that empties its shards
+// often (the arrays of an emptied shard are new ones: earlier answers stay intact).
+func TestWordCacheAnswers(t *testing.T) {
+	c := newWordCache(64)
+	rng := rand.New(rand.NewPCG(18, 5))
+	want := map[string][]uint32{}
+	var held [][]uint32 // answers handed out earlier, and what they said then
+	var heldWant [][]uint32
+	for i := range 20000 {
+		w := strings.Repeat(string(rune('a'+rng.IntN(26))), 1+rng.IntN(5)) + fmt.Sprint(rng.IntN(300))
+		if ids, ok := c.get(w); ok {
+			if !slices.Equal(ids, want[w]) {
+				t.Fatalf("get(%q) = %v, last put %v", w, ids, want[w])
+			}
+			held, heldWant = append(held, ids), append(heldWant, slices.Clone(ids))
+			continue
+		}
+		ids := []uint32{uint32(i), uint32(len(w)), uint32(rng.IntN(1000))}[:1+rng.IntN(3)]
+		c.put(w, ids)
+		want[w] = ids
+		if got, ok := c.get(w); !ok || !slices.Equal(got, ids) {
+			t.Fatalf("get(%q) right after put = %v %v, want %v", w, got, ok, ids)
+		}
+	}
+	for i := range held {
+		if !slices.Equal(held[i], heldWant[i]) {
+			t.Fatalf("an answer changed after its shard was emptied: %v, was %v", held[i], heldWant[i])
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/nikolalohinski/gonja/v2/builtins"
 	"github.com/nikolalohinski/gonja/v2/config"
@@ -271,21 +272,56 @@ func (t *Tokenizer) RenderChat(in ChatInput) (out string, err error) {
 	return t.renderChat(in, true)
 }
 
+// AppendRenderChat appends what RenderChat returns to dst and returns the extended slice
+// (dst unchanged on error): a caller that renders many prompts can reuse one buffer.
+func (t *Tokenizer) AppendRenderChat(dst []byte, in ChatInput) ([]byte, error) {
+	ct, err := t.template(in.Template)
+	if err != nil {
+		return dst, err
+	}
+	if b, ok := renderNative(dst, ct, in); ok {
+		return b, nil
+	}
+	s, err := t.renderEngine(ct, in)
+	if err != nil {
+		return dst, err
+	}
+	return append(dst, s...), nil
+}
+
 // renderChat is RenderChat, through the template engine only when native is false.
 func (t *Tokenizer) renderChat(in ChatInput, native bool) (out string, err error) {
 	ct, err := t.template(in.Template)
 	if err != nil {
 		return "", err
 	}
-	if native && ct.qwen3 && isNull(in.Tools) {
-		if thinkingOff, ok := qwen3Vars(in.Extra); ok {
-			if ms, ok := plainMessages(in.Messages); ok {
-				if s, ok := renderQwen3(ms, in.AddGenerationPrompt, thinkingOff); ok {
-					return s, nil
-				}
-			}
+	if native {
+		if b, ok := renderNative(nil, ct, in); ok {
+			return unsafe.String(unsafe.SliceData(b), len(b)), nil // b is not written again
 		}
 	}
+	return t.renderEngine(ct, in)
+}
+
+// renderNative appends the render of in to dst without the template engine when ct is the
+// Qwen3 template and the chat is plain (see appendQwen3); ok is false otherwise.
+func renderNative(dst []byte, ct *chatTemplate, in ChatInput) ([]byte, bool) {
+	if !ct.qwen3 || !isNull(in.Tools) {
+		return dst, false
+	}
+	thinkingOff, ok := qwen3Vars(in.Extra)
+	if !ok {
+		return dst, false
+	}
+	ms, ok := plainMessages(in.Messages)
+	if !ok {
+		return dst, false
+	}
+	return appendQwen3(dst, ms, in.AddGenerationPrompt, thinkingOff)
+}
+
+// renderEngine renders in through the template engine.
+func (t *Tokenizer) renderEngine(ct *chatTemplate, in ChatInput) (out string, err error) {
 	ko := keyOrder{}
 	msgs, err := decodeOrdered(in.Messages, ko)
 	if err != nil {

@@ -70,6 +70,11 @@ func TestQwen3NativeMatchesTemplate(t *testing.T) {
 		if (werr != nil) != (gerr != nil) || got != want {
 			t.Fatalf("case %d %s extra %v:\nnative   %q (%v)\ntemplate %q (%v)", i, raw, in.Extra, got, gerr, want, werr)
 		}
+		// AppendRenderChat appends the same render to what dst holds, and nothing on error.
+		b, aerr := tok.AppendRenderChat([]byte("kept:"), in)
+		if (aerr != nil) != (werr != nil) || aerr == nil && string(b) != "kept:"+want || aerr != nil && string(b) != "kept:" {
+			t.Fatalf("case %d %s: AppendRenderChat gave %q (%v), want %q after the prefix", i, raw, b, aerr, want)
+		}
 		if nativePath(in) {
 			native++
 		}
@@ -89,7 +94,7 @@ func nativePath(in ChatInput) bool {
 	if !ok {
 		return false
 	}
-	_, ok = renderQwen3(ms, in.AddGenerationPrompt, off)
+	_, ok = appendQwen3(nil, ms, in.AddGenerationPrompt, off)
 	return ok
 }
 

@@ -45,18 +45,17 @@ func (t *Tokenizer) applyConfig(data []byte) error {
 		if _, ok := t.added.byContent[a.Content]; ok {
 			continue
 		}
-		if id > uint64(2*len(t.idToTok)+1024) {
+		if id > uint64(2*t.names.len()+1024) {
 			return fmt.Errorf("tokenizer: tokenizer_config.json added token id %d is too large", id)
 		}
 		a.ID = uint32(id)
-		for a.ID >= uint32(len(t.idToTok)) {
-			t.idToTok = append(t.idToTok, "")
+		for a.ID >= uint32(len(t.special)) {
 			t.special = append(t.special, false)
 		}
 		if a.ID > t.maxID {
 			t.maxID = a.ID
 		}
-		t.idToTok[a.ID] = a.Content
+		t.names.set([]uint32{a.ID}, []string{a.Content})
 		t.special[a.ID] = true
 		t.added.add(a, t.norm)
 		grew = true

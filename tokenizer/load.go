@@ -26,16 +26,16 @@ type addedTokenJSON struct {
 }
 
 type modelJSON struct {
-	Type                    string            `json:"type"`
-	Dropout                 *float64          `json:"dropout"`
-	UnkToken                *string           `json:"unk_token"`
-	ContinuingSubwordPrefix *string           `json:"continuing_subword_prefix"`
-	EndOfWordSuffix         *string           `json:"end_of_word_suffix"`
-	FuseUnk                 bool              `json:"fuse_unk"`
-	ByteFallback            bool              `json:"byte_fallback"`
-	IgnoreMerges            bool              `json:"ignore_merges"`
-	Vocab                   map[string]uint32 `json:"-"` // parsed by parseVocab
-	Merges                  []byte            `json:"-"` // parsed by parseMergesInto
+	Type                    string      `json:"type"`
+	Dropout                 *float64    `json:"dropout"`
+	UnkToken                *string     `json:"unk_token"`
+	ContinuingSubwordPrefix *string     `json:"continuing_subword_prefix"`
+	EndOfWordSuffix         *string     `json:"end_of_word_suffix"`
+	FuseUnk                 bool        `json:"fuse_unk"`
+	ByteFallback            bool        `json:"byte_fallback"`
+	IgnoreMerges            bool        `json:"ignore_merges"`
+	Vocab                   *vocabTable `json:"-"` // parsed by parseVocabFrom
+	Merges                  []byte      `json:"-"` // parsed by parseMergesInto
 	hasMerges               bool
 }
 
@@ -150,26 +150,21 @@ func build(data []byte) (*Tokenizer, error) {
 	if m.EndOfWordSuffix != nil && *m.EndOfWordSuffix != "" {
 		return nil, fmt.Errorf("tokenizer: BPE end_of_word_suffix %q is not supported", *m.EndOfWordSuffix)
 	}
-	if len(m.Vocab) == 0 {
+	if m.Vocab.len() == 0 {
 		return nil, fmt.Errorf("tokenizer: BPE model has an empty vocab")
 	}
 	t := &Tokenizer{vocab: m.Vocab, cache: newWordCache(1 << 16), segs: newSegmentCache(segCacheBytes)}
-	for _, id := range m.Vocab {
-		t.maxID = max(t.maxID, id)
-	}
+	m.Vocab.each(func(_ tokSpan, id uint32) { t.maxID = max(t.maxID, id) })
 	for _, a := range f.AddedTokens {
 		if a.ID > t.maxID {
 			t.maxID = a.ID
 		}
 	}
-	if limit := 2*(len(m.Vocab)+len(f.AddedTokens)) + 1024; int(t.maxID) > limit {
-		return nil, fmt.Errorf("tokenizer: token id %d is too large for %d tokens", t.maxID, len(m.Vocab)+len(f.AddedTokens))
+	if limit := 2*(m.Vocab.len()+len(f.AddedTokens)) + 1024; int(t.maxID) > limit {
+		return nil, fmt.Errorf("tokenizer: token id %d is too large for %d tokens", t.maxID, m.Vocab.len()+len(f.AddedTokens))
 	}
-	t.idToTok = make([]string, t.maxID+1)
+	t.names = newTokenNames(m.Vocab, t.maxID)
 	t.special = make([]bool, t.maxID+1)
-	for tok, id := range m.Vocab {
-		t.idToTok[id] = tok
-	}
 	if t.norm, err = parseNormalizer(f.Normalizer); err != nil {
 		return nil, err
 	}
@@ -184,14 +179,17 @@ func build(data []byte) (*Tokenizer, error) {
 		return nil, err
 	}
 	t.added = newAddedVocab()
+	var ids []uint32
+	var contents []string
 	for _, a := range f.AddedTokens {
 		if a.Content == "" {
 			continue
 		}
-		t.idToTok[a.ID] = a.Content
+		ids, contents = append(ids, a.ID), append(contents, a.Content)
 		t.special[a.ID] = true
 		t.added.add(a, t.norm)
 	}
+	t.names.set(ids, contents)
 	t.added.finish()
 	return t, nil
 }

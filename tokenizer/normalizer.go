@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
 )
@@ -81,10 +82,53 @@ func parseNormalizer(raw json.RawMessage) (normalizer, error) {
 type unicodeNorm struct{ f norm.Form }
 
 func (u unicodeNorm) normalize(s string) string {
-	if u.f.IsNormalString(s) {
+	if u.isNormal(s) {
 		return s
 	}
 	return u.f.String(s)
+}
+
+// isNormal is u.f.IsNormalString(s), with ASCII skipped 8 bytes at a time: ASCII text is in
+// every normal form, and an ASCII character never composes with the character before it, so
+// s is normal exactly when each run of non-ASCII bytes is, together with the ASCII character
+// before it (a combining mark may attach to that one: "e" U+0301 is not NFC).
+func (u unicodeNorm) isNormal(s string) bool {
+	for i := 0; ; {
+		i = skipASCII(s, i)
+		if i == len(s) {
+			return true
+		}
+		j := i + 1
+		for j < len(s) && s[j] >= utf8.RuneSelf {
+			j++
+		}
+		run := s[max(i-1, 0):j]
+		if !utf8.ValidString(run) { // the split holds for valid UTF-8 (the tokenizer's input)
+			return u.f.IsNormalString(s)
+		}
+		if !u.f.IsNormalString(run) {
+			return false
+		}
+		i = j
+	}
+}
+
+// skipASCII returns the index of the first byte of s at or after i that is not ASCII, or
+// len(s).
+func skipASCII(s string, i int) int {
+	for ; i+8 <= len(s); i += 8 {
+		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if w&0x8080808080808080 != 0 {
+			break
+		}
+	}
+	for ; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return i
+		}
+	}
+	return i
 }
 
 type lowercaseNorm struct{}

@@ -207,12 +207,8 @@ func (s *jsonScanner) uint() (uint64, error) {
 
 // parseVocabFrom reads the vocab object {"token": id, ...} at s. All keys share one backing
 // string, which saves an allocation per token.
-func parseVocabFrom(s *jsonScanner) (map[string]uint32, error) {
-	type entry struct {
-		off, n int
-		id     uint32
-	}
-	var entries []entry
+func parseVocabFrom(s *jsonScanner) (*vocabTable, error) {
+	var entries []vocabEntry
 	var arena []byte
 	err := s.object(func(k []byte) error {
 		id, err := s.uint()
@@ -221,21 +217,16 @@ func parseVocabFrom(s *jsonScanner) (map[string]uint32, error) {
 		}
 		if entries == nil { // size guess from the bytes left (vocab and merges dominate the file)
 			rest := len(s.data) - s.pos
-			entries, arena = make([]entry, 0, rest/64+16), make([]byte, 0, rest/8+64)
+			entries, arena = make([]vocabEntry, 0, rest/64+16), make([]byte, 0, rest/8+64)
 		}
-		entries = append(entries, entry{off: len(arena), n: len(k), id: uint32(id)})
+		entries = append(entries, vocabEntry{off: len(arena), n: len(k), id: uint32(id)})
 		arena = append(arena, k...)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	keys := string(arena)
-	vocab := make(map[string]uint32, len(entries))
-	for _, e := range entries {
-		vocab[keys[e.off:e.off+e.n]] = e.id
-	}
-	return vocab, nil
+	return newVocabTable(string(arena), entries), nil
 }
 
 // parseMergesInto reads merges in either form, ["a b", ...] or [["a", "b"], ...], and calls

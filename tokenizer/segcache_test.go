@@ -114,11 +114,65 @@ func TestSegmentCacheHitsEarlierTurns(t *testing.T) {
 	turn1 := "<|im_start|>user\n" + long + "<|im_end|>\n<|im_start|>assistant\n"
 	tok.Encode(turn1)
 	seg := "\n" + long
-	if _, ok := tok.segs.get(tok.segs.hash(seg, false)); !ok {
+	if _, ok := tok.segs.appendTo(nil, tok.segs.hash(seg, false)); !ok {
 		// The template's segment is "user\n"+long: find what was stored.
 		seg = "user\n" + long
-		if _, ok := tok.segs.get(tok.segs.hash(seg, false)); !ok {
+		if _, ok := tok.segs.appendTo(nil, tok.segs.hash(seg, false)); !ok {
 			t.Fatal("the user message's segment was not cached")
 		}
+	}
+}
+
+// TestSegmentCacheAnswers drives a small cache with random puts and gets: a hit is what was
+// last put under its key (after the shard slid its ids down over evicted ones), a key just
+// put is found, the shards stay within budget (garbage ids included), and the most recently
+// used entry survives the eviction a put causes.
+func TestSegmentCacheAnswers(t *testing.T) {
+	c := newSegmentCache(16 * 4096)
+	rng := rand.New(rand.NewPCG(18, 6))
+	want := map[segKey][]uint32{}
+	get := func(k segKey) ([]uint32, bool) {
+		got, ok := c.appendTo([]uint32{7}, k) // appended after what dst holds
+		if ok && got[0] != 7 {
+			t.Fatalf("appendTo overwrote dst")
+		}
+		return got[1:], ok
+	}
+	hits := 0
+	for i := range 30000 {
+		k := segKey{uint64(rng.IntN(400)), 7}
+		if ids, ok := get(k); ok {
+			hits++
+			if !slices.Equal(ids, want[k]) {
+				t.Fatalf("get %v = %v, last put %v", k, ids, want[k])
+			}
+			// k is now the most recently used of its shard: one put more keeps it.
+			k2 := segKey{uint64(400 + rng.IntN(400)), 7}
+			k2.a = k2.a - k2.a%segShards + k.a%segShards // the same shard
+			ids2 := make([]uint32, 1+rng.IntN(60))
+			c.put(k2, ids2)
+			want[k2] = ids2
+			if _, ok := get(k); !ok {
+				t.Fatalf("the most recently used entry %v was evicted by one put", k)
+			}
+			continue
+		}
+		ids := make([]uint32, 1+rng.IntN(120))
+		for j := range ids {
+			ids[j] = uint32(i*1000 + j)
+		}
+		c.put(k, ids)
+		want[k] = ids
+		if got, ok := get(k); !ok || !slices.Equal(got, ids) {
+			t.Fatalf("get %v right after put = %v %v", k, got, ok)
+		}
+		for s := range c.shards {
+			if sh := &c.shards[s]; sh.bytes > c.perShard || sh.bytes != 4*len(sh.ids)+segEntryOverhead*len(sh.m) {
+				t.Fatalf("shard %d: %d bytes accounted, %d ids and %d entries held, budget %d", s, sh.bytes, len(sh.ids), len(sh.m), c.perShard)
+			}
+		}
+	}
+	if hits < 1000 {
+		t.Fatalf("only %d hits", hits)
 	}
 }

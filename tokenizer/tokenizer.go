@@ -19,9 +19,9 @@ import (
 // concurrency-safe caches: BPE results per pre-tokenized word, and ids per stretch of text
 // between added tokens (so a chat turn costs its new text).
 type Tokenizer struct {
-	vocab   map[string]uint32 // model vocabulary, token -> id
-	idToTok []string          // id -> token text (model vocab and added tokens); "" where unused
-	special []bool            // id -> is an added token
+	vocab   *vocabTable // model vocabulary, token -> id
+	names   tokenNames  // id -> token text (model vocab and added tokens); "" where unused
+	special []bool      // id -> is an added token
 
 	norm     normalizer   // nil: none
 	pre      preTokenizer // nil: the whole segment is one word
@@ -110,10 +110,8 @@ func (t *Tokenizer) VocabSize() int { return int(t.maxID) + 1 }
 // IDToken returns the token text of id (byte-level characters as stored in tokenizer.json) and
 // whether id exists.
 func (t *Tokenizer) IDToken(id uint32) (string, bool) {
-	if int(id) >= len(t.idToTok) || t.idToTok[id] == "" {
-		return "", false
-	}
-	return t.idToTok[id], true
+	s := t.names.get(id)
+	return s, s != ""
 }
 
 // IsAdded reports whether id is an added token (special tokens such as <|im_end|> and the
@@ -131,8 +129,7 @@ func (t *Tokenizer) TokenID(tok string) (uint32, bool) {
 	if id, ok := t.added.byContent[tok]; ok {
 		return id, true
 	}
-	id, ok := t.vocab[tok]
-	return id, ok
+	return t.vocab.get(tok)
 }
 
 // Encode returns the ids of text without adding special tokens; added and special tokens
@@ -173,8 +170,8 @@ func (t *Tokenizer) appendEncode(dst []uint32, text string, segs *segmentCache) 
 			return
 		}
 		k := segs.hash(seg, first)
-		if ids, ok := segs.get(k); ok {
-			dst = append(dst, ids...)
+		if d, ok := segs.appendTo(dst, k); ok {
+			dst = d
 			return
 		}
 		start := len(dst)
@@ -234,8 +231,8 @@ func sanitizeUTF8(s string) string {
 func (t *Tokenizer) Decode(ids []uint32) string {
 	toks := make([]string, 0, len(ids))
 	for _, id := range ids {
-		if int(id) < len(t.idToTok) && t.idToTok[id] != "" {
-			toks = append(toks, t.idToTok[id])
+		if s := t.names.get(id); s != "" {
+			toks = append(toks, s)
 		}
 	}
 	return t.decodeTokens(toks)
