@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/kvgate/kvgate/kubetest"
+	"github.com/kvgate/kvgate/kubetest/apiserver"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
@@ -47,13 +48,14 @@ var llmdTable = map[string]llmdOutcome{
 // docs/CONFORMANCE.md: what passes there passes, what fails there fails for the reason
 // given.
 func TestConformanceLLMD(t *testing.T) {
+	kube := apiserver.Start(t)
 	for _, profile := range []string{llmdApprox, llmdPrecise} {
 		t.Run(profile, func(t *testing.T) {
-			f := startLLMDFleet(t, 2, "--speed", "50")
+			f := startLLMDFleet(t, kube, 2, "--speed", "50")
 			// A third Pod of the pool, not ready (nothing listens there either).
 			downIP := fmt.Sprintf("127.0.0.%d", len(f.sims)+2)
 			down := fmt.Sprintf("%s:%d", downIP, f.port)
-			f.kube.SetPod(kubetest.Pod{Namespace: llmdNamespace, Name: "sim-down", IP: downIP, NotReady: true, Labels: map[string]string{"app": "kvgate-sim"}})
+			f.kube.SetPod(t, kubetest.Pod{Namespace: f.namespace, Name: "sim-down", IP: downIP, NotReady: true, Labels: map[string]string{"app": "kvgate-sim"}})
 			e := startLLMDEPP(t, f, profile)
 			if profile == llmdPrecise {
 				// The precise scorer's index must hear each sim's events before the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,47 +14,41 @@ import (
 
 	"github.com/kvgate/kvgate/extproc/extproctest"
 	"github.com/kvgate/kvgate/kubetest"
+	"github.com/kvgate/kvgate/kubetest/apiserver"
 	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
-	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
 // TestKubernetesDiscovery runs `kvgate router --kubernetes` as a drop-in Endpoint Picker: two
-// `kvgate sim` engines on 127.0.0.2 and 127.0.0.3 are the Pods of an InferencePool in a
-// kubetest API server (over mTLS), and the router follows them with informers.
+// `kvgate sim` engines on 127.0.0.2 and 127.0.0.3 are the Pods of an InferencePool in a real
+// kube-apiserver (kubetest/apiserver), and the router follows them with informers, as the
+// service account of deploy/kubernetes/epp with a token the API server issued.
 //
-//  1. While the API refuses the Pods (RBAC), the router is live but not ready; once allowed,
-//     its informers sync and readiness turns SERVING.
+//  1. While RBAC refuses the account (no Role bound), the router is live but not ready; once
+//     deploy/kubernetes/epp/rbac.yaml is applied, its informers sync and readiness turns
+//     SERVING.
 //  2. Both Pods take traffic, and a repeated prompt hits the cache that the KV events (found
 //     through --kv-events-port on each Pod IP) told the router about.
 //  3. A Pod that goes unready stops taking traffic; a Pod deleted likewise.
 //  4. A selector change moves the pool to other Pods.
 func TestKubernetesDiscovery(t *testing.T) {
 	f := startPoolSims(t, 2, false)
-	ca := tlsconfigtest.New(t)
-	kube := kubetest.New()
+	kube := apiserver.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	if err := kube.Start(ctx, ca.Server); err != nil {
-		t.Fatal(err)
-	}
-	kc, err := kube.WriteKubeconfig(t.TempDir(), ca.Client)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const ns, pool = "llm", "qwen"
+	kc := kube.Kubeconfig(t, kube.ServiceAccountToken(t, ns, "kvgate-epp"))
 	hostOf := func(s simProc) string { h, _, _ := strings.Cut(s.addr, ":"); return h }
 	pods := map[string]kubetest.Pod{}
 	for i, s := range f.sims {
 		p := kubetest.Pod{Namespace: ns, Name: fmt.Sprintf("sim-%d", i), IP: hostOf(s),
 			Labels: map[string]string{"app": "engine", "shard": fmt.Sprint(i)}}
 		pods[p.Name] = p
-		kube.SetPod(p)
+		kube.SetPod(t, p)
 	}
-	kube.SetInferencePool(kubetest.InferencePool{Namespace: ns, Name: pool, Selector: map[string]string{"app": "engine"},
+	kube.SetInferencePool(t, kubetest.InferencePool{Namespace: ns, Name: pool, Selector: map[string]string{"app": "engine"},
 		TargetPorts: []int{f.port}, EPPName: "kvgate", EPPPort: 9002})
-	kube.Forbid("pods")
 
 	_, kvPort, _ := strings.Cut(strings.TrimPrefix(f.sims[0].kv, "tcp://"), ":")
 	grpcAddr := fmt.Sprintf("127.0.0.1:%d", porttest.Free(t))
@@ -76,14 +71,17 @@ func TestKubernetesDiscovery(t *testing.T) {
 		}
 		return r.GetStatus()
 	}
-	waitUntil(t, "the router to log the RBAC refusal", func() bool { return strings.Contains(rt.output(), "forbidden by RBAC") })
+	for _, r := range []string{"pods", "inferencepools.inference.networking.k8s.io"} {
+		want := "forbidden by RBAC: the router's service account needs get, list and watch on " + r + " in namespace " + ns
+		waitUntil(t, "the router to log the RBAC refusal of "+r, func() bool { return strings.Contains(rt.output(), want) })
+	}
 	if got := health("readiness"); got != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("readiness before the informers synced: %v, want NOT_SERVING", got)
 	}
 	if got := health("liveness"); got != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("liveness: %v, want SERVING", got)
 	}
-	kube.Allow("pods")
+	kube.Apply(t, ns, filepath.Join("..", "deploy", "kubernetes", "epp", "rbac.yaml"))
 	waitUntil(t, "readiness once the informers synced", func() bool {
 		return health("readiness") == healthpb.HealthCheckResponse_SERVING &&
 			health("envoy.service.ext_proc.v3.ExternalProcessor") == healthpb.HealthCheckResponse_SERVING
@@ -133,19 +131,21 @@ func TestKubernetesDiscovery(t *testing.T) {
 	// 3. An unready Pod leaves the rotation; a deleted one too.
 	unready := pods["sim-0"]
 	unready.NotReady = true
-	kube.SetPod(unready)
+	kube.SetPod(t, unready)
 	waitUntil(t, "the router to drop the unready Pod", func() bool { return metric(t, base, router.MetricHealthy) == 1 })
 	onlyOn("unready", f.sims[1].addr)
-	kube.SetPod(pods["sim-0"])
+	kube.SetPod(t, pods["sim-0"])
 	waitUntil(t, "the Pod ready again", func() bool { return metric(t, base, router.MetricHealthy) == 2 })
-	kube.DeletePod(ns, "sim-0")
+	if !kube.DeletePod(t, ns, "sim-0") {
+		t.Fatal("sim-0 was not in the API")
+	}
 	waitUntil(t, "the router to drop the deleted Pod", func() bool { return metric(t, base, router.MetricHealthy) == 1 })
 	onlyOn("deleted", f.sims[1].addr)
-	kube.SetPod(pods["sim-0"])
+	kube.SetPod(t, pods["sim-0"])
 	waitUntil(t, "the Pod back", func() bool { return metric(t, base, router.MetricHealthy) == 2 })
 
 	// 4. The pool's selector now picks shard 0 only.
-	kube.SetInferencePool(kubetest.InferencePool{Namespace: ns, Name: pool, Selector: map[string]string{"app": "engine", "shard": "0"},
+	kube.SetInferencePool(t, kubetest.InferencePool{Namespace: ns, Name: pool, Selector: map[string]string{"app": "engine", "shard": "0"},
 		TargetPorts: []int{f.port}, EPPName: "kvgate", EPPPort: 9002})
 	waitUntil(t, "the router to follow the selector", func() bool { return metric(t, base, router.MetricHealthy) == 1 })
 	onlyOn("selector", f.sims[0].addr)

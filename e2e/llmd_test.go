@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,21 +9,23 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/kubetest"
+	"github.com/kvgate/kvgate/kubetest/apiserver"
 	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/porttest"
-	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
 // llm-d's EPP in the test fleet. It discovers engines only through the Kubernetes API (the
 // Pods an InferencePool selects), so the engines are `kvgate sim` processes on distinct
-// loopback addresses (127.0.0.2, 127.0.0.3, ...) sharing one port, each a Pod of a kubetest
-// API server; the pool's target port is that port.
+// loopback addresses (127.0.0.2, 127.0.0.3, ...) sharing one port, each a Pod in a real
+// kube-apiserver (kubetest/apiserver); the pool's target port is that port. One API server
+// serves every fleet of a test, each fleet in a namespace of its own.
 
 // The two llm-d scheduling profiles compared with kvgate's router.
 const (
@@ -39,8 +40,10 @@ const (
 	llmdReadyPods       = "inference_pool_ready_pods"
 	llmdSchedulerTime   = "inference_extension_scheduler_e2e_duration_seconds"
 	llmdPool            = "kvgate"
-	llmdNamespace       = "default"
 )
+
+// llmdNamespaces numbers the fleets' namespaces.
+var llmdNamespaces atomic.Int32
 
 // llmdConfig is the EndpointPickerConfig of a profile. Weights follow llm-d's well-lit paths
 // (prefix 3, KV-cache utilization 2, queue 2).
@@ -93,9 +96,10 @@ type llmdFleet struct {
 	port       int    // every sim's HTTP port (the pool's target port)
 	zmq        string // the EPP's KV-event socket the sims dial (dial mode)
 	kubeconfig string
-	kube       *kubetest.Server // the API server, to add or change Pods
-	socket     string           // the tokenization service's Unix socket
-	tokenizer  *proc            // kvgate tokenserver
+	kube       *apiserver.Server // the API server, to add or change Pods
+	namespace  string            // the pool's and its Pods'
+	socket     string            // the tokenization service's Unix socket
+	tokenizer  *proc             // kvgate tokenserver
 }
 
 // startPoolSims starts n sims on 127.0.0.2, 127.0.0.3, ... sharing one HTTP port. With dial,
@@ -125,29 +129,20 @@ func startPoolSims(t *testing.T, n int, dial bool, extra ...string) *llmdFleet {
 	return f
 }
 
-// startLLMDFleet starts n dialling sims, a kubetest API server holding them as the Pods of
-// one InferencePool, and `kvgate tokenserver`.
-func startLLMDFleet(t *testing.T, n int, extra ...string) *llmdFleet {
+// startLLMDFleet starts n dialling sims, writes them into kube as the Pods of one
+// InferencePool in a fresh namespace, and starts `kvgate tokenserver`.
+func startLLMDFleet(t *testing.T, kube *apiserver.Server, n int, extra ...string) *llmdFleet {
 	t.Helper()
 	f := startPoolSims(t, n, true, extra...)
 	dir := t.TempDir()
 	f.socket = filepath.Join(dir, "tok.sock")
-	kube := kubetest.New()
-	f.kube = kube
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if err := kube.Start(ctx, tlsconfig.Files{}); err != nil {
-		t.Fatal(err)
-	}
-	var err error
-	if f.kubeconfig, err = kube.WriteKubeconfig(dir, tlsconfig.Files{}); err != nil {
-		t.Fatal(err)
-	}
+	f.kube, f.namespace = kube, fmt.Sprintf("llmd-%d", llmdNamespaces.Add(1))
+	f.kubeconfig = kube.Kubeconfig(t, kube.AdminToken)
 	for i, s := range f.sims {
 		host, _, _ := strings.Cut(s.addr, ":")
-		kube.SetPod(kubetest.Pod{Namespace: llmdNamespace, Name: fmt.Sprintf("sim-%d", i), IP: host, Labels: map[string]string{"app": "kvgate-sim"}})
+		kube.SetPod(t, kubetest.Pod{Namespace: f.namespace, Name: fmt.Sprintf("sim-%d", i), IP: host, Labels: map[string]string{"app": "kvgate-sim"}})
 	}
-	kube.SetInferencePool(kubetest.InferencePool{Namespace: llmdNamespace, Name: llmdPool, Selector: map[string]string{"app": "kvgate-sim"},
+	kube.SetInferencePool(t, kubetest.InferencePool{Namespace: f.namespace, Name: llmdPool, Selector: map[string]string{"app": "kvgate-sim"},
 		TargetPorts: []int{f.port}, EPPName: "llm-d-epp", EPPPort: 9002})
 	f.tokenizer = startProc(t, kvgateBin, "tokenserver", "--listen", "unix://"+f.socket)
 	waitUntil(t, "the tokenization socket", func() bool {
@@ -181,7 +176,7 @@ func startLLMDEPP(t *testing.T, f *llmdFleet, profile string) llmdEPP {
 	grpcPort, healthPort, metricsPort := porttest.FreeEverywhere(t), porttest.FreeEverywhere(t), porttest.FreeEverywhere(t)
 	e := llmdEPP{grpc: fmt.Sprintf("127.0.0.1:%d", grpcPort), health: fmt.Sprintf("127.0.0.1:%d", healthPort), metrics: fmt.Sprintf("http://127.0.0.1:%d", metricsPort)}
 	e.p = startProcEnv(t, []string{"KUBECONFIG=" + f.kubeconfig}, bin,
-		"--pool-name", llmdPool, "--pool-namespace", llmdNamespace, "--config-file", cfg,
+		"--pool-name", llmdPool, "--pool-namespace", f.namespace, "--config-file", cfg,
 		"--grpc-port", fmt.Sprint(grpcPort), "--grpc-health-port", fmt.Sprint(healthPort), "--metrics-port", fmt.Sprint(metricsPort),
 		"--secure-serving=false", "--metrics-endpoint-auth=false", "--tracing=false", "--enable-pprof=false")
 	waitHTTP(t, e.p, e.metrics+"/metrics", 60*time.Second)
@@ -221,15 +216,16 @@ func startEPPGateway(t *testing.T, epp string, sims []simProc, extra ...string) 
 }
 
 // TestLLMDEPP routes through llm-d's Endpoint Picker, unmodified, with kvgate's own data
-// plane (`kvgate gateway --epp`) over kvgate sims it finds through the kubetest API: with its
+// plane (`kvgate gateway --epp`) over kvgate sims it finds through a real kube-apiserver: with its
 // approximate profile, and with its precise profile fed by the sims' KV events (array batches
 // with the data-parallel rank) and by `kvgate tokenserver` for token ids. A long prompt
 // repeated goes back to the engine that holds it and reuses its cache; with the precise
 // profile only after the EPP's own index took the blocks in from the events.
 func TestLLMDEPP(t *testing.T) {
+	kube := apiserver.Start(t)
 	for _, profile := range []string{llmdApprox, llmdPrecise} {
 		t.Run(profile, func(t *testing.T) {
-			f := startLLMDFleet(t, 3, "--speed", "50")
+			f := startLLMDFleet(t, kube, 3, "--speed", "50")
 			e := startLLMDEPP(t, f, profile)
 			base := startEPPGateway(t, e.grpc, f.sims)
 			if profile == llmdPrecise {

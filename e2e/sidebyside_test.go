@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvgate/kvgate/kubetest/apiserver"
 	"github.com/kvgate/kvgate/router"
 )
 
@@ -121,6 +122,7 @@ func TestSideBySide(t *testing.T) {
 			"--syn-output-tokens", "8", "--syn-rate", "4", "--syn-think-time", "100ms"}}}
 	}
 	var results []sideResult
+	kube := apiserver.Start(t) // llm-d's EPP finds the sims through it; kvgate router is given them
 	for _, w := range workloads {
 		for _, picker := range []string{"kvgate router", "llm-d " + llmdApprox, "llm-d " + llmdPrecise} {
 			t.Run(w.name+"/"+picker, func(t *testing.T) {
@@ -135,7 +137,7 @@ func TestSideBySide(t *testing.T) {
 					run(t, &r, w, f, eppAddr, pid, idle, helper)
 				} else {
 					profile := strings.TrimPrefix(picker, "llm-d ")
-					f := startLLMDFleet(t, n)
+					f := startLLMDFleet(t, kube, n)
 					e := startLLMDEPP(t, f, profile)
 					if profile == llmdPrecise {
 						helper = f.tokenizer
