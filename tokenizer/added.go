@@ -104,31 +104,9 @@ func (ts *tokenSet) find(s string, fn func(seg string, id uint32, isToken bool, 
 			continue
 		}
 		for _, c := range cands {
-			if !strings.HasPrefix(s[i:], c.content) {
+			start, end, ok := c.matchAt(s, segStart, i)
+			if !ok {
 				continue
-			}
-			end := i + len(c.content)
-			if c.singleWord && !(wordBoundaryBefore(s, i) && wordBoundaryAfter(s, end)) {
-				continue
-			}
-			start := i
-			if c.lstrip {
-				for start > segStart {
-					r, n := utf8.DecodeLastRuneInString(s[segStart:start])
-					if !unicode.IsSpace(r) {
-						break
-					}
-					start -= n
-				}
-			}
-			if c.rstrip {
-				for end < len(s) {
-					r, n := utf8.DecodeRuneInString(s[end:])
-					if !unicode.IsSpace(r) {
-						break
-					}
-					end += n
-				}
 			}
 			if start > segStart {
 				fn(s[segStart:start], 0, false, segStart)
@@ -142,6 +120,39 @@ func (ts *tokenSet) find(s string, fn func(seg string, id uint32, isToken bool, 
 	if segStart < len(s) {
 		fn(s[segStart:], 0, false, segStart)
 	}
+}
+
+// matchAt reports whether the token matches s at i, and the span it takes: its own bytes
+// plus the spaces it strips on either side (not reaching back past segStart, where the
+// current stretch of text began).
+func (c *addedToken) matchAt(s string, segStart, i int) (start, end int, ok bool) {
+	if !strings.HasPrefix(s[i:], c.content) {
+		return 0, 0, false
+	}
+	end = i + len(c.content)
+	if c.singleWord && !(wordBoundaryBefore(s, i) && wordBoundaryAfter(s, end)) {
+		return 0, 0, false
+	}
+	start = i
+	if c.lstrip {
+		for start > segStart {
+			r, n := utf8.DecodeLastRuneInString(s[segStart:start])
+			if !unicode.IsSpace(r) {
+				break
+			}
+			start -= n
+		}
+	}
+	if c.rstrip {
+		for end < len(s) {
+			r, n := utf8.DecodeRuneInString(s[end:])
+			if !unicode.IsSpace(r) {
+				break
+			}
+			end += n
+		}
+	}
+	return start, end, true
 }
 
 func isWordRune(r rune) bool { return r == '_' || unicode.IsLetter(r) || unicode.IsNumber(r) }

@@ -5,8 +5,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"unicode"
-	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
 )
@@ -20,7 +18,7 @@ type findStep struct {
 }
 
 // naiveFind is tokenSet.find as it was before the IndexByte jump: every byte of s is tried as
-// the start of a token. It is the reference model of TestTokenSetFindMatchesNaive.
+// the start of a token (with the same per-token match, addedToken.matchAt). It is the reference model of TestTokenSetFindMatchesNaive.
 func naiveFind(ts *tokenSet, s string) []findStep {
 	var out []findStep
 	if !ts.any {
@@ -29,31 +27,9 @@ func naiveFind(ts *tokenSet, s string) []findStep {
 	segStart := 0
 	for i := 0; i < len(s); i++ {
 		for _, c := range ts.byFirst[s[i]] {
-			if !strings.HasPrefix(s[i:], c.content) {
+			start, end, ok := c.matchAt(s, segStart, i)
+			if !ok {
 				continue
-			}
-			end := i + len(c.content)
-			if c.singleWord && !(wordBoundaryBefore(s, i) && wordBoundaryAfter(s, end)) {
-				continue
-			}
-			start := i
-			if c.lstrip {
-				for start > segStart {
-					r, n := utf8.DecodeLastRuneInString(s[segStart:start])
-					if !unicode.IsSpace(r) {
-						break
-					}
-					start -= n
-				}
-			}
-			if c.rstrip {
-				for end < len(s) {
-					r, n := utf8.DecodeRuneInString(s[end:])
-					if !unicode.IsSpace(r) {
-						break
-					}
-					end += n
-				}
 			}
 			if start > segStart {
 				out = append(out, findStep{s[segStart:start], 0, false, segStart})
