@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/openai/openai-go/v3/option"
 
+	"github.com/kvgate/kvgate/peertest"
 	"github.com/kvgate/kvgate/porttest"
 )
 
@@ -19,14 +17,11 @@ import (
 // directory, keyed by version), building it the first time on a machine.
 func peer(t *testing.T, name string) string {
 	t.Helper()
-	cmd := exec.Command("bash", "scripts/peers.sh", name)
-	cmd.Dir = ".."
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
+	p, err := peertest.Paths(name)
 	if err != nil {
-		t.Fatalf("scripts/peers.sh %s: %v", name, err)
+		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(out))
+	return p[0]
 }
 
 // TestForeignEngine routes to llm-d-inference-sim, a vLLM simulator written elsewhere, with

@@ -2,9 +2,7 @@
 package consultest
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/kvgate/kvgate/peertest"
 	"github.com/kvgate/kvgate/porttest"
 )
 
@@ -39,54 +38,14 @@ type Agent struct {
 
 type ports struct{ http, serfLAN, serfWAN, server int }
 
-var buildOnce sync.Mutex
-
 // Binary returns the path of the consul binary that scripts/peers.sh builds from a pinned
-// version into the user's cache directory ($KVGATE_PEERS to override), building it the first
-// time on a machine (minutes, once).
+// version into the user's cache directory, building it the first time on a machine.
 func Binary() (string, error) {
-	root, err := repoRoot()
+	p, err := peertest.Paths("consul")
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("consultest: %w", err)
 	}
-	buildOnce.Lock()
-	defer buildOnce.Unlock()
-	cmd := exec.Command("bash", "scripts/peers.sh", "consul")
-	cmd.Dir = root
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("consultest: scripts/peers.sh consul: %v\n%s", err, stderr.Bytes())
-	}
-	bin := strings.TrimSpace(string(out))
-	if !isExec(bin) {
-		return "", fmt.Errorf("consultest: scripts/peers.sh printed %q, not an executable", bin)
-	}
-	return bin, nil
-}
-
-func isExec(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
-			bytes.Contains(b, []byte("module github.com/kvgate/kvgate\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("consultest: repository root (go.mod of github.com/kvgate/kvgate) not found above the working directory")
-		}
-		dir = parent
-	}
+	return p[0], nil
 }
 
 // Start runs a dev agent and waits until it has a leader and its own node is in the catalog.

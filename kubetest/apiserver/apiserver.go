@@ -4,7 +4,6 @@
 package apiserver
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -14,16 +13,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,7 +27,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
+	"github.com/kvgate/kvgate/peertest"
 	"github.com/kvgate/kvgate/polltest"
+	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
 )
 
@@ -55,69 +53,15 @@ type Server struct {
 // StartTimeout bounds each process's start: etcd's health, then the API server's /readyz.
 const StartTimeout = 90 * time.Second
 
-var buildMu sync.Mutex
-
 // Binaries returns the paths of etcd and kube-apiserver that scripts/peers.sh builds from
-// pinned versions into the user's cache directory ($KVGATE_PEERS to override), building them
-// the first time on a machine (kube-apiserver: about half an hour of CPU, once).
+// pinned versions into the user's cache directory, building them the first time on a machine
+// (kube-apiserver: about half an hour of CPU, once).
 func Binaries() (etcd, apiserver string, err error) {
-	root, err := repoRoot()
+	p, err := peertest.Paths("etcd", "kube-apiserver")
 	if err != nil {
-		return "", "", err
+		return "", "", fmt.Errorf("apiserver: %w", err)
 	}
-	buildMu.Lock()
-	defer buildMu.Unlock()
-	cmd := exec.Command("bash", "scripts/peers.sh", "etcd", "kube-apiserver")
-	cmd.Dir = root
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", "", fmt.Errorf("apiserver: scripts/peers.sh etcd kube-apiserver: %v\n%s", err, stderr.Bytes())
-	}
-	lines := strings.Fields(string(out))
-	if len(lines) != 2 || !isExec(lines[0]) || !isExec(lines[1]) {
-		return "", "", fmt.Errorf("apiserver: scripts/peers.sh printed %q, not two executables", out)
-	}
-	return lines[0], lines[1], nil
-}
-
-func isExec(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
-			bytes.Contains(b, []byte("module github.com/kvgate/kvgate\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("apiserver: repository root (go.mod of github.com/kvgate/kvgate) not found above the working directory")
-		}
-		dir = parent
-	}
-}
-
-// freePorts returns n distinct free loopback TCP ports, each held until all are chosen.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("apiserver: %v", err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
+	return p[0], p[1], nil
 }
 
 // process is a started peer whose output goes to a log file.
@@ -205,7 +149,7 @@ func Start(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	ports := freePorts(t, 3)
+	ports := []int{porttest.Free(t), porttest.Free(t), porttest.Free(t)}
 	client, peer, secure := ports[0], ports[1], ports[2]
 	clientURL := "http://127.0.0.1:" + strconv.Itoa(client)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(peer)
