@@ -212,6 +212,8 @@ func pullHashes(ctx context.Context, addr string, tc *tls.Config, blockSize int,
 		return 0, 0, p2pErr(p2pProtocol, err)
 	}
 	switch {
+	case rep.Error == errTLSRequired:
+		return 0, 0, p2pErr(p2pTLS, errors.New(rep.Error))
 	case rep.Error != "":
 		return 0, 0, p2pErr(p2pRefused, errors.New(rep.Error))
 	case rep.Blocks == 0:

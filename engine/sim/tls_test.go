@@ -180,14 +180,15 @@ func TestPrefillDecodeTransferTLS(t *testing.T) {
 
 // TestP2PPullTLS: a peer pull between two mTLS sims, named by llm-d's header (the source's
 // transfer address asked for over HTTPS) or by remote_kv_source, gets the prefix. A puller
-// that does not trust the source's certificate recomputes and counts reason "tls".
+// that does not trust the source's certificate, or one side in plaintext, recomputes and
+// counts the failure: reason "tls" on the pull; a plaintext/TLS mismatch on the header's
+// lookup (HTTP against HTTPS) is a "resolve" failure.
 func TestP2PPullTLS(t *testing.T) {
 	pki := tlsconfigtest.New(t)
 	stranger := tlsconfigtest.New(t)
 	srv := serverTLS(t, pki.Server)
 	a := testServer(t, ServerConfig{TLS: srv})
 	b := testServer(t, ServerConfig{TLS: srv, PeerTLS: clientTLS(t, pki.Client)})
-	x := testServer(t, ServerConfig{TLS: srv, PeerTLS: clientTLS(t, stranger.Client)})
 	c := tlsClient(t, clientTLS(t, pki.Client))
 	prompt := func(i int) map[string]any {
 		return map[string]any{"prompt": longText(500+i, 150), "max_tokens": 2, "ignore_eos": true}
@@ -200,9 +201,12 @@ func TestP2PPullTLS(t *testing.T) {
 	if got := cachedTokens(t, c, b, h, prompt(0)); got != full*16 {
 		t.Fatalf("header pull over TLS: %d cached tokens, want %d", got, full*16)
 	}
-	viaBody := prompt(1)
-	viaBody["kv_transfer_params"] = map[string]any{"remote_kv_source": map[string]any{"remote_host": "127.0.0.1", "remote_port": a.TransferPort()}}
-	if got := cachedTokens(t, c, b, http.Header{}, viaBody); got == 0 {
+	viaBody := func(i int, src *Server) map[string]any {
+		p := prompt(i)
+		p["kv_transfer_params"] = map[string]any{"remote_kv_source": map[string]any{"remote_host": "127.0.0.1", "remote_port": src.TransferPort()}}
+		return p
+	}
+	if got := cachedTokens(t, c, b, http.Header{}, viaBody(1, a)); got == 0 {
 		t.Fatal("remote_kv_source pull over TLS: no cached tokens")
 	}
 	for _, reason := range p2pReasons {
@@ -211,13 +215,45 @@ func TestP2PPullTLS(t *testing.T) {
 		}
 	}
 
-	if got := cachedTokens(t, c, x, h, prompt(0)); got != 0 {
-		t.Fatalf("untrusting puller (header): %d cached tokens", got)
+	// A plaintext source holding prompts 0 and 1, for a TLS puller.
+	plain := testServer(t, ServerConfig{})
+	pc := client(t)
+	completion(t, pc, plain, prompt(0))
+	completion(t, pc, plain, prompt(1))
+	ph := http.Header{}
+	ph.Set(HeaderKVCacheSource, plain.Addr())
+
+	cases := []struct {
+		name   string
+		tls    *tls.Config // the puller's server side (nil: plaintext)
+		peer   *tls.Config // the puller's PeerTLS
+		header http.Header // the first pull, by header
+		body   *Server     // the second, by remote_kv_source to this source
+		want   map[string]float64
+	}{
+		{"source not trusted", srv, clientTLS(t, stranger.Client), h, a, map[string]float64{p2pTLS: 2}},
+		{"puller's certificate not trusted", srv, clientTLS(t, pki.Other), h, a, map[string]float64{p2pTLS: 2}},
+		{"plaintext puller, TLS source", nil, nil, h, a, map[string]float64{p2pResolve: 1, p2pTLS: 1}},
+		{"TLS puller, plaintext source", nil, clientTLS(t, pki.Client), ph, plain, map[string]float64{p2pResolve: 1, p2pTLS: 1}},
 	}
-	if got := cachedTokens(t, c, x, http.Header{}, viaBody); got != 0 {
-		t.Fatalf("untrusting puller (remote_kv_source): %d cached tokens", got)
-	}
-	if got := labelled(t, c, x, MetricP2PFailures, "reason", p2pTLS); got != 2 {
-		t.Fatalf("untrusting puller: failures{reason=tls} = %v, want 2", got)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			x := testServer(t, ServerConfig{TLS: tc.tls, PeerTLS: tc.peer})
+			xc := pc
+			if tc.tls != nil {
+				xc = c
+			}
+			if got := cachedTokens(t, xc, x, tc.header, prompt(0)); got != 0 {
+				t.Fatalf("header pull: %d cached tokens", got)
+			}
+			if got := cachedTokens(t, xc, x, http.Header{}, viaBody(1, tc.body)); got != 0 {
+				t.Fatalf("remote_kv_source pull: %d cached tokens", got)
+			}
+			for _, reason := range p2pReasons {
+				if got := labelled(t, xc, x, MetricP2PFailures, "reason", reason); got != tc.want[reason] {
+					t.Errorf("failures{reason=%q} = %v, want %v", reason, got, tc.want[reason])
+				}
+			}
+		})
 	}
 }

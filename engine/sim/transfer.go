@@ -153,6 +153,9 @@ func parsePullRequest(line []byte) (pullRequest, error) {
 	return req, nil
 }
 
+// errTLSRequired is the error a TLS transfer listener answers a plaintext pull with.
+const errTLSRequired = "this transfer listener requires TLS (a plaintext pull was sent)"
+
 type pullReply struct {
 	Blocks     int    `json:"blocks"`
 	BlockBytes int    `json:"block_bytes"`
@@ -184,6 +187,13 @@ func (s *Server) serveOne(ctx context.Context, conn net.Conn) {
 	if tc, ok := conn.(*tls.Conn); ok {
 		if err := tc.HandshakeContext(ctx); err != nil {
 			s.log.Warn("kv transfer: TLS handshake failed", "peer", conn.RemoteAddr().String(), "err", err)
+			// A plaintext puller gets a plaintext answer it can read, as net/http answers
+			// HTTP sent to an HTTPS port.
+			var rh tls.RecordHeaderError
+			if errors.As(err, &rh) && rh.Conn != nil {
+				b, _ := json.Marshal(pullReply{Error: errTLSRequired})
+				_, _ = rh.Conn.Write(append(b, '\n'))
+			}
 			return
 		}
 	}
