@@ -138,6 +138,6 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 	f.Float64Var(&tierGBps[2], "disk-read-gbps", sim.DefaultTierTiming().DiskRead/1e9, "disk read bandwidth in GB/s (onboarding from the disk tier; NVMe Gen4)")
 	f.Float64Var(&tierGBps[3], "disk-write-gbps", sim.DefaultTierTiming().DiskWrite/1e9, "disk write bandwidth in GB/s (asynchronous CPU-tier evictions to disk)")
 	srvTLS.AddServerFlags(f, "", "the OpenAI API and the P/D block-transfer listener")
-	peerTLS.AddClientFlags(f, "peer-", "other engines (P/D block pulls, P2P prefix pulls and their lookup)")
+	peerTLS.AddClientFlags(f, "peer-", "a peer engine") // P/D and P2P pulls, and a P2P lookup
 	return cmd
 }

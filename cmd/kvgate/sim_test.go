@@ -33,9 +33,9 @@ func TestSimListensOnLoopbackByDefault(t *testing.T) {
 	}
 }
 
-// TestSimServesMutualTLS runs `kvgate sim --tls-cert --tls-key --tls-ca`: the OpenAI API
-// answers a chat over HTTPS to a client holding a certificate from the CA, refuses one
-// without, and the command returns cleanly when its context ends.
+// TestSimServesMutualTLS runs `kvgate sim --tls-cert --tls-key --tls-ca --peer-tls-*`: the
+// OpenAI API answers a chat over HTTPS (HTTP/2) to a client holding a certificate from the
+// CA, refuses one without, and the command returns cleanly when its context ends.
 func TestSimServesMutualTLS(t *testing.T) {
 	pki := tlsconfigtest.New(t)
 	port := strconv.Itoa(porttest.Free(t))
@@ -63,7 +63,7 @@ func TestSimServesMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := &http.Transport{TLSClientConfig: ctc}
+	tr := &http.Transport{TLSClientConfig: ctc, ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	good := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	polltest.Until(t, 30*time.Second, "the sim answers /health over HTTPS", func() bool {
@@ -86,8 +86,8 @@ func TestSimServesMutualTLS(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"choices"`) {
-		t.Fatalf("chat over mTLS: %d %s", resp.StatusCode, body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"choices"`) || resp.ProtoMajor != 2 {
+		t.Fatalf("chat over mTLS: %d over %s: %s", resp.StatusCode, resp.Proto, body)
 	}
 	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.Pool, MinVersion: tls.VersionTLS12}}, Timeout: 10 * time.Second}
 	if resp, err := noCert.Post("https://"+addr+"/v1/chat/completions", "application/json", strings.NewReader(chat)); err == nil {
