@@ -12,6 +12,7 @@ import (
 
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/tlsconfig"
 	"github.com/kvgate/kvgate/tokenizer"
 )
 
@@ -34,6 +35,8 @@ func newSimCmd(g *globals) *cobra.Command {
 		speed      float64
 		loras      []string
 		timing     = sim.DefaultTiming()
+		srvTLS     tlsconfig.Files // the OpenAI API and the transfer listener
+		peerTLS    tlsconfig.Files // this engine's pulls from other engines
 	)
 	var tierGBps [4]float64 // host-to-device, device-to-host, disk read, disk write
 	cmd := &cobra.Command{
@@ -46,6 +49,13 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Addr = net.JoinHostPort(host, strconv.Itoa(port))
+			var err error
+			if cfg.TLS, err = srvTLS.Server(); err != nil {
+				return fmt.Errorf("--tls-*: %w", err)
+			}
+			if cfg.PeerTLS, err = peerTLS.Client(); err != nil {
+				return fmt.Errorf("--peer-tls-*: %w", err)
+			}
 			switch hashFormat {
 			case "int":
 				cfg.HashFormat = engine.HashInt
@@ -127,5 +137,7 @@ otherwise (--host 0.0.0.0, --kv-events tcp://*:5557). See docs/SIM.md.`,
 	f.Float64Var(&tierGBps[1], "d2h-gbps", sim.DefaultTierTiming().DeviceToHost/1e9, "device-to-host bandwidth in GB/s (asynchronous offload to the CPU tier)")
 	f.Float64Var(&tierGBps[2], "disk-read-gbps", sim.DefaultTierTiming().DiskRead/1e9, "disk read bandwidth in GB/s (onboarding from the disk tier; NVMe Gen4)")
 	f.Float64Var(&tierGBps[3], "disk-write-gbps", sim.DefaultTierTiming().DiskWrite/1e9, "disk write bandwidth in GB/s (asynchronous CPU-tier evictions to disk)")
+	srvTLS.AddServerFlags(f, "", "the OpenAI API and the P/D block-transfer listener")
+	peerTLS.AddClientFlags(f, "peer-", "a peer engine") // P/D and P2P pulls, and a P2P lookup
 	return cmd
 }

@@ -132,7 +132,7 @@ func FuzzPullReply(f *testing.F) {
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		n, _, err := pullBlocks(ctx, ln.Addr().String(), "r", []int{1, 2})
+		n, _, err := pullBlocks(ctx, ln.Addr().String(), nil, "r", []int{1, 2})
 		if err == nil && n != 2 {
 			t.Fatalf("pulled %d blocks without an error", n)
 		}

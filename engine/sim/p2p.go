@@ -3,6 +3,7 @@ package sim
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -50,9 +51,10 @@ const (
 	p2pRefused   = "refused"    // the source answered with an error
 	p2pMiss      = "miss"       // the source holds none of the blocks
 	p2pProtocol  = "protocol"   // a malformed or cut-short answer
+	p2pTLS       = "tls"        // TLS failed: an untrusted certificate either way, or one side plaintext
 )
 
-var p2pReasons = [...]string{p2pBadSource, p2pResolve, p2pConnect, p2pRefused, p2pMiss, p2pProtocol}
+var p2pReasons = [...]string{p2pBadSource, p2pResolve, p2pConnect, p2pRefused, p2pMiss, p2pProtocol, p2pTLS}
 
 // p2pError is a failed pull and its reason.
 type p2pError struct {
@@ -63,7 +65,13 @@ type p2pError struct {
 func (e *p2pError) Error() string { return e.reason + ": " + e.err.Error() }
 func (e *p2pError) Unwrap() error { return e.err }
 
-func p2pErr(reason string, err error) error { return &p2pError{reason: reason, err: err} }
+// p2pErr is a failed pull for reason, or for p2pTLS when err is a TLS failure.
+func p2pErr(reason string, err error) error {
+	if tlsFailure(err) {
+		reason = p2pTLS
+	}
+	return &p2pError{reason: reason, err: err}
+}
 
 func (s *Server) handleTransferSource(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, transferSource{EngineID: s.cfg.EngineID, RemoteHost: s.cfg.AdvertiseHost,
@@ -95,6 +103,9 @@ func (s *Server) pullSource(ctx context.Context, r *http.Request, g generation) 
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	u := url.URL{Scheme: "http", Host: hp, Path: PathKVTransferSource}
+	if s.cfg.PeerTLS != nil {
+		u.Scheme = "https"
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return "", p2pErr(p2pBadSource, err)
@@ -147,7 +158,7 @@ func (s *Server) pullPrefix(ctx context.Context, r *http.Request, g generation) 
 		return 0 // everything is here already
 	}
 	start := time.Now()
-	n, bytes, err := pullHashes(ctx, addr, s.cfg.Engine.BlockSize, hs[local.Blocks:])
+	n, bytes, err := pullHashes(ctx, addr, s.cfg.PeerTLS, s.cfg.Engine.BlockSize, hs[local.Blocks:])
 	s.metrics.p2pBytes.Add(float64(bytes))
 	if err != nil {
 		s.pullFailed(r, addr, err)
@@ -171,12 +182,12 @@ func (s *Server) pullFailed(r *http.Request, addr string, err error) {
 }
 
 // pullHashes runs the puller's side of a P2P pull: it asks addr for hs and reads the leading
-// blocks the source holds, checking that each block starts with its hash.
-func pullHashes(ctx context.Context, addr string, blockSize int, hs []BlockHash) (blocks int, bytes int64, err error) {
+// blocks the source holds, checking that each block starts with its hash; over TLS when tc
+// is set.
+func pullHashes(ctx context.Context, addr string, tc *tls.Config, blockSize int, hs []BlockHash) (blocks int, bytes int64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	d := net.Dialer{Timeout: 5 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := dialPeer(ctx, addr, tc)
 	if err != nil {
 		return 0, 0, p2pErr(p2pConnect, err)
 	}
@@ -201,6 +212,8 @@ func pullHashes(ctx context.Context, addr string, blockSize int, hs []BlockHash)
 		return 0, 0, p2pErr(p2pProtocol, err)
 	}
 	switch {
+	case rep.Error == errTLSRequired:
+		return 0, 0, p2pErr(p2pTLS, errors.New(rep.Error))
 	case rep.Error != "":
 		return 0, 0, p2pErr(p2pRefused, errors.New(rep.Error))
 	case rep.Blocks == 0:

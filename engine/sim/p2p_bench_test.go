@@ -34,7 +34,7 @@ func BenchmarkP2PPull(b *testing.B) {
 			b.SetBytes(int64(150 * src.cfg.BlockBytes))
 			b.ReportAllocs()
 			for b.Loop() {
-				n, _, err := pullHashes(context.Background(), src.TransferAddr(), 16, hs)
+				n, _, err := pullHashes(context.Background(), src.TransferAddr(), nil, 16, hs)
 				if err != nil || n != 150 {
 					b.Fatalf("pulled %d: %v", n, err)
 				}

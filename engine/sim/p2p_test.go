@@ -19,7 +19,7 @@ import (
 // labelled reads one labelled counter from s's /metrics.
 func labelled(t *testing.T, c *http.Client, s *Server, name, label, value string) float64 {
 	t.Helper()
-	resp, err := c.Get("http://" + s.Addr() + "/metrics")
+	resp, err := c.Get(s.URL() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func labelled(t *testing.T, c *http.Client, s *Server, name, label, value string
 func completionWith(t *testing.T, c *http.Client, s *Server, h http.Header, body map[string]any) (int, []byte) {
 	t.Helper()
 	b, _ := json.Marshal(body)
-	req, err := http.NewRequest(http.MethodPost, "http://"+s.Addr()+"/v1/completions", bytes.NewReader(b))
+	req, err := http.NewRequest(http.MethodPost, s.URL()+"/v1/completions", bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,6 +62,14 @@ type ServerConfig struct {
 	EngineID      string        // remote_engine_id ("sim-" + transfer port)
 
 	MaxBodyBytes int64 // request body limit (8 MiB)
+
+	// TLS, when set, serves the HTTP API over HTTPS and the block-transfer listener over TLS,
+	// both with this configuration (a tlsconfig server config: with ClientCAs and
+	// RequireAndVerifyClientCert, both require client certificates). nil is plaintext.
+	TLS *tls.Config
+	// PeerTLS, when set, is the client configuration of this engine's connections to other
+	// engines: P/D block pulls, and a P2P pull's lookup (HTTPS) and pull. nil is plaintext.
+	PeerTLS *tls.Config
 }
 
 // Server is one simulated vLLM: the OpenAI HTTP API, the KV-event publisher, the block
@@ -149,6 +158,9 @@ func NewServer(cfg ServerConfig, log *slog.Logger, reg *prometheus.Registry) (*S
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 8 << 20
 	}
+	if cfg.TLS != nil && len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil && cfg.TLS.GetConfigForClient == nil {
+		return nil, errors.New("sim: the TLS configuration has no server certificate")
+	}
 	cfg.Engine = cfg.Engine.WithDefaults()
 	if cfg.BlockBytes <= 0 {
 		cfg.BlockBytes = cfg.Engine.BlockBytes()
@@ -176,7 +188,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger, reg *prometheus.Registry) (*S
 		}
 	}
 	s := &Server{cfg: cfg, log: log, tok: tok, reg: reg, metrics: m, created: time.Now().Unix(), loras: newLoRARegistry(cfg.LoRAs),
-		peers: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}}
+		peers: &http.Client{Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: cfg.PeerTLS}, Timeout: 10 * time.Second}}
 	s.vocab = newVocabulary(tok.Encode)
 	s.text = make(map[uint32]string, len(s.vocab.ids))
 	for i, id := range s.vocab.ids {
@@ -196,6 +208,9 @@ func NewServer(cfg ServerConfig, log *slog.Logger, reg *prometheus.Registry) (*S
 	if err != nil {
 		s.httpLn.Close()
 		return nil, fmt.Errorf("sim: transfer listen: %w", err)
+	}
+	if cfg.TLS != nil {
+		s.xferLn = tls.NewListener(s.xferLn, cfg.TLS.Clone())
 	}
 	if s.cfg.AdvertiseHost == "" {
 		host, _, _ := net.SplitHostPort(s.xferLn.Addr().String())
@@ -221,6 +236,14 @@ func NewServer(cfg ServerConfig, log *slog.Logger, reg *prometheus.Registry) (*S
 
 // Addr is the HTTP address the server listens on.
 func (s *Server) Addr() string { return s.httpLn.Addr().String() }
+
+// URL is the base URL of the HTTP API: https://Addr with TLS, else http://Addr.
+func (s *Server) URL() string {
+	if s.cfg.TLS != nil {
+		return "https://" + s.Addr()
+	}
+	return "http://" + s.Addr()
+}
 
 // TransferAddr is the block-transfer address.
 func (s *Server) TransferAddr() string { return s.xferLn.Addr().String() }
@@ -248,12 +271,19 @@ func (s *Server) Run(ctx context.Context) error {
 	defer cancel()
 	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
+	// Failed TLS handshakes (an untrusted or missing client certificate) are logged here.
+	hs.ErrorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
+	serve := func() error { return hs.Serve(s.httpLn) }
+	if s.cfg.TLS != nil {
+		hs.TLSConfig = s.cfg.TLS.Clone()
+		serve = func() error { return hs.ServeTLS(s.httpLn, "", "") }
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { s.drv.run(ctx) })
 	wg.Go(func() { s.serveTransfer(ctx) })
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(s.httpLn) }()
-	s.log.Info("sim serving", "addr", s.Addr(), "model", s.cfg.Model, "kv_events", s.KVEventsAddr(), "kv_events_replay", s.KVEventsReplayAddr(),
+	go func() { errc <- serve() }()
+	s.log.Info("sim serving", "addr", s.Addr(), "tls", s.cfg.TLS != nil, "peer_tls", s.cfg.PeerTLS != nil, "model", s.cfg.Model, "kv_events", s.KVEventsAddr(), "kv_events_replay", s.KVEventsReplayAddr(),
 		"transfer", s.TransferAddr(), "blocks", s.cfg.Engine.NumBlocks, "block_size", s.cfg.Engine.BlockSize,
 		"cpu_blocks", s.cfg.Engine.CPUBlocks, "disk_blocks", s.cfg.Engine.DiskBlocks)
 

@@ -78,7 +78,7 @@ func client(t *testing.T) *http.Client {
 func post(t *testing.T, c *http.Client, s *Server, path string, body any) (int, []byte) {
 	t.Helper()
 	b, _ := json.Marshal(body)
-	resp, err := c.Post("http://"+s.Addr()+path, "application/json", bytes.NewReader(b))
+	resp, err := c.Post(s.URL()+path, "application/json", bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -569,7 +569,7 @@ func TestPrefillDecodeTransfer(t *testing.T) {
 
 func counter(t *testing.T, c *http.Client, s *Server, name string) float64 {
 	t.Helper()
-	resp, err := c.Get("http://" + s.Addr() + "/metrics")
+	resp, err := c.Get(s.URL() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

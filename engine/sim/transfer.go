@@ -3,6 +3,7 @@ package sim
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -152,6 +153,9 @@ func parsePullRequest(line []byte) (pullRequest, error) {
 	return req, nil
 }
 
+// errTLSRequired is the error a TLS transfer listener answers a plaintext pull with.
+const errTLSRequired = "this transfer listener requires TLS (a plaintext pull was sent)"
+
 type pullReply struct {
 	Blocks     int    `json:"blocks"`
 	BlockBytes int    `json:"block_bytes"`
@@ -180,6 +184,19 @@ func (s *Server) serveOne(ctx context.Context, conn net.Conn) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	_ = conn.SetDeadline(time.Now().Add(time.Minute))
+	if tc, ok := conn.(*tls.Conn); ok {
+		if err := tc.HandshakeContext(ctx); err != nil {
+			s.log.Warn("kv transfer: TLS handshake failed", "peer", conn.RemoteAddr().String(), "err", err)
+			// A plaintext puller gets a plaintext answer it can read, as net/http answers
+			// HTTP sent to an HTTPS port.
+			var rh tls.RecordHeaderError
+			if errors.As(err, &rh) && rh.Conn != nil {
+				b, _ := json.Marshal(pullReply{Error: errTLSRequired})
+				_, _ = rh.Conn.Write(append(b, '\n'))
+			}
+			return
+		}
+	}
 	line, err := bufio.NewReader(io.LimitReader(conn, 1<<20)).ReadBytes('\n')
 	if err != nil {
 		return
@@ -243,11 +260,11 @@ func prefixOf(want, held []int) bool {
 // failure, which makes the request prefill locally.
 func (s *Server) pull(ctx context.Context, p *kvTransferParams) int {
 	start := time.Now()
-	n, bytes, err := pullBlocks(ctx, net.JoinHostPort(p.RemoteHost, strconv.Itoa(p.RemotePort)), p.RemoteRequestID, p.blockIDs)
+	n, bytes, err := pullBlocks(ctx, net.JoinHostPort(p.RemoteHost, strconv.Itoa(p.RemotePort)), s.cfg.PeerTLS, p.RemoteRequestID, p.blockIDs)
 	s.metrics.xferBytes.Add(float64(bytes))
 	if err != nil {
 		s.metrics.xferFails.Inc()
-		s.log.Warn("kv transfer failed, prefilling locally", "remote", p.RemoteHost, "port", p.RemotePort, "err", err)
+		s.log.Warn("kv transfer failed, prefilling locally", "remote", p.RemoteHost, "port", p.RemotePort, "tls", tlsFailure(err), "err", err)
 		return 0
 	}
 	s.metrics.xferBlocks.Add(float64(n))
@@ -255,12 +272,11 @@ func (s *Server) pull(ctx context.Context, p *kvTransferParams) int {
 	return n
 }
 
-// pullBlocks runs the client side of the transfer protocol.
-func pullBlocks(ctx context.Context, addr, requestID string, ids []int) (blocks int, bytes int64, err error) {
+// pullBlocks runs the client side of the transfer protocol, over TLS when tc is set.
+func pullBlocks(ctx context.Context, addr string, tc *tls.Config, requestID string, ids []int) (blocks int, bytes int64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	d := net.Dialer{Timeout: 5 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := dialPeer(ctx, addr, tc)
 	if err != nil {
 		return 0, 0, err
 	}
