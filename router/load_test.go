@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,10 +59,17 @@ func TestLoadNoLeakConcurrent(t *testing.T) {
 	})
 	bodies := [][]byte{chatBody(longText("a", 50), false), chatBody(longText("b", 120), true), chatBody("hi", false)}
 	var wg sync.WaitGroup
+	var refused atomic.Int32
 	for g := range 8 {
 		wg.Go(func() {
 			for i := range 40 {
 				d, err := r.Route(context.Background(), router.Request{Path: "/v1/chat/completions", Body: bodies[(g+i)%len(bodies)]})
+				if oe, ok := errors.AsType[*openai.Error](err); ok && oe.Code == openai.CodeNoCapacity {
+					// Fallback reports of other goroutines took every endpoint out for 1ns after
+					// this Route read its clock (a CI run saw it once): a refusal, no load taken.
+					refused.Add(1)
+					continue
+				}
 				if err != nil {
 					t.Error(err)
 					return
@@ -79,6 +87,9 @@ func TestLoadNoLeakConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	if n := refused.Load(); n > 32 {
+		t.Errorf("%d of 320 routes refused for want of a healthy endpoint, want almost none", n)
+	}
 	for _, l := range r.Load() {
 		if l.PrefillTokens != 0 || l.DecodeBlocks != 0 || l.Requests != 0 {
 			t.Errorf("leak on %s: %+v", l.Name, l)
