@@ -158,7 +158,6 @@ func fromEntry(e *api.ServiceEntry) (Endpoint, bool) {
 		KVEvents: meta[MetaKVEvents],
 		KVReplay: meta[MetaKVReplay],
 		Workerd:  meta[MetaWorkerd],
-		TLS:      meta[MetaScheme] == "https",
 		Healthy:  e.Checks.AggregatedStatus() == api.HealthPassing,
 		Meta:     meta,
 	}

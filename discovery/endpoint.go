@@ -30,7 +30,6 @@ const (
 	MetaKVReplay  = "kv_replay"  // ZMQ endpoint of the publisher's replay socket, absent = none
 	MetaWorkerd   = "workerd"    // workerd relay gRPC address (host:port), absent = none
 	MetaEngine    = "engine"     // engine kind: vllm, sglang, sim
-	MetaScheme    = "scheme"     // "https" when the engine's OpenAI server speaks TLS; absent = http
 )
 
 // Endpoint is one engine instance as the router sees it.
@@ -46,7 +45,7 @@ type Endpoint struct {
 	KVTopic    string            // KV-event subscription topic prefix, "" = every topic
 	MetricsURL string            // engine's Prometheus metrics, "" = http://Address/metrics
 	Workerd    string            // workerd relay gRPC address, "" = none
-	TLS        bool              // the engine serves HTTPS (an https:// address, or MetaScheme https)
+	TLS        bool              // the engine serves HTTPS (an https:// address in an endpoints file)
 	Healthy    bool              // every health check passing (Static: as given)
 	Meta       map[string]string // all service meta, including the keys above
 }
