@@ -24,7 +24,7 @@ import (
 // TestRouterReachesMTLSEngine runs `kvgate router --endpoint https://... --engine-tls-*` in
 // front of a simulated engine that serves only mutual TLS: the router learns the engine's
 // models from its /v1/models over TLS (no --served-model) and its gateway answers a chat
-// from that engine.
+// from that engine; so does one given the engine's https:// address in an endpoints file.
 func TestRouterReachesMTLSEngine(t *testing.T) {
 	pki := tlsconfigtest.New(t)
 	stc, err := pki.Server.Server()
@@ -40,24 +40,39 @@ func TestRouterReachesMTLSEngine(t *testing.T) {
 	go func() { done <- s.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(porttest.Free(t)))
-	runCmd(t, newRouterCmd, "--endpoint", "https://"+s.Addr(), "--kv-events", "none", "--grpc", "127.0.0.1:0", "--http", httpAddr,
-		"--engine-tls-ca", pki.Client.CA, "--engine-tls-cert", pki.Client.Cert, "--engine-tls-key", pki.Client.Key)
-	chat := `{"model":"` + tokenizer.DefaultModel + `","messages":[{"role":"user","content":"hi"}],"max_tokens":4}`
-	var code int
-	var served, body string
-	waitFor(t, "a chat through kvgate router to the mTLS engine", func() bool {
-		resp, err := http.Post("http://"+httpAddr+"/v1/chat/completions", "application/json", strings.NewReader(chat))
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		code, served, body = resp.StatusCode, resp.Header.Get(router.HeaderEndpoint), string(b)
-		return code == http.StatusOK
-	})
-	if served != s.Addr() || !strings.Contains(body, `"choices"`) {
-		t.Fatalf("chat: %d from %q: %s", code, served, body)
+	eng := "https://" + s.Addr()
+	file := filepath.Join(t.TempDir(), "engines.yaml")
+	if err := os.WriteFile(file, []byte("- {address: \""+eng+"\", models: ["+tokenizer.DefaultModel+"]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tlsFlags := []string{"--engine-tls-ca", pki.Client.CA, "--engine-tls-cert", pki.Client.Cert, "--engine-tls-key", pki.Client.Key}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"--endpoint", []string{"--endpoint", eng, "--kv-events", "none"}}, // models asked from /v1/models over TLS
+		{"--endpoints file", []string{"--endpoints", file}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(porttest.Free(t)))
+			runCmd(t, newRouterCmd, append(append([]string{"--grpc", "127.0.0.1:0", "--http", httpAddr}, tc.args...), tlsFlags...)...)
+			chat := `{"model":"` + tokenizer.DefaultModel + `","messages":[{"role":"user","content":"hi"}],"max_tokens":4}`
+			var code int
+			var served, body string
+			waitFor(t, "a chat through kvgate router to the mTLS engine", func() bool {
+				resp, err := http.Post("http://"+httpAddr+"/v1/chat/completions", "application/json", strings.NewReader(chat))
+				if err != nil {
+					return false
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				code, served, body = resp.StatusCode, resp.Header.Get(router.HeaderEndpoint), string(b)
+				return code == http.StatusOK
+			})
+			if served != s.Addr() || !strings.Contains(body, `"choices"`) {
+				t.Fatalf("chat: %d from %q: %s", code, served, body)
+			}
+		})
 	}
 }
 
