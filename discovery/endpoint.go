@@ -45,6 +45,7 @@ type Endpoint struct {
 	KVTopic    string            // KV-event subscription topic prefix, "" = every topic
 	MetricsURL string            // engine's Prometheus metrics, "" = http://Address/metrics
 	Workerd    string            // workerd relay gRPC address, "" = none
+	TLS        bool              // the engine serves HTTPS (an https:// address in an endpoints file)
 	Healthy    bool              // every health check passing (Static: as given)
 	Meta       map[string]string // all service meta, including the keys above
 }
@@ -63,7 +64,7 @@ type Source interface {
 func (e Endpoint) Equal(o Endpoint) bool {
 	return e.Name == o.Name && e.Address == o.Address && slices.Equal(e.Models, o.Models) &&
 		e.Role == o.Role && e.BlockSize == o.BlockSize && e.KVEvents == o.KVEvents && e.KVReplay == o.KVReplay &&
-		e.KVBind == o.KVBind && e.KVTopic == o.KVTopic && e.MetricsURL == o.MetricsURL && e.Workerd == o.Workerd && e.Healthy == o.Healthy && maps.Equal(e.Meta, o.Meta)
+		e.KVBind == o.KVBind && e.KVTopic == o.KVTopic && e.MetricsURL == o.MetricsURL && e.Workerd == o.Workerd && e.TLS == o.TLS && e.Healthy == o.Healthy && maps.Equal(e.Meta, o.Meta)
 }
 
 // Serves reports whether the endpoint lists model.

@@ -34,8 +34,8 @@ type fileEndpoint struct {
 }
 
 // ParseEndpoints reads an endpoints file: a YAML or JSON list of engines (or a mapping with
-// the list under "endpoints"), each with address (host:port, or a URL whose host:port is
-// taken) and models, and optionally name (default: the address), role (aggregated, prefill
+// the list under "endpoints"), each with address (host:port, or an http:// or https:// URL
+// whose host:port is taken; https means the engine serves TLS) and models, and optionally name (default: the address), role (aggregated, prefill
 // or decode; default aggregated), block_size, kv_events, kv_bind, kv_replay, kv_topic,
 // metrics_url, workerd and healthy (default true). Unknown keys, a duplicate name and a
 // missing address or model are errors naming the line. The camelCase spelling of a key
@@ -98,6 +98,7 @@ func ParseEndpoints(data []byte) ([]Endpoint, []string, error) {
 			Name: e.Name, Address: addr, Models: e.Models, Role: e.Role, BlockSize: e.BlockSize,
 			KVEvents: e.KVEvents, KVBind: e.KVBind, KVReplay: e.KVReplay, KVTopic: e.KVTopic,
 			MetricsURL: e.MetricsURL, Workerd: e.Workerd, Healthy: e.Healthy == nil || *e.Healthy,
+			TLS: HTTPS(e.Address),
 		})
 	}
 	return sortedCopy(out), meta.Warnings, nil
@@ -125,6 +126,13 @@ func HostPort(s string) (string, error) {
 		return "", fmt.Errorf("address %q: port %q is not a number from 1 to 65535", s, port)
 	}
 	return hp, nil
+}
+
+// HTTPS reports whether an engine address is an https:// URL (case-insensitive scheme): the
+// engine serves its OpenAI API over TLS. host:port and http:// URLs are plain HTTP.
+func HTTPS(s string) bool {
+	scheme, _, ok := strings.Cut(s, "://")
+	return ok && strings.EqualFold(scheme, "https")
 }
 
 // File is a Source over an endpoints file (see ParseEndpoints) that the router and the xDS

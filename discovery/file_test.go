@@ -51,6 +51,11 @@ func TestParseEndpoints(t *testing.T) {
 		{name: "old camelCase keys, warned", in: "- {address: \"a:1\", models: [m], blockSize: 8, kvEvents: \"tcp://a:2\", metricsURL: \"http://a:1/m\"}\n",
 			want: []discovery.Endpoint{{Name: "a:1", Address: "a:1", Models: []string{"m"}, Role: "aggregated", BlockSize: 8,
 				KVEvents: "tcp://a:2", MetricsURL: "http://a:1/m", Healthy: true}}, warns: 3},
+		{name: "https address: the engine serves TLS", in: "- {address: \"HTTPS://a:1/\", models: [m]}\n- {address: \"http://b:1\", models: [m]}\n",
+			want: []discovery.Endpoint{
+				{Name: "a:1", Address: "a:1", Models: []string{"m"}, Role: "aggregated", TLS: true, Healthy: true},
+				{Name: "b:1", Address: "b:1", Models: []string{"m"}, Role: "aggregated", Healthy: true},
+			}},
 		{name: "empty", in: "", want: []discovery.Endpoint{}},
 		{name: "unknown key names its line", in: "- address: a:1\n  models: [m]\n- address: b:1\n  models: [m]\n  blok_size: 16\n", err: `line 5: [1]: unknown field "blok_size"`},
 		{name: "no address", in: "- name: x\n  models: [m]\n", err: "line 1: [0]: address is required"},

@@ -107,6 +107,7 @@ type epp struct {
 	conn   *grpc.ClientConn
 	client extprocv3.ExternalProcessorClient
 	pool   map[string]bool // addresses
+	tls    map[string]bool // the pool's addresses served over HTTPS
 	subset []string        // the pool's addresses in order, sent as the subset hint
 	next   atomic.Uint64   // FailOpen's round-robin
 	m      *eppMetrics
@@ -134,11 +135,14 @@ func NewEPP(cfg Config, ec EPPConfig, log *slog.Logger, reg prometheus.Registere
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &epp{cfg: ec, pool: map[string]bool{}, log: log}
+	e := &epp{cfg: ec, pool: map[string]bool{}, tls: map[string]bool{}, log: log}
 	for _, p := range ec.Pool {
 		a, err := hostPort(p.Address)
 		if err != nil {
 			return nil, fmt.Errorf("gateway: pool endpoint %q: %w", p.Address, err)
+		}
+		if p.TLS {
+			e.tls[a] = true
 		}
 		if !e.pool[a] {
 			e.pool[a] = true

@@ -165,7 +165,7 @@ func (g *Gateway) dialAddrs(ctx context.Context, r *http.Request, p *eppPick, ca
 	n := min(len(cands), g.cfg.MaxAttempts)
 	var last error
 	for i := range n {
-		up, reason, err := g.attempt(ctx, &rr, router.Endpoint{Address: cands[i]}, p.body, extra, buf, "", i+1)
+		up, reason, err := g.attempt(ctx, &rr, router.Endpoint{Address: cands[i], TLS: g.epp.tls[cands[i]]}, p.body, extra, buf, "", i+1)
 		if err == nil {
 			return up, nil
 		}

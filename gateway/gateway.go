@@ -78,6 +78,10 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Transport overrides the upstream transport (tests).
 	Transport http.RoundTripper
+	// EngineTLS is the client TLS configuration the default transport uses for endpoints
+	// with TLS set (router.Endpoint.TLS; HTTP/2 when the engine offers it); nil means the
+	// system roots and no client certificate. Plain http endpoints are unaffected.
+	EngineTLS *tls.Config
 	// P2PTransferPort, when set, is the port engines serve KV block pulls on (as llm-d's
 	// sidecar --p2p-connector-port): a request the router tells to pull its prefix from
 	// another engine then also carries kv_transfer_params.remote_kv_source for that engine at
@@ -181,6 +185,8 @@ func newGateway(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Reg
 			IdleConnTimeout:       90 * time.Second,
 			ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
 			DisableCompression:    true,
+			TLSClientConfig:       cfg.EngineTLS,
+			ForceAttemptHTTP2:     true, // over TLS only; plain http stays HTTP/1.1
 		}
 	}
 	g.mux = http.NewServeMux()

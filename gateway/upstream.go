@@ -105,7 +105,7 @@ func (g *Gateway) attempt(ctx context.Context, r *http.Request, ep router.Endpoi
 func upstreamRequest(ctx context.Context, r *http.Request, ep router.Endpoint, body []byte, extra http.Header) (*http.Request, error) {
 	base := ep.Address
 	if !strings.Contains(base, "://") {
-		base = "http://" + base
+		base = ep.URL()
 	}
 	u := strings.TrimRight(base, "/") + r.URL.Path
 	if r.URL.RawQuery != "" {

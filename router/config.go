@@ -1,6 +1,7 @@
 package router
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -144,8 +145,12 @@ type Config struct {
 	// Now is the clock (approximate-mode TTLs, health, staleness); nil means time.Now.
 	// Replays pass virtual time.
 	Now func() time.Time
-	// HTTPClient scrapes metrics; nil means a client with ScrapeTimeout.
+	// HTTPClient scrapes metrics; nil means a client with ScrapeTimeout (and EngineTLS).
 	HTTPClient *http.Client
+	// EngineTLS is the client TLS configuration for endpoints with TLS set (scrapes,
+	// /v1/models, LoRA calls) when HTTPClient is nil; nil means the system roots and no
+	// client certificate. See tlsconfig.Files.Client.
+	EngineTLS *tls.Config
 	// EventSource, when set, is asked for each endpoint's KV-event source as the endpoint
 	// starts (kvgate router answers with workerd's relay client for endpoints that name a
 	// workerd); a source it returns also reports the endpoint's load and health, so the
@@ -262,6 +267,11 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.HTTPClient == nil {
 		c.HTTPClient = &http.Client{Timeout: c.ScrapeTimeout}
+		if c.EngineTLS != nil {
+			t := http.DefaultTransport.(*http.Transport).Clone()
+			t.TLSClientConfig = c.EngineTLS
+			c.HTTPClient.Transport = t
+		}
 	}
 	if c.QueueThreshold < 0 || c.KVUsageThreshold < 0 {
 		return c, errors.New("router: saturation thresholds must not be negative")

@@ -34,6 +34,19 @@ type Endpoint struct {
 	KVTopic    string   // subscription topic prefix; "" = every topic
 	MetricsURL string   // "" = http://Address/metrics
 	Workerd    string   // workerd gRPC address when the engine is behind a workerd
+	// TLS means the engine serves HTTPS: the router's scrapes, /v1/models and LoRA calls and
+	// the gateway's proxy reach it at https://Address with the engine client TLS
+	// configuration (Config.EngineTLS, gateway.Config.EngineTLS). Address stays host:port.
+	TLS bool
+}
+
+// URL is the base URL of the engine's OpenAI server: http://Address, or https://Address
+// when TLS.
+func (e *Endpoint) URL() string {
+	if e.TLS {
+		return "https://" + e.Address
+	}
+	return "http://" + e.Address
 }
 
 // Serves reports whether e serves model.
@@ -50,7 +63,7 @@ func (e *Endpoint) metricsURL() string {
 	if e.MetricsURL != "" {
 		return e.MetricsURL
 	}
-	return "http://" + e.Address + "/metrics"
+	return e.URL() + "/metrics"
 }
 
 func (e *Endpoint) validate() error {
@@ -76,5 +89,6 @@ func (e *Endpoint) validate() error {
 func same(a, b Endpoint) bool {
 	return a.Address == b.Address && a.KVEvents == b.KVEvents && a.KVBind == b.KVBind &&
 		a.KVReplay == b.KVReplay && a.KVTopic == b.KVTopic && a.MetricsURL == b.MetricsURL &&
-		a.BlockSize == b.BlockSize && a.Role == b.Role && slices.Equal(a.Models, b.Models) && a.Workerd == b.Workerd
+		a.BlockSize == b.BlockSize && a.Role == b.Role && slices.Equal(a.Models, b.Models) && a.Workerd == b.Workerd &&
+		a.TLS == b.TLS
 }

@@ -83,7 +83,7 @@ func (r *Router) maxTokenBytes(tok *tokenizer.Tokenizer) int {
 // fetchModelLens reads the engine's /v1/models for the max_model_len of each model it
 // serves; it is asked once per endpoint (after the first successful scrape).
 func (r *Router) fetchModelLens(ctx context.Context, s *epState) {
-	url := "http://" + s.ep.Address + "/v1/models"
+	url := s.ep.URL() + "/v1/models"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return

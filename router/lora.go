@@ -293,7 +293,7 @@ func (e *alreadyLoaded) Error() string { return e.msg }
 // adapterCall posts body to path on s and fails on any answer but 200.
 func (r *Router) adapterCall(ctx context.Context, s *epState, path string, body map[string]string) error {
 	b, _ := json.Marshal(body)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+s.ep.Address+path, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.ep.URL()+path, bytes.NewReader(b))
 	if err != nil {
 		return err
 	}

@@ -55,7 +55,7 @@ func routerEndpoints(eps []discovery.Endpoint) []router.Endpoint {
 		out = append(out, router.Endpoint{
 			Name: e.Name, Address: e.Address, Models: slices.Clone(e.Models), Role: role,
 			BlockSize: e.BlockSize, KVEvents: e.KVEvents, KVBind: e.KVBind, KVReplay: e.KVReplay,
-			KVTopic: e.KVTopic, MetricsURL: e.MetricsURL, Workerd: e.Workerd,
+			KVTopic: e.KVTopic, MetricsURL: e.MetricsURL, Workerd: e.Workerd, TLS: e.TLS,
 		})
 	}
 	return out

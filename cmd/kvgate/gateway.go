@@ -95,6 +95,7 @@ outside it is refused. --failure-mode is the pool's failureMode. See docs/GATEWA
 	f.StringVar(&o.file, "endpoints", "", "endpoints file (the same YAML/JSON list 'kvgate router' reads), read at start: the pool")
 	f.StringArrayVar(&o.eps.urls, "endpoint", nil, "engine of the pool, as URL or host:port (repeatable)")
 	f.StringArrayVar(&o.eps.models, "served-model", nil, "model the --endpoint engines serve (repeatable; default: asked from each engine's /v1/models)")
+	o.eps.addEngineTLS(f)
 	o.epp.add(cmd, true)
 	_ = cmd.MarkFlagRequired("epp")
 	o.trace.add(f, "kvgate-gateway")
@@ -102,6 +103,10 @@ outside it is refused. --failure-mode is the pool's failureMode. See docs/GATEWA
 }
 
 func runGateway(ctx context.Context, log *slog.Logger, o *gatewayOptions) error {
+	engineTLS, err := o.eps.engineClient()
+	if err != nil {
+		return err
+	}
 	pool, err := o.eps.endpoints(ctx, log)
 	if err != nil {
 		return err
@@ -131,7 +136,7 @@ func runGateway(ctx context.Context, log *slog.Logger, o *gatewayOptions) error 
 	defer stopTracing()
 	reg := newRegistry()
 	gw, err := gateway.NewEPP(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
-		Tracer: tp.Tracer(scopeGateway)}, ec, log, reg)
+		EngineTLS: engineTLS, Tracer: tp.Tracer(scopeGateway)}, ec, log, reg)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kvgate/kvgate/discovery"
@@ -35,6 +37,39 @@ type endpointFlags struct {
 	models    []string
 	blockSize int
 	role      string
+	engineTLS tlsconfig.Files
+	tlsClient *tls.Config // engineTLS loaded, by engineClient
+	tlsLoaded bool
+}
+
+// addEngineTLS registers --engine-tls-ca, --engine-tls-cert, --engine-tls-key and
+// --engine-tls-server-name: the client TLS for engines whose address is an https:// URL.
+func (e *endpointFlags) addEngineTLS(f *pflag.FlagSet) {
+	e.engineTLS.AddClientFlags(f, "engine-", "engines whose --endpoint (or endpoints-file address, or Consul meta scheme) is https://")
+}
+
+// engineClient loads the --engine-tls-* files once: nil without any (https engines are then
+// verified with the system roots, without a client certificate).
+func (e *endpointFlags) engineClient() (*tls.Config, error) {
+	if !e.tlsLoaded {
+		tc, err := e.engineTLS.Client()
+		if err != nil {
+			return nil, fmt.Errorf("--engine-tls-*: %w", err)
+		}
+		e.tlsClient, e.tlsLoaded = tc, true
+	}
+	return e.tlsClient, nil
+}
+
+// engineHTTP is the client for asking engines (/v1/models) at start.
+func (e *endpointFlags) engineHTTP() (*http.Client, error) {
+	tc, err := e.engineClient()
+	if err != nil || tc == nil {
+		return http.DefaultClient, err
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = tc
+	return &http.Client{Transport: t}, nil
 }
 
 func (e *endpointFlags) add(cmd *cobra.Command, withFile bool) {
@@ -47,6 +82,7 @@ func (e *endpointFlags) add(cmd *cobra.Command, withFile bool) {
 	f.StringArrayVar(&e.models, "served-model", nil, "model the --endpoint engines serve (repeatable; default: asked from each engine's /v1/models)")
 	f.IntVar(&e.blockSize, "block-size", tokenizer.DefaultBlockSize, "KV block size (tokens) of the --endpoint engines")
 	f.StringVar(&e.role, "role", string(router.RoleAggregated), "role of the --endpoint engines: aggregated, prefill or decode")
+	e.addEngineTLS(f)
 }
 
 // endpoints builds the endpoint list from the flags.
@@ -55,6 +91,10 @@ func (e *endpointFlags) endpoints(ctx context.Context, log *slog.Logger) ([]rout
 	if len(e.kvEvents) > len(e.urls) {
 		return nil, fmt.Errorf("%d --kv-events for %d --endpoint: they pair by order", len(e.kvEvents), len(e.urls))
 	}
+	client, err := e.engineHTTP()
+	if err != nil {
+		return nil, err
+	}
 	for i, u := range e.urls {
 		addr, err := discovery.HostPort(u)
 		if err != nil {
@@ -62,8 +102,9 @@ func (e *endpointFlags) endpoints(ctx context.Context, log *slog.Logger) ([]rout
 		}
 		ep := router.Endpoint{
 			Name: addr, Address: addr, Role: router.Role(e.role), BlockSize: e.blockSize,
-			MetricsURL: "http://" + addr + "/metrics", Models: e.models,
+			Models: e.models, TLS: discovery.HTTPS(u),
 		}
+		ep.MetricsURL = ep.URL() + "/metrics"
 		if i < len(e.kvEvents) && e.kvEvents[i] != "none" {
 			ep.KVEvents = e.kvEvents[i]
 			if rest, ok := strings.CutPrefix(ep.KVEvents, "bind:"); ok {
@@ -72,14 +113,14 @@ func (e *endpointFlags) endpoints(ctx context.Context, log *slog.Logger) ([]rout
 		}
 		if len(ep.Models) == 0 {
 			wait, cancel := context.WithTimeout(ctx, 30*time.Second)
-			m, err := openai.WaitModels(wait, http.DefaultClient, "http://"+addr, "", 250*time.Millisecond)
+			m, err := openai.WaitModels(wait, client, ep.URL(), "", 250*time.Millisecond)
 			cancel()
 			if err != nil {
 				return nil, fmt.Errorf("--endpoint %s: %w (or pass --served-model)", u, err)
 			}
 			ep.Models = m
 		}
-		log.Info("endpoint", "address", ep.Address, "models", ep.Models, "kv_events", ep.KVEvents)
+		log.Info("endpoint", "address", ep.Address, "tls", ep.TLS, "models", ep.Models, "kv_events", ep.KVEvents)
 		out = append(out, ep)
 	}
 	return out, nil
@@ -222,6 +263,9 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		return fmt.Errorf("--relay-tls-*: %w", err)
 	}
 	cfg.EventSource = relaySource(log, relayTLS)
+	if cfg.EngineTLS, err = o.eps.engineClient(); err != nil {
+		return err
+	}
 	if o.extproc.SkipResponseBody { // the usage of skipped responses is not read
 		cfg.ForceStreamUsage = false
 	}
@@ -263,7 +307,7 @@ func runRouter(ctx context.Context, log *slog.Logger, o *routerOptions) error {
 		if err != nil {
 			return fmt.Errorf("--http-tls-*: %w", err)
 		}
-		gw, err := gateway.New(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
+		gw, err := gateway.New(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg, EngineTLS: cfg.EngineTLS,
 			P2PTransferPort: o.extproc.P2PTransferPort, Tracer: tp.Tracer(scopeGateway)}), rt, log, reg)
 		if err != nil {
 			return err

@@ -133,6 +133,9 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if err != nil {
 		return err
 	}
+	if cfg.EngineTLS, err = o.eps.engineClient(); err != nil {
+		return err
+	}
 	if len(o.eps.urls) == 0 && o.rt.modelsFile == "" && o.simModel != tokenizer.DefaultModel {
 		// The simulated engines tokenize with the embedded Qwen3 tokenizer whatever their
 		// model is called: the router must too.
@@ -156,7 +159,7 @@ func runUp(ctx context.Context, log *slog.Logger, o *upOptions, out io.Writer) e
 	if err != nil {
 		return fmt.Errorf("--http-tls-*: %w", err)
 	}
-	gw, err := upGateway(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg,
+	gw, err := upGateway(o.mig.apply(gateway.Config{Addr: o.http, MaxBodyBytes: int64(o.maxBody), TLS: gwTLS, Gatherer: reg, EngineTLS: cfg.EngineTLS,
 		P2PTransferPort: o.p2pPort, Tracer: tp.Tracer(scopeGateway)}), rt, eps, &o.epp, log, reg)
 	if err != nil {
 		return err
