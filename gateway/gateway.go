@@ -185,8 +185,8 @@ func newGateway(cfg Config, rt ModelRouter, log *slog.Logger, reg prometheus.Reg
 			IdleConnTimeout:       90 * time.Second,
 			ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
 			DisableCompression:    true,
-			TLSClientConfig:       cfg.EngineTLS,
-			ForceAttemptHTTP2:     true, // over TLS only; plain http stays HTTP/1.1
+			TLSClientConfig:       cfg.EngineTLS.Clone(), // a Transport adds its ALPN protocols to its config: one each
+			ForceAttemptHTTP2:     true,                  // over TLS only; plain http stays HTTP/1.1
 		}
 	}
 	g.mux = http.NewServeMux()

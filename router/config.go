@@ -269,7 +269,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.HTTPClient = &http.Client{Timeout: c.ScrapeTimeout}
 		if c.EngineTLS != nil {
 			t := http.DefaultTransport.(*http.Transport).Clone()
-			t.TLSClientConfig = c.EngineTLS
+			t.TLSClientConfig = c.EngineTLS.Clone() // a Transport adds its ALPN protocols to its config: one each
 			c.HTTPClient.Transport = t
 		}
 	}

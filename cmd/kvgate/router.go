@@ -68,7 +68,7 @@ func (e *endpointFlags) engineHTTP() (*http.Client, error) {
 		return http.DefaultClient, err
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.TLSClientConfig = tc
+	t.TLSClientConfig = tc.Clone() // a Transport adds its ALPN protocols to its config: one each
 	return &http.Client{Transport: t}, nil
 }
 
