@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -245,10 +246,14 @@ func testDiscovery(t *testing.T, c cluster, kubeconfig string) {
 
 // noLeaks checks, after every cleanup of t, that nothing the test started still runs. client-go
 // keeps its transports (and their idle connections) in a process-wide cache, so those are
-// not counted.
+// not counted. A cached transport with client-certificate files also runs a certificate
+// reloader that client-go stops only when the garbage collector finds the transport
+// unreachable: collect first, or the reloader of a transport the test dropped counts (a CI
+// run saw it, on a machine too busy for a collection during goleak's retries).
 func noLeaks(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() {
+		runtime.GC()
 		goleak.VerifyNone(t, ignore, goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
 			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"))
 	})
