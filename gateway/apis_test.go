@@ -14,6 +14,7 @@ import (
 	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/engine/sim/simtest"
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/metricstest"
@@ -27,14 +28,7 @@ func apiSim(t *testing.T) *sim.Server {
 	t.Helper()
 	cfg := sim.ServerConfig{Addr: "127.0.0.1:0"}
 	cfg.Engine.NumBlocks = 2048
-	s, err := sim.NewServer(cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	s := simtest.Start(t, cfg, nil, nil)
 	return s
 }
 

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"slices"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/engine/sim/simtest"
 	"github.com/kvgate/kvgate/gateway"
 )
 
@@ -22,14 +22,7 @@ func BenchmarkGatewayOverhead(b *testing.B) {
 	cfg := sim.ServerConfig{Addr: "127.0.0.1:0"}
 	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = 1000
-	s, err := sim.NewServer(cfg, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	b.Cleanup(func() { cancel(); <-done })
+	s := simtest.Start(b, cfg, nil, nil)
 	f := startPolicy(b, "kv", gateway.Config{}, s.Addr())
 	body := chat("Write a haiku about caches.", true)
 	body = strings.Replace(body, `"stream":true`, `"stream":true,"max_tokens":16`, 1)
@@ -78,14 +71,7 @@ func BenchmarkMigrationOverhead(b *testing.B) {
 	cfg := sim.ServerConfig{Addr: "127.0.0.1:0"}
 	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = 1000
-	s, err := sim.NewServer(cfg, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	b.Cleanup(func() { cancel(); <-done })
+	s := simtest.Start(b, cfg, nil, nil)
 	on := startPolicy(b, "kv", gateway.Config{}, s.Addr())
 	off := startPolicy(b, "kv", gateway.Config{MigrationLimit: -1}, s.Addr())
 	body := chat("Write a haiku about caches.", true)

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"slices"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/engine/sim/simtest"
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/gateway"
 )
@@ -23,14 +23,7 @@ func BenchmarkRemoteEPPOverhead(b *testing.B) {
 	cfg := sim.ServerConfig{Addr: "127.0.0.1:0"}
 	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = 1000
-	s, err := sim.NewServer(cfg, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	b.Cleanup(func() { cancel(); <-done })
+	s := simtest.Start(b, cfg, nil, nil)
 	inproc := startPolicy(b, "kv", gateway.Config{}, s.Addr()).url
 	eppAddr, _, _ := startRouterEPPPolicy(b, "kv", extproc.Config{}, s.Addr())
 	full, _ := startEPPGateway(b, gateway.EPPConfig{Addr: eppAddr, Timeout: time.Minute}, s.Addr())

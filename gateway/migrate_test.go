@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/engine/sim/simtest"
 	"github.com/kvgate/kvgate/gateway"
 	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
@@ -31,14 +32,7 @@ func chainSim(t *testing.T) *sim.Server {
 	cfg.Engine.NumBlocks = 1024
 	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Base = 10 * time.Millisecond // about 10 ms a token: the kill lands mid-stream
-	s, err := sim.NewServer(cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	s := simtest.Start(t, cfg, nil, nil)
 	waitServing(t, s.Addr())
 	return s
 }

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"slices"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/engine/sim/simtest"
 	"github.com/kvgate/kvgate/tracing"
 	"github.com/kvgate/kvgate/tracing/tracingtest"
 )
@@ -23,14 +23,7 @@ func BenchmarkGatewayTracing(b *testing.B) {
 	cfg := sim.ServerConfig{Addr: "127.0.0.1:0"}
 	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Speed = 1000
-	s, err := sim.NewServer(cfg, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	b.Cleanup(func() { cancel(); <-done })
+	s := simtest.Start(b, cfg, nil, nil)
 	offURL := startTraced(b, &tracing.Provider{}, s.Addr()).url
 	onURL := startTraced(b, newProvider(b, tracingtest.New(b)), s.Addr()).url
 	body := chat("Write a haiku about caches.", true)

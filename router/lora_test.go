@@ -15,6 +15,7 @@ import (
 
 	"github.com/kvgate/kvgate/engine"
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/engine/sim/simtest"
 	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/router"
@@ -84,14 +85,7 @@ func loraSim(t *testing.T, maxLoRAs int, static ...string) *sim.Server {
 	t.Helper()
 	cfg := sim.ServerConfig{Addr: "127.0.0.1:0", RuntimeLoRA: true, LoRAs: static}
 	cfg.Engine.NumBlocks, cfg.Engine.MaxLoRAs, cfg.Engine.LoRALoad = 512, maxLoRAs, 50*time.Millisecond
-	s, err := sim.NewServer(cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	s := simtest.Start(t, cfg, nil, nil)
 	return s
 }
 

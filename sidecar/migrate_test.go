@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/engine/sim/simtest"
 	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/openai"
 	"github.com/kvgate/kvgate/polltest"
@@ -30,14 +31,7 @@ func chainSim(t *testing.T) *sim.Server {
 	cfg.Engine.NumBlocks = 1024
 	cfg.Engine.Timing = sim.DefaultTiming()
 	cfg.Engine.Timing.Base = 10 * time.Millisecond
-	s, err := sim.NewServer(cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	s := simtest.Start(t, cfg, nil, nil)
 	return s
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvgate/kvgate/engine/sim"
+	"github.com/kvgate/kvgate/engine/sim/simtest"
 	"github.com/kvgate/kvgate/porttest"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tlsconfig/tlsconfigtest"
@@ -31,14 +32,7 @@ func TestRouterReachesMTLSEngine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := sim.NewServer(sim.ServerConfig{Addr: "127.0.0.1:0", TLS: stc}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	s := simtest.Start(t, sim.ServerConfig{Addr: "127.0.0.1:0", TLS: stc}, nil, nil)
 
 	eng := "https://" + s.Addr()
 	file := filepath.Join(t.TempDir(), "engines.yaml")
