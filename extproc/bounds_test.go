@@ -106,6 +106,13 @@ func TestIdleStreamClosed(t *testing.T) {
 	f := start(t, extproc.Config{IdleTimeout: 300 * time.Millisecond, ResponseTimeout: -1})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	idleStreamClosed(t, ctx, f)
+}
+
+// idleStreamClosed opens a picked stream, sends nothing more on it, and requires the server
+// to end it with DEADLINE_EXCEEDED before ctx does, release its pick and count it idle.
+func idleStreamClosed(t *testing.T, ctx context.Context, f *fixture) {
+	t.Helper()
 	st := openPicked(t, ctx, f, "idle")
 	for {
 		_, err := st.Recv()

@@ -14,12 +14,9 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/kvgate/kvgate/extproc"
 	"github.com/kvgate/kvgate/extproc/extproctest"
-	"github.com/kvgate/kvgate/metricstest"
 	"github.com/kvgate/kvgate/polltest"
 	"github.com/kvgate/kvgate/router"
 	"github.com/kvgate/kvgate/tokenizer"
@@ -125,21 +122,7 @@ func TestIdleStreamClosedUntapped(t *testing.T) {
 	if err != nil || res.Immediate != nil || res.Destination() == "" {
 		t.Fatalf("request through the untapped server: %v %+v", err, res)
 	}
-	st := openPicked(t, ctx, f, "idle")
-	for {
-		_, err := st.Recv()
-		if err == nil {
-			continue
-		}
-		if status.Code(err) != codes.DeadlineExceeded || ctx.Err() != nil {
-			t.Fatalf("stream ended with %v, want DEADLINE_EXCEEDED from the server", err)
-		}
-		break
-	}
-	waitReleased(t, f)
-	if got := metricstest.Value(f.reg, extproc.MetricIdleStreams); got != 1 {
-		t.Errorf("%s = %v, want 1", extproc.MetricIdleStreams, got)
-	}
+	idleStreamClosed(t, ctx, f)
 }
 
 // TestBufferedBodyMutationOnlyWhenRewritten checks a BUFFERED pick sends the body back only
