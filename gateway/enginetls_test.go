@@ -167,21 +167,7 @@ func TestEngineMTLS(t *testing.T) {
 
 	t.Run("remote EPP", func(t *testing.T) {
 		rt, reg, _ := tlsRouter(t, client, addrs...)
-		xs, err := extproc.New(extproc.Config{Addr: "127.0.0.1:0"}, rt, nil, reg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- xs.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
-		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-		defer acancel()
-		eppAddr, err := xs.Addr(actx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ec := gateway.EPPConfig{Addr: eppAddr.String()}
+		ec := gateway.EPPConfig{Addr: serveExtProc(t, extproc.Config{}, rt, reg)}
 		for _, a := range addrs {
 			ec.Pool = append(ec.Pool, router.Endpoint{Address: a, TLS: true, Models: []string{model}})
 		}

@@ -58,6 +58,13 @@ func startRouterEPPWith(t testing.TB, set func(*router.Config), xc extproc.Confi
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveExtProc(t, xc, rt, reg), rt, reg
+}
+
+// serveExtProc serves kvgate's ext_proc for rt on a free loopback port until t ends and
+// returns its address.
+func serveExtProc(t testing.TB, xc extproc.Config, rt *router.Router, reg *prometheus.Registry) string {
+	t.Helper()
 	xc.Addr = "127.0.0.1:0"
 	srv, err := extproc.New(xc, rt, nil, reg)
 	if err != nil {
@@ -73,7 +80,7 @@ func startRouterEPPWith(t testing.TB, set func(*router.Config), xc extproc.Confi
 	if err != nil {
 		t.Fatal(err)
 	}
-	return addr.String(), rt, reg
+	return addr.String()
 }
 
 // startEPPGateway starts kvgate's gateway driven by the EPP at epp, with pool as its pool.
