@@ -301,8 +301,7 @@ type cpuRun struct {
 	do     func(i int) // one whole request on body i
 	msgs   int         // messages both ways, counted by do
 
-	idle0, cpu0      time.Duration
-	idlePerSec       float64
+	cpu0             time.Duration
 	mallocs0, bytes0 uint64
 
 	// per request, once driveCPU has run
@@ -341,31 +340,20 @@ func extprocRequests(b *testing.B, r *cpuRun, mode extproctest.Mode, allow bool,
 
 // driveCPU drives runs in turn, one request each, each turn starting with the next run, so
 // that all see the same load on a noisy machine: first over the other half of the bodies (warming the caches on other text than
-// the measured), then, after sampling the servers' idle CPU, through b.Loop. It fills each
-// run's figures per request, its idle CPU taken off, and returns the requests each took.
+// the measured), then through b.Loop. It fills each run's figures per request and returns the
+// requests each took.
 func driveCPU(b *testing.B, runs []*cpuRun, nbodies int) int {
 	for i := range nbodies {
 		for _, r := range runs {
 			r.do(i + nbodies/2)
 		}
 	}
-	// The servers' idle cost is taken off: their CPU over a quiet sampling window of
-	// about half a second (a measurement window, not a wait for a condition), divided
-	// by the window's measured length.
-	w0 := time.Now()
+	// No idle cost to take off: the servers run nothing between requests (the router's Run,
+	// with its scrapes and probes, is never started), so all their CPU is the requests'.
 	for _, r := range runs {
-		r.idle0, _, _ = r.srv.stats(b)
-	}
-	time.Sleep(500 * time.Millisecond)
-	window := time.Since(w0).Seconds()
-	for _, r := range runs {
-		idle1, _, _ := r.srv.stats(b)
-		r.idlePerSec = float64(idle1-r.idle0) / window
 		r.cpu0, r.mallocs0, r.bytes0 = r.srv.stats(b)
 		r.msgs = 0
 	}
-	b.ReportMetric(runs[0].idlePerSec/1e3, "server-idle-µs-cpu/s")
-	t0 := time.Now()
 	n := 0
 	for b.Loop() {
 		// Each turn starts with the next run: the first of a turn is measurably cheaper on
@@ -375,10 +363,9 @@ func driveCPU(b *testing.B, runs []*cpuRun, nbodies int) int {
 		}
 		n++
 	}
-	elapsed := time.Since(t0).Seconds()
 	for _, r := range runs {
 		cpu1, mallocs1, bytes1 := r.srv.stats(b)
-		r.cpu = (float64(cpu1-r.cpu0) - r.idlePerSec*elapsed) / 1e3 / float64(n)
+		r.cpu = float64(cpu1-r.cpu0) / 1e3 / float64(n)
 		r.allocs = float64(mallocs1-r.mallocs0) / float64(n)
 		r.bytes = float64(bytes1-r.bytes0) / float64(n)
 		r.msgsPerReq = float64(r.msgs) / float64(n)
